@@ -1,0 +1,6 @@
+//! shoal: a zero-copy, high-throughput event bus for one Linux box.
+#![deny(unsafe_op_in_unsafe_fn, missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+pub mod log;
+pub mod metrics;

@@ -1,0 +1,152 @@
+//! Errors of the log: one enum for the cold path (open, recover, configure, read) and a small
+//! one for the append hot path.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Errors from opening, recovering, configuring, reading or repairing a log.
+///
+/// Every variant names the file and says what a person can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// An I/O call failed.
+    #[error("{path}: {op} failed: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Another appender (in this or another process) holds the log.
+    #[error("{path}: the log is locked by another appender (pid {holder}); stop it, or open a reader instead")]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+        /// The process id recorded by the holder, or "unknown".
+        holder: String,
+    },
+    /// A file named like a segment is not one.
+    #[error("{path}: not a shoal segment ({why}); move it out of the log directory")]
+    NotASegment {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// A segment written by a newer shoal.
+    #[error("{path}: segment format version {found} is newer than version {supported} that this shoal reads; upgrade shoal")]
+    UnsupportedVersion {
+        /// The file.
+        path: PathBuf,
+        /// Version found.
+        found: u32,
+        /// Newest version this build reads.
+        supported: u32,
+    },
+    /// Damage in records that were (or may have been) acknowledged durable.
+    #[error("{path}: corruption at byte {position} (offset {offset}): {why}; run `shoal verify --repair` to truncate the log there, or open with RecoveryMode::TruncateCorrupt")]
+    Corruption {
+        /// The segment file.
+        path: PathBuf,
+        /// Byte position in the file.
+        position: u64,
+        /// The offset expected at that position.
+        offset: u64,
+        /// What is wrong.
+        why: String,
+    },
+    /// A torn tail found while the recovery mode forbids cutting it.
+    #[error("{path}: torn record at byte {position} (offset {offset}): {why}; open with RecoveryMode::TruncateTail or run `shoal verify --repair`")]
+    TornTail {
+        /// The segment file.
+        path: PathBuf,
+        /// Byte position in the file.
+        position: u64,
+        /// The offset expected at that position.
+        offset: u64,
+        /// What is wrong.
+        why: String,
+    },
+    /// The segment files contradict each other (a gap, a missing file).
+    #[error("{path}: {why}; restore the missing segment or run `shoal verify` for details")]
+    Inconsistent {
+        /// The file where the contradiction shows.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// A configuration value is out of range.
+    #[error("invalid log configuration: {0}")]
+    Config(String),
+    /// The disk is full: a new segment could not be allocated.
+    #[error("{path}: no space left to allocate a {bytes}-byte segment; free disk space or lower retention")]
+    NoSpace {
+        /// The file that could not be allocated.
+        path: PathBuf,
+        /// Bytes asked for.
+        bytes: u64,
+    },
+    /// The requested offset was removed by retention.
+    #[error("{path}: offset {offset} was removed by retention; the first offset still held is {first}")]
+    OffsetGone {
+        /// The log directory.
+        path: PathBuf,
+        /// Offset asked for.
+        offset: u64,
+        /// First offset still in the log.
+        first: u64,
+    },
+    /// The log directory does not exist or holds no log.
+    #[error("{path}: no shoal log here; create it with an appender (`shoal produce`)")]
+    NoLog {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// io_uring was required but is unavailable.
+    #[error("io_uring is unavailable ({source}); use IoBackend::Auto or IoBackend::Syscalls")]
+    UringUnavailable {
+        /// Why setting up a ring failed.
+        source: io::Error,
+    },
+    /// A data sync failed; the log refuses further writes, since the page cache can no
+    /// longer be trusted to match the disk.
+    #[error("{path}: data sync failed ({source}); the log stopped accepting appends; reopen it to recover")]
+    SyncFailed {
+        /// The segment whose sync failed.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The appender was closed, or its background thread is gone.
+    #[error("the log is closed")]
+    Closed,
+}
+
+impl LogError {
+    pub(crate) fn io(path: impl Into<PathBuf>, op: &'static str, source: io::Error) -> LogError {
+        let path = path.into();
+        if source.raw_os_error() == Some(libc::ENOSPC) {
+            return LogError::NoSpace { path, bytes: 0 };
+        }
+        LogError::Io { path, op, source }
+    }
+}
+
+/// Errors of the append hot path: cheap to match, no allocation.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// The record is larger than the log's `max_record_bytes`.
+    #[error("record of {len} bytes exceeds the log's maximum of {max} bytes; raise LogOptions::max_record_bytes or split the record")]
+    TooLarge {
+        /// Bytes asked for.
+        len: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The log could not go on (disk full, a failed sync, I/O error); records already
+    /// appended are intact.
+    #[error(transparent)]
+    Log(#[from] LogError),
+}

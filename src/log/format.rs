@@ -1,0 +1,762 @@
+//! The on-disk format of a shoal log, **format version 1**.
+//!
+//! This file is the single description of the format; the code that writes and reads it is
+//! below. Every integer is little-endian. Changing any layout here means bumping
+//! [`FORMAT_VERSION`]; a reader refuses a segment whose version is newer than its own.
+//!
+//! # Directory
+//! A log is a directory holding:
+//! - `LOCK`: an empty file; the appender holds an exclusive `flock(2)` on it.
+//! - `HEAD`: a 4 KiB control page shared by all processes (see [`super::head`]): the durable
+//!   watermark and a futex word that tailers sleep on. It is advisory; losing it loses nothing.
+//! - `{seq:020}.seg`: segment files, `seq` counting up from 0. A segment is created under a
+//!   temporary name `.{seq:020}.seg.tmp`, preallocated, given its header, synced and only then
+//!   renamed, so a segment file that exists always has a complete header.
+//!
+//! # Segment file (`segment_bytes` long, a multiple of 4096)
+//! ```text
+//! [0, 4096)                  segment header (64 bytes used, the rest zero)
+//! [4096, data_start)         sparse index: index_entries x u64
+//! [data_start, segment_bytes) records, back to back, each 8-byte aligned
+//! ```
+//!
+//! Segment header:
+//! ```text
+//!  0  magic            [u8; 8]  b"SHOALSEG"
+//!  8  version          u32      FORMAT_VERSION
+//! 12  header_crc       u32      CRC32C of bytes 0..64 with this field taken as zero
+//! 16  seq              u64      the file's sequence number (equals the name)
+//! 24  base_offset      u64      offset of the first record; u64::MAX while the segment is
+//!                               prepared but not yet in use
+//! 32  segment_bytes    u64      the file's length
+//! 40  index_entries    u32      capacity of the index
+//! 44  index_interval   u32      bytes of records between two index entries
+//! 48  created_ns       u64      wall clock when the file was prepared
+//! 56  activated_ns     u64      wall clock when the first record went in (0 while prepared)
+//! ```
+//!
+//! Index entry (u64, 0 = empty): `(offset - base_offset) << 32 | position`, where position is
+//! the byte position of a record in the file. Entries are appended in increasing order, one
+//! each time the records pass another `index_interval` bytes. The index is a hint: a reader
+//! verifies the record an entry points at and falls back to scanning.
+//!
+//! Record (a 32-byte header, then the payload, padded with zeros to a multiple of 8):
+//! ```text
+//!  0  commit        u32  0 = nothing here yet; COMMIT_BIT | payload_len = a record;
+//!                        END_OF_SEGMENT = the segment is sealed, records go on in the next
+//!  4  crc           u32  CRC32C of (payload_len as u32 LE, bytes 8..32 of this header, payload)
+//!  8  offset        u64  the record's offset
+//! 16  timestamp_ns  u64  wall clock at append, ns since the Unix epoch
+//! 24  key           u64  user key (routing, compaction); 0 when none was given
+//! 32  payload       payload_len bytes, then zeros up to the next multiple of 8
+//! ```
+//! The commit word is stored last, with `Release` ordering; a reader loads it with `Acquire`
+//! and only then reads the rest, so no reader in this or another process sees a partial record.
+//! After a crash the CRC (which covers the offset, so stale bytes from an older record never
+//! pass as the expected one) decides whether a record reached the disk whole.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// The first 8 bytes of every segment file.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"SHOALSEG";
+/// The format version this build writes, and the newest it reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Bytes reserved for the segment header (one page).
+pub const SEGMENT_HEADER_BYTES: usize = 4096;
+/// Bytes of the header fields that are used and covered by the header CRC.
+pub const SEGMENT_HEADER_USED_BYTES: usize = 64;
+/// Bytes of a record header.
+pub const RECORD_HEADER_BYTES: usize = 32;
+/// Alignment of every record and payload.
+pub const RECORD_ALIGN: usize = 8;
+/// Set in the commit word of every record.
+pub const COMMIT_BIT: u32 = 1 << 31;
+/// The commit word that seals a segment.
+pub const END_OF_SEGMENT: u32 = u32::MAX;
+/// The largest payload the format can describe (the commit word's 31 bits, less the
+/// end-of-segment pattern).
+pub const PAYLOAD_BYTES_FORMAT_MAX: usize = (COMMIT_BIT - 2) as usize;
+/// `base_offset` of a segment that is prepared but holds no record yet.
+pub const BASE_OFFSET_UNSET: u64 = u64::MAX;
+/// Page size assumed by the layout.
+pub const PAGE_BYTES: usize = 4096;
+
+/// Rounds `n` up to a multiple of `align` (a power of two).
+#[inline]
+pub const fn align_up(n: usize, align: usize) -> usize {
+    (n + align - 1) & !(align - 1)
+}
+
+/// Bytes a record with `payload_len` bytes of payload takes in a segment.
+#[inline]
+pub const fn record_stride(payload_len: usize) -> usize {
+    RECORD_HEADER_BYTES + align_up(payload_len, RECORD_ALIGN)
+}
+
+/// The CRC stored in a record.
+#[inline]
+pub fn record_crc(payload_len: u32, header_tail: &[u8; 24], payload: &[u8]) -> u32 {
+    let crc = crc32c::crc32c(&payload_len.to_le_bytes());
+    let crc = crc32c::crc32c_append(crc, header_tail);
+    crc32c::crc32c_append(crc, payload)
+}
+
+/// The decoded header of a segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentHeader {
+    /// Sequence number of the segment file.
+    pub seq: u64,
+    /// Offset of its first record, or [`BASE_OFFSET_UNSET`].
+    pub base_offset: u64,
+    /// Length of the file.
+    pub segment_bytes: u64,
+    /// Capacity of the index, in entries.
+    pub index_entries: u32,
+    /// Bytes of records between index entries.
+    pub index_interval: u32,
+    /// When the file was prepared.
+    pub created_ns: u64,
+    /// When its first record went in (0 while prepared).
+    pub activated_ns: u64,
+}
+
+/// Why bytes are not a valid segment header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderError {
+    /// Fewer bytes than a header.
+    Short,
+    /// The magic is not `SHOALSEG`: not a shoal segment.
+    BadMagic,
+    /// Written by a newer shoal.
+    NewerVersion(u32),
+    /// Version 0 or otherwise impossible.
+    BadVersion(u32),
+    /// The header's checksum does not match.
+    BadChecksum,
+    /// Fields that contradict each other or the format (reason given).
+    Inconsistent(&'static str),
+}
+
+impl std::fmt::Display for HeaderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HeaderError::Short => write!(f, "shorter than a segment header"),
+            HeaderError::BadMagic => write!(f, "does not start with the shoal segment magic"),
+            HeaderError::NewerVersion(v) => write!(
+                f,
+                "format version {v} is newer than the {FORMAT_VERSION} this build reads"
+            ),
+            HeaderError::BadVersion(v) => write!(f, "format version {v} is invalid"),
+            HeaderError::BadChecksum => write!(f, "segment header checksum mismatch"),
+            HeaderError::Inconsistent(why) => write!(f, "segment header is inconsistent: {why}"),
+        }
+    }
+}
+
+impl SegmentHeader {
+    /// Offset in the file where the index starts.
+    pub const fn index_start(&self) -> usize {
+        SEGMENT_HEADER_BYTES
+    }
+
+    /// Offset in the file where records start.
+    pub const fn data_start(&self) -> usize {
+        data_start(self.index_entries)
+    }
+
+    /// Encodes the header into its 64 bytes, checksum included.
+    pub fn encode(&self) -> [u8; SEGMENT_HEADER_USED_BYTES] {
+        let mut b = [0u8; SEGMENT_HEADER_USED_BYTES];
+        b[0..8].copy_from_slice(&SEGMENT_MAGIC);
+        b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[16..24].copy_from_slice(&self.seq.to_le_bytes());
+        b[24..32].copy_from_slice(&self.base_offset.to_le_bytes());
+        b[32..40].copy_from_slice(&self.segment_bytes.to_le_bytes());
+        b[40..44].copy_from_slice(&self.index_entries.to_le_bytes());
+        b[44..48].copy_from_slice(&self.index_interval.to_le_bytes());
+        b[48..56].copy_from_slice(&self.created_ns.to_le_bytes());
+        b[56..64].copy_from_slice(&self.activated_ns.to_le_bytes());
+        let crc = crc32c::crc32c(&b);
+        b[12..16].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Decodes and validates a header from the first bytes of a file.
+    ///
+    /// # Errors
+    /// [`HeaderError`] says what is wrong; nothing here panics, whatever the bytes.
+    pub fn decode(bytes: &[u8]) -> Result<SegmentHeader, HeaderError> {
+        if bytes.len() < 8 {
+            return Err(HeaderError::Short);
+        }
+        if bytes[0..8] != SEGMENT_MAGIC {
+            return Err(HeaderError::BadMagic);
+        }
+        if bytes.len() < SEGMENT_HEADER_USED_BYTES {
+            return Err(HeaderError::Short);
+        }
+        let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or([0; 4]));
+        let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
+        let version = u32_at(8);
+        if version > FORMAT_VERSION {
+            return Err(HeaderError::NewerVersion(version));
+        }
+        if version == 0 {
+            return Err(HeaderError::BadVersion(version));
+        }
+        let mut copy = [0u8; SEGMENT_HEADER_USED_BYTES];
+        copy.copy_from_slice(&bytes[..SEGMENT_HEADER_USED_BYTES]);
+        copy[12..16].fill(0);
+        if crc32c::crc32c(&copy) != u32_at(12) {
+            return Err(HeaderError::BadChecksum);
+        }
+        let header = SegmentHeader {
+            seq: u64_at(16),
+            base_offset: u64_at(24),
+            segment_bytes: u64_at(32),
+            index_entries: u32_at(40),
+            index_interval: u32_at(44),
+            created_ns: u64_at(48),
+            activated_ns: u64_at(56),
+        };
+        header.check()?;
+        Ok(header)
+    }
+
+    /// Checks the fields against the format's limits.
+    fn check(&self) -> Result<(), HeaderError> {
+        let seg = self.segment_bytes;
+        if seg % PAGE_BYTES as u64 != 0 {
+            return Err(HeaderError::Inconsistent("segment size is not a multiple of 4096"));
+        }
+        if seg > SEGMENT_BYTES_FORMAT_MAX as u64 {
+            return Err(HeaderError::Inconsistent("segment size exceeds 1 GiB"));
+        }
+        if self.index_interval == 0 || self.index_interval % RECORD_ALIGN as u32 != 0 {
+            return Err(HeaderError::Inconsistent("index interval is not a multiple of 8"));
+        }
+        let data = data_start(self.index_entries) as u64;
+        if data + RECORD_HEADER_BYTES as u64 > seg {
+            return Err(HeaderError::Inconsistent("no room for records after the index"));
+        }
+        Ok(())
+    }
+}
+
+/// The largest segment the format allows (positions in index entries are u32, and io_uring
+/// sync ranges are u32 lengths).
+pub const SEGMENT_BYTES_FORMAT_MAX: usize = 1 << 30;
+
+/// Where records start in a segment with `index_entries` index slots.
+pub const fn data_start(index_entries: u32) -> usize {
+    align_up(SEGMENT_HEADER_BYTES + index_entries as usize * 8, PAGE_BYTES)
+}
+
+/// Packs an index entry.
+#[inline]
+pub const fn index_entry(relative_offset: u32, position: u32) -> u64 {
+    ((relative_offset as u64) << 32) | position as u64
+}
+
+/// Unpacks an index entry into (relative offset, position).
+#[inline]
+pub const fn index_entry_parts(entry: u64) -> (u32, u32) {
+    ((entry >> 32) as u32, entry as u32)
+}
+
+/// A view of one segment's bytes that may be shared with writers in this and other
+/// processes.
+///
+/// Only committed records are ever read through a reference; the commit word and index
+/// entries are read with atomic loads. All accessors check bounds, so any bytes (a damaged
+/// file, a hostile process) give an error or `None`, never a panic or an out-of-bounds read.
+#[derive(Clone, Copy, Debug)]
+pub struct Region {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: a Region is a pointer into a shared mapping whose concurrent access follows the
+// commit protocol above (atomics for words that change, immutable bytes once committed); it
+// carries no thread-affine state.
+unsafe impl Send for Region {}
+// SAFETY: as for Send; every shared access goes through atomics or committed (immutable) bytes.
+unsafe impl Sync for Region {}
+
+/// What is found at a position of a segment.
+#[derive(Clone, Copy, Debug)]
+pub enum Slot<'a> {
+    /// Nothing written here yet (commit word 0).
+    Empty,
+    /// The segment was sealed here; records go on in the next segment.
+    End,
+    /// A whole, checksummed record.
+    Record(RecordView<'a>),
+}
+
+/// Why the bytes at a position are not a valid record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordError {
+    /// The position is not 8-byte aligned or not inside the data area.
+    BadPosition,
+    /// The commit word is neither 0, a record, nor the end marker.
+    BadCommitWord(u32),
+    /// The record's length runs past the end of the segment.
+    LengthPastEnd {
+        /// Payload length claimed by the commit word.
+        payload_len: u32,
+    },
+    /// The record is longer than the log allows.
+    TooLong {
+        /// Payload length claimed by the commit word.
+        payload_len: u32,
+    },
+    /// The checksum does not match: a torn write or damaged bytes.
+    BadChecksum,
+    /// A whole record, but not the offset expected here.
+    WrongOffset {
+        /// Offset expected at this position.
+        expected: u64,
+        /// Offset found.
+        found: u64,
+    },
+}
+
+impl std::fmt::Display for RecordError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecordError::BadPosition => write!(f, "record position is misaligned or out of range"),
+            RecordError::BadCommitWord(w) => write!(f, "invalid commit word {w:#010x}"),
+            RecordError::LengthPastEnd { payload_len } => {
+                write!(f, "record length {payload_len} runs past the end of the segment")
+            }
+            RecordError::TooLong { payload_len } => {
+                write!(f, "record length {payload_len} exceeds the log's maximum")
+            }
+            RecordError::BadChecksum => write!(f, "checksum mismatch (torn or damaged record)"),
+            RecordError::WrongOffset { expected, found } => {
+                write!(f, "record holds offset {found} where offset {expected} belongs")
+            }
+        }
+    }
+}
+
+/// A committed record inside a [`Region`].
+#[derive(Clone, Copy, Debug)]
+pub struct RecordView<'a> {
+    /// Byte position of the record header in the segment.
+    pub position: usize,
+    /// Offset stored in the record.
+    pub offset: u64,
+    /// Timestamp stored in the record.
+    pub timestamp_ns: u64,
+    /// Key stored in the record.
+    pub key: u64,
+    /// The payload, borrowed from the mapping.
+    pub payload: &'a [u8],
+}
+
+impl RecordView<'_> {
+    /// Position of the next record.
+    pub fn next_position(&self) -> usize {
+        self.position + record_stride(self.payload.len())
+    }
+}
+
+impl Region {
+    /// Wraps `len` bytes at `ptr`.
+    ///
+    /// # Safety
+    /// - `ptr` is 8-byte aligned and valid for reads of `len` bytes for as long as the
+    ///   Region (and anything borrowed from it) is used; for [`Region::write_record`] and the
+    ///   other writers, also valid for writes.
+    /// - Other writers of these bytes (in any process) follow the commit protocol of this
+    ///   module: the bytes of a record are not changed after its commit word is published,
+    ///   and words read atomically here are written atomically there.
+    pub unsafe fn new(ptr: *mut u8, len: usize) -> Region {
+        debug_assert!(ptr as usize % 8 == 0);
+        Region { ptr, len }
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when the region is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Base pointer.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
+    fn atomic_u32(&self, at: usize) -> Option<&AtomicU32> {
+        if at % 4 != 0 || at.checked_add(4)? > self.len {
+            return None;
+        }
+        // SAFETY: in bounds and 4-aligned (the base is 8-aligned); the protocol makes every
+        // concurrent access to this word atomic.
+        Some(unsafe { AtomicU32::from_ptr(self.ptr.add(at).cast()) })
+    }
+
+    fn atomic_u64(&self, at: usize) -> Option<&AtomicU64> {
+        if at % 8 != 0 || at.checked_add(8)? > self.len {
+            return None;
+        }
+        // SAFETY: in bounds and 8-aligned; the protocol makes every concurrent access to
+        // this word atomic.
+        Some(unsafe { AtomicU64::from_ptr(self.ptr.add(at).cast()) })
+    }
+
+    /// Loads the commit word at `at` (Acquire; pairs with the Release store in
+    /// [`Region::publish`]). `None` when out of bounds or misaligned.
+    #[inline]
+    pub fn load_commit(&self, at: usize) -> Option<u32> {
+        Some(self.atomic_u32(at)?.load(Ordering::Acquire))
+    }
+
+    /// Borrows bytes that are known to be immutable (a committed record, a header).
+    ///
+    /// Returns `None` when out of bounds.
+    #[inline]
+    pub fn committed_bytes(&self, at: usize, len: usize) -> Option<&[u8]> {
+        if at.checked_add(len)? > self.len {
+            return None;
+        }
+        // SAFETY: in bounds; callers only ask for bytes behind a published commit word (or a
+        // header that is never rewritten while a reader holds the region), which the
+        // protocol keeps immutable.
+        Some(unsafe { std::slice::from_raw_parts(self.ptr.add(at), len) })
+    }
+
+    /// Copies bytes out (for headers, which may be rewritten while read).
+    pub fn copy_out(&self, at: usize, out: &mut [u8]) -> bool {
+        if at.checked_add(out.len()).is_none_or(|end| end > self.len) {
+            return false;
+        }
+        // SAFETY: in bounds; a volatile-free byte copy of plain bytes. A concurrent header
+        // rewrite can only make the copy fail its checksum, which the caller checks.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(at), out.as_mut_ptr(), out.len()) };
+        true
+    }
+
+    /// Decodes the slot at `position`, expecting `expected_offset` there, with payloads of at
+    /// most `payload_max` bytes.
+    ///
+    /// # Errors
+    /// [`RecordError`] when the bytes are not a valid record.
+    pub fn decode(
+        &self,
+        position: usize,
+        expected_offset: Option<u64>,
+        payload_max: usize,
+    ) -> Result<Slot<'_>, RecordError> {
+        if position % RECORD_ALIGN != 0 {
+            return Err(RecordError::BadPosition);
+        }
+        let commit = self.load_commit(position).ok_or(RecordError::BadPosition)?;
+        if commit == 0 {
+            return Ok(Slot::Empty);
+        }
+        if commit == END_OF_SEGMENT {
+            return Ok(Slot::End);
+        }
+        if commit & COMMIT_BIT == 0 {
+            return Err(RecordError::BadCommitWord(commit));
+        }
+        let payload_len = commit & !COMMIT_BIT;
+        let len = payload_len as usize;
+        if len > payload_max {
+            return Err(RecordError::TooLong { payload_len });
+        }
+        let stride = record_stride(len);
+        if position.checked_add(stride).is_none_or(|end| end > self.len) {
+            return Err(RecordError::LengthPastEnd { payload_len });
+        }
+        let bytes = self
+            .committed_bytes(position, stride)
+            .ok_or(RecordError::LengthPastEnd { payload_len })?;
+        let mut tail = [0u8; 24];
+        tail.copy_from_slice(&bytes[8..32]);
+        let stored_crc = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+        let payload = &bytes[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + len];
+        if record_crc(payload_len, &tail, payload) != stored_crc {
+            return Err(RecordError::BadChecksum);
+        }
+        let word = |i: usize| u64::from_le_bytes(tail[i..i + 8].try_into().unwrap_or([0; 8]));
+        let offset = word(0);
+        if let Some(expected) = expected_offset {
+            if offset != expected {
+                return Err(RecordError::WrongOffset { expected, found: offset });
+            }
+        }
+        Ok(Slot::Record(RecordView {
+            position,
+            offset,
+            timestamp_ns: word(8),
+            key: word(16),
+            payload,
+        }))
+    }
+
+    /// Writes a record's header (all but the commit word) and lets `fill` write the payload
+    /// in place; does not publish it. Returns the CRC-complete length of the record.
+    ///
+    /// # Safety
+    /// The caller is the only writer of `[position, position + record_stride(len))`, that
+    /// range is in bounds and unpublished (its commit word is 0 and no reader holds a
+    /// reference into it), and the bytes after the payload up to the stride are zero.
+    #[inline]
+    pub unsafe fn write_record<F: FnOnce(&mut [u8])>(
+        &self,
+        position: usize,
+        offset: u64,
+        timestamp_ns: u64,
+        key: u64,
+        len: usize,
+        fill: F,
+    ) -> u32 {
+        debug_assert!(position % RECORD_ALIGN == 0);
+        debug_assert!(position + record_stride(len) <= self.len);
+        let mut tail = [0u8; 24];
+        tail[0..8].copy_from_slice(&offset.to_le_bytes());
+        tail[8..16].copy_from_slice(&timestamp_ns.to_le_bytes());
+        tail[16..24].copy_from_slice(&key.to_le_bytes());
+        // SAFETY: the caller owns this unpublished, in-bounds range exclusively; readers only
+        // load the commit word at `position`, which we do not touch here.
+        let payload = unsafe {
+            std::ptr::copy_nonoverlapping(tail.as_ptr(), self.ptr.add(position + 8), 24);
+            std::slice::from_raw_parts_mut(self.ptr.add(position + RECORD_HEADER_BYTES), len)
+        };
+        fill(payload);
+        let payload_len = len as u32;
+        let crc = record_crc(payload_len, &tail, payload);
+        // SAFETY: as above.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                crc.to_le_bytes().as_ptr(),
+                self.ptr.add(position + 4),
+                4,
+            )
+        };
+        COMMIT_BIT | payload_len
+    }
+
+    /// Publishes a commit word (Release; pairs with the Acquire load in
+    /// [`Region::load_commit`]).
+    ///
+    /// Returns false when `position` is out of bounds or misaligned.
+    #[inline]
+    pub fn publish(&self, position: usize, commit: u32) -> bool {
+        match self.atomic_u32(position) {
+            Some(word) => {
+                word.store(commit, Ordering::Release);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Loads index entry `i` of a segment (Acquire; pairs with [`Region::store_index`]).
+    pub fn load_index(&self, i: usize) -> Option<u64> {
+        let at = SEGMENT_HEADER_BYTES.checked_add(i.checked_mul(8)?)?;
+        Some(self.atomic_u64(at)?.load(Ordering::Acquire))
+    }
+
+    /// Stores index entry `i` (Release; pairs with [`Region::load_index`]).
+    pub fn store_index(&self, i: usize, entry: u64) -> bool {
+        let at = match i.checked_mul(8).and_then(|b| b.checked_add(SEGMENT_HEADER_BYTES)) {
+            Some(at) => at,
+            None => return false,
+        };
+        match self.atomic_u64(at) {
+            Some(word) => {
+                word.store(entry, Ordering::Release);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Zeroes `[from, to)`, commit words included, atomically word by word where a reader
+    /// may be polling. Used to cut a torn tail.
+    ///
+    /// # Safety
+    /// The caller is the only writer of the range and no reader holds a reference into it
+    /// (readers only poll commit words atomically, which this stores atomically).
+    pub unsafe fn zero(&self, from: usize, to: usize) {
+        let to = to.min(self.len);
+        let mut at = align_up(from, 8);
+        // Leading unaligned bytes.
+        for i in from..at.min(to) {
+            // SAFETY: in bounds, exclusive per the caller's contract.
+            unsafe { self.ptr.add(i).write_volatile(0) };
+        }
+        while at + 8 <= to {
+            if let Some(word) = self.atomic_u64(at) {
+                if word.load(Ordering::Relaxed) != 0 {
+                    word.store(0, Ordering::Release);
+                }
+            }
+            at += 8;
+        }
+        for i in at..to {
+            // SAFETY: in bounds, exclusive per the caller's contract.
+            unsafe { self.ptr.add(i).write_volatile(0) };
+        }
+    }
+
+    /// Writes a segment header at the start of the region.
+    ///
+    /// # Safety
+    /// The caller is the only writer of the header; readers copy the header out and verify
+    /// its checksum, so a racing read sees a checksum mismatch, never a torn value used.
+    pub unsafe fn write_header(&self, header: &SegmentHeader) {
+        let bytes = header.encode();
+        assert!(self.len >= bytes.len());
+        // SAFETY: in bounds (asserted); exclusive writer per the caller's contract.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr, bytes.len()) };
+    }
+
+    /// Reads and validates the segment header at the start of the region.
+    ///
+    /// # Errors
+    /// [`HeaderError`] when the bytes are not a valid header.
+    pub fn read_header(&self) -> Result<SegmentHeader, HeaderError> {
+        let mut bytes = [0u8; SEGMENT_HEADER_USED_BYTES];
+        if !self.copy_out(0, &mut bytes) {
+            return Err(HeaderError::Short);
+        }
+        SegmentHeader::decode(&bytes)
+    }
+}
+
+/// An 8-byte aligned, heap-backed buffer for tests, fuzzing and Miri: lets [`Region`] run
+/// over ordinary memory.
+#[derive(Debug)]
+pub struct AlignedBuf {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl AlignedBuf {
+    /// A zeroed buffer of `len` bytes.
+    pub fn zeroed(len: usize) -> AlignedBuf {
+        AlignedBuf { words: vec![0u64; len.div_ceil(8)], len }
+    }
+
+    /// A buffer holding a copy of `bytes`.
+    pub fn from_bytes(bytes: &[u8]) -> AlignedBuf {
+        let mut buf = AlignedBuf::zeroed(bytes.len());
+        buf.as_mut_bytes().copy_from_slice(bytes);
+        buf
+    }
+
+    /// The bytes.
+    pub fn as_mut_bytes(&mut self) -> &mut [u8] {
+        &mut bytemuck::cast_slice_mut::<u64, u8>(&mut self.words)[..self.len]
+    }
+
+    /// A region over the buffer. The region must not outlive the buffer, and the buffer must
+    /// not be accessed through `as_mut_bytes` while the region is used.
+    pub fn region(&mut self) -> Region {
+        // SAFETY: the pointer is 8-aligned (a Vec<u64>), valid for `len` bytes; the doc above
+        // states the lifetime and aliasing duties, which every caller in this crate meets by
+        // keeping the buffer alive and unborrowed while using the region.
+        unsafe { Region::new(self.words.as_mut_ptr().cast(), self.len) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> SegmentHeader {
+        SegmentHeader {
+            seq: 3,
+            base_offset: 100,
+            segment_bytes: 1 << 20,
+            index_entries: 64,
+            index_interval: 4096,
+            created_ns: 1,
+            activated_ns: 2,
+        }
+    }
+
+    #[test]
+    fn header_round_trips_and_rejects_damage() {
+        let h = header();
+        let bytes = h.encode();
+        assert_eq!(SegmentHeader::decode(&bytes), Ok(h));
+        for i in 0..bytes.len() {
+            let mut damaged = bytes;
+            damaged[i] ^= 0x10;
+            assert!(SegmentHeader::decode(&damaged).is_err(), "flip at byte {i} accepted");
+        }
+        let mut newer = bytes;
+        newer[8..12].copy_from_slice(&2u32.to_le_bytes());
+        assert_eq!(SegmentHeader::decode(&newer), Err(HeaderError::NewerVersion(2)));
+        assert_eq!(SegmentHeader::decode(b"not a segment at all, not at all......................."), Err(HeaderError::BadMagic));
+    }
+
+    #[test]
+    fn record_round_trip_and_every_torn_prefix_is_rejected() {
+        let payload = b"hello, shoal";
+        let stride = record_stride(payload.len());
+        let mut buf = AlignedBuf::zeroed(64 + stride);
+        let region = buf.region();
+        // SAFETY: the buffer is ours alone and zeroed.
+        let commit = unsafe {
+            region.write_record(64, 7, 11, 13, payload.len(), |b| b.copy_from_slice(payload))
+        };
+        assert!(matches!(region.decode(64, Some(7), 1 << 20), Ok(Slot::Empty)));
+        assert!(region.publish(64, commit));
+        match region.decode(64, Some(7), 1 << 20) {
+            Ok(Slot::Record(r)) => {
+                assert_eq!((r.offset, r.timestamp_ns, r.key, r.payload), (7, 11, 13, &payload[..]));
+                assert_eq!(r.next_position(), 64 + stride);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(
+            region.decode(64, Some(8), 1 << 20).err(),
+            Some(RecordError::WrongOffset { expected: 8, found: 7 })
+        );
+        assert_eq!(
+            region.decode(64, Some(7), 4).err(),
+            Some(RecordError::TooLong { payload_len: payload.len() as u32 })
+        );
+        let full = buf.as_mut_bytes().to_vec();
+        // A torn record: any strict prefix of its bytes (the rest zero) must not decode as a
+        // record once its commit word is present.
+        for cut in 4..64 + stride {
+            let mut torn = full.clone();
+            torn[cut.max(68)..].fill(0);
+            torn[64..68].copy_from_slice(&commit.to_le_bytes());
+            if cut >= 64 + stride - (stride - 32 - payload.len()) {
+                continue; // only padding missing: the record is whole
+            }
+            let mut b = AlignedBuf::from_bytes(&torn);
+            let r = b.region();
+            assert!(r.decode(64, Some(7), 1 << 20).is_err(), "torn at {cut} accepted");
+        }
+    }
+
+    #[test]
+    fn decode_never_reads_out_of_bounds() {
+        let mut buf = AlignedBuf::zeroed(40);
+        let bytes = buf.as_mut_bytes();
+        bytes[0..4].copy_from_slice(&(COMMIT_BIT | 1000).to_le_bytes());
+        let region = buf.region();
+        assert_eq!(
+            region.decode(0, None, usize::MAX).err(),
+            Some(RecordError::LengthPastEnd { payload_len: 1000 })
+        );
+        assert_eq!(region.decode(3, None, 10).err(), Some(RecordError::BadPosition));
+        assert_eq!(region.decode(40, None, 10).err(), Some(RecordError::BadPosition));
+        assert!(region.load_index(usize::MAX).is_none());
+    }
+}

@@ -1,0 +1,193 @@
+//! The `HEAD` control page: a 4 KiB file mapped shared by the appender and every reader, in
+//! any process. It carries what is cheap to share and safe to lose:
+//!
+//! ```text
+//!  0  magic           [u8; 8]  b"SHOALHED"
+//!  8  version         u32      1
+//! 12  notify          u32      futex word: bumped after records are published
+//! 16  waiters         u32      tailers asleep (or about to sleep) on `notify`
+//! 20  appender_pid    u32      pid of the live appender, 0 when none
+//! 24  durable_offset  u64      every offset below this is durable
+//! 32  next_offset     u64      the offset the next append gets
+//! ```
+//!
+//! Wake-up protocol (Dekker style, so a wake-up is never missed): a tailer increments
+//! `waiters` (SeqCst), reads `notify`, re-checks the log for a record, and only then sleeps in
+//! `FUTEX_WAIT` on `notify` with the value it read. The appender publishes a record, issues a
+//! SeqCst fence, and when `waiters` is non-zero bumps `notify` and calls `FUTEX_WAKE`. The
+//! futex is not process-private, so it works across processes sharing the file.
+//!
+//! The futex calls are written by hand over `libc`: the maintained wrappers (`atomic-wait`,
+//! `parking_lot_core`) use process-private futexes only.
+
+use std::fs::OpenOptions;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use memmap2::MmapRaw;
+
+use super::error::LogError;
+
+const HEAD_MAGIC: [u8; 8] = *b"SHOALHED";
+const HEAD_VERSION: u32 = 1;
+const HEAD_BYTES: u64 = 4096;
+/// File name of the control page.
+pub const HEAD_FILE: &str = "HEAD";
+
+/// The mapped control page.
+#[derive(Debug)]
+pub struct Head {
+    map: MmapRaw,
+}
+
+impl Head {
+    /// Opens (creating if missing) the control page of the log in `dir`.
+    ///
+    /// # Errors
+    /// I/O errors, or a `HEAD` file that is not a shoal control page.
+    pub fn open(dir: &Path) -> Result<Head, LogError> {
+        let path = dir.join(HEAD_FILE);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| LogError::io(&path, "open", e))?;
+        let len = file.metadata().map_err(|e| LogError::io(&path, "stat", e))?.len();
+        if len < HEAD_BYTES {
+            file.set_len(HEAD_BYTES).map_err(|e| LogError::io(&path, "extend", e))?;
+        }
+        let map = memmap2::MmapOptions::new()
+            .len(HEAD_BYTES as usize)
+            .map_raw(&file)
+            .map_err(|e| LogError::io(&path, "mmap", e))?;
+        let head = Head { map };
+        let magic_word = head.u64_at(0).load(Ordering::Acquire);
+        if magic_word == 0 {
+            head.u32_at(8).store(HEAD_VERSION, Ordering::Relaxed);
+            // pairs with the Acquire load of the magic above in other openers
+            head.u64_at(0).store(u64::from_le_bytes(HEAD_MAGIC), Ordering::Release);
+        } else if magic_word != u64::from_le_bytes(HEAD_MAGIC) {
+            return Err(LogError::NotASegment {
+                path,
+                why: "HEAD is not a shoal control page".into(),
+            });
+        } else {
+            let version = head.u32_at(8).load(Ordering::Relaxed);
+            if version > HEAD_VERSION {
+                return Err(LogError::UnsupportedVersion { path, found: version, supported: HEAD_VERSION });
+            }
+        }
+        Ok(head)
+    }
+
+    fn u32_at(&self, at: usize) -> &AtomicU32 {
+        assert!(at % 4 == 0 && at + 4 <= HEAD_BYTES as usize);
+        // SAFETY: in bounds of the 4 KiB mapping (asserted), 4-aligned (the mapping is
+        // page-aligned); every process accesses these words only atomically.
+        unsafe { AtomicU32::from_ptr(self.map.as_mut_ptr().add(at).cast()) }
+    }
+
+    fn u64_at(&self, at: usize) -> &AtomicU64 {
+        assert!(at % 8 == 0 && at + 8 <= HEAD_BYTES as usize);
+        // SAFETY: as for u32_at, 8-aligned.
+        unsafe { AtomicU64::from_ptr(self.map.as_mut_ptr().add(at).cast()) }
+    }
+
+    /// The durable watermark recorded by the appender.
+    pub fn durable_offset(&self) -> u64 {
+        self.u64_at(24).load(Ordering::Acquire)
+    }
+
+    /// Records the durable watermark (monotonic).
+    pub fn set_durable_offset(&self, offset: u64) {
+        // pairs with the Acquire load in durable_offset
+        self.u64_at(24).fetch_max(offset, Ordering::Release);
+    }
+
+    /// Lowers the durable watermark (after a repair cut records off).
+    pub fn reset_offsets(&self, next: u64) {
+        self.u64_at(24).store(next, Ordering::Release);
+        self.u64_at(32).store(next, Ordering::Release);
+    }
+
+    /// The next offset recorded by the appender.
+    pub fn next_offset(&self) -> u64 {
+        self.u64_at(32).load(Ordering::Acquire)
+    }
+
+    /// Records the next offset.
+    #[inline]
+    pub fn set_next_offset(&self, offset: u64) {
+        self.u64_at(32).store(offset, Ordering::Release);
+    }
+
+    /// Records the live appender's pid (0 when it closes).
+    pub fn set_appender_pid(&self, pid: u32) {
+        self.u32_at(20).store(pid, Ordering::Release);
+    }
+
+    /// The pid of the live appender, 0 if none recorded.
+    pub fn appender_pid(&self) -> u32 {
+        self.u32_at(20).load(Ordering::Acquire)
+    }
+
+    /// Called by the appender after publishing records and issuing a SeqCst fence: wakes
+    /// sleeping tailers, if any.
+    ///
+    /// The fence pairs with the SeqCst increment of `waiters` in [`Head::prepare_wait`]:
+    /// either the tailer sees the new record on its re-check, or we see its registration.
+    #[inline]
+    pub fn notify_after_fence(&self) {
+        if self.u32_at(16).load(Ordering::Relaxed) != 0 {
+            self.wake();
+        }
+    }
+
+    /// Bumps the futex word and wakes every sleeper.
+    #[cold]
+    pub fn wake(&self) {
+        let word = self.u32_at(12);
+        word.fetch_add(1, Ordering::SeqCst);
+        // SAFETY: FUTEX_WAKE on a valid, aligned u32 in a shared mapping; no memory is
+        // written by the kernel.
+        unsafe {
+            libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX, 0usize, 0usize, 0u32);
+        }
+    }
+
+    /// Registers a sleeper; returns the futex value to pass to [`Head::wait`]. The caller
+    /// re-checks for new records before waiting and calls [`Head::finish_wait`] afterwards.
+    pub fn prepare_wait(&self) -> u32 {
+        self.u32_at(16).fetch_add(1, Ordering::SeqCst);
+        self.u32_at(12).load(Ordering::SeqCst)
+    }
+
+    /// Sleeps until the futex word moves from `seen` or `timeout` passes.
+    pub fn wait(&self, seen: u32, timeout: Duration) {
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: FUTEX_WAIT reads the aligned u32 in our mapping and the timespec on our
+        // stack; both outlive the call. EAGAIN/EINTR/ETIMEDOUT are all fine: callers loop.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                self.u32_at(12).as_ptr(),
+                libc::FUTEX_WAIT,
+                seen,
+                &ts as *const libc::timespec,
+                0usize,
+                0u32,
+            );
+        }
+    }
+
+    /// Unregisters a sleeper.
+    pub fn finish_wait(&self) {
+        self.u32_at(16).fetch_sub(1, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,174 @@
+//! The durable log: a memory-mapped, checksummed, append-only sequence of records on disk.
+//!
+//! # Design
+//! A log is a directory of preallocated segment files (see [`format`] for the on-disk format,
+//! version 1). One [`Appender`] per log, enforced with an `flock(2)` on `LOCK` across threads
+//! and processes, writes records straight into the mapped segment: header fields and payload
+//! first, the commit word last with `Release` ordering, so readers in any process that load it
+//! with `Acquire` never see a partial record. Offsets are dense: 0, 1, 2, ...
+//!
+//! Durability is group commit. Appends only write memory; a background thread (on an
+//! [`io_uring`](IoBackend), or plain syscalls where io_uring is unavailable) issues ranged data
+//! syncs that each cover every record appended before they start, and then advances the
+//! durable watermark ([`Appender::durable_offset`]). [`Durability`] picks when syncs run:
+//! never on their own, on an interval, or back to back while appends keep coming (`Batch`,
+//! where many appends share one sync). A second background thread prepares the next segment
+//! (preallocate, header, sync, rename, populate its pages) so that a rollover does not wait.
+//!
+//! Readers ([`Reader`], [`Tailer`]) map segments read-only and iterate records in place: a
+//! [`Record`] borrows the mapped bytes, and `payload_as` reads a `bytemuck::Pod` type where it
+//! lies. A sparse index in each segment makes [`Reader::seek`] O(log n). A tailer that has
+//! caught up sleeps on a futex in the shared `HEAD` page, woken by the appender, so an idle
+//! tailer costs no CPU.
+//!
+//! Recovery ([`RecoveryMode`]) validates the tail at open: a torn last record (a crash
+//! mid-append) is cut off; damage below the durable watermark, or followed by intact records,
+//! is corruption, reported with the segment and byte position.
+//!
+//! Retention ([`Retention`]) deletes whole sealed segments by total size or age. Readers that
+//! still map a deleted segment keep reading it: an unlinked file lives while it is mapped.
+
+mod appender;
+mod error;
+pub mod format;
+mod head;
+mod io;
+mod reader;
+mod recovery;
+mod segment;
+
+use std::time::Duration;
+
+pub use appender::{Appender, DurableWatch, RecoveryReport};
+pub use error::{AppendError, LogError};
+pub use io::IoBackend;
+pub use reader::{PodError, Reader, Record, Tailer};
+pub use recovery::{repair, stats, verify, LogStats, Problem, RepairReport, VerifyReport};
+pub use segment::SegmentId;
+
+/// The position of a record in a log: dense, starting at 0.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Offset(pub u64);
+
+impl std::fmt::Display for Offset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// When appended records are made durable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// Page cache only; records become durable on an explicit [`Appender::sync`] (or when
+    /// the kernel writes them back, which shoal does not track).
+    Never,
+    /// A data sync at most this often while there are new records.
+    Interval(Duration),
+    /// Group commit: syncs run back to back while records arrive, each covering every record
+    /// appended before it started. A record is durable within about one sync of its append.
+    #[default]
+    Batch,
+}
+
+/// What opening a log does with damage it finds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RecoveryMode {
+    /// Refuse to open on any damage, even a torn tail; nothing is changed on disk.
+    Strict,
+    /// Cut a torn tail (damage at or past the durable watermark with nothing intact after
+    /// it); refuse to open on corruption anywhere else.
+    #[default]
+    TruncateTail,
+    /// Cut the log at the first damage wherever it is, dropping every record after it.
+    /// The drop is reported in [`Appender::recovery`].
+    TruncateCorrupt,
+}
+
+/// Which sealed segments to delete.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Keep the log's segment files under this many bytes (the active and the prepared
+    /// segment are always kept).
+    pub max_bytes: Option<u64>,
+    /// Delete a segment once its newest record is older than this.
+    pub max_age: Option<Duration>,
+}
+
+/// Configuration of a log, used when an [`Appender`] opens it.
+#[derive(Clone, Copy, Debug)]
+pub struct LogOptions {
+    /// Size of each segment file; a multiple of 4096 between 64 KiB and 1 GiB.
+    pub segment_bytes: u64,
+    /// Largest payload accepted; at most what fits in one segment.
+    pub max_record_bytes: usize,
+    /// When records become durable.
+    pub durability: Durability,
+    /// Which I/O backend issues syncs and preallocation.
+    pub io_backend: IoBackend,
+    /// What opening does with damage.
+    pub recovery_mode: RecoveryMode,
+    /// Which old segments to delete.
+    pub retention: Retention,
+    /// Bytes of records between two sparse-index entries (a multiple of 8).
+    pub index_interval_bytes: u32,
+    /// Populate a new segment's pages before use, so appends never take a page fault.
+    pub prefault: bool,
+}
+
+impl Default for LogOptions {
+    fn default() -> LogOptions {
+        LogOptions {
+            segment_bytes: 64 << 20,
+            max_record_bytes: 4 << 20,
+            durability: Durability::Batch,
+            io_backend: IoBackend::Auto,
+            recovery_mode: RecoveryMode::TruncateTail,
+            retention: Retention::default(),
+            index_interval_bytes: 4096,
+            prefault: true,
+        }
+    }
+}
+
+impl LogOptions {
+    /// Checks the values against the format's limits.
+    ///
+    /// # Errors
+    /// [`LogError::Config`] naming the bad value.
+    pub fn validate(&self) -> Result<(), LogError> {
+        let seg = self.segment_bytes;
+        if seg % format::PAGE_BYTES as u64 != 0 || seg < 64 << 10 || seg > format::SEGMENT_BYTES_FORMAT_MAX as u64 {
+            return Err(LogError::Config(format!(
+                "segment_bytes {seg} must be a multiple of 4096 between 64 KiB and 1 GiB"
+            )));
+        }
+        if self.index_interval_bytes == 0 || self.index_interval_bytes % 8 != 0 {
+            return Err(LogError::Config(format!(
+                "index_interval_bytes {} must be a positive multiple of 8",
+                self.index_interval_bytes
+            )));
+        }
+        let entries = segment::index_entries_for(seg, self.index_interval_bytes);
+        let room = seg as usize - format::data_start(entries) - format::RECORD_HEADER_BYTES;
+        if self.max_record_bytes > room || self.max_record_bytes > format::PAYLOAD_BYTES_FORMAT_MAX {
+            return Err(LogError::Config(format!(
+                "max_record_bytes {} does not fit in a {seg}-byte segment (at most {room})",
+                self.max_record_bytes
+            )));
+        }
+        if let Durability::Interval(d) = self.durability {
+            if d.is_zero() {
+                return Err(LogError::Config("Durability::Interval needs a non-zero interval; use Batch".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Wall clock in ns since the Unix epoch (0 if the clock is before it).
+#[inline]
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}

@@ -1,0 +1,440 @@
+//! Zero-copy readers: [`Reader`] iterates and seeks; [`Tailer`] follows new records, in this
+//! process or another, sleeping on the `HEAD` futex when caught up.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::error::LogError;
+use super::format::{self, Region, Slot, BASE_OFFSET_UNSET};
+use super::head::{Head, HEAD_FILE};
+use super::segment::{list_segments, Segment, SegmentId};
+use super::Offset;
+
+/// One record, borrowed from the mapped segment.
+#[derive(Clone, Copy, Debug)]
+pub struct Record<'a> {
+    offset: Offset,
+    timestamp_ns: u64,
+    key: u64,
+    payload: &'a [u8],
+}
+
+/// Why a payload cannot be read as a type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PodError {
+    /// The payload's length differs from the type's size.
+    #[error("payload is {payload} bytes, the type is {expected}")]
+    Size {
+        /// Bytes in the payload.
+        payload: usize,
+        /// Size of the type.
+        expected: usize,
+    },
+    /// The payload is not aligned for the type (types aligned above 8 bytes).
+    #[error("payload is not aligned to {align} bytes for the type")]
+    Alignment {
+        /// The type's alignment.
+        align: usize,
+    },
+}
+
+impl<'a> Record<'a> {
+    /// The record's offset.
+    pub fn offset(&self) -> Offset {
+        self.offset
+    }
+
+    /// Wall clock at append, ns since the Unix epoch.
+    pub fn timestamp_ns(&self) -> u64 {
+        self.timestamp_ns
+    }
+
+    /// The key given at append (0 when none).
+    pub fn key(&self) -> u64 {
+        self.key
+    }
+
+    /// The payload, in place in the mapped segment.
+    pub fn payload(&self) -> &'a [u8] {
+        self.payload
+    }
+
+    /// Reads the payload in place as a `bytemuck::Pod` type. Payloads are 8-byte aligned,
+    /// so any type aligned to 8 or less works when the size matches.
+    ///
+    /// # Errors
+    /// [`PodError`] when the size or alignment does not fit `T`.
+    pub fn payload_as<T: bytemuck::Pod>(&self) -> Result<&'a T, PodError> {
+        bytemuck::try_from_bytes(self.payload).map_err(|e| match e {
+            bytemuck::PodCastError::TargetAlignmentGreaterAndInputNotAligned => {
+                PodError::Alignment { align: std::mem::align_of::<T>() }
+            }
+            _ => PodError::Size { payload: self.payload.len(), expected: std::mem::size_of::<T>() },
+        })
+    }
+}
+
+/// A reader over a log directory: iterates records in offset order from any offset,
+/// zero-copy. Needs no lock and works while an appender writes, in this or another process.
+///
+/// ```
+/// use shoal::log::{Appender, LogOptions, Offset, Reader};
+/// let dir = tempfile::tempdir()?;
+/// let mut log = Appender::open(dir.path(), LogOptions::default())?;
+/// for i in 0..100u64 {
+///     log.append_pod(i, &i)?;
+/// }
+/// let mut reader = Reader::open(dir.path())?;
+/// reader.seek(Offset(42))?;
+/// let record = reader.next()?.expect("record 42");
+/// assert_eq!(*record.payload_as::<u64>()?, 42);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Reader {
+    dir: PathBuf,
+    /// Known segments in use: (id, base offset), ascending.
+    known: Vec<(SegmentId, u64)>,
+    current: Option<Arc<Segment>>,
+    region: Option<Region>,
+    position: usize,
+    next_offset: u64,
+}
+
+impl Reader {
+    /// Opens a reader positioned at the first record still held.
+    ///
+    /// # Errors
+    /// [`LogError::NoLog`] when `dir` holds no log; header errors of its segments.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Reader, LogError> {
+        let dir = dir.as_ref().to_path_buf();
+        if !dir.is_dir() {
+            return Err(LogError::NoLog { path: dir });
+        }
+        let mut reader = Reader { dir, known: Vec::new(), current: None, region: None, position: 0, next_offset: 0 };
+        reader.refresh()?;
+        if let Some(&(id, base)) = reader.known.first() {
+            reader.enter(id, base)?;
+        }
+        Ok(reader)
+    }
+
+    /// The log directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Offset of the record the next [`Reader::next`] returns.
+    pub fn next_offset(&self) -> Offset {
+        Offset(self.next_offset)
+    }
+
+    /// First offset still held (retention may have removed older ones).
+    pub fn first_offset(&mut self) -> Result<Offset, LogError> {
+        self.refresh()?;
+        Ok(Offset(self.known.first().map_or(0, |k| k.1)))
+    }
+
+    /// Re-reads the directory listing (new segments, retention).
+    fn refresh(&mut self) -> Result<(), LogError> {
+        let (segments, _) = list_segments(&self.dir)?;
+        let mut known = Vec::with_capacity(segments.len());
+        for (id, path) in segments {
+            if let Some(&(kid, base)) = self.known.iter().find(|k| k.0 == id) {
+                known.push((kid, base));
+                continue;
+            }
+            let mut file = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                // Removed by retention between listing and opening.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(LogError::io(&path, "open", e)),
+            };
+            let header = super::segment::read_header_from_file(&path, &mut file)?;
+            if header.base_offset == BASE_OFFSET_UNSET {
+                break; // prepared, not in use yet; so is everything after it
+            }
+            known.push((id, header.base_offset));
+        }
+        self.known = known;
+        Ok(())
+    }
+
+    fn enter(&mut self, id: SegmentId, base: u64) -> Result<(), LogError> {
+        let path = self.dir.join(super::segment::segment_file_name(id));
+        let seg = match Segment::open(&path, id, false) {
+            Ok(seg) => seg,
+            Err(LogError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                self.refresh()?;
+                let first = self.known.first().map_or(base, |k| k.1);
+                return Err(LogError::OffsetGone { path: self.dir.clone(), offset: base, first });
+            }
+            Err(e) => return Err(e),
+        };
+        if seg.header.base_offset != base {
+            return Err(LogError::Inconsistent {
+                path,
+                why: format!("header says base offset {}, expected {base}", seg.header.base_offset),
+            });
+        }
+        let seg = Arc::new(seg);
+        self.position = seg.header.data_start();
+        self.next_offset = base;
+        self.region = Some(seg.region());
+        self.current = Some(seg);
+        Ok(())
+    }
+
+    /// Moves to the segment after the current one, if it is in use. Returns false when it
+    /// is not there yet.
+    fn advance(&mut self) -> Result<bool, LogError> {
+        let current = match &self.current {
+            Some(c) => c.id,
+            None => {
+                self.refresh()?;
+                return match self.known.first().copied() {
+                    Some((id, base)) => self.enter(id, base).map(|()| true),
+                    None => Ok(false),
+                };
+            }
+        };
+        let next = match self.known.iter().find(|k| k.0 > current).copied() {
+            Some(k) => Some(k),
+            None => {
+                self.refresh()?;
+                self.known.iter().find(|k| k.0 > current).copied()
+            }
+        };
+        match next {
+            Some((id, base)) => {
+                if base != self.next_offset {
+                    return Err(LogError::Inconsistent {
+                        path: self.dir.join(super::segment::segment_file_name(id)),
+                        why: format!("segment starts at offset {base}, the previous one ends at {}", self.next_offset),
+                    });
+                }
+                self.enter(id, base)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// The next record, or `None` when the reader has caught up with the appender.
+    ///
+    /// # Errors
+    /// [`LogError::Corruption`] at a record that fails its checks (the reader stays there);
+    /// [`LogError::OffsetGone`] when retention removed the next segment.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> Result<Option<Record<'_>>, LogError> {
+        if !self.ready()? {
+            return Ok(None);
+        }
+        let position = self.position;
+        let Some(region) = self.region.as_ref() else { return Ok(None) };
+        match region.decode(position, Some(self.next_offset), format::PAYLOAD_BYTES_FORMAT_MAX) {
+            Ok(Slot::Record(r)) => {
+                self.position = r.next_position();
+                self.next_offset += 1;
+                Ok(Some(Record { offset: Offset(r.offset), timestamp_ns: r.timestamp_ns, key: r.key, payload: r.payload }))
+            }
+            Ok(_) => Ok(None),
+            Err(e) => Err(corruption(&self.current, &self.dir, position, self.next_offset, e.to_string())),
+        }
+    }
+
+    fn corruption(&self, position: usize, why: String) -> LogError {
+        corruption(&self.current, &self.dir, position, self.next_offset, why)
+    }
+
+    /// True when a record (or damage) waits at the reader's position; moves across
+    /// segment boundaries as needed.
+    ///
+    /// # Errors
+    /// As [`Reader::next`].
+    pub fn ready(&mut self) -> Result<bool, LogError> {
+        // Bounded: each pass either returns or enters a newer segment.
+        for _ in 0..1_000_000 {
+            let Some(region) = self.region else {
+                if !self.advance()? {
+                    return Ok(false);
+                }
+                continue;
+            };
+            let at_end = self.position + 4 > region.len();
+            let commit = if at_end { None } else { region.load_commit(self.position) };
+            match commit {
+                Some(0) => {
+                    let short = self.current.as_ref().is_some_and(|s| (s.mapped_bytes as u64) < s.header.segment_bytes);
+                    if short && self.position + format::RECORD_HEADER_BYTES > region.len() {
+                        return Err(self.corruption(self.position, "segment file is truncated".into()));
+                    }
+                    return Ok(false);
+                }
+                Some(format::END_OF_SEGMENT) | None => {
+                    let short = self.current.as_ref().is_some_and(|s| (s.mapped_bytes as u64) < s.header.segment_bytes);
+                    if commit.is_none() && short {
+                        return Err(self.corruption(self.position, "segment file is truncated".into()));
+                    }
+                    if !self.advance()? {
+                        return Ok(false);
+                    }
+                }
+                Some(_) => return Ok(true),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Positions the reader at `offset` (or at the tail, if `offset` is past it), in
+    /// O(log n): a binary search over segments, then over the segment's sparse index, then
+    /// a scan of at most one index interval.
+    ///
+    /// # Errors
+    /// [`LogError::OffsetGone`] when retention removed `offset`; corruption met while
+    /// scanning.
+    pub fn seek(&mut self, offset: Offset) -> Result<(), LogError> {
+        let target = offset.0;
+        if self.known.last().is_none_or(|k| k.1 <= target) {
+            self.refresh()?;
+        }
+        let first = match self.known.first() {
+            Some(k) => k.1,
+            None => return Ok(()),
+        };
+        if target < first {
+            return Err(LogError::OffsetGone { path: self.dir.clone(), offset: target, first });
+        }
+        let i = self.known.partition_point(|k| k.1 <= target) - 1;
+        let (id, base) = self.known[i];
+        if self.current.as_ref().is_none_or(|c| c.id != id) {
+            self.enter(id, base)?;
+        }
+        let seg = self.current.clone().ok_or(LogError::Closed)?;
+        let region = seg.region();
+        let header = seg.header;
+        // Binary search the populated prefix of the index for the last entry <= target.
+        let populated = {
+            let (mut lo, mut hi) = (0usize, header.index_entries as usize);
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                if region.load_index(mid).is_some_and(|e| e != 0) {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+            lo
+        };
+        let rel = target - base;
+        let (mut lo, mut hi) = (0usize, populated);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let (r, _) = format::index_entry_parts(region.load_index(mid).unwrap_or(0));
+            if (r as u64) <= rel {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        self.position = header.data_start();
+        self.next_offset = base;
+        if lo > 0 {
+            let (r, pos) = format::index_entry_parts(region.load_index(lo - 1).unwrap_or(0));
+            // The index is a hint: use it only when it points at the record it names.
+            if let Ok(Slot::Record(_)) = region.decode(pos as usize, Some(base + r as u64), format::PAYLOAD_BYTES_FORMAT_MAX) {
+                self.position = pos as usize;
+                self.next_offset = base + r as u64;
+            }
+        }
+        while self.next_offset < target {
+            if self.next()?.is_none() {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn corruption(current: &Option<Arc<Segment>>, dir: &Path, position: usize, offset: u64, why: String) -> LogError {
+    LogError::Corruption {
+        path: current.as_ref().map(|s| s.path.clone()).unwrap_or_else(|| dir.to_path_buf()),
+        position: position as u64,
+        offset,
+        why,
+    }
+}
+
+/// Follows a log: returns records as they are appended, sleeping when caught up.
+///
+/// Works in the appender's process and in any other: the appender wakes sleeping tailers
+/// through a futex in the log's shared `HEAD` page; an idle tailer uses no CPU.
+#[derive(Debug)]
+pub struct Tailer {
+    reader: Reader,
+    head: Option<Head>,
+}
+
+impl Tailer {
+    /// A tailer from the first record still held.
+    ///
+    /// # Errors
+    /// As [`Reader::open`].
+    pub fn open(dir: impl AsRef<Path>) -> Result<Tailer, LogError> {
+        let reader = Reader::open(dir)?;
+        Ok(Tailer::from_reader(reader))
+    }
+
+    /// A tailer continuing from where `reader` stands.
+    pub fn from_reader(reader: Reader) -> Tailer {
+        let head = if reader.dir.join(HEAD_FILE).exists() { Head::open(&reader.dir).ok() } else { None };
+        Tailer { reader, head }
+    }
+
+    /// The underlying reader (to seek, or read without waiting).
+    pub fn reader(&mut self) -> &mut Reader {
+        &mut self.reader
+    }
+
+    /// The next record, waiting up to `timeout` (forever with `None`) for one to be
+    /// appended. `Ok(None)` when the timeout passed.
+    ///
+    /// # Errors
+    /// As [`Reader::next`].
+    pub fn next(&mut self, timeout: Option<Duration>) -> Result<Option<Record<'_>>, LogError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if self.reader.ready()? {
+                return self.reader.next();
+            }
+            let wait = match deadline {
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Ok(None);
+                    }
+                    (d - now).min(MAX_SLEEP)
+                }
+                None => MAX_SLEEP,
+            };
+            if self.head.is_none() && self.reader.dir.join(HEAD_FILE).exists() {
+                self.head = Head::open(&self.reader.dir).ok();
+            }
+            match &self.head {
+                Some(head) => {
+                    let seen = head.prepare_wait();
+                    // Re-check after registering: pairs with the appender's fence.
+                    if !self.reader.ready()? {
+                        head.wait(seen, wait);
+                    }
+                    head.finish_wait();
+                }
+                None => std::thread::sleep(wait.min(Duration::from_millis(10))),
+            }
+        }
+    }
+}
+
+/// Longest single sleep: a safety net for a wake-up lost to a crashed process.
+const MAX_SLEEP: Duration = Duration::from_millis(100);

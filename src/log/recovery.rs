@@ -1,0 +1,330 @@
+//! Scanning segments: the tail check done at open, `verify`, `repair` and `stats`.
+//!
+//! A scan walks a segment's records in order, checking each commit word, length, checksum
+//! and offset. It ends at an empty slot (the tail), an end-of-segment marker, the end of the
+//! file, or damage. Damage is a *torn tail* when it sits at or past the durable watermark and
+//! no intact record follows it (a crash mid-append); anything else is *corruption*.
+
+use std::path::{Path, PathBuf};
+
+use super::error::LogError;
+use super::format::{self, RecordError, Region, SegmentHeader, Slot, BASE_OFFSET_UNSET};
+use super::head::{Head, HEAD_FILE};
+use super::segment::{list_segments, Segment};
+
+/// How a scan of one segment ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScanEnd {
+    /// An empty slot: the segment is open for more records.
+    Open,
+    /// An end-of-segment marker.
+    Sealed,
+    /// The records fill the file exactly.
+    Full,
+    /// Damage at the position.
+    Damaged(RecordError),
+}
+
+/// The result of scanning one segment.
+#[derive(Clone, Copy, Debug)]
+pub struct Scan {
+    /// Intact records found.
+    pub records: u64,
+    /// Offset after the last intact record.
+    pub next_offset: u64,
+    /// Position after the last intact record (where the end, tail or damage is).
+    pub position: usize,
+    /// How the scan ended.
+    pub end: ScanEnd,
+}
+
+/// Scans a segment from its first record; `on_record(offset, position)` sees each intact one.
+pub fn scan_segment(
+    region: &Region,
+    header: &SegmentHeader,
+    payload_max: usize,
+    mut on_record: impl FnMut(u64, usize),
+) -> Scan {
+    let mut position = header.data_start();
+    let mut offset = header.base_offset;
+    let mut records = 0;
+    let end = loop {
+        if position + 4 > region.len() {
+            break ScanEnd::Full;
+        }
+        match region.decode(position, Some(offset), payload_max) {
+            Ok(Slot::Empty) => break ScanEnd::Open,
+            Ok(Slot::End) => break ScanEnd::Sealed,
+            Ok(Slot::Record(r)) => {
+                on_record(offset, position);
+                position = r.next_position();
+                offset += 1;
+                records += 1;
+            }
+            Err(e) => break ScanEnd::Damaged(e),
+        }
+    };
+    Scan { records, next_offset: offset, position, end }
+}
+
+/// Looks past damage for intact records: every 8-byte position after `from` whose bytes
+/// decode as a whole record with an offset above `min_offset`. Bounded: at most
+/// `budget_bytes` of checksumming. Returns (records found, highest offset).
+pub fn records_after(region: &Region, from: usize, min_offset: u64, payload_max: usize) -> (u64, Option<u64>) {
+    let mut budget_bytes: usize = region.len().saturating_mul(4).max(1 << 20);
+    let mut position = format::align_up(from + 8, 8);
+    let mut found = 0;
+    let mut highest = None;
+    while position + format::RECORD_HEADER_BYTES <= region.len() && budget_bytes > 0 {
+        let commit = region.load_commit(position).unwrap_or(0);
+        if commit & format::COMMIT_BIT != 0 && commit != format::END_OF_SEGMENT {
+            let len = (commit & !format::COMMIT_BIT) as usize;
+            budget_bytes = budget_bytes.saturating_sub(len + 32);
+            if let Ok(Slot::Record(r)) = region.decode(position, None, payload_max) {
+                if r.offset > min_offset {
+                    found += 1;
+                    highest = Some(r.offset);
+                    position = r.next_position();
+                    continue;
+                }
+            }
+        }
+        position += 8;
+    }
+    (found, highest)
+}
+
+/// One problem found by [`verify`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The file.
+    pub path: PathBuf,
+    /// Byte position in the file.
+    pub position: u64,
+    /// What is wrong.
+    pub what: String,
+    /// True when `repair` can fix it by cutting the log there.
+    pub repairable: bool,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: byte {}: {}{}",
+            self.path.display(),
+            self.position,
+            self.what,
+            if self.repairable { " (repairable: `shoal verify --repair` truncates the log here)" } else { "" }
+        )
+    }
+}
+
+/// What [`verify`] found.
+#[derive(Clone, Debug, Default)]
+pub struct VerifyReport {
+    /// Segment files checked.
+    pub segments: u64,
+    /// Intact records.
+    pub records: u64,
+    /// Problems, in log order.
+    pub problems: Vec<Problem>,
+    /// Where a repair would cut: (segment index in the listing, path, position, offset).
+    cut: Option<(usize, PathBuf, usize, u64)>,
+    /// Intact records after the cut point (what a repair drops).
+    pub records_after_cut: u64,
+}
+
+impl VerifyReport {
+    /// True when no problem was found.
+    pub fn is_sound(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Figures of a log for `shoal stats`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Segment files (in use and prepared).
+    pub segments: u64,
+    /// Records in the log.
+    pub records: u64,
+    /// Bytes of segment files on disk.
+    pub bytes: u64,
+    /// First offset held, if any record is.
+    pub first_offset: Option<u64>,
+    /// Last offset held, if any record is.
+    pub last_offset: Option<u64>,
+    /// Durable watermark recorded by the appender: offsets below it are durable.
+    pub durable_offset: u64,
+}
+
+/// Checks every segment of the log in `dir`, every record's checksum included. Never
+/// changes anything and never panics, whatever the files hold.
+///
+/// # Errors
+/// Only when the directory cannot be listed; damaged files are problems in the report.
+pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
+    let (segments, _temps) = list_segments(dir)?;
+    let durable = read_durable(dir);
+    let mut report = VerifyReport { segments: segments.len() as u64, ..VerifyReport::default() };
+    let mut expected: Option<u64> = None;
+    let mut prepared_seen = false;
+    for (index, (id, path)) in segments.iter().enumerate() {
+        let seg = match Segment::open(path, *id, false) {
+            Ok(seg) => seg,
+            Err(e) => {
+                report.problems.push(Problem { path: path.clone(), position: 0, what: e.to_string(), repairable: false });
+                continue;
+            }
+        };
+        let header = seg.header;
+        if header.base_offset == BASE_OFFSET_UNSET {
+            prepared_seen = true;
+            continue;
+        }
+        if prepared_seen {
+            report.problems.push(Problem {
+                path: path.clone(),
+                position: 24,
+                what: "segment in use after a prepared (unused) segment".into(),
+                repairable: false,
+            });
+        }
+        let region = seg.region();
+        if let Some(exp) = expected {
+            if header.base_offset != exp && report.cut.is_none() {
+                report.problems.push(Problem {
+                    path: path.clone(),
+                    position: 24,
+                    what: format!("starts at offset {} but the previous segment ends at offset {exp}", header.base_offset),
+                    repairable: false,
+                });
+            }
+        }
+        if report.cut.is_some() {
+            // Everything after a cut is dropped by a repair: count it.
+            let scan = scan_segment(&region, &header, format::PAYLOAD_BYTES_FORMAT_MAX, |_, _| {});
+            report.records_after_cut += scan.records;
+            continue;
+        }
+        let short = (seg.mapped_bytes as u64) < header.segment_bytes;
+        let scan = scan_segment(&region, &header, format::PAYLOAD_BYTES_FORMAT_MAX, |_, _| {});
+        report.records += scan.records;
+        expected = Some(scan.next_offset);
+        let is_last_in_use = segments[index + 1..]
+            .iter()
+            .all(|(nid, npath)| Segment::open(npath, *nid, false).is_ok_and(|s| s.header.base_offset == BASE_OFFSET_UNSET));
+        let mut damage = match scan.end {
+            ScanEnd::Damaged(e) => Some(e.to_string()),
+            _ => None,
+        };
+        if short && damage.is_none() && scan.end != ScanEnd::Sealed {
+            damage = Some(format!("file is {} bytes, its header says {}", seg.mapped_bytes, header.segment_bytes));
+        }
+        if let Some(what) = damage {
+            let (after, _) = records_after(&region, scan.position, scan.next_offset, format::PAYLOAD_BYTES_FORMAT_MAX);
+            let torn = is_last_in_use && after == 0 && scan.next_offset >= durable;
+            let what = if torn {
+                format!("torn record at offset {}: {what}", scan.next_offset)
+            } else {
+                format!(
+                    "corrupt record at offset {}: {what}{}",
+                    scan.next_offset,
+                    if scan.next_offset < durable { " (below the durable watermark)" } else { "" }
+                )
+            };
+            report.problems.push(Problem { path: path.clone(), position: scan.position as u64, what, repairable: true });
+            report.records_after_cut += after;
+            report.cut = Some((index, path.clone(), scan.position, scan.next_offset));
+        } else if short {
+            report.problems.push(Problem {
+                path: path.clone(),
+                position: seg.mapped_bytes as u64,
+                what: format!("file is {} bytes, its header says {}", seg.mapped_bytes, header.segment_bytes),
+                repairable: true,
+            });
+        }
+    }
+    Ok(report)
+}
+
+/// What [`repair`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RepairReport {
+    /// Where the log was cut: (file, byte position, first offset dropped); `None` when
+    /// nothing needed cutting.
+    pub cut: Option<(PathBuf, u64, u64)>,
+    /// Intact records dropped after the damage.
+    pub records_dropped: u64,
+    /// Problems `repair` cannot fix (foreign files, gaps, newer versions).
+    pub unrepairable: Vec<Problem>,
+}
+
+/// Cuts the log in `dir` at its first damaged record, keeping everything before it. Takes
+/// the appender lock for the duration.
+///
+/// # Errors
+/// [`LogError::Locked`] when an appender is running; I/O errors.
+pub fn repair(dir: &Path) -> Result<RepairReport, LogError> {
+    let _lock = super::appender::lock_dir(dir)?;
+    let report = verify(dir)?;
+    let unrepairable: Vec<Problem> = report.problems.iter().filter(|p| !p.repairable).cloned().collect();
+    let (segments, _) = list_segments(dir)?;
+    if let Some((index, path, position, offset)) = report.cut.clone() {
+        let seg = Segment::open(&path, segments[index].0, true)?;
+        let header = seg.header;
+        super::appender::cut_segment(&seg, &header, position)?;
+        for (_, later) in &segments[index + 1..] {
+            std::fs::remove_file(later).map_err(|e| LogError::io(later, "remove", e))?;
+        }
+        super::segment::open_dir(dir)?.sync_all().map_err(|e| LogError::io(dir, "fsync", e))?;
+        if let Ok(head) = Head::open(dir) {
+            head.reset_offsets(offset);
+        }
+        return Ok(RepairReport {
+            cut: Some((path, position as u64, offset)),
+            records_dropped: report.records_after_cut,
+            unrepairable,
+        });
+    }
+    Ok(RepairReport { cut: None, records_dropped: 0, unrepairable })
+}
+
+/// Figures of the log in `dir` (scans the last segment in use; trusts older ones' headers).
+///
+/// # Errors
+/// I/O errors or files that are not segments.
+pub fn stats(dir: &Path) -> Result<LogStats, LogError> {
+    let (segments, _) = list_segments(dir)?;
+    let mut out = LogStats { segments: segments.len() as u64, durable_offset: read_durable(dir), ..LogStats::default() };
+    let mut last_in_use: Option<Segment> = None;
+    for (id, path) in &segments {
+        out.bytes += std::fs::metadata(path).map_err(|e| LogError::io(path, "stat", e))?.len();
+        let seg = Segment::open(path, *id, false)?;
+        if seg.header.base_offset != BASE_OFFSET_UNSET {
+            out.first_offset.get_or_insert(seg.header.base_offset);
+            last_in_use = Some(seg);
+        }
+    }
+    if let Some(seg) = last_in_use {
+        let scan = scan_segment(&seg.region(), &seg.header, format::PAYLOAD_BYTES_FORMAT_MAX, |_, _| {});
+        let first = out.first_offset.unwrap_or(0);
+        out.records = scan.next_offset - first;
+        if scan.next_offset > first {
+            out.last_offset = Some(scan.next_offset - 1);
+        } else {
+            out.first_offset = None;
+        }
+        out.durable_offset = out.durable_offset.min(scan.next_offset);
+    }
+    Ok(out)
+}
+
+/// The durable watermark recorded in `HEAD`, or 0 when there is none.
+pub fn read_durable(dir: &Path) -> u64 {
+    if !dir.join(HEAD_FILE).exists() {
+        return 0;
+    }
+    Head::open(dir).map_or(0, |h| h.durable_offset())
+}

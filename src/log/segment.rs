@@ -1,0 +1,239 @@
+//! Segment files: naming, preparation (preallocate, header, sync, rename), mapping, and the
+//! directory listing readers and recovery start from.
+
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use memmap2::{Advice, MmapOptions, MmapRaw};
+
+use super::error::LogError;
+use super::format::{self, HeaderError, Region, SegmentHeader, BASE_OFFSET_UNSET, FORMAT_VERSION};
+use super::io::IoDriver;
+
+/// Suffix of segment files.
+pub const SEGMENT_SUFFIX: &str = ".seg";
+
+/// Newtype for a segment's sequence number (its file name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SegmentId(pub u64);
+
+/// File name of segment `id`.
+pub fn segment_file_name(id: SegmentId) -> String {
+    format!("{:020}{SEGMENT_SUFFIX}", id.0)
+}
+
+fn temp_file_name(id: SegmentId) -> String {
+    format!(".{:020}{SEGMENT_SUFFIX}.tmp", id.0)
+}
+
+/// Parses a segment file name; `None` for any other name.
+pub fn parse_segment_name(name: &str) -> Option<SegmentId> {
+    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().map(SegmentId)
+}
+
+/// Segment files of a directory, sorted by id. Leftover temporary files are reported in
+/// the second list.
+pub fn list_segments(dir: &Path) -> Result<(Vec<(SegmentId, PathBuf)>, Vec<PathBuf>), LogError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            LogError::NoLog { path: dir.to_path_buf() }
+        } else {
+            LogError::io(dir, "list", e)
+        }
+    })?;
+    let mut segments = Vec::new();
+    let mut temps = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| LogError::io(dir, "list", e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(id) = parse_segment_name(name) {
+            segments.push((id, entry.path()));
+        } else if name.starts_with('.') && name.ends_with(".seg.tmp") {
+            temps.push(entry.path());
+        }
+    }
+    segments.sort_by_key(|(id, _)| *id);
+    Ok((segments, temps))
+}
+
+/// Maps a header error to the error a person sees.
+pub fn header_error(path: &Path, e: HeaderError) -> LogError {
+    match e {
+        HeaderError::NewerVersion(found) => LogError::UnsupportedVersion {
+            path: path.to_path_buf(),
+            found,
+            supported: FORMAT_VERSION,
+        },
+        other => LogError::NotASegment { path: path.to_path_buf(), why: other.to_string() },
+    }
+}
+
+/// Reads and validates the header of a segment file without mapping it.
+pub fn read_header_from_file(path: &Path, file: &mut File) -> Result<SegmentHeader, LogError> {
+    let mut bytes = [0u8; format::SEGMENT_HEADER_USED_BYTES];
+    let mut got = 0;
+    while got < bytes.len() {
+        match file.read(&mut bytes[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(LogError::io(path, "read header", e)),
+        }
+    }
+    SegmentHeader::decode(&bytes[..got]).map_err(|e| header_error(path, e))
+}
+
+/// A mapped segment file.
+#[derive(Debug)]
+pub struct Segment {
+    /// The file's path.
+    pub path: PathBuf,
+    /// Its id.
+    pub id: SegmentId,
+    /// The open file.
+    pub file: File,
+    map: MmapRaw,
+    /// Bytes mapped (the file length, rounded down to 8; normally `segment_bytes`).
+    pub mapped_bytes: usize,
+    /// The header as read at open (base offset may be set later by activation).
+    pub header: SegmentHeader,
+}
+
+impl Segment {
+    /// The region over the mapping.
+    pub fn region(&self) -> Region {
+        // SAFETY: the mapping is page-aligned, `mapped_bytes` long, and lives as long as
+        // `self`; every user of the region holds `self` (an Arc) while using it. Writers and
+        // readers of the shared file follow the commit protocol of `format`.
+        unsafe { Region::new(self.map.as_mut_ptr(), self.mapped_bytes) }
+    }
+
+    /// Raw fd.
+    pub fn fd(&self) -> i32 {
+        self.file.as_raw_fd()
+    }
+
+    /// Opens and maps an existing segment; read-write for the appender and recovery,
+    /// read-only for readers. The header is validated; a file shorter than its header says
+    /// is mapped as far as it goes (recovery treats the missing part as damage).
+    pub fn open(path: &Path, id: SegmentId, writable: bool) -> Result<Segment, LogError> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(path)
+            .map_err(|e| LogError::io(path, "open", e))?;
+        let header = read_header_from_file(path, &mut file)?;
+        if header.seq != id.0 {
+            return Err(LogError::NotASegment {
+                path: path.to_path_buf(),
+                why: format!("its header says segment {}, its name says {}", header.seq, id.0),
+            });
+        }
+        let file_len = file.metadata().map_err(|e| LogError::io(path, "stat", e))?.len();
+        let mapped_bytes = (file_len.min(header.segment_bytes) as usize) & !7;
+        if mapped_bytes < header.data_start() {
+            return Err(LogError::NotASegment {
+                path: path.to_path_buf(),
+                why: format!("{file_len} bytes is too short to hold its index"),
+            });
+        }
+        let opts = {
+            let mut o = MmapOptions::new();
+            o.len(mapped_bytes);
+            o
+        };
+        let map = if writable { opts.map_raw(&file) } else { opts.map_raw_read_only(&file) }
+            .map_err(|e| LogError::io(path, "mmap", e))?;
+        Ok(Segment { path: path.to_path_buf(), id, file, map, mapped_bytes, header })
+    }
+
+    /// Creates segment `id` in `dir`: a temporary file is preallocated (through `io`), given
+    /// a header with no base offset, synced, renamed into place and the directory synced;
+    /// then it is mapped and, when `prefault`, its pages are populated for writing so that
+    /// appends never fault.
+    pub fn prepare(
+        dir: &Path,
+        id: SegmentId,
+        segment_bytes: u64,
+        index_interval: u32,
+        prefault: bool,
+        io: &mut IoDriver,
+        dir_file: &File,
+    ) -> Result<Segment, LogError> {
+        let temp = dir.join(temp_file_name(id));
+        let path = dir.join(segment_file_name(id));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&temp)
+            .map_err(|e| LogError::io(&temp, "create", e))?;
+        let result = (|| {
+            io.fallocate(file.as_raw_fd(), segment_bytes).map_err(|e| {
+                if e.raw_os_error() == Some(libc::ENOSPC) {
+                    LogError::NoSpace { path: path.clone(), bytes: segment_bytes }
+                } else {
+                    LogError::io(&temp, "fallocate", e)
+                }
+            })?;
+            let index_entries = index_entries_for(segment_bytes, index_interval);
+            let header = SegmentHeader {
+                seq: id.0,
+                base_offset: BASE_OFFSET_UNSET,
+                segment_bytes,
+                index_entries,
+                index_interval,
+                created_ns: super::now_ns(),
+                activated_ns: 0,
+            };
+            file.write_all_at(&header.encode(), 0)
+                .map_err(|e| LogError::io(&temp, "write header", e))?;
+            io.fsync(file.as_raw_fd(), true).map_err(|e| LogError::io(&temp, "fdatasync", e))?;
+            std::fs::rename(&temp, &path).map_err(|e| LogError::io(&temp, "rename", e))?;
+            io.fsync(dir_file.as_raw_fd(), false).map_err(|e| LogError::io(dir, "fsync", e))?;
+            let map = MmapOptions::new()
+                .len(segment_bytes as usize)
+                .map_raw(&file)
+                .map_err(|e| LogError::io(&path, "mmap", e))?;
+            if prefault {
+                // Best effort: older kernels lack MADV_POPULATE_WRITE (5.14); appends then
+                // take the page faults instead.
+                let _ = map.advise(Advice::PopulateWrite);
+            }
+            Ok(Segment {
+                path: path.clone(),
+                id,
+                file: file.try_clone().map_err(|e| LogError::io(&path, "dup", e))?,
+                map,
+                mapped_bytes: segment_bytes as usize,
+                header,
+            })
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&temp);
+        }
+        result
+    }
+}
+
+/// Index capacity for a segment size and interval.
+pub fn index_entries_for(segment_bytes: u64, index_interval: u32) -> u32 {
+    let data = segment_bytes.saturating_sub(format::SEGMENT_HEADER_BYTES as u64);
+    // Each entry also takes 8 bytes of the segment; the estimate is close enough.
+    ((data / (index_interval as u64 + 8)).max(1)).min(u32::MAX as u64 / 2) as u32
+}
+
+
+/// Opens the directory itself, to fsync it.
+pub fn open_dir(dir: &Path) -> Result<File, LogError> {
+    File::open(dir).map_err(|e| LogError::io(dir, "open directory", e))
+}

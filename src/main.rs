@@ -1,0 +1,2 @@
+//! The `shoal` command-line tool.
+fn main() {}
