@@ -113,11 +113,6 @@ impl Head {
         self.u64_at(32).store(next, Ordering::Release);
     }
 
-    /// The next offset recorded by the appender.
-    pub fn next_offset(&self) -> u64 {
-        self.u64_at(32).load(Ordering::Acquire)
-    }
-
     /// Records the next offset.
     #[inline]
     pub fn set_next_offset(&self, offset: u64) {
@@ -127,11 +122,6 @@ impl Head {
     /// Records the live appender's pid (0 when it closes).
     pub fn set_appender_pid(&self, pid: u32) {
         self.u32_at(20).store(pid, Ordering::Release);
-    }
-
-    /// The pid of the live appender, 0 if none recorded.
-    pub fn appender_pid(&self) -> u32 {
-        self.u32_at(20).load(Ordering::Acquire)
     }
 
     /// Called by the appender after publishing records and issuing a SeqCst fence: wakes

@@ -170,8 +170,10 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
     let mut report = VerifyReport { segments: segments.len() as u64, ..VerifyReport::default() };
     let mut expected: Option<u64> = None;
     let mut prepared_seen = false;
-    for (index, (id, path)) in segments.iter().enumerate() {
-        let seg = match Segment::open(path, *id, false) {
+    let opened: Vec<Result<Segment, LogError>> = segments.iter().map(|(id, path)| Segment::open(path, *id, false)).collect();
+    let last_in_use = opened.iter().rposition(|s| s.as_ref().is_ok_and(|s| s.header.base_offset != BASE_OFFSET_UNSET));
+    for (index, ((_, path), seg)) in segments.iter().zip(opened).enumerate() {
+        let seg = match seg {
             Ok(seg) => seg,
             Err(e) => {
                 report.problems.push(Problem { path: path.clone(), position: 0, what: e.to_string(), repairable: false });
@@ -212,9 +214,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
         let scan = scan_segment(&region, &header, format::PAYLOAD_BYTES_FORMAT_MAX, |_, _| {});
         report.records += scan.records;
         expected = Some(scan.next_offset);
-        let is_last_in_use = segments[index + 1..]
-            .iter()
-            .all(|(nid, npath)| Segment::open(npath, *nid, false).is_ok_and(|s| s.header.base_offset == BASE_OFFSET_UNSET));
+        let is_last_in_use = last_in_use == Some(index);
         let mut damage = match scan.end {
             ScanEnd::Damaged(e) => Some(e.to_string()),
             _ => None,
