@@ -2,12 +2,7 @@ use shoal::log::{Appender, Durability, IoBackend, LogOptions, Offset, Reader, Ta
 use std::time::Duration;
 
 fn opts(backend: IoBackend) -> LogOptions {
-    LogOptions {
-        segment_bytes: 256 << 10,
-        max_record_bytes: 64 << 10,
-        io_backend: backend,
-        ..LogOptions::default()
-    }
+    LogOptions { segment_bytes: 256 << 10, max_record_bytes: 64 << 10, io_backend: backend, ..LogOptions::default() }
 }
 
 #[test]
@@ -29,10 +24,7 @@ fn append_read_reopen_both_backends() {
         while let Some(rec) = r.next().unwrap() {
             assert_eq!(rec.offset(), Offset(i));
             assert_eq!(rec.key(), i);
-            assert_eq!(
-                rec.payload(),
-                format!("record-{i}-{}", "x".repeat((i % 97) as usize)).as_bytes()
-            );
+            assert_eq!(rec.payload(), format!("record-{i}-{}", "x".repeat((i % 97) as usize)).as_bytes());
             i += 1;
         }
         assert_eq!(i, n);
@@ -52,23 +44,14 @@ fn append_read_reopen_both_backends() {
 #[test]
 fn tailer_follows_and_batch_durability_advances() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = Appender::open(
-        dir.path(),
-        LogOptions {
-            durability: Durability::Batch,
-            ..opts(IoBackend::Auto)
-        },
-    )
-    .unwrap();
+    let mut log =
+        Appender::open(dir.path(), LogOptions { durability: Durability::Batch, ..opts(IoBackend::Auto) }).unwrap();
     let path = dir.path().to_path_buf();
     let t = std::thread::spawn(move || {
         let mut tailer = Tailer::open(&path).unwrap();
         let mut got = 0u64;
         while got < 5000 {
-            let rec = tailer
-                .next(Some(Duration::from_secs(10)))
-                .unwrap()
-                .expect("record in time");
+            let rec = tailer.next(Some(Duration::from_secs(10))).unwrap().expect("record in time");
             assert_eq!(rec.offset(), Offset(got));
             got += 1;
         }
@@ -80,9 +63,7 @@ fn tailer_follows_and_batch_durability_advances() {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-    assert!(log
-        .wait_durable(Offset(4999), Some(Duration::from_secs(10)))
-        .unwrap());
+    assert!(log.wait_durable(Offset(4999), Some(Duration::from_secs(10))).unwrap());
     assert_eq!(t.join().unwrap(), 5000);
 }
 
@@ -98,12 +79,7 @@ fn zero_copy_writers_and_typed_reads() {
     }
     let dir = tempfile::tempdir().unwrap();
     let mut log = Appender::open(dir.path(), opts(IoBackend::Auto)).unwrap();
-    let order = Order {
-        id: 7,
-        price: 101.5,
-        qty: 3,
-        side: 1,
-    };
+    let order = Order { id: 7, price: 101.5, qty: 3, side: 1 };
     log.append_pod(7, &order).unwrap();
     log.append_with(5, |buf| {
         assert_eq!(buf, &[0u8; 5], "append_with hands out a zeroed buffer");
@@ -113,68 +89,37 @@ fn zero_copy_writers_and_typed_reads() {
     let range = log.append_batch([&b"a"[..], b"bb", b"ccc"]).unwrap();
     assert_eq!(range, Offset(2)..Offset(5));
     let err = log.append(&vec![0u8; (64 << 10) + 1]).unwrap_err();
-    assert!(
-        err.to_string().contains("exceeds the log's maximum"),
-        "{err}"
-    );
-    assert_eq!(
-        log.next_offset(),
-        Offset(5),
-        "a refused record takes no offset"
-    );
+    assert!(err.to_string().contains("exceeds the log's maximum"), "{err}");
+    assert_eq!(log.next_offset(), Offset(5), "a refused record takes no offset");
     drop(log);
 
     let mut r = Reader::open(dir.path()).unwrap();
     let rec = r.next().unwrap().unwrap();
     assert_eq!(rec.key(), 7);
     assert_eq!(*rec.payload_as::<Order>().unwrap(), order);
-    assert!(
-        rec.payload_as::<u64>().is_err(),
-        "size mismatch is an error"
-    );
+    assert!(rec.payload_as::<u64>().is_err(), "size mismatch is an error");
     let rec = r.next().unwrap().unwrap();
     assert_eq!(rec.payload(), b"fill!");
-    let batch: Vec<Vec<u8>> = (0..3)
-        .map(|_| r.next().unwrap().unwrap().payload().to_vec())
-        .collect();
+    let batch: Vec<Vec<u8>> = (0..3).map(|_| r.next().unwrap().unwrap().payload().to_vec()).collect();
     assert_eq!(batch, vec![b"a".to_vec(), b"bb".to_vec(), b"ccc".to_vec()]);
     assert!(r.next().unwrap().is_none());
 }
 
 #[test]
 fn durability_levels_move_the_watermark() {
-    for durability in [
-        Durability::Never,
-        Durability::Interval(Duration::from_millis(5)),
-        Durability::Batch,
-    ] {
+    for durability in [Durability::Never, Durability::Interval(Duration::from_millis(5)), Durability::Batch] {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = Appender::open(
-            dir.path(),
-            LogOptions {
-                durability,
-                ..opts(IoBackend::Auto)
-            },
-        )
-        .unwrap();
+        let mut log = Appender::open(dir.path(), LogOptions { durability, ..opts(IoBackend::Auto) }).unwrap();
         for i in 0..1000u64 {
             log.append_pod(0, &i).unwrap();
         }
         match durability {
             Durability::Never => {
                 std::thread::sleep(Duration::from_millis(50));
-                assert_eq!(
-                    log.durable_offset(),
-                    Offset(0),
-                    "Never syncs only when asked"
-                );
-                assert!(log
-                    .wait_durable(Offset(999), Some(Duration::from_secs(10)))
-                    .unwrap());
+                assert_eq!(log.durable_offset(), Offset(0), "Never syncs only when asked");
+                assert!(log.wait_durable(Offset(999), Some(Duration::from_secs(10))).unwrap());
             }
-            _ => assert!(log
-                .wait_durable(Offset(999), Some(Duration::from_secs(10)))
-                .unwrap()),
+            _ => assert!(log.wait_durable(Offset(999), Some(Duration::from_secs(10))).unwrap()),
         }
         assert_eq!(log.durable_offset(), Offset(1000));
         let (syncs, hist) = log.sync_stats();
@@ -190,19 +135,10 @@ fn durability_levels_move_the_watermark() {
 #[test]
 fn retention_deletes_old_segments_and_readers_keep_theirs() {
     let dir = tempfile::tempdir().unwrap();
-    let retention = shoal::log::Retention {
-        max_bytes: Some(4 * (256 << 10)),
-        max_age: None,
-    };
-    let mut log = Appender::open(
-        dir.path(),
-        LogOptions {
-            retention,
-            durability: Durability::Never,
-            ..opts(IoBackend::Auto)
-        },
-    )
-    .unwrap();
+    let retention = shoal::log::Retention { max_bytes: Some(4 * (256 << 10)), max_age: None };
+    let mut log =
+        Appender::open(dir.path(), LogOptions { retention, durability: Durability::Never, ..opts(IoBackend::Auto) })
+            .unwrap();
     log.append(b"first").unwrap();
     // A reader holding the first segment keeps reading it after retention removes it.
     let mut early = Reader::open(dir.path()).unwrap();
@@ -212,58 +148,31 @@ fn retention_deletes_old_segments_and_readers_keep_theirs() {
     }
     let segs = std::fs::read_dir(dir.path())
         .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".seg")
-        })
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".seg"))
         .count();
     assert!(segs <= 4, "retention kept {segs} segments");
     assert_eq!(early.next().unwrap().unwrap().payload(), b"first");
     let mut fresh = Reader::open(dir.path()).unwrap();
     let first = fresh.first_offset().unwrap();
-    assert!(
-        first.0 > 1000,
-        "old offsets were removed (first is {first})"
-    );
+    assert!(first.0 > 1000, "old offsets were removed (first is {first})");
     let err = fresh.seek(Offset(0)).unwrap_err();
-    assert!(
-        matches!(err, shoal::log::LogError::OffsetGone { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, shoal::log::LogError::OffsetGone { .. }), "{err}");
     fresh.seek(first).unwrap();
     assert_eq!(fresh.next().unwrap().unwrap().offset(), first);
 
     // By age: everything sealed is older than zero seconds after a rollover.
     drop(log);
-    let retention = shoal::log::Retention {
-        max_bytes: None,
-        max_age: Some(Duration::from_millis(1)),
-    };
-    let mut log = Appender::open(
-        dir.path(),
-        LogOptions {
-            retention,
-            durability: Durability::Never,
-            ..opts(IoBackend::Auto)
-        },
-    )
-    .unwrap();
+    let retention = shoal::log::Retention { max_bytes: None, max_age: Some(Duration::from_millis(1)) };
+    let mut log =
+        Appender::open(dir.path(), LogOptions { retention, durability: Durability::Never, ..opts(IoBackend::Auto) })
+            .unwrap();
     std::thread::sleep(Duration::from_millis(5));
     for _ in 0..1000 {
         log.append(&payload).unwrap();
     }
     let segs = std::fs::read_dir(dir.path())
         .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".seg")
-        })
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".seg"))
         .count();
     assert!(segs <= 3, "age retention kept {segs} segments");
 }
@@ -273,11 +182,7 @@ fn seek_everywhere_matches_a_scan() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = Appender::open(
         dir.path(),
-        LogOptions {
-            index_interval_bytes: 512,
-            durability: Durability::Never,
-            ..opts(IoBackend::Auto)
-        },
+        LogOptions { index_interval_bytes: 512, durability: Durability::Never, ..opts(IoBackend::Auto) },
     )
     .unwrap();
     let n = 30_000u64;
@@ -292,10 +197,7 @@ fn seek_everywhere_matches_a_scan() {
         assert_eq!(rec.payload_as::<[u64; 3]>().unwrap()[0], target);
     }
     r.seek(Offset(n + 10)).unwrap();
-    assert!(
-        r.next().unwrap().is_none(),
-        "seeking past the tail waits at the tail"
-    );
+    assert!(r.next().unwrap().is_none(), "seeking past the tail waits at the tail");
     log.append(b"tail").unwrap();
     assert_eq!(r.next().unwrap().unwrap().offset(), Offset(n));
 }

@@ -146,7 +146,9 @@ struct Shared {
 impl Shared {
     fn failure(&self) -> LogError {
         match &*self.failure.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some((path, kind, msg)) => LogError::SyncFailed { path: path.clone(), source: std::io::Error::new(*kind, msg.clone()) },
+            Some((path, kind, msg)) => {
+                LogError::SyncFailed { path: path.clone(), source: std::io::Error::new(*kind, msg.clone()) }
+            }
             None => LogError::Closed,
         }
     }
@@ -316,7 +318,10 @@ impl Appender {
             if w[1].base_offset <= w[0].base_offset {
                 return Err(LogError::Inconsistent {
                     path: segments[0].1.clone(),
-                    why: format!("segment {} starts at offset {} after segment {} at {}", w[1].seq, w[1].base_offset, w[0].seq, w[0].base_offset),
+                    why: format!(
+                        "segment {} starts at offset {} after segment {} at {}",
+                        w[1].seq, w[1].base_offset, w[0].seq, w[0].base_offset
+                    ),
                 });
             }
         }
@@ -340,14 +345,14 @@ impl Appender {
             let header = seg.header;
             let region = seg.region();
             let mut index_fix = Vec::new();
-            let scan = scan_segment(&region, &header, payload_max, |offset, position| index_fix.push((offset, position)));
+            let scan =
+                scan_segment(&region, &header, payload_max, |offset, position| index_fix.push((offset, position)));
             let short = (seg.mapped_bytes as u64) < header.segment_bytes;
             let damage = match scan.end {
                 ScanEnd::Damaged(e) => Some(e.to_string()),
-                _ if short && scan.end != ScanEnd::Sealed => Some(format!(
-                    "file is {} bytes, its header says {}",
-                    seg.mapped_bytes, header.segment_bytes
-                )),
+                _ if short && scan.end != ScanEnd::Sealed => {
+                    Some(format!("file is {} bytes, its header says {}", seg.mapped_bytes, header.segment_bytes))
+                }
                 _ => None,
             };
             if let Some(why) = damage {
@@ -388,7 +393,8 @@ impl Appender {
             let mut next_pos = header.data_start();
             for (offset, position) in index_fix.iter().copied().take_while(|(_, p)| *p < scan.position) {
                 if position >= next_pos && slot < header.index_entries as usize {
-                    region.store_index(slot, format::index_entry((offset - header.base_offset) as u32, position as u32));
+                    region
+                        .store_index(slot, format::index_entry((offset - header.base_offset) as u32, position as u32));
                     slot += 1;
                     next_pos = position + header.index_interval as usize;
                 }
@@ -420,7 +426,12 @@ impl Appender {
             }
             let range_end = scan.position.min(seg.mapped_bytes);
             sync_driver
-                .sync_ranges(&[SyncRange { fd: seg.fd(), map: region.as_ptr(), offset: 0, len: range_end.max(1) as u64 }])
+                .sync_ranges(&[SyncRange {
+                    fd: seg.fd(),
+                    map: region.as_ptr(),
+                    offset: 0,
+                    len: range_end.max(1) as u64,
+                }])
                 .map_err(|e| LogError::io(&last_path, "fdatasync", e))?;
             let sealed = matches!(scan.end, ScanEnd::Sealed | ScanEnd::Full);
             let position = if sealed { seg.mapped_bytes } else { scan.position };
@@ -616,7 +627,12 @@ impl Appender {
     /// # Errors
     /// As [`Appender::append`].
     #[inline]
-    pub fn append_keyed_with<F: FnOnce(&mut [u8])>(&mut self, key: u64, len: usize, fill: F) -> Result<Offset, AppendError> {
+    pub fn append_keyed_with<F: FnOnce(&mut [u8])>(
+        &mut self,
+        key: u64,
+        len: usize,
+        fill: F,
+    ) -> Result<Offset, AppendError> {
         let offset = self.write_one(key, len, now_ns(), fill)?;
         self.publish();
         Ok(offset)
@@ -657,7 +673,13 @@ impl Appender {
     }
 
     #[inline]
-    fn write_one<F: FnOnce(&mut [u8])>(&mut self, key: u64, len: usize, ts: u64, fill: F) -> Result<Offset, AppendError> {
+    fn write_one<F: FnOnce(&mut [u8])>(
+        &mut self,
+        key: u64,
+        len: usize,
+        ts: u64,
+        fill: F,
+    ) -> Result<Offset, AppendError> {
         if len > self.opts.max_record_bytes {
             return Err(AppendError::TooLarge { len, max: self.opts.max_record_bytes });
         }
@@ -676,7 +698,8 @@ impl Appender {
         let commit = unsafe { self.region.write_record(position, offset, ts, key, len, fill) };
         self.region.publish(position, commit);
         if position >= self.index_next_position && self.index_slot < self.index_capacity {
-            self.region.store_index(self.index_slot, format::index_entry((offset - self.base_offset) as u32, position as u32));
+            self.region
+                .store_index(self.index_slot, format::index_entry((offset - self.base_offset) as u32, position as u32));
             self.index_slot += 1;
             self.index_next_position = position + self.index_interval;
         }
@@ -763,7 +786,13 @@ impl Appender {
             self.pending.end_position.store(end.min(self.limit) as u64, Ordering::Relaxed);
             self.pending.sealed.store(true, Ordering::Release);
         }
-        self.retained.push_back((seg.id, seg.path.clone(), header.base_offset, header.segment_bytes, header.activated_ns));
+        self.retained.push_back((
+            seg.id,
+            seg.path.clone(),
+            header.base_offset,
+            header.segment_bytes,
+            header.activated_ns,
+        ));
         self.active = seg;
         self.pending = pending;
         self.region = region;
@@ -859,7 +888,10 @@ impl Appender {
     fn shutdown(&mut self) -> Result<(), LogError> {
         let mut result = Ok(());
         if self.sync_thread.is_some() {
-            if self.opts.durability != Durability::Never && self.next_offset > 0 && !self.shared.failed.load(Ordering::Acquire) {
+            if self.opts.durability != Durability::Never
+                && self.next_offset > 0
+                && !self.shared.failed.load(Ordering::Acquire)
+            {
                 if let Err(e) = self.sync() {
                     result = Err(e);
                 }
@@ -903,7 +935,15 @@ fn spawn_preparer(
         .name("shoal-log-prepare".into())
         .spawn(move || {
             for id in requests {
-                let result = Segment::prepare(&dir, id, opts.segment_bytes, opts.index_interval_bytes, opts.prefault, &mut io, &dir_file);
+                let result = Segment::prepare(
+                    &dir,
+                    id,
+                    opts.segment_bytes,
+                    opts.index_interval_bytes,
+                    opts.prefault,
+                    &mut io,
+                    &dir_file,
+                );
                 if results.send(result).is_err() {
                     break;
                 }
@@ -975,7 +1015,12 @@ fn sync_loop(shared: &Shared, io: &mut IoDriver) {
             let end = p.end_position.load(Ordering::Acquire);
             if end > *done {
                 let from = *done & !(format::PAGE_BYTES as u64 - 1);
-                ranges.push(SyncRange { fd: p.segment.fd(), map: p.segment.region().as_ptr(), offset: from, len: end - from });
+                ranges.push(SyncRange {
+                    fd: p.segment.fd(),
+                    map: p.segment.region().as_ptr(),
+                    offset: from,
+                    len: end - from,
+                });
             }
         }
         let started = Instant::now();
@@ -987,17 +1032,24 @@ fn sync_loop(shared: &Shared, io: &mut IoDriver) {
                 shared.sync_latency.lock().unwrap_or_else(|p| p.into_inner()).record(elapsed.as_nanos() as u64);
                 shared.syncs.fetch_add(1, Ordering::Relaxed);
                 for (p, done) in synced_to.iter_mut() {
-                    *done = (*done).max(ranges.iter().find(|r| r.fd == p.segment.fd()).map_or(*done, |r| r.offset + r.len));
+                    *done =
+                        (*done).max(ranges.iter().find(|r| r.fd == p.segment.fd()).map_or(*done, |r| r.offset + r.len));
                 }
                 // Sealed segments that are fully synced leave the list.
                 let finished: Vec<Arc<Pending>> = synced_to
                     .iter()
-                    .filter(|(p, done)| p.sealed.load(Ordering::Acquire) && *done >= p.end_position.load(Ordering::Acquire))
+                    .filter(|(p, done)| {
+                        p.sealed.load(Ordering::Acquire) && *done >= p.end_position.load(Ordering::Acquire)
+                    })
                     .map(|(p, _)| p.clone())
                     .collect();
                 if !finished.is_empty() {
                     synced_to.retain(|(p, _)| !finished.iter().any(|f| Arc::ptr_eq(f, p)));
-                    shared.pending.lock().unwrap_or_else(|p| p.into_inner()).retain(|p| !finished.iter().any(|f| Arc::ptr_eq(f, p)));
+                    shared
+                        .pending
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .retain(|p| !finished.iter().any(|f| Arc::ptr_eq(f, p)));
                 }
                 // pairs with the SeqCst loads in wait_durable
                 shared.durable.fetch_max(written, Ordering::SeqCst);

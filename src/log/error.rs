@@ -36,7 +36,9 @@ pub enum LogError {
         why: String,
     },
     /// A segment written by a newer shoal.
-    #[error("{path}: segment format version {found} is newer than version {supported} that this shoal reads; upgrade shoal")]
+    #[error(
+        "{path}: segment format version {found} is newer than version {supported} that this shoal reads; upgrade shoal"
+    )]
     UnsupportedVersion {
         /// The file.
         path: PathBuf,

@@ -142,10 +142,9 @@ impl std::fmt::Display for HeaderError {
         match self {
             HeaderError::Short => write!(f, "shorter than a segment header"),
             HeaderError::BadMagic => write!(f, "does not start with the shoal segment magic"),
-            HeaderError::NewerVersion(v) => write!(
-                f,
-                "format version {v} is newer than the {FORMAT_VERSION} this build reads"
-            ),
+            HeaderError::NewerVersion(v) => {
+                write!(f, "format version {v} is newer than the {FORMAT_VERSION} this build reads")
+            }
             HeaderError::BadVersion(v) => write!(f, "format version {v} is invalid"),
             HeaderError::BadChecksum => write!(f, "segment header checksum mismatch"),
             HeaderError::Inconsistent(why) => write!(f, "segment header is inconsistent: {why}"),
@@ -476,9 +475,7 @@ impl Region {
         if position.checked_add(stride).is_none_or(|end| end > self.len) {
             return Err(RecordError::LengthPastEnd { payload_len });
         }
-        let bytes = self
-            .committed_bytes(position, stride)
-            .ok_or(RecordError::LengthPastEnd { payload_len })?;
+        let bytes = self.committed_bytes(position, stride).ok_or(RecordError::LengthPastEnd { payload_len })?;
         let mut tail = [0u8; 24];
         tail.copy_from_slice(&bytes[8..32]);
         let stored_crc = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
@@ -493,13 +490,7 @@ impl Region {
                 return Err(RecordError::WrongOffset { expected, found: offset });
             }
         }
-        Ok(Slot::Record(RecordView {
-            position,
-            offset,
-            timestamp_ns: word(8),
-            key: word(16),
-            payload,
-        }))
+        Ok(Slot::Record(RecordView { position, offset, timestamp_ns: word(8), key: word(16), payload }))
     }
 
     /// Writes a record's header (all but the commit word) and lets `fill` write the payload
@@ -535,13 +526,7 @@ impl Region {
         let payload_len = len as u32;
         let crc = record_crc(payload_len, &tail, payload);
         // SAFETY: as above.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                crc.to_le_bytes().as_ptr(),
-                self.ptr.add(position + 4),
-                4,
-            )
-        };
+        unsafe { std::ptr::copy_nonoverlapping(crc.to_le_bytes().as_ptr(), self.ptr.add(position + 4), 4) };
         COMMIT_BIT | payload_len
     }
 
@@ -699,7 +684,10 @@ mod tests {
         let mut newer = bytes;
         newer[8..12].copy_from_slice(&2u32.to_le_bytes());
         assert_eq!(SegmentHeader::decode(&newer), Err(HeaderError::NewerVersion(2)));
-        assert_eq!(SegmentHeader::decode(b"not a segment at all, not at all......................."), Err(HeaderError::BadMagic));
+        assert_eq!(
+            SegmentHeader::decode(b"not a segment at all, not at all......................."),
+            Err(HeaderError::BadMagic)
+        );
     }
 
     #[test]
@@ -709,9 +697,7 @@ mod tests {
         let mut buf = AlignedBuf::zeroed(64 + stride);
         let region = buf.region();
         // SAFETY: the buffer is ours alone and zeroed.
-        let commit = unsafe {
-            region.write_record(64, 7, 11, 13, payload.len(), |b| b.copy_from_slice(payload))
-        };
+        let commit = unsafe { region.write_record(64, 7, 11, 13, payload.len(), |b| b.copy_from_slice(payload)) };
         assert!(matches!(region.decode(64, Some(7), 1 << 20), Ok(Slot::Empty)));
         assert!(region.publish(64, commit));
         match region.decode(64, Some(7), 1 << 20) {
@@ -721,10 +707,7 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
-        assert_eq!(
-            region.decode(64, Some(8), 1 << 20).err(),
-            Some(RecordError::WrongOffset { expected: 8, found: 7 })
-        );
+        assert_eq!(region.decode(64, Some(8), 1 << 20).err(), Some(RecordError::WrongOffset { expected: 8, found: 7 }));
         assert_eq!(
             region.decode(64, Some(7), 4).err(),
             Some(RecordError::TooLong { payload_len: payload.len() as u32 })
@@ -751,10 +734,7 @@ mod tests {
         let bytes = buf.as_mut_bytes();
         bytes[0..4].copy_from_slice(&(COMMIT_BIT | 1000).to_le_bytes());
         let region = buf.region();
-        assert_eq!(
-            region.decode(0, None, usize::MAX).err(),
-            Some(RecordError::LengthPastEnd { payload_len: 1000 })
-        );
+        assert_eq!(region.decode(0, None, usize::MAX).err(), Some(RecordError::LengthPastEnd { payload_len: 1000 }));
         assert_eq!(region.decode(3, None, 10).err(), Some(RecordError::BadPosition));
         assert_eq!(region.decode(40, None, 10).err(), Some(RecordError::BadPosition));
         assert!(region.load_index(usize::MAX).is_none());

@@ -70,10 +70,7 @@ impl Head {
             // pairs with the Acquire load of the magic above in other openers
             head.u64_at(0).store(u64::from_le_bytes(HEAD_MAGIC), Ordering::Release);
         } else if magic_word != u64::from_le_bytes(HEAD_MAGIC) {
-            return Err(LogError::NotASegment {
-                path,
-                why: "HEAD is not a shoal control page".into(),
-            });
+            return Err(LogError::NotASegment { path, why: "HEAD is not a shoal control page".into() });
         } else {
             let version = head.u32_at(8).load(Ordering::Relaxed);
             if version > HEAD_VERSION {

@@ -69,12 +69,16 @@ impl IoDriver {
     pub fn new(backend: IoBackend) -> Result<IoDriver, LogError> {
         match backend {
             IoBackend::Syscalls => Ok(IoDriver::Syscalls),
-            IoBackend::Uring => probe().map(|r| IoDriver::Uring(Box::new(r))).map_err(|source| LogError::UringUnavailable { source }),
+            IoBackend::Uring => {
+                probe().map(|r| IoDriver::Uring(Box::new(r))).map_err(|source| LogError::UringUnavailable { source })
+            }
             IoBackend::Auto => match probe() {
                 Ok(ring) => Ok(IoDriver::Uring(Box::new(ring))),
                 Err(e) => {
                     FALLBACK_NOTICE.call_once(|| {
-                        tracing::warn!("io_uring unavailable ({e}); the log uses plain syscalls on a background thread");
+                        tracing::warn!(
+                            "io_uring unavailable ({e}); the log uses plain syscalls on a background thread"
+                        );
                     });
                     Ok(IoDriver::Syscalls)
                 }
@@ -108,7 +112,8 @@ impl IoDriver {
                                 .user_data(i as u64);
                             // SAFETY: an fsync reads no user buffer; the fd outlives the
                             // operation because we wait for its completion below.
-                            unsafe { sq.push(&entry) }.map_err(|_| io::Error::other("io_uring submission queue full"))?;
+                            unsafe { sq.push(&entry) }
+                                .map_err(|_| io::Error::other("io_uring submission queue full"))?;
                         }
                     }
                     if let Err(e) = wait_all(ring, chunk.len()) {
@@ -132,7 +137,8 @@ impl IoDriver {
             IoDriver::Uring(ring) => {
                 let entry = opcode::Fallocate::new(types::Fd(fd), len).offset(0).mode(0).build();
                 // SAFETY: fallocate reads no user buffer; we wait for completion below.
-                unsafe { ring.submission().push(&entry) }.map_err(|_| io::Error::other("io_uring submission queue full"))?;
+                unsafe { ring.submission().push(&entry) }
+                    .map_err(|_| io::Error::other("io_uring submission queue full"))?;
                 wait_all(ring, 1)
             }
             IoDriver::Syscalls => {
@@ -154,12 +160,19 @@ impl IoDriver {
                 let flags = if datasync { types::FsyncFlags::DATASYNC } else { types::FsyncFlags::empty() };
                 let entry = opcode::Fsync::new(types::Fd(fd)).flags(flags).build();
                 // SAFETY: fsync reads no user buffer; we wait for completion below.
-                unsafe { ring.submission().push(&entry) }.map_err(|_| io::Error::other("io_uring submission queue full"))?;
+                unsafe { ring.submission().push(&entry) }
+                    .map_err(|_| io::Error::other("io_uring submission queue full"))?;
                 wait_all(ring, 1)
             }
             IoDriver::Syscalls => {
                 // SAFETY: plain syscalls on a valid fd.
-                let rc = unsafe { if datasync { libc::fdatasync(fd) } else { libc::fsync(fd) } };
+                let rc = unsafe {
+                    if datasync {
+                        libc::fdatasync(fd)
+                    } else {
+                        libc::fsync(fd)
+                    }
+                };
                 if rc == 0 {
                     Ok(())
                 } else {

@@ -168,7 +168,5 @@ impl LogOptions {
 /// Wall clock in ns since the Unix epoch (0 if the clock is before it).
 #[inline]
 pub fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }

@@ -237,7 +237,12 @@ impl Reader {
             Ok(Slot::Record(r)) => {
                 self.position = r.next_position();
                 self.next_offset += 1;
-                Ok(Some(Record { offset: Offset(r.offset), timestamp_ns: r.timestamp_ns, key: r.key, payload: r.payload }))
+                Ok(Some(Record {
+                    offset: Offset(r.offset),
+                    timestamp_ns: r.timestamp_ns,
+                    key: r.key,
+                    payload: r.payload,
+                }))
             }
             Ok(_) => Ok(None),
             Err(e) => Err(corruption(&self.current, &self.dir, position, self.next_offset, e.to_string())),
@@ -343,7 +348,9 @@ impl Reader {
         if lo > 0 {
             let (r, pos) = format::index_entry_parts(region.load_index(lo - 1).unwrap_or(0));
             // The index is a hint: use it only when it points at the record it names.
-            if let Ok(Slot::Record(_)) = region.decode(pos as usize, Some(base + r as u64), format::PAYLOAD_BYTES_FORMAT_MAX) {
+            if let Ok(Slot::Record(_)) =
+                region.decode(pos as usize, Some(base + r as u64), format::PAYLOAD_BYTES_FORMAT_MAX)
+            {
                 self.position = pos as usize;
                 self.next_offset = base + r as u64;
             }

@@ -170,13 +170,19 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
     let mut report = VerifyReport { segments: segments.len() as u64, ..VerifyReport::default() };
     let mut expected: Option<u64> = None;
     let mut prepared_seen = false;
-    let opened: Vec<Result<Segment, LogError>> = segments.iter().map(|(id, path)| Segment::open(path, *id, false)).collect();
+    let opened: Vec<Result<Segment, LogError>> =
+        segments.iter().map(|(id, path)| Segment::open(path, *id, false)).collect();
     let last_in_use = opened.iter().rposition(|s| s.as_ref().is_ok_and(|s| s.header.base_offset != BASE_OFFSET_UNSET));
     for (index, ((_, path), seg)) in segments.iter().zip(opened).enumerate() {
         let seg = match seg {
             Ok(seg) => seg,
             Err(e) => {
-                report.problems.push(Problem { path: path.clone(), position: 0, what: e.to_string(), repairable: false });
+                report.problems.push(Problem {
+                    path: path.clone(),
+                    position: 0,
+                    what: e.to_string(),
+                    repairable: false,
+                });
                 continue;
             }
         };
@@ -199,7 +205,10 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
                 report.problems.push(Problem {
                     path: path.clone(),
                     position: 24,
-                    what: format!("starts at offset {} but the previous segment ends at offset {exp}", header.base_offset),
+                    what: format!(
+                        "starts at offset {} but the previous segment ends at offset {exp}",
+                        header.base_offset
+                    ),
                     repairable: false,
                 });
             }
@@ -234,7 +243,12 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
                     if scan.next_offset < durable { " (below the durable watermark)" } else { "" }
                 )
             };
-            report.problems.push(Problem { path: path.clone(), position: scan.position as u64, what, repairable: true });
+            report.problems.push(Problem {
+                path: path.clone(),
+                position: scan.position as u64,
+                what,
+                repairable: true,
+            });
             report.records_after_cut += after;
             report.cut = Some((index, path.clone(), scan.position, scan.next_offset));
         } else if short {
@@ -297,7 +311,8 @@ pub fn repair(dir: &Path) -> Result<RepairReport, LogError> {
 /// I/O errors or files that are not segments.
 pub fn stats(dir: &Path) -> Result<LogStats, LogError> {
     let (segments, _) = list_segments(dir)?;
-    let mut out = LogStats { segments: segments.len() as u64, durable_offset: read_durable(dir), ..LogStats::default() };
+    let mut out =
+        LogStats { segments: segments.len() as u64, durable_offset: read_durable(dir), ..LogStats::default() };
     let mut last_in_use: Option<Segment> = None;
     for (id, path) in &segments {
         out.bytes += std::fs::metadata(path).map_err(|e| LogError::io(path, "stat", e))?.len();

@@ -67,11 +67,9 @@ pub fn list_segments(dir: &Path) -> Result<(Vec<(SegmentId, PathBuf)>, Vec<PathB
 /// Maps a header error to the error a person sees.
 pub fn header_error(path: &Path, e: HeaderError) -> LogError {
     match e {
-        HeaderError::NewerVersion(found) => LogError::UnsupportedVersion {
-            path: path.to_path_buf(),
-            found,
-            supported: FORMAT_VERSION,
-        },
+        HeaderError::NewerVersion(found) => {
+            LogError::UnsupportedVersion { path: path.to_path_buf(), found, supported: FORMAT_VERSION }
+        }
         other => LogError::NotASegment { path: path.to_path_buf(), why: other.to_string() },
     }
 }
@@ -125,11 +123,8 @@ impl Segment {
     /// read-only for readers. The header is validated; a file shorter than its header says
     /// is mapped as far as it goes (recovery treats the missing part as damage).
     pub fn open(path: &Path, id: SegmentId, writable: bool) -> Result<Segment, LogError> {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(writable)
-            .open(path)
-            .map_err(|e| LogError::io(path, "open", e))?;
+        let mut file =
+            OpenOptions::new().read(true).write(writable).open(path).map_err(|e| LogError::io(path, "open", e))?;
         let header = read_header_from_file(path, &mut file)?;
         if header.seq != id.0 {
             return Err(LogError::NotASegment {
@@ -195,8 +190,7 @@ impl Segment {
                 created_ns: super::now_ns(),
                 activated_ns: 0,
             };
-            file.write_all_at(&header.encode(), 0)
-                .map_err(|e| LogError::io(&temp, "write header", e))?;
+            file.write_all_at(&header.encode(), 0).map_err(|e| LogError::io(&temp, "write header", e))?;
             io.fsync(file.as_raw_fd(), true).map_err(|e| LogError::io(&temp, "fdatasync", e))?;
             std::fs::rename(&temp, &path).map_err(|e| LogError::io(&temp, "rename", e))?;
             io.fsync(dir_file.as_raw_fd(), false).map_err(|e| LogError::io(dir, "fsync", e))?;
@@ -231,7 +225,6 @@ pub fn index_entries_for(segment_bytes: u64, index_interval: u32) -> u32 {
     // Each entry also takes 8 bytes of the segment; the estimate is close enough.
     ((data / (index_interval as u64 + 8)).max(1)).min(u32::MAX as u64 / 2) as u32
 }
-
 
 /// Opens the directory itself, to fsync it.
 pub fn open_dir(dir: &Path) -> Result<File, LogError> {
