@@ -1,0 +1,103 @@
+//! `shoal verify` and `shoal stats`: read-only looks at a log, and the one repair.
+
+use std::io::{self, Write};
+use std::path::Path;
+use std::process::ExitCode;
+
+use super::Error;
+use crate::log::{self, Problem};
+
+pub(super) fn verify(dir: &Path, repair: bool) -> Result<ExitCode, Error> {
+    if repair {
+        return run_repair(dir);
+    }
+    let report = log::verify(dir)?;
+    if report.is_sound() {
+        let line = format!("{}: sound: {} segments, {} records", dir.display(), report.segments, report.records);
+        return print_stdout(&line, ExitCode::SUCCESS);
+    }
+    report_problems(&report.problems);
+    Ok(ExitCode::FAILURE)
+}
+
+fn run_repair(dir: &Path) -> Result<ExitCode, Error> {
+    let report = log::repair(dir)?;
+    let line = match &report.cut {
+        Some((path, position, offset)) => format!(
+            "repaired: cut {} at byte {position}, dropping offset {offset} onward ({} intact records after the damage)",
+            path.display(),
+            report.records_dropped
+        ),
+        None => format!("{}: nothing to repair", dir.display()),
+    };
+    let code = if report.unrepairable.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+    let printed = print_stdout(&line, code);
+    report_problems(&report.unrepairable);
+    printed
+}
+
+/// One line per problem on stderr.
+fn report_problems(problems: &[Problem]) {
+    let mut err = io::stderr().lock();
+    for problem in problems {
+        let _ = writeln!(err, "shoal: {problem}");
+    }
+}
+
+fn print_stdout(text: &str, code: ExitCode) -> Result<ExitCode, Error> {
+    let mut out = io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Ok(()) => Ok(code),
+        Err(e) => super::stdout_failed(e).map(|_| code),
+    }
+}
+
+pub(super) fn stats(dir: &Path) -> Result<ExitCode, Error> {
+    let stats = log::stats(dir)?;
+    let show = |o: Option<u64>| o.map_or_else(|| "-".to_string(), |o| o.to_string());
+    let rows = [
+        ("segments", stats.segments.to_string()),
+        ("records", stats.records.to_string()),
+        ("bytes", format!("{} ({})", stats.bytes, human_bytes(stats.bytes))),
+        ("first offset", show(stats.first_offset)),
+        ("last offset", show(stats.last_offset)),
+        // Inclusive, like `produce --ack`: the last record that is durable.
+        ("durable offset", show(stats.durable_offset.checked_sub(1))),
+    ];
+    print_stdout(&table(&rows), ExitCode::SUCCESS)
+}
+
+/// Two left-aligned columns, without a trailing newline.
+pub(super) fn table(rows: &[(&str, String)]) -> String {
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    rows.iter().map(|(k, v)| format!("{k:<width$}  {v}")).collect::<Vec<_>>().join("\n")
+}
+
+/// `1.5 KiB`, `64.0 MiB`, ...
+pub(super) fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_and_bytes_read_well() {
+        let t = table(&[("a", "1".into()), ("longer", "2".into())]);
+        assert_eq!(t, "a       1\nlonger  2");
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(64 << 20), "64.0 MiB");
+    }
+}

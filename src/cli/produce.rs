@@ -1,0 +1,246 @@
+//! `shoal produce`: one record per stdin line, with optional durability acks.
+//!
+//! Stdin is read with plain `read(2)` calls into one buffer: every complete line that a read
+//! delivers goes into one `append_batch` (one publication, one wake-up of the sync thread),
+//! and the partial line at the end waits for the next read. A read returns as soon as any
+//! input is there, so a line is never held back waiting for more.
+//!
+//! Acks come from their own thread, so that they keep flowing while the main thread blocks on
+//! a slow stdin. In `Batch` mode the thread sleeps in [`DurableWatch::wait_durable`] until the
+//! watermark passes what it last printed. In `Never` and `Interval` modes `wait_durable` would
+//! ask the log for a sync, which would change the durability the user chose, so the thread
+//! polls the watermark instead.
+
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::Error;
+use crate::log::{Appender, Durability, DurableWatch, LogOptions, Offset};
+
+/// Bytes asked of each `read(2)` on stdin.
+const READ_CHUNK_BYTES: usize = 64 << 10;
+/// How long the ack thread sleeps between checks of its stop flag (Batch mode).
+const ACK_WAIT: Duration = Duration::from_millis(50);
+/// How often the ack thread polls the watermark in `Never` and `Interval` modes.
+const ACK_POLL: Duration = Duration::from_millis(2);
+
+pub(super) fn run(dir: &Path, durability: Durability, ack: bool) -> Result<ExitCode, Error> {
+    let opts = LogOptions { durability, ..LogOptions::default() };
+    let mut log = Appender::open(dir, opts)?;
+    let acker = if ack { Some(Acker::start(log.durable_watch(), durability == Durability::Batch)?) } else { None };
+    let appended = append_lines(&mut log, &mut io::stdin().lock());
+    // Whatever went wrong with the input, the records appended so far are made durable and
+    // acked before the error is reported.
+    let synced = log.sync();
+    let printed = match acker {
+        Some(acker) => acker.finish(),
+        None => None,
+    };
+    appended?;
+    synced?;
+    let end = log.next_offset().0;
+    log.close()?;
+    if ack && end > 0 && printed != Some(end - 1) {
+        let mut out = io::stdout().lock();
+        let written = writeln!(out, "durable {}", end - 1).and_then(|()| out.flush());
+        if let Err(e) = written {
+            return super::stdout_failed(e);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Appends every line of `input` (bytes without the `\n`; a last line without one counts).
+fn append_lines(log: &mut Appender, input: &mut impl Read) -> Result<(), Error> {
+    let max = log.options().max_record_bytes;
+    let mut buf = vec![0u8; READ_CHUNK_BYTES];
+    // buf[..filled] holds a partial line (no newline in it) before each read.
+    let mut filled = 0usize;
+    loop {
+        if filled == buf.len() {
+            if filled > max {
+                return Err(Error::new(format!(
+                    "{}: a stdin line at offset {} is longer than the largest record ({max} bytes); split it",
+                    log.dir().display(),
+                    log.next_offset()
+                )));
+            }
+            // Bounded: the buffer stops growing once it holds more than `max` bytes.
+            let grown = (buf.len() * 2).min(max + 1).max(buf.len() + 1);
+            buf.resize(grown, 0);
+        }
+        let n = match input.read(&mut buf[filled..]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::new(format!("reading stdin failed: {e}"))),
+        };
+        if n == 0 {
+            if filled > 0 {
+                if filled > max {
+                    return Err(Error::new(format!(
+                        "{}: the last stdin line is longer than the largest record ({max} bytes); split it",
+                        log.dir().display()
+                    )));
+                }
+                log.append(&buf[..filled])?;
+            }
+            return Ok(());
+        }
+        let new = filled..filled + n;
+        filled += n;
+        // Only the new bytes can hold the first newline after the partial line.
+        if let Some(last_nl) = buf[new].iter().rposition(|&b| b == b'\n').map(|i| filled - n + i) {
+            let lines = &buf[..last_nl];
+            if let Some(long) = lines.split(|&b| b == b'\n').find(|l| l.len() > max) {
+                return Err(Error::new(format!(
+                    "{}: a stdin line of {} bytes is longer than the largest record ({max} bytes); split it",
+                    log.dir().display(),
+                    long.len()
+                )));
+            }
+            log.append_batch(lines.split(|&b| b == b'\n'))?;
+            buf.copy_within(last_nl + 1..filled, 0);
+            filled -= last_nl + 1;
+        }
+    }
+}
+
+/// The thread that prints `durable <N>` lines.
+struct Acker {
+    done: Arc<AtomicBool>,
+    thread: JoinHandle<Option<u64>>,
+}
+
+impl Acker {
+    fn start(watch: DurableWatch, batch: bool) -> Result<Acker, Error> {
+        let done = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::Builder::new()
+            .name("shoal-produce-ack".into())
+            .spawn({
+                let done = done.clone();
+                move || ack_loop(&watch, batch, &done)
+            })
+            .map_err(|e| Error::new(format!("starting the ack thread failed: {e}")))?;
+        Ok(Acker { done, thread })
+    }
+
+    /// Stops the thread after it has printed the watermark as it stands now; returns the
+    /// last `N` it printed.
+    fn finish(self) -> Option<u64> {
+        // pairs with the Acquire load in ack_loop
+        self.done.store(true, Ordering::Release);
+        self.thread.join().unwrap_or(None)
+    }
+}
+
+/// Prints each advance of the watermark until `done`; returns the last `N` printed.
+fn ack_loop(watch: &DurableWatch, batch: bool, done: &AtomicBool) -> Option<u64> {
+    let mut out = io::stdout().lock();
+    let mut seen = watch.durable_offset().0;
+    let mut printed = None;
+    let mut stdout_open = true;
+    loop {
+        // Read the flag before the watermark: after `done` is set, the watermark read below
+        // includes everything the main thread synced before setting it.
+        // pairs with the Release store in Acker::finish
+        let finishing = done.load(Ordering::Acquire);
+        let durable = watch.durable_offset().0;
+        if durable > seen {
+            seen = durable;
+            if stdout_open {
+                stdout_open = writeln!(out, "durable {}", durable - 1).and_then(|()| out.flush()).is_ok();
+                printed = Some(durable - 1);
+            }
+        }
+        if finishing {
+            return printed;
+        }
+        if batch {
+            // `Ok(false)` is a timeout; an error (a failed sync) is reported by the main
+            // thread's own sync, so here it only slows the loop down.
+            if watch.wait_durable(Offset(seen), Some(ACK_WAIT)).is_err() {
+                std::thread::sleep(ACK_WAIT);
+            }
+        } else {
+            std::thread::sleep(ACK_POLL);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::Reader;
+
+    /// Hands out its input in the given pieces, one per `read`.
+    struct Pieces(Vec<Vec<u8>>);
+
+    impl Read for Pieces {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let Some(piece) = self.0.first_mut() else { return Ok(0) };
+            let n = piece.len().min(out.len());
+            out[..n].copy_from_slice(&piece[..n]);
+            piece.drain(..n);
+            if piece.is_empty() {
+                self.0.remove(0);
+            }
+            Ok(n)
+        }
+    }
+
+    fn payloads(dir: &Path) -> Vec<Vec<u8>> {
+        let mut reader = Reader::open(dir).expect("reader");
+        let mut out = Vec::new();
+        while let Some(r) = reader.next().expect("record") {
+            out.push(r.payload().to_vec());
+        }
+        out
+    }
+
+    #[test]
+    fn lines_split_across_reads_become_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = LogOptions {
+            segment_bytes: 1 << 20,
+            max_record_bytes: 512 << 10,
+            durability: Durability::Never,
+            ..LogOptions::default()
+        };
+        let mut log = Appender::open(dir.path(), opts).expect("open");
+        let mut input = Pieces(vec![
+            b"one\ntw".to_vec(),
+            b"o\n\nthr".to_vec(),
+            b"ee\xff\n".to_vec(),
+            vec![b'x'; READ_CHUNK_BYTES * 3],
+            b"\nlast".to_vec(),
+        ]);
+        append_lines(&mut log, &mut input).expect("append");
+        log.close().expect("close");
+        let got = payloads(dir.path());
+        let long = vec![b'x'; READ_CHUNK_BYTES * 3];
+        let want: Vec<&[u8]> = vec![b"one", b"two", b"", b"three\xff", &long, b"last"];
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_line_longer_than_a_record_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = LogOptions {
+            segment_bytes: 1 << 20,
+            max_record_bytes: 1000,
+            durability: Durability::Never,
+            ..LogOptions::default()
+        };
+        let mut log = Appender::open(dir.path(), opts).expect("open");
+        let mut input = Pieces(vec![b"ok\n".to_vec(), vec![b'y'; 200_000], b"\n".to_vec()]);
+        let err = append_lines(&mut log, &mut input).expect_err("too long");
+        assert!(err.to_string().contains("longer than the largest record"), "{err}");
+        log.close().expect("close");
+        assert_eq!(payloads(dir.path()), vec![b"ok".to_vec()]);
+    }
+}
