@@ -7,20 +7,21 @@ use std::io::Write;
 use std::ops::Range;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::{bounded, Receiver, Sender};
+use crossbeam::utils::CachePadded;
 
 use super::error::{AppendError, LogError};
 use super::format::{self, record_stride, Region, SegmentHeader, BASE_OFFSET_UNSET, END_OF_SEGMENT};
-use super::head::Head;
+use super::head::{AsymmetricFence, Head};
 use super::io::{IoDriver, SyncRange};
 use super::recovery::{records_after, scan_segment, ScanEnd};
 use super::segment::{list_segments, open_dir, Segment, SegmentId};
-use super::{now_ns, Durability, LogOptions, Offset, RecoveryMode};
+use super::{now_ns, Durability, LogOptions, Offset, RecoveryMode, WallClock};
 use crate::metrics::LatencyHistogram;
 
 const LOCK_FILE: &str = "LOCK";
@@ -122,14 +123,14 @@ struct Pending {
 #[derive(Debug)]
 struct Shared {
     /// Offset of the next record (all below are published). Written by the appender.
-    written: AtomicU64,
+    written: CachePadded<AtomicU64>,
     /// All offsets below are durable. Written by the sync thread.
-    durable: AtomicU64,
+    durable: CachePadded<AtomicU64>,
     /// An explicit sync asked for everything below this offset.
     sync_target: AtomicU64,
     /// Segments with records the sync thread may not have covered yet.
     pending: Mutex<Vec<Arc<Pending>>>,
-    syncer_parked: AtomicBool,
+    syncer_parked: CachePadded<AtomicBool>,
     syncer: Mutex<Option<std::thread::Thread>>,
     waiters: AtomicUsize,
     durable_lock: Mutex<()>,
@@ -275,6 +276,9 @@ pub struct Appender {
     prepare_thread: Option<JoinHandle<()>>,
     recovery: RecoveryReport,
     backend: &'static str,
+    clock: WallClock,
+    /// The process is registered for `membarrier`, so publishing needs only a compiler fence.
+    light_fence: bool,
 }
 
 impl Appender {
@@ -457,11 +461,11 @@ impl Appender {
         head.set_appender_pid(std::process::id());
 
         let shared = Arc::new(Shared {
-            written: AtomicU64::new(next_offset),
-            durable: AtomicU64::new(next_offset),
+            written: CachePadded::new(AtomicU64::new(next_offset)),
+            durable: CachePadded::new(AtomicU64::new(next_offset)),
             sync_target: AtomicU64::new(0),
             pending: Mutex::new(Vec::new()),
-            syncer_parked: AtomicBool::new(false),
+            syncer_parked: CachePadded::new(AtomicBool::new(false)),
             syncer: Mutex::new(None),
             waiters: AtomicUsize::new(0),
             durable_lock: Mutex::new(()),
@@ -537,6 +541,8 @@ impl Appender {
             prepare_thread: Some(prepare_thread),
             recovery: report,
             backend: backend_name,
+            clock: WallClock::new(),
+            light_fence: AsymmetricFence::register(),
         };
         if tail.is_none() {
             // Empty log: activate the first segment now.
@@ -633,7 +639,7 @@ impl Appender {
         len: usize,
         fill: F,
     ) -> Result<Offset, AppendError> {
-        let offset = self.write_one(key, len, now_ns(), fill)?;
+        let offset = self.write_one(key, len, self.clock.now_ns(), fill)?;
         self.publish();
         Ok(offset)
     }
@@ -658,7 +664,7 @@ impl Appender {
         I: IntoIterator<Item = &'p [u8]>,
     {
         let first = self.next_offset;
-        let ts = now_ns();
+        let ts = self.clock.now_ns();
         let mut result = Ok(());
         for payload in payloads {
             if let Err(e) = self.write_one(0, payload.len(), ts, |buf| buf.copy_from_slice(payload)) {
@@ -715,10 +721,9 @@ impl Appender {
         // pairs with the Acquire load of `written` in the sync thread: it then sees
         // `end_position` (and the pending list) at least this far.
         self.shared.written.store(self.next_offset, Ordering::Release);
-        self.head.set_next_offset(self.next_offset);
-        // One fence serves both wake-up protocols (tailers in `Head::notify`, the sync
-        // thread's park below).
-        fence(Ordering::SeqCst);
+        // One fence serves both wake-up protocols (tailers in `Head::notify_after_fence`,
+        // the sync thread's park below); it pairs with `AsymmetricFence::heavy` on their side.
+        AsymmetricFence::light(self.light_fence);
         self.head.notify_after_fence();
         if self.opts.durability == Durability::Batch && self.shared.syncer_parked.load(Ordering::Relaxed) {
             self.shared.wake_syncer();
@@ -762,9 +767,10 @@ impl Appender {
 
     /// Makes `seg` the active segment starting at `self.next_offset`.
     fn activate(&mut self, seg: Arc<Segment>) -> Result<(), LogError> {
+        self.clock.reanchor();
         let mut header = seg.header;
         header.base_offset = self.next_offset;
-        header.activated_ns = now_ns();
+        header.activated_ns = self.clock.now_ns();
         let region = seg.region();
         // SAFETY: the segment is not yet in use, so no reader trusts its header yet (readers
         // verify its checksum, and only open it after the end marker below).
@@ -991,9 +997,9 @@ fn sync_loop(shared: &Shared, io: &mut IoDriver) {
                 _ => Duration::from_millis(100),
             };
             shared.syncer_parked.store(true, Ordering::SeqCst);
-            // pairs with the fence in Appender::publish: either it sees `parked` and wakes
-            // us, or we see its `written` here.
-            fence(Ordering::SeqCst);
+            // pairs with the light fence in Appender::publish: either it sees `parked` and
+            // wakes us, or we see its `written` here.
+            AsymmetricFence::heavy();
             let again = shared.written.load(Ordering::Acquire) > durable && shared.durability == Durability::Batch;
             let requested = shared.sync_target.load(Ordering::SeqCst) > durable;
             if !(again || requested) || shared.failed.load(Ordering::Relaxed) {

@@ -44,7 +44,8 @@
 //! ```text
 //!  0  commit        u32  0 = nothing here yet; COMMIT_BIT | payload_len = a record;
 //!                        END_OF_SEGMENT = the segment is sealed, records go on in the next
-//!  4  crc           u32  CRC32C of (payload_len as u32 LE, bytes 8..32 of this header, payload)
+//!  4  crc           u32  CRC32C, seeded with payload_len, of bytes 8..stride: the rest of
+//!                        this header, the payload and its zero padding
 //!  8  offset        u64  the record's offset
 //! 16  timestamp_ns  u64  wall clock at append, ns since the Unix epoch
 //! 24  key           u64  user key (routing, compaction); 0 when none was given
@@ -93,12 +94,21 @@ pub const fn record_stride(payload_len: usize) -> usize {
     RECORD_HEADER_BYTES + align_up(payload_len, RECORD_ALIGN)
 }
 
-/// The CRC stored in a record.
+/// The CRC stored in a record: CRC32C seeded with the payload length, over the header's
+/// offset, timestamp and key, the payload, and the zero padding up to the stride.
 #[inline]
 pub fn record_crc(payload_len: u32, header_tail: &[u8; 24], payload: &[u8]) -> u32 {
-    let crc = crc32c::crc32c(&payload_len.to_le_bytes());
-    let crc = crc32c::crc32c_append(crc, header_tail);
-    crc32c::crc32c_append(crc, payload)
+    const ZEROS: [u8; RECORD_ALIGN] = [0; RECORD_ALIGN];
+    let crc = crc32c::crc32c_append(payload_len, header_tail);
+    let crc = crc32c::crc32c_append(crc, payload);
+    crc32c::crc32c_append(crc, &ZEROS[..align_up(payload.len(), RECORD_ALIGN) - payload.len()])
+}
+
+/// [`record_crc`] over a record laid out in memory: `bytes` runs from the record's byte 8
+/// to its stride (24 header bytes, the payload, the padding); one pass of whole 8-byte words.
+#[inline]
+pub fn record_crc_in_place(payload_len: u32, bytes: &[u8]) -> u32 {
+    crc32c::crc32c_append(payload_len, bytes)
 }
 
 /// The decoded header of a segment.
@@ -480,7 +490,7 @@ impl Region {
         tail.copy_from_slice(&bytes[8..32]);
         let stored_crc = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
         let payload = &bytes[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + len];
-        if record_crc(payload_len, &tail, payload) != stored_crc {
+        if record_crc_in_place(payload_len, &bytes[8..]) != stored_crc {
             return Err(RecordError::BadChecksum);
         }
         let word = |i: usize| u64::from_le_bytes(tail[i..i + 8].try_into().unwrap_or([0; 8]));
@@ -524,7 +534,10 @@ impl Region {
         };
         fill(payload);
         let payload_len = len as u32;
-        let crc = record_crc(payload_len, &tail, payload);
+        // SAFETY: as above; the range (header tail, payload, zero padding) is ours and in
+        // bounds, and `payload`'s borrow ended with `fill`.
+        let body = unsafe { std::slice::from_raw_parts(self.ptr.add(position + 8), record_stride(len) - 8) };
+        let crc = record_crc_in_place(payload_len, body);
         // SAFETY: as above.
         unsafe { std::ptr::copy_nonoverlapping(crc.to_le_bytes().as_ptr(), self.ptr.add(position + 4), 4) };
         COMMIT_BIT | payload_len
@@ -725,6 +738,18 @@ mod tests {
             let mut b = AlignedBuf::from_bytes(&torn);
             let r = b.region();
             assert!(r.decode(64, Some(7), 1 << 20).is_err(), "torn at {cut} accepted");
+        }
+    }
+
+    #[test]
+    fn crc_helpers_agree() {
+        for len in 0..20usize {
+            let payload: Vec<u8> = (0..len as u8).collect();
+            let tail = [9u8; 24];
+            let mut laid = tail.to_vec();
+            laid.extend_from_slice(&payload);
+            laid.resize(24 + align_up(len, 8), 0);
+            assert_eq!(record_crc(len as u32, &tail, &payload), record_crc_in_place(len as u32, &laid));
         }
     }
 

@@ -2,20 +2,26 @@
 //! any process. It carries what is cheap to share and safe to lose:
 //!
 //! ```text
-//!  0  magic           [u8; 8]  b"SHOALHED"
-//!  8  version         u32      1
-//! 12  notify          u32      futex word: bumped after records are published
-//! 16  waiters         u32      tailers asleep (or about to sleep) on `notify`
-//! 20  appender_pid    u32      pid of the live appender, 0 when none
-//! 24  durable_offset  u64      every offset below this is durable
-//! 32  next_offset     u64      the offset the next append gets
+//!   0  magic           [u8; 8]  b"SHOALHED"
+//!   8  version         u32      1
+//!  12  appender_pid    u32      pid of the live appender, 0 when none
+//!  64  notify          u32      futex word: bumped after records are published
+//!  68  waiters         u32      tailers asleep (or about to sleep) on `notify`
+//! 128  durable_offset  u64      every offset below this is durable
 //! ```
+//! (The words written by different parties sit on different cache lines.)
 //!
 //! Wake-up protocol (Dekker style, so a wake-up is never missed): a tailer increments
-//! `waiters` (SeqCst), reads `notify`, re-checks the log for a record, and only then sleeps in
-//! `FUTEX_WAIT` on `notify` with the value it read. The appender publishes a record, issues a
-//! SeqCst fence, and when `waiters` is non-zero bumps `notify` and calls `FUTEX_WAKE`. The
-//! futex is not process-private, so it works across processes sharing the file.
+//! `waiters` (SeqCst), issues a full fence, reads `notify`, re-checks the log for a record,
+//! and only then sleeps in `FUTEX_WAIT` on `notify` with the value it read. The appender
+//! publishes a record, fences, and when `waiters` is non-zero bumps `notify` and calls
+//! `FUTEX_WAKE`. The futex is not process-private, so it works across processes sharing the
+//! file.
+//!
+//! The fence is asymmetric where the kernel allows (see [`AsymmetricFence`]): the appender's
+//! side is a compiler fence only, and the rare side (a tailer about to sleep) pays for a
+//! `membarrier(2)` that makes every thread of registered processes execute a full barrier.
+//! Where `membarrier` is unavailable both sides use a real fence.
 //!
 //! The futex calls are written by hand over `libc`: the maintained wrappers (`atomic-wait`,
 //! `parking_lot_core`) use process-private futexes only.
@@ -32,6 +38,10 @@ use super::error::LogError;
 const HEAD_MAGIC: [u8; 8] = *b"SHOALHED";
 const HEAD_VERSION: u32 = 1;
 const HEAD_BYTES: u64 = 4096;
+const APPENDER_PID: usize = 12;
+const NOTIFY: usize = 64;
+const WAITERS: usize = 68;
+const DURABLE: usize = 128;
 /// File name of the control page.
 pub const HEAD_FILE: &str = "HEAD";
 
@@ -95,30 +105,23 @@ impl Head {
 
     /// The durable watermark recorded by the appender.
     pub fn durable_offset(&self) -> u64 {
-        self.u64_at(24).load(Ordering::Acquire)
+        self.u64_at(DURABLE).load(Ordering::Acquire)
     }
 
     /// Records the durable watermark (monotonic).
     pub fn set_durable_offset(&self, offset: u64) {
         // pairs with the Acquire load in durable_offset
-        self.u64_at(24).fetch_max(offset, Ordering::Release);
+        self.u64_at(DURABLE).fetch_max(offset, Ordering::Release);
     }
 
-    /// Lowers the durable watermark (after a repair cut records off).
+    /// Sets the durable watermark, lowering it if needed (after a repair cut records off).
     pub fn reset_offsets(&self, next: u64) {
-        self.u64_at(24).store(next, Ordering::Release);
-        self.u64_at(32).store(next, Ordering::Release);
-    }
-
-    /// Records the next offset.
-    #[inline]
-    pub fn set_next_offset(&self, offset: u64) {
-        self.u64_at(32).store(offset, Ordering::Release);
+        self.u64_at(DURABLE).store(next, Ordering::Release);
     }
 
     /// Records the live appender's pid (0 when it closes).
     pub fn set_appender_pid(&self, pid: u32) {
-        self.u32_at(20).store(pid, Ordering::Release);
+        self.u32_at(APPENDER_PID).store(pid, Ordering::Release);
     }
 
     /// Called by the appender after publishing records and issuing a SeqCst fence: wakes
@@ -128,7 +131,7 @@ impl Head {
     /// either the tailer sees the new record on its re-check, or we see its registration.
     #[inline]
     pub fn notify_after_fence(&self) {
-        if self.u32_at(16).load(Ordering::Relaxed) != 0 {
+        if self.u32_at(WAITERS).load(Ordering::Relaxed) != 0 {
             self.wake();
         }
     }
@@ -136,7 +139,7 @@ impl Head {
     /// Bumps the futex word and wakes every sleeper.
     #[cold]
     pub fn wake(&self) {
-        let word = self.u32_at(12);
+        let word = self.u32_at(NOTIFY);
         word.fetch_add(1, Ordering::SeqCst);
         // SAFETY: FUTEX_WAKE on a valid, aligned u32 in a shared mapping; no memory is
         // written by the kernel.
@@ -148,8 +151,9 @@ impl Head {
     /// Registers a sleeper; returns the futex value to pass to [`Head::wait`]. The caller
     /// re-checks for new records before waiting and calls [`Head::finish_wait`] afterwards.
     pub fn prepare_wait(&self) -> u32 {
-        self.u32_at(16).fetch_add(1, Ordering::SeqCst);
-        self.u32_at(12).load(Ordering::SeqCst)
+        self.u32_at(WAITERS).fetch_add(1, Ordering::SeqCst);
+        AsymmetricFence::heavy();
+        self.u32_at(NOTIFY).load(Ordering::SeqCst)
     }
 
     /// Sleeps until the futex word moves from `seen` or `timeout` passes.
@@ -163,7 +167,7 @@ impl Head {
         unsafe {
             libc::syscall(
                 libc::SYS_futex,
-                self.u32_at(12).as_ptr(),
+                self.u32_at(NOTIFY).as_ptr(),
                 libc::FUTEX_WAIT,
                 seen,
                 &ts as *const libc::timespec,
@@ -175,6 +179,46 @@ impl Head {
 
     /// Unregisters a sleeper.
     pub fn finish_wait(&self) {
-        self.u32_at(16).fetch_sub(1, Ordering::SeqCst);
+        self.u32_at(WAITERS).fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// An asymmetric Dekker fence: a compiler fence on the hot side (the appender), a
+/// `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)` on the cold side (a thread about to sleep).
+///
+/// The appender's process registers with `MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED` at open;
+/// when that fails (kernels before 4.16, seccomp), the appender falls back to a real fence on
+/// its side and the heavy side stays correct either way, since a full fence on both sides is
+/// the classic protocol. `membarrier` is called by hand through `libc`: no maintained crate
+/// wraps its global-expedited commands.
+pub struct AsymmetricFence;
+
+impl AsymmetricFence {
+    /// Registers this process so that heavy fences from any process reach its threads.
+    /// Returns false when the kernel refuses; the caller must then use real fences.
+    pub fn register() -> bool {
+        const MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED: libc::c_long = 1 << 2;
+        // SAFETY: membarrier takes no pointers.
+        unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED, 0, 0) == 0 }
+    }
+
+    /// The heavy side: a full barrier here and in every running thread of registered
+    /// processes. Falls back to a local full fence (then the other side fences too).
+    pub fn heavy() {
+        const MEMBARRIER_CMD_GLOBAL_EXPEDITED: libc::c_long = 1 << 1;
+        std::sync::atomic::fence(Ordering::SeqCst);
+        // SAFETY: membarrier takes no pointers.
+        unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0) };
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
+
+    /// The light side: a compiler fence when `registered`, else a full fence.
+    #[inline(always)]
+    pub fn light(registered: bool) {
+        if registered {
+            std::sync::atomic::compiler_fence(Ordering::SeqCst);
+        } else {
+            std::sync::atomic::fence(Ordering::SeqCst);
+        }
     }
 }

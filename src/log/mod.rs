@@ -165,6 +165,35 @@ impl LogOptions {
     }
 }
 
+/// A wall clock for record timestamps that costs a few ns: the CPU's time-stamp counter
+/// (through `quanta`, which calibrates it and falls back to the OS clock where the counter is
+/// unusable), anchored to the system clock. The appender re-anchors it at every segment
+/// activation, so drift against the system clock stays bounded by one segment's lifetime.
+#[derive(Debug, Clone)]
+pub(crate) struct WallClock {
+    clock: quanta::Clock,
+    anchor_raw: u64,
+    anchor_ns: u64,
+}
+
+impl WallClock {
+    pub(crate) fn new() -> WallClock {
+        let clock = quanta::Clock::new();
+        let anchor_raw = clock.raw();
+        WallClock { clock, anchor_raw, anchor_ns: now_ns() }
+    }
+
+    pub(crate) fn reanchor(&mut self) {
+        self.anchor_raw = self.clock.raw();
+        self.anchor_ns = now_ns();
+    }
+
+    #[inline]
+    pub(crate) fn now_ns(&self) -> u64 {
+        self.anchor_ns + self.clock.delta_as_nanos(self.anchor_raw, self.clock.raw())
+    }
+}
+
 /// Wall clock in ns since the Unix epoch (0 if the clock is before it).
 #[inline]
 pub fn now_ns() -> u64 {
