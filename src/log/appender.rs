@@ -109,13 +109,11 @@ pub struct RecoveryReport {
     pub cut: Option<(PathBuf, u64, u64, u64, bool)>,
 }
 
-/// A segment the sync thread still has to cover.
+/// A segment the sync thread still has to cover (its write position is `segment.written`).
 #[derive(Debug)]
 struct Pending {
     segment: Arc<Segment>,
-    /// Bytes written so far (the position after the last published record or marker).
-    end_position: AtomicU64,
-    /// Set when the segment is sealed; `end_position` is then final.
+    /// Set when the segment is sealed; `segment.written` is then final.
     sealed: AtomicBool,
 }
 
@@ -267,7 +265,7 @@ pub struct Appender {
     /// The segment prepared ahead, or the request for it in flight.
     prepared: Option<Arc<Segment>>,
     prepare_tx: Option<Sender<SegmentId>>,
-    prepare_rx: Receiver<Result<Segment, LogError>>,
+    prepare_rx: Receiver<Result<Arc<Segment>, LogError>>,
     prepare_in_flight: bool,
     next_seq: u64,
     /// Segments in use, oldest first: (id, path, base offset, bytes, activated_ns).
@@ -333,7 +331,7 @@ impl Appender {
         let payload_max = opts.max_record_bytes.max(format::PAYLOAD_BYTES_FORMAT_MAX.min(opts.segment_bytes as usize));
 
         let (prepare_tx, prepare_req_rx) = bounded::<SegmentId>(1);
-        let (prepare_res_tx, prepare_rx) = bounded::<Result<Segment, LogError>>(1);
+        let (prepare_res_tx, prepare_rx) = bounded::<Result<Arc<Segment>, LogError>>(1);
         let backend = IoDriver::new(opts.io_backend)?;
         let backend_name = backend.name();
         let prepare_thread = spawn_preparer(dir.clone(), opts, dir_file, prepare_req_rx, prepare_res_tx)?;
@@ -492,18 +490,15 @@ impl Appender {
                     Some(seg) => seg,
                     None => {
                         prepare_tx.send(SegmentId(next_seq)).map_err(|_| LogError::Closed)?;
-                        Arc::new(prepare_rx.recv().map_err(|_| LogError::Closed)??)
+                        prepare_rx.recv().map_err(|_| LogError::Closed)??
                     }
                 };
                 (seg, 0, 0)
             }
         };
         let header = active.header;
-        let pending = Arc::new(Pending {
-            segment: active.clone(),
-            end_position: AtomicU64::new(position as u64),
-            sealed: AtomicBool::new(false),
-        });
+        active.written.store(position as u64, Ordering::Relaxed);
+        let pending = Arc::new(Pending { segment: active.clone(), sealed: AtomicBool::new(false) });
         let index_slot = (0..header.index_entries as usize)
             .take_while(|i| active.region().load_index(*i).is_some_and(|e| e != 0))
             .count();
@@ -551,7 +546,7 @@ impl Appender {
         } else {
             appender.shared.pending.lock().unwrap_or_else(|p| p.into_inner()).push(appender.pending.clone());
         }
-        if appender.prepared.is_none() {
+        if appender.prepared.is_none() && !appender.prepare_in_flight {
             appender.request_prepare();
         }
         appender.apply_retention();
@@ -717,9 +712,9 @@ impl Appender {
     /// Makes the records written so far visible to the sync thread and tailers.
     #[inline]
     fn publish(&mut self) {
-        self.pending.end_position.store(self.position as u64, Ordering::Relaxed);
-        // pairs with the Acquire load of `written` in the sync thread: it then sees
-        // `end_position` (and the pending list) at least this far.
+        self.active.written.store(self.position as u64, Ordering::Relaxed);
+        // pairs with the Acquire load of `written` in the sync thread: it then sees the
+        // segment's write position (and the pending list) at least this far.
         self.shared.written.store(self.next_offset, Ordering::Release);
         // One fence serves both wake-up protocols (tailers in `Head::notify_after_fence`,
         // the sync thread's park below); it pairs with `AsymmetricFence::heavy` on their side.
@@ -741,7 +736,7 @@ impl Appender {
                 }
                 self.prepare_in_flight = false;
                 match self.prepare_rx.recv() {
-                    Ok(Ok(seg)) => Arc::new(seg),
+                    Ok(Ok(seg)) => seg,
                     Ok(Err(e)) => {
                         // Only one preparation is ever in flight: retry the same id.
                         self.next_seq -= 1;
@@ -775,11 +770,8 @@ impl Appender {
         // SAFETY: the segment is not yet in use, so no reader trusts its header yet (readers
         // verify its checksum, and only open it after the end marker below).
         unsafe { region.write_header(&header) };
-        let pending = Arc::new(Pending {
-            segment: seg.clone(),
-            end_position: AtomicU64::new(header.data_start() as u64),
-            sealed: AtomicBool::new(false),
-        });
+        seg.written.store(header.data_start() as u64, Ordering::Relaxed);
+        let pending = Arc::new(Pending { segment: seg.clone(), sealed: AtomicBool::new(false) });
         self.shared.pending.lock().unwrap_or_else(|p| p.into_inner()).push(pending.clone());
         // Seal the old segment (if there is one in use) after the new header is in place.
         if self.limit > 0 {
@@ -789,7 +781,7 @@ impl Appender {
             } else {
                 self.position
             };
-            self.pending.end_position.store(end.min(self.limit) as u64, Ordering::Relaxed);
+            self.active.written.store(end.min(self.limit) as u64, Ordering::Relaxed);
             self.pending.sealed.store(true, Ordering::Release);
         }
         self.retained.push_back((
@@ -822,7 +814,7 @@ impl Appender {
             if let Ok(result) = self.prepare_rx.try_recv() {
                 self.prepare_in_flight = false;
                 match result {
-                    Ok(seg) => self.prepared = Some(Arc::new(seg)),
+                    Ok(seg) => self.prepared = Some(seg),
                     Err(e) => {
                         self.next_seq -= 1;
                         tracing::warn!("preparing the next segment failed: {e}; retrying at the next rollover");
@@ -843,8 +835,10 @@ impl Appender {
             if self.retained.len() < 2 {
                 break;
             }
-            let total: u64 = self.retained.iter().map(|r| r.3).sum::<u64>()
-                + self.prepared.as_ref().map_or(0, |s| s.header.segment_bytes);
+            // The prepared segment counts, collected or still in flight (its file exists).
+            let prepared_bytes =
+                if self.prepared.is_some() || self.prepare_in_flight { self.opts.segment_bytes } else { 0 };
+            let total: u64 = self.retained.iter().map(|r| r.3).sum::<u64>() + prepared_bytes;
             let over_bytes = retention.max_bytes.is_some_and(|max| total > max);
             // The oldest segment's newest record is older than its successor's activation.
             let newest_ns = self.retained[1].4;
@@ -852,10 +846,13 @@ impl Appender {
             if !over_bytes && !over_age {
                 break;
             }
-            if let Some((_, path, ..)) = self.retained.pop_front() {
+            if let Some((id, path, ..)) = self.retained.pop_front() {
                 if let Err(e) = std::fs::remove_file(&path) {
                     tracing::warn!("{}: retention could not remove the segment: {e}", path.display());
                 }
+                // Its records are gone, so nothing is left to sync: release the mapping (and
+                // with it the disk space) instead of waiting for the next sync.
+                self.shared.pending.lock().unwrap_or_else(|p| p.into_inner()).retain(|p| p.segment.id != id);
             }
         }
     }
@@ -911,8 +908,10 @@ impl Appender {
         }
         self.prepare_tx = None;
         if let Some(t) = self.prepare_thread.take() {
-            // Drain a finished preparation so the thread is not stuck sending it.
-            while self.prepare_rx.try_recv().is_ok() {}
+            // Drain every preparation until the thread hangs up: with the request sender
+            // gone it finishes what is queued, and each result must find room in the
+            // bounded channel or the thread (and this join) would block forever.
+            while self.prepare_rx.recv().is_ok() {}
             let _ = t.join();
         }
         self.head.set_appender_pid(0);
@@ -934,24 +933,29 @@ fn spawn_preparer(
     opts: LogOptions,
     dir_file: File,
     requests: Receiver<SegmentId>,
-    results: Sender<Result<Segment, LogError>>,
+    results: Sender<Result<Arc<Segment>, LogError>>,
 ) -> Result<JoinHandle<()>, LogError> {
     let mut io = IoDriver::new(opts.io_backend)?;
     std::thread::Builder::new()
         .name("shoal-log-prepare".into())
         .spawn(move || {
+            let mut populate = opts.prefault;
             for id in requests {
-                let result = Segment::prepare(
-                    &dir,
-                    id,
-                    opts.segment_bytes,
-                    opts.index_interval_bytes,
-                    opts.prefault,
-                    &mut io,
-                    &dir_file,
-                );
+                let result =
+                    Segment::prepare(&dir, id, opts.segment_bytes, opts.index_interval_bytes, &mut io, &dir_file)
+                        .map(Arc::new);
+                let segment = result.as_ref().ok().cloned();
                 if results.send(result).is_err() {
                     break;
+                }
+                // The segment is handed over before its pages are populated: an appender that
+                // outran this thread starts on it at once and faults its own pages, while this
+                // thread keeps populating ahead of it.
+                if let (true, Some(segment)) = (populate, segment) {
+                    if !segment.populate() {
+                        tracing::warn!("MADV_POPULATE_WRITE unsupported (kernel 5.14+); appends take page faults");
+                        populate = false;
+                    }
                 }
             }
         })
@@ -1018,7 +1022,7 @@ fn sync_loop(shared: &Shared, io: &mut IoDriver) {
         }
         ranges.clear();
         for (p, done) in &synced_to {
-            let end = p.end_position.load(Ordering::Acquire);
+            let end = p.segment.written.load(Ordering::Acquire);
             if end > *done {
                 let from = *done & !(format::PAGE_BYTES as u64 - 1);
                 ranges.push(SyncRange {
@@ -1045,7 +1049,7 @@ fn sync_loop(shared: &Shared, io: &mut IoDriver) {
                 let finished: Vec<Arc<Pending>> = synced_to
                     .iter()
                     .filter(|(p, done)| {
-                        p.sealed.load(Ordering::Acquire) && *done >= p.end_position.load(Ordering::Acquire)
+                        p.sealed.load(Ordering::Acquire) && *done >= p.segment.written.load(Ordering::Acquire)
                     })
                     .map(|(p, _)| p.clone())
                     .collect();
@@ -1074,5 +1078,38 @@ fn sync_loop(shared: &Shared, io: &mut IoDriver) {
                 shared.durable_changed.notify_all();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `decode_segment` fuzz target: opening an empty log asked for a second
+    /// segment preparation while the first was in flight, and `shutdown` drained the results
+    /// channel without blocking, so the preparer could finish the queued request into a full
+    /// channel and `Drop` waited for it forever. Each round opens a fresh log and drops it
+    /// at once, when the race is widest.
+    #[test]
+    fn drop_right_after_open_never_hangs() {
+        let opts = LogOptions {
+            segment_bytes: 64 << 10,
+            max_record_bytes: 1024,
+            durability: Durability::Never,
+            io_backend: super::super::IoBackend::Syscalls,
+            prefault: false,
+            ..LogOptions::default()
+        };
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for _ in 0..200 {
+                let dir = tempfile::tempdir().expect("a temporary directory");
+                let mut log = Appender::open(dir.path(), opts).expect("open");
+                log.append(b"x").expect("append");
+                drop(log);
+            }
+            let _ = done_tx.send(());
+        });
+        assert!(done_rx.recv_timeout(Duration::from_secs(120)).is_ok(), "dropping a freshly opened appender hung");
     }
 }

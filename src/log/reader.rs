@@ -228,6 +228,26 @@ impl Reader {
     /// [`LogError::OffsetGone`] when retention removed the next segment.
     #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Result<Option<Record<'_>>, LogError> {
+        // Fast path: a whole record right here (one commit-word load, one checksum).
+        if let Some(region) = self.region {
+            if let Ok(Slot::Record(r)) =
+                region.decode(self.position, Some(self.next_offset), format::PAYLOAD_BYTES_FORMAT_MAX)
+            {
+                self.position = r.next_position();
+                self.next_offset += 1;
+                // SAFETY: the payload lies in the mapping owned by `self.current`, which is only
+                // replaced or dropped through `&mut self`; the returned record borrows `self`,
+                // so the mapping outlives it. The bytes are committed, hence immutable.
+                let payload = unsafe { std::slice::from_raw_parts(r.payload.as_ptr(), r.payload.len()) };
+                return Ok(Some(Record {
+                    offset: Offset(r.offset),
+                    timestamp_ns: r.timestamp_ns,
+                    key: r.key,
+                    payload,
+                }));
+            }
+        }
+        // Slow path: the end of a segment, the tail, or damage to report.
         if !self.ready()? {
             return Ok(None);
         }

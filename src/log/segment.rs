@@ -6,6 +6,7 @@ use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::{Advice, MmapOptions, MmapRaw};
 
@@ -38,9 +39,12 @@ pub fn parse_segment_name(name: &str) -> Option<SegmentId> {
     digits.parse().ok().map(SegmentId)
 }
 
+/// Segment files of a directory: (id, path), sorted by id.
+pub type Listing = Vec<(SegmentId, PathBuf)>;
+
 /// Segment files of a directory, sorted by id. Leftover temporary files are reported in
 /// the second list.
-pub fn list_segments(dir: &Path) -> Result<(Vec<(SegmentId, PathBuf)>, Vec<PathBuf>), LogError> {
+pub fn list_segments(dir: &Path) -> Result<(Listing, Vec<PathBuf>), LogError> {
     let entries = std::fs::read_dir(dir).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             LogError::NoLog { path: dir.to_path_buf() }
@@ -103,6 +107,10 @@ pub struct Segment {
     pub mapped_bytes: usize,
     /// The header as read at open (base offset may be set later by activation).
     pub header: SegmentHeader,
+    /// The appender's write position in this segment (after the last published record or
+    /// end marker). Read by the sync thread (what to sync) and the preparation thread (where
+    /// populating pages ahead of the appender is still useful).
+    pub written: AtomicU64,
 }
 
 impl Segment {
@@ -147,19 +155,18 @@ impl Segment {
         };
         let map = if writable { opts.map_raw(&file) } else { opts.map_raw_read_only(&file) }
             .map_err(|e| LogError::io(path, "mmap", e))?;
-        Ok(Segment { path: path.to_path_buf(), id, file, map, mapped_bytes, header })
+        Ok(Segment { path: path.to_path_buf(), id, file, map, mapped_bytes, header, written: AtomicU64::new(0) })
     }
 
     /// Creates segment `id` in `dir`: a temporary file is preallocated (through `io`), given
     /// a header with no base offset, synced, renamed into place and the directory synced;
-    /// then it is mapped and, when `prefault`, its pages are populated for writing so that
-    /// appends never fault.
+    /// then it is mapped. [`Segment::populate`] then faults its pages in ahead of the
+    /// appender.
     pub fn prepare(
         dir: &Path,
         id: SegmentId,
         segment_bytes: u64,
         index_interval: u32,
-        prefault: bool,
         io: &mut IoDriver,
         dir_file: &File,
     ) -> Result<Segment, LogError> {
@@ -198,11 +205,6 @@ impl Segment {
                 .len(segment_bytes as usize)
                 .map_raw(&file)
                 .map_err(|e| LogError::io(&path, "mmap", e))?;
-            if prefault {
-                // Best effort: older kernels lack MADV_POPULATE_WRITE (5.14); appends then
-                // take the page faults instead.
-                let _ = map.advise(Advice::PopulateWrite);
-            }
             Ok(Segment {
                 path: path.clone(),
                 id,
@@ -210,12 +212,36 @@ impl Segment {
                 map,
                 mapped_bytes: segment_bytes as usize,
                 header,
+                written: AtomicU64::new(0),
             })
         })();
         if result.is_err() {
             let _ = std::fs::remove_file(&temp);
         }
         result
+    }
+}
+
+impl Segment {
+    /// Faults the segment's pages in for writing (`MADV_POPULATE_WRITE`, kernel 5.14+), in
+    /// chunks, skipping what the appender has already reached: the appender may start using
+    /// the segment before this finishes, and then both populate it from either end of the
+    /// unwritten part. Returns false where the kernel lacks the advice (appends then take the
+    /// page faults themselves).
+    pub fn populate(&self) -> bool {
+        const CHUNK_BYTES: usize = 2 << 20;
+        const LEAD_BYTES: usize = 256 << 10;
+        let mut start = self.header.data_start();
+        while start < self.mapped_bytes {
+            let end = (start + CHUNK_BYTES).min(self.mapped_bytes);
+            let written = self.written.load(Ordering::Relaxed) as usize;
+            let from = start.max(format::align_up(written + LEAD_BYTES, format::PAGE_BYTES));
+            if from < end && self.map.advise_range(Advice::PopulateWrite, from, end - from).is_err() {
+                return false;
+            }
+            start = end;
+        }
+        true
     }
 }
 
