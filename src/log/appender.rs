@@ -57,7 +57,10 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<File, LogError> {
 pub(crate) fn cut_segment(seg: &Segment, header: &SegmentHeader, position: usize) -> Result<(), LogError> {
     let len = std::fs::metadata(&seg.path).map_err(|e| LogError::io(&seg.path, "stat", e))?.len();
     if len < header.segment_bytes {
-        // A truncated file: give it back its length (the new bytes read as zeros).
+        // A truncated file: give it back its length (the new bytes read as zeros). Bytes past
+        // the mapping (a cut that is not 8-aligned) are dropped first: the region below does
+        // not reach them, and a later record could end where they would read as a commit word.
+        seg.file.set_len(seg.mapped_bytes as u64).map_err(|e| LogError::io(&seg.path, "truncate", e))?;
         seg.file.set_len(header.segment_bytes).map_err(|e| LogError::io(&seg.path, "extend", e))?;
     }
     let region = seg.region();
@@ -386,6 +389,11 @@ impl Appender {
             } else if short {
                 // Sealed but truncated after the seal: restore the length.
                 seg.file.set_len(header.segment_bytes).map_err(|e| LogError::io(&last_path, "extend", e))?;
+            } else if scan.end == ScanEnd::Open && last_nonzero(&region, scan.position) > scan.position {
+                // A crash before a record's commit word was stored leaves the record's other
+                // bytes past the tail; shorter records appended over them would end inside
+                // them, and readers would take the stale bytes for a damaged record.
+                cut_segment(&seg, &header, scan.position)?;
             }
             // Rebuild the index of the tail segment: entries past the tail were zeroed by
             // the cut; missing ones are added.
@@ -733,18 +741,27 @@ impl Appender {
         let next = match self.prepared.take() {
             Some(seg) => seg,
             None => {
+                // A preparation that failed ahead of time (a disk full then, freed since) is
+                // tried once more now before its error is reported.
+                let mut tries = if self.prepare_in_flight { 2 } else { 1 };
                 if !self.prepare_in_flight {
                     self.request_prepare();
                 }
-                self.prepare_in_flight = false;
-                match self.prepare_rx.recv() {
-                    Ok(Ok(seg)) => seg,
-                    Ok(Err(e)) => {
-                        // Only one preparation is ever in flight: retry the same id.
-                        self.next_seq -= 1;
-                        return Err(e);
+                loop {
+                    self.prepare_in_flight = false;
+                    match self.prepare_rx.recv() {
+                        Ok(Ok(seg)) => break seg,
+                        Ok(Err(e)) => {
+                            // Only one preparation is ever in flight: retry the same id.
+                            self.next_seq -= 1;
+                            tries -= 1;
+                            if tries == 0 {
+                                return Err(e);
+                            }
+                            self.request_prepare();
+                        }
+                        Err(_) => return Err(LogError::Closed),
                     }
-                    Err(_) => return Err(LogError::Closed),
                 }
             }
         };

@@ -111,11 +111,12 @@ pub fn record_crc(payload_len: u32, header_tail: &[u8; 24], payload: &[u8]) -> u
 ///
 /// It is CRC32C (the Castagnoli polynomial, the `crc32` instruction of SSE 4.2) computed in
 /// three interleaved lanes of 8-byte words, word `i` going to lane `i % 3`, each lane seeded
-/// differently from `payload_len`; the three lane values are then folded by one more CRC32C.
+/// differently from `payload_len`; the three lane values are then folded by one more CRC32C,
+/// each as a zero-extended 64-bit word.
 /// A plain CRC32C runs one dependent `crc32` instruction per word (3 cycles each), which made
 /// it most of the cost of appending a 100-byte record; three lanes run in parallel. Damage
 /// confined to one lane changes that lane's CRC (a CRC32C detects every burst of up to 32
-/// bits), and the fold detects any change of its 12-byte input confined to 32 bits; other
+/// bits), and the fold detects any change of its 24-byte input confined to 32 bits; other
 /// damage passes with probability about 2^-32, as with any 32-bit check. This is written
 /// here because the `crc32c` crate offers only the serial form below 768 bytes.
 #[inline]
@@ -141,7 +142,7 @@ fn lane_seed(payload_len: u32, lane: usize) -> u32 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "sse4.2")]
 unsafe fn lanes_sse42(payload_len: u32, bytes: &[u8]) -> u32 {
-    use std::arch::x86_64::{_mm_crc32_u32, _mm_crc32_u64};
+    use std::arch::x86_64::_mm_crc32_u64;
     let word = |i: usize| u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
     let words = bytes.len() / 8;
     let mut lane =
@@ -159,8 +160,12 @@ unsafe fn lanes_sse42(payload_len: u32, bytes: &[u8]) -> u32 {
         i += 1;
         l += 1;
     }
-    let folded = _mm_crc32_u64(!payload_len as u64, lane[0] | (lane[1] << 32));
-    !_mm_crc32_u32(folded as u32, lane[2] as u32)
+    // Each lane goes into the fold as a whole 64-bit word: packing two 32-bit lanes into one
+    // word lets damage that straddles the last words of two lanes cancel out (a CRC's zero
+    // tail shift equals its data shift), so a torn tail of repeated bytes passed the check.
+    let folded = _mm_crc32_u64(!payload_len as u64, lane[0]);
+    let folded = _mm_crc32_u64(folded, lane[1]);
+    !(_mm_crc32_u64(folded, lane[2]) as u32)
 }
 
 /// The same function without SSE 4.2, through the `crc32c` crate (which pre- and
@@ -171,10 +176,10 @@ fn lanes_portable(payload_len: u32, bytes: &[u8]) -> u32 {
     for (i, word) in bytes.chunks_exact(8).enumerate() {
         lane[i % 3] = raw(lane[i % 3], word);
     }
-    let mut fold = [0u8; 12];
+    let mut fold = [0u8; 24];
     fold[0..4].copy_from_slice(&lane[0].to_le_bytes());
-    fold[4..8].copy_from_slice(&lane[1].to_le_bytes());
-    fold[8..12].copy_from_slice(&lane[2].to_le_bytes());
+    fold[8..12].copy_from_slice(&lane[1].to_le_bytes());
+    fold[16..20].copy_from_slice(&lane[2].to_le_bytes());
     !raw(!payload_len, &fold)
 }
 

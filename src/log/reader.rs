@@ -152,6 +152,12 @@ impl Reader {
                 Err(e) => return Err(LogError::io(&path, "open", e)),
             };
             let header = super::segment::read_header_from_file(&path, &mut file)?;
+            if header.seq != id.0 {
+                return Err(LogError::NotASegment {
+                    path,
+                    why: format!("its header says segment {}, its name says {}", header.seq, id.0),
+                });
+            }
             if header.base_offset == BASE_OFFSET_UNSET {
                 break; // prepared, not in use yet; so is everything after it
             }
