@@ -79,7 +79,10 @@ pub fn records_after(region: &Region, from: usize, min_offset: u64, payload_max:
         let commit = region.load_commit(position).unwrap_or(0);
         if commit & format::COMMIT_BIT != 0 && commit != format::END_OF_SEGMENT {
             let len = (commit & !format::COMMIT_BIT) as usize;
-            budget_bytes = budget_bytes.saturating_sub(len + 32);
+            // Only a length that fits costs a checksum; stray bits (a timestamp word with the
+            // top bit set) must not use up the budget, which would hide the records after it.
+            let fits = position + format::record_stride(len) <= region.len();
+            budget_bytes = budget_bytes.saturating_sub(if fits { len + 32 } else { 32 });
             if let Ok(Slot::Record(r)) = region.decode(position, None, payload_max) {
                 if r.offset > min_offset {
                     found += 1;
