@@ -127,7 +127,9 @@ pub(super) fn run(dir: Option<&Path>, events: u64) -> Result<ExitCode, Error> {
         ),
     ];
     let mut out = io::stdout().lock();
-    if let Err(e) = writeln!(out, "{}", table(&rows)).and_then(|()| out.flush()) {
+    let note = "durable latency: append until the watermark passes the record, with appends running flat out \
+                (so it includes waiting behind the disk's write bandwidth)";
+    if let Err(e) = writeln!(out, "{}\n\n{note}", table(&rows)).and_then(|()| out.flush()) {
         return super::stdout_failed(e);
     }
     if let Some(e) = check.error {

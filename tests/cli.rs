@@ -1,0 +1,440 @@
+//! The `shoal` binary against its command-line contract: each test runs the real executable.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+use shoal::log::format;
+
+/// How long a test waits for one line from a running child before failing.
+const LINE_WAIT: Duration = Duration::from_secs(20);
+
+fn shoal() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_shoal"))
+}
+
+/// How long one command may run before the test kills it and fails.
+const RUN_WAIT: Duration = Duration::from_secs(120);
+
+/// Runs `shoal args...` with `stdin` as its input and waits for it (killing it and failing
+/// the test after [`RUN_WAIT`], so that a hang shows as a failure, not a stuck suite).
+fn run(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = shoal()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn shoal");
+    let mut input = child.stdin.take().expect("stdin");
+    let stdin = stdin.to_vec();
+    // A command may exit without reading its input (an error at open): a broken pipe then
+    // is no failure of the test.
+    let writer = std::thread::spawn(move || match input.write_all(&stdin) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e),
+        _ => Ok(()),
+    });
+    let drain = |mut from: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            from.read_to_end(&mut bytes).map(|_| bytes)
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("stdout")));
+    let stderr = drain(Box::new(child.stderr.take().expect("stderr")));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for shoal") {
+            break status;
+        }
+        if started.elapsed() > RUN_WAIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("shoal {args:?} still ran after {RUN_WAIT:?}; killed it");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    writer.join().expect("stdin writer").expect("write stdin");
+    let stdout = stdout.join().expect("stdout reader").expect("read stdout");
+    let stderr = stderr.join().expect("stderr reader").expect("read stderr");
+    Output { status, stdout, stderr }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs a command that must succeed; returns its stdout.
+fn ok(args: &[&str], stdin: &[u8]) -> Vec<u8> {
+    let out = run(args, stdin);
+    assert!(out.status.success(), "shoal {args:?} failed: {:?}\n{}", out.status, text(&out.stderr));
+    out.stdout
+}
+
+fn log_dir() -> (tempfile::TempDir, PathBuf, String) {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let dir = temp.path().join("log");
+    let arg = dir.to_str().expect("UTF-8 temp path").to_string();
+    (temp, dir, arg)
+}
+
+fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
+    text(stdout).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}"))).collect()
+}
+
+/// The `N`s of `durable <N>` lines; panics on any other line.
+fn acks(stdout: &[u8]) -> Vec<u64> {
+    text(stdout)
+        .lines()
+        .map(|l| l.strip_prefix("durable ").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("not an ack: {l:?}")))
+        .collect()
+}
+
+/// Lines of a child's stdout, read on a thread so that a test can wait with a timeout.
+fn line_reader(stdout: ChildStdout) -> Receiver<String> {
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn next_line(lines: &Receiver<String>, what: &str) -> String {
+    lines.recv_timeout(LINE_WAIT).unwrap_or_else(|e| panic!("no line for {what} within {LINE_WAIT:?}: {e}"))
+}
+
+/// Kills a child that runs until killed (and reaps it) when the test ends, even by a panic.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn produce_then_cat_as_lines_and_json() {
+    let (_temp, _dir, log) = log_dir();
+    ok(&["produce", &log], b"alpha\nbeta with \"quotes\"\n\xff\xfe\n\nlast without newline");
+    let lines = ok(&["cat", &log], b"");
+    assert_eq!(lines, b"alpha\nbeta with \"quotes\"\n\xff\xfe\n\nlast without newline\n");
+
+    let json = json_lines(&ok(&["cat", &log, "--format", "json"], b""));
+    assert_eq!(json.len(), 5);
+    for (i, record) in json.iter().enumerate() {
+        assert_eq!(record["offset"], i as u64);
+        assert_eq!(record["key"], 0);
+        assert!(record["timestamp_ns"].as_u64().is_some_and(|t| t > 0), "{record}");
+    }
+    assert_eq!(json[0]["payload"], "alpha");
+    assert_eq!(json[1]["payload"], "beta with \"quotes\"");
+    assert_eq!(json[2]["payload_base64"], "//4=");
+    assert!(json[2].get("payload").is_none(), "{}", json[2]);
+    assert_eq!(json[3]["payload"], "");
+    assert_eq!(json[4]["payload"], "last without newline");
+}
+
+#[test]
+fn offsets_continue_across_runs_and_acks_name_the_last_durable_offset() {
+    let (_temp, _dir, log) = log_dir();
+    let lines: String = (0..100).map(|i| format!("first run {i}\n")).collect();
+    let first = acks(&ok(&["produce", &log, "--ack"], lines.as_bytes()));
+    assert!(!first.is_empty());
+    assert!(first.windows(2).all(|w| w[0] < w[1]), "acks must only advance: {first:?}");
+    assert_eq!(first.last(), Some(&99));
+
+    for durability in ["batch", "never", "interval=5"] {
+        let second = acks(&ok(&["produce", &log, "--ack", "--durability", durability], b"one more\n"));
+        assert!(!second.is_empty(), "{durability}: no final ack");
+        assert!(second.windows(2).all(|w| w[0] < w[1]), "{durability}: {second:?}");
+        let last = *second.last().unwrap_or(&0);
+        assert!((100..=102).contains(&last), "{durability}: final ack {last}");
+    }
+    let json = json_lines(&ok(&["cat", &log, "--format", "json"], b""));
+    assert_eq!(json.len(), 103);
+    assert!(json.iter().enumerate().all(|(i, r)| r["offset"] == i as u64));
+    assert_eq!(json[99]["payload"], "first run 99");
+    assert_eq!(json[100]["payload"], "one more");
+
+    // No input: nothing appended, and the final ack still names the last durable record.
+    assert_eq!(acks(&ok(&["produce", &log, "--ack"], b"")), vec![102]);
+}
+
+#[test]
+fn acks_arrive_while_stdin_is_still_open() {
+    let (_temp, _dir, log) = log_dir();
+    let mut child = shoal()
+        .args(["produce", &log, "--ack"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn produce");
+    let mut input = child.stdin.take().expect("stdin");
+    let lines = line_reader(child.stdout.take().expect("stdout"));
+    let mut child = KillOnDrop(child);
+    for i in 0..3u64 {
+        writeln!(input, "slow line {i}").expect("write a line");
+        input.flush().expect("flush");
+        // The ack for this line must come before the next line is even written.
+        assert_eq!(next_line(&lines, "an ack"), format!("durable {i}"));
+    }
+    drop(input);
+    let status = child.0.wait().expect("wait");
+    assert!(status.success());
+    let rest: Vec<String> = lines.iter().collect();
+    assert!(rest.iter().all(|l| l == "durable 2"), "after the end of input: {rest:?}");
+}
+
+#[test]
+fn cat_from_an_offset() {
+    let (_temp, _dir, log) = log_dir();
+    ok(&["produce", &log], b"r0\nr1\nr2\nr3\nr4\n");
+    assert_eq!(ok(&["cat", &log, "--from", "3"], b""), b"r3\nr4\n");
+    let json = json_lines(&ok(&["cat", &log, "--from", "4", "--format", "json"], b""));
+    assert_eq!(json.len(), 1);
+    assert_eq!(json[0]["offset"], 4);
+    assert_eq!(ok(&["cat", &log, "--from", "5"], b""), b"");
+    assert_eq!(ok(&["cat", &log, "--from", "1000"], b""), b"");
+}
+
+#[test]
+fn cat_follow_sees_records_appended_after_it_started() {
+    let (_temp, _dir, log) = log_dir();
+    ok(&["produce", &log], b"before\n");
+    let mut child = shoal()
+        .args(["cat", &log, "--follow"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn cat --follow");
+    let lines = line_reader(child.stdout.take().expect("stdout"));
+    let _child = KillOnDrop(child);
+    assert_eq!(next_line(&lines, "the existing record"), "before");
+    ok(&["produce", &log], b"after 1\nafter 2\n");
+    assert_eq!(next_line(&lines, "the first new record"), "after 1");
+    assert_eq!(next_line(&lines, "the second new record"), "after 2");
+    ok(&["produce", &log], b"after 3\n");
+    assert_eq!(next_line(&lines, "a record from a later run"), "after 3");
+}
+
+#[test]
+fn cat_ends_quietly_when_its_reader_goes_away() {
+    let (_temp, _dir, log) = log_dir();
+    let lines: String = (0..30_000).map(|i| format!("line number {i}\n")).collect();
+    ok(&["produce", &log, "--durability", "never"], lines.as_bytes());
+    let mut child = shoal()
+        .args(["cat", &log])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn cat");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut first = [0u8; 13];
+    stdout.read_exact(&mut first).expect("read the first bytes");
+    assert_eq!(&first, b"line number 0");
+    drop(stdout);
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{:?}: {}", out.status, text(&out.stderr));
+    assert_eq!(text(&out.stderr), "");
+}
+
+/// Byte positions of the records in a segment file, in order.
+fn record_positions(segment: &Path) -> Vec<usize> {
+    let bytes = std::fs::read(segment).expect("read segment");
+    assert_eq!(&bytes[..8], &format::SEGMENT_MAGIC);
+    let index_entries = u32::from_le_bytes(bytes[40..44].try_into().expect("4 bytes"));
+    let mut position = format::data_start(index_entries);
+    let mut positions = Vec::new();
+    loop {
+        let commit = u32::from_le_bytes(bytes[position..position + 4].try_into().expect("4 bytes"));
+        if commit == 0 || commit == format::END_OF_SEGMENT {
+            return positions;
+        }
+        assert_ne!(commit & format::COMMIT_BIT, 0, "a record at byte {position}");
+        positions.push(position);
+        position += format::record_stride((commit & !format::COMMIT_BIT) as usize);
+    }
+}
+
+/// Flips one bit in the payload of the record at `position`.
+fn damage_payload(segment: &Path, position: usize) {
+    let mut bytes = std::fs::read(segment).expect("read segment");
+    bytes[position + format::RECORD_HEADER_BYTES + 3] ^= 0x40;
+    std::fs::write(segment, &bytes).expect("write segment");
+}
+
+#[test]
+fn verify_reports_a_damaged_record_and_repair_cuts_it() {
+    let (_temp, dir, log) = log_dir();
+    let lines: String = (0..10).map(|i| format!("record {i}\n")).collect();
+    ok(&["produce", &log], lines.as_bytes());
+    let sound = ok(&["verify", &log], b"");
+    assert!(text(&sound).contains("sound"), "{}", text(&sound));
+
+    let segment = dir.join("00000000000000000000.seg");
+    let positions = record_positions(&segment);
+    assert_eq!(positions.len(), 10);
+    let position = positions[9];
+    damage_payload(&segment, position);
+
+    let out = run(&["verify", &log], b"");
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one line per problem: {err}");
+    assert!(err.contains("00000000000000000000.seg"), "names the file: {err}");
+    assert!(err.contains(&format!("byte {position}")), "names the byte position {position}: {err}");
+    assert!(err.contains("repairable"), "{err}");
+
+    // cat prints the good records, then stops at the damage without printing its bytes.
+    let out = run(&["cat", &log], b"");
+    assert_eq!(out.status.code(), Some(1));
+    let want: String = (0..9).map(|i| format!("record {i}\n")).collect();
+    assert_eq!(text(&out.stdout), want);
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("shoal: ") && err.contains("00000000000000000000.seg"), "{err}");
+
+    let repaired = text(&ok(&["verify", &log, "--repair"], b""));
+    assert!(repaired.contains(&format!("byte {position}")), "{repaired}");
+    assert!(repaired.contains("offset 9"), "{repaired}");
+    assert!(repaired.contains("(0 intact records"), "{repaired}");
+    assert_eq!(text(&ok(&["cat", &log], b"")), want);
+    ok(&["verify", &log], b"");
+
+    // The log goes on from the cut.
+    ok(&["produce", &log], b"record 9 again\n");
+    let json = json_lines(&ok(&["cat", &log, "--from", "9", "--format", "json"], b""));
+    assert_eq!(json.len(), 1);
+    assert_eq!(json[0]["offset"], 9);
+    assert_eq!(json[0]["payload"], "record 9 again");
+}
+
+#[test]
+fn repair_of_damage_mid_log_says_how_many_records_it_drops() {
+    let (_temp, dir, log) = log_dir();
+    let lines: String = (0..10).map(|i| format!("record {i}\n")).collect();
+    ok(&["produce", &log], lines.as_bytes());
+    let segment = dir.join("00000000000000000000.seg");
+    let position = record_positions(&segment)[5];
+    damage_payload(&segment, position);
+
+    let out = run(&["verify", &log], b"");
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains(&format!("byte {position}")) && err.contains("offset 5"), "{err}");
+
+    let repaired = text(&ok(&["verify", &log, "--repair"], b""));
+    assert!(repaired.contains(&format!("byte {position}")), "{repaired}");
+    assert!(repaired.contains("(4 intact records after the damage)"), "{repaired}");
+    let want: String = (0..5).map(|i| format!("record {i}\n")).collect();
+    assert_eq!(text(&ok(&["cat", &log], b"")), want);
+    let stats = text(&ok(&["stats", &log], b""));
+    assert!(stats.lines().any(|l| l.starts_with("last offset") && l.ends_with(" 4")), "{stats}");
+}
+
+#[test]
+fn stats_prints_the_figures() {
+    let (_temp, _dir, log) = log_dir();
+    ok(&["produce", &log], b"a\nb\nc\nd\ne\n");
+    let stats = text(&ok(&["stats", &log], b""));
+    let row = |name: &str| -> String {
+        let line = stats.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} row: {stats}"));
+        line[name.len()..].trim().to_string()
+    };
+    assert_eq!(row("records"), "5");
+    assert_eq!(row("first offset"), "0");
+    assert_eq!(row("last offset"), "4");
+    assert_eq!(row("durable offset"), "4");
+    let segments: u64 = row("segments").parse().expect("a number of segments");
+    assert!(segments >= 1);
+    assert!(row("bytes").split(' ').next().and_then(|b| b.parse::<u64>().ok()).is_some_and(|b| b > 0), "{stats}");
+    // The value column is aligned.
+    let columns: Vec<usize> =
+        stats.lines().map(|l| l.len() - l[l.find("  ").unwrap_or(0)..].trim_start().len()).collect();
+    assert!(columns.windows(2).all(|w| w[0] == w[1]), "{stats}");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let (_temp, _dir, log) = log_dir();
+    for args in [
+        vec![],
+        vec!["frobnicate"],
+        vec!["cat"],
+        vec!["cat", &log, "--from", "minus one"],
+        vec!["cat", &log, "--format", "xml"],
+        vec!["produce", &log, "--durability", "sometimes"],
+        vec!["produce", &log, "--durability", "interval=0"],
+        vec!["verify", &log, "--fix"],
+        vec!["demo", "--events", "0"],
+    ] {
+        let out = run(&args, b"");
+        assert_eq!(out.status.code(), Some(2), "shoal {args:?}: {}", text(&out.stderr));
+    }
+}
+
+#[test]
+fn a_missing_directory_is_one_line_naming_it() {
+    let (temp, _dir, _log) = log_dir();
+    let missing = temp.path().join("no such log");
+    let missing = missing.to_str().expect("UTF-8 path");
+    for command in ["cat", "stats", "verify"] {
+        let out = run(&[command, missing], b"");
+        assert_eq!(out.status.code(), Some(1), "{command}");
+        let err = text(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{command}: {err}");
+        assert!(err.starts_with("shoal: ") && err.contains(missing), "{command}: {err}");
+        assert!(out.stdout.is_empty(), "{command}");
+    }
+}
+
+#[test]
+fn a_second_producer_is_refused() {
+    let (_temp, _dir, log) = log_dir();
+    let mut first = shoal()
+        .args(["produce", &log, "--ack"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn produce");
+    let mut input = first.stdin.take().expect("stdin");
+    let acks = line_reader(first.stdout.take().expect("stdout"));
+    let mut first = KillOnDrop(first);
+    writeln!(input, "held").expect("write");
+    input.flush().expect("flush");
+    assert_eq!(next_line(&acks, "the first producer's ack"), "durable 0");
+
+    let out = run(&["produce", &log], b"refused\n");
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("locked") && err.contains("LOCK"), "{err}");
+
+    drop(input);
+    assert!(first.0.wait().expect("wait").success());
+    assert_eq!(ok(&["cat", &log], b""), b"held\n");
+}
+
+#[test]
+fn demo_appends_replays_and_verifies() {
+    let (_temp, _dir, log) = log_dir();
+    let out = text(&ok(&["demo", "--dir", &log, "--events", "20000"], b""));
+    for row in ["events", "append", "durable latency", "replay", "verified"] {
+        assert!(out.lines().any(|l| l.starts_with(row)), "no {row} row: {out}");
+    }
+    assert!(out.contains("20,000 intact, 0 lost, 0 duplicated, 0 corrupt; checksum matches"), "{out}");
+    let stats = text(&ok(&["stats", &log], b""));
+    assert!(stats.lines().any(|l| l.starts_with("records") && l.ends_with(" 20000")), "{stats}");
+}
