@@ -32,7 +32,10 @@ const ACK_POLL: Duration = Duration::from_millis(2);
 pub(super) fn run(dir: &Path, durability: Durability, ack: bool) -> Result<ExitCode, Error> {
     let opts = LogOptions { durability, ..LogOptions::default() };
     let mut log = Appender::open(dir, opts)?;
-    let acker = if ack { Some(Acker::start(log.durable_watch(), durability == Durability::Batch)?) } else { None };
+    // The watermark before the first append: the thread may start after records are durable.
+    let acked = log.durable_offset().0;
+    let acker =
+        if ack { Some(Acker::start(log.durable_watch(), acked, durability == Durability::Batch)?) } else { None };
     let appended = append_lines(&mut log, &mut io::stdin().lock());
     // Whatever went wrong with the input, the records appended so far are made durable and
     // acked before the error is reported.
@@ -117,13 +120,15 @@ struct Acker {
 }
 
 impl Acker {
-    fn start(watch: DurableWatch, batch: bool) -> Result<Acker, Error> {
+    /// Starts the thread; it prints from the first advance past `acked`, the watermark
+    /// (exclusive) that was already there when the log opened.
+    fn start(watch: DurableWatch, acked: u64, batch: bool) -> Result<Acker, Error> {
         let done = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
             .name("shoal-produce-ack".into())
             .spawn({
                 let done = done.clone();
-                move || ack_loop(&watch, batch, &done)
+                move || ack_loop(&mut io::stdout().lock(), &watch, acked, batch, &done)
             })
             .map_err(|e| Error::new(format!("starting the ack thread failed: {e}")))?;
         Ok(Acker { done, thread })
@@ -138,10 +143,9 @@ impl Acker {
     }
 }
 
-/// Prints each advance of the watermark until `done`; returns the last `N` printed.
-fn ack_loop(watch: &DurableWatch, batch: bool, done: &AtomicBool) -> Option<u64> {
-    let mut out = io::stdout().lock();
-    let mut seen = watch.durable_offset().0;
+/// Prints each advance of the watermark past `seen` until `done`; returns the last `N`
+/// printed.
+fn ack_loop(out: &mut impl Write, watch: &DurableWatch, mut seen: u64, batch: bool, done: &AtomicBool) -> Option<u64> {
     let mut printed = None;
     let mut stdout_open = true;
     loop {
@@ -225,6 +229,22 @@ mod tests {
         let long = vec![b'x'; READ_CHUNK_BYTES * 3];
         let want: Vec<&[u8]> = vec![b"one", b"two", b"", b"three\xff", &long, b"last"];
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn acks_count_from_the_watermark_at_open_not_at_thread_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = LogOptions { segment_bytes: 1 << 20, max_record_bytes: 512 << 10, ..LogOptions::default() };
+        let mut log = Appender::open(dir.path(), opts).expect("open");
+        let acked = log.durable_offset().0;
+        // The ack thread is late: both records are durable before it looks.
+        log.append_batch([&b"a"[..], b"b"]).expect("append");
+        log.sync().expect("sync");
+        let mut out = Vec::new();
+        let printed = ack_loop(&mut out, &log.durable_watch(), acked, true, &AtomicBool::new(true));
+        assert_eq!(printed, Some(1));
+        assert_eq!(out, b"durable 1\n");
+        log.close().expect("close");
     }
 
     #[test]
