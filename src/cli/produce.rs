@@ -6,10 +6,9 @@
 //! input is there, so a line is never held back waiting for more.
 //!
 //! Acks come from their own thread, so that they keep flowing while the main thread blocks on
-//! a slow stdin. In `Batch` mode the thread sleeps in [`DurableWatch::wait_durable`] until the
-//! watermark passes what it last printed. In `Never` and `Interval` modes `wait_durable` would
-//! ask the log for a sync, which would change the durability the user chose, so the thread
-//! polls the watermark instead.
+//! a slow stdin. The thread sleeps in [`DurableWatch::wait_durable_passive`] until the
+//! watermark passes what it last printed; the passive wait never asks for a sync, so the
+//! durability level the user chose decides when acks come.
 
 use std::io::{self, Read, Write};
 use std::path::Path;
@@ -24,18 +23,15 @@ use crate::log::{Appender, Durability, DurableWatch, LogOptions, Offset};
 
 /// Bytes asked of each `read(2)` on stdin.
 const READ_CHUNK_BYTES: usize = 64 << 10;
-/// How long the ack thread sleeps between checks of its stop flag (Batch mode).
+/// How long the ack thread sleeps between checks of its stop flag.
 const ACK_WAIT: Duration = Duration::from_millis(50);
-/// How often the ack thread polls the watermark in `Never` and `Interval` modes.
-const ACK_POLL: Duration = Duration::from_millis(2);
 
 pub(super) fn run(dir: &Path, durability: Durability, ack: bool) -> Result<ExitCode, Error> {
     let opts = LogOptions { durability, ..LogOptions::default() };
     let mut log = Appender::open(dir, opts)?;
     // The watermark before the first append: the thread may start after records are durable.
     let acked = log.durable_offset().0;
-    let acker =
-        if ack { Some(Acker::start(log.durable_watch(), acked, durability == Durability::Batch)?) } else { None };
+    let acker = if ack { Some(Acker::start(log.durable_watch(), acked)?) } else { None };
     let appended = append_lines(&mut log, &mut io::stdin().lock());
     // Whatever went wrong with the input, the records appended so far are made durable and
     // acked before the error is reported.
@@ -122,13 +118,13 @@ struct Acker {
 impl Acker {
     /// Starts the thread; it prints from the first advance past `acked`, the watermark
     /// (exclusive) that was already there when the log opened.
-    fn start(watch: DurableWatch, acked: u64, batch: bool) -> Result<Acker, Error> {
+    fn start(watch: DurableWatch, acked: u64) -> Result<Acker, Error> {
         let done = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
             .name("shoal-produce-ack".into())
             .spawn({
                 let done = done.clone();
-                move || ack_loop(&mut io::stdout().lock(), &watch, acked, batch, &done)
+                move || ack_loop(&mut io::stdout().lock(), &watch, acked, &done)
             })
             .map_err(|e| Error::new(format!("starting the ack thread failed: {e}")))?;
         Ok(Acker { done, thread })
@@ -145,7 +141,7 @@ impl Acker {
 
 /// Prints each advance of the watermark past `seen` until `done`; returns the last `N`
 /// printed.
-fn ack_loop(out: &mut impl Write, watch: &DurableWatch, mut seen: u64, batch: bool, done: &AtomicBool) -> Option<u64> {
+fn ack_loop(out: &mut impl Write, watch: &DurableWatch, mut seen: u64, done: &AtomicBool) -> Option<u64> {
     let mut printed = None;
     let mut stdout_open = true;
     loop {
@@ -164,14 +160,10 @@ fn ack_loop(out: &mut impl Write, watch: &DurableWatch, mut seen: u64, batch: bo
         if finishing {
             return printed;
         }
-        if batch {
-            // `Ok(false)` is a timeout; an error (a failed sync) is reported by the main
-            // thread's own sync, so here it only slows the loop down.
-            if watch.wait_durable(Offset(seen), Some(ACK_WAIT)).is_err() {
-                std::thread::sleep(ACK_WAIT);
-            }
-        } else {
-            std::thread::sleep(ACK_POLL);
+        // `Ok(false)` is a timeout; an error (a failed sync) is reported by the main thread's
+        // own sync, so here it only slows the loop down.
+        if watch.wait_durable_passive(Offset(seen), Some(ACK_WAIT)).is_err() {
+            std::thread::sleep(ACK_WAIT);
         }
     }
 }
@@ -241,7 +233,7 @@ mod tests {
         log.append_batch([&b"a"[..], b"b"]).expect("append");
         log.sync().expect("sync");
         let mut out = Vec::new();
-        let printed = ack_loop(&mut out, &log.durable_watch(), acked, true, &AtomicBool::new(true));
+        let printed = ack_loop(&mut out, &log.durable_watch(), acked, &AtomicBool::new(true));
         assert_eq!(printed, Some(1));
         assert_eq!(out, b"durable 1\n");
         log.close().expect("close");

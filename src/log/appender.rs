@@ -163,11 +163,11 @@ impl Shared {
         }
     }
 
-    fn wait_durable(&self, offset: u64, timeout: Option<Duration>) -> Result<bool, LogError> {
+    fn wait_durable(&self, offset: u64, timeout: Option<Duration>, request_sync: bool) -> Result<bool, LogError> {
         if self.durable.load(Ordering::Acquire) > offset {
             return Ok(true);
         }
-        if self.durability != Durability::Batch {
+        if request_sync && self.durability != Durability::Batch {
             self.sync_target.fetch_max(offset + 1, Ordering::SeqCst);
             self.syncer_parked.store(true, Ordering::SeqCst);
             self.wake_syncer();
@@ -228,7 +228,16 @@ impl DurableWatch {
     /// [`LogError::SyncFailed`] when a sync failed; [`LogError::Closed`] when the appender
     /// closed before the record was appended.
     pub fn wait_durable(&self, offset: Offset, timeout: Option<Duration>) -> Result<bool, LogError> {
-        self.shared.wait_durable(offset.0, timeout)
+        self.shared.wait_durable(offset.0, timeout, true)
+    }
+
+    /// Like [`DurableWatch::wait_durable`], but never asks for a sync: it only watches the
+    /// watermark move at the pace the durability level sets (for a printer of progress, say).
+    ///
+    /// # Errors
+    /// As [`DurableWatch::wait_durable`].
+    pub fn wait_durable_passive(&self, offset: Offset, timeout: Option<Duration>) -> Result<bool, LogError> {
+        self.shared.wait_durable(offset.0, timeout, false)
     }
 }
 
@@ -886,7 +895,7 @@ impl Appender {
             return Ok(Offset(0));
         }
         self.shared.sync_target.fetch_max(target, Ordering::SeqCst);
-        self.shared.wait_durable(target - 1, None)?;
+        self.shared.wait_durable(target - 1, None, true)?;
         Ok(self.durable_offset())
     }
 
@@ -896,7 +905,7 @@ impl Appender {
     /// # Errors
     /// [`LogError::SyncFailed`] when a sync failed.
     pub fn wait_durable(&self, offset: Offset, timeout: Option<Duration>) -> Result<bool, LogError> {
-        self.shared.wait_durable(offset.0, timeout)
+        self.shared.wait_durable(offset.0, timeout, true)
     }
 
     /// Closes the log: in `Batch` and `Interval` modes everything appended is synced first.

@@ -169,6 +169,9 @@ pub struct LogStats {
 /// Only when the directory cannot be listed; damaged files are problems in the report.
 pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
     let (segments, _temps) = list_segments(dir)?;
+    if segments.is_empty() && !dir.join(HEAD_FILE).exists() {
+        return Err(LogError::NoLog { path: dir.to_path_buf() });
+    }
     let durable = read_durable(dir);
     let mut report = VerifyReport { segments: segments.len() as u64, ..VerifyReport::default() };
     let mut expected: Option<u64> = None;

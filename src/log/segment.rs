@@ -46,7 +46,7 @@ pub type Listing = Vec<(SegmentId, PathBuf)>;
 /// the second list.
 pub fn list_segments(dir: &Path) -> Result<(Listing, Vec<PathBuf>), LogError> {
     let entries = std::fs::read_dir(dir).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
+        if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) {
             LogError::NoLog { path: dir.to_path_buf() }
         } else {
             LogError::io(dir, "list", e)
