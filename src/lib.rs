@@ -2,6 +2,8 @@
 #![deny(unsafe_op_in_unsafe_fn, missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod affinity;
 pub mod cli;
 pub mod log;
 pub mod metrics;
+pub mod ring;

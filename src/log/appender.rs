@@ -17,12 +17,13 @@ use crossbeam::utils::CachePadded;
 
 use super::error::{AppendError, LogError};
 use super::format::{self, record_stride, Region, SegmentHeader, BASE_OFFSET_UNSET, END_OF_SEGMENT};
-use super::head::{AsymmetricFence, Head};
+use super::head::Head;
 use super::io::{IoDriver, SyncRange};
 use super::recovery::{records_after, scan_segment, ScanEnd};
 use super::segment::{list_segments, open_dir, Segment, SegmentId};
 use super::{now_ns, Durability, LogOptions, Offset, RecoveryMode, WallClock};
 use crate::metrics::LatencyHistogram;
+use crate::ring::wait::AsymmetricFence;
 
 const LOCK_FILE: &str = "LOCK";
 
@@ -556,7 +557,7 @@ impl Appender {
             recovery: report,
             backend: backend_name,
             clock: WallClock::new(),
-            light_fence: AsymmetricFence::register(),
+            light_fence: AsymmetricFence::registered(),
         };
         if tail.is_none() {
             // Empty log: activate the first segment now.

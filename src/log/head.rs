@@ -34,6 +34,7 @@ use std::time::Duration;
 use memmap2::MmapRaw;
 
 use super::error::LogError;
+use crate::ring::wait::AsymmetricFence;
 
 const HEAD_MAGIC: [u8; 8] = *b"SHOALHED";
 const HEAD_VERSION: u32 = 1;
@@ -180,45 +181,5 @@ impl Head {
     /// Unregisters a sleeper.
     pub fn finish_wait(&self) {
         self.u32_at(WAITERS).fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// An asymmetric Dekker fence: a compiler fence on the hot side (the appender), a
-/// `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)` on the cold side (a thread about to sleep).
-///
-/// The appender's process registers with `MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED` at open;
-/// when that fails (kernels before 4.16, seccomp), the appender falls back to a real fence on
-/// its side and the heavy side stays correct either way, since a full fence on both sides is
-/// the classic protocol. `membarrier` is called by hand through `libc`: no maintained crate
-/// wraps its global-expedited commands.
-pub struct AsymmetricFence;
-
-impl AsymmetricFence {
-    /// Registers this process so that heavy fences from any process reach its threads.
-    /// Returns false when the kernel refuses; the caller must then use real fences.
-    pub fn register() -> bool {
-        const MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED: libc::c_long = 1 << 2;
-        // SAFETY: membarrier takes no pointers.
-        unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED, 0, 0) == 0 }
-    }
-
-    /// The heavy side: a full barrier here and in every running thread of registered
-    /// processes. Falls back to a local full fence (then the other side fences too).
-    pub fn heavy() {
-        const MEMBARRIER_CMD_GLOBAL_EXPEDITED: libc::c_long = 1 << 1;
-        std::sync::atomic::fence(Ordering::SeqCst);
-        // SAFETY: membarrier takes no pointers.
-        unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0) };
-        std::sync::atomic::fence(Ordering::SeqCst);
-    }
-
-    /// The light side: a compiler fence when `registered`, else a full fence.
-    #[inline(always)]
-    pub fn light(registered: bool) {
-        if registered {
-            std::sync::atomic::compiler_fence(Ordering::SeqCst);
-        } else {
-            std::sync::atomic::fence(Ordering::SeqCst);
-        }
     }
 }

@@ -1,0 +1,741 @@
+//! SPSC rings: the only queues on shoal's data path.
+//!
+//! A ring is an [`rtrb`] single-producer single-consumer ring buffer (a fixed array with a
+//! head and a tail index on separate cache lines; no allocation after construction, no
+//! compare-and-swap) plus what a pipeline needs around it:
+//!
+//! - **wait strategies** ([`WaitStrategy`]) for both "full" (the producer waits) and "empty"
+//!   (the consumer waits): spin, spin-then-yield, or park, where the waiting thread sleeps
+//!   in its [`Waiter`] and the other side wakes it (see [`wait`] for the protocol; the hot
+//!   side pays a compiler fence and one relaxed load);
+//! - **batches in place**: [`Producer::reserve`] and [`Consumer::read`] hand out the ring's
+//!   own slots (rtrb chunks), so a batch is written and read without a copy;
+//! - **close and drain**: dropping the producer closes the ring; the consumer still drains
+//!   what is in it and then sees [`PopError::Closed`]. Dropping the consumer makes every
+//!   later push fail with [`PushError::Closed`], handing the value back.
+//!
+//! Fan-in (N producers to 1 consumer) and fan-out (1 to N) are sets of SPSC rings
+//! ([`FanIn`], [`FanOut`]) with fair polling: there is no MPMC queue on the data path.
+//!
+//! ```
+//! use shoal::ring::{channel, WaitStrategy};
+//! let (mut tx, mut rx) = channel::<u64>(1024, WaitStrategy::Park);
+//! let consumer = std::thread::spawn(move || {
+//!     let mut sum = 0;
+//!     while let Ok(v) = rx.pop_wait() {
+//!         sum += v;
+//!     }
+//!     sum // the producer is gone and the ring drained
+//! });
+//! for i in 0..10_000 {
+//!     tx.push_wait(i).unwrap();
+//! }
+//! drop(tx);
+//! assert_eq!(consumer.join().unwrap(), (0..10_000).sum::<u64>());
+//! ```
+
+pub mod wait;
+
+use std::mem::{ManuallyDrop, MaybeUninit};
+use std::sync::Arc;
+
+pub use wait::{AsymmetricFence, WaitStrategy, Waiter};
+
+/// Why a push failed; the value comes back.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PushError<T> {
+    /// The ring is full.
+    Full(T),
+    /// The consumer is gone.
+    Closed(T),
+}
+
+impl<T> PushError<T> {
+    /// The value that was not pushed.
+    pub fn into_inner(self) -> T {
+        match self {
+            PushError::Full(v) | PushError::Closed(v) => v,
+        }
+    }
+}
+
+/// Why a pop failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PopError {
+    /// Nothing to pop now.
+    Empty,
+    /// The producer is gone and the ring is drained.
+    Closed,
+}
+
+/// The other side of the ring is gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Closed;
+
+impl std::fmt::Display for Closed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the other side of the ring is gone")
+    }
+}
+
+impl std::error::Error for Closed {}
+
+/// The writing end of a ring.
+#[derive(Debug)]
+pub struct Producer<T> {
+    ring: ManuallyDrop<rtrb::Producer<T>>,
+    wait: WaitStrategy,
+    /// Where this side sleeps when the ring is full.
+    me: Arc<Waiter>,
+    /// Where the consumer sleeps when the ring is empty.
+    peer: Arc<Waiter>,
+}
+
+/// The reading end of a ring.
+#[derive(Debug)]
+pub struct Consumer<T> {
+    ring: ManuallyDrop<rtrb::Consumer<T>>,
+    wait: WaitStrategy,
+    me: Arc<Waiter>,
+    peer: Arc<Waiter>,
+}
+
+/// A ring of `capacity` slots with fresh waiters on both sides.
+///
+/// # Panics
+/// When `capacity` is 0.
+pub fn channel<T>(capacity: usize, wait: WaitStrategy) -> (Producer<T>, Consumer<T>) {
+    channel_between(capacity, wait, Arc::new(Waiter::new()), Arc::new(Waiter::new()))
+}
+
+/// A ring whose producer sleeps in `producer_waiter` and consumer in `consumer_waiter`:
+/// threads with several rings share one waiter across them, so progress on any ring wakes
+/// them.
+///
+/// # Panics
+/// When `capacity` is 0.
+pub fn channel_between<T>(
+    capacity: usize,
+    wait: WaitStrategy,
+    producer_waiter: Arc<Waiter>,
+    consumer_waiter: Arc<Waiter>,
+) -> (Producer<T>, Consumer<T>) {
+    assert!(capacity > 0, "a ring needs at least one slot");
+    let (p, c) = rtrb::RingBuffer::new(capacity);
+    // Registering early keeps the first push off the slow path.
+    let _ = AsymmetricFence::registered();
+    (
+        Producer { ring: ManuallyDrop::new(p), wait, me: producer_waiter.clone(), peer: consumer_waiter.clone() },
+        Consumer { ring: ManuallyDrop::new(c), wait, me: consumer_waiter, peer: producer_waiter },
+    )
+}
+
+impl<T> Producer<T> {
+    /// Pushes one value without waiting.
+    ///
+    /// # Errors
+    /// [`PushError::Full`] or [`PushError::Closed`], with the value.
+    #[inline]
+    pub fn push(&mut self, value: T) -> Result<(), PushError<T>> {
+        match self.ring.push(value) {
+            Ok(()) => {
+                self.notify();
+                Ok(())
+            }
+            Err(rtrb::PushError::Full(v)) => {
+                if self.ring.is_abandoned() {
+                    Err(PushError::Closed(v))
+                } else {
+                    Err(PushError::Full(v))
+                }
+            }
+        }
+    }
+
+    /// Pushes one value without waking a sleeping consumer; call [`Producer::notify`] after
+    /// a run of these (a batch), so the wake-up check is paid once.
+    ///
+    /// # Errors
+    /// As [`Producer::push`].
+    #[inline]
+    pub fn push_quiet(&mut self, value: T) -> Result<(), PushError<T>> {
+        self.ring.push(value).map_err(
+            |rtrb::PushError::Full(v)| {
+                if self.ring.is_abandoned() {
+                    PushError::Closed(v)
+                } else {
+                    PushError::Full(v)
+                }
+            },
+        )
+    }
+
+    /// Pushes one value, waiting per the ring's strategy while it is full.
+    ///
+    /// # Errors
+    /// [`Closed`] when the consumer is gone (the value is dropped).
+    #[inline]
+    pub fn push_wait(&mut self, value: T) -> Result<(), Closed> {
+        self.push_wait_or_stop(value, || false).map_err(|_| Closed)
+    }
+
+    /// [`Producer::push_wait`] that gives up when `stop()` turns true (a pipeline shutting
+    /// down); the value comes back in the error.
+    ///
+    /// # Errors
+    /// [`PushError::Closed`] when the consumer is gone, [`PushError::Full`] when stopped.
+    pub fn push_wait_or_stop(&mut self, value: T, stop: impl Fn() -> bool) -> Result<(), PushError<T>> {
+        let mut value = match self.push(value) {
+            Ok(()) => return Ok(()),
+            Err(PushError::Full(v)) => v,
+            Err(closed) => return Err(closed),
+        };
+        loop {
+            let ring = &self.ring;
+            self.me.wait_until(self.wait, || !ring.is_full() || ring.is_abandoned(), &stop);
+            value = match self.push(value) {
+                Ok(()) => return Ok(()),
+                Err(PushError::Full(v)) if stop() => return Err(PushError::Full(v)),
+                Err(PushError::Full(v)) => v,
+                Err(closed) => return Err(closed),
+            };
+        }
+    }
+
+    /// Wakes the consumer if it sleeps (after [`Producer::push_quiet`]s).
+    #[inline]
+    pub fn notify(&self) {
+        if self.wait.parks() {
+            self.peer.wake();
+        }
+    }
+
+    /// Reserves up to `n` free slots to write in place; fewer when fewer are free (possibly
+    /// zero). Values become visible to the consumer at [`Reservation::commit`].
+    #[inline]
+    pub fn reserve(&mut self, n: usize) -> Reservation<'_, T> {
+        let n = n.min(self.ring.slots());
+        // `n` free slots exist (we are the only producer), so this cannot fail.
+        let chunk = self.ring.write_chunk_uninit(n).ok();
+        Reservation { chunk, peer: &self.peer, parks: self.wait.parks() }
+    }
+
+    /// Pushes as much of `values` as fits, without waiting; returns how many went in.
+    #[inline]
+    pub fn push_slice(&mut self, values: &[T]) -> usize
+    where
+        T: Copy,
+    {
+        let mut r = self.reserve(values.len());
+        let n = r.len();
+        let (a, b) = r.slots();
+        let split = a.len();
+        for (slot, v) in a.iter_mut().zip(values) {
+            slot.write(*v);
+        }
+        for (slot, v) in b.iter_mut().zip(&values[split..]) {
+            slot.write(*v);
+        }
+        // SAFETY: the loops above initialised the first `n` slots (a then b, `n` in all).
+        unsafe { r.commit(n) };
+        n
+    }
+
+    /// Free slots now.
+    pub fn slots(&self) -> usize {
+        self.ring.slots()
+    }
+
+    /// The ring's capacity.
+    pub fn capacity(&self) -> usize {
+        self.ring.buffer().capacity()
+    }
+
+    /// True when the consumer is gone.
+    pub fn is_closed(&self) -> bool {
+        self.ring.is_abandoned()
+    }
+
+    /// Closes the ring: the consumer drains what is in it, then sees [`PopError::Closed`].
+    pub fn close(self) {}
+}
+
+impl<T> Drop for Producer<T> {
+    fn drop(&mut self) {
+        // SAFETY: dropped exactly once, here, and never used again.
+        unsafe { ManuallyDrop::drop(&mut self.ring) };
+        // The ring is marked abandoned now: a consumer woken here sees it.
+        self.peer.wake_unconditionally();
+    }
+}
+
+/// Slots reserved in a ring, written in place, then committed.
+pub struct Reservation<'a, T> {
+    chunk: Option<rtrb::chunks::WriteChunkUninit<'a, T>>,
+    peer: &'a Waiter,
+    parks: bool,
+}
+
+impl<T> Reservation<'_, T> {
+    /// Slots reserved.
+    pub fn len(&self) -> usize {
+        self.chunk.as_ref().map_or(0, |c| c.len())
+    }
+
+    /// True when nothing could be reserved.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The reserved slots, in two parts where the ring wraps around.
+    pub fn slots(&mut self) -> (&mut [MaybeUninit<T>], &mut [MaybeUninit<T>]) {
+        match &mut self.chunk {
+            Some(c) => c.as_mut_slices(),
+            None => (&mut [], &mut []),
+        }
+    }
+
+    /// Fills the slots from an iterator and commits them; returns how many were written.
+    pub fn fill_from_iter(mut self, iter: impl IntoIterator<Item = T>) -> usize {
+        let n = match self.chunk.take() {
+            Some(c) => c.fill_from_iter(iter),
+            None => 0,
+        };
+        if n > 0 && self.parks {
+            self.peer.wake();
+        }
+        n
+    }
+
+    /// Makes the first `n` reserved slots visible to the consumer.
+    ///
+    /// # Safety
+    /// The first `n` slots (the first part, then the second) must have been initialised.
+    pub unsafe fn commit(mut self, n: usize) {
+        if let Some(c) = self.chunk.take() {
+            // SAFETY: the caller initialised the first `n` slots.
+            unsafe { c.commit(n) };
+            if n > 0 && self.parks {
+                self.peer.wake();
+            }
+        }
+    }
+}
+
+impl<T> Consumer<T> {
+    /// Pops one value without waiting.
+    ///
+    /// # Errors
+    /// [`PopError::Empty`], or [`PopError::Closed`] when the producer is gone and the ring
+    /// is drained.
+    #[inline]
+    pub fn pop(&mut self) -> Result<T, PopError> {
+        match self.ring.pop() {
+            Ok(v) => {
+                if self.wait.parks() {
+                    self.peer.wake();
+                }
+                Ok(v)
+            }
+            Err(rtrb::PopError::Empty) => {
+                // Check abandonment, then emptiness again: a value pushed just before the
+                // producer left must still be drained.
+                if self.ring.is_abandoned() && self.ring.is_empty() {
+                    Err(PopError::Closed)
+                } else {
+                    Err(PopError::Empty)
+                }
+            }
+        }
+    }
+
+    /// Pops one value, waiting per the ring's strategy while it is empty.
+    ///
+    /// # Errors
+    /// [`Closed`] when the producer is gone and the ring is drained.
+    #[inline]
+    pub fn pop_wait(&mut self) -> Result<T, Closed> {
+        loop {
+            match self.pop() {
+                Ok(v) => return Ok(v),
+                Err(PopError::Closed) => return Err(Closed),
+                Err(PopError::Empty) => {
+                    let ring = &self.ring;
+                    self.me.wait_until(self.wait, || !ring.is_empty() || ring.is_abandoned(), || false);
+                }
+            }
+        }
+    }
+
+    /// Waits per the ring's strategy until a value is readable or `stop()`; returns whether
+    /// one is.
+    ///
+    /// # Errors
+    /// [`Closed`] when the producer is gone and the ring is drained.
+    pub fn wait_readable(&mut self, stop: impl Fn() -> bool) -> Result<bool, Closed> {
+        let ring = &self.ring;
+        let ready = self.me.wait_until(self.wait, || !ring.is_empty() || ring.is_abandoned(), stop);
+        if ring.is_empty() && ring.is_abandoned() {
+            return Err(Closed);
+        }
+        Ok(ready && !ring.is_empty())
+    }
+
+    /// Borrows up to `max` readable values in place (possibly none); they leave the ring at
+    /// [`Batch::commit`] (or when the batch drops).
+    #[inline]
+    pub fn read(&mut self, max: usize) -> Batch<'_, T> {
+        let n = max.min(self.ring.slots());
+        let chunk = self.ring.read_chunk(n).ok();
+        Batch { chunk, peer: &self.peer, parks: self.wait.parks() }
+    }
+
+    /// Values readable now.
+    pub fn slots(&self) -> usize {
+        self.ring.slots()
+    }
+
+    /// True when nothing is readable now.
+    pub fn is_empty(&self) -> bool {
+        self.ring.is_empty()
+    }
+
+    /// True when the producer is gone and the ring is drained.
+    pub fn is_closed(&self) -> bool {
+        self.ring.is_abandoned() && self.ring.is_empty()
+    }
+
+    /// The ring's capacity.
+    pub fn capacity(&self) -> usize {
+        self.ring.buffer().capacity()
+    }
+}
+
+impl<T> Drop for Consumer<T> {
+    fn drop(&mut self) {
+        // SAFETY: dropped exactly once, here, and never used again.
+        unsafe { ManuallyDrop::drop(&mut self.ring) };
+        self.peer.wake_unconditionally();
+    }
+}
+
+/// Values borrowed in place from a ring; they leave it when the batch is committed or
+/// dropped.
+pub struct Batch<'a, T> {
+    chunk: Option<rtrb::chunks::ReadChunk<'a, T>>,
+    peer: &'a Waiter,
+    parks: bool,
+}
+
+impl<T> Batch<'_, T> {
+    /// Values in the batch.
+    pub fn len(&self) -> usize {
+        self.chunk.as_ref().map_or(0, |c| c.len())
+    }
+
+    /// True when the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The values, in two parts where the ring wraps around.
+    pub fn as_slices(&self) -> (&[T], &[T]) {
+        match &self.chunk {
+            Some(c) => c.as_slices(),
+            None => (&[], &[]),
+        }
+    }
+
+    /// Removes the values from the ring (dropping them) and wakes a waiting producer.
+    pub fn commit(mut self) {
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        if let Some(c) = self.chunk.take() {
+            let n = c.len();
+            c.commit_all();
+            if n > 0 && self.parks {
+                self.peer.wake();
+            }
+        }
+    }
+}
+
+impl<T> Drop for Batch<'_, T> {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// N producers into one consumer: N SPSC rings polled fairly (round robin, starting after
+/// the ring served last), with one waiter for the consumer.
+#[derive(Debug)]
+pub struct FanIn<T> {
+    inputs: Vec<Consumer<T>>,
+    next: usize,
+    me: Arc<Waiter>,
+    wait: WaitStrategy,
+}
+
+/// Builds `n` rings feeding one [`FanIn`].
+///
+/// # Panics
+/// When `capacity` is 0.
+pub fn fan_in<T>(n: usize, capacity: usize, wait: WaitStrategy) -> (Vec<Producer<T>>, FanIn<T>) {
+    let me = Arc::new(Waiter::new());
+    let (producers, inputs) =
+        (0..n).map(|_| channel_between(capacity, wait, Arc::new(Waiter::new()), me.clone())).unzip();
+    (producers, FanIn { inputs, next: 0, me, wait })
+}
+
+impl<T> FanIn<T> {
+    /// Wraps consumers that all sleep in `waiter` (built with [`channel_between`]).
+    pub fn from_consumers(inputs: Vec<Consumer<T>>, waiter: Arc<Waiter>, wait: WaitStrategy) -> FanIn<T> {
+        FanIn { inputs, next: 0, me: waiter, wait }
+    }
+
+    /// Pops from the next ring that has a value, without waiting.
+    ///
+    /// # Errors
+    /// [`PopError::Empty`], or [`PopError::Closed`] once every producer is gone and every
+    /// ring drained.
+    pub fn pop(&mut self) -> Result<T, PopError> {
+        let n = self.inputs.len();
+        let mut closed = 0;
+        for i in 0..n {
+            let at = (self.next + i) % n;
+            match self.inputs[at].pop() {
+                Ok(v) => {
+                    self.next = (at + 1) % n;
+                    return Ok(v);
+                }
+                Err(PopError::Closed) => closed += 1,
+                Err(PopError::Empty) => {}
+            }
+        }
+        if closed == n {
+            Err(PopError::Closed)
+        } else {
+            Err(PopError::Empty)
+        }
+    }
+
+    /// Pops from the next ring that has a value, waiting per the strategy while all are
+    /// empty.
+    ///
+    /// # Errors
+    /// [`Closed`] once every producer is gone and every ring drained.
+    pub fn pop_wait(&mut self) -> Result<T, Closed> {
+        loop {
+            match self.pop() {
+                Ok(v) => return Ok(v),
+                Err(PopError::Closed) => return Err(Closed),
+                Err(PopError::Empty) => {
+                    let inputs = &self.inputs;
+                    self.me.wait_until(
+                        self.wait,
+                        || inputs.iter().any(|c| !c.ring.is_empty() || c.ring.is_abandoned()),
+                        || false,
+                    );
+                }
+            }
+        }
+    }
+
+    /// The rings, for batch reads.
+    pub fn inputs(&mut self) -> &mut [Consumer<T>] {
+        &mut self.inputs
+    }
+}
+
+/// One producer into N consumers: N SPSC rings, one per consumer; the producer picks the
+/// ring (by key, round robin) or sends to all (broadcast).
+#[derive(Debug)]
+pub struct FanOut<T> {
+    outputs: Vec<Producer<T>>,
+    next: usize,
+}
+
+/// Builds one [`FanOut`] feeding `n` consumers.
+///
+/// # Panics
+/// When `capacity` is 0.
+pub fn fan_out<T>(n: usize, capacity: usize, wait: WaitStrategy) -> (FanOut<T>, Vec<Consumer<T>>) {
+    let me = Arc::new(Waiter::new());
+    let (outputs, consumers) =
+        (0..n).map(|_| channel_between(capacity, wait, me.clone(), Arc::new(Waiter::new()))).unzip();
+    (FanOut { outputs, next: 0 }, consumers)
+}
+
+impl<T> FanOut<T> {
+    /// Wraps producers that all sleep in one waiter (built with [`channel_between`]).
+    pub fn from_producers(outputs: Vec<Producer<T>>) -> FanOut<T> {
+        FanOut { outputs, next: 0 }
+    }
+
+    /// Consumers fed.
+    pub fn len(&self) -> usize {
+        self.outputs.len()
+    }
+
+    /// True when there is no consumer.
+    pub fn is_empty(&self) -> bool {
+        self.outputs.is_empty()
+    }
+
+    /// Sends to consumer `key % n` (per-key order), waiting while its ring is full.
+    ///
+    /// # Errors
+    /// [`Closed`] when that consumer is gone.
+    pub fn push_keyed(&mut self, key: u64, value: T) -> Result<(), Closed> {
+        let n = self.outputs.len() as u64;
+        if n == 0 {
+            return Err(Closed);
+        }
+        self.outputs[(key % n) as usize].push_wait(value)
+    }
+
+    /// Sends to the consumers in turn, waiting while the chosen ring is full.
+    ///
+    /// # Errors
+    /// [`Closed`] when that consumer is gone.
+    pub fn push_round_robin(&mut self, value: T) -> Result<(), Closed> {
+        if self.outputs.is_empty() {
+            return Err(Closed);
+        }
+        let at = self.next;
+        self.next = (at + 1) % self.outputs.len();
+        self.outputs[at].push_wait(value)
+    }
+
+    /// Sends a copy to every consumer.
+    ///
+    /// # Errors
+    /// [`Closed`] when a consumer is gone (the others still get theirs).
+    pub fn broadcast(&mut self, value: T) -> Result<(), Closed>
+    where
+        T: Clone,
+    {
+        let mut result = Ok(());
+        for out in &mut self.outputs {
+            if out.push_wait(value.clone()).is_err() {
+                result = Err(Closed);
+            }
+        }
+        result
+    }
+
+    /// The rings.
+    pub fn outputs(&mut self) -> &mut [Producer<T>] {
+        &mut self.outputs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    #[test]
+    fn close_and_drain() {
+        let (mut tx, mut rx) = channel::<u32>(4, WaitStrategy::Park);
+        tx.push(1).unwrap();
+        tx.push(2).unwrap();
+        drop(tx);
+        assert_eq!(rx.pop(), Ok(1));
+        assert_eq!(rx.pop_wait(), Ok(2));
+        assert_eq!(rx.pop(), Err(PopError::Closed));
+        let (mut tx, rx) = channel::<u32>(1, WaitStrategy::SpinThenYield);
+        tx.push(1).unwrap();
+        assert_eq!(tx.push(2), Err(PushError::Full(2)));
+        drop(rx);
+        assert_eq!(tx.push(3), Err(PushError::Closed(3)));
+        assert!(tx.is_closed());
+    }
+
+    #[test]
+    fn batches_in_place_match_a_model() {
+        let (mut tx, mut rx) = channel::<u64>(7, WaitStrategy::BusySpin);
+        let mut model = VecDeque::new();
+        let mut next = 0u64;
+        for round in 0..200u64 {
+            let want = (round * 7919) % 9;
+            let values: Vec<u64> = (next..next + want).collect();
+            let pushed = tx.push_slice(&values);
+            assert_eq!(pushed, want.min(7 - model.len() as u64) as usize);
+            model.extend(&values[..pushed]);
+            next += pushed as u64;
+            let take = (round * 31) % 6;
+            let batch = rx.read(take as usize);
+            let (a, b) = batch.as_slices();
+            let got: Vec<u64> = a.iter().chain(b).copied().collect();
+            let expect: Vec<u64> = model.drain(..got.len()).collect();
+            assert_eq!(got, expect);
+            assert_eq!(got.len(), (take as usize).min(expect.len().max(got.len())));
+            batch.commit();
+        }
+    }
+
+    #[test]
+    fn parked_threads_are_woken_both_ways() {
+        for wait in [WaitStrategy::Park, WaitStrategy::SpinThenYield, WaitStrategy::BusySpin] {
+            let (mut tx, mut rx) = channel::<u64>(2, wait);
+            let n = 20_000u64;
+            let consumer = std::thread::spawn(move || {
+                let mut expect = 0;
+                while let Ok(v) = rx.pop_wait() {
+                    assert_eq!(v, expect);
+                    expect += 1;
+                    if expect % 5000 == 0 {
+                        std::thread::sleep(std::time::Duration::from_millis(2));
+                        // producer parks on full
+                    }
+                }
+                expect
+            });
+            for i in 0..n {
+                tx.push_wait(i).unwrap();
+                if i % 7000 == 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(2)); // consumer parks on empty
+                }
+            }
+            drop(tx);
+            assert_eq!(consumer.join().unwrap(), n);
+        }
+    }
+
+    #[test]
+    fn fan_in_is_fair_and_closes_when_all_producers_leave() {
+        let (mut producers, mut fan) = fan_in::<(usize, u32)>(3, 64, WaitStrategy::Park);
+        for (i, p) in producers.iter_mut().enumerate() {
+            for j in 0..10 {
+                p.push((i, j)).unwrap();
+            }
+        }
+        let first: Vec<usize> = (0..6).map(|_| fan.pop().unwrap().0).collect();
+        assert_eq!(first, vec![0, 1, 2, 0, 1, 2], "round robin across inputs");
+        drop(producers);
+        let mut rest = 0;
+        while fan.pop_wait().is_ok() {
+            rest += 1;
+        }
+        assert_eq!(rest, 24);
+    }
+
+    #[test]
+    fn fan_out_routes_by_key_round_robin_and_broadcast() {
+        let (mut fan, mut consumers) = fan_out::<u64>(3, 64, WaitStrategy::Park);
+        for k in 0..9 {
+            fan.push_keyed(k, k).unwrap();
+        }
+        fan.push_round_robin(100).unwrap();
+        fan.push_round_robin(101).unwrap();
+        fan.broadcast(7).unwrap();
+        drop(fan);
+        let got: Vec<Vec<u64>> = consumers.iter_mut().map(|c| std::iter::from_fn(|| c.pop().ok()).collect()).collect();
+        assert_eq!(got[0], vec![0, 3, 6, 100, 7]);
+        assert_eq!(got[1], vec![1, 4, 7, 101, 7]);
+        assert_eq!(got[2], vec![2, 5, 8, 7]);
+    }
+}

@@ -1,0 +1,179 @@
+//! Waiting without losing a wake-up: wait strategies, the per-thread [`Waiter`], and the
+//! asymmetric fence that keeps the hot side of every wake-up protocol down to a compiler
+//! fence.
+//!
+//! # Protocol
+//! A thread that finds nothing to do (an empty input, a full output) may sleep. Before it
+//! sleeps it raises its `waiting` flag, issues a heavy fence, and re-checks its condition;
+//! the other side, after it makes progress (a push, a pop), issues a light fence and, if the
+//! flag is up, lowers it and unparks the sleeper. This is Dekker's pattern: either the sleeper's
+//! re-check sees the progress, or the other side sees the flag. With
+//! [`AsymmetricFence`] the light fence is only a compiler fence; the heavy one is a
+//! `membarrier(2)` that makes every running thread of the process execute a full barrier,
+//! which is what the pattern needs on the hot side. Sleeps are also bounded
+//! ([`PARK_TIMEOUT`]) as a second line of defence.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+use std::thread::Thread;
+use std::time::Duration;
+
+use crossbeam::utils::{Backoff, CachePadded};
+
+/// How a thread waits for its ring to become non-empty (consumer) or non-full (producer).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WaitStrategy {
+    /// Spin on the ring: the lowest latency, one core burnt per waiting thread.
+    BusySpin,
+    /// Spin a little, then `yield_now` between checks: low latency, shares the core.
+    SpinThenYield,
+    /// Spin a little, then sleep until the other side wakes it: about 0% CPU when idle, a
+    /// few microseconds to wake.
+    #[default]
+    Park,
+}
+
+impl WaitStrategy {
+    /// True when a waiting thread may sleep, so progress on the other side must wake it.
+    #[inline]
+    pub fn parks(self) -> bool {
+        self == WaitStrategy::Park
+    }
+}
+
+/// Longest single sleep of a parked thread: a bound, not a polling interval (wake-ups are
+/// never lost by the protocol).
+pub const PARK_TIMEOUT: Duration = Duration::from_millis(50);
+
+/// A thread's sleeping place: the flag the other side checks, and the handle it unparks.
+///
+/// One `Waiter` belongs to one thread (the one that waits); any number of rings may point
+/// at it, so a worker with several inputs and outputs sleeps in one place and is woken by
+/// progress on any of them.
+#[derive(Debug, Default)]
+pub struct Waiter {
+    waiting: CachePadded<AtomicBool>,
+    thread: OnceLock<Thread>,
+}
+
+impl Waiter {
+    /// A waiter for whichever thread first waits on it.
+    pub fn new() -> Waiter {
+        Waiter::default()
+    }
+
+    /// Waits, per `strategy`, until `ready()` returns true or `stop()` does. Returns the
+    /// last value of `ready()`.
+    ///
+    /// # Panics
+    /// When two different threads park on the same waiter (a waiter belongs to one thread).
+    pub fn wait_until(&self, strategy: WaitStrategy, mut ready: impl FnMut() -> bool, stop: impl Fn() -> bool) -> bool {
+        let backoff = Backoff::new();
+        loop {
+            if ready() {
+                return true;
+            }
+            if stop() {
+                return false;
+            }
+            match strategy {
+                WaitStrategy::BusySpin => std::hint::spin_loop(),
+                WaitStrategy::SpinThenYield => backoff.snooze(),
+                WaitStrategy::Park => {
+                    if !backoff.is_completed() {
+                        backoff.snooze();
+                        continue;
+                    }
+                    let me = self.thread.get_or_init(std::thread::current);
+                    assert_eq!(me.id(), std::thread::current().id(), "a Waiter belongs to one thread");
+                    self.waiting.store(true, Ordering::SeqCst);
+                    // pairs with the light fence in `wake`: either the re-check below sees the
+                    // other side's progress, or the other side sees `waiting`.
+                    AsymmetricFence::heavy();
+                    if !ready() && !stop() {
+                        std::thread::park_timeout(PARK_TIMEOUT);
+                    }
+                    self.waiting.store(false, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Called by the other side after making progress: wakes the thread if it sleeps.
+    #[inline]
+    pub fn wake(&self) {
+        AsymmetricFence::light(AsymmetricFence::registered());
+        if self.waiting.load(Ordering::Relaxed) {
+            self.wake_now();
+        }
+    }
+
+    #[cold]
+    fn wake_now(&self) {
+        if self.waiting.swap(false, Ordering::SeqCst) {
+            if let Some(thread) = self.thread.get() {
+                thread.unpark();
+            }
+        }
+    }
+
+    /// Wakes the thread whether or not it is known to sleep (for stop requests).
+    pub fn wake_unconditionally(&self) {
+        self.waiting.store(false, Ordering::SeqCst);
+        if let Some(thread) = self.thread.get() {
+            thread.unpark();
+        }
+    }
+}
+
+/// An asymmetric Dekker fence: a compiler fence on the hot side (the side that makes
+/// progress: a push, an append), a `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)` on the cold
+/// side (a thread about to sleep).
+///
+/// The process registers with `MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED` once (so heavy
+/// fences from other processes, such as a log tailer, reach its threads too). Where that
+/// fails (kernels before 4.16, seccomp), the light side falls back to a real fence, and the
+/// protocol stays correct since a full fence on both sides is the classic form.
+/// `membarrier` is called by hand through `libc`: no maintained crate wraps its
+/// global-expedited commands.
+pub struct AsymmetricFence;
+
+static REGISTERED: OnceLock<bool> = OnceLock::new();
+
+impl AsymmetricFence {
+    /// True when this process is registered for heavy fences (registering on first call).
+    #[inline]
+    pub fn registered() -> bool {
+        *REGISTERED.get_or_init(|| {
+            const MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED: libc::c_long = 1 << 2;
+            if cfg!(miri) {
+                return false;
+            }
+            // SAFETY: membarrier takes no pointers.
+            unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED, 0, 0) == 0 }
+        })
+    }
+
+    /// The heavy side: a full barrier here and in every running thread of registered
+    /// processes. Where `membarrier` fails, the light side uses real fences (see
+    /// [`AsymmetricFence::registered`]), so a local fence suffices.
+    pub fn heavy() {
+        const MEMBARRIER_CMD_GLOBAL_EXPEDITED: libc::c_long = 1 << 1;
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if !cfg!(miri) {
+            // SAFETY: membarrier takes no pointers.
+            unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0) };
+        }
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
+
+    /// The light side: a compiler fence when `registered`, else a full fence.
+    #[inline(always)]
+    pub fn light(registered: bool) {
+        if registered {
+            std::sync::atomic::compiler_fence(Ordering::SeqCst);
+        } else {
+            std::sync::atomic::fence(Ordering::SeqCst);
+        }
+    }
+}
