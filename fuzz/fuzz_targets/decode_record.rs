@@ -15,9 +15,8 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use shoal::log::format::{
-    record_crc, record_stride, AlignedBuf, HeaderError, RecordError, SegmentHeader, Slot, COMMIT_BIT,
-    END_OF_SEGMENT, PAYLOAD_BYTES_FORMAT_MAX, RECORD_ALIGN, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
-    SEGMENT_HEADER_USED_BYTES,
+    record_crc, record_stride, AlignedBuf, HeaderError, RecordError, SegmentHeader, Slot, COMMIT_BIT, END_OF_SEGMENT,
+    PAYLOAD_BYTES_FORMAT_MAX, RECORD_ALIGN, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, SEGMENT_HEADER_USED_BYTES,
 };
 
 #[derive(Arbitrary, Debug)]
@@ -125,7 +124,11 @@ fuzz_target!(|input: Input| {
             usize::MAX
         } else {
             let raw = input.limits[k % input.limits.len()];
-            if (raw as usize) < LIMITS.len() { LIMITS[raw as usize] } else { raw as usize }
+            if (raw as usize) < LIMITS.len() {
+                LIMITS[raw as usize]
+            } else {
+                raw as usize
+            }
         };
         k += 1;
         match region.decode(position, expected, payload_max) {

@@ -16,8 +16,8 @@ use std::path::Path;
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use shoal::log::format::{
-    data_start, record_crc, record_stride, SegmentHeader, BASE_OFFSET_UNSET, COMMIT_BIT, END_OF_SEGMENT,
-    PAGE_BYTES, RECORD_HEADER_BYTES,
+    data_start, record_crc, record_stride, SegmentHeader, BASE_OFFSET_UNSET, COMMIT_BIT, END_OF_SEGMENT, PAGE_BYTES,
+    RECORD_HEADER_BYTES,
 };
 use shoal::log::{Appender, Durability, IoBackend, LogOptions, Offset, Reader, RecoveryMode};
 

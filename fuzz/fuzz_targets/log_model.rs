@@ -38,7 +38,11 @@ enum Tear {
 enum Op {
     Append(Vec<u8>),
     /// `count` generated records of `len` bytes: reaches segment rollovers quickly.
-    AppendMany { count: u8, len: u8, seed: u8 },
+    AppendMany {
+        count: u8,
+        len: u8,
+        seed: u8,
+    },
     AppendBatch(Vec<Vec<u8>>),
     Sync,
     Reopen,
@@ -114,7 +118,10 @@ fn locate(dir: &Path, want: u64) -> Option<(std::path::PathBuf, usize, usize, bo
         .ok()?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "seg") && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "seg")
+                && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
         .collect();
     names.sort();
     let mut in_use = Vec::new();
@@ -216,13 +223,15 @@ fuzz_target!(|input: Input| {
             }
             Op::AppendMany { count, len, seed } => {
                 for i in 0..usize::from(*count) {
-                    let payload: Vec<u8> = (0..usize::from(*len)).map(|j| seed.wrapping_add((i * 31 + j) as u8)).collect();
+                    let payload: Vec<u8> =
+                        (0..usize::from(*len)).map(|j| seed.wrapping_add((i * 31 + j) as u8)).collect();
                     let result = appender.append(&payload);
                     check_append(&mut model, result, &payload);
                 }
             }
             Op::AppendBatch(payloads) => {
-                let payloads: Vec<&[u8]> = payloads.iter().take(16).map(|p| &p[..p.len().min(MAX_RECORD_BYTES + 64)]).collect();
+                let payloads: Vec<&[u8]> =
+                    payloads.iter().take(16).map(|p| &p[..p.len().min(MAX_RECORD_BYTES + 64)]).collect();
                 let first = model.records.len() as u64;
                 let result = appender.append_batch(payloads.iter().copied());
                 let fitting = payloads.iter().take_while(|p| p.len() <= MAX_RECORD_BYTES).count();
@@ -261,14 +270,17 @@ fuzz_target!(|input: Input| {
                 let mut gone = false;
                 if len > durable {
                     let last = len - 1;
-                    let (path, position, payload_len, _in_last_segment) =
-                        locate(dir.path(), last).unwrap_or_else(|| panic!("record {last} not found in the crash image"));
+                    let (path, position, payload_len, _in_last_segment) = locate(dir.path(), last)
+                        .unwrap_or_else(|| panic!("record {last} not found in the crash image"));
                     assert_eq!(payload_len, model.records[last as usize].len());
                     gone = damage(&path, position, payload_len, tear);
                 }
                 let reopened = match Appender::open(dir.path(), opts) {
                     Ok(log) => log,
-                    Err(e) => panic!("reopening after tearing record {} (durable {durable}, {tear:?}): {e}", len.saturating_sub(1)),
+                    Err(e) => panic!(
+                        "reopening after tearing record {} (durable {durable}, {tear:?}): {e}",
+                        len.saturating_sub(1)
+                    ),
                 };
                 if gone {
                     model.records.pop();
