@@ -201,3 +201,28 @@ fn seek_everywhere_matches_a_scan() {
     log.append(b"tail").unwrap();
     assert_eq!(r.next().unwrap().unwrap().offset(), Offset(n));
 }
+
+#[test]
+fn record_refs_outlive_the_reader_and_cross_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Appender::open(dir.path(), opts(IoBackend::Auto)).unwrap();
+    for i in 0..3000u64 {
+        log.append_keyed(i, &vec![(i % 251) as u8; 200]).unwrap();
+    }
+    let mut reader = Reader::open(dir.path()).unwrap();
+    let mut refs = Vec::new();
+    while let Some(r) = reader.next_ref().unwrap() {
+        refs.push(r);
+    }
+    drop(reader);
+    assert_eq!(refs.len(), 3000);
+    let checked = std::thread::spawn(move || {
+        for (i, r) in refs.iter().enumerate() {
+            assert_eq!(r.offset(), Offset(i as u64));
+            assert_eq!(r.key(), i as u64);
+            assert_eq!(r.payload(), &vec![(i % 251) as u8; 200][..]);
+        }
+        refs.len()
+    });
+    assert_eq!(checked.join().unwrap(), 3000);
+}

@@ -42,7 +42,7 @@ use std::time::Duration;
 pub use appender::{Appender, DurableWatch, RecoveryReport};
 pub use error::{AppendError, LogError};
 pub use io::IoBackend;
-pub use reader::{PodError, Reader, Record, Tailer};
+pub use reader::{PodError, Reader, Record, RecordRef, Tailer};
 pub use recovery::{repair, stats, verify, LogStats, Problem, RepairReport, VerifyReport};
 pub use segment::SegmentId;
 

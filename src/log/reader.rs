@@ -20,6 +20,56 @@ pub struct Record<'a> {
     payload: &'a [u8],
 }
 
+/// An owned handle on a record in a mapped segment: cloning it clones an `Arc`, never the
+/// payload. It keeps the segment mapped (even after retention removes its file), so large
+/// payloads can travel through rings and across threads as references to the log.
+#[derive(Clone, Debug)]
+pub struct RecordRef {
+    segment: Arc<Segment>,
+    position: usize,
+    len: usize,
+    offset: Offset,
+    timestamp_ns: u64,
+    key: u64,
+}
+
+impl RecordRef {
+    /// The record's offset.
+    pub fn offset(&self) -> Offset {
+        self.offset
+    }
+
+    /// Wall clock at append, ns since the Unix epoch.
+    pub fn timestamp_ns(&self) -> u64 {
+        self.timestamp_ns
+    }
+
+    /// The key given at append.
+    pub fn key(&self) -> u64 {
+        self.key
+    }
+
+    /// The payload, in place in the mapped segment.
+    pub fn payload(&self) -> &[u8] {
+        let region = self.segment.region();
+        match region.committed_bytes(self.position + format::RECORD_HEADER_BYTES, self.len) {
+            // SAFETY: the bytes lie in the mapping owned by `self.segment`, which lives as
+            // long as `self`; they are a committed record's, hence never written again.
+            Some(bytes) => unsafe { std::slice::from_raw_parts(bytes.as_ptr(), bytes.len()) },
+            None => &[],
+        }
+    }
+
+    /// Reads the payload in place as a `bytemuck::Pod` type.
+    ///
+    /// # Errors
+    /// [`PodError`] when the size or alignment does not fit `T`.
+    pub fn payload_as<T: bytemuck::Pod>(&self) -> Result<&T, PodError> {
+        Record { offset: self.offset, timestamp_ns: self.timestamp_ns, key: self.key, payload: self.payload() }
+            .payload_as::<T>()
+    }
+}
+
 /// Why a payload cannot be read as a type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PodError {
@@ -273,6 +323,20 @@ impl Reader {
             Ok(_) => Ok(None),
             Err(e) => Err(corruption(&self.current, &self.dir, position, self.next_offset, e.to_string())),
         }
+    }
+
+    /// The next record as an owned [`RecordRef`] (an `Arc` on its segment, no copy), or
+    /// `None` when caught up.
+    ///
+    /// # Errors
+    /// As [`Reader::next`].
+    pub fn next_ref(&mut self) -> Result<Option<RecordRef>, LogError> {
+        let Some(record) = self.next()? else { return Ok(None) };
+        let (offset, timestamp_ns, key, len) = (record.offset, record.timestamp_ns, record.key, record.payload.len());
+        // `next` leaves the reader just past the record, in the record's segment.
+        let segment = self.current.clone().ok_or(LogError::Closed)?;
+        let position = self.position - format::record_stride(len);
+        Ok(Some(RecordRef { segment, position, len, offset, timestamp_ns, key }))
     }
 
     fn corruption(&self, position: usize, why: String) -> LogError {
