@@ -35,6 +35,8 @@ const PROGRESS_EVERY: u64 = 1 << 16;
 const SAMPLES_QUEUED_MAX: usize = 1 << 14;
 /// Longest wait for one sampled record to become durable.
 const DURABLE_WAIT_MAX: Duration = Duration::from_secs(60);
+/// Events appended one at a time, each waiting for its sync, for the durable-ack latency.
+const PACED_EVENTS: u64 = 2000;
 
 pub(super) fn run(dir: Option<&Path>, events: u64) -> Result<ExitCode, Error> {
     // The temporary directory (if any) lives until the end of the demo.
@@ -61,6 +63,7 @@ pub(super) fn run(dir: Option<&Path>, events: u64) -> Result<ExitCode, Error> {
     let produced = produce(&mut log, events)?;
     let (syncs, sync_hist) = log.sync_stats();
     log.close()?;
+    let one_at_a_time = durable_one_at_a_time(&dir.join("one-at-a-time"), PACED_EVENTS)?;
 
     let replay = replay(&dir, first, events)?;
     let check = verify(&dir, first, events)?;
@@ -106,6 +109,16 @@ pub(super) fn run(dir: Option<&Path>, events: u64) -> Result<ExitCode, Error> {
             ),
         ),
         (
+            "durable ack",
+            format!(
+                "p50 {} / p99 {} / p99.9 {} one at a time ({} appends, each waiting for its own sync)",
+                format_ns(one_at_a_time.quantile_ns(0.5)),
+                format_ns(one_at_a_time.quantile_ns(0.99)),
+                format_ns(one_at_a_time.quantile_ns(0.999)),
+                grouped(one_at_a_time.count()),
+            ),
+        ),
+        (
             "replay",
             format!(
                 "{:.2} GB/s of payload, {:.1} M events/s ({:.3} s)",
@@ -128,7 +141,8 @@ pub(super) fn run(dir: Option<&Path>, events: u64) -> Result<ExitCode, Error> {
     ];
     let mut out = io::stdout().lock();
     let note = "durable latency: append until the watermark passes the record, with appends running flat out \
-                (so it includes waiting behind the disk's write bandwidth)";
+                (so it includes waiting behind the disk's write bandwidth); durable ack: the same, one append at a \
+                time, in a log of its own";
     if let Err(e) = writeln!(out, "{}\n\n{note}", table(&rows)).and_then(|()| out.flush()) {
         return super::stdout_failed(e);
     }
@@ -195,6 +209,23 @@ fn produce(log: &mut Appender, events: u64) -> Result<Produced, Error> {
 
 /// Times each sampled append until it is durable; returns the histogram and how many
 /// samples could not be timed.
+/// Appends one event at a time into a log of its own and waits for each to be durable: the
+/// latency an application sees when it acknowledges every request only once it is on disk.
+fn durable_one_at_a_time(dir: &Path, events: u64) -> Result<LatencyHistogram, Error> {
+    let mut log = Appender::open(dir, LogOptions { durability: Durability::Batch, ..LogOptions::default() })?;
+    let mut hist = LatencyHistogram::new();
+    let mut event = [0u8; EVENT_BYTES];
+    for i in 0..events {
+        fill_event(&mut event, i);
+        let started = Instant::now();
+        let offset = log.append(&event)?;
+        log.wait_durable(offset, None)?;
+        hist.record(started.elapsed().as_nanos() as u64);
+    }
+    log.close()?;
+    Ok(hist)
+}
+
 fn time_durable(watch: &DurableWatch, samples: &Receiver<(u64, Instant)>) -> Result<(LatencyHistogram, u64), LogError> {
     let mut hist = LatencyHistogram::new();
     let mut missed = 0;
