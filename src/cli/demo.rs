@@ -63,7 +63,7 @@ pub(super) fn run(dir: Option<&Path>, events: u64) -> Result<ExitCode, Error> {
     let produced = produce(&mut log, events)?;
     let (syncs, sync_hist) = log.sync_stats();
     log.close()?;
-    let one_at_a_time = durable_one_at_a_time(&dir.join("one-at-a-time"), PACED_EVENTS)?;
+    let one_at_a_time = durable_one_at_a_time(&dir.join("one-at-a-time"), PACED_EVENTS.min(events))?;
 
     let replay = replay(&dir, first, events)?;
     let check = verify(&dir, first, events)?;
