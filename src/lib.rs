@@ -6,4 +6,5 @@ pub mod affinity;
 pub mod cli;
 pub mod log;
 pub mod metrics;
+pub mod pipeline;
 pub mod ring;

@@ -1,0 +1,228 @@
+//! Routing and the [`Emitter`]: how events leave a worker (or the source) for the next stage.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crossbeam::utils::CachePadded;
+
+use crate::ring::{Consumer, Producer, PushError};
+
+/// How events enter a stage: which of its workers gets each event.
+pub enum Routing<T> {
+    /// Worker `mix(key(event)) % workers`: every event with the same key goes to the same
+    /// worker, so per-key order is kept (across [`scale`](super::Pipeline::scale) too).
+    ByKey(fn(&T) -> u64),
+    /// Workers in turn, event by event: each event is handled once, by one worker.
+    RoundRobin,
+    /// A copy to every worker (built with [`Routing::broadcast`], which needs `T: Clone`).
+    Broadcast(fn(&T) -> T),
+}
+
+impl<T> Clone for Routing<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Routing<T> {}
+
+impl<T> std::fmt::Debug for Routing<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Routing::ByKey(_) => "ByKey",
+            Routing::RoundRobin => "RoundRobin",
+            Routing::Broadcast(_) => "Broadcast",
+        })
+    }
+}
+
+impl<T: Clone> Routing<T> {
+    /// Every worker of the stage gets a clone of every event.
+    pub fn broadcast() -> Routing<T> {
+        Routing::Broadcast(<T as Clone>::clone)
+    }
+}
+
+/// The worker of `workers` that handles `key`: a multiplicative mix (so that keys with a
+/// pattern, such as multiples of the worker count, still spread), then a modulo.
+#[inline]
+pub(crate) fn bucket(key: u64, workers: usize) -> usize {
+    let mixed = (key ^ (key >> 31)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    ((mixed ^ (mixed >> 29)) % workers as u64) as usize
+}
+
+/// One event in flight per ring carries a send time, for per-hop latency.
+///
+/// The sender arms the probe (when it is free) with the index of an event it pushes and the
+/// time; the receiver records `now - time` when it reads that event and frees the probe. One
+/// sender and one receiver per probe, like the ring it rides beside.
+#[derive(Debug, Default)]
+pub(crate) struct Probe {
+    /// 0: free; else 1 + the index (in the ring's push order) of the probed event.
+    armed: CachePadded<AtomicU64>,
+    /// Raw clock value at the push.
+    stamp: AtomicU64,
+}
+
+/// The reading end of one ring into a worker.
+pub(crate) struct Input<T> {
+    pub(crate) rx: Consumer<T>,
+    pub(crate) probe: Option<Arc<Probe>>,
+    /// Events read from this ring so far.
+    pub(crate) taken: u64,
+}
+
+impl<T> Input<T> {
+    pub(crate) fn new(rx: Consumer<T>, probe: Option<Arc<Probe>>) -> Input<T> {
+        Input { rx, probe, taken: 0 }
+    }
+}
+
+impl Probe {
+    /// Whether the probed event is among the `n` events read after the first `taken`;
+    /// frees the probe and returns the hop latency in ns when it is.
+    #[inline]
+    pub(crate) fn took(&self, taken: u64, n: usize, clock: &quanta::Clock) -> Option<u64> {
+        // pairs with the Release store in `Output::pushed`
+        let armed = self.armed.load(Ordering::Acquire);
+        if armed != 0 && armed <= taken + n as u64 {
+            let sent = self.stamp.load(Ordering::Relaxed);
+            // pairs with the Acquire load in `Output::pushed`
+            self.armed.store(0, Ordering::Release);
+            return Some(clock.delta_as_nanos(sent, clock.raw()));
+        }
+        None
+    }
+}
+
+/// The writing end of one ring out of a worker.
+pub(crate) struct Output<T> {
+    pub(crate) tx: Producer<T>,
+    pub(crate) probe: Option<Arc<Probe>>,
+    /// Events pushed into this ring so far.
+    pushed: u64,
+    /// Pushed to since the last notify.
+    touched: bool,
+}
+
+impl<T> Output<T> {
+    pub(crate) fn new(tx: Producer<T>, probe: Option<Arc<Probe>>) -> Output<T> {
+        Output { tx, probe, pushed: 0, touched: false }
+    }
+
+    #[inline]
+    fn pushed(&mut self, clock: &quanta::Clock) {
+        if let Some(probe) = &self.probe {
+            // pairs with the Release store in `Probe::took`: the receiver is done with the
+            // last stamp before we write a new one.
+            if probe.armed.load(Ordering::Acquire) == 0 {
+                probe.stamp.store(clock.raw(), Ordering::Relaxed);
+                // pairs with the Acquire load in `Probe::took`
+                probe.armed.store(self.pushed + 1, Ordering::Release);
+            }
+        }
+        self.pushed += 1;
+        self.touched = true;
+    }
+}
+
+/// Where a handler (or the source) sends events to the next stage.
+///
+/// [`emit`](Emitter::emit) routes each event to one downstream ring (or all, for broadcast)
+/// and pushes it there without waking the receiver; the worker wakes each touched receiver
+/// once when the handler returns. When a downstream ring is full, `emit` waits with the
+/// pipeline's wait strategy (backpressure): the emitter buffers nothing.
+///
+/// In the **last stage** there is no downstream: emitted events are dropped and counted in
+/// [`PipelineStats::discarded`](super::PipelineStats::discarded). Handlers of the last
+/// stage are sinks and normally emit nothing.
+pub struct Emitter<T> {
+    pub(crate) outputs: Vec<Output<T>>,
+    pub(crate) routing: Routing<T>,
+    next: usize,
+    pub(crate) abort: Arc<AtomicBool>,
+    pub(crate) clock: quanta::Clock,
+    /// Events emitted where there is no downstream, or dropped because the pipeline stopped.
+    pub(crate) discarded: u64,
+    /// Events emitted in all.
+    pub(crate) emitted: u64,
+}
+
+impl<T> Emitter<T> {
+    pub(crate) fn new(abort: Arc<AtomicBool>, clock: quanta::Clock) -> Emitter<T> {
+        Emitter { outputs: Vec::new(), routing: Routing::RoundRobin, next: 0, abort, clock, discarded: 0, emitted: 0 }
+    }
+
+    /// Replaces the downstream rings (on a scale).
+    pub(crate) fn rewire(&mut self, outputs: Vec<Output<T>>, routing: Routing<T>) {
+        self.notify();
+        self.outputs = outputs;
+        self.routing = routing;
+        self.next = 0;
+    }
+
+    /// Sends `event` to the next stage, per that stage's [`Routing`]; waits while the chosen
+    /// ring is full. Dropped (and counted) in the last stage, and when the pipeline is
+    /// stopping after a panic.
+    #[inline]
+    pub fn emit(&mut self, event: T) {
+        self.emitted += 1;
+        let n = self.outputs.len();
+        if n == 0 {
+            self.discarded += 1;
+            return;
+        }
+        match self.routing {
+            Routing::ByKey(key) => {
+                let at = if n == 1 { 0 } else { bucket(key(&event), n) };
+                self.push(at, event);
+            }
+            Routing::RoundRobin => {
+                let at = self.next;
+                self.next = if at + 1 == n { 0 } else { at + 1 };
+                self.push(at, event);
+            }
+            Routing::Broadcast(clone) => {
+                for at in 0..n - 1 {
+                    let copy = clone(&event);
+                    self.push(at, copy);
+                }
+                self.push(n - 1, event);
+            }
+        }
+    }
+
+    /// Workers in the next stage (0 in the last stage).
+    pub fn downstream_workers(&self) -> usize {
+        self.outputs.len()
+    }
+
+    #[inline]
+    fn push(&mut self, at: usize, event: T) {
+        let out = &mut self.outputs[at];
+        match out.tx.push_quiet(event) {
+            Ok(()) => out.pushed(&self.clock),
+            Err(PushError::Full(event)) => {
+                // The receiver may sleep on a ring we filled quietly: wake it before waiting.
+                out.tx.notify();
+                let abort = &self.abort;
+                match out.tx.push_wait_or_stop(event, || abort.load(Ordering::Relaxed)) {
+                    Ok(()) => out.pushed(&self.clock),
+                    Err(_) => self.discarded += 1,
+                }
+            }
+            Err(PushError::Closed(_)) => self.discarded += 1,
+        }
+    }
+
+    /// Wakes every receiver pushed to since the last call.
+    #[inline]
+    pub(crate) fn notify(&mut self) {
+        for out in &mut self.outputs {
+            if out.touched {
+                out.touched = false;
+                out.tx.notify();
+            }
+        }
+    }
+}

@@ -1,0 +1,557 @@
+//! Worker threads: the stage loop, the source loop, and the per-worker control slot through
+//! which [`scale`](super::Pipeline::scale) pauses and rewires a running worker.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::thread::Thread;
+use std::time::Duration;
+
+use crossbeam::utils::CachePadded;
+
+use super::emit::{Emitter, Input, Output, Routing};
+use super::error::PipelineError;
+use super::source::{Decode, SourceKind, SourceStep};
+use super::{Config, Factory, WorkerId};
+use crate::affinity;
+use crate::log::Offset;
+use crate::metrics::LatencyHistogram;
+use crate::ring::{PopError, Waiter};
+
+/// Longest single wait on a control slot: a bound, not a polling interval (every change
+/// of a slot notifies its condition variable).
+const CONTROL_WAIT: Duration = Duration::from_millis(100);
+
+/// Longest single wait of a following log source for new records; shutdown and pauses
+/// reach an idle log source within this (its tailer sleeps on the log's futex, which the
+/// pipeline cannot wake).
+pub(crate) const LOG_IDLE_SLICE: Duration = Duration::from_millis(5);
+
+pub(crate) fn lock<G>(m: &Mutex<G>) -> MutexGuard<'_, G> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// State every thread of one pipeline shares.
+pub(crate) struct Shared<T> {
+    /// Stop everything now (a panic, a failed source, a dropped pipeline): blocked pushes
+    /// and waits give up, workers exit without draining.
+    pub(crate) abort: Arc<AtomicBool>,
+    /// Shutdown: the source stops; the stages drain and exit as their inputs close.
+    pub(crate) stop_source: AtomicBool,
+    /// The first failure.
+    pub(crate) failure: Mutex<Option<PipelineError>>,
+    /// Every worker's control (pruned of exited ones on scale), to wake them all on abort.
+    pub(crate) controls: Mutex<Vec<Arc<Control<T>>>>,
+    pub(crate) clock: quanta::Clock,
+    pub(crate) config: Config,
+}
+
+impl<T> Shared<T> {
+    pub(crate) fn new(config: Config) -> Shared<T> {
+        Shared {
+            abort: Arc::new(AtomicBool::new(false)),
+            stop_source: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            controls: Mutex::new(Vec::new()),
+            clock: quanta::Clock::new(),
+            config,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn aborted(&self) -> bool {
+        self.abort.load(Ordering::Relaxed)
+    }
+
+    /// Records `error` (the first one wins) and stops every thread.
+    pub(crate) fn fail(&self, error: PipelineError) {
+        {
+            let mut failure = lock(&self.failure);
+            if failure.is_none() {
+                *failure = Some(error);
+            }
+        }
+        self.abort_all();
+    }
+
+    /// Stops every thread without recording an error.
+    pub(crate) fn abort_all(&self) {
+        self.abort.store(true, Ordering::SeqCst);
+        let controls: Vec<Arc<Control<T>>> = lock(&self.controls).clone();
+        for control in controls {
+            control.wake();
+        }
+    }
+
+    pub(crate) fn take_failure(&self) -> Option<PipelineError> {
+        lock(&self.failure).take()
+    }
+}
+
+/// A worker's counters, written by the worker and read by [`super::Pipeline::metrics`].
+#[derive(Debug, Default)]
+pub(crate) struct WorkerStats {
+    /// Events handled (a stage worker) or emitted (the source).
+    pub(crate) events: CachePadded<AtomicU64>,
+    /// Values waiting in the worker's inputs at its last look, and their capacity.
+    pub(crate) backlog: AtomicU64,
+    pub(crate) capacity: AtomicU64,
+    /// Events emitted with no downstream, or dropped because the pipeline was aborting.
+    pub(crate) discarded: AtomicU64,
+    /// Sampled hop latency of the worker's inputs (when latency metrics are on).
+    pub(crate) hop_latency: Option<Mutex<LatencyHistogram>>,
+}
+
+impl WorkerStats {
+    pub(crate) fn new(latency: bool) -> WorkerStats {
+        WorkerStats { hop_latency: latency.then(|| Mutex::new(LatencyHistogram::new())), ..WorkerStats::default() }
+    }
+}
+
+/// When a paused worker acknowledges a pause request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pause {
+    /// At the next batch boundary (the upstream of a stage being scaled).
+    Now,
+    /// Once every input is empty (the stage being scaled, whose upstream is paused; and
+    /// the stage after it, whose upstream is then paused and drained).
+    WhenDrained,
+}
+
+/// New wiring handed to a paused worker; it resumes when it gets one.
+pub(crate) struct Rewire<T> {
+    pub(crate) inputs: Option<Vec<Input<T>>>,
+    pub(crate) outputs: Option<(Vec<Output<T>>, Routing<T>)>,
+    /// Leave the pipeline (a worker removed by a scale down; its inputs are empty).
+    pub(crate) exit: bool,
+}
+
+pub(crate) struct Slot<T> {
+    request: Option<Pause>,
+    /// Requests posted so far, and the last one acknowledged: a worker that resumes from
+    /// one pause may find the next request already posted, and must not clear it.
+    requested: u64,
+    acked: u64,
+    exited: bool,
+    rewire: Option<Rewire<T>>,
+}
+
+/// A worker's control slot: the controller (a thread in `scale`) posts a pause request,
+/// the worker acknowledges and waits, the controller hands it new wiring, the worker
+/// resumes. The worker checks `pending` once per loop (one relaxed load); everything else
+/// is behind the mutex, off the hot path.
+pub(crate) struct Control<T> {
+    pending: CachePadded<AtomicBool>,
+    slot: Mutex<Slot<T>>,
+    cond: Condvar,
+    /// The worker's thread, to unpark it wherever it sleeps (set right after spawn).
+    pub(crate) thread: OnceLock<Thread>,
+}
+
+/// What serving a control request came to.
+pub(crate) enum Served<T> {
+    /// The request waits for a condition (inputs drained) not met yet.
+    NotYet,
+    /// Paused, then resumed with this wiring.
+    Resumed(Rewire<T>),
+    /// The pipeline is aborting.
+    Abort,
+}
+
+impl<T> Control<T> {
+    pub(crate) fn new() -> Control<T> {
+        Control {
+            pending: CachePadded::new(AtomicBool::new(false)),
+            slot: Mutex::new(Slot { request: None, requested: 0, acked: 0, exited: false, rewire: None }),
+            cond: Condvar::new(),
+            thread: OnceLock::new(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn pending(&self) -> bool {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    /// Wakes the worker wherever it waits: its control slot, a ring's waiter, a park.
+    pub(crate) fn wake(&self) {
+        drop(lock(&self.slot));
+        self.cond.notify_all();
+        if let Some(thread) = self.thread.get() {
+            thread.unpark();
+        }
+    }
+
+    /// Controller: asks the worker to pause.
+    pub(crate) fn request(&self, pause: Pause) {
+        {
+            let mut slot = lock(&self.slot);
+            slot.request = Some(pause);
+            slot.requested += 1;
+            // pairs with the Acquire load in `pending`; the unpark below also
+            // synchronizes with the worker's park returning.
+            self.pending.store(true, Ordering::SeqCst);
+        }
+        if let Some(thread) = self.thread.get() {
+            thread.unpark();
+        }
+    }
+
+    /// Controller: waits until the worker acknowledged (true) or exited (false).
+    ///
+    /// # Errors
+    /// `Err(())` when the pipeline aborts meanwhile.
+    pub(crate) fn wait_ack(&self, abort: &AtomicBool) -> Result<bool, ()> {
+        let mut slot = lock(&self.slot);
+        loop {
+            if slot.exited {
+                return Ok(false);
+            }
+            if slot.acked == slot.requested {
+                return Ok(true);
+            }
+            if abort.load(Ordering::SeqCst) {
+                return Err(());
+            }
+            slot = self.cond.wait_timeout(slot, CONTROL_WAIT).unwrap_or_else(PoisonError::into_inner).0;
+        }
+    }
+
+    /// Controller: resumes a paused worker with new wiring (dropped if it exited).
+    pub(crate) fn resume(&self, rewire: Rewire<T>) {
+        let mut slot = lock(&self.slot);
+        if slot.exited {
+            return;
+        }
+        slot.rewire = Some(rewire);
+        drop(slot);
+        self.cond.notify_all();
+    }
+
+    /// True once the worker's thread has left its loop.
+    pub(crate) fn exited(&self) -> bool {
+        lock(&self.slot).exited
+    }
+
+    /// Worker: serves a pending request. Pauses (acknowledges, then waits for new wiring)
+    /// when the request's condition holds; `drained` says whether every input is empty.
+    pub(crate) fn serve(&self, drained: impl FnOnce() -> bool, abort: &AtomicBool) -> Served<T> {
+        let mut slot = lock(&self.slot);
+        match slot.request {
+            None => {
+                self.pending.store(false, Ordering::Relaxed);
+                return Served::NotYet;
+            }
+            Some(Pause::WhenDrained) if !drained() => return Served::NotYet,
+            Some(_) => {}
+        }
+        slot.acked = slot.requested;
+        self.cond.notify_all();
+        loop {
+            if let Some(rewire) = slot.rewire.take() {
+                if slot.acked == slot.requested {
+                    slot.request = None;
+                    self.pending.store(false, Ordering::Relaxed);
+                }
+                return Served::Resumed(rewire);
+            }
+            if abort.load(Ordering::SeqCst) {
+                return Served::Abort;
+            }
+            slot = self.cond.wait_timeout(slot, CONTROL_WAIT).unwrap_or_else(PoisonError::into_inner).0;
+        }
+    }
+}
+
+/// Marks the worker exited when its thread leaves (normally or by unwinding).
+struct ExitGuard<T>(Arc<Control<T>>);
+
+impl<T> Drop for ExitGuard<T> {
+    fn drop(&mut self) {
+        let mut slot = lock(&self.0.slot);
+        slot.exited = true;
+        slot.rewire = None;
+        drop(slot);
+        self.0.cond.notify_all();
+    }
+}
+
+/// What one worker thread (or the source thread) starts with.
+pub(crate) struct WorkerParts<T> {
+    pub(crate) stage: Arc<str>,
+    pub(crate) index: usize,
+    pub(crate) inputs: Vec<Input<T>>,
+    pub(crate) emitter: Emitter<T>,
+    pub(crate) control: Arc<Control<T>>,
+    pub(crate) waiter: Arc<Waiter>,
+    pub(crate) stats: Arc<WorkerStats>,
+    pub(crate) shared: Arc<Shared<T>>,
+    pub(crate) cpu: Option<usize>,
+}
+
+impl<T> WorkerParts<T> {
+    fn start_thread(&self) {
+        affinity::name_current(&format!("shoal-{}-{}", self.stage, self.index));
+        if let Some(cpu) = self.cpu {
+            if let Err(e) = affinity::pin_current(cpu) {
+                tracing::warn!("shoal-{}-{}: cannot pin to cpu {cpu}: {e}; running unpinned", self.stage, self.index);
+            }
+        }
+    }
+
+    fn panicked(&self, payload: &(dyn std::any::Any + Send)) {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic with a non-string payload".to_string());
+        self.shared.fail(PipelineError::Panicked { stage: self.stage.to_string(), worker: self.index, message });
+    }
+
+    fn publish_backlog(&self) {
+        let (mut backlog, mut capacity) = (0u64, 0u64);
+        for input in &self.inputs {
+            backlog += input.rx.slots() as u64;
+            capacity += input.rx.capacity() as u64;
+        }
+        self.stats.backlog.store(backlog, Ordering::Relaxed);
+        self.stats.capacity.store(capacity, Ordering::Relaxed);
+    }
+
+    fn finish(&mut self) {
+        self.emitter.notify();
+        self.stats.discarded.store(self.emitter.discarded, Ordering::Relaxed);
+        self.stats.backlog.store(0, Ordering::Relaxed);
+    }
+}
+
+/// A stage worker's thread: poll inputs fairly, hand each batch to the handler, route what
+/// it emits, serve control requests, sleep when idle; exit when every input is closed and
+/// drained, when told to by a scale down, or when the pipeline aborts.
+pub(crate) fn run_stage_worker<T: Send + 'static>(mut w: WorkerParts<T>, factory: Factory<T>) {
+    w.start_thread();
+    let _guard = ExitGuard(w.control.clone());
+    let mut handler = match catch_unwind(AssertUnwindSafe(|| factory(WorkerId(w.index)))) {
+        Ok(h) => h,
+        Err(payload) => {
+            w.panicked(payload.as_ref());
+            return;
+        }
+    };
+    let shared = w.shared.clone();
+    let (batch_max, wait) = (shared.config.batch_max, shared.config.wait);
+    let mut start = 0usize;
+    let mut events = 0u64;
+    let mut loops = 0u32;
+    'run: loop {
+        if shared.aborted() {
+            break;
+        }
+        if w.control.pending() {
+            let inputs = &w.inputs;
+            match w.control.serve(|| inputs.iter().all(|i| i.rx.is_empty()), &shared.abort) {
+                Served::NotYet => {}
+                Served::Abort => break,
+                Served::Resumed(rewire) => {
+                    if rewire.exit {
+                        break;
+                    }
+                    if let Some(inputs) = rewire.inputs {
+                        w.inputs = inputs;
+                        start = 0;
+                    }
+                    if let Some((outputs, routing)) = rewire.outputs {
+                        w.emitter.rewire(outputs, routing);
+                    }
+                    w.publish_backlog();
+                    continue;
+                }
+            }
+        }
+        let n = w.inputs.len();
+        if n == 0 {
+            break; // every producer is gone and every input drained
+        }
+        let mut worked = false;
+        let mut closed = false;
+        for k in 0..n {
+            let at = if start + k >= n { start + k - n } else { start + k };
+            let Input { rx, probe, taken } = &mut w.inputs[at];
+            let batch = rx.read(batch_max);
+            let len = batch.len();
+            if len == 0 {
+                drop(batch);
+                closed |= rx.is_closed();
+                continue;
+            }
+            if let Some(probe) = probe {
+                if let Some(ns) = probe.took(*taken, len, &shared.clock) {
+                    if let Some(hist) = &w.stats.hop_latency {
+                        lock(hist).record(ns);
+                    }
+                }
+            }
+            *taken += len as u64;
+            let (a, b) = batch.as_slices();
+            let emitter = &mut w.emitter;
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                handler(a, emitter);
+                if !b.is_empty() {
+                    handler(b, emitter);
+                }
+            }));
+            w.emitter.notify();
+            batch.commit();
+            events += len as u64;
+            w.stats.events.store(events, Ordering::Relaxed);
+            if let Err(payload) = result {
+                w.panicked(payload.as_ref());
+                break 'run;
+            }
+            worked = true;
+            start = at + 1;
+            break;
+        }
+        if closed {
+            w.inputs.retain(|i| !i.rx.is_closed());
+            start = 0;
+            continue;
+        }
+        loops = loops.wrapping_add(1);
+        if !worked || loops % 8 == 0 {
+            w.publish_backlog();
+        }
+        if !worked {
+            let (inputs, control) = (&w.inputs, &w.control);
+            w.waiter.wait_until(
+                wait,
+                || control.pending() || inputs.iter().any(|i| !i.rx.is_empty() || i.rx.is_closed()),
+                || shared.aborted(),
+            );
+        }
+    }
+    w.finish();
+}
+
+/// The source's thread: produce events, serve pause requests between two batches, stop on
+/// shutdown or abort, or when the source ends.
+pub(crate) fn run_source<T: Send + 'static>(mut w: WorkerParts<T>, mut kind: SourceKind<T>) {
+    w.start_thread();
+    let _guard = ExitGuard(w.control.clone());
+    let shared = w.shared.clone();
+    let batch_max = shared.config.batch_max;
+    loop {
+        if shared.aborted() || shared.stop_source.load(Ordering::Relaxed) {
+            break;
+        }
+        if w.control.pending() {
+            match w.control.serve(|| true, &shared.abort) {
+                Served::NotYet => {}
+                Served::Abort => break,
+                Served::Resumed(rewire) => {
+                    if rewire.exit {
+                        break;
+                    }
+                    if let Some((outputs, routing)) = rewire.outputs {
+                        w.emitter.rewire(outputs, routing);
+                    }
+                    continue;
+                }
+            }
+        }
+        let go_on = match &mut kind {
+            SourceKind::Closure(f) => {
+                let emitter = &mut w.emitter;
+                match catch_unwind(AssertUnwindSafe(|| f(emitter))) {
+                    Ok(step) => step == SourceStep::Continue,
+                    Err(payload) => {
+                        w.panicked(payload.as_ref());
+                        false
+                    }
+                }
+            }
+            SourceKind::Ring(rx) => {
+                let mut got = 0;
+                let mut open = true;
+                while got < batch_max {
+                    match rx.pop() {
+                        Ok(v) => {
+                            w.emitter.emit(v);
+                            got += 1;
+                        }
+                        Err(PopError::Empty) => break,
+                        Err(PopError::Closed) => {
+                            open = false;
+                            break;
+                        }
+                    }
+                }
+                if got == 0 && open {
+                    w.emitter.notify();
+                    let control = &w.control;
+                    let shared = &shared;
+                    let stop = || shared.aborted() || shared.stop_source.load(Ordering::Relaxed) || control.pending();
+                    open = rx.wait_readable(stop).is_ok();
+                }
+                open
+            }
+            SourceKind::Log { tailer, follow, decode, dir } => {
+                let mut got = 0;
+                let mut result = Ok(());
+                while got < batch_max {
+                    let event = match decode {
+                        Decode::Record(f) => match tailer.reader().next() {
+                            Ok(Some(record)) => f(&record),
+                            Ok(None) => break,
+                            Err(e) => {
+                                result = Err(e);
+                                break;
+                            }
+                        },
+                        Decode::Ref(f) => match tailer.reader().next_ref() {
+                            Ok(Some(record)) => f(record),
+                            Ok(None) => break,
+                            Err(e) => {
+                                result = Err(e);
+                                break;
+                            }
+                        },
+                    };
+                    got += 1;
+                    if let Some(event) = event {
+                        w.emitter.emit(event);
+                    }
+                }
+                if result.is_ok() && got == 0 && *follow {
+                    // Sleep on the log's futex for a slice, then step back onto the record
+                    // that woke us, so the batch loop above reads it (as a ref if need be).
+                    w.emitter.notify();
+                    result = match tailer.next(Some(LOG_IDLE_SLICE)) {
+                        Ok(Some(record)) => {
+                            let offset: Offset = record.offset();
+                            tailer.reader().seek(offset)
+                        }
+                        Ok(None) => Ok(()),
+                        Err(e) => Err(e),
+                    };
+                }
+                match result {
+                    Err(e) => {
+                        shared.fail(PipelineError::SourceFailed {
+                            name: w.stage.to_string(),
+                            message: format!("reading the log at {}: {e}", dir.display()),
+                        });
+                        false
+                    }
+                    Ok(()) => got > 0 || *follow,
+                }
+            }
+        };
+        w.emitter.notify();
+        w.stats.events.store(w.emitter.emitted, Ordering::Relaxed);
+        if !go_on {
+            break;
+        }
+    }
+    w.finish();
+}
