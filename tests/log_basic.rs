@@ -207,7 +207,7 @@ fn record_refs_outlive_the_reader_and_cross_threads() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = Appender::open(dir.path(), opts(IoBackend::Auto)).unwrap();
     for i in 0..3000u64 {
-        log.append_keyed(i, &vec![(i % 251) as u8; 200]).unwrap();
+        log.append_keyed(i, &[(i % 251) as u8; 200]).unwrap();
     }
     let mut reader = Reader::open(dir.path()).unwrap();
     let mut refs = Vec::new();
@@ -220,7 +220,7 @@ fn record_refs_outlive_the_reader_and_cross_threads() {
         for (i, r) in refs.iter().enumerate() {
             assert_eq!(r.offset(), Offset(i as u64));
             assert_eq!(r.key(), i as u64);
-            assert_eq!(r.payload(), &vec![(i % 251) as u8; 200][..]);
+            assert_eq!(r.payload(), &[(i % 251) as u8; 200][..]);
         }
         refs.len()
     });

@@ -11,8 +11,10 @@
 //! - **batches in place**: [`Producer::reserve`] and [`Consumer::read`] hand out the ring's
 //!   own slots (rtrb chunks), so a batch is written and read without a copy;
 //! - **close and drain**: dropping the producer closes the ring; the consumer still drains
-//!   what is in it and then sees [`PopError::Closed`]. Dropping the consumer makes every
-//!   later push fail with [`PushError::Closed`], handing the value back.
+//!   what is in it and then sees [`PopError::Closed`]. Once the consumer is gone,
+//!   [`Producer::is_closed`] says so and a push that would wait (the ring full) fails with
+//!   [`PushError::Closed`], handing the value back; pushes into free slots are not checked
+//!   (that would cost the hot path an atomic load), and their values are dropped with the ring.
 //!
 //! Fan-in (N producers to 1 consumer) and fan-out (1 to N) are sets of SPSC rings
 //! ([`FanIn`], [`FanOut`]) with fair polling: there is no MPMC queue on the data path.
