@@ -3,7 +3,7 @@
 //!
 //! | group | what | shoal | peer |
 //! | --- | --- | --- | --- |
-//! | `pipeline_3_stage` | `u64` events: source -> A -> B -> sink, one worker each | `Pipeline` with `SpinThenYield` and with `Park` | `disruptor` single producer, three chained handlers, `BusySpinWithSpinLoopHint` |
+//! | `pipeline_3_stage` | `u64` events: source -> A -> B -> sink, one worker each | `Pipeline` with `SpinThenYield`, with `Park`, and with `Park` plus latency metrics | `disruptor` single producer, three chained handlers, `BusySpinWithSpinLoopHint` |
 //! | `pipeline_scale` | source -> a CPU-heavy round-robin stage of 1..N workers -> sink | `Pipeline`, `N = min(8, usable CPUs)` | the 1-worker row |
 //!
 //! Every run builds its pipeline (threads start), then times from the first event to the
@@ -39,7 +39,7 @@ const BATCH_MAX: usize = 256;
 
 /// Runs `total` u64s through source -> A -> B -> sink; returns the time from the first
 /// event to the sink having seen the last.
-fn shoal_3_stage(total: u64, wait: WaitStrategy) -> Duration {
+fn shoal_3_stage(total: u64, wait: WaitStrategy, latency: bool) -> Duration {
     let go = Arc::new(AtomicBool::new(false));
     let sum = Arc::new(AtomicU64::new(0));
     let mut next = 0u64;
@@ -48,6 +48,7 @@ fn shoal_3_stage(total: u64, wait: WaitStrategy) -> Duration {
         .ring_capacity(CAPACITY)
         .batch_max(BATCH_MAX)
         .pin(true)
+        .latency_metrics(latency)
         .source("src", {
             let go = go.clone();
             Source::closure(move |out: &mut Emitter<u64>| {
@@ -252,10 +253,14 @@ fn three_stage(c: &mut Criterion) {
     g.throughput(Throughput::Elements(events));
     g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(4));
     g.bench_function("shoal_spin_then_yield", |b| {
-        b.iter_custom(|iters| rounds(iters, events, |n| shoal_3_stage(n, WaitStrategy::SpinThenYield)))
+        b.iter_custom(|iters| rounds(iters, events, |n| shoal_3_stage(n, WaitStrategy::SpinThenYield, false)))
     });
     g.bench_function("shoal_park", |b| {
-        b.iter_custom(|iters| rounds(iters, events, |n| shoal_3_stage(n, WaitStrategy::Park)))
+        b.iter_custom(|iters| rounds(iters, events, |n| shoal_3_stage(n, WaitStrategy::Park, false)))
+    });
+    // The cost of sampled hop-latency histograms.
+    g.bench_function("shoal_park_latency_metrics", |b| {
+        b.iter_custom(|iters| rounds(iters, events, |n| shoal_3_stage(n, WaitStrategy::Park, true)))
     });
     g.bench_function("disruptor", |b| b.iter_custom(|iters| rounds(iters, events, disruptor_3_stage)));
     g.finish();

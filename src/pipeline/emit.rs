@@ -226,3 +226,35 @@ impl<T> Emitter<T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_spreads_patterned_keys_and_is_stable() {
+        for workers in 1..=8 {
+            let mut hits = vec![0u32; workers];
+            // Multiples of the worker count would all land on worker 0 with a bare modulo.
+            for k in 0..8000u64 {
+                let at = bucket(k * workers as u64, workers);
+                assert_eq!(at, bucket(k * workers as u64, workers));
+                hits[at] += 1;
+            }
+            let (min, max) = (hits.iter().min().copied(), hits.iter().max().copied());
+            assert!(min.unwrap_or(0) * 2 > max.unwrap_or(0), "{workers} workers: {hits:?}");
+        }
+    }
+
+    #[test]
+    fn probes_time_the_armed_event_only() {
+        let clock = quanta::Clock::new();
+        let probe = Probe::default();
+        assert_eq!(probe.took(0, 10, &clock), None, "nothing armed");
+        probe.stamp.store(clock.raw(), Ordering::Relaxed);
+        probe.armed.store(5, Ordering::Release); // the 5th event pushed
+        assert_eq!(probe.took(0, 4, &clock), None, "events 1..=4");
+        assert!(probe.took(4, 1, &clock).is_some(), "event 5");
+        assert_eq!(probe.armed.load(Ordering::Acquire), 0, "freed for the next stamp");
+    }
+}
