@@ -3,6 +3,7 @@
 //!
 //! | group | what | shoal | peer |
 //! | --- | --- | --- | --- |
+//! | `pipeline_1_stage` | `u64` events: source -> sink (two threads each side) | `Pipeline` with `SpinThenYield` and `Park` | `disruptor` single producer, one handler |
 //! | `pipeline_3_stage` | `u64` events: source -> A -> B -> sink, one worker each | `Pipeline` with `SpinThenYield`, with `Park`, and with `Park` plus latency metrics | `disruptor` single producer, three chained handlers, `BusySpinWithSpinLoopHint` |
 //! | `pipeline_scale` | source -> a CPU-heavy round-robin stage of 1..N workers -> sink | `Pipeline`, `N = min(8, usable CPUs)` | the 1-worker row |
 //!
@@ -40,10 +41,15 @@ const BATCH_MAX: usize = 256;
 /// Runs `total` u64s through source -> A -> B -> sink; returns the time from the first
 /// event to the sink having seen the last.
 fn shoal_3_stage(total: u64, wait: WaitStrategy, latency: bool) -> Duration {
+    shoal_chain(total, wait, latency, true)
+}
+
+/// source -> (A -> B, when `middle`) -> sink.
+fn shoal_chain(total: u64, wait: WaitStrategy, latency: bool, middle: bool) -> Duration {
     let go = Arc::new(AtomicBool::new(false));
     let sum = Arc::new(AtomicU64::new(0));
     let mut next = 0u64;
-    let pipeline = Pipeline::<u64>::builder()
+    let builder = Pipeline::<u64>::builder()
         .wait(wait)
         .ring_capacity(CAPACITY)
         .batch_max(BATCH_MAX)
@@ -66,21 +72,27 @@ fn shoal_3_stage(total: u64, wait: WaitStrategy, latency: bool) -> Duration {
                     SourceStep::Continue
                 }
             })
-        })
-        .stage("a", 1, Routing::RoundRobin, |_| {
-            |batch: &[u64], out: &mut Emitter<u64>| {
-                for v in batch {
-                    out.emit(v.wrapping_mul(3));
+        });
+    let builder = if middle {
+        builder
+            .stage("a", 1, Routing::RoundRobin, |_| {
+                |batch: &[u64], out: &mut Emitter<u64>| {
+                    for v in batch {
+                        out.emit(v.wrapping_mul(3));
+                    }
                 }
-            }
-        })
-        .stage("b", 1, Routing::RoundRobin, |_| {
-            |batch: &[u64], out: &mut Emitter<u64>| {
-                for v in batch {
-                    out.emit(v ^ 0x55);
+            })
+            .stage("b", 1, Routing::RoundRobin, |_| {
+                |batch: &[u64], out: &mut Emitter<u64>| {
+                    for v in batch {
+                        out.emit(v ^ 0x55);
+                    }
                 }
-            }
-        })
+            })
+    } else {
+        builder
+    };
+    let pipeline = builder
         .stage("sink", 1, Routing::RoundRobin, {
             let sum = sum.clone();
             move |_| {
@@ -177,6 +189,59 @@ fn disruptor_3_stage(total: u64) -> Duration {
     took
 }
 
+/// One producer and one handler on the disruptor: two threads, like shoal's source -> sink,
+/// so that on a 2-core machine neither side is starved by spinning threads.
+fn disruptor_1_stage(total: u64) -> Duration {
+    let cpus = shoal::affinity::usable_cpus().unwrap_or_default();
+    let cpu = |i: usize| if cpus.is_empty() { None } else { Some(cpus[i % cpus.len()]) };
+    let seen = Arc::new(AtomicU64::new(0));
+    let sum = Arc::new(AtomicU64::new(0));
+    let mut builder = disruptor::build_single_producer(CAPACITY, || 0u64, disruptor::BusySpinWithSpinLoopHint);
+    if let Some(c) = cpu(1) {
+        builder = builder.pin_at_core(c);
+    }
+    let (seen_in, sum_in) = (seen.clone(), sum.clone());
+    let mut acc = 0u64;
+    let builder = builder.handle_events_with(move |v: &u64, seq: disruptor::Sequence, end_of_batch: bool| {
+        acc = acc.wrapping_add(*v);
+        if end_of_batch {
+            sum_in.store(acc, Ordering::Relaxed);
+            // pairs with the Acquire load below
+            seen_in.store(seq as u64 + 1, Ordering::Release);
+        }
+    });
+    let mut producer = builder.build();
+    let producer_cpu = cpu(0);
+    let took = std::thread::scope(|s| {
+        s.spawn(|| {
+            if let Some(c) = producer_cpu {
+                let _ = shoal::affinity::pin_current(c);
+            }
+            let start = Instant::now();
+            let mut next = 0u64;
+            while next < total {
+                let n = (BATCH_MAX as u64).min(total - next);
+                producer.batch_publish(n as usize, |iter| {
+                    for e in iter {
+                        *e = next;
+                        next += 1;
+                    }
+                });
+            }
+            // pairs with the Release store in the handler
+            while seen.load(Ordering::Acquire) < total {
+                std::hint::spin_loop();
+            }
+            start.elapsed()
+        })
+        .join()
+        .expect("disruptor producer thread")
+    });
+    drop(producer);
+    black_box(sum.load(Ordering::Relaxed));
+    took
+}
+
 /// About 300 ns of arithmetic per event.
 #[inline(never)]
 fn heavy(mut x: u64) -> u64 {
@@ -266,6 +331,24 @@ fn three_stage(c: &mut Criterion) {
     g.finish();
 }
 
+/// Two threads on each side (a producer and one handler): the comparison that a 2-core
+/// machine can make fairly; the 3-stage group needs at least 4 free cores for the
+/// disruptor's spinning threads.
+fn one_stage(c: &mut Criterion) {
+    let events = sized(EVENTS);
+    let mut g = c.benchmark_group("pipeline_1_stage");
+    g.throughput(Throughput::Elements(events));
+    g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(4));
+    g.bench_function("shoal_spin_then_yield", |b| {
+        b.iter_custom(|iters| rounds(iters, events, |n| shoal_chain(n, WaitStrategy::SpinThenYield, false, false)))
+    });
+    g.bench_function("shoal_park", |b| {
+        b.iter_custom(|iters| rounds(iters, events, |n| shoal_chain(n, WaitStrategy::Park, false, false)))
+    });
+    g.bench_function("disruptor", |b| b.iter_custom(|iters| rounds(iters, events, disruptor_1_stage)));
+    g.finish();
+}
+
 fn scaling(c: &mut Criterion) {
     let cpus = shoal::affinity::usable_cpus().map(|c| c.len()).unwrap_or(1).max(1);
     let max = cpus.min(8);
@@ -286,5 +369,5 @@ fn scaling(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, three_stage, scaling);
+criterion_group!(benches, one_stage, three_stage, scaling);
 criterion_main!(benches);
