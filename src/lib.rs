@@ -3,6 +3,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod affinity;
+pub mod bus;
 pub mod cli;
 pub mod log;
 pub mod metrics;

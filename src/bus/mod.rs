@@ -1,0 +1,483 @@
+//! The bus: a directory of named topics, each split into a fixed number of partitions, each
+//! partition a [`crate::log`] with its own single appender.
+//!
+//! # Layout
+//! ```text
+//! <bus>/topics/<topic>/meta        topic metadata (format below)
+//! <bus>/topics/<topic>/<p>/        partition p's log directory (p = 0, 1, ...)
+//! <bus>/groups/<group>/...         consumer group state (see crate::group)
+//! ```
+//! `meta` (40 bytes, little-endian): magic `b"SHOALTOP"`, format version u32 (1), partition
+//! count u32, created_ns u64, 12 reserved zero bytes, CRC32C of the first 36 bytes. It is
+//! written to a temporary file and hard-linked into place, so two processes creating the
+//! same topic at once agree on one partition count (the loser reads the winner's).
+//!
+//! # Names
+//! Topic and group names are 1 to 128 bytes of `[A-Za-z0-9._-]`, not starting with `.`: a
+//! name can never be a path separator, `..`, or anything outside the bus directory.
+//!
+//! # Routing
+//! [`partition_for_key`] maps a key to a partition with a fixed 64-bit mixer (splitmix64's
+//! finaliser) modulo the partition count: stable across processes, machines and versions
+//! of shoal, so every producer of a topic routes a key to the same partition.
+
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::log::{Appender, LogError, LogOptions, Offset};
+
+/// Errors of the bus and of consumer groups.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// A topic or group name that is not allowed.
+    #[error("invalid {kind} name {name:?}: {why}; use 1 to 128 characters of A-Z a-z 0-9 . _ - not starting with '.'")]
+    InvalidName {
+        /// "topic" or "group".
+        kind: &'static str,
+        /// The name given.
+        name: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// The topic does not exist.
+    #[error(
+        "{path}: no topic {topic:?} in this bus; create it by producing to it (`shoal produce <BUS> --topic {topic}`)"
+    )]
+    NoTopic {
+        /// The topic directory looked for.
+        path: PathBuf,
+        /// The topic.
+        topic: String,
+    },
+    /// The topic exists with another partition count.
+    #[error("{path}: topic {topic:?} has {existing} partitions, not {asked}; partition counts are fixed at creation")]
+    PartitionMismatch {
+        /// The topic's meta file.
+        path: PathBuf,
+        /// The topic.
+        topic: String,
+        /// Partitions it has.
+        existing: u32,
+        /// Partitions asked for.
+        asked: u32,
+    },
+    /// A partition number out of range.
+    #[error("topic {topic:?} has {partitions} partitions; partition {partition} does not exist")]
+    NoPartition {
+        /// The topic.
+        topic: String,
+        /// Partition asked for.
+        partition: u32,
+        /// Partitions it has.
+        partitions: u32,
+    },
+    /// A partition count of 0 or above the limit.
+    #[error("a topic needs between 1 and {max} partitions, not {asked}")]
+    BadPartitionCount {
+        /// Asked for.
+        asked: u32,
+        /// The limit.
+        max: u32,
+    },
+    /// A damaged or foreign metadata file.
+    #[error("{path}: {why}; restore it or remove the topic directory")]
+    BadMeta {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// An I/O call failed.
+    #[error("{path}: {op} failed: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// An error of a partition's log.
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+impl BusError {
+    pub(crate) fn io(path: impl Into<PathBuf>, op: &'static str, source: std::io::Error) -> BusError {
+        BusError::Io { path: path.into(), op, source }
+    }
+}
+
+/// The most partitions a topic may have.
+pub const PARTITIONS_MAX: u32 = 4096;
+const META_MAGIC: [u8; 8] = *b"SHOALTOP";
+const META_VERSION: u32 = 1;
+const META_BYTES: usize = 40;
+
+/// Checks a topic or group name.
+///
+/// # Errors
+/// [`BusError::InvalidName`] saying what is wrong.
+pub fn validate_name(kind: &'static str, name: &str) -> Result<(), BusError> {
+    let bad = |why| Err(BusError::InvalidName { kind, name: name.to_string(), why });
+    if name.is_empty() {
+        return bad("it is empty");
+    }
+    if name.len() > 128 {
+        return bad("it is longer than 128 bytes");
+    }
+    if name.starts_with('.') {
+        return bad("it starts with '.'");
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-') {
+        return bad("it has a character other than A-Z a-z 0-9 . _ -");
+    }
+    Ok(())
+}
+
+/// The partition of `key` in a topic of `partitions` partitions (see the module docs).
+#[inline]
+pub fn partition_for_key(key: u64, partitions: u32) -> u32 {
+    let mut z = key.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z % partitions.max(1) as u64) as u32
+}
+
+/// A bus directory.
+#[derive(Clone, Debug)]
+pub struct Bus {
+    dir: PathBuf,
+}
+
+impl Bus {
+    /// Opens (creating if needed) the bus in `dir`.
+    ///
+    /// # Errors
+    /// I/O errors creating the directories.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Bus, BusError> {
+        let dir = dir.as_ref().to_path_buf();
+        for sub in ["topics", "groups"] {
+            let path = dir.join(sub);
+            std::fs::create_dir_all(&path).map_err(|e| BusError::io(&path, "create directory", e))?;
+        }
+        Ok(Bus { dir })
+    }
+
+    /// The bus directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The directory holding a group's state (the name is validated).
+    ///
+    /// # Errors
+    /// [`BusError::InvalidName`].
+    pub fn group_dir(&self, group: &str) -> Result<PathBuf, BusError> {
+        validate_name("group", group)?;
+        Ok(self.dir.join("groups").join(group))
+    }
+
+    /// Opens an existing topic.
+    ///
+    /// # Errors
+    /// [`BusError::InvalidName`], [`BusError::NoTopic`], [`BusError::BadMeta`].
+    pub fn topic(&self, name: &str) -> Result<Topic, BusError> {
+        validate_name("topic", name)?;
+        let dir = self.dir.join("topics").join(name);
+        let meta = dir.join("meta");
+        if !meta.exists() {
+            return Err(BusError::NoTopic { path: dir, topic: name.to_string() });
+        }
+        let partitions = read_meta(&meta)?;
+        Ok(Topic { dir, name: name.to_string(), partitions })
+    }
+
+    /// Opens a topic, creating it with `partitions` partitions if it does not exist.
+    ///
+    /// # Errors
+    /// [`BusError::PartitionMismatch`] when it exists with another count (pass `None` to
+    /// accept any); name, count and I/O errors.
+    pub fn topic_or_create(&self, name: &str, partitions: Option<u32>) -> Result<Topic, BusError> {
+        validate_name("topic", name)?;
+        let asked = partitions.unwrap_or(DEFAULT_PARTITIONS);
+        if asked == 0 || asked > PARTITIONS_MAX {
+            return Err(BusError::BadPartitionCount { asked, max: PARTITIONS_MAX });
+        }
+        let dir = self.dir.join("topics").join(name);
+        let meta = dir.join("meta");
+        if !meta.exists() {
+            std::fs::create_dir_all(&dir).map_err(|e| BusError::io(&dir, "create directory", e))?;
+            write_meta(&meta, asked)?;
+        }
+        let existing = read_meta(&meta)?;
+        if let Some(asked) = partitions {
+            if asked != existing {
+                return Err(BusError::PartitionMismatch { path: meta, topic: name.to_string(), existing, asked });
+            }
+        }
+        Ok(Topic { dir, name: name.to_string(), partitions: existing })
+    }
+
+    /// Names of the topics, sorted.
+    ///
+    /// # Errors
+    /// I/O errors listing the directory.
+    pub fn topics(&self) -> Result<Vec<String>, BusError> {
+        list_names(&self.dir.join("topics"))
+    }
+
+    /// Names of the groups, sorted.
+    ///
+    /// # Errors
+    /// I/O errors listing the directory.
+    pub fn groups(&self) -> Result<Vec<String>, BusError> {
+        list_names(&self.dir.join("groups"))
+    }
+}
+
+/// Partitions of a topic created without a count.
+pub const DEFAULT_PARTITIONS: u32 = 4;
+
+fn list_names(dir: &Path) -> Result<Vec<String>, BusError> {
+    let mut names = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(names),
+        Err(e) => return Err(BusError::io(dir, "list", e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| BusError::io(dir, "list", e))?;
+        if let Some(name) = entry.file_name().to_str() {
+            if validate_name("topic", name).is_ok() && entry.path().is_dir() {
+                names.push(name.to_string());
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn encode_meta(partitions: u32, created_ns: u64) -> [u8; META_BYTES] {
+    let mut b = [0u8; META_BYTES];
+    b[0..8].copy_from_slice(&META_MAGIC);
+    b[8..12].copy_from_slice(&META_VERSION.to_le_bytes());
+    b[12..16].copy_from_slice(&partitions.to_le_bytes());
+    b[16..24].copy_from_slice(&created_ns.to_le_bytes());
+    let crc = crc32c::crc32c(&b[..36]);
+    b[36..40].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// Decodes a topic meta file's bytes into its partition count.
+///
+/// # Errors
+/// A reason when the bytes are not a valid meta file.
+pub fn decode_meta(bytes: &[u8]) -> Result<u32, String> {
+    if bytes.len() != META_BYTES {
+        return Err(format!("topic meta is {} bytes, expected {META_BYTES}", bytes.len()));
+    }
+    if bytes[0..8] != META_MAGIC {
+        return Err("not a shoal topic meta file".into());
+    }
+    let u32_at = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    let version = u32_at(8);
+    if version != META_VERSION {
+        return Err(format!("topic meta version {version} is not the {META_VERSION} this shoal reads"));
+    }
+    if crc32c::crc32c(&bytes[..36]) != u32_at(36) {
+        return Err("topic meta checksum mismatch".into());
+    }
+    let partitions = u32_at(12);
+    if partitions == 0 || partitions > PARTITIONS_MAX {
+        return Err(format!("topic meta says {partitions} partitions"));
+    }
+    Ok(partitions)
+}
+
+fn read_meta(path: &Path) -> Result<u32, BusError> {
+    let mut bytes = Vec::with_capacity(META_BYTES);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(META_BYTES as u64 + 1).read_to_end(&mut bytes))
+        .map_err(|e| BusError::io(path, "read", e))?;
+    decode_meta(&bytes).map_err(|why| BusError::BadMeta { path: path.to_path_buf(), why })
+}
+
+fn write_meta(path: &Path, partitions: u32) -> Result<(), BusError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let temp = dir.join(format!(".meta.{}.{}", std::process::id(), crate::log::now_ns()));
+    let mut file =
+        OpenOptions::new().write(true).create_new(true).open(&temp).map_err(|e| BusError::io(&temp, "create", e))?;
+    file.write_all(&encode_meta(partitions, crate::log::now_ns()))
+        .and_then(|()| file.sync_all())
+        .map_err(|e| BusError::io(&temp, "write", e))?;
+    // A hard link fails if `meta` exists: the first creator wins, the others read its count.
+    let linked = std::fs::hard_link(&temp, path);
+    let _ = std::fs::remove_file(&temp);
+    match linked {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(BusError::io(path, "link", e)),
+    }
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| BusError::io(dir, "fsync", e))
+}
+
+/// A topic: its directory and partition count.
+#[derive(Clone, Debug)]
+pub struct Topic {
+    dir: PathBuf,
+    name: String,
+    partitions: u32,
+}
+
+impl Topic {
+    /// The topic's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its partition count.
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    /// The log directory of partition `p`.
+    ///
+    /// # Errors
+    /// [`BusError::NoPartition`] when `p` is out of range.
+    pub fn partition_dir(&self, p: u32) -> Result<PathBuf, BusError> {
+        if p >= self.partitions {
+            return Err(BusError::NoPartition { topic: self.name.clone(), partition: p, partitions: self.partitions });
+        }
+        Ok(self.dir.join(p.to_string()))
+    }
+
+    /// Opens the appenders of every partition (each partition has one appender: another
+    /// producer of this topic, in any process, gets [`LogError::Locked`]).
+    ///
+    /// # Errors
+    /// Log errors of any partition.
+    pub fn producer(&self, opts: LogOptions) -> Result<TopicProducer, BusError> {
+        let mut partitions = Vec::with_capacity(self.partitions as usize);
+        for p in 0..self.partitions {
+            partitions.push(Appender::open(self.partition_dir(p)?, opts)?);
+        }
+        Ok(TopicProducer { topic: self.clone(), partitions })
+    }
+}
+
+/// Writes to a topic: routes each record to a partition by key hash, or to an explicit one.
+#[derive(Debug)]
+pub struct TopicProducer {
+    topic: Topic,
+    partitions: Vec<Appender>,
+}
+
+impl TopicProducer {
+    /// The topic.
+    pub fn topic(&self) -> &Topic {
+        &self.topic
+    }
+
+    /// Appends to the partition of `key`; returns (partition, offset).
+    ///
+    /// # Errors
+    /// The partition's append error.
+    #[inline]
+    pub fn send(&mut self, key: u64, payload: &[u8]) -> Result<(u32, Offset), crate::log::AppendError> {
+        let p = partition_for_key(key, self.topic.partitions);
+        let offset = self.partitions[p as usize].append_keyed(key, payload)?;
+        Ok((p, offset))
+    }
+
+    /// Appends to partition `p`.
+    ///
+    /// # Errors
+    /// [`BusError::NoPartition`] or the partition's append error.
+    pub fn send_to(&mut self, p: u32, key: u64, payload: &[u8]) -> Result<Offset, BusError> {
+        let topic = &self.topic;
+        let appender = self.partitions.get_mut(p as usize).ok_or_else(|| BusError::NoPartition {
+            topic: topic.name.clone(),
+            partition: p,
+            partitions: topic.partitions,
+        })?;
+        appender.append_keyed(key, payload).map_err(|e| match e {
+            crate::log::AppendError::Log(e) => BusError::Log(e),
+            too_large => BusError::Log(LogError::Config(too_large.to_string())),
+        })
+    }
+
+    /// The appender of partition `p` (for zero-copy `append_with`, durability watches).
+    pub fn partition(&mut self, p: u32) -> Option<&mut Appender> {
+        self.partitions.get_mut(p as usize)
+    }
+
+    /// Syncs every partition.
+    ///
+    /// # Errors
+    /// The first sync error.
+    pub fn sync(&mut self) -> Result<(), BusError> {
+        for a in &mut self.partitions {
+            a.sync()?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_cannot_escape_the_bus() {
+        for bad in ["", ".", "..", "../x", "a/b", ".hidden", "a b", "x\0", &"n".repeat(129), "é"] {
+            assert!(validate_name("topic", bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["orders", "a.b-c_d", "0", &"n".repeat(128)] {
+            assert!(validate_name("topic", good).is_ok(), "{good:?} refused");
+        }
+        let e = validate_name("group", "../etc").unwrap_err().to_string();
+        assert!(e.contains("invalid group name") && e.contains("A-Z"), "{e}");
+    }
+
+    #[test]
+    fn topics_keep_their_partition_count_and_route_keys_stably() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = Bus::open(dir.path()).unwrap();
+        assert!(matches!(bus.topic("orders"), Err(BusError::NoTopic { .. })));
+        let t = bus.topic_or_create("orders", Some(8)).unwrap();
+        assert_eq!(t.partitions(), 8);
+        assert_eq!(bus.topic_or_create("orders", None).unwrap().partitions(), 8);
+        assert!(matches!(bus.topic_or_create("orders", Some(4)), Err(BusError::PartitionMismatch { .. })));
+        assert!(matches!(bus.topic_or_create("zero", Some(0)), Err(BusError::BadPartitionCount { .. })));
+        assert_eq!(bus.topics().unwrap(), vec!["orders".to_string()]);
+        // Stable routing: fixed values, spread over the partitions.
+        assert_eq!(partition_for_key(0, 8), partition_for_key(0, 8));
+        let mut counts = [0u32; 8];
+        for k in 0..8000u64 {
+            counts[partition_for_key(k, 8) as usize] += 1;
+        }
+        assert!(counts.iter().all(|&c| (800..1200).contains(&c)), "{counts:?}");
+        let mut producer = t.producer(LogOptions { segment_bytes: 1 << 20, max_record_bytes: 1 << 16, ..LogOptions::default() }).unwrap();
+        let (p, off) = producer.send(42, b"hello").unwrap();
+        assert_eq!(p, partition_for_key(42, 8));
+        assert_eq!(off, Offset(0));
+        assert!(matches!(producer.send_to(9, 0, b"x"), Err(BusError::NoPartition { .. })));
+        // A second producer of the same topic is refused.
+        assert!(t.producer(LogOptions::default()).is_err());
+    }
+
+    #[test]
+    fn meta_decoding_rejects_damage() {
+        let good = encode_meta(8, 1);
+        assert_eq!(decode_meta(&good), Ok(8));
+        for i in 0..good.len() {
+            let mut bad = good;
+            bad[i] ^= 1;
+            assert!(decode_meta(&bad).is_err(), "flip at {i} accepted");
+        }
+        assert!(decode_meta(&good[..10]).is_err());
+    }
+}
