@@ -19,7 +19,9 @@
 //! # Routing
 //! [`partition_for_key`] maps a key to a partition with a fixed 64-bit mixer (splitmix64's
 //! finaliser) modulo the partition count: stable across processes, machines and versions
-//! of shoal, so every producer of a topic routes a key to the same partition.
+//! of shoal, so every producer of a topic routes a key to the same partition. Keys that are
+//! byte strings (the `shoal produce --keyed` tool's) become a `u64` key with [`key_hash`]
+//! (64-bit FNV-1a), equally fixed.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
@@ -144,6 +146,14 @@ pub fn partition_for_key(key: u64, partitions: u32) -> u32 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^= z >> 31;
     (z % partitions.max(1) as u64) as u32
+}
+
+/// The `u64` key of a byte-string key: 64-bit FNV-1a (offset basis `0xcbf29ce484222325`,
+/// prime `0x100000001b3`) over the bytes. Fixed forever, like [`partition_for_key`], so that
+/// `shoal produce --keyed` and library producers route the same key to the same partition.
+#[inline]
+pub fn key_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 /// A bus directory.
@@ -460,7 +470,12 @@ mod tests {
             counts[partition_for_key(k, 8) as usize] += 1;
         }
         assert!(counts.iter().all(|&c| (800..1200).contains(&c)), "{counts:?}");
-        let mut producer = t.producer(LogOptions { segment_bytes: 1 << 20, max_record_bytes: 1 << 16, ..LogOptions::default() }).unwrap();
+        // FNV-1a reference values.
+        assert_eq!(key_hash(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(key_hash(b"a"), 0xaf63_dc4c_8601_ec8c);
+        let mut producer = t
+            .producer(LogOptions { segment_bytes: 1 << 20, max_record_bytes: 1 << 16, ..LogOptions::default() })
+            .unwrap();
         let (p, off) = producer.send(42, b"hello").unwrap();
         assert_eq!(p, partition_for_key(42, 8));
         assert_eq!(off, Offset(0));

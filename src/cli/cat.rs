@@ -13,7 +13,8 @@ use std::time::Duration;
 use base64::Engine as _;
 
 use super::{Error, Format};
-use crate::log::{Offset, Reader, Record, Tailer};
+use crate::bus::Topic;
+use crate::log::{LogError, Offset, Reader, Record, Tailer};
 
 /// Longest single wait of `--follow` before it looks again (a safety net; the tailer is woken
 /// by the appender).
@@ -53,14 +54,137 @@ pub(super) fn run(dir: &Path, from: Option<u64>, follow: bool, format: Format) -
     }
 }
 
-fn print_all(reader: &mut Reader, out: &mut impl Write, format: Format) -> Result<(), Stop> {
+/// `shoal cat <BUS> --topic <T>`: one partition, or all of them (partition by partition, or
+/// round-robin when following).
+pub(super) fn run_topic(
+    dir: &Path,
+    topic: &str,
+    partition: Option<u32>,
+    from: Option<u64>,
+    follow: bool,
+    format: Format,
+) -> Result<ExitCode, Error> {
+    let topic = super::open_bus(dir)?.topic(topic)?;
+    let partitions = match partition {
+        Some(p) => {
+            // Checks the range.
+            topic.partition_dir(p)?;
+            vec![p]
+        }
+        None => (0..topic.partitions()).collect(),
+    };
+    let mut out = BufWriter::with_capacity(64 << 10, io::stdout().lock());
+    let result = if follow {
+        follow_topic(&topic, &partitions, from, &mut out, format)
+    } else {
+        print_topic(&topic, &partitions, from, &mut out, format)
+    };
+    let flushed = out.flush();
+    match result {
+        Ok(()) => flushed.map_or_else(super::stdout_failed, |()| Ok(ExitCode::SUCCESS)),
+        Err(Stop::Output(e)) => super::stdout_failed(e),
+        Err(Stop::Log(e)) => Err(e),
+    }
+}
+
+/// A reader of partition `p` positioned at `from`, or `None` while the partition has no log
+/// yet (a topic whose partition was never written).
+fn open_partition(topic: &Topic, p: u32, from: Option<u64>) -> Result<Option<Reader>, Stop> {
+    let dir = topic.partition_dir(p).map_err(|e| Stop::Log(e.into()))?;
+    let mut reader = match Reader::open(&dir) {
+        Ok(reader) => reader,
+        Err(LogError::NoLog { .. }) => return Ok(None),
+        Err(e) => return Err(Stop::Log(e.into())),
+    };
+    if let Some(from) = from {
+        reader.seek(Offset(from)).map_err(|e| Stop::Log(e.into()))?;
+    }
+    Ok(Some(reader))
+}
+
+fn print_topic(
+    topic: &Topic,
+    partitions: &[u32],
+    from: Option<u64>,
+    out: &mut impl Write,
+    format: Format,
+) -> Result<(), Stop> {
+    for &p in partitions {
+        if let Some(mut reader) = open_partition(topic, p, from)? {
+            print_records(&mut reader, out, format, Some(p), u64::MAX)?;
+        }
+    }
+    Ok(())
+}
+
+/// Records one partition may print before the next partition's turn when following.
+const FOLLOW_TURN_RECORDS: u64 = 1024;
+/// How long `--follow` over several partitions waits on one before looking at all again.
+const TOPIC_FOLLOW_WAIT: Duration = Duration::from_millis(10);
+
+/// Follows several partitions round-robin: each turn prints up to [`FOLLOW_TURN_RECORDS`]
+/// of one partition. When none has anything, it sleeps on one partition's futex (taking
+/// turns) for at most [`TOPIC_FOLLOW_WAIT`], so a record of another partition shows at most
+/// that much late, and an idle `cat` wakes 100 times a second.
+fn follow_topic(
+    topic: &Topic,
+    partitions: &[u32],
+    from: Option<u64>,
+    out: &mut impl Write,
+    format: Format,
+) -> Result<(), Stop> {
+    let mut tailers: Vec<Option<Tailer>> = partitions.iter().map(|_| None).collect();
+    let mut turn = 0usize;
     loop {
-        match reader.next() {
-            Ok(Some(record)) => print(out, &record, format)?,
-            Ok(None) => return Ok(()),
+        let mut printed = 0u64;
+        for (i, &p) in partitions.iter().enumerate() {
+            if tailers[i].is_none() {
+                tailers[i] = open_partition(topic, p, from)?.map(Tailer::from_reader);
+            }
+            if let Some(tailer) = &mut tailers[i] {
+                printed += print_records(tailer.reader(), out, format, Some(p), FOLLOW_TURN_RECORDS)?;
+            }
+        }
+        if printed > 0 {
+            out.flush()?;
+            continue;
+        }
+        turn = (turn + 1) % partitions.len().max(1);
+        let Some(tailer) = tailers.get_mut(turn).and_then(Option::as_mut) else {
+            std::thread::sleep(TOPIC_FOLLOW_WAIT);
+            continue;
+        };
+        let p = partitions[turn];
+        match tailer.next(Some(TOPIC_FOLLOW_WAIT)) {
+            Ok(Some(record)) => print(out, &record, format, Some(p))?,
+            Ok(None) => {}
             Err(e) => return Err(Stop::Log(e.into())),
         }
     }
+}
+
+/// Prints up to `max` records that are there now; returns how many it printed.
+fn print_records(
+    reader: &mut Reader,
+    out: &mut impl Write,
+    format: Format,
+    partition: Option<u32>,
+    max: u64,
+) -> Result<u64, Stop> {
+    let mut printed = 0;
+    while printed < max {
+        match reader.next() {
+            Ok(Some(record)) => print(out, &record, format, partition)?,
+            Ok(None) => break,
+            Err(e) => return Err(Stop::Log(e.into())),
+        }
+        printed += 1;
+    }
+    Ok(printed)
+}
+
+fn print_all(reader: &mut Reader, out: &mut impl Write, format: Format) -> Result<(), Stop> {
+    print_records(reader, out, format, None, u64::MAX).map(|_| ())
 }
 
 /// Prints records as they come, forever (until stdout closes or the log fails).
@@ -70,33 +194,33 @@ fn follow_log(mut tailer: Tailer, out: &mut impl Write, format: Format) -> Resul
         print_all(tailer.reader(), out, format)?;
         out.flush()?;
         match tailer.next(Some(FOLLOW_WAIT)) {
-            Ok(Some(record)) => print(out, &record, format)?,
+            Ok(Some(record)) => print(out, &record, format, None)?,
             Ok(None) => {}
             Err(e) => return Err(Stop::Log(e.into())),
         }
     }
 }
 
-fn print(out: &mut impl Write, record: &Record<'_>, format: Format) -> io::Result<()> {
+fn print(out: &mut impl Write, record: &Record<'_>, format: Format, partition: Option<u32>) -> io::Result<()> {
     match format {
         Format::Lines => {
             out.write_all(record.payload())?;
             out.write_all(b"\n")
         }
-        Format::Json => write_json(out, record),
+        Format::Json => write_json(out, record, partition),
     }
 }
 
 /// `{"offset":..,"timestamp_ns":..,"key":..,"payload":"..."}`, or `"payload_base64"` when
-/// the payload is not UTF-8. serde_json does the string escaping.
-fn write_json(out: &mut impl Write, record: &Record<'_>) -> io::Result<()> {
-    write!(
-        out,
-        "{{\"offset\":{},\"timestamp_ns\":{},\"key\":{},",
-        record.offset(),
-        record.timestamp_ns(),
-        record.key()
-    )?;
+/// the payload is not UTF-8; records of a topic start with `"partition":..,`. serde_json
+/// does the string escaping.
+fn write_json(out: &mut impl Write, record: &Record<'_>, partition: Option<u32>) -> io::Result<()> {
+    if let Some(p) = partition {
+        write!(out, "{{\"partition\":{p},")?;
+    } else {
+        out.write_all(b"{")?;
+    }
+    write!(out, "\"offset\":{},\"timestamp_ns\":{},\"key\":{},", record.offset(), record.timestamp_ns(), record.key())?;
     match std::str::from_utf8(record.payload()) {
         Ok(text) => {
             out.write_all(b"\"payload\":")?;

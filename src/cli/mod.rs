@@ -1,5 +1,5 @@
 //! The `shoal` command-line tool: `produce`, `cat`, `verify`, `stats` and `demo` over a log
-//! directory.
+//! directory; `produce --topic`, `cat --topic`, `group` and `groups` over a bus directory.
 //!
 //! # Design
 //! The binary (`src/main.rs`) is one line that calls [`main`]; everything else lives here so
@@ -27,7 +27,27 @@
 //! - `shoal stats <DIR>`: segments, records, bytes, first, last and durable offset.
 //! - `shoal demo [--dir <DIR>] [--events <N>]`: appends, replays and verifies a few million
 //!   events and prints measured throughput and durable latency.
+//! - `shoal produce <BUS> --topic <T> [--partitions <P>] [--keyed] [--durability ...] [--ack]`
+//!   appends to a topic of the bus in BUS, created with P partitions (default 4) if missing
+//!   (an existing topic with another count is an error). Lines go round-robin over the
+//!   partitions; with `--keyed` each line is `<key>\t<payload>` (the first tab splits), the
+//!   key bytes become the record's u64 key through [`key_hash`](crate::bus::key_hash)
+//!   (FNV-1a) and pick its partition through
+//!   [`partition_for_key`](crate::bus::partition_for_key); a keyed line without a tab is an
+//!   error (the lines before it are appended, synced and acked). `--ack` prints
+//!   `durable <partition> <N>` lines.
+//! - `shoal cat <BUS> --topic <T> [--partition <P>] [--from <offset>] [--follow] [--format ..]`:
+//!   as for a log, over one partition or all of them (partition by partition, or round-robin
+//!   when following; `--from` applies to each); JSON objects start with `partition`.
+//! - `shoal group <BUS> <GROUP> --topic <T> [--exit-when-idle <ms>]`: a member of the
+//!   consumer group; prints `<partition> <offset> <payload>` for each record of the
+//!   partitions it owns, flushed per batch, and commits offsets only after their lines are
+//!   written. SIGTERM, SIGINT, `--exit-when-idle` and a closed stdout leave gracefully
+//!   (commit, hand over, exit 0).
+//! - `shoal groups <BUS>`: each group with its members, their partitions, committed offsets
+//!   and lag.
 //! - Usage errors exit 2 (clap's convention); runtime errors exit 1 with one line on stderr.
+//!   Commands that only read a bus (`cat --topic`, `group`, `groups`) never create one.
 //!
 //! Offsets printed by the tool are inclusive: `durable <N>` and the `durable offset` row of
 //! `stats` name the last durable record, while the library's
@@ -36,22 +56,47 @@
 
 mod cat;
 mod demo;
+mod group;
 mod inspect;
 mod produce;
 
 use std::fmt;
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::bus::{Bus, BusError, PARTITIONS_MAX};
 use crate::log::{AppendError, Durability, LogError};
+
+/// `shoal produce --help`, after the options.
+const PRODUCE_HELP: &str = "\
+With --topic, DIR is a bus directory and the topic is created with --partitions partitions \
+(default 4) if it does not exist. Without --keyed, lines go round-robin over the partitions. \
+With --keyed, each line is <key><TAB><payload>: the bytes before the first tab are the key, \
+hashed with 64-bit FNV-1a into the record's u64 key, which picks the partition \
+(shoal::bus::key_hash, then shoal::bus::partition_for_key); equal keys always go to one \
+partition. A keyed line without a tab is an error (the lines before it are appended).
+With --topic --ack, each line is `durable <partition> <N>`: every record of that partition \
+with offset <= N is durable.";
+
+/// `shoal group --help`, after the options.
+const GROUP_HELP: &str = "\
+Each output line is `<partition> <offset> <payload>`, flushed per batch; offsets are committed \
+only after their lines are written. Delivery is at least once: after a member is killed, the \
+records it printed but had not committed are printed again by the member that takes over. \
+SIGTERM, SIGINT, --exit-when-idle and a closed stdout leave the group gracefully: commit, \
+hand the partitions over, exit 0.";
 
 /// The `shoal` command line.
 #[derive(Debug, Parser)]
-#[command(name = "shoal", version, about = "A zero-copy event bus for one Linux box: log tools and demo")]
+#[command(
+    name = "shoal",
+    version,
+    about = "A zero-copy event bus for one Linux box: logs, topics, consumer groups, demo"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -59,22 +104,41 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Append one record per stdin line to the log in DIR (created if missing).
+    /// Append one record per stdin line to the log in DIR (created if missing), or with
+    /// --topic to a topic of the bus in DIR.
+    #[command(after_help = PRODUCE_HELP)]
     Produce {
-        /// The log directory.
+        /// The log directory, or with --topic the bus directory.
         dir: PathBuf,
+        /// Append to this topic of the bus in DIR (created if missing).
+        #[arg(long)]
+        topic: Option<String>,
+        /// Partitions of the topic when it is created (default 4); an existing topic must
+        /// have this many.
+        #[arg(long, requires = "topic", value_parser = clap::value_parser!(u32).range(1..=PARTITIONS_MAX as i64))]
+        partitions: Option<u32>,
+        /// Each line is <key><TAB><payload>; the key picks the partition.
+        #[arg(long, requires = "topic")]
+        keyed: bool,
         /// When records become durable: never, batch, or interval=<ms>.
         #[arg(long, default_value = "batch", value_parser = parse_durability)]
         durability: Durability,
-        /// Print `durable <N>` each time every record up to offset N is durable.
+        /// Print `durable <N>` (with --topic: `durable <partition> <N>`) each time every
+        /// record up to offset N is durable.
         #[arg(long)]
         ack: bool,
     },
-    /// Print the records of the log in DIR.
+    /// Print the records of the log in DIR, or with --topic of a topic of the bus in DIR.
     Cat {
-        /// The log directory.
+        /// The log directory, or with --topic the bus directory.
         dir: PathBuf,
-        /// First offset to print.
+        /// Print this topic of the bus in DIR.
+        #[arg(long)]
+        topic: Option<String>,
+        /// Only this partition of the topic.
+        #[arg(long, requires = "topic")]
+        partition: Option<u32>,
+        /// First offset to print (in each partition, with --topic).
         #[arg(long)]
         from: Option<u64>,
         /// Keep printing records as they are appended.
@@ -83,6 +147,27 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Lines)]
         format: Format,
+    },
+    /// Join a consumer group of a topic and print `<partition> <offset> <payload>` for each
+    /// record of the partitions this member owns.
+    #[command(after_help = GROUP_HELP)]
+    Group {
+        /// The bus directory.
+        bus: PathBuf,
+        /// The consumer group (created if missing).
+        group: String,
+        /// The topic the group consumes.
+        #[arg(long)]
+        topic: String,
+        /// Leave the group (committing) after this many ms with nothing new to read.
+        #[arg(long, value_name = "MS")]
+        exit_when_idle: Option<u64>,
+    },
+    /// Print each consumer group of the bus in BUS: members, their partitions, committed
+    /// offsets and lag.
+    Groups {
+        /// The bus directory.
+        bus: PathBuf,
     },
     /// Check every segment and record of the log in DIR.
     Verify {
@@ -163,10 +248,29 @@ impl From<LogError> for Error {
     }
 }
 
+impl From<BusError> for Error {
+    fn from(e: BusError) -> Error {
+        Error::new(e.to_string())
+    }
+}
+
 impl From<AppendError> for Error {
     fn from(e: AppendError) -> Error {
         Error::new(e.to_string())
     }
+}
+
+/// Opens the bus in `dir` for a command that only reads it: unlike [`Bus::open`], a
+/// directory that holds no bus is an error, not a new bus.
+fn open_bus(dir: &Path) -> Result<Bus, Error> {
+    if !dir.join("topics").is_dir() {
+        return Err(Error::new(format!(
+            "{}: no bus here (no topics directory); check the path, or create the bus by producing to a topic \
+             (`shoal produce <BUS> --topic <T>`)",
+            dir.display()
+        )));
+    }
+    Ok(Bus::open(dir)?)
 }
 
 /// What a failed write to stdout means: a reader that went away (`| head`) ends the command
@@ -189,8 +293,18 @@ pub fn main() -> ExitCode {
 /// Runs a parsed command line; see [`main`].
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
-        Command::Produce { dir, durability, ack } => produce::run(&dir, durability, ack),
-        Command::Cat { dir, from, follow, format } => cat::run(&dir, from, follow, format),
+        Command::Produce { dir, topic: None, durability, ack, .. } => produce::run(&dir, durability, ack),
+        Command::Produce { dir, topic: Some(topic), partitions, keyed, durability, ack } => {
+            produce::run_topic(&dir, &topic, partitions, keyed, durability, ack)
+        }
+        Command::Cat { dir, topic: None, from, follow, format, .. } => cat::run(&dir, from, follow, format),
+        Command::Cat { dir, topic: Some(topic), partition, from, follow, format } => {
+            cat::run_topic(&dir, &topic, partition, from, follow, format)
+        }
+        Command::Group { bus, group, topic, exit_when_idle } => {
+            group::run(&bus, &group, &topic, exit_when_idle.map(Duration::from_millis))
+        }
+        Command::Groups { bus } => group::list(&bus),
         Command::Verify { dir, repair } => inspect::verify(&dir, repair),
         Command::Stats { dir } => inspect::stats(&dir),
         Command::Demo { dir, events } => demo::run(dir.as_deref(), events),

@@ -11,7 +11,7 @@
 //! durability level the user chose decides when acks come.
 
 use std::io::{self, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,6 +19,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::Error;
+use crate::bus::{key_hash, Bus, TopicProducer};
 use crate::log::{Appender, Durability, DurableWatch, LogOptions, Offset};
 
 /// Bytes asked of each `read(2)` on stdin.
@@ -54,9 +55,167 @@ pub(super) fn run(dir: &Path, durability: Durability, ack: bool) -> Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
+/// `shoal produce <BUS> --topic <T>`: creates the topic if needed, then routes each line by
+/// key hash (`--keyed`) or round-robin.
+pub(super) fn run_topic(
+    dir: &Path,
+    topic: &str,
+    partitions: Option<u32>,
+    keyed: bool,
+    durability: Durability,
+    ack: bool,
+) -> Result<ExitCode, Error> {
+    let bus = Bus::open(dir)?;
+    let topic = bus.topic_or_create(topic, partitions)?;
+    let opts = LogOptions { durability, ..LogOptions::default() };
+    let mut sink = TopicSink::new(topic.producer(opts)?, dir.join("topics").join(topic.name()), keyed);
+    let watches = sink.watches();
+    let acked: Vec<u64> = watches.iter().map(|w| w.durable_offset().0).collect();
+    let acker = if ack { Some(TopicAcker::start(watches, acked)?) } else { None };
+    let appended = append_lines(&mut sink, &mut io::stdin().lock());
+    // As for a single log: what was appended is made durable and acked before any error.
+    let synced = sink.producer.sync();
+    let printed = match acker {
+        Some(acker) => acker.finish(),
+        None => None,
+    };
+    appended?;
+    synced?;
+    if ack {
+        let mut out = io::stdout().lock();
+        let mut written = Ok(());
+        for (p, watch) in sink.watches().iter().enumerate() {
+            let end = watch.durable_offset().0;
+            let last = printed.as_ref().and_then(|printed| printed[p]);
+            if end > 0 && last != Some(end - 1) {
+                written = written.and_then(|()| writeln!(out, "durable {p} {}", end - 1));
+            }
+        }
+        if let Err(e) = written.and_then(|()| out.flush()) {
+            return super::stdout_failed(e);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The partitions of a topic as a [`LineSink`].
+struct TopicSink {
+    producer: TopicProducer,
+    /// The topic directory, for errors.
+    dir: PathBuf,
+    keyed: bool,
+    /// The partition of the next unkeyed line.
+    next: u32,
+    /// Lines read so far (1-based number of the next line), for errors.
+    line: u64,
+    /// Unkeyed lines of the current read, per partition (reused).
+    batches: Vec<Vec<(usize, usize)>>,
+    /// The largest record of every partition (all opened with the same options).
+    max_record_bytes: usize,
+}
+
+impl TopicSink {
+    fn new(mut producer: TopicProducer, dir: PathBuf, keyed: bool) -> TopicSink {
+        let batches = vec![Vec::new(); producer.topic().partitions() as usize];
+        let max_record_bytes = producer.partition(0).map_or(0, |a| a.options().max_record_bytes);
+        TopicSink { producer, dir, keyed, next: 0, line: 1, batches, max_record_bytes }
+    }
+
+    fn watches(&mut self) -> Vec<DurableWatch> {
+        (0..self.producer.topic().partitions())
+            .filter_map(|p| self.producer.partition(p).map(|a| a.durable_watch()))
+            .collect()
+    }
+}
+
+impl LineSink for TopicSink {
+    fn max_record_bytes(&self) -> usize {
+        self.max_record_bytes
+    }
+
+    fn place(&self) -> String {
+        format!("{}: stdin line {}", self.dir.display(), self.line)
+    }
+
+    fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn append_lines(&mut self, lines: &[u8]) -> Result<(), Error> {
+        let partitions = self.producer.topic().partitions();
+        if self.keyed {
+            for line in lines.split(|&b| b == b'\n') {
+                let Some(tab) = line.iter().position(|&b| b == b'\t') else {
+                    return Err(Error::new(format!(
+                        "{}: stdin line {} has no tab; with --keyed each line is <key><TAB><payload>",
+                        self.dir.display(),
+                        self.line
+                    )));
+                };
+                self.producer.send(key_hash(&line[..tab]), &line[tab + 1..])?;
+                self.line += 1;
+            }
+            return Ok(());
+        }
+        // Round-robin: one batch (one publication) per partition for the lines of one read.
+        let mut start = 0usize;
+        for line in lines.split(|&b| b == b'\n') {
+            self.batches[self.next as usize].push((start, start + line.len()));
+            start += line.len() + 1;
+            self.next = (self.next + 1) % partitions;
+        }
+        for p in 0..partitions {
+            let batch = std::mem::take(&mut self.batches[p as usize]);
+            if batch.is_empty() {
+                continue;
+            }
+            let Some(appender) = self.producer.partition(p) else { continue };
+            let appended = appender.append_batch(batch.iter().map(|&(from, to)| &lines[from..to]));
+            self.line += batch.len() as u64;
+            // Keep the allocation for the next read.
+            self.batches[p as usize] = batch;
+            self.batches[p as usize].clear();
+            appended?;
+        }
+        Ok(())
+    }
+}
+
+/// Where [`append_lines`] puts the lines it reads: a log, or a topic's partitions.
+trait LineSink {
+    /// The largest record the sink takes.
+    fn max_record_bytes(&self) -> usize;
+    /// Where a line too long goes, for the error message ("<dir>: a stdin line at offset 7").
+    fn place(&self) -> String;
+    /// The directory named in errors.
+    fn dir(&self) -> &Path;
+    /// Appends complete lines: `lines` is one or more lines joined by `\n`, none longer
+    /// than [`LineSink::max_record_bytes`].
+    fn append_lines(&mut self, lines: &[u8]) -> Result<(), Error>;
+}
+
+impl LineSink for Appender {
+    fn max_record_bytes(&self) -> usize {
+        self.options().max_record_bytes
+    }
+
+    fn place(&self) -> String {
+        format!("{}: a stdin line at offset {}", self.dir().display(), self.next_offset())
+    }
+
+    fn dir(&self) -> &Path {
+        Appender::dir(self)
+    }
+
+    fn append_lines(&mut self, lines: &[u8]) -> Result<(), Error> {
+        self.append_batch(lines.split(|&b| b == b'\n'))?;
+        Ok(())
+    }
+}
+
 /// Appends every line of `input` (bytes without the `\n`; a last line without one counts).
-fn append_lines(log: &mut Appender, input: &mut impl Read) -> Result<(), Error> {
-    let max = log.options().max_record_bytes;
+fn append_lines(log: &mut impl LineSink, input: &mut impl Read) -> Result<(), Error> {
+    let max = log.max_record_bytes();
     let mut buf = vec![0u8; READ_CHUNK_BYTES];
     // buf[..filled] holds a partial line (no newline in it) before each read.
     let mut filled = 0usize;
@@ -64,9 +223,8 @@ fn append_lines(log: &mut Appender, input: &mut impl Read) -> Result<(), Error> 
         if filled == buf.len() {
             if filled > max {
                 return Err(Error::new(format!(
-                    "{}: a stdin line at offset {} is longer than the largest record ({max} bytes); split it",
-                    log.dir().display(),
-                    log.next_offset()
+                    "{} is longer than the largest record ({max} bytes); split it",
+                    log.place()
                 )));
             }
             // Bounded: the buffer stops growing once it holds more than `max` bytes.
@@ -86,7 +244,7 @@ fn append_lines(log: &mut Appender, input: &mut impl Read) -> Result<(), Error> 
                         log.dir().display()
                     )));
                 }
-                log.append(&buf[..filled])?;
+                log.append_lines(&buf[..filled])?;
             }
             return Ok(());
         }
@@ -102,7 +260,7 @@ fn append_lines(log: &mut Appender, input: &mut impl Read) -> Result<(), Error> 
                     long.len()
                 )));
             }
-            log.append_batch(lines.split(|&b| b == b'\n'))?;
+            log.append_lines(lines)?;
             buf.copy_within(last_nl + 1..filled, 0);
             filled -= last_nl + 1;
         }
@@ -164,6 +322,89 @@ fn ack_loop(out: &mut impl Write, watch: &DurableWatch, mut seen: u64, done: &At
         // own sync, so here it only slows the loop down.
         if watch.wait_durable_passive(Offset(seen), Some(ACK_WAIT)).is_err() {
             std::thread::sleep(ACK_WAIT);
+        }
+    }
+}
+
+/// The thread that prints `durable <partition> <N>` lines for a topic.
+struct TopicAcker {
+    done: Arc<AtomicBool>,
+    thread: JoinHandle<Vec<Option<u64>>>,
+}
+
+impl TopicAcker {
+    /// Starts the thread; `acked[p]` is partition p's watermark (exclusive) at open.
+    fn start(watches: Vec<DurableWatch>, acked: Vec<u64>) -> Result<TopicAcker, Error> {
+        let done = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::Builder::new()
+            .name("shoal-produce-ack".into())
+            .spawn({
+                let done = done.clone();
+                move || topic_ack_loop(&mut io::stdout().lock(), &watches, acked, &done)
+            })
+            .map_err(|e| Error::new(format!("starting the ack thread failed: {e}")))?;
+        Ok(TopicAcker { done, thread })
+    }
+
+    /// Stops the thread after it has printed the watermarks as they stand now; returns the
+    /// last `N` it printed per partition.
+    fn finish(self) -> Option<Vec<Option<u64>>> {
+        // pairs with the Acquire load in topic_ack_loop
+        self.done.store(true, Ordering::Release);
+        self.thread.join().ok()
+    }
+}
+
+/// How long the topic ack thread waits on one partition before it looks at all of them.
+const TOPIC_ACK_WAIT: Duration = Duration::from_millis(10);
+
+/// [`ack_loop`] over several partitions: prints each advance of partition p's watermark past
+/// `seen[p]` until `done`. One thread serves every partition: it waits passively on a
+/// partition that has records not yet durable (or sleeps when none has) for at most
+/// [`TOPIC_ACK_WAIT`], then looks at all of them, so an ack comes at most that much late.
+fn topic_ack_loop(
+    out: &mut impl Write,
+    watches: &[DurableWatch],
+    mut seen: Vec<u64>,
+    done: &AtomicBool,
+) -> Vec<Option<u64>> {
+    let mut printed = vec![None; watches.len()];
+    let mut stdout_open = true;
+    let mut turn = 0usize;
+    loop {
+        // As in ack_loop: the flag before the watermarks.
+        // pairs with the Release store in TopicAcker::finish
+        let finishing = done.load(Ordering::Acquire);
+        let mut wrote = false;
+        for (p, watch) in watches.iter().enumerate() {
+            let durable = watch.durable_offset().0;
+            if durable > seen[p] {
+                seen[p] = durable;
+                if stdout_open {
+                    stdout_open = writeln!(out, "durable {p} {}", durable - 1).is_ok();
+                    printed[p] = Some(durable - 1);
+                    wrote = true;
+                }
+            }
+        }
+        if wrote && stdout_open {
+            stdout_open = out.flush().is_ok();
+        }
+        if finishing {
+            return printed;
+        }
+        // Bounded: one pass over the partitions, starting after the last one waited on.
+        let pending = (0..watches.len())
+            .map(|i| (turn + 1 + i) % watches.len())
+            .find(|&p| watches[p].written_offset().0 > seen[p]);
+        match pending {
+            Some(p) => {
+                turn = p;
+                if watches[p].wait_durable_passive(Offset(seen[p]), Some(TOPIC_ACK_WAIT)).is_err() {
+                    std::thread::sleep(TOPIC_ACK_WAIT);
+                }
+            }
+            None => std::thread::sleep(TOPIC_ACK_WAIT),
         }
     }
 }
