@@ -5,6 +5,7 @@
 pub mod affinity;
 pub mod bus;
 pub mod cli;
+pub mod group;
 pub mod log;
 pub mod metrics;
 pub mod pipeline;

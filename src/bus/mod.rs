@@ -90,6 +90,14 @@ pub enum BusError {
         /// What is wrong.
         why: String,
     },
+    /// A damaged or foreign consumer-group file (committed offsets, lease, owner).
+    #[error("{path}: {why}; restore it, or remove it to restart that partition of the group from offset 0")]
+    BadGroupFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
     /// An I/O call failed.
     #[error("{path}: {op} failed: {source}")]
     Io {

@@ -178,6 +178,12 @@ impl Head {
         }
     }
 
+    /// The futex word the appender bumps (for waiting on several logs at once with
+    /// `futex_waitv`; follow the protocol of [`Head::prepare_wait`]).
+    pub(crate) fn notify_word(&self) -> &AtomicU32 {
+        self.u32_at(NOTIFY)
+    }
+
     /// Unregisters a sleeper.
     pub fn finish_wait(&self) {
         self.u32_at(WAITERS).fetch_sub(1, Ordering::SeqCst);

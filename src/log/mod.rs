@@ -31,7 +31,7 @@
 mod appender;
 mod error;
 pub mod format;
-mod head;
+pub(crate) mod head;
 mod io;
 mod reader;
 mod recovery;
