@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use disruptor::{ProcessorSettings as _, Producer as _};
+use disruptor::ProcessorSettings as _;
 use shoal::pipeline::{Emitter, Pipeline, Routing, Source, SourceStep};
 use shoal::ring::WaitStrategy;
 
@@ -159,9 +159,23 @@ fn disruptor_3_stage(total: u64) -> Duration {
     // The producer runs on a pinned thread of its own (pinning this one would shrink the
     // usable set that later benches read).
     let producer_cpu = cpu(0);
-    let took = std::thread::scope(|s| {
+    let took = drive_disruptor(&mut producer, producer_cpu, total, &seen);
+    drop(producer); // joins the handler threads
+    black_box(sum.load(Ordering::Relaxed));
+    took
+}
+
+/// Publishes `total` values in batches from a thread pinned to `cpu` and waits until the
+/// last handler has seen them all (it stores the count in `seen`); returns the time taken.
+fn drive_disruptor(
+    producer: &mut (impl disruptor::Producer<u64> + Send),
+    cpu: Option<usize>,
+    total: u64,
+    seen: &AtomicU64,
+) -> Duration {
+    std::thread::scope(|s| {
         s.spawn(|| {
-            if let Some(c) = producer_cpu {
+            if let Some(c) = cpu {
                 let _ = shoal::affinity::pin_current(c);
             }
             let start = Instant::now();
@@ -175,7 +189,7 @@ fn disruptor_3_stage(total: u64) -> Duration {
                     }
                 });
             }
-            // pairs with the Release store in the sink
+            // pairs with the Release store in the last handler
             while seen.load(Ordering::Acquire) < total {
                 std::hint::spin_loop();
             }
@@ -183,10 +197,7 @@ fn disruptor_3_stage(total: u64) -> Duration {
         })
         .join()
         .expect("disruptor producer thread")
-    });
-    drop(producer); // joins the handler threads
-    black_box(sum.load(Ordering::Relaxed));
-    took
+    })
 }
 
 /// One producer and one handler on the disruptor: two threads, like shoal's source -> sink,
@@ -212,31 +223,7 @@ fn disruptor_1_stage(total: u64) -> Duration {
     });
     let mut producer = builder.build();
     let producer_cpu = cpu(0);
-    let took = std::thread::scope(|s| {
-        s.spawn(|| {
-            if let Some(c) = producer_cpu {
-                let _ = shoal::affinity::pin_current(c);
-            }
-            let start = Instant::now();
-            let mut next = 0u64;
-            while next < total {
-                let n = (BATCH_MAX as u64).min(total - next);
-                producer.batch_publish(n as usize, |iter| {
-                    for e in iter {
-                        *e = next;
-                        next += 1;
-                    }
-                });
-            }
-            // pairs with the Release store in the handler
-            while seen.load(Ordering::Acquire) < total {
-                std::hint::spin_loop();
-            }
-            start.elapsed()
-        })
-        .join()
-        .expect("disruptor producer thread")
-    });
+    let took = drive_disruptor(&mut producer, producer_cpu, total, &seen);
     drop(producer);
     black_box(sum.load(Ordering::Relaxed));
     took
