@@ -2,10 +2,13 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 use super::emit::Emitter;
 use super::error::PipelineError;
 use super::Handler;
+use crate::bus::TopicProducer;
+use crate::group::{Delivery, Member};
 use crate::log::{Appender, Record, RecordRef, Tailer};
 use crate::ring::Consumer;
 
@@ -109,6 +112,41 @@ impl<T: Send + 'static> Source<T> {
         Source::log(dir.as_ref(), false, Decode::Ref(Box::new(wrap)))
     }
 
+    /// Reads the partitions a consumer-group [`Member`] owns, decoding each delivery into
+    /// an event (`None` skips it), until the pipeline shuts down.
+    ///
+    /// Each poll's records are emitted to the first stage, then committed: a commit means
+    /// "handed downstream", not "handled by every stage". After a crash, the next owner of
+    /// a partition re-delivers at most the last batch (at least once); on shutdown the
+    /// member is dropped after its last commit, so its partitions move on with no
+    /// duplicate as long as the stages drain what is in flight. Rebalances happen inside
+    /// the polls, so the source keeps up with members joining and leaving.
+    ///
+    /// A failed poll or commit panics in the source thread, which stops the pipeline with
+    /// [`PipelineError::Panicked`] naming the error.
+    pub fn group(mut member: Member, mut decode: impl FnMut(Delivery) -> Option<T> + Send + 'static) -> Source<T> {
+        const BATCH: usize = 256;
+        const WAIT: Duration = Duration::from_millis(50);
+        Source::closure(move |emitter: &mut Emitter<T>| {
+            let batch = match member.poll(BATCH, WAIT) {
+                Ok(batch) => batch,
+                Err(e) => panic!("consumer group member {} failed to poll: {e}", member.id()),
+            };
+            if batch.is_empty() {
+                return SourceStep::Continue;
+            }
+            for delivery in batch {
+                if let Some(event) = decode(delivery) {
+                    emitter.emit(event);
+                }
+            }
+            if let Err(e) = member.commit() {
+                panic!("consumer group member {} failed to commit: {e}", member.id());
+            }
+            SourceStep::Continue
+        })
+    }
+
     fn log(dir: &Path, follow: bool, decode: Decode<T>) -> Result<Source<T>, PipelineError> {
         let tailer = Tailer::open(dir).map_err(|error| PipelineError::Log { path: dir.to_path_buf(), error })?;
         Ok(Source { kind: SourceKind::Log { tailer: Box::new(tailer), follow, decode, dir: dir.to_path_buf() } })
@@ -147,6 +185,31 @@ impl<T: Send + 'static> Sink<T> {
                     let key = encode(event, &mut buf);
                     if let Err(e) = appender.append_keyed(key, &buf) {
                         panic!("append to the log at {} failed: {e}", dir.display());
+                    }
+                }
+            }),
+        }
+    }
+
+    /// Appends every event to a topic: `encode` writes the payload into the buffer it is
+    /// given (cleared before each call) and returns the key that routes it to a partition
+    /// ([`TopicProducer::send`]). One worker, like [`Sink::appender`]: a topic has one
+    /// producer.
+    ///
+    /// A failed append panics in the sink's worker, which stops the pipeline with
+    /// [`PipelineError::Panicked`] naming the error.
+    pub fn topic(
+        mut producer: TopicProducer,
+        mut encode: impl FnMut(&T, &mut Vec<u8>) -> u64 + Send + 'static,
+    ) -> Sink<T> {
+        let mut buf = Vec::new();
+        Sink {
+            handler: Box::new(move |events: &[T], _: &mut Emitter<T>| {
+                for event in events {
+                    buf.clear();
+                    let key = encode(event, &mut buf);
+                    if let Err(e) = producer.send(key, &buf) {
+                        panic!("append to topic {} failed: {e}", producer.topic().name());
                     }
                 }
             }),
