@@ -1,0 +1,51 @@
+//! Member lease and partition owner file decoding over arbitrary bytes.
+//!
+//! [`decode_lease`] and [`decode_owner`] must never panic; whatever they accept must carry
+//! a valid member id (digits and '-', so it can never name a path outside the group) and
+//! re-encode to exactly the bytes it came from. The input can also build a well-formed file
+//! from its own id and label and damage it, so the accepting paths are reached.
+
+#![no_main]
+
+use arbitrary::Arbitrary;
+use libfuzzer_sys::fuzz_target;
+use shoal::group::format::{check_member_id, decode_lease, decode_owner, encode_lease, encode_owner, LABEL_BYTES_MAX};
+
+#[derive(Arbitrary, Debug)]
+struct Input {
+    /// Build a file from `id` and `label` instead of using `bytes` raw.
+    build: Option<(bool, String, String)>,
+    /// Bytes to flip afterwards: (position, mask).
+    flips: Vec<(u16, u8)>,
+    /// Cut to this many bytes afterwards.
+    cut: Option<u16>,
+    bytes: Vec<u8>,
+}
+
+fuzz_target!(|input: Input| {
+    let mut bytes = input.bytes;
+    bytes.truncate(8192);
+    if let Some((owner, id, label)) = &input.build {
+        if id.len() <= u16::MAX as usize && label.len() <= LABEL_BYTES_MAX {
+            bytes = if *owner { encode_owner(id) } else { encode_lease(id, label) };
+        }
+    }
+    for &(at, mask) in input.flips.iter().take(8) {
+        if let Some(b) = bytes.get_mut(at as usize) {
+            *b ^= mask;
+        }
+    }
+    if let Some(cut) = input.cut {
+        bytes.truncate(cut as usize);
+    }
+    if let Ok(lease) = decode_lease(&bytes) {
+        assert!(check_member_id(lease.id.as_bytes()).is_ok());
+        assert!(!lease.id.contains('/') && !lease.id.contains('.'));
+        assert!(lease.label.len() <= LABEL_BYTES_MAX);
+        assert_eq!(encode_lease(&lease.id, &lease.label), bytes);
+    }
+    if let Ok(id) = decode_owner(&bytes) {
+        assert!(check_member_id(id.as_bytes()).is_ok());
+        assert_eq!(encode_owner(&id), bytes);
+    }
+});
