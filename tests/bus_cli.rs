@@ -603,3 +603,91 @@ fn group_members_join_die_and_leave_while_a_producer_writes() {
         started.elapsed()
     );
 }
+
+#[test]
+fn groups_reports_lag_as_the_records_not_yet_consumed() {
+    let (_temp, bus) = bus_dir();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let lines: String = (0..100).map(|i| format!("r{i}\n")).collect();
+    ok(&["produce", &bus, "--topic", "work"], lines.as_bytes());
+    assert_eq!(text(&ok(&["groups", &bus], b"")), format!("{bus}: no consumer groups\n"));
+
+    // A member whose stdout is closed prints nothing, so it commits nothing, and exits 0.
+    let mut closed = shoal()
+        .args(["group", &bus, "jobs", "--topic", "work", "--exit-when-idle", "200"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn shoal group");
+    drop(closed.stdout.take());
+    let stderr = drain(closed.stderr.take().expect("stderr"));
+    let mut closed = KillOnDrop(closed);
+    let status = wait_until(&mut closed.0, deadline, "a member with a closed stdout");
+    assert!(status.success(), "{status:?}: {}", text(&stderr.join().expect("stderr")));
+    let (report, rows) = group_rows(&bus);
+    assert!(report.starts_with("group jobs, topic work: 0 members, lag 100\n"), "{report}");
+    assert_eq!(
+        rows.iter().map(|r| (r.partition, r.committed, r.end, r.lag)).collect::<Vec<_>>(),
+        [(0, 0, 25, 25), (1, 0, 25, 25), (2, 0, 25, 25), (3, 0, 25, 25)]
+    );
+
+    // One member consumes everything and leaves when idle: no lag.
+    let first = GroupMember::start("first member", &bus, "jobs", "work", &["--exit-when-idle", "300"]);
+    let (status, out) = first.finish(deadline, false);
+    assert!(status.success(), "{status:?}");
+    assert_eq!(out.len(), 100);
+    let (report, rows) = group_rows(&bus);
+    assert!(rows.iter().all(|r| r.committed == 25 && r.lag == 0 && r.owner.is_none()), "{report}");
+
+    // More records: the lag of each partition is what `cat --from <committed>` still shows.
+    let lines: String = (100..137).map(|i| format!("r{i}\n")).collect();
+    ok(&["produce", &bus, "--topic", "work"], lines.as_bytes());
+    let (report, rows) = group_rows(&bus);
+    assert!(report.starts_with("group jobs, topic work: 0 members, lag 37\n"), "{report}");
+    for row in &rows {
+        let p = row.partition.to_string();
+        let unread =
+            ok(&["cat", &bus, "--topic", "work", "--partition", &p, "--from", &row.committed.to_string()], b"");
+        assert_eq!(row.lag, text(&unread).lines().count() as u64, "{report}");
+        assert_eq!(row.lag, row.end - row.committed, "{report}");
+    }
+
+    // A live member shows with its partitions; SIGINT leaves gracefully and commits.
+    let live = GroupMember::start("live member", &bus, "jobs", "work", &[]);
+    wait_for(deadline, "the live member to print the new records", || live.printed() == 37);
+    let (report, rows) = group_rows(&bus);
+    let pid = live.child.0.id();
+    assert!(report.contains(&format!("shoal group, pid {pid}")), "{report}");
+    assert!(rows.iter().all(|r| r.owner.as_deref().is_some_and(|o| pid_of_member(o) == pid)), "{report}");
+    signal(&live.child.0, libc::SIGINT);
+    let (status, out) = live.finish(deadline, false);
+    assert!(status.success(), "SIGINT: {status:?}");
+    let printed: BTreeSet<String> = out.iter().map(|r| r.2.clone()).collect();
+    assert_eq!(printed, (100..137).map(|i| format!("r{i}")).collect());
+    let (report, rows) = group_rows(&bus);
+    assert!(rows.iter().all(|r| r.lag == 0), "{report}");
+    assert!(report.starts_with("group jobs, topic work: 0 members, lag 0\n"), "{report}");
+}
+
+#[test]
+fn group_commands_reject_bad_names_and_missing_topics() {
+    let (temp, bus) = bus_dir();
+    ok(&["produce", &bus, "--topic", "t"], b"x\n");
+    for bad in ["../up", "a/b", ".g", ""] {
+        let err = fails(&["group", &bus, bad, "--topic", "t", "--exit-when-idle", "10"], b"");
+        assert!(err.contains("invalid group name"), "{err}");
+        let err = fails(&["group", &bus, "g", "--topic", bad, "--exit-when-idle", "10"], b"");
+        assert!(err.contains("invalid topic name"), "{err}");
+    }
+    assert!(!temp.path().join("up").exists());
+    let err = fails(&["group", &bus, "g", "--topic", "none", "--exit-when-idle", "10"], b"");
+    assert!(err.contains("no topic \"none\""), "{err}");
+    let nobus = temp.path().join("nobus");
+    let nobus = nobus.to_str().expect("UTF-8");
+    for args in [vec!["group", nobus, "g", "--topic", "t"], vec!["groups", nobus]] {
+        let err = fails(&args, b"");
+        assert!(err.contains(nobus) && err.contains("no bus"), "{err}");
+    }
+    assert!(!std::path::Path::new(nobus).exists(), "a member must not create a bus");
+}
