@@ -17,8 +17,10 @@
 //! is held: members test the others' leases (a fresh open, `LOCK_EX|LOCK_NB`; success means
 //! the owner is dead and the file is removed) every [`GroupOptions::liveness_check`]. A lease
 //! is written under a temporary name, locked, then renamed into place, so no sweeper can
-//! take a joining member for a dead one. Member ids are `<join time ns:020>-<pid>-<n>`:
-//! unique across processes and sorted by join time.
+//! take a joining member for a dead one. (A sweeper that opens the temporary file between its
+//! creation and its lock does remove it; the joiner then sees its lock or rename fail and
+//! starts over under a new id, a bounded number of times.) Member ids are
+//! `<join time ns:020>-<pid>-<n>`: unique across processes and sorted by join time.
 //!
 //! Joins, graceful leaves and partition releases bump the `epoch` word and `FUTEX_WAKE` it.
 //! Every member loads that word on each poll (an atomic load, no syscall) and rescans the
@@ -238,6 +240,8 @@ pub struct Member {
 }
 
 static ID_COUNTER: AtomicU64 = AtomicU64::new(0);
+/// Tries of [`Member::join`] to publish its lease while other members sweep.
+const JOIN_ATTEMPTS: u32 = 16;
 
 fn lock_nb(file: &File, op: libc::c_int) -> std::io::Result<bool> {
     loop {
@@ -301,23 +305,37 @@ impl Member {
             std::fs::create_dir_all(&dir).map_err(|e| BusError::io(&dir, "create directory", e))?;
         }
         let epoch = Epoch::open(&base.join("epoch"))?;
-        let n = ID_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{:020}-{}-{n}", crate::log::now_ns(), std::process::id());
         let label = format::clamp_label(&opts.label).to_string();
         let members_dir = base.join("members");
-        let temp = members_dir.join(format!(".{id}.joining"));
-        let mut lease = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&temp)
-            .map_err(|e| BusError::io(&temp, "create", e))?;
-        if !lock_nb(&lease, libc::LOCK_EX).map_err(|e| BusError::io(&temp, "lock", e))? {
-            return Err(BusError::io(&temp, "lock", std::io::Error::from(std::io::ErrorKind::WouldBlock)));
-        }
-        lease.write_all(&format::encode_lease(&id, &label)).map_err(|e| BusError::io(&temp, "write", e))?;
-        let lease_path = members_dir.join(lease_file_name(&id));
-        std::fs::rename(&temp, &lease_path).map_err(|e| BusError::io(&lease_path, "rename", e))?;
+        // A sweeping member that opens the temporary file before we lock it takes it for a
+        // join cut short and removes it: our lock or rename then fails, and we start over.
+        let mut attempt = 0;
+        let (id, lease, lease_path) = loop {
+            attempt += 1;
+            let n = ID_COUNTER.fetch_add(1, Ordering::Relaxed);
+            let id = format!("{:020}-{}-{n}", crate::log::now_ns(), std::process::id());
+            let temp = members_dir.join(format!(".{id}.joining"));
+            let mut lease = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&temp)
+                .map_err(|e| BusError::io(&temp, "create", e))?;
+            if !lock_nb(&lease, libc::LOCK_EX).map_err(|e| BusError::io(&temp, "lock", e))? {
+                let _ = std::fs::remove_file(&temp);
+                if attempt < JOIN_ATTEMPTS {
+                    continue;
+                }
+                return Err(BusError::io(&temp, "lock", std::io::Error::from(std::io::ErrorKind::WouldBlock)));
+            }
+            lease.write_all(&format::encode_lease(&id, &label)).map_err(|e| BusError::io(&temp, "write", e))?;
+            let lease_path = members_dir.join(lease_file_name(&id));
+            match std::fs::rename(&temp, &lease_path) {
+                Ok(()) => break (id, lease, lease_path),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempt < JOIN_ATTEMPTS => continue,
+                Err(e) => return Err(BusError::io(&lease_path, "rename", e)),
+            }
+        };
         epoch.bump();
         let mut member = Member {
             id,
