@@ -42,8 +42,9 @@
 //! - `shoal group <BUS> <GROUP> --topic <T> [--exit-when-idle <ms>]`: a member of the
 //!   consumer group; prints `<partition> <offset> <payload>` for each record of the
 //!   partitions it owns, flushed per batch, and commits offsets only after their lines are
-//!   written. SIGTERM, SIGINT, `--exit-when-idle` and a closed stdout leave gracefully
-//!   (commit, hand over, exit 0).
+//!   written. SIGTERM, SIGINT and `--exit-when-idle` leave gracefully (commit, hand over,
+//!   exit 0); a closed stdout hands over and exits 0 without committing the batch it could
+//!   not write.
 //! - `shoal groups <BUS>`: each group with its members, their partitions, committed offsets
 //!   and lag.
 //! - Usage errors exit 2 (clap's convention); runtime errors exit 1 with one line on stderr.
@@ -79,6 +80,7 @@ With --keyed, each line is <key><TAB><payload>: the bytes before the first tab a
 hashed with 64-bit FNV-1a into the record's u64 key, which picks the partition \
 (shoal::bus::key_hash, then shoal::bus::partition_for_key); equal keys always go to one \
 partition. A keyed line without a tab is an error (the lines before it are appended).
+
 With --topic --ack, each line is `durable <partition> <N>`: every record of that partition \
 with offset <= N is durable.";
 
@@ -87,8 +89,9 @@ const GROUP_HELP: &str = "\
 Each output line is `<partition> <offset> <payload>`, flushed per batch; offsets are committed \
 only after their lines are written. Delivery is at least once: after a member is killed, the \
 records it printed but had not committed are printed again by the member that takes over. \
-SIGTERM, SIGINT, --exit-when-idle and a closed stdout leave the group gracefully: commit, \
-hand the partitions over, exit 0.";
+SIGTERM, SIGINT and --exit-when-idle leave the group gracefully: commit, hand the partitions \
+over, exit 0. A closed stdout hands the partitions over and exits 0 without committing the \
+batch it could not write, so the next owner prints it.";
 
 /// The `shoal` command line.
 #[derive(Debug, Parser)]
