@@ -1,4 +1,86 @@
 //! shoal: a zero-copy, high-throughput event bus for one Linux box.
+//!
+//! Services that talk only through an event bus can be replaced, restarted or scaled without
+//! the others noticing. shoal gives one machine such a bus without the usual costs of
+//! contention: no lock on a shared queue, no syscall or allocation per event, no copy of the
+//! payload, no `fsync` per message.
+//!
+//! | part | what it is |
+//! | --- | --- |
+//! | [`log`] | a memory-mapped, checksummed append log: group-committed data syncs on io_uring, a "durable up to offset N" watermark, zero-copy readers and tailers in any process, crash recovery |
+//! | [`ring`] | SPSC rings over `rtrb` with spin, yield and park waits; fan-in and fan-out as sets of SPSC rings |
+//! | [`affinity`] | usable CPUs, pinning and naming threads |
+//! | [`pipeline`] | stages of pinned workers joined by rings; routing by key, round robin, broadcast; elastic `scale` with no loss and per-key order |
+//! | [`bus`] | a directory of topics; each partition a log with one appender; stable key routing |
+//! | [`group`] | consumer groups whose members (threads or processes) join, leave or die at any time; committed offsets; replay-then-live |
+//! | [`metrics`] | latency histograms and snapshots for the CLI |
+//! | [`cli`] | the `shoal` command line |
+//!
+//! # Quickstart
+//! ```
+//! use shoal::bus::Bus;
+//! use shoal::group::{GroupOptions, Member};
+//! use shoal::log::{Durability, LogOptions};
+//! use std::time::Duration;
+//!
+//! let dir = tempfile::tempdir()?;
+//! let bus = Bus::open(dir.path())?;
+//! let topic = bus.topic_or_create("orders", Some(4))?;
+//! let opts = LogOptions { durability: Durability::Batch, segment_bytes: 1 << 20, max_record_bytes: 1 << 16, ..LogOptions::default() };
+//! let mut producer = topic.producer(opts)?;
+//! for account in 0..100u64 {
+//!     producer.send(account, format!("deposit {account}").as_bytes())?; // routed by key
+//! }
+//! producer.sync()?; // every record is durable now
+//!
+//! let mut member = Member::join(&bus, "billing", "orders", GroupOptions::default())?;
+//! let mut seen = 0;
+//! while seen < 100 {
+//!     for delivery in member.poll(1024, Duration::from_millis(100))? {
+//!         assert!(delivery.record.payload().starts_with(b"deposit")); // borrowed from the log
+//!         seen += 1;
+//!     }
+//!     member.commit()?;
+//! }
+//! member.leave()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Guarantees
+//! - **Offsets** are dense per log or partition (0, 1, 2, ...), continuing across restarts.
+//! - **Durability** is explicit ([`log::Durability`]): `Never` (page cache), `Interval`, or
+//!   `Batch` (group commit). [`log::Appender::durable_offset`] is a watermark: every offset
+//!   below it survived a data sync; `sync` and `wait_durable` block until it passes.
+//! - **Crash**: after a kill at any instant, reopening keeps every record acknowledged
+//!   durable, byte for byte, and cuts a torn tail; damage below the watermark is reported
+//!   with the file and byte position ([`log::RecoveryMode`] decides what happens).
+//! - **Ordering**: records of one log or partition are read in append order; a pipeline keeps
+//!   per-key order under [`pipeline::Routing::ByKey`] across any number of `scale` calls.
+//! - **Delivery**: a pipeline handles every event exactly once per stage. A consumer group
+//!   delivers at least once; a graceful leave hands over with no duplicate, and after a
+//!   `kill -9` the duplicates are at most the dead member's uncommitted records.
+//! - **Bad input** (a foreign file, a newer format version, a truncated segment, a full disk,
+//!   an oversized record, a bad topic name) is a clear error naming the path; nothing panics
+//!   on bytes read from disk or from another process.
+//!
+//! # The unsafe code, and why it is sound
+//! - **Shared mappings** ([`log::format::Region`]): segment files are mapped shared by the
+//!   appender and by readers in any process. Words that change while others read them (the
+//!   commit word of each record, index entries, the `HEAD` page) are only ever accessed as
+//!   atomics; a record's other bytes are written before its commit word is stored with
+//!   `Release` and never changed after, so a reader that loads the commit word with
+//!   `Acquire` may borrow them as `&[u8]`. Every position and length read from disk is
+//!   bounds-checked before use; `bytemuck`'s checked casts read `Pod` payloads in place.
+//! - **Syscalls by hand** (`futex`, `futex_waitv`, `membarrier`, `flock`, `fallocate`,
+//!   `sched_setaffinity`) take no pointers beyond live locals and mapped words. The
+//!   asymmetric fence ([`ring::AsymmetricFence`]) keeps every wake-up protocol's hot side to
+//!   a compiler fence; the sleeping side pays a `membarrier`.
+//! - **io_uring** operations (syncs, `fallocate`) reference no user buffers and are waited for
+//!   before the files they name can close.
+//! - The rings wrap `rtrb`; their own unsafe is limited to committing reserved slots that were
+//!   initialised. Miri runs the record format and ring code (`.ci/run`); the mapping,
+//!   io_uring and futex paths, which Miri cannot run, are covered by crash, fault and
+//!   multi-process tests and by fuzzing.
 #![deny(unsafe_op_in_unsafe_fn, missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 

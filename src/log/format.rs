@@ -7,7 +7,7 @@
 //! # Directory
 //! A log is a directory holding:
 //! - `LOCK`: an empty file; the appender holds an exclusive `flock(2)` on it.
-//! - `HEAD`: a 4 KiB control page shared by all processes (see [`super::head`]): the durable
+//! - `HEAD`: a 4 KiB control page shared by all processes (see `head.rs`): the durable
 //!   watermark and a futex word that tailers sleep on. It is advisory; losing it loses nothing.
 //! - `{seq:020}.seg`: segment files, `seq` counting up from 0. A segment is created under a
 //!   temporary name `.{seq:020}.seg.tmp`, preallocated, given its header, synced and only then
