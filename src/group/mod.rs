@@ -2,7 +2,7 @@
 //! topic, each partition read by exactly one live member at a time, with committed offsets
 //! that survive crashes. No daemon: the state is a directory of small files and OS locks.
 //!
-//! # Layout (format version 1; the byte formats are in [`format`])
+//! # Layout (format version 1; the byte formats are in [`format`](mod@format))
 //! ```text
 //! <bus>/groups/<group>/<topic>/epoch            4 KiB page; u32 futex word at byte 0
 //! <bus>/groups/<group>/<topic>/members/<id>.lease   one per live member, flock'ed by it

@@ -1,7 +1,7 @@
 //! The durable log: a memory-mapped, checksummed, append-only sequence of records on disk.
 //!
 //! # Design
-//! A log is a directory of preallocated segment files (see [`format`](self::format) for the on-disk format,
+//! A log is a directory of preallocated segment files (see [`format`](mod@format) for the on-disk format,
 //! version 1). One [`Appender`] per log, enforced with an `flock(2)` on `LOCK` across threads
 //! and processes, writes records straight into the mapped segment: header fields and payload
 //! first, the commit word last with `Release` ordering, so readers in any process that load it
