@@ -3,6 +3,27 @@
 //!
 //! Histograms are `hdrhistogram` with 3 significant figures over 1 ns .. 1 hour; recording
 //! never allocates after construction.
+//!
+//! # Snapshots and export
+//! [`BusSnapshot`] gathers, per topic and partition, records, bytes, first, last and durable
+//! offsets and (from two snapshots) append rates; per consumer group, members, owners,
+//! committed offsets and lag. [`StageSnapshot`] turns a pipeline's [`StageMetrics`](crate::pipeline::StageMetrics)
+//! into plain figures with hop latency quantiles; [`Snapshot`] holds both. `shoal top`
+//! prints them. With the cargo feature `metrics`, [`export`] (and [`export_pipeline`],
+//! [`PipelineExporter`]) record them through the `metrics` facade, so that any exporter the
+//! application installed (Prometheus or another) sees them.
+
+mod snapshot;
+
+#[cfg(feature = "metrics")]
+mod export;
+
+#[cfg(feature = "metrics")]
+pub use export::{export, export_pipeline, PipelineExporter};
+pub use snapshot::{
+    stages, BusSnapshot, GroupPartitionSnapshot, GroupSnapshot, PartitionSnapshot, Snapshot, StageSnapshot,
+    TopicSnapshot,
+};
 
 /// A latency histogram in nanoseconds.
 #[derive(Clone, Debug)]
@@ -59,6 +80,12 @@ impl LatencyHistogram {
     /// Adds another histogram's values.
     pub fn merge(&mut self, other: &LatencyHistogram) {
         let _ = self.hist.add(&other.hist);
+    }
+
+    /// The underlying histogram (for exporters that walk its buckets).
+    #[cfg(feature = "metrics")]
+    pub(crate) fn hdr(&self) -> &hdrhistogram::Histogram<u64> {
+        &self.hist
     }
 }
 
