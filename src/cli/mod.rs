@@ -47,6 +47,11 @@
 //!   not write.
 //! - `shoal groups <BUS>`: each group with its members, their partitions, committed offsets
 //!   and lag.
+//! - `shoal top <BUS> [--interval <ms>] [--once]`: per topic and partition records, bytes,
+//!   first, last and durable offsets and appends per second; per group and partition the
+//!   owner, committed offset, end, lag and commits per second; redrawn every interval
+//!   (default 1000 ms) until interrupted. `--once` prints one snapshot, rates shown as `-`,
+//!   with no screen control, and exits 0.
 //! - Usage errors exit 2 (clap's convention); runtime errors exit 1 with one line on stderr.
 //!   Commands that only read a bus (`cat --topic`, `group`, `groups`) never create one.
 //!
@@ -60,6 +65,7 @@ mod demo;
 mod group;
 mod inspect;
 mod produce;
+mod top;
 
 use std::fmt;
 use std::io::{self, Write};
@@ -171,6 +177,18 @@ enum Command {
     Groups {
         /// The bus directory.
         bus: PathBuf,
+    },
+    /// Show rates and lag per topic, partition and consumer group of the bus in BUS,
+    /// refreshed every interval.
+    Top {
+        /// The bus directory.
+        bus: PathBuf,
+        /// Refresh interval in ms.
+        #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(top::INTERVAL_MS_MIN..))]
+        interval: u64,
+        /// Print one snapshot (rates shown as `-`) and exit.
+        #[arg(long)]
+        once: bool,
     },
     /// Check every segment and record of the log in DIR.
     Verify {
@@ -308,6 +326,7 @@ pub fn run(cli: Cli) -> ExitCode {
             group::run(&bus, &group, &topic, exit_when_idle.map(Duration::from_millis))
         }
         Command::Groups { bus } => group::list(&bus),
+        Command::Top { bus, interval, once } => top::run(&bus, Duration::from_millis(interval), once),
         Command::Verify { dir, repair } => inspect::verify(&dir, repair),
         Command::Stats { dir } => inspect::stats(&dir),
         Command::Demo { dir, events } => demo::run(dir.as_deref(), events),
