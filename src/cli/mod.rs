@@ -45,6 +45,9 @@
 //!   written. SIGTERM, SIGINT and `--exit-when-idle` leave gracefully (commit, hand over,
 //!   exit 0); a closed stdout hands over and exits 0 without committing the batch it could
 //!   not write.
+//! - `shoal bench [--quick] [--json] [--dir <DIR>]`: measures shoal on this machine next to
+//!   baselines measured in the same run (raw rtrb, a `BufWriter`, fdatasync, O_DIRECT, memcpy)
+//!   and prints each figure, its baseline and their ratio; `--json` prints one JSON object.
 //! - `shoal groups <BUS>`: each group with its members, their partitions, committed offsets
 //!   and lag.
 //! - `shoal top <BUS> [--interval <ms>] [--once]`: per topic and partition records, bytes,
@@ -60,6 +63,7 @@
 //! [`durable_offset`](crate::log::Appender::durable_offset) is the exclusive watermark
 //! (`N + 1`).
 
+mod bench;
 mod cat;
 mod demo;
 mod group;
@@ -203,6 +207,20 @@ enum Command {
         /// The log directory.
         dir: PathBuf,
     },
+    /// Measure shoal on this machine next to the machine's own baselines (raw rtrb, a
+    /// BufWriter, fdatasync, O_DIRECT, memcpy) and print the ratios.
+    Bench {
+        /// A run of a few seconds (smaller sizes, fewer rounds) instead of about a minute.
+        #[arg(long)]
+        quick: bool,
+        /// Print one JSON object with every figure and the machine's facts.
+        #[arg(long)]
+        json: bool,
+        /// Put the scratch files in a new directory under DIR (default: the temporary
+        /// directory, if it is on a disk).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Append, replay and verify a few million events; print throughput and latency.
     Demo {
         /// Keep the log here instead of in a temporary directory.
@@ -330,6 +348,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Verify { dir, repair } => inspect::verify(&dir, repair),
         Command::Stats { dir } => inspect::stats(&dir),
         Command::Demo { dir, events } => demo::run(dir.as_deref(), events),
+        Command::Bench { quick, json, dir } => bench::run(quick, json, dir.as_deref()),
     };
     match result {
         Ok(code) => code,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crossbeam::utils::CachePadded;
 
-use crate::ring::{Consumer, Producer, PushError};
+use crate::ring::{Consumer, Producer};
 
 /// How events enter a stage: which of its workers gets each event.
 pub enum Routing<T> {
@@ -95,6 +95,14 @@ impl Probe {
     }
 }
 
+/// Events an [`Output`] stages before it publishes them to its ring in one commit.
+///
+/// Publishing event by event makes the ring's tail index (and the consumer's copy of it)
+/// bounce between the two cores once per event whenever the consumer keeps up; one commit
+/// per group of events pays that once per group. The stage is flushed when full and
+/// whenever the handler (or the source step) returns, so an event waits at most one batch.
+pub(crate) const STAGE_MAX: usize = 64;
+
 /// The writing end of one ring out of a worker.
 pub(crate) struct Output<T> {
     pub(crate) tx: Producer<T>,
@@ -103,15 +111,17 @@ pub(crate) struct Output<T> {
     pushed: u64,
     /// Pushed to since the last notify.
     touched: bool,
+    /// Events routed here and not yet in the ring (at most [`STAGE_MAX`]; allocated once).
+    staged: Vec<T>,
 }
 
 impl<T> Output<T> {
     pub(crate) fn new(tx: Producer<T>, probe: Option<Arc<Probe>>) -> Output<T> {
-        Output { tx, probe, pushed: 0, touched: false }
+        Output { tx, probe, pushed: 0, touched: false, staged: Vec::with_capacity(STAGE_MAX) }
     }
 
     #[inline]
-    fn pushed(&mut self, clock: &quanta::Clock) {
+    fn pushed(&mut self, n: usize, clock: &quanta::Clock) {
         if let Some(probe) = &self.probe {
             // pairs with the Release store in `Probe::took`: the receiver is done with the
             // last stamp before we write a new one.
@@ -121,17 +131,62 @@ impl<T> Output<T> {
                 probe.armed.store(self.pushed + 1, Ordering::Release);
             }
         }
-        self.pushed += 1;
+        self.pushed += n as u64;
         self.touched = true;
+    }
+
+    /// Moves the staged events into the ring, in order, waiting (with the pipeline's
+    /// strategy) while it is full. Returns how many were dropped because the pipeline is
+    /// stopping or the receiver is gone.
+    fn flush(&mut self, clock: &quanta::Clock, abort: &AtomicBool) -> u64 {
+        let mut dropped = 0;
+        while !self.staged.is_empty() {
+            let n = {
+                let mut r = self.tx.reserve(self.staged.len());
+                let n = r.len();
+                if n > 0 {
+                    let (a, b) = r.slots();
+                    let mut events = self.staged.drain(..n);
+                    for slot in a.iter_mut().chain(b.iter_mut()) {
+                        if let Some(event) = events.next() {
+                            slot.write(event);
+                        }
+                    }
+                    drop(events);
+                    // SAFETY: the loop above wrote the `n` reserved slots (a, then b), one
+                    // drained event each: exactly `n` events were drained.
+                    unsafe { r.commit(n) };
+                }
+                n
+            };
+            if n > 0 {
+                self.pushed(n, clock);
+                continue;
+            }
+            // Full: the receiver may sleep on a ring we filled quietly, so wake it, then
+            // wait for room (or for the pipeline to stop) with one event.
+            self.tx.notify();
+            let event = self.staged.remove(0);
+            match self.tx.push_wait_or_stop(event, || abort.load(Ordering::Relaxed)) {
+                Ok(()) => self.pushed(1, clock),
+                Err(_) => {
+                    dropped += 1 + self.staged.len() as u64;
+                    self.staged.clear();
+                }
+            }
+        }
+        dropped
     }
 }
 
 /// Where a handler (or the source) sends events to the next stage.
 ///
 /// [`emit`](Emitter::emit) routes each event to one downstream ring (or all, for broadcast)
-/// and pushes it there without waking the receiver; the worker wakes each touched receiver
-/// once when the handler returns. When a downstream ring is full, `emit` waits with the
-/// pipeline's wait strategy (backpressure): the emitter buffers nothing.
+/// and stages it there; staged events are published to the ring in one commit when
+/// 64 of them are waiting or when the handler returns, and each touched receiver
+/// is woken once then. When a downstream ring is full, the emitter waits with the
+/// pipeline's wait strategy (backpressure): it never holds more than 64 events
+/// per downstream ring.
 ///
 /// In the **last stage** there is no downstream: emitted events are dropped and counted in
 /// [`PipelineStats::discarded`](super::PipelineStats::discarded). Handlers of the last
@@ -200,25 +255,19 @@ impl<T> Emitter<T> {
     #[inline]
     fn push(&mut self, at: usize, event: T) {
         let out = &mut self.outputs[at];
-        match out.tx.push_quiet(event) {
-            Ok(()) => out.pushed(&self.clock),
-            Err(PushError::Full(event)) => {
-                // The receiver may sleep on a ring we filled quietly: wake it before waiting.
-                out.tx.notify();
-                let abort = &self.abort;
-                match out.tx.push_wait_or_stop(event, || abort.load(Ordering::Relaxed)) {
-                    Ok(()) => out.pushed(&self.clock),
-                    Err(_) => self.discarded += 1,
-                }
-            }
-            Err(PushError::Closed(_)) => self.discarded += 1,
+        out.staged.push(event);
+        if out.staged.len() >= STAGE_MAX {
+            self.discarded += out.flush(&self.clock, &self.abort);
         }
     }
 
-    /// Wakes every receiver pushed to since the last call.
+    /// Publishes every staged event and wakes every receiver pushed to since the last call.
     #[inline]
     pub(crate) fn notify(&mut self) {
         for out in &mut self.outputs {
+            if !out.staged.is_empty() {
+                self.discarded += out.flush(&self.clock, &self.abort);
+            }
             if out.touched {
                 out.touched = false;
                 out.tx.notify();
