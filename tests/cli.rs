@@ -428,13 +428,44 @@ fn a_second_producer_is_refused() {
 }
 
 #[test]
-fn demo_appends_replays_and_verifies() {
-    let (_temp, _dir, log) = log_dir();
-    let out = text(&ok(&["demo", "--dir", &log, "--events", "20000"], b""));
-    for row in ["events", "append", "durable latency", "replay", "verified"] {
+fn demo_runs_the_whole_scenario_and_verifies_every_order() {
+    let (_temp, _dir, bus) = log_dir();
+    let started = Instant::now();
+    let out = text(&ok(&["demo", "--dir", &bus, "--events", "20000"], b""));
+    eprintln!("shoal demo --events 20000 took {:?}", started.elapsed());
+    for row in [
+        "events",
+        "events/s",
+        "durable MB/s",
+        "end-to-end",
+        "scale pauses",
+        "membership",
+        "rebalance pauses",
+        "delivered",
+        "replay",
+        "verified",
+    ] {
         assert!(out.lines().any(|l| l.starts_with(row)), "no {row} row: {out}");
     }
-    assert!(out.contains("20,000 intact, 0 lost, 0 duplicated, 0 corrupt; checksum matches"), "{out}");
-    let stats = text(&ok(&["stats", &log], b""));
-    assert!(stats.lines().any(|l| l.starts_with("records") && l.ends_with(" 20000")), "{stats}");
+    assert!(out.contains("20,000 orders x 48 bytes"), "{out}");
+    assert!(out.contains("20,000 intact, 0 lost, 0 duplicated, 0 corrupt, 0 out of order; checksum matches"), "{out}");
+    assert!(out.contains("risk stage 1 -> 2 -> 3 -> 2 -> 1 workers"), "{out}");
+    assert!(out
+        .lines()
+        .any(|l| l.starts_with("membership") && l.contains("(process ") && l.contains("joined at order")));
+    assert!(out.lines().any(|l| l.starts_with("membership") && l.contains("left at order")), "{out}");
+    assert!(out.contains("20,000 to the group: 0 duplicates, 0 never delivered, 0 unreadable, lag at end 0"), "{out}");
+    // The member process delivered part of the orders.
+    let child = out
+        .lines()
+        .find(|l| l.starts_with("rebalance pauses") && l.contains("(process "))
+        .unwrap_or_else(|| panic!("no row for the member process: {out}"));
+    assert!(!child.ends_with("; 0 delivered"), "{child}");
+    // The bus stays, with the group fully committed; a second demo there is refused.
+    let groups = text(&ok(&["groups", &bus], b""));
+    assert!(groups.contains("group risk-report, topic orders") && groups.contains("lag 0"), "{groups}");
+    let again = run(&["demo", "--dir", &bus, "--events", "10"], b"");
+    assert_eq!(again.status.code(), Some(1));
+    let err = text(&again.stderr);
+    assert!(err.lines().any(|l| l.starts_with("shoal: ") && l.contains("earlier demo")), "{err}");
 }

@@ -1,43 +1,176 @@
-//! `shoal demo`: appends a few million events with `Batch` durability, replays and verifies
-//! them, and prints what it measured.
+//! `shoal demo`: every part of shoal at once, in a scenario a person can watch, and every
+//! figure it prints measured in that run.
 //!
-//! Every event is 100 bytes: its index (u64 LE) followed by 92 bytes derived from the index,
-//! so that a lost, duplicated, reordered or altered event is told apart on replay. The
-//! producer keeps a CRC32C over all payloads in append order; the replay computes the same
-//! and the two must match.
+//! # The scenario
+//! 1. A bus (in a temporary directory unless `--dir`) with a topic `orders` of
+//!    [`PARTITIONS`] partitions, opened with `Batch` durability (group-committed data
+//!    syncs), and a consumer group `risk-report` on it with two members, each a thread of
+//!    this process.
+//! 2. A pipeline: a source makes [`Order`]s (48-byte `#[repr(C)]` `bytemuck::Pod` values,
+//!    stamped with the wall clock) as fast as the rings take them; a `risk` stage, routed
+//!    by account, scores each one; a one-worker `topic` stage appends each order to the
+//!    topic, keyed (and so partitioned) by account.
+//! 3. While orders flow, the driver (this thread) runs the [`STEPS`]: it scales the risk
+//!    stage 1 -> 2 -> 3 -> 2 -> 1 workers ([`Pipeline::scale`], each pause measured), starts
+//!    a third member as a child process (`shoal demo-member`, see [`member`]) and has the
+//!    second member leave gracefully. Each step is due when the source has made a given
+//!    share of the orders; the source waits at that point until the step is done, so every
+//!    step happens mid-stream however fast or slow the machine is (the time it waited is
+//!    shown).
+//! 4. The members read the orders in place, time each one from creation to delivery, mark
+//!    its id, commit each batch, and stop once the group has committed every order. The
+//!    child sends its figures back in a report file.
+//! 5. A replay reads every partition from offset 0 and checks each record ([`Tally`]):
+//!    the payload is an order the producer made (fields rebuilt from the id, seal intact),
+//!    scored by the risk stage, in its account's partition, each id once, each account's
+//!    orders in order; the seals of the intact orders must add up to the producer's sum.
 //!
-//! Durable latency is the time from an append returning until the durable watermark passes
-//! that record. Every [`SAMPLE_EVERY`]th append sends `(offset, instant)` to a checker
-//! thread, which waits on a [`DurableWatch`](crate::log::DurableWatch) and records the
-//! elapsed time in a [`LatencyHistogram`]. The hot loop does no more than that per event: the
-//! progress bar is updated every [`PROGRESS_EVERY`] events.
+//! The exit status is 1 (with a one-line error) when the replay finds an order lost,
+//! duplicated, corrupt or out of order, when the checksum differs, or when the group never
+//! delivered some order.
+//!
+//! # Why the topic stage is not [`Sink::topic`](crate::pipeline::Sink::topic)
+//! The demo needs the producer's data-sync figures and the moment the last order became
+//! durable, and a failed final sync must fail the demo rather than be logged on close. So
+//! the last stage owns a [`TopicSink`] whose `Drop` (run on the stage's worker when the
+//! pipeline drains) syncs every partition and sends those figures back.
+//!
+//! # What is printed
+//! A progress display (indicatif, on stderr when it is a terminal) redrawn by this thread
+//! every [`PROGRESS_EVERY`], never by the workers; then a table on stdout.
+
+mod member;
+mod order;
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::{bounded, Receiver};
-use indicatif::{ProgressBar, ProgressStyle};
+use crossbeam::channel::{bounded, Receiver, Sender};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use super::inspect::table;
 use super::Error;
-use crate::log::{Appender, Durability, DurableWatch, LogError, LogOptions, Offset, Reader};
+use crate::bus::{Bus, Topic, TopicProducer};
+use crate::group::describe;
+use crate::log::format::{RECORD_ALIGN, RECORD_HEADER_BYTES};
+use crate::log::{Durability, LogOptions, Offset, Reader};
 use crate::metrics::{format_ns, LatencyHistogram};
+use crate::pipeline::{Emitter, Pipeline, Routing, ScaleReport, Sink, Source, SourceStep};
+use member::{ChildMember, Control, MemberReport};
+use order::{risk_score, Order, Tally, ORDER_BYTES};
 
-/// Bytes of every demo event.
-const EVENT_BYTES: usize = 100;
-/// One append in this many is timed until durable.
-const SAMPLE_EVERY: u64 = 1000;
-/// The progress bar moves every this many events.
-const PROGRESS_EVERY: u64 = 1 << 16;
-/// Samples the checker may lag behind by before the producer drops new ones.
-const SAMPLES_QUEUED_MAX: usize = 1 << 14;
-/// Longest wait for one sampled record to become durable.
-const DURABLE_WAIT_MAX: Duration = Duration::from_secs(60);
-/// Events appended one at a time, each waiting for its sync, for the durable-ack latency.
-const PACED_EVENTS: u64 = 2000;
+/// The demo's topic.
+const TOPIC: &str = "orders";
+/// The demo's consumer group.
+const GROUP: &str = "risk-report";
+/// Partitions of the topic.
+const PARTITIONS: u32 = 4;
+/// The pipeline stage that scales.
+const RISK_STAGE: &str = "risk";
+/// Orders the source makes per call (it checks the step gate between calls).
+const SOURCE_BATCH: u64 = 256;
+/// How often the driver redraws the progress display and checks the steps.
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+/// How often the driver checks whether a step is due.
+const STEP_CHECK_EVERY: Duration = Duration::from_millis(2);
+/// Longest wait for the member process to join.
+const CHILD_JOIN_WAIT: Duration = Duration::from_secs(30);
+/// Longest wait for the members to deliver the last orders once the pipeline is done.
+const DRAIN_WAIT: Duration = Duration::from_secs(120);
+/// The replay's progress bar moves every this many records.
+const REPLAY_PROGRESS_EVERY: u64 = 1 << 16;
 
+/// One scripted step of the scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// Scale the risk stage to this many workers.
+    Scale(usize),
+    /// Start the member process.
+    JoinChild,
+    /// Have the second member thread leave the group.
+    Leave,
+}
+
+/// The steps, each due when the source has made this many thousandths of the orders.
+const STEPS: [(u64, Step); 6] = [
+    (100, Step::Scale(2)),
+    (250, Step::JoinChild),
+    (400, Step::Scale(3)),
+    (550, Step::Leave),
+    (700, Step::Scale(2)),
+    (850, Step::Scale(1)),
+];
+
+/// Counters the hot threads bump once per batch and the driver reads.
+#[derive(Debug, Default)]
+struct Progress {
+    /// Orders the source has made.
+    produced: AtomicU64,
+    /// The source makes no order with an id at or past this until the driver raises it.
+    gate: AtomicU64,
+    /// Wrapping sum of the seals of the orders made.
+    seal_sum: AtomicU64,
+    /// ns the source spent waiting at the gate.
+    held_ns: AtomicU64,
+    /// Orders appended to the topic.
+    appended: AtomicU64,
+}
+
+/// What the topic stage reports when it is dropped.
+#[derive(Debug)]
+struct SinkReport {
+    /// The final sync of every partition (its error, if any).
+    synced: Result<(), String>,
+    /// When the last order became durable.
+    durable_at: Instant,
+    /// Data syncs of all partitions.
+    syncs: u64,
+    /// Their latencies (all partitions).
+    sync_latency: LatencyHistogram,
+}
+
+/// The pipeline's last stage: appends every order to the topic, keyed by account; on drop,
+/// syncs and reports (see the module docs).
+struct TopicSink {
+    producer: TopicProducer,
+    progress: Arc<Progress>,
+    report: Sender<SinkReport>,
+}
+
+impl TopicSink {
+    fn append(&mut self, orders: &[Order]) {
+        for order in orders {
+            if let Err(e) = self.producer.send(order.account, bytemuck::bytes_of(order)) {
+                // Stops the pipeline with PipelineError::Panicked naming the error.
+                panic!("append to topic {} failed: {e}", self.producer.topic().name());
+            }
+        }
+        self.progress.appended.fetch_add(orders.len() as u64, Ordering::Relaxed);
+    }
+}
+
+impl Drop for TopicSink {
+    fn drop(&mut self) {
+        let synced = self.producer.sync().map_err(|e| e.to_string());
+        let durable_at = Instant::now();
+        let (mut syncs, mut sync_latency) = (0, LatencyHistogram::new());
+        for p in 0..self.producer.topic().partitions() {
+            if let Some(appender) = self.producer.partition(p) {
+                let (n, hist) = appender.sync_stats();
+                syncs += n;
+                sync_latency.merge(&hist);
+            }
+        }
+        let _ = self.report.try_send(SinkReport { synced, durable_at, syncs, sync_latency });
+    }
+}
+
+/// `shoal demo [--dir <DIR>] [--events <N>]`.
 pub(super) fn run(dir: Option<&Path>, events: u64) -> Result<ExitCode, Error> {
     // The temporary directory (if any) lives until the end of the demo.
     let temp;
@@ -50,294 +183,576 @@ pub(super) fn run(dir: Option<&Path>, events: u64) -> Result<ExitCode, Error> {
             temp.path().to_path_buf()
         }
     };
-    let opts = LogOptions { durability: Durability::Batch, ..LogOptions::default() };
-    let mut log = Appender::open(&dir, opts)?;
-    let first = log.next_offset().0;
+    let bus = Bus::open(&dir)?;
+    if bus.topics()?.iter().any(|t| t == TOPIC) {
+        return Err(Error::new(format!(
+            "{}: this bus already holds a topic {TOPIC:?} from an earlier demo; pass an empty directory (or no --dir)",
+            dir.display()
+        )));
+    }
+    let topic = bus.topic_or_create(TOPIC, Some(PARTITIONS))?;
+    let opts = LogOptions {
+        durability: Durability::Batch,
+        segment_bytes: segment_bytes(events),
+        max_record_bytes: 4096,
+        ..LogOptions::default()
+    };
+    let mut producer = topic.producer(opts)?;
+    let backend = producer.partition(0).map_or("?", |a| a.io_backend());
     eprintln!(
-        "shoal demo: {} events of {EVENT_BYTES} bytes into {} (Batch durability, {} backend)",
+        "shoal demo: {} orders of {ORDER_BYTES} bytes through a scaling pipeline into topic {TOPIC:?} \
+         ({PARTITIONS} partitions, Batch durability, {backend} backend) in {}, consumed by group {GROUP:?}",
         grouped(events),
-        dir.display(),
-        log.io_backend()
+        dir.display()
     );
 
-    let produced = produce(&mut log, events)?;
-    let (syncs, sync_hist) = log.sync_stats();
-    log.close()?;
-    let one_at_a_time = durable_one_at_a_time(&dir.join("one-at-a-time"), PACED_EVENTS.min(events))?;
+    let mut scenario = Scenario::start(&bus, &dir, events)?;
+    let produced = scenario.produce(producer)?;
+    let members = scenario.drain()?;
+    let replay = replay(&topic, events)?;
+    let lag = group_lag(&bus)?;
+    report(events, &produced, &members, &replay, lag, backend)
+}
 
-    let replay = replay(&dir, first, events)?;
-    let check = verify(&dir, first, events)?;
+/// `shoal demo-member`: a member of the demo's group in a child process.
+pub(super) fn run_member(bus: &Path, group: &str, topic: &str, events: u64, report: &Path) -> Result<ExitCode, Error> {
+    member::run_child(bus, group, topic, events, report)
+}
 
+/// Segments big enough for a couple per partition, between 1 and 64 MiB.
+fn segment_bytes(events: u64) -> u64 {
+    let per_partition = events.saturating_mul(record_bytes()) / PARTITIONS as u64;
+    (per_partition / 2).next_power_of_two().clamp(1 << 20, 64 << 20)
+}
+
+/// Bytes an order takes in the log: the record header and the payload, aligned.
+fn record_bytes() -> u64 {
+    (RECORD_HEADER_BYTES + ORDER_BYTES.next_multiple_of(RECORD_ALIGN)) as u64
+}
+
+/// A member thread of this process.
+struct ThreadMember {
+    control: Arc<Control>,
+    thread: JoinHandle<Result<MemberReport, Error>>,
+}
+
+impl ThreadMember {
+    /// Starts member `n` and waits until it has joined.
+    fn start(bus: &Bus, n: usize, events: u64) -> Result<ThreadMember, Error> {
+        let control = Arc::new(Control::default());
+        let (joined_tx, joined) = bounded(1);
+        let (bus, thread_control) = (bus.clone(), control.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("shoal-demo-member-{n}"))
+            .spawn(move || {
+                let label = format!("shoal demo member {n} (thread), pid {}", std::process::id());
+                member::consume(&bus, GROUP, TOPIC, events, label, &thread_control, |_| {
+                    let _ = joined_tx.try_send(());
+                })
+            })
+            .map_err(|e| Error::new(format!("starting member thread {n} failed: {e}")))?;
+        let member = ThreadMember { control, thread };
+        if joined.recv_timeout(CHILD_JOIN_WAIT).is_err() {
+            member.control.leave.store(true, Ordering::Relaxed);
+            return Err(member.finish().err().unwrap_or_else(|| Error::new(format!("member {n} did not join"))));
+        }
+        Ok(member)
+    }
+
+    fn consumed(&self) -> u64 {
+        self.control.consumed.load(Ordering::Relaxed)
+    }
+
+    /// Waits for it to end (it does once the group has committed every order).
+    fn finish(self) -> Result<MemberReport, Error> {
+        self.thread.join().map_err(|_| Error::new("a member thread panicked"))?
+    }
+}
+
+impl Drop for Scenario {
+    /// On an early return, members still running are asked to leave (the child is killed
+    /// by its own drop if it does not).
+    fn drop(&mut self) {
+        for m in self.threads.iter().chain(self.left.iter()) {
+            m.control.leave.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The live parts of the scenario, driven by this thread.
+struct Scenario {
+    dir: PathBuf,
+    events: u64,
+    /// Member 1 (stays) and, until it leaves, member 2.
+    threads: Vec<ThreadMember>,
+    /// Member 2 after it was told to leave, until it is joined.
+    left: Vec<ThreadMember>,
+    /// Reports of members that have ended.
+    reports: Vec<(String, MemberReport)>,
+    child: Option<ChildMember>,
+    child_label: String,
+    progress: Arc<Progress>,
+    bars: Bars,
+    risk_workers: usize,
+    /// What each step did, for the table.
+    scales: Vec<ScaleReport>,
+    membership: Vec<String>,
+}
+
+/// What the production phase measured.
+struct Produced {
+    elapsed: Duration,
+    held: Duration,
+    seal_sum: u64,
+    syncs: u64,
+    sync_latency: LatencyHistogram,
+    scales: Vec<ScaleReport>,
+    membership: Vec<String>,
+}
+
+/// The members' reports, labelled.
+struct Members {
+    reports: Vec<(String, MemberReport)>,
+}
+
+impl Scenario {
+    fn start(bus: &Bus, dir: &Path, events: u64) -> Result<Scenario, Error> {
+        let threads = vec![ThreadMember::start(bus, 1, events)?, ThreadMember::start(bus, 2, events)?];
+        Ok(Scenario {
+            dir: dir.to_path_buf(),
+            events,
+            threads,
+            left: Vec::new(),
+            reports: Vec::new(),
+            child: None,
+            child_label: String::new(),
+            progress: Arc::new(Progress::default()),
+            bars: Bars::new(events),
+            risk_workers: 1,
+            scales: Vec::new(),
+            membership: vec!["members 1 and 2 (threads) joined before the first order".to_string()],
+        })
+    }
+
+    /// Runs the pipeline and the steps until every order is durable in the topic.
+    fn produce(&mut self, producer: TopicProducer) -> Result<Produced, Error> {
+        let events = self.events;
+        let progress = self.progress.clone();
+        progress.gate.store(milestone(events, 0), Ordering::Release);
+        let (sink_tx, sink_rx) = bounded(1);
+        let mut sink = TopicSink { producer, progress: progress.clone(), report: sink_tx };
+        let started = Instant::now();
+        let mut pipeline = Pipeline::<Order>::builder()
+            .source("orders", order_source(events, progress.clone()))
+            .stage(RISK_STAGE, 1, Routing::ByKey(Order::key), |_| {
+                |batch: &[Order], e: &mut Emitter<Order>| {
+                    for order in batch {
+                        let mut scored = *order;
+                        scored.risk = risk_score(order.account, order.amount_cents);
+                        e.emit(scored);
+                    }
+                }
+            })
+            .sink("topic", Sink::closure(move |batch: &[Order]| sink.append(batch)))
+            .build()
+            .map_err(|e| Error::new(format!("starting the pipeline failed: {e}")))?;
+
+        let mut step = 0;
+        let mut next_draw = Instant::now();
+        // Bounded: ends when the source has made every order or the pipeline failed.
+        loop {
+            let made = progress.produced.load(Ordering::Acquire);
+            if step < STEPS.len() && made >= milestone(events, step) {
+                self.run_step(&mut pipeline, STEPS[step].1, made)?;
+                step += 1;
+                let gate = if step < STEPS.len() { milestone(events, step) } else { u64::MAX };
+                progress.gate.store(gate, Ordering::Release);
+            }
+            if Instant::now() >= next_draw {
+                next_draw = Instant::now() + PROGRESS_EVERY;
+                self.draw();
+            }
+            if made >= events || pipeline.is_failed() {
+                break;
+            }
+            std::thread::sleep(STEP_CHECK_EVERY);
+        }
+        pipeline.join().map_err(|e| Error::new(format!("the pipeline failed: {e}")))?;
+        let sink = recv_sink(&sink_rx)?;
+        sink.synced.map_err(|e| Error::new(format!("the final sync of topic {TOPIC:?} failed: {e}")))?;
+        self.draw();
+        Ok(Produced {
+            elapsed: sink.durable_at.duration_since(started),
+            held: Duration::from_nanos(progress.held_ns.load(Ordering::Relaxed)),
+            seal_sum: progress.seal_sum.load(Ordering::Acquire),
+            syncs: sink.syncs,
+            sync_latency: sink.sync_latency,
+            scales: std::mem::take(&mut self.scales),
+            membership: std::mem::take(&mut self.membership),
+        })
+    }
+
+    fn run_step(&mut self, pipeline: &mut Pipeline<Order>, step: Step, made: u64) -> Result<(), Error> {
+        let at = format!("at order {}", grouped(made));
+        match step {
+            Step::Scale(workers) => {
+                let report = pipeline
+                    .scale(RISK_STAGE, workers)
+                    .map_err(|e| Error::new(format!("scaling stage {RISK_STAGE:?} to {workers} failed: {e}")))?;
+                self.risk_workers = report.to;
+                self.scales.push(report);
+            }
+            Step::JoinChild => {
+                let report = self.dir.join(format!("demo-member-{}.report", std::process::id()));
+                let mut child = ChildMember::spawn(&self.dir, GROUP, TOPIC, self.events, &report)?;
+                let started = Instant::now();
+                child.wait_joined(CHILD_JOIN_WAIT)?;
+                self.child_label = format!("member 3 (process {})", child.pid());
+                self.membership.push(format!(
+                    "{} joined {at} ({} from start to member)",
+                    self.child_label,
+                    format_ns(started.elapsed().as_nanos() as u64)
+                ));
+                self.child = Some(child);
+            }
+            Step::Leave => {
+                if self.threads.len() > 1 {
+                    let member = self.threads.remove(1);
+                    member.control.leave.store(true, Ordering::Relaxed);
+                    self.left.push(member);
+                    self.membership.push(format!("member 2 (thread) left {at}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the members to deliver every order and end; returns their reports.
+    fn drain(&mut self) -> Result<Members, Error> {
+        let deadline = Instant::now() + DRAIN_WAIT;
+        let mut next_draw = Instant::now();
+        // Bounded by the deadline.
+        loop {
+            let threads_done = self.threads.iter().chain(&self.left).all(|m| m.thread.is_finished());
+            let child_done = self.child.as_mut().is_none_or(ChildMember::is_finished);
+            if threads_done && child_done {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::new(format!(
+                    "the consumer group did not deliver every order within {DRAIN_WAIT:?} of the last append"
+                )));
+            }
+            if Instant::now() >= next_draw {
+                next_draw = Instant::now() + PROGRESS_EVERY;
+                self.draw();
+            }
+            std::thread::sleep(STEP_CHECK_EVERY);
+        }
+        self.draw();
+        self.bars.finish();
+        for (n, member) in self.threads.drain(..).enumerate() {
+            let label = if n == 0 { "member 1 (thread)" } else { "member 2 (thread)" };
+            self.reports.push((label.to_string(), member.finish()?));
+        }
+        for member in self.left.drain(..) {
+            self.reports.push(("member 2 (thread)".to_string(), member.finish()?));
+        }
+        if let Some(child) = self.child.take() {
+            let report = child.finish(DRAIN_WAIT)?;
+            self.reports.push((std::mem::take(&mut self.child_label), report));
+        }
+        self.reports.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Members { reports: std::mem::take(&mut self.reports) })
+    }
+
+    fn draw(&mut self) {
+        let consumed = self.threads.iter().chain(&self.left).map(ThreadMember::consumed).sum::<u64>()
+            + self.child.as_ref().map_or(0, ChildMember::consumed);
+        let members = self.threads.len() + usize::from(self.child.is_some());
+        self.bars.draw(
+            self.progress.produced.load(Ordering::Relaxed),
+            self.progress.appended.load(Ordering::Relaxed),
+            consumed,
+            format!("risk stage: {} workers, group: {members} members", self.risk_workers),
+        );
+    }
+}
+
+/// The source: orders 0, 1, 2, ... in batches, up to the gate (see the module docs).
+fn order_source(events: u64, progress: Arc<Progress>) -> Source<Order> {
+    let mut next = 0u64;
+    let mut seal_sum = 0u64;
+    Source::closure(move |e: &mut Emitter<Order>| {
+        let gate = progress.gate.load(Ordering::Acquire).min(events);
+        if next >= events {
+            return SourceStep::Done;
+        }
+        if next >= gate {
+            // Held at a step: return soon, so that a scale can pause the source.
+            let held = Instant::now();
+            std::thread::sleep(Duration::from_micros(200));
+            progress.held_ns.fetch_add(held.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            return SourceStep::Continue;
+        }
+        let end = (next + SOURCE_BATCH).min(gate);
+        for id in next..end {
+            let order = Order::new(id, crate::log::now_ns());
+            seal_sum = seal_sum.wrapping_add(order.check);
+            e.emit(order);
+        }
+        next = end;
+        progress.seal_sum.store(seal_sum, Ordering::Release);
+        // pairs with the driver's Acquire load: the sum above is visible once the count is
+        progress.produced.store(next, Ordering::Release);
+        if next >= events {
+            SourceStep::Done
+        } else {
+            SourceStep::Continue
+        }
+    })
+}
+
+/// The order count at which step `i` is due.
+fn milestone(events: u64, i: usize) -> u64 {
+    (events as u128 * STEPS[i].0 as u128 / 1000) as u64
+}
+
+fn recv_sink(rx: &Receiver<SinkReport>) -> Result<SinkReport, Error> {
+    rx.recv_timeout(Duration::from_secs(1))
+        .map_err(|_| Error::new("the topic stage ended without reporting its final sync"))
+}
+
+/// The progress display: orders made, appended, consumed.
+struct Bars {
+    multi: MultiProgress,
+    produced: ProgressBar,
+    appended: ProgressBar,
+    consumed: ProgressBar,
+}
+
+impl Bars {
+    fn new(events: u64) -> Bars {
+        let multi = MultiProgress::new();
+        let bar = |name: &str| {
+            let bar = multi.add(ProgressBar::new(events));
+            let template = format!("{name:<9} [{{bar:40}}] {{human_pos}}/{{human_len}} {{per_sec:>14}} {{msg}}");
+            if let Ok(style) = ProgressStyle::with_template(&template) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar
+        };
+        Bars { produced: bar("made"), appended: bar("appended"), consumed: bar("consumed"), multi }
+    }
+
+    fn draw(&self, produced: u64, appended: u64, consumed: u64, message: String) {
+        self.produced.set_position(produced);
+        self.appended.set_position(appended);
+        self.consumed.set_position(consumed);
+        self.consumed.set_message(message);
+    }
+
+    fn finish(&self) {
+        for bar in [&self.produced, &self.appended, &self.consumed] {
+            bar.finish_and_clear();
+        }
+        let _ = self.multi.clear();
+    }
+}
+
+/// What the replay found.
+struct Replayed {
+    tally: Tally,
+    elapsed: Duration,
+}
+
+/// Reads every partition from offset 0 and checks every record.
+fn replay(topic: &Topic, events: u64) -> Result<Replayed, Error> {
+    let bar = ProgressBar::new(events);
+    if let Ok(style) = ProgressStyle::with_template("replaying [{bar:40}] {human_pos}/{human_len} {per_sec}") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    let started = Instant::now();
+    let mut tally = Tally::new(events);
+    for p in 0..topic.partitions() {
+        let mut reader = Reader::open(topic.partition_dir(p)?)?;
+        reader.seek(Offset(0))?;
+        // Bounded by the partition's records (each call moves on or ends the loop).
+        loop {
+            let offset = reader.next_offset().0;
+            match reader.next() {
+                Ok(Some(record)) => {
+                    let key = record.key();
+                    tally.add(p, topic.partitions(), offset, key, record.payload_as::<Order>().ok());
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tally.unreadable(p, offset, &e.to_string());
+                    break;
+                }
+            }
+            if tally.records % REPLAY_PROGRESS_EVERY == 0 {
+                bar.set_position(tally.records);
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    Ok(Replayed { tally, elapsed })
+}
+
+/// Records of the topic the group has not committed.
+fn group_lag(bus: &Bus) -> Result<u64, Error> {
+    Ok(describe(bus)?
+        .iter()
+        .filter(|g| g.group == GROUP && g.topic == TOPIC)
+        .flat_map(|g| g.partitions.iter().map(|p| p.lag))
+        .sum())
+}
+
+/// Prints the table; the exit status says whether everything checked out.
+fn report(
+    events: u64,
+    produced: &Produced,
+    members: &Members,
+    replay: &Replayed,
+    lag: u64,
+    backend: &str,
+) -> Result<ExitCode, Error> {
     let secs = |d: Duration| d.as_secs_f64().max(1e-9);
-    let payload_bytes = (events * EVENT_BYTES as u64) as f64;
-    let latency = &produced.latency;
-    let rows = [
-        ("events", format!("{} x {EVENT_BYTES} bytes", grouped(events))),
+    let t = &replay.tally;
+    let mut latency = LatencyHistogram::new();
+    let mut union = order::IdSet::new(events);
+    let (mut delivered, mut bad) = (0u64, 0u64);
+    for (_, r) in &members.reports {
+        r.record_latency_into(&mut latency);
+        union.union_with(&r.seen);
+        delivered += r.delivered;
+        bad += r.bad;
+    }
+    let distinct = union.len();
+    let never_delivered = events - distinct;
+    let scales = &produced.scales;
+    let path = scales.iter().fold(String::from("1"), |s, r| format!("{s} -> {}", r.to));
+    let pauses = scales.iter().map(|r| format_ns(r.pause.as_nanos() as u64)).collect::<Vec<_>>().join(", ");
+    let checksum_ok = t.seal_sum == produced.seal_sum;
+
+    let mut rows = vec![
         (
-            "append",
+            "events",
             format!(
-                "{:.2} M events/s, {:.0} MB/s ({:.2} s)",
-                events as f64 / secs(produced.append) / 1e6,
-                payload_bytes / secs(produced.append) / 1e6,
-                produced.append.as_secs_f64()
+                "{} orders x {ORDER_BYTES} bytes into {PARTITIONS} partitions (Batch durability, {backend})",
+                grouped(events)
             ),
         ),
-        ("all durable after", format!("{:.2} s (appends and the final sync)", produced.all_durable.as_secs_f64())),
         (
-            "data syncs",
+            "events/s",
             format!(
-                "{}, each p50 {} / p99 {}",
-                grouped(syncs),
-                format_ns(sync_hist.quantile_ns(0.5)),
-                format_ns(sync_hist.quantile_ns(0.99))
-            ),
-        ),
-        (
-            "durable latency",
-            format!(
-                "p50 {} / p99 {} / p99.9 {} / max {} ({} samples{})",
-                format_ns(latency.quantile_ns(0.5)),
-                format_ns(latency.quantile_ns(0.99)),
-                format_ns(latency.quantile_ns(0.999)),
-                format_ns(latency.max_ns()),
-                grouped(latency.count()),
-                if produced.samples_missed > 0 {
-                    format!(", {} not timed", grouped(produced.samples_missed))
-                } else {
+                "{:.2} M/s made, scored and durable ({:.2} s from the first order to the last data sync{})",
+                events as f64 / secs(produced.elapsed) / 1e6,
+                produced.elapsed.as_secs_f64(),
+                if produced.held.is_zero() {
                     String::new()
+                } else {
+                    format!(", {} of it held at steps", format_ns(produced.held.as_nanos() as u64))
                 }
             ),
         ),
         (
-            "durable ack",
+            "durable MB/s",
             format!(
-                "p50 {} / p99 {} / p99.9 {} one at a time ({} appends, each waiting for its own sync)",
-                format_ns(one_at_a_time.quantile_ns(0.5)),
-                format_ns(one_at_a_time.quantile_ns(0.99)),
-                format_ns(one_at_a_time.quantile_ns(0.999)),
-                grouped(one_at_a_time.count()),
+                "{:.0} MB/s of records ({} bytes each with the header), {} data syncs p50 {} / p99 {}",
+                (events * record_bytes()) as f64 / secs(produced.elapsed) / 1e6,
+                record_bytes(),
+                grouped(produced.syncs),
+                format_ns(produced.sync_latency.quantile_ns(0.5)),
+                format_ns(produced.sync_latency.quantile_ns(0.99))
             ),
         ),
         (
-            "replay",
+            "end-to-end",
             format!(
-                "{:.2} GB/s of payload, {:.1} M events/s ({:.3} s)",
-                payload_bytes / secs(replay) / 1e9,
-                events as f64 / secs(replay) / 1e6,
-                replay.as_secs_f64()
+                "p50 {} / p99 {} / p99.9 {} / max {} (made -> delivered to a member, {} deliveries)",
+                format_ns(latency.quantile_ns(0.5)),
+                format_ns(latency.quantile_ns(0.99)),
+                format_ns(latency.quantile_ns(0.999)),
+                format_ns(latency.max_ns()),
+                grouped(latency.count())
             ),
         ),
-        (
-            "verified",
-            format!(
-                "{} intact, {} lost, {} duplicated, {} corrupt; checksum {}",
-                grouped(check.intact),
-                grouped(check.lost),
-                grouped(check.duplicated),
-                grouped(check.corrupt),
-                if check.crc == produced.crc { "matches" } else { "DIFFERS" }
-            ),
-        ),
+        ("scale pauses", format!("risk stage {path} workers while orders flowed: {pauses}")),
     ];
+    for line in &produced.membership {
+        rows.push(("membership", line.clone()));
+    }
+    for (label, r) in &members.reports {
+        let pauses = match r.pauses.count {
+            0 => "gained no partition after joining".to_string(),
+            n => format!(
+                "gained {n} partition{} after joining, pause p50 {} / p99 {} / max {}",
+                if n == 1 { "" } else { "s" },
+                format_ns(r.pauses.p50_ns),
+                format_ns(r.pauses.p99_ns),
+                format_ns(r.pauses.max_ns)
+            ),
+        };
+        rows.push(("rebalance pauses", format!("{label}: {pauses}; {} delivered", grouped(r.delivered))));
+    }
+    rows.push((
+        "delivered",
+        format!(
+            "{} to the group: {} duplicates, {} never delivered, {} unreadable, lag at end {}",
+            grouped(delivered),
+            grouped(delivered - distinct.min(delivered)),
+            grouped(never_delivered),
+            grouped(bad),
+            grouped(lag)
+        ),
+    ));
+    rows.push((
+        "replay",
+        format!(
+            "{} records from offset 0 of every partition, {:.1} M/s, each checked",
+            grouped(t.records),
+            t.records as f64 / secs(replay.elapsed) / 1e6
+        ),
+    ));
+    rows.push((
+        "verified",
+        format!(
+            "{} intact, {} lost, {} duplicated, {} corrupt, {} out of order; checksum {}",
+            grouped(t.intact),
+            grouped(t.lost()),
+            grouped(t.duplicated),
+            grouped(t.corrupt),
+            grouped(t.reordered),
+            if checksum_ok { "matches" } else { "DIFFERS" }
+        ),
+    ));
     let mut out = io::stdout().lock();
-    let note = "durable latency: append until the watermark passes the record, with appends running flat out \
-                (so it includes waiting behind the disk's write bandwidth); durable ack: the same, one append at a \
-                time, in a log of its own";
+    let note = "end-to-end: from the producer's wall-clock stamp to the poll that handed the order to a member, \
+                with the source running flat out (so it includes time queued in the rings and the topic)";
     if let Err(e) = writeln!(out, "{}\n\n{note}", table(&rows)).and_then(|()| out.flush()) {
         return super::stdout_failed(e);
     }
-    if let Some(e) = check.error {
-        return Err(e.into());
-    }
-    if check.lost + check.duplicated + check.corrupt > 0 || check.crc != produced.crc {
+    if t.lost() + t.duplicated + t.corrupt + t.reordered > 0 || !checksum_ok {
+        let first = t.first_problem.as_deref().map_or(String::new(), |p| format!(" (first: {p})"));
         return Err(Error::new(format!(
-            "{}: the replay does not match what was appended; the log is kept there for inspection",
-            dir.display()
+            "the replay does not match what was produced: {} lost, {} duplicated, {} corrupt, {} out of order, \
+             checksum {}{first}",
+            t.lost(),
+            t.duplicated,
+            t.corrupt,
+            t.reordered,
+            if checksum_ok { "matches" } else { "differs" }
+        )));
+    }
+    if never_delivered > 0 || bad > 0 {
+        return Err(Error::new(format!(
+            "the consumer group never delivered {never_delivered} orders and delivered {bad} unreadable records"
         )));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// What the append phase measured.
-struct Produced {
-    append: Duration,
-    all_durable: Duration,
-    crc: u32,
-    latency: LatencyHistogram,
-    samples_missed: u64,
-}
-
-fn produce(log: &mut Appender, events: u64) -> Result<Produced, Error> {
-    let (tx, rx) = bounded::<(u64, Instant)>(SAMPLES_QUEUED_MAX);
-    let watch = log.durable_watch();
-    let checker = std::thread::Builder::new()
-        .name("shoal-demo-durable".into())
-        .spawn(move || time_durable(&watch, &rx))
-        .map_err(|e| Error::new(format!("starting the latency checker failed: {e}")))?;
-
-    let bar = ProgressBar::new(events);
-    if let Ok(style) = ProgressStyle::with_template("appending [{bar:40}] {human_pos}/{human_len} {per_sec} eta {eta}")
-    {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    let mut crc = 0u32;
-    let mut dropped = 0u64;
-    let started = Instant::now();
-    for i in 0..events {
-        let offset = log.append_with(EVENT_BYTES, |buf| {
-            fill_event(buf, i);
-            crc = crc32c::crc32c_append(crc, buf);
-        })?;
-        if i % SAMPLE_EVERY == 0 && tx.try_send((offset.0, Instant::now())).is_err() {
-            dropped += 1;
-        }
-        if i % PROGRESS_EVERY == 0 {
-            bar.set_position(i);
-        }
-    }
-    let append = started.elapsed();
-    log.sync()?;
-    let all_durable = started.elapsed();
-    bar.finish_and_clear();
-    drop(tx);
-    let (latency, missed) = match checker.join() {
-        Ok(result) => result?,
-        Err(_) => return Err(Error::new("the latency checker thread panicked")),
-    };
-    Ok(Produced { append, all_durable, crc, latency, samples_missed: dropped + missed })
-}
-
-/// Times each sampled append until it is durable; returns the histogram and how many
-/// samples could not be timed.
-/// Appends one event at a time into a log of its own and waits for each to be durable: the
-/// latency an application sees when it acknowledges every request only once it is on disk.
-fn durable_one_at_a_time(dir: &Path, events: u64) -> Result<LatencyHistogram, Error> {
-    let mut log = Appender::open(dir, LogOptions { durability: Durability::Batch, ..LogOptions::default() })?;
-    let mut hist = LatencyHistogram::new();
-    let mut event = [0u8; EVENT_BYTES];
-    for i in 0..events {
-        fill_event(&mut event, i);
-        let started = Instant::now();
-        let offset = log.append(&event)?;
-        log.wait_durable(offset, None)?;
-        hist.record(started.elapsed().as_nanos() as u64);
-    }
-    log.close()?;
-    Ok(hist)
-}
-
-fn time_durable(watch: &DurableWatch, samples: &Receiver<(u64, Instant)>) -> Result<(LatencyHistogram, u64), LogError> {
-    let mut hist = LatencyHistogram::new();
-    let mut missed = 0;
-    for (offset, appended) in samples {
-        if watch.wait_durable(Offset(offset), Some(DURABLE_WAIT_MAX))? {
-            hist.record(appended.elapsed().as_nanos() as u64);
-        } else {
-            missed += 1;
-        }
-    }
-    Ok((hist, missed))
-}
-
-/// Writes event `index`: the index, then 92 bytes derived from it.
-#[inline]
-fn fill_event(buf: &mut [u8], index: u64) {
-    buf[..8].copy_from_slice(&index.to_le_bytes());
-    let seed = splitmix64(index);
-    for (k, chunk) in buf[8..].chunks_mut(8).enumerate() {
-        let word = seed.wrapping_add((k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).to_le_bytes();
-        chunk.copy_from_slice(&word[..chunk.len()]);
-    }
-}
-
-#[inline]
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// Reads every event once, zero-copy, touching each payload; returns the time it took.
-fn replay(dir: &Path, first: u64, events: u64) -> Result<Duration, Error> {
-    let started = Instant::now();
-    let mut reader = Reader::open(dir)?;
-    reader.seek(Offset(first))?;
-    let mut bytes = 0u64;
-    let mut fold = 0u64;
-    for _ in 0..events {
-        match reader.next()? {
-            Some(record) => {
-                let payload = record.payload();
-                bytes += payload.len() as u64;
-                fold ^= payload.first().copied().unwrap_or(0) as u64;
-            }
-            None => break,
-        }
-    }
-    let elapsed = started.elapsed();
-    // Keeps the reads from being optimised away.
-    std::hint::black_box((bytes, fold));
-    Ok(elapsed)
-}
-
-/// What the verification pass found.
-#[derive(Debug, Default)]
-struct Check {
-    intact: u64,
-    lost: u64,
-    duplicated: u64,
-    corrupt: u64,
-    crc: u32,
-    /// The read error that ended the pass early, if any.
-    error: Option<LogError>,
-}
-
-/// Reads the events back and checks each against what was appended.
-fn verify(dir: &Path, first: u64, events: u64) -> Result<Check, Error> {
-    let bar = ProgressBar::new(events);
-    if let Ok(style) = ProgressStyle::with_template("verifying [{bar:40}] {human_pos}/{human_len}") {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    let mut reader = Reader::open(dir)?;
-    reader.seek(Offset(first))?;
-    let mut check = Check::default();
-    let mut next = 0u64;
-    let mut expected = [0u8; EVENT_BYTES];
-    // Bounded: at most one record per appended event is examined.
-    for n in 0..events {
-        if n % PROGRESS_EVERY == 0 {
-            bar.set_position(n);
-        }
-        let record = match reader.next() {
-            Ok(Some(record)) => record,
-            Ok(None) => break,
-            Err(e) => {
-                check.corrupt += 1;
-                check.error = Some(e);
-                break;
-            }
-        };
-        let payload = record.payload();
-        check.crc = crc32c::crc32c_append(check.crc, payload);
-        let Some(index) = payload.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes) else {
-            check.corrupt += 1;
-            continue;
-        };
-        fill_event(&mut expected, index);
-        if index >= events || payload != expected {
-            check.corrupt += 1;
-        } else if index < next {
-            check.duplicated += 1;
-        } else {
-            check.lost += index - next;
-            check.intact += 1;
-            next = index + 1;
-        }
-    }
-    check.lost += events - next.min(events);
-    bar.finish_and_clear();
-    Ok(check)
 }
 
 /// `3000000` -> `3,000,000`.
@@ -358,44 +773,60 @@ mod tests {
     use super::*;
 
     #[test]
-    fn events_encode_their_index() {
-        let mut a = [0u8; EVENT_BYTES];
-        let mut b = [0u8; EVENT_BYTES];
-        fill_event(&mut a, 41);
-        fill_event(&mut b, 42);
-        assert_ne!(a, b);
-        assert_eq!(u64::from_le_bytes(a[..8].try_into().expect("8 bytes")), 41);
+    fn numbers_and_sizes() {
         assert_eq!(grouped(3_000_000), "3,000,000");
         assert_eq!(grouped(999), "999");
+        assert_eq!(grouped(0), "0");
+        assert_eq!(record_bytes(), 80);
+        assert_eq!(segment_bytes(10), 1 << 20);
+        assert_eq!(segment_bytes(u64::MAX), 64 << 20);
+        assert_eq!(segment_bytes(4_000_000) % 4096, 0);
     }
 
     #[test]
-    fn a_small_demo_verifies() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let code = run(Some(dir.path()), 20_000).expect("demo");
-        assert_eq!(code, ExitCode::SUCCESS);
+    fn steps_come_in_order_mid_stream() {
+        let events = 1_000_000;
+        let marks: Vec<u64> = (0..STEPS.len()).map(|i| milestone(events, i)).collect();
+        assert!(marks.windows(2).all(|w| w[0] < w[1]), "{marks:?}");
+        assert!(marks[0] > 0 && *marks.last().expect("steps") < events);
+        // Scales go up and come back to one worker.
+        let workers: Vec<usize> =
+            STEPS.iter().filter_map(|(_, s)| if let Step::Scale(n) = s { Some(*n) } else { None }).collect();
+        assert_eq!(workers.last(), Some(&1));
+        assert!(workers.iter().any(|&n| n > 2));
     }
 
     #[test]
-    fn verification_counts_lost_duplicated_and_corrupt_events() {
+    fn the_replay_counts_duplicates_garbage_and_missing_orders() {
+        // The whole demo needs the `shoal` executable for its member process: tests/cli.rs
+        // runs it end to end.
         let dir = tempfile::tempdir().expect("tempdir");
-        let opts = LogOptions {
-            segment_bytes: 1 << 20,
-            max_record_bytes: 512 << 10,
-            durability: Durability::Never,
-            ..LogOptions::default()
-        };
-        let mut log = Appender::open(dir.path(), opts).expect("open");
-        let mut buf = [0u8; EVENT_BYTES];
-        for index in [0u64, 1, 3, 3, 4] {
-            fill_event(&mut buf, index);
-            log.append(&buf).expect("append");
+        let bus = Bus::open(dir.path()).expect("bus");
+        let topic = bus.topic_or_create(TOPIC, Some(PARTITIONS)).expect("topic");
+        let mut producer = topic
+            .producer(LogOptions {
+                segment_bytes: 1 << 20,
+                max_record_bytes: 4096,
+                durability: Durability::Never,
+                ..LogOptions::default()
+            })
+            .expect("producer");
+        let mut sum = 0u64;
+        for id in 0..1000 {
+            let mut order = Order::new(id, crate::log::now_ns());
+            order.risk = risk_score(order.account, order.amount_cents);
+            sum = sum.wrapping_add(order.check);
+            producer.send(order.account, bytemuck::bytes_of(&order)).expect("send");
         }
-        fill_event(&mut buf, 5);
-        buf[50] ^= 1;
-        log.append(&buf).expect("append");
-        log.close().expect("close");
-        let check = verify(dir.path(), 0, 7).expect("verify");
-        assert_eq!((check.intact, check.lost, check.duplicated, check.corrupt), (4, 3, 1, 1));
+        // One order twice, one garbage record.
+        let mut again = Order::new(5, 1);
+        again.risk = risk_score(again.account, again.amount_cents);
+        producer.send(again.account, bytemuck::bytes_of(&again)).expect("send");
+        producer.send_to(0, 0, b"not an order").expect("send");
+        drop(producer);
+        let replayed = replay(&topic, 1001).expect("replay");
+        let t = &replayed.tally;
+        assert_eq!((t.records, t.intact, t.lost(), t.duplicated, t.corrupt), (1002, 1000, 1, 1, 1));
+        assert_eq!(t.seal_sum, sum);
     }
 }
