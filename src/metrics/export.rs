@@ -35,7 +35,7 @@ use super::snapshot::{BusSnapshot, StageSnapshot};
 use super::LatencyHistogram;
 
 /// Records the gauges and counters of every partition and group of `snapshot` in the
-/// installed `metrics` recorder (see the [module docs](self) for the names).
+/// installed `metrics` recorder (the names are listed in `src/metrics/export.rs`).
 pub fn export(snapshot: &BusSnapshot) {
     let rates = snapshot.rates_over.is_some();
     for topic in &snapshot.topics {

@@ -9,8 +9,8 @@
 //! offsets and (from two snapshots) append rates; per consumer group, members, owners,
 //! committed offsets and lag. [`StageSnapshot`] turns a pipeline's [`StageMetrics`](crate::pipeline::StageMetrics)
 //! into plain figures with hop latency quantiles; [`Snapshot`] holds both. `shoal top`
-//! prints them. With the cargo feature `metrics`, [`export`] (and [`export_pipeline`],
-//! [`PipelineExporter`]) record them through the `metrics` facade, so that any exporter the
+//! prints them. With the cargo feature `metrics`, `export` (and `export_pipeline`,
+//! `PipelineExporter`) record them through the `metrics` facade, so that any exporter the
 //! application installed (Prometheus or another) sees them.
 
 mod snapshot;

@@ -143,7 +143,7 @@ pub struct BusSnapshot {
 
 impl BusSnapshot {
     /// Takes a snapshot of every topic and group of `bus`. Reads only: it never creates or
-    /// removes a file, and reads no record (see the [module docs](self) for the cost).
+    /// removes a file, and reads no record (its cost is described in `src/metrics/snapshot.rs`).
     ///
     /// # Errors
     /// I/O errors listing the bus, a damaged topic `meta` file ([`BusError::BadMeta`]), log
