@@ -696,7 +696,12 @@ fn report(
                 format_ns(r.pauses.max_ns)
             ),
         };
-        rows.push(("rebalance pauses", format!("{label}: {pauses}; {} delivered", grouped(r.delivered))));
+        let first = if label.contains("process") && r.first_delivery_ns > 0 {
+            format!(", first delivery {} after joining mid-stream", format_ns(r.first_delivery_ns))
+        } else {
+            String::new()
+        };
+        rows.push(("rebalance pauses", format!("{label}: {pauses}{first}; {} delivered", grouped(r.delivered))));
     }
     rows.push((
         "delivered",

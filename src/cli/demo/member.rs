@@ -13,8 +13,8 @@
 //! after it has left the group and written its report. A closed stdin asks it to leave
 //! now. The report is a binary file (written under a temporary name, then renamed):
 //! [`REPORT_MAGIC`], then little-endian u64 words: delivered, delivered again, bad
-//! payloads, rebalances, pause count, pause p50, p99 and max (ns), id bits, latency pairs
-//! `k`; then `k` pairs (ns, count); then the id set's words. [`decode_report`] checks every
+//! payloads, rebalances, pause count, pause p50, p99 and max (ns), ns from joining to the
+//! first delivery, id bits, latency pairs `k`; then `k` pairs (ns, count); then the id set's words. [`decode_report`] checks every
 //! length: the file comes from another process.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -46,7 +46,7 @@ const CHILD_PROGRESS_EVERY: Duration = Duration::from_millis(100);
 /// The first eight bytes of a child's report.
 pub(super) const REPORT_MAGIC: [u8; 8] = *b"SHDEMOR1";
 /// u64 words of a report's fixed part, after the magic.
-const REPORT_HEADER_WORDS: usize = 10;
+const REPORT_HEADER_WORDS: usize = 11;
 
 /// What a member thread is told and tells: shared with the thread that drives the demo.
 #[derive(Debug, Default)]
@@ -95,6 +95,9 @@ pub(super) struct MemberReport {
     pub(super) rebalances: u64,
     /// Its rebalance pauses.
     pub(super) pauses: Pauses,
+    /// From joining to the first poll that returned records (0 when none did): for a member
+    /// that joins mid-stream, how long until the partitions it took deliver.
+    pub(super) first_delivery_ns: u64,
     /// End-to-end latency: (ns, count) for each recorded value.
     pub(super) latency: Vec<(u64, u64)>,
     /// Ids delivered to it.
@@ -146,6 +149,8 @@ pub(super) fn consume(
     on_join: impl FnOnce(&str),
 ) -> Result<MemberReport, Error> {
     let mut member = Member::join(bus, group, topic, GroupOptions { label, ..GroupOptions::default() })?;
+    let joined_at = Instant::now();
+    let mut first_delivery_ns = 0;
     on_join(member.id());
     let mut latency = latency_histogram()?;
     let mut seen = IdSet::new(events);
@@ -165,6 +170,9 @@ pub(super) fn consume(
             continue;
         }
         let now = now_ns();
+        if delivered == 0 {
+            first_delivery_ns = joined_at.elapsed().as_nanos() as u64;
+        }
         for delivery in &batch {
             match delivery.record.payload_as::<Order>() {
                 Ok(order) if order.id < events => {
@@ -188,6 +196,7 @@ pub(super) fn consume(
         bad,
         rebalances: stats.rebalances,
         pauses: Pauses::of(&stats.pause),
+        first_delivery_ns,
         latency: latency.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect(),
         seen,
     })
@@ -207,6 +216,7 @@ pub(super) fn encode_report(r: &MemberReport) -> Vec<u8> {
         r.pauses.p50_ns,
         r.pauses.p99_ns,
         r.pauses.max_ns,
+        r.first_delivery_ns,
         r.seen.bits(),
         r.latency.len() as u64,
     ];
@@ -229,7 +239,7 @@ pub(super) fn decode_report(bytes: &[u8], events: u64) -> Result<MemberReport, S
     let words: Vec<u64> =
         body.chunks_exact(8).map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect();
     let header = words.get(..REPORT_HEADER_WORDS).ok_or("it is shorter than its header")?;
-    let (bits, pairs) = (header[8], header[9]);
+    let (bits, pairs) = (header[9], header[10]);
     if bits != events {
         return Err(format!("it is for {bits} orders, not {events}"));
     }
@@ -248,6 +258,7 @@ pub(super) fn decode_report(bytes: &[u8], events: u64) -> Result<MemberReport, S
         bad: header[2],
         rebalances: header[3],
         pauses: Pauses { count: header[4], p50_ns: header[5], p99_ns: header[6], max_ns: header[7] },
+        first_delivery_ns: header[8],
         latency,
         seen,
     })
@@ -462,6 +473,7 @@ mod tests {
             bad: 0,
             rebalances: 2,
             pauses: Pauses { count: 2, p50_ns: 1_000, p99_ns: 2_000, max_ns: 2_001 },
+            first_delivery_ns: 7_000,
             latency: vec![(500, 3), (9_000, 1)],
             seen,
         }
@@ -490,7 +502,7 @@ mod tests {
         bad_magic[0] ^= 1;
         assert!(decode_report(&bad_magic, 100).is_err());
         let mut huge_pairs = good.clone();
-        huge_pairs[8 + 8 * 9..8 + 8 * 10].copy_from_slice(&u64::MAX.to_le_bytes());
+        huge_pairs[8 + 8 * 10..8 + 8 * 11].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(decode_report(&huge_pairs, 100).is_err());
         let mut longer = good;
         longer.extend_from_slice(&[0; 8]);
