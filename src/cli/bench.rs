@@ -15,8 +15,11 @@
 //!
 //! The ring's two threads are pinned to two different usable CPUs (`shoal::affinity`) and
 //! timed from the moment both run until the consumer has the last value; rtrb gets the same
-//! pinning. The log figures use a fresh log (and the baselines a fresh file) in a scratch
-//! directory for every run; opening is outside the timed part.
+//! pinning. As in `benches/log.rs`, each append and bandwidth figure keeps one log open
+//! across its rounds (with retention, so segments are prepared, rolled over and deleted at
+//! their steady-state rate inside the timed part) after an uncounted warm-up round, and the
+//! buffered baselines append to one file kept open likewise; each O_DIRECT round writes a
+//! fresh preallocated file. Opening and set-up are outside the timed part.
 //!
 //! # Noise
 //! These machines are shared: every measurement runs [`Scale::repeats`] times, shoal and its
@@ -44,7 +47,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map, Value};
 
 use super::{stdout_failed, Error};
-use crate::log::{Appender, Durability, LogOptions, Offset, Reader};
+use crate::log::{Appender, Durability, LogOptions, Offset, Reader, Retention};
 use crate::metrics::{format_ns, LatencyHistogram};
 use crate::ring::{self, WaitStrategy};
 
@@ -109,7 +112,7 @@ impl Scale {
             }
         } else {
             Scale {
-                repeats: 5,
+                repeats: 7,
                 ring_values: 1 << 23,
                 small_records: 1_000_000,
                 sync_each_records: 500,
@@ -137,6 +140,13 @@ pub(super) fn run(quick: bool, json: bool, dir: Option<&Path>) -> Result<ExitCod
         machine.filesystem,
         scale.repeats
     ));
+    if fs_type(root).1 {
+        note(&format!(
+            "shoal bench: {} is in memory ({}): the durability figures there mean nothing; pass --dir on a disk",
+            root.display(),
+            machine.filesystem
+        ));
+    }
     if cfg!(debug_assertions) {
         note("shoal bench: this is a debug build; its figures say little about shoal (use --release)");
     }
@@ -627,13 +637,84 @@ fn ring_rows(scale: &Scale, cpus: Option<(usize, usize)>) -> Result<Vec<Row>, Er
 // --- log append ------------------------------------------------------------------------------
 
 /// Options of a bench log: the defaults (prefaulted segments, as in production) with the
-/// scale's segment size.
+/// scale's segment size, old segments deleted so that long runs do not fill the disk.
 fn log_options(durability: Durability, scale: &Scale) -> LogOptions {
     LogOptions {
         segment_bytes: scale.segment_bytes,
         max_record_bytes: MIB.min(scale.segment_bytes as usize / 4),
         durability,
+        retention: Retention { max_bytes: Some(scale.segment_bytes * 4), max_age: None },
         ..LogOptions::default()
+    }
+}
+
+/// A log kept open across rounds, as in `benches/log.rs`, so that rollovers, the background
+/// preparation of fresh segments and retention run at their steady-state rate inside the
+/// timed part. A `Never` log starts over in a fresh directory (between rounds, outside the
+/// timed part) once it has written eight segments: its sealed segments stay mapped until a
+/// sync covers them, even after retention unlinks them.
+struct SteadyLog<'r> {
+    root: &'r Path,
+    opts: LogOptions,
+    written_bytes: u64,
+    log: Option<(Appender, tempfile::TempDir)>,
+}
+
+impl<'r> SteadyLog<'r> {
+    /// Opens the first log now, outside any timed part.
+    fn open(root: &'r Path, opts: LogOptions) -> Result<SteadyLog<'r>, Error> {
+        let mut steady = SteadyLog { root, opts, written_bytes: 0, log: None };
+        steady.appender(0)?;
+        Ok(steady)
+    }
+
+    /// The appender for a round that will write about `bytes` of records.
+    fn appender(&mut self, bytes: u64) -> Result<&mut Appender, Error> {
+        if self.opts.durability == Durability::Never && self.written_bytes > self.opts.segment_bytes * 8 {
+            self.log = None;
+        }
+        if self.log.is_none() {
+            self.written_bytes = 0;
+        }
+        self.written_bytes += bytes;
+        let log = match self.log.take() {
+            Some(log) => log,
+            None => {
+                let dir = scratch(self.root)?;
+                (Appender::open(dir.path(), self.opts)?, dir)
+            }
+        };
+        Ok(&mut self.log.insert(log).0)
+    }
+}
+
+/// The baselines' file, kept open across rounds like a [`SteadyLog`]; it starts over
+/// (truncated between rounds) once it passes 1 GiB.
+struct SteadyFile {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    file: File,
+}
+
+impl SteadyFile {
+    fn open(root: &Path) -> Result<SteadyFile, Error> {
+        let dir = scratch(root)?;
+        let path = dir.path().join("baseline.log");
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(|e| io_error("creating the baseline file", &path, e))?;
+        Ok(SteadyFile { _dir: dir, path, file })
+    }
+
+    /// The file for the next round.
+    fn file(&self) -> Result<&File, Error> {
+        let len = self.file.metadata().map_err(|e| io_error("stat", &self.path, e))?.len();
+        if len > 1 << 30 {
+            self.file.set_len(0).map_err(|e| io_error("truncate", &self.path, e))?;
+        }
+        Ok(&self.file)
     }
 }
 
@@ -651,63 +732,60 @@ fn wait_durable(log: &Appender, last: Offset) -> Result<(), Error> {
 
 /// Appends `records` copies of `payload` to a fresh log; for a durable level the time runs
 /// until the last record is durable.
-fn shoal_append(
-    root: &Path,
-    scale: &Scale,
-    durability: Durability,
-    payload: &[u8],
-    records: u64,
-) -> Result<Duration, Error> {
-    let dir = scratch(root)?;
-    let mut log = Appender::open(dir.path(), log_options(durability, scale))?;
+fn shoal_append(steady: &mut SteadyLog<'_>, payload: &[u8], records: u64) -> Result<Duration, Error> {
+    let durable = steady.opts.durability != Durability::Never;
+    let log = steady.appender(records * record_stride(payload.len()))?;
     let start = Instant::now();
     let mut last = Offset(0);
     for _ in 0..records {
         last = log.append(payload)?;
     }
-    if durability != Durability::Never {
-        wait_durable(&log, last)?;
+    if durable {
+        wait_durable(log, last)?;
     }
-    let took = start.elapsed();
-    // A `Never` log is dropped unsynced: its directory goes right after.
-    drop(log);
-    Ok(took)
+    Ok(start.elapsed())
+}
+
+/// Bytes of log a record takes: a 32-byte header and the payload padded to 8 bytes.
+fn record_stride(payload_bytes: usize) -> u64 {
+    32 + payload_bytes.next_multiple_of(8) as u64
 }
 
 /// A `BufWriter<File>` writing `records` length-prefixed copies of `payload` to a fresh
 /// file; with `sync_every`, an fdatasync every that many records and at the end.
-fn bufwriter_append(root: &Path, payload: &[u8], records: u64, sync_every: Option<u64>) -> Result<Duration, Error> {
-    let dir = scratch(root)?;
-    let path = dir.path().join("baseline.log");
-    let file = File::create(&path).map_err(|e| io_error("creating the baseline file", &path, e))?;
+fn bufwriter_append(
+    steady: &SteadyFile,
+    payload: &[u8],
+    records: u64,
+    sync_every: Option<u64>,
+) -> Result<Duration, Error> {
+    let (file, path) = (steady.file()?, &steady.path);
     let len = (payload.len() as u32).to_le_bytes();
     let start = Instant::now();
-    let mut w = BufWriter::new(&file);
+    let mut w = BufWriter::new(file);
     for i in 1..=records {
-        w.write_all(&len).and_then(|()| w.write_all(black_box(payload))).map_err(|e| io_error("write", &path, e))?;
+        w.write_all(&len).and_then(|()| w.write_all(black_box(payload))).map_err(|e| io_error("write", path, e))?;
         if sync_every.is_some_and(|k| i % k == 0) {
-            w.flush().and_then(|()| file.sync_data()).map_err(|e| io_error("fdatasync", &path, e))?;
+            w.flush().and_then(|()| file.sync_data()).map_err(|e| io_error("fdatasync", path, e))?;
         }
     }
-    w.flush().map_err(|e| io_error("write", &path, e))?;
+    w.flush().map_err(|e| io_error("write", path, e))?;
     drop(w);
     if sync_every.is_some() {
-        file.sync_data().map_err(|e| io_error("fdatasync", &path, e))?;
+        file.sync_data().map_err(|e| io_error("fdatasync", path, e))?;
     }
     Ok(start.elapsed())
 }
 
 /// A bare `write` of each length-prefixed record, each followed by an fdatasync.
-fn write_fdatasync_each(root: &Path, payload: &[u8], records: u64) -> Result<Duration, Error> {
-    let dir = scratch(root)?;
-    let path = dir.path().join("baseline.log");
-    let mut file = File::create(&path).map_err(|e| io_error("creating the baseline file", &path, e))?;
+fn write_fdatasync_each(steady: &SteadyFile, payload: &[u8], records: u64) -> Result<Duration, Error> {
+    let (mut file, path) = (steady.file()?, &steady.path);
     let mut framed = (payload.len() as u32).to_le_bytes().to_vec();
     framed.extend_from_slice(payload);
     let start = Instant::now();
     for _ in 0..records {
-        file.write_all(&framed).map_err(|e| io_error("write", &path, e))?;
-        file.sync_data().map_err(|e| io_error("fdatasync", &path, e))?;
+        file.write_all(&framed).map_err(|e| io_error("write", path, e))?;
+        file.sync_data().map_err(|e| io_error("fdatasync", path, e))?;
     }
     Ok(start.elapsed())
 }
@@ -715,15 +793,27 @@ fn write_fdatasync_each(root: &Path, payload: &[u8], records: u64) -> Result<Dur
 fn append_rows(scale: &Scale, root: &Path) -> Result<Vec<Row>, Error> {
     let payload = [0xA5u8; SMALL_RECORD_BYTES];
     let n = scale.small_records;
+    let each = scale.sync_each_records;
+    let mut never = SteadyLog::open(root, log_options(Durability::Never, scale))?;
+    let mut interval = SteadyLog::open(root, log_options(Durability::Interval(INTERVAL), scale))?;
+    let mut batch = SteadyLog::open(root, log_options(Durability::Batch, scale))?;
+    let peer = SteadyFile::open(root)?;
     let mut rates: [Vec<f64>; 6] = Default::default();
-    for _ in 0..scale.repeats {
-        rates[0].push(per_s(n, shoal_append(root, scale, Durability::Never, &payload, n)?));
-        rates[1].push(per_s(n, bufwriter_append(root, &payload, n, None)?));
-        rates[2].push(per_s(n, shoal_append(root, scale, Durability::Interval(INTERVAL), &payload, n)?));
-        rates[3].push(per_s(n, shoal_append(root, scale, Durability::Batch, &payload, n)?));
-        rates[4].push(per_s(n, bufwriter_append(root, &payload, n, Some(SYNC_EVERY_RECORDS))?));
-        let each = scale.sync_each_records;
-        rates[5].push(per_s(each, write_fdatasync_each(root, &payload, each)?));
+    // Round 0 warms the logs up (segments prepared and recycled) and is not counted.
+    for round in 0..=scale.repeats {
+        let took = [
+            shoal_append(&mut never, &payload, n)?,
+            bufwriter_append(&peer, &payload, n, None)?,
+            shoal_append(&mut interval, &payload, n)?,
+            shoal_append(&mut batch, &payload, n)?,
+            bufwriter_append(&peer, &payload, n, Some(SYNC_EVERY_RECORDS))?,
+            write_fdatasync_each(&peer, &payload, each)?,
+        ];
+        if round > 0 {
+            for (i, took) in took.into_iter().enumerate() {
+                rates[i].push(per_s(if i == 5 { each } else { n }, took));
+            }
+        }
     }
     let fig = |key, name, i: usize| Figure { key, name, value: median(&rates[i]), unit: Unit::Records };
     let never = fig("append_never_records_per_s", "append, Never", 0);
@@ -741,21 +831,21 @@ fn append_rows(scale: &Scale, root: &Path) -> Result<Vec<Row>, Error> {
             goal: Goal::Ratio(3.0),
         },
         Row {
-            what: "append 100 B, Interval(10 ms)",
+            what: "append 100 B, Interval(10 ms), until durable",
             shoal: interval,
             baseline: bufwriter_sync.clone(),
             ratio_key: "append_interval_vs_bufwriter_fdatasync_1000",
             goal: Goal::None,
         },
         Row {
-            what: "append 100 B, Batch",
+            what: "append 100 B, Batch, until durable",
             shoal: batch.clone(),
             baseline: bufwriter_sync,
             ratio_key: "append_batch_vs_bufwriter_fdatasync_1000",
             goal: Goal::Ratio(5.0),
         },
         Row {
-            what: "append 100 B, Batch (vs sync each)",
+            what: "append 100 B, Batch, until durable",
             shoal: batch,
             baseline: sync_each,
             ratio_key: "append_batch_vs_fdatasync_each",
@@ -818,10 +908,9 @@ fn latency_rows(scale: &Scale, root: &Path) -> Result<Vec<Row>, Error> {
 // --- durable bandwidth -----------------------------------------------------------------------
 
 /// Bytes per second of 64 KiB records appended to a fresh `Batch` log until durable.
-fn shoal_durable_bandwidth(root: &Path, scale: &Scale) -> Result<f64, Error> {
-    let payload = vec![0x99u8; LARGE_RECORD_BYTES];
+fn shoal_durable_bandwidth(steady: &mut SteadyLog<'_>, scale: &Scale, payload: &[u8]) -> Result<f64, Error> {
     let records = scale.durable_bytes / LARGE_RECORD_BYTES as u64;
-    let took = shoal_append(root, scale, Durability::Batch, &payload, records)?;
+    let took = shoal_append(steady, payload, records)?;
     Ok(per_s(records * LARGE_RECORD_BYTES as u64, took))
 }
 
@@ -861,10 +950,16 @@ fn bandwidth_rows(scale: &Scale, root: &Path) -> Result<Vec<Row>, Error> {
     let backing = vec![0x99u8; DIRECT_WRITE_BYTES + 4 * KIB];
     let at = backing.as_ptr().align_offset(4 * KIB);
     let buf = &backing[at..at + DIRECT_WRITE_BYTES];
+    let payload = vec![0x99u8; LARGE_RECORD_BYTES];
+    let mut steady = SteadyLog::open(root, log_options(Durability::Batch, scale))?;
     let (mut shoal, mut direct) = (Vec::new(), Vec::new());
-    for _ in 0..scale.repeats {
-        shoal.push(shoal_durable_bandwidth(root, scale)? / 1e6);
-        direct.push(o_direct_bandwidth(root, scale, buf)? / 1e6);
+    // Round 0 warms the log up (segments prepared and recycled) and is not counted.
+    for round in 0..=scale.repeats {
+        let (s, d) = (shoal_durable_bandwidth(&mut steady, scale, &payload)?, o_direct_bandwidth(root, scale, buf)?);
+        if round > 0 {
+            shoal.push(s / 1e6);
+            direct.push(d / 1e6);
+        }
     }
     Ok(vec![Row {
         what: "durable bandwidth, 64 KiB records",
@@ -890,7 +985,9 @@ fn bandwidth_rows(scale: &Scale, root: &Path) -> Result<Vec<Row>, Error> {
 /// Writes a log of `payload_len`-byte records holding at least `scale.replay_bytes` of
 /// payload; returns the record count and the payload bytes.
 fn write_replay_log(dir: &Path, scale: &Scale, payload_len: usize) -> Result<(u64, u64), Error> {
-    let mut log = Appender::open(dir, log_options(Durability::Never, scale))?;
+    // Every segment is kept: the replay reads them all.
+    let opts = LogOptions { retention: Retention::default(), ..log_options(Durability::Never, scale) };
+    let mut log = Appender::open(dir, opts)?;
     let records = scale.replay_bytes.div_ceil(payload_len as u64);
     let mut payload = vec![0u8; payload_len];
     for i in 0..records {
