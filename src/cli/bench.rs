@@ -113,10 +113,10 @@ impl Scale {
         } else {
             Scale {
                 repeats: 7,
-                ring_values: 1 << 23,
-                small_records: 1_000_000,
+                ring_values: 1 << 24,
+                small_records: 2_000_000,
                 sync_each_records: 500,
-                latency_samples: 2_000,
+                latency_samples: 3_000,
                 durable_bytes: 256 * MIB as u64,
                 replay_bytes: 256 * MIB as u64,
                 segment_bytes: 64 * MIB as u64,
