@@ -1,77 +1,14 @@
 //! The `shoal` binary against its command-line contract: each test runs the real executable.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod cli_support;
+use cli_support::*;
+
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Output, Stdio};
-use std::sync::mpsc::{channel, Receiver};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Instant;
 
 use shoal::log::format;
-
-/// How long a test waits for one line from a running child before failing.
-const LINE_WAIT: Duration = Duration::from_secs(20);
-
-fn shoal() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_shoal"))
-}
-
-/// How long one command may run before the test kills it and fails.
-const RUN_WAIT: Duration = Duration::from_secs(120);
-
-/// Runs `shoal args...` with `stdin` as its input and waits for it (killing it and failing
-/// the test after [`RUN_WAIT`], so that a hang shows as a failure, not a stuck suite).
-fn run(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = shoal()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn shoal");
-    let mut input = child.stdin.take().expect("stdin");
-    let stdin = stdin.to_vec();
-    // A command may exit without reading its input (an error at open): a broken pipe then
-    // is no failure of the test.
-    let writer = std::thread::spawn(move || match input.write_all(&stdin) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e),
-        _ => Ok(()),
-    });
-    let drain = |mut from: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            from.read_to_end(&mut bytes).map(|_| bytes)
-        })
-    };
-    let stdout = drain(Box::new(child.stdout.take().expect("stdout")));
-    let stderr = drain(Box::new(child.stderr.take().expect("stderr")));
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for shoal") {
-            break status;
-        }
-        if started.elapsed() > RUN_WAIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("shoal {args:?} still ran after {RUN_WAIT:?}; killed it");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    writer.join().expect("stdin writer").expect("write stdin");
-    let stdout = stdout.join().expect("stdout reader").expect("read stdout");
-    let stderr = stderr.join().expect("stderr reader").expect("read stderr");
-    Output { status, stdout, stderr }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Runs a command that must succeed; returns its stdout.
-fn ok(args: &[&str], stdin: &[u8]) -> Vec<u8> {
-    let out = run(args, stdin);
-    assert!(out.status.success(), "shoal {args:?} failed: {:?}\n{}", out.status, text(&out.stderr));
-    out.stdout
-}
 
 fn log_dir() -> (tempfile::TempDir, PathBuf, String) {
     let temp = tempfile::tempdir().expect("tempdir");
@@ -80,44 +17,12 @@ fn log_dir() -> (tempfile::TempDir, PathBuf, String) {
     (temp, dir, arg)
 }
 
-fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
-    text(stdout).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}"))).collect()
-}
-
 /// The `N`s of `durable <N>` lines; panics on any other line.
 fn acks(stdout: &[u8]) -> Vec<u64> {
     text(stdout)
         .lines()
         .map(|l| l.strip_prefix("durable ").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("not an ack: {l:?}")))
         .collect()
-}
-
-/// Lines of a child's stdout, read on a thread so that a test can wait with a timeout.
-fn line_reader(stdout: ChildStdout) -> Receiver<String> {
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-fn next_line(lines: &Receiver<String>, what: &str) -> String {
-    lines.recv_timeout(LINE_WAIT).unwrap_or_else(|e| panic!("no line for {what} within {LINE_WAIT:?}: {e}"))
-}
-
-/// Kills a child that runs until killed (and reaps it) when the test ends, even by a panic.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]
