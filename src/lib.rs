@@ -85,6 +85,8 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod affinity;
+#[cfg(feature = "nats")]
+pub mod bridge;
 pub mod bus;
 pub mod cli;
 pub mod group;

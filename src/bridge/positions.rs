@@ -1,0 +1,296 @@
+//! Stored positions of the bridges, crash-safe.
+//!
+//! ```text
+//! <bus>/bridges/export-<topic>-<stream>/<p>   next offset of partition p to publish, in the
+//!                                             two-slot format of crate::group::format (b"SHOALOFF")
+//! <bus>/bridges/import-<topic>-<stream>/<p>   128 bytes: two 56-byte slots, at 0 and at 64,
+//!                                             written alternately (little-endian, version 1):
+//!   0 magic       [u8; 8]  b"SHOALBRI"
+//!   8 version     u32      1
+//!  12 reserved    u32      0
+//!  16 generation  u64      1, 2, 3, ... (the slot written is generation % 2)
+//!  24 stream_seq  u64      JetStream sequence of the last message imported into p (0: none)
+//!  32 local_next  u64      local offset of p that follows that message's record
+//!  40 base_next   u64      local offset of p where this import began (records before it are not ours)
+//!  48 crc32c      u32      of bytes 0..48
+//!  52 reserved    u32      0
+//! ```
+//! The import file holds two numbers that must change together (a stream sequence and a local
+//! offset), which the one-number group slot cannot, hence its own slot. A torn write damages
+//! only the slot being written; the other (the previous position) still stands.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::group::format::{decode_offsets, encode_offsets_slot, OFFSETS_FILE_BYTES, OFFSETS_SLOT_STRIDE};
+
+use super::BridgeError;
+
+/// Bytes of an import positions file.
+pub const IMPORT_FILE_BYTES: usize = 128;
+/// Bytes of one import slot.
+pub const IMPORT_SLOT_BYTES: usize = 56;
+const IMPORT_SLOT_STRIDE: usize = 64;
+const IMPORT_MAGIC: [u8; 8] = *b"SHOALBRI";
+const IMPORT_VERSION: u32 = 1;
+
+/// One import position.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ImportPosition {
+    /// Commit number (the newest valid slot wins).
+    pub generation: u64,
+    /// JetStream sequence of the last message imported into the partition (0: none yet).
+    pub stream_seq: u64,
+    /// Local offset that follows that message's record.
+    pub local_next: u64,
+    /// Local offset where the import began.
+    pub base_next: u64,
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut w = [0u8; 4];
+    w.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(w)
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+/// Encodes one import slot.
+pub fn encode_import_slot(pos: &ImportPosition) -> [u8; IMPORT_SLOT_BYTES] {
+    let mut b = [0u8; IMPORT_SLOT_BYTES];
+    b[0..8].copy_from_slice(&IMPORT_MAGIC);
+    b[8..12].copy_from_slice(&IMPORT_VERSION.to_le_bytes());
+    b[16..24].copy_from_slice(&pos.generation.to_le_bytes());
+    b[24..32].copy_from_slice(&pos.stream_seq.to_le_bytes());
+    b[32..40].copy_from_slice(&pos.local_next.to_le_bytes());
+    b[40..48].copy_from_slice(&pos.base_next.to_le_bytes());
+    let crc = crc32c::crc32c(&b[..48]);
+    b[48..52].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+fn decode_import_slot(b: &[u8]) -> Result<Option<ImportPosition>, String> {
+    if b.len() != IMPORT_SLOT_BYTES {
+        return Err(format!("import slot is {} bytes, expected {IMPORT_SLOT_BYTES}", b.len()));
+    }
+    if b.iter().all(|&x| x == 0) {
+        return Ok(None);
+    }
+    if b[0..8] != IMPORT_MAGIC {
+        return Err("not a shoal import-positions slot (bad magic)".into());
+    }
+    let version = u32_at(b, 8);
+    if version != IMPORT_VERSION {
+        return Err(format!("import-positions version {version} is not the {IMPORT_VERSION} this shoal reads"));
+    }
+    if crc32c::crc32c(&b[..48]) != u32_at(b, 48) {
+        return Err("import-positions slot checksum mismatch".into());
+    }
+    if u32_at(b, 12) != 0 || u32_at(b, 52) != 0 {
+        return Err("import-positions slot has non-zero reserved bytes".into());
+    }
+    let generation = u64_at(b, 16);
+    if generation == 0 {
+        return Err("import-positions slot has generation 0".into());
+    }
+    Ok(Some(ImportPosition {
+        generation,
+        stream_seq: u64_at(b, 24),
+        local_next: u64_at(b, 32),
+        base_next: u64_at(b, 40),
+    }))
+}
+
+/// Decodes an import positions file: the newest valid slot, `Ok(None)` when empty.
+///
+/// # Errors
+/// Why the bytes are not a valid file.
+pub fn decode_import(bytes: &[u8]) -> Result<Option<ImportPosition>, String> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    if bytes.len() != IMPORT_FILE_BYTES {
+        return Err(format!("import-positions file is {} bytes, expected {IMPORT_FILE_BYTES}", bytes.len()));
+    }
+    let mut best: Option<ImportPosition> = None;
+    let mut damage = None;
+    for k in 0..2 {
+        let at = k * IMPORT_SLOT_STRIDE;
+        match decode_import_slot(&bytes[at..at + IMPORT_SLOT_BYTES]) {
+            Ok(Some(s)) => {
+                if best.is_some_and(|b| b.generation == s.generation) {
+                    return Err(format!("both import-positions slots claim generation {}", s.generation));
+                }
+                if best.is_none_or(|b| b.generation < s.generation) {
+                    best = Some(s);
+                }
+            }
+            Ok(None) => {}
+            Err(why) => damage = Some(why),
+        }
+    }
+    match (best, damage) {
+        (Some(b), _) => Ok(Some(b)),
+        (None, Some(why)) => Err(why),
+        (None, None) => Ok(None),
+    }
+}
+
+/// A positions file of one partition, open for reading and rewriting.
+#[derive(Debug)]
+pub struct PositionFile {
+    file: File,
+    path: PathBuf,
+    generation: u64,
+    bytes: usize,
+}
+
+fn io(path: &Path, op: &'static str, source: std::io::Error) -> BridgeError {
+    BridgeError::Io { path: path.to_path_buf(), op, source }
+}
+
+/// Creates `dir` and makes its entry durable.
+pub fn create_dir(dir: &Path) -> Result<(), BridgeError> {
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, "create directory", e))?;
+    if let Some(parent) = dir.parent() {
+        File::open(parent).and_then(|d| d.sync_all()).map_err(|e| io(parent, "fsync", e))?;
+    }
+    Ok(())
+}
+
+impl PositionFile {
+    fn open(path: PathBuf, bytes: usize) -> Result<(PositionFile, Vec<u8>, bool), BridgeError> {
+        let existed = path.exists();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| io(&path, "open", e))?;
+        let content = std::fs::read(&path).map_err(|e| io(&path, "read", e))?;
+        if !existed {
+            file.set_len(bytes as u64).map_err(|e| io(&path, "extend", e))?;
+            file.sync_all().map_err(|e| io(&path, "fsync", e))?;
+            if let Some(dir) = path.parent() {
+                File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io(dir, "fsync", e))?;
+            }
+        }
+        Ok((PositionFile { file, path, generation: 0, bytes }, content, existed))
+    }
+
+    /// Opens (creating) an export position: the next offset to publish (0 when new).
+    ///
+    /// # Errors
+    /// I/O errors, or [`BridgeError::BadPositions`] for a damaged file.
+    pub fn open_export(path: PathBuf) -> Result<(PositionFile, u64), BridgeError> {
+        let (mut f, content, _) = PositionFile::open(path, OFFSETS_FILE_BYTES)?;
+        let all_zero = content.iter().all(|&b| b == 0);
+        let slot = if all_zero {
+            None
+        } else {
+            decode_offsets(&content).map_err(|why| BridgeError::BadPositions { path: f.path.clone(), why })?
+        };
+        f.generation = slot.map_or(0, |s| s.generation);
+        Ok((f, slot.map_or(0, |s| s.offset)))
+    }
+
+    /// Opens (creating) an import position; `None` when nothing was stored yet.
+    ///
+    /// # Errors
+    /// I/O errors, or [`BridgeError::BadPositions`] for a damaged file.
+    pub fn open_import(path: PathBuf) -> Result<(PositionFile, Option<ImportPosition>), BridgeError> {
+        let (mut f, content, _) = PositionFile::open(path, IMPORT_FILE_BYTES)?;
+        let all_zero = content.iter().all(|&b| b == 0);
+        let pos = if all_zero {
+            None
+        } else {
+            decode_import(&content).map_err(|why| BridgeError::BadPositions { path: f.path.clone(), why })?
+        };
+        f.generation = pos.map_or(0, |p| p.generation);
+        Ok((f, pos))
+    }
+
+    /// Stores the next offset to publish (export files).
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn store_export(&mut self, next: u64, sync: bool) -> Result<(), BridgeError> {
+        debug_assert_eq!(self.bytes, OFFSETS_FILE_BYTES);
+        let generation = self.generation + 1;
+        let slot = encode_offsets_slot(generation, next);
+        self.write(&slot, (generation % 2) as usize * OFFSETS_SLOT_STRIDE, sync)?;
+        self.generation = generation;
+        Ok(())
+    }
+
+    /// Stores an import position (its generation is assigned here).
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn store_import(&mut self, pos: ImportPosition, sync: bool) -> Result<(), BridgeError> {
+        debug_assert_eq!(self.bytes, IMPORT_FILE_BYTES);
+        let generation = self.generation + 1;
+        let slot = encode_import_slot(&ImportPosition { generation, ..pos });
+        self.write(&slot, (generation % 2) as usize * IMPORT_SLOT_STRIDE, sync)?;
+        self.generation = generation;
+        Ok(())
+    }
+
+    fn write(&mut self, slot: &[u8], at: usize, sync: bool) -> Result<(), BridgeError> {
+        self.file.write_all_at(slot, at as u64).map_err(|e| io(&self.path, "write", e))?;
+        if sync {
+            self.file.sync_data().map_err(|e| io(&self.path, "fdatasync", e))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn import_slots_round_trip_and_survive_a_torn_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0");
+        let (mut f, pos) = PositionFile::open_import(path.clone()).unwrap();
+        assert_eq!(pos, None);
+        f.store_import(ImportPosition { stream_seq: 7, local_next: 3, base_next: 1, generation: 0 }, true).unwrap();
+        f.store_import(ImportPosition { stream_seq: 9, local_next: 4, base_next: 1, generation: 0 }, true).unwrap();
+        let (_, pos) = PositionFile::open_import(path.clone()).unwrap();
+        assert_eq!(pos.map(|p| (p.stream_seq, p.local_next, p.base_next)), Some((9, 4, 1)));
+        // Tear the newest slot (generation 2 lives at slot 0): the previous one stands.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[30] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let (_, pos) = PositionFile::open_import(path.clone()).unwrap();
+        assert_eq!(pos.map(|p| (p.stream_seq, p.local_next)), Some((7, 3)));
+    }
+
+    #[test]
+    fn import_decoder_rejects_foreign_bytes_without_panicking() {
+        for len in [1, 55, 127, 129] {
+            assert!(decode_import(&vec![1u8; len]).is_err());
+        }
+        assert!(decode_import(&[0xAB; IMPORT_FILE_BYTES]).is_err());
+        assert_eq!(decode_import(&[0; IMPORT_FILE_BYTES]), Ok(None));
+    }
+
+    #[test]
+    fn export_positions_use_the_group_offsets_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1");
+        let (mut f, next) = PositionFile::open_export(path.clone()).unwrap();
+        assert_eq!(next, 0);
+        f.store_export(41, false).unwrap();
+        f.store_export(42, true).unwrap();
+        assert_eq!(decode_offsets(&std::fs::read(&path).unwrap()).unwrap().map(|s| s.offset), Some(42));
+        assert_eq!(PositionFile::open_export(path).unwrap().1, 42);
+    }
+}
