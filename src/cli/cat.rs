@@ -156,7 +156,11 @@ fn follow_topic(
         };
         let p = partitions[turn];
         match tailer.next(Some(TOPIC_FOLLOW_WAIT)) {
-            Ok(Some(record)) => print(out, &record, format, Some(p))?,
+            Ok(Some(record)) => {
+                print(out, &record, format, Some(p))?;
+                // It may be the last record for a while: show it now.
+                out.flush()?;
+            }
             Ok(None) => {}
             Err(e) => return Err(Stop::Log(e.into())),
         }
