@@ -60,6 +60,11 @@
 //!   owner, committed offset, end, lag and commits per second; redrawn every interval
 //!   (default 1000 ms) until interrupted. `--once` prints one snapshot, rates shown as `-`,
 //!   with no screen control, and exits 0.
+//! - `shoal bridge export <BUS> --topic <T> --nats <URL> --stream <S>` publishes a topic to a
+//!   NATS JetStream stream and `shoal bridge import <BUS> --topic <T> --nats <URL> --stream <S>`
+//!   appends a stream to a topic (the bus is created if missing); both run until SIGTERM or
+//!   SIGINT (then exit 0) and print a status line per second on stderr. Only with the `nats`
+//!   feature; a build without it answers `shoal bridge ...` with one line saying so and exit 2.
 //! - Usage errors exit 2 (clap's convention); runtime errors exit 1 with one line on stderr.
 //!   Commands that only read a bus (`cat --topic`, `group`, `groups`) never create one.
 //!
@@ -69,6 +74,8 @@
 //! (`N + 1`).
 
 mod bench;
+#[cfg(feature = "nats")]
+mod bridge;
 mod cat;
 mod demo;
 mod group;
@@ -107,6 +114,10 @@ records it printed but had not committed are printed again by the member that ta
 SIGTERM, SIGINT and --exit-when-idle leave the group gracefully: commit, hand the partitions \
 over, exit 0. A closed stdout hands the partitions over and exits 0 without committing the \
 batch it could not write, so the next owner prints it.";
+
+/// What `shoal bridge` says in a build without the `nats` feature.
+#[cfg(not(feature = "nats"))]
+const WITHOUT_NATS: &str = "bridge: built without the nats feature; rebuild with --features nats";
 
 /// The `shoal` command line.
 #[derive(Debug, Parser)]
@@ -198,6 +209,19 @@ enum Command {
         /// Print one snapshot (rates shown as `-`) and exit.
         #[arg(long)]
         once: bool,
+    },
+    /// Bridge a topic to a NATS JetStream stream: `export` publishes the topic to the stream,
+    /// `import` appends the stream to the topic; runs until SIGTERM or SIGINT.
+    #[cfg(feature = "nats")]
+    #[command(subcommand)]
+    Bridge(bridge::BridgeCommand),
+    /// Not in this build (built without the `nats` feature): says so and exits 2.
+    #[cfg(not(feature = "nats"))]
+    #[command(hide = true, disable_help_flag = true)]
+    Bridge {
+        /// Whatever followed `bridge`; ignored.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<std::ffi::OsString>,
     },
     /// Check every segment and record of the log in DIR.
     Verify {
@@ -368,6 +392,13 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Groups { bus } => group::list(&bus),
         Command::Top { bus, interval, once } => top::run(&bus, Duration::from_millis(interval), once),
+        #[cfg(feature = "nats")]
+        Command::Bridge(command) => bridge::run(command),
+        #[cfg(not(feature = "nats"))]
+        Command::Bridge { .. } => {
+            let _ = writeln!(io::stderr().lock(), "shoal: {WITHOUT_NATS}");
+            return ExitCode::from(2);
+        }
         Command::Verify { dir, repair } => inspect::verify(&dir, repair),
         Command::Stats { dir } => inspect::stats(&dir),
         Command::Demo { dir, events } => demo::run(dir.as_deref(), events),
@@ -404,6 +435,14 @@ mod tests {
     fn errors_are_one_line() {
         let e = Error::new("a\nb");
         assert_eq!(e.to_string(), "a b");
+    }
+
+    #[cfg(not(feature = "nats"))]
+    #[test]
+    fn bridge_without_the_nats_feature_is_recognised() {
+        let cli = Cli::try_parse_from(["shoal", "bridge", "export", "bus", "--topic", "t", "--help"]);
+        assert!(matches!(cli.map(|c| c.command), Ok(Command::Bridge { .. })));
+        assert!(WITHOUT_NATS.contains("--features nats"));
     }
 
     #[test]

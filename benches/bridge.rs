@@ -1,0 +1,358 @@
+//! Bridge benchmarks (issue 6): export and import throughput of `shoal::bridge` next to a plain
+//! `async-nats` client moving the same records through the same server in the same run.
+//!
+//! | group | shoal | peers |
+//! | --- | --- | --- |
+//! | `bridge_export` | `bridge::export` of a 4-partition topic of N 100-byte records into an empty stream, until every record is acknowledged | `async_nats_publish`: one task publishes the same N payloads, with the same subjects and `Nats-Msg-Id` headers, keeping at most `MAX_IN_FLIGHT` acks outstanding, then awaits every ack |
+//! | `bridge_import` | `bridge::import` of a stream of N 100-byte messages into an empty topic, until every one is appended | `async_nats_publish` as above (the brief's yardstick), and `async_nats_consume`: a pull consumer that fetches and acks the same N messages without storing them |
+//!
+//! Each bench starts its own `nats-server -js` (it must be on PATH) on a free loopback port
+//! with its store under the scratch directory (`$SHOAL_BENCH_DIR` or the system temp
+//! directory); every timed run uses a fresh stream (and for shoal a fresh bus), built before
+//! the clock starts. Under `cargo test --benches` criterion runs each bench once and N shrinks,
+//! so that mode stays quick.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, SamplingMode, Throughput};
+use futures_util::StreamExt;
+use shoal::bridge::{BridgeOptions, BridgeStatus};
+use shoal::bus::Bus;
+use shoal::log::{Durability, LogOptions};
+use shoal::metrics::BusSnapshot;
+
+const TOPIC: &str = "bench";
+const PARTITIONS: u32 = 4;
+const PAYLOAD_BYTES: usize = 100;
+/// The in-flight bound of the bridge and of the peer publisher.
+const MAX_IN_FLIGHT: usize = 256;
+
+/// A `nats-server -js` killed (by pid) and reaped when dropped.
+struct NatsServer {
+    child: Child,
+    url: String,
+}
+
+impl NatsServer {
+    fn start(store: &std::path::Path) -> NatsServer {
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(store)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start nats-server ({e}); it must be on PATH (apt-get install nats-server)")
+            });
+        let mut server = NatsServer { child, url: format!("nats://127.0.0.1:{port}") };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = server.child.try_wait().expect("wait for nats-server") {
+                panic!("nats-server exited before accepting connections: {status:?}");
+            }
+            assert!(Instant::now() < deadline, "nats-server did not start within 20 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Everything one bench run shares: the server, a client, scratch space, the records.
+struct Rig {
+    rt: tokio::runtime::Runtime,
+    js: async_nats::jetstream::Context,
+    /// The watcher thread's own runtime and client (a current-thread runtime is driven only
+    /// by the thread in its `block_on`).
+    watch_rt: tokio::runtime::Runtime,
+    watch_js: async_nats::jetstream::Context,
+    server: NatsServer,
+    root: tempfile::TempDir,
+    records: u64,
+    next_id: AtomicU64,
+}
+
+fn scratch_root() -> PathBuf {
+    std::env::var_os("SHOAL_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from)
+}
+
+/// The payload of record `i`: 100 bytes, its number first.
+fn payload(i: u64) -> [u8; PAYLOAD_BYTES] {
+    let mut bytes = [b'x'; PAYLOAD_BYTES];
+    let head = format!("record {i:012} ");
+    bytes[..head.len()].copy_from_slice(head.as_bytes());
+    bytes
+}
+
+impl Rig {
+    fn new(records: u64) -> Rig {
+        let root =
+            tempfile::Builder::new().prefix("shoal-bridge-bench").tempdir_in(scratch_root()).expect("scratch dir");
+        let server = NatsServer::start(&root.path().join("jetstream"));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+        let client = rt.block_on(async_nats::connect(&server.url)).expect("connect");
+        let watch_rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+        let watch_client = watch_rt.block_on(async_nats::connect(&server.url)).expect("connect");
+        // A context spawns a task: it must be built inside its runtime.
+        let js = {
+            let _inside = rt.enter();
+            async_nats::jetstream::new(client)
+        };
+        let watch_js = {
+            let _inside = watch_rt.enter();
+            async_nats::jetstream::new(watch_client)
+        };
+        Rig { js, rt, watch_js, watch_rt, server, root, records, next_id: AtomicU64::new(0) }
+    }
+
+    fn fresh_name(&self, what: &str) -> String {
+        format!("{what}{}", self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Creates an empty stream over `<prefix>.>`; returns its name and the prefix.
+    fn fresh_stream(&self) -> (String, String) {
+        let name = self.fresh_name("S");
+        let prefix = format!("bench{name}");
+        let config = async_nats::jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{prefix}.>")],
+            ..Default::default()
+        };
+        self.rt.block_on(self.js.create_stream(config)).expect("create stream");
+        (name, prefix)
+    }
+
+    fn delete_stream(&self, name: &str) {
+        let _ = self.rt.block_on(self.js.delete_stream(name));
+    }
+
+    /// A new bus holding the topic with every record, round-robin over the partitions.
+    fn fresh_bus(&self) -> PathBuf {
+        let dir = self.root.path().join(self.fresh_name("bus"));
+        let bus = Bus::open(&dir).expect("bus");
+        let topic = bus.topic_or_create(TOPIC, Some(PARTITIONS)).expect("topic");
+        let opts = LogOptions { durability: Durability::Never, ..LogOptions::default() };
+        let mut producer = topic.producer(opts).expect("producer");
+        for i in 0..self.records {
+            producer.send_to((i % u64::from(PARTITIONS)) as u32, i, &payload(i)).expect("append");
+        }
+        producer.sync().expect("sync");
+        dir
+    }
+
+    fn options(&self, stream: &str, prefix: &str) -> BridgeOptions {
+        BridgeOptions {
+            nats_url: self.server.url.clone(),
+            stream: stream.to_string(),
+            subject_prefix: Some(prefix.to_string()),
+            max_in_flight: MAX_IN_FLIGHT,
+        }
+    }
+
+    /// The subject of partition `p`, as the bridge names it.
+    fn subject(prefix: &str, p: u32) -> String {
+        format!("{prefix}.{p}")
+    }
+
+    /// The peer: publishes every record with bounded in-flight acks, then awaits all of them.
+    fn publish_plain(&self, prefix: &str) {
+        let records = self.records;
+        let js = self.js.clone();
+        let subjects: Vec<String> = (0..PARTITIONS).map(|p| Rig::subject(prefix, p)).collect();
+        self.rt.block_on(async move {
+            let mut in_flight = std::collections::VecDeque::with_capacity(MAX_IN_FLIGHT);
+            for i in 0..records {
+                let p = (i % u64::from(PARTITIONS)) as u32;
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Msg-Id", format!("{TOPIC}/{p}/{}", i / u64::from(PARTITIONS)).as_str());
+                if in_flight.len() == MAX_IN_FLIGHT {
+                    let ack: async_nats::jetstream::context::PublishAckFuture =
+                        in_flight.pop_front().expect("a publish in flight");
+                    ack.await.expect("ack");
+                }
+                let ack = js
+                    .publish_with_headers(subjects[p as usize].clone(), headers, payload(i).to_vec().into())
+                    .await
+                    .expect("publish");
+                in_flight.push_back(ack);
+            }
+            for ack in in_flight {
+                ack.await.expect("ack");
+            }
+        });
+    }
+
+    /// The import peer: a pull consumer fetching and acking every message of `stream`.
+    fn consume_plain(&self, stream: &str) {
+        let records = self.records;
+        let js = self.js.clone();
+        let stream = stream.to_string();
+        self.rt.block_on(async move {
+            let stream = js.get_stream(&stream).await.expect("stream");
+            let consumer = stream
+                .create_consumer(async_nats::jetstream::consumer::pull::Config {
+                    ack_policy: async_nats::jetstream::consumer::AckPolicy::All,
+                    ..Default::default()
+                })
+                .await
+                .expect("consumer");
+            let mut messages = consumer.messages().await.expect("messages");
+            let mut seen = 0u64;
+            while seen < records {
+                let message = messages.next().await.expect("a message").expect("no error");
+                seen += 1;
+                if seen % 256 == 0 || seen == records {
+                    message.ack().await.expect("ack");
+                }
+            }
+        });
+    }
+}
+
+/// How often the watcher looks whether a bridge has moved every record.
+const WATCH_EVERY: Duration = Duration::from_millis(2);
+
+/// Runs one bridge direction on this thread while another one polls `done`; returns the time
+/// from the start until `done` first held (the bridge reports status only once a second, too
+/// coarse to time a run), then stops the bridge and waits for it.
+fn run_bridge(
+    run: impl FnOnce(&AtomicBool, &mut dyn FnMut(&BridgeStatus)),
+    mut done: impl FnMut() -> bool + Send,
+) -> Duration {
+    let stop = &AtomicBool::new(false);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        let watcher = scope.spawn(move || {
+            let deadline = started + Duration::from_secs(120);
+            while !done() {
+                assert!(Instant::now() < deadline, "the bridge did not move every record within 120 s");
+                std::thread::sleep(WATCH_EVERY);
+            }
+            let took = started.elapsed();
+            // pairs with the bridge's load of `stop`
+            stop.store(true, Ordering::SeqCst);
+            took
+        });
+        run(stop, &mut |_| {});
+        watcher.join().expect("watcher")
+    })
+}
+
+/// Records in the topic of the bus in `dir` (0 until the import created it).
+fn imported(dir: &std::path::Path) -> u64 {
+    let Ok(bus) = Bus::open(dir) else { return 0 };
+    BusSnapshot::take(&bus).map_or(0, |snap| snap.topics.iter().filter(|t| t.name == TOPIC).map(|t| t.records()).sum())
+}
+
+fn bench_export(c: &mut Criterion, rig: &Rig) {
+    let mut group = c.benchmark_group("bridge_export");
+    group.sampling_mode(SamplingMode::Flat).sample_size(10).warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(5));
+    group.throughput(Throughput::Elements(rig.records));
+    group.bench_function("shoal_export", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let dir = rig.fresh_bus();
+                let (stream, prefix) = rig.fresh_stream();
+                let bus = Bus::open(&dir).expect("bus");
+                let opts = rig.options(&stream, &prefix);
+                total += run_bridge(
+                    |stop, status| {
+                        shoal::bridge::export(&bus, TOPIC, &opts, stop, status).expect("export");
+                    },
+                    || {
+                        rig.watch_rt.block_on(async {
+                            let mut s = rig.watch_js.get_stream(&stream).await.expect("stream");
+                            s.info().await.expect("stream info").state.messages >= rig.records
+                        })
+                    },
+                );
+                rig.delete_stream(&stream);
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            total
+        });
+    });
+    bench_publish_plain(&mut group, rig);
+    group.finish();
+}
+
+fn bench_publish_plain(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, rig: &Rig) {
+    group.bench_function("async_nats_publish", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let (stream, prefix) = rig.fresh_stream();
+                let started = Instant::now();
+                rig.publish_plain(&prefix);
+                total += started.elapsed();
+                rig.delete_stream(&stream);
+            }
+            total
+        });
+    });
+}
+
+fn bench_import(c: &mut Criterion, rig: &Rig) {
+    let mut group = c.benchmark_group("bridge_import");
+    group.sampling_mode(SamplingMode::Flat).sample_size(10).warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(5));
+    group.throughput(Throughput::Elements(rig.records));
+    // One filled stream serves every import run: each run imports into a fresh bus.
+    let (stream, prefix) = rig.fresh_stream();
+    rig.publish_plain(&prefix);
+    group.bench_function("shoal_import", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let dir = rig.root.path().join(rig.fresh_name("import"));
+                let bus = Bus::open(&dir).expect("bus");
+                let opts = rig.options(&stream, &prefix);
+                total += run_bridge(
+                    |stop, status| {
+                        shoal::bridge::import(&bus, TOPIC, &opts, stop, status).expect("import");
+                    },
+                    || imported(&dir) >= rig.records,
+                );
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            total
+        });
+    });
+    group.bench_function("async_nats_consume", |b| {
+        b.iter_custom(|iters| {
+            let started = Instant::now();
+            for _ in 0..iters {
+                rig.consume_plain(&stream);
+            }
+            started.elapsed()
+        });
+    });
+    bench_publish_plain(&mut group, rig);
+    group.finish();
+    rig.delete_stream(&stream);
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let records = if full { 50_000 } else { 2_000 };
+    let rig = Rig::new(records);
+    println!("bridge bench: {records} records of {PAYLOAD_BYTES} bytes, {PARTITIONS} partitions, in flight {MAX_IN_FLIGHT}; nats-server at {}", rig.server.url);
+    let mut c = Criterion::default().configure_from_args();
+    bench_export(&mut c, &rig);
+    bench_import(&mut c, &rig);
+    c.final_summary();
+}

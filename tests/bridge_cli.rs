@@ -1,0 +1,231 @@
+//! `shoal bridge export` and `shoal bridge import` against a real NATS JetStream server: one
+//! box produces and exports a topic, a second box (another bus directory) imports the stream,
+//! and `cat --topic` shows the same bytes on both. Each test starts its own `nats-server -js`
+//! on a free loopback port with its store in a temporary directory and stops it by its pid.
+//!
+//! `nats-server` must be on PATH (Debian: `apt-get install nats-server`); without it these
+//! tests fail, they do not skip.
+#![cfg(feature = "nats")]
+
+mod cli_support;
+use cli_support::*;
+
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shoal::bridge::BridgeOptions;
+
+/// How long a bridge may take to move every record of a test.
+const BRIDGE_WAIT: Duration = Duration::from_secs(60);
+
+/// A `nats-server -js` of one test, killed (by pid) and reaped when dropped.
+struct NatsServer {
+    child: Child,
+    url: String,
+    _store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// Starts `nats-server -js -a 127.0.0.1 -p <free port> -sd <temp dir>` and waits until it
+    /// accepts connections.
+    fn start() -> NatsServer {
+        let store = tempfile::tempdir().expect("tempdir for the JetStream store");
+        // The port is free when we look; another process could take it before the server
+        // binds, in which case the server exits and the wait below says so.
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(store.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start nats-server ({e}): it must be on PATH for the bridge tests \
+                     (Debian: apt-get install nats-server)"
+                )
+            });
+        let mut server = NatsServer { child, url: format!("nats://127.0.0.1:{port}"), _store: store };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = server.child.try_wait().expect("wait for nats-server") {
+                panic!("nats-server exited before accepting connections: {status:?}");
+            }
+            assert!(Instant::now() < deadline, "nats-server did not accept connections on port {port} within 20 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        // Child::kill signals this child's pid (SIGKILL); wait reaps it.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A JetStream client of the test, on a current-thread tokio runtime.
+struct Js {
+    rt: tokio::runtime::Runtime,
+    js: async_nats::jetstream::Context,
+}
+
+impl Js {
+    fn connect(url: &str) -> Js {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+        let client = rt.block_on(async_nats::connect(url)).expect("connect to nats-server");
+        // The context spawns a task: it must be built inside the runtime.
+        let js = {
+            let _inside = rt.enter();
+            async_nats::jetstream::new(client)
+        };
+        Js { rt, js }
+    }
+
+    /// Messages the stream holds now.
+    fn messages(&self, name: &str) -> u64 {
+        self.rt.block_on(async {
+            let mut stream = self.js.get_stream(name).await.expect("get the stream");
+            stream.info().await.expect("stream info").state.messages
+        })
+    }
+}
+
+/// Sends `signal` to a child.
+fn signal(child: &Child, signal: libc::c_int) {
+    let pid = libc::pid_t::try_from(child.id()).expect("a pid fits pid_t");
+    // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own unreaped child.
+    let rc = unsafe { libc::kill(pid, signal) };
+    assert_eq!(rc, 0, "kill({pid}, {signal}): {}", std::io::Error::last_os_error());
+}
+
+/// Starts `shoal bridge <direction> ...` with stderr captured.
+fn bridge(direction: &str, bus: &str, topic: &str, url: &str, stream: &str) -> KillOnDrop {
+    let child = shoal()
+        .args(["bridge", direction, bus, "--topic", topic, "--nats", url, "--stream", stream])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn shoal bridge");
+    KillOnDrop(child)
+}
+
+/// Sends SIGTERM to a running bridge and checks that it exits 0 with nothing on stdout;
+/// returns its stderr (the status lines).
+fn stop_bridge(mut bridge: KillOnDrop, what: &str) -> String {
+    let stdout = drain(bridge.0.stdout.take().expect("stdout"));
+    let stderr = drain(bridge.0.stderr.take().expect("stderr"));
+    signal(&bridge.0, libc::SIGTERM);
+    let status = wait_until(&mut bridge.0, Instant::now() + Duration::from_secs(20), what);
+    let stderr = text(&stderr.join().expect("stderr"));
+    assert!(status.success(), "{what} must exit 0 on SIGTERM: {status:?}\n{stderr}");
+    assert!(stdout.join().expect("stdout").is_empty(), "{what} prints nothing on stdout");
+    stderr
+}
+
+/// Waits until `done` holds, failing the test if `bridge` exits first or time runs out.
+fn wait_for(bridge: &mut KillOnDrop, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + BRIDGE_WAIT;
+    while !done() {
+        if let Some(status) = bridge.0.try_wait().expect("wait for shoal bridge") {
+            let stderr = bridge.0.stderr.take().map(|e| text(&drain(e).join().expect("stderr"))).unwrap_or_default();
+            panic!("{what}: the bridge exited early: {status:?}\n{stderr}");
+        }
+        assert!(Instant::now() < deadline, "{what}: not done within {BRIDGE_WAIT:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The raw `cat --topic --partition p` output of every partition.
+fn partitions_bytes(bus: &str, topic: &str, partitions: u32) -> Vec<Vec<u8>> {
+    (0..partitions).map(|p| ok(&["cat", bus, "--topic", topic, "--partition", &p.to_string()], b"")).collect()
+}
+
+fn bus_arg(dir: &Path, name: &str) -> String {
+    dir.join(name).to_str().expect("UTF-8 temp path").to_string()
+}
+
+#[test]
+fn export_then_import_on_a_second_box_gives_the_same_bytes() {
+    let server = NatsServer::start();
+    let js = Js::connect(&server.url);
+    let temp = tempfile::tempdir().expect("tempdir");
+    let (box_a, box_b) = (bus_arg(temp.path(), "a"), bus_arg(temp.path(), "b"));
+    let (topic, stream, partitions, records) = ("orders", "ORDERS", 4u32, 2000u64);
+    // The library's helper; the bridge's default subjects are shoal.<topic>.<partition>.
+    let opts = BridgeOptions { nats_url: server.url.clone(), stream: stream.into(), ..BridgeOptions::default() };
+    shoal::bridge::create_stream(&opts, &[format!("shoal.{topic}.>")]).expect("create the stream");
+
+    // Box A: records with bytes that are not UTF-8 and a tab inside, round-robin over 4
+    // partitions.
+    let mut input = Vec::new();
+    for i in 0..records {
+        input.extend_from_slice(format!("order {i}\t").as_bytes());
+        input.extend_from_slice(&[0xff, 0xfe, (i % 251) as u8 & 0x7f | 0x01]);
+        input.extend_from_slice(b" end\n");
+    }
+    ok(&["produce", &box_a, "--topic", topic, "--partitions", &partitions.to_string()], &input);
+
+    let mut export = bridge("export", &box_a, topic, &server.url, stream);
+    wait_for(&mut export, "export", || js.messages(stream) >= records);
+    let status = stop_bridge(export, "shoal bridge export");
+    assert!(status.lines().any(|l| l.starts_with("shoal bridge export: ")), "a status line: {status}");
+    assert_eq!(js.messages(stream), records, "the stream holds every record exactly once");
+
+    // A restart of the export sends nothing twice.
+    let again = bridge("export", &box_a, topic, &server.url, stream);
+    std::thread::sleep(Duration::from_millis(1500));
+    stop_bridge(again, "shoal bridge export (restarted)");
+    assert_eq!(js.messages(stream), records, "a restarted export duplicates nothing");
+
+    // Box B: an empty directory; import creates the bus and the topic.
+    let mut import = bridge("import", &box_b, topic, &server.url, stream);
+    let count = |bus: &str| ok(&["cat", bus, "--topic", topic], b"").iter().filter(|&&b| b == b'\n').count() as u64;
+    wait_for(&mut import, "import", || Path::new(&box_b).join("topics").is_dir() && count(&box_b) >= records);
+    stop_bridge(import, "shoal bridge import");
+    assert_eq!(partitions_bytes(&box_b, topic, partitions), partitions_bytes(&box_a, topic, partitions));
+
+    // A restarted import appends nothing twice.
+    let again = bridge("import", &box_b, topic, &server.url, stream);
+    std::thread::sleep(Duration::from_millis(1500));
+    stop_bridge(again, "shoal bridge import (restarted)");
+    assert_eq!(count(&box_b), records);
+}
+
+#[test]
+fn a_bad_url_or_a_missing_stream_is_one_line_and_exit_1() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let bus = bus_arg(temp.path(), "bus");
+    ok(&["produce", &bus, "--topic", "t"], b"one\ntwo\n");
+    // Nothing listens on a port we just had the OS pick and released.
+    let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+    for url in ["not a url", &format!("nats://127.0.0.1:{port}")] {
+        let err = fails(&["bridge", "export", &bus, "--topic", "t", "--nats", url, "--stream", "S"], b"");
+        assert!(err.contains("bridge export"), "{err}");
+    }
+    let server = NatsServer::start();
+    let err = fails(&["bridge", "export", &bus, "--topic", "t", "--nats", &server.url, "--stream", "MISSING"], b"");
+    assert!(err.contains("MISSING"), "the error names the stream: {err}");
+    let err = fails(&["bridge", "import", &bus, "--topic", "t", "--nats", &server.url, "--stream", "MISSING"], b"");
+    assert!(err.contains("MISSING"), "the error names the stream: {err}");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        vec!["bridge"],
+        vec!["bridge", "export"],
+        vec!["bridge", "export", "bus", "--topic", "t", "--stream", "S"],
+        vec!["bridge", "import", "bus", "--topic", "t", "--nats", "nats://127.0.0.1:4222"],
+        vec!["bridge", "sideways", "bus"],
+    ] {
+        let out = run(&args, b"");
+        assert_eq!(out.status.code(), Some(2), "shoal {args:?}: {}", text(&out.stderr));
+    }
+}
