@@ -26,6 +26,13 @@
 //! bridge waits (50 ms doubling to 2 s) before sending again: nothing is dropped or skipped,
 //! and the lag (records in the topic not yet acknowledged) shows in [`BridgeStatus`].
 //!
+//! **Order across an outage.** Within one connection the stream stores a partition's records
+//! in offset order. When the server goes away with publishes in flight, the client may lose
+//! the ones written to the dead connection and deliver the ones it buffered while
+//! reconnecting; the bridge then re-sends the lost ones, so the stream holds every record
+//! exactly once but a few of them after later offsets of the same subject. Consumers that
+//! need strict order read `Shoal-Offset` (the importer does not reorder yet).
+//!
 //! # Import: stream -> topic
 //! The stream (or the subjects under [`BridgeOptions::subject_prefix`]) is read in stream
 //! order with an ordered pull consumer (ephemeral, no server-side acknowledgements: the

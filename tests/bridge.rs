@@ -1,0 +1,416 @@
+#![cfg(feature = "nats")]
+//! The NATS JetStream bridge against a real `nats-server` (Debian package `nats-server`):
+//! every test starts its own server with JetStream on a free loopback port, with its store
+//! in a temporary directory, and stops it by process id when it ends.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use shoal::bridge::{self, BridgeError, BridgeOptions, BridgeStats, BridgeStatus};
+use shoal::bus::Bus;
+use shoal::log::{LogOptions, Reader};
+
+const TOPIC: &str = "t";
+const PARTITIONS: u32 = 2;
+const CHILD_ENV: &str = "SHOAL_BRIDGE_TEST_CHILD";
+
+fn nats_server_path() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+    // Debian installs it in /usr/sbin, which is not on every user's PATH.
+    dirs.extend(["/usr/sbin", "/usr/local/sbin"].map(PathBuf::from));
+    for d in dirs {
+        let candidate = d.join("nats-server");
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!("nats-server is not installed: these tests need a real server; install it with `apt-get install -y nats-server` (Debian/Ubuntu) or put nats-server on PATH");
+}
+
+/// A nats-server with JetStream, killed (by pid) on drop.
+struct Server {
+    child: Option<Child>,
+    port: u16,
+    store: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> Server {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut s = Server { child: None, port, store: tempfile::tempdir().unwrap() };
+        s.spawn();
+        s
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(nats_server_path())
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not listen on port {} within 10 s", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops the server with SIGTERM (a clean shutdown that keeps what it acknowledged).
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = c.id() as libc::pid_t;
+            // SAFETY: kill(2) takes no pointers; the pid is our own child's, not yet reaped.
+            let _ = unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A child process killed on drop.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+fn opts(url: &str, stream: &str) -> BridgeOptions {
+    BridgeOptions { nats_url: url.to_string(), stream: stream.to_string(), ..Default::default() }
+}
+
+fn payload(p: u32, i: u64) -> Vec<u8> {
+    let unit = format!("p{p}-r{i};");
+    unit.repeat(1 + (i % 17) as usize).into_bytes()
+}
+
+/// Appends `n` records per partition, keys `i`.
+fn produce(bus: &Bus, from: u64, n: u64) {
+    let t = bus.topic_or_create(TOPIC, Some(PARTITIONS)).unwrap();
+    let mut prod = t.producer(LogOptions::default()).unwrap();
+    for i in from..from + n {
+        for p in 0..PARTITIONS {
+            prod.send_to(p, i, &payload(p, i)).unwrap();
+        }
+    }
+    prod.sync().unwrap();
+}
+
+/// Every record of every partition: (key, payload).
+fn local_records(bus: &Bus) -> Vec<Vec<(u64, Vec<u8>)>> {
+    let t = bus.topic(TOPIC).unwrap();
+    (0..t.partitions())
+        .map(|p| {
+            let mut v = Vec::new();
+            // A partition nothing was appended to yet has no log.
+            let Ok(mut r) = Reader::open(t.partition_dir(p).unwrap()) else { return v };
+            while let Some(rec) = r.next_ref().unwrap() {
+                v.push((rec.key(), rec.payload().to_vec()));
+            }
+            v
+        })
+        .collect()
+}
+
+fn create_stream(url: &str, stream: &str) {
+    bridge::create_stream(&opts(url, stream), &[format!("shoal.{TOPIC}.>")]).unwrap();
+}
+
+fn stream_count(url: &str, stream: &str) -> u64 {
+    rt().block_on(async {
+        let client = async_nats::connect(url).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let mut s = js.get_stream(stream).await.unwrap();
+        s.info().await.unwrap().state.messages
+    })
+}
+
+/// Every message of the stream, in order: (subject, key header, offset header, payload).
+fn stream_messages(url: &str, stream: &str) -> Vec<(String, u64, u64, Vec<u8>)> {
+    rt().block_on(async {
+        let client = async_nats::connect(url).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let mut s = js.get_stream(stream).await.unwrap();
+        let total = s.info().await.unwrap().state.messages;
+        let consumer =
+            s.create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default()).await.unwrap();
+        let mut msgs = consumer.messages().await.unwrap();
+        let mut out = Vec::new();
+        while (out.len() as u64) < total {
+            let m = tokio::time::timeout(Duration::from_secs(10), msgs.next()).await.unwrap().unwrap().unwrap();
+            let h = m.headers.clone().unwrap();
+            let num = |k: &str| h.get(k).unwrap().as_str().parse::<u64>().unwrap();
+            out.push((m.subject.to_string(), num("Shoal-Key"), num("Shoal-Offset"), m.payload.to_vec()));
+        }
+        out
+    })
+}
+
+/// Checks that the stream holds each record of the topic exactly once, in offset order per subject
+/// (`ordered`), or in any order.
+fn assert_stream_is_topic(url: &str, stream: &str, n_per_partition: u64, ordered: bool) {
+    let mut msgs = stream_messages(url, stream);
+    if !ordered {
+        msgs.sort_by_key(|m| (m.0.clone(), m.2));
+    }
+    assert_eq!(msgs.len() as u64, n_per_partition * PARTITIONS as u64, "messages in the stream");
+    let mut next = vec![0u64; PARTITIONS as usize];
+    for (subject, key, offset, body) in msgs {
+        let p: u32 = subject.rsplit('.').next().unwrap().parse().unwrap();
+        assert_eq!(offset, next[p as usize], "subject {subject}: out of order or duplicated");
+        assert_eq!(key, offset);
+        assert_eq!(body, payload(p, key), "payload of {subject} offset {offset}");
+        next[p as usize] += 1;
+    }
+    assert!(next.iter().all(|&n| n == n_per_partition), "{next:?}");
+}
+
+/// Runs `f` in a thread until `done` says so (or `limit` passes), then stops it.
+fn run_until<F, D>(f: F, limit: Duration, mut done: D) -> BridgeStats
+where
+    F: FnOnce(&AtomicBool) -> Result<BridgeStats, BridgeError> + Send + 'static,
+    D: FnMut() -> bool,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let h = std::thread::spawn(move || f(&s2));
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "not done within {limit:?}");
+        assert!(!h.is_finished(), "the bridge stopped early: {:?}", h.join());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    h.join().unwrap().unwrap()
+}
+
+fn export_thread(
+    dir: PathBuf,
+    url: String,
+    stream: String,
+) -> impl FnOnce(&AtomicBool) -> Result<BridgeStats, BridgeError> {
+    move |stop| {
+        let bus = Bus::open(&dir)?;
+        bridge::export(&bus, TOPIC, &opts(&url, &stream), stop, &mut |_: &BridgeStatus| {})
+    }
+}
+
+fn import_thread(
+    dir: PathBuf,
+    url: String,
+    stream: String,
+) -> impl FnOnce(&AtomicBool) -> Result<BridgeStats, BridgeError> {
+    move |stop| {
+        let bus = Bus::open(&dir)?;
+        bridge::import(&bus, TOPIC, &opts(&url, &stream), stop, &mut |_: &BridgeStatus| {})
+    }
+}
+
+fn local_count(dir: &Path) -> u64 {
+    let bus = Bus::open(dir).unwrap();
+    if bus.topic(TOPIC).is_err() {
+        return 0;
+    }
+    local_records(&bus).iter().map(|v| v.len() as u64).sum()
+}
+
+/// Re-executes this test binary to run one bridge in a child process (killed with SIGKILL).
+fn spawn_child(kind: &str, dir: &Path, url: &str, stream: &str) -> ChildGuard {
+    let exe = std::env::current_exe().unwrap();
+    let child = Command::new(exe)
+        .args(["--exact", "child_bridge", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, format!("{kind}\n{}\n{url}\n{stream}", dir.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    ChildGuard(child)
+}
+
+/// Not a test of its own: the body of the child process of the crash tests (does nothing
+/// unless the environment names a bridge to run).
+#[test]
+fn child_bridge() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else { return };
+    let parts: Vec<&str> = spec.split('\n').collect();
+    let bus = Bus::open(parts[1]).unwrap();
+    let o = opts(parts[2], parts[3]);
+    let stop = AtomicBool::new(false);
+    let r = match parts[0] {
+        "export" => bridge::export(&bus, TOPIC, &o, &stop, &mut |_| {}),
+        _ => bridge::import(&bus, TOPIC, &o, &stop, &mut |_| {}),
+    };
+    panic!("the child bridge returned {r:?}");
+}
+
+fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn export_killed_midway_then_restarted_leaves_each_record_once_in_order() {
+    let server = Server::start();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let n = 15_000;
+    produce(&Bus::open(dir.path()).unwrap(), 0, n);
+    create_stream(&url, "S");
+    let total = n * PARTITIONS as u64;
+    let mut kills = 0;
+    for _ in 0..2 {
+        let child = spawn_child("export", dir.path(), &url, "S");
+        let target = stream_count(&url, "S") + total / 4;
+        wait_for(Duration::from_secs(30), "child export progress", || stream_count(&url, "S") >= target.min(total));
+        drop(child); // SIGKILL
+        kills += 1;
+        if stream_count(&url, "S") >= total {
+            break;
+        }
+    }
+    assert!(kills >= 1);
+    assert!(stream_count(&url, "S") < total, "the exporter finished before it was killed; raise n");
+    let stats = run_until(export_thread(dir.path().into(), url.clone(), "S".into()), Duration::from_secs(30), || {
+        stream_count(&url, "S") >= total
+    });
+    assert!(stats.records > 0);
+    assert_stream_is_topic(&url, "S", n, true);
+}
+
+#[test]
+fn export_rides_out_a_server_restart_and_follows_the_topic_live() {
+    let mut server = Server::start();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::open(dir.path()).unwrap();
+    produce(&bus, 0, 3000);
+    create_stream(&url, "R");
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let worker = {
+        let (d, u) = (dir.path().to_path_buf(), url.clone());
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let bus = Bus::open(&d)?;
+            let r = bridge::export(&bus, TOPIC, &opts(&u, "R"), &s2, &mut |st: &BridgeStatus| seen.push(st.clone()));
+            r.map(|stats| (stats, seen))
+        })
+    };
+    wait_for(Duration::from_secs(20), "first messages", || stream_count(&url, "R") > 0);
+    server.stop();
+    produce(&bus, 3000, 3000); // appended while the server is down
+    std::thread::sleep(Duration::from_millis(1500));
+    server.spawn();
+    produce(&bus, 6000, 2000); // appended live after it returns
+    wait_for(Duration::from_secs(30), "catch-up after the restart", || stream_count(&url, "R") >= 16_000);
+    stop.store(true, Ordering::Relaxed);
+    let (stats, seen) = worker.join().unwrap().unwrap();
+    assert!(stats.retries > 0, "the bridge never noticed the server going away");
+    assert!(seen.iter().any(|s| !s.connected && s.lag > 0), "no status reported the outage and its lag");
+    // Exactly once; per-subject order is not guaranteed across a server outage (publishes lost
+    // with the old connection are re-sent after ones the client had buffered; see the module
+    // docs of shoal::bridge).
+    assert_stream_is_topic(&url, "R", 8000, false);
+}
+
+#[test]
+fn import_killed_midway_then_restarted_copies_the_stream_byte_for_byte() {
+    let server = Server::start();
+    let url = server.url();
+    let src = tempfile::tempdir().unwrap();
+    let n = 10_000;
+    produce(&Bus::open(src.path()).unwrap(), 0, n);
+    create_stream(&url, "I");
+    let total = n * PARTITIONS as u64;
+    run_until(export_thread(src.path().into(), url.clone(), "I".into()), Duration::from_secs(30), || {
+        stream_count(&url, "I") >= total
+    });
+    let dst = tempfile::tempdir().unwrap();
+    // The second box has the topic with the same partition count.
+    Bus::open(dst.path()).unwrap().topic_or_create(TOPIC, Some(PARTITIONS)).unwrap();
+    let child = spawn_child("import", dst.path(), &url, "I");
+    wait_for(Duration::from_secs(30), "child import progress", || local_count(dst.path()) >= total / 3);
+    drop(child); // SIGKILL
+    let after_kill = local_count(dst.path());
+    assert!(after_kill < total, "the importer finished before it was killed; raise n");
+    run_until(import_thread(dst.path().into(), url.clone(), "I".into()), Duration::from_secs(30), || {
+        local_count(dst.path()) >= total
+    });
+    // A second restart with nothing new imports nothing.
+    let again = run_until(import_thread(dst.path().into(), url.clone(), "I".into()), Duration::from_secs(5), || true);
+    assert_eq!(again.records, 0);
+    let a = local_records(&Bus::open(src.path()).unwrap());
+    let b = local_records(&Bus::open(dst.path()).unwrap());
+    for p in 0..PARTITIONS as usize {
+        assert_eq!(a[p].len(), b[p].len(), "partition {p}: records");
+        assert!(a[p] == b[p], "partition {p}: records differ");
+    }
+}
+
+#[test]
+fn a_bad_url_an_unreachable_server_and_a_missing_stream_are_clear_errors() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::open(dir.path()).unwrap();
+    produce(&bus, 0, 1);
+    let stop = AtomicBool::new(false);
+    let e = bridge::export(&bus, TOPIC, &opts("nats://127.0.0.1:notaport", "S"), &stop, &mut |_| {}).unwrap_err();
+    assert!(matches!(e, BridgeError::BadUrl { .. }), "{e:?}");
+    assert!(e.to_string().contains("bad NATS URL"), "{e}");
+
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let e =
+        bridge::export(&bus, TOPIC, &opts(&format!("nats://127.0.0.1:{closed}"), "S"), &stop, &mut |_| {}).unwrap_err();
+    assert!(matches!(e, BridgeError::Unreachable { .. }), "{e:?}");
+    assert!(e.to_string().contains("cannot connect to NATS"), "{e}");
+
+    for r in [
+        bridge::export(&bus, TOPIC, &opts(&server.url(), "Missing"), &stop, &mut |_| {}),
+        bridge::import(&bus, TOPIC, &opts(&server.url(), "Missing"), &stop, &mut |_| {}),
+    ] {
+        let e = r.unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, BridgeError::NoStream { .. }), "{e:?}");
+        assert!(text.contains("stream Missing does not exist on nats://127.0.0.1:"), "{text}");
+        assert!(text.contains("nats stream add"), "{text}");
+    }
+}
