@@ -11,6 +11,14 @@
 //! directory); every timed run uses a fresh stream (and for shoal a fresh bus), built before
 //! the clock starts. Under `cargo test --benches` criterion runs each bench once and N shrinks,
 //! so that mode stays quick.
+//!
+//! A shoal run is timed from the call until the stream holds N messages (export) or the topic
+//! holds N records (import), polled every 2 ms from another thread: the bridge reports status
+//! only once a second, too coarse to time a run of a few hundred ms.
+//!
+//! Two runs on a 2-vCPU VM (nats-server 2.9.10 from Debian, file storage, N = 50000, in flight
+//! 256): export 0.82x and 0.74x the plain publisher; import 0.25x and 0.26x the plain
+//! consumer (which stores nothing) and 0.49x and 0.48x the plain publisher.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;

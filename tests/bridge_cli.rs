@@ -175,27 +175,48 @@ fn export_then_import_on_a_second_box_gives_the_same_bytes() {
     let mut export = bridge("export", &box_a, topic, &server.url, stream);
     wait_for(&mut export, "export", || js.messages(stream) >= records);
     let status = stop_bridge(export, "shoal bridge export");
-    assert!(status.lines().any(|l| l.starts_with("shoal bridge export: ")), "a status line: {status}");
+    let stopped = format!("{records} records acknowledged, 0 retries");
+    assert!(
+        status.lines().any(|l| l.starts_with("shoal bridge export: stopped after ") && l.ends_with(&stopped)),
+        "{status}"
+    );
     assert_eq!(js.messages(stream), records, "the stream holds every record exactly once");
 
     // A restart of the export sends nothing twice.
     let again = bridge("export", &box_a, topic, &server.url, stream);
     std::thread::sleep(Duration::from_millis(1500));
-    stop_bridge(again, "shoal bridge export (restarted)");
+    let status = stop_bridge(again, "shoal bridge export (restarted)");
     assert_eq!(js.messages(stream), records, "a restarted export duplicates nothing");
+    // It ran past its first status report (about a second in) with nothing to send.
+    let idle = "shoal bridge export: 0 acknowledged, 0 in flight, lag 0, 0/s, connected, retries 0";
+    assert!(status.lines().any(|l| l == idle), "a status line `{idle}`:\n{status}");
 
     // Box B: an empty directory; import creates the bus and the topic.
     let mut import = bridge("import", &box_b, topic, &server.url, stream);
-    let count = |bus: &str| ok(&["cat", bus, "--topic", topic], b"").iter().filter(|&&b| b == b'\n').count() as u64;
-    wait_for(&mut import, "import", || Path::new(&box_b).join("topics").is_dir() && count(&box_b) >= records);
+    // Records in the topic; 0 while the importer is still creating the bus and the topic.
+    let count = |bus: &str| {
+        let out = run(&["cat", bus, "--topic", topic], b"");
+        if out.status.success() {
+            out.stdout.iter().filter(|&&b| b == b'\n').count() as u64
+        } else {
+            0
+        }
+    };
+    wait_for(&mut import, "import", || count(&box_b) >= records);
     stop_bridge(import, "shoal bridge import");
     assert_eq!(partitions_bytes(&box_b, topic, partitions), partitions_bytes(&box_a, topic, partitions));
 
     // A restarted import appends nothing twice.
     let again = bridge("import", &box_b, topic, &server.url, stream);
-    std::thread::sleep(Duration::from_millis(1500));
-    stop_bridge(again, "shoal bridge import (restarted)");
+    // The importer's first report comes a second after it has connected and set up its
+    // consumer, later than the exporter's.
+    std::thread::sleep(Duration::from_millis(3000));
+    let status = stop_bridge(again, "shoal bridge import (restarted)");
     assert_eq!(count(&box_b), records);
+    // The connection state is left out: an idle importer reports `connected: false` until a
+    // message arrives (shoal::bridge sets it on exchanges that carry messages).
+    let idle = |l: &str| l.starts_with("shoal bridge import: 0 imported, lag 0, 0/s, ") && l.ends_with(", retries 0");
+    assert!(status.lines().any(idle), "a status line `0 imported, lag 0, 0/s, ..., retries 0`:\n{status}");
 }
 
 #[test]

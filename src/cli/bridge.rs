@@ -158,7 +158,8 @@ fn open_or_create(dir: &Path) -> Result<Bus, Error> {
 /// One status line (without the command's name), e.g.
 /// `12000 acknowledged, 256 in flight, lag 3000, 9800/s, connected, retries 0` (export) or
 /// `12000 imported, lag 0, 9800/s, connected, retries 0` (import). While the server is
-/// unreachable the connection state reads `retrying (<last error>)`.
+/// unreachable the connection state reads `retrying (<last error>)`, and `waiting` before the
+/// first exchange with it (an idle importer also reports that).
 fn status_line(export: bool, s: &BridgeStatus, per_s: f64) -> String {
     let moved = if export {
         format!("{} acknowledged, {} in flight", s.records, s.in_flight)
@@ -168,7 +169,7 @@ fn status_line(export: bool, s: &BridgeStatus, per_s: f64) -> String {
     let state = match (&s.last_error, s.connected) {
         (_, true) => "connected".to_string(),
         (Some(why), false) => format!("retrying ({})", why.replace(['\n', '\r'], " ")),
-        (None, false) => "connecting".to_string(),
+        (None, false) => "waiting".to_string(),
     };
     format!("{moved}, lag {}, {per_s:.0}/s, {state}, retries {}", s.lag, s.retries)
 }
