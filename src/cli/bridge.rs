@@ -65,10 +65,10 @@ pub(super) struct BridgeArgs {
     /// The JetStream stream (it must exist, or be created with --create-stream).
     #[arg(long)]
     stream: String,
-    /// Subject prefix: partition P is subject <PREFIX>.<P> (default shoal.<TOPIC>).
+    /// Subject prefix: partition P is subject PREFIX.P (default shoal.TOPIC).
     #[arg(long, value_name = "PREFIX")]
     subject_prefix: Option<String>,
-    /// Create the stream, capturing <PREFIX>.> (file storage, the server's de-duplication
+    /// Create the stream, capturing PREFIX.> (file storage, the server's de-duplication
     /// window), if it does not exist.
     #[arg(long)]
     create_stream: bool,
