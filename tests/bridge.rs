@@ -346,10 +346,8 @@ fn export_rides_out_a_server_restart_and_follows_the_topic_live() {
     let (stats, seen) = worker.join().unwrap().unwrap();
     assert!(stats.retries > 0, "the bridge never noticed the server going away");
     assert!(seen.iter().any(|s| !s.connected && s.lag > 0), "no status reported the outage and its lag");
-    // Exactly once; per-subject order is not guaranteed across a server outage (publishes lost
-    // with the old connection are re-sent after ones the client had buffered; see the module
-    // docs of shoal::bridge).
-    assert_stream_is_topic(&url, "R", 8000, false);
+    // Exactly once and in offset order per subject, across the outage too.
+    assert_stream_is_topic(&url, "R", 8000, true);
 }
 
 #[test]
@@ -413,4 +411,26 @@ fn a_bad_url_an_unreachable_server_and_a_missing_stream_are_clear_errors() {
         assert!(text.contains("stream Missing does not exist on nats://127.0.0.1:"), "{text}");
         assert!(text.contains("nats stream add"), "{text}");
     }
+}
+
+#[test]
+fn an_idle_importer_on_a_live_server_reports_connected() {
+    let server = Server::start();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    create_stream(&url, "I");
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let d = dir.path().to_path_buf();
+    let u = url.clone();
+    let worker = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let bus = Bus::open(&d)?;
+        bridge::import(&bus, TOPIC, &opts(&u, "I"), &s2, &mut |st: &BridgeStatus| seen.push(st.clone())).map(|_| seen)
+    });
+    std::thread::sleep(Duration::from_millis(2500));
+    stop.store(true, Ordering::Relaxed);
+    let seen = worker.join().unwrap().unwrap();
+    assert!(!seen.is_empty(), "no status within 2.5 s");
+    assert!(seen.iter().all(|s| s.connected && s.records == 0), "{seen:?}");
 }

@@ -10,8 +10,9 @@ use async_nats::HeaderMap;
 
 use super::positions::{create_dir, PositionFile};
 use super::{
-    check_names, connect, get_stream, next_backoff, positions_dir, runtime, BridgeError, BridgeOptions, BridgeStats,
-    BridgeStatus, ACK_TIMEOUT, BACKOFF_MIN, HEADER_KEY, HEADER_OFFSET, HEADER_PARTITION, HEADER_TIMESTAMP_NS,
+    check_names, get_stream, next_backoff, positions_dir, runtime, BridgeError, BridgeOptions, BridgeStats,
+    BridgeStatus, ACK_TIMEOUT, BACKOFF_MIN, CONNECT_ATTEMPTS, HEADER_KEY, HEADER_OFFSET, HEADER_PARTITION,
+    HEADER_TIMESTAMP_NS,
 };
 use crate::bus::Bus;
 use crate::log::{Offset, Reader};
@@ -20,6 +21,67 @@ const IDLE_POLL: Duration = Duration::from_millis(10);
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 const STORE_EVERY: Duration = Duration::from_millis(100);
+
+/// One connection to the server, used until its first failure and then thrown away whole.
+///
+/// The client's connection handler runs on a runtime of its own, so that discarding the
+/// connection ends that task at once: the client never reconnects on its own and never
+/// sends the publishes it still holds on a later connection (that would let a later offset
+/// of a partition reach the stream before an earlier one lost with the old connection).
+struct Conn {
+    /// Dropped to end the thread that drives the connection's runtime.
+    _stop: tokio::sync::oneshot::Sender<()>,
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+}
+
+/// One attempt to open a [`Conn`]. Dropping the [`Conn`] stops its runtime's thread, which
+/// then drops the runtime and with it the connection handler, without a flush.
+async fn open(addr: &async_nats::ServerAddr, opts: &BridgeOptions) -> Result<Conn, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a tokio runtime for the connection: {e}"))?;
+    let handle = rt.handle().clone();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("shoal-nats-conn".into())
+        .spawn(move || {
+            let _ = rt.block_on(stop_rx);
+            drop(rt);
+        })
+        .map_err(|e| format!("cannot start the connection's thread: {e}"))?;
+    // The delay callback also runs before the first connection attempt: no wait then. After
+    // a disconnection the handler's one allowed reconnection attempt waits an hour, long
+    // after the bridge has noticed the failure and dropped the runtime that runs it.
+    let first = AtomicBool::new(true);
+    let connect = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(1))
+        .max_reconnects(1)
+        .reconnect_delay_callback(move |_| {
+            if first.swap(false, Ordering::Relaxed) {
+                Duration::ZERO
+            } else {
+                Duration::from_secs(3600)
+            }
+        })
+        .connect(addr.clone());
+    let client = match handle.spawn(connect).await {
+        Ok(Ok(client)) => client,
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(e) => return Err(format!("connection task: {e}")),
+    };
+    let js = async_nats::jetstream::ContextBuilder::new()
+        .timeout(ACK_TIMEOUT)
+        .max_ack_inflight(opts.max_in_flight.max(1))
+        .backpressure_on_inflight(true)
+        .build(client.clone());
+    Ok(Conn { _stop: stop_tx, client, js })
+}
+
+fn parse_url(url: &str) -> Result<async_nats::ServerAddr, BridgeError> {
+    url.parse().map_err(|e: std::io::Error| BridgeError::BadUrl { url: url.to_string(), why: e.to_string() })
+}
 
 struct Part {
     subject: String,
@@ -107,13 +169,28 @@ async fn run(
     status: &mut dyn FnMut(&BridgeStatus),
     started: Instant,
 ) -> Result<BridgeStats, BridgeError> {
-    let client = connect(&opts.nats_url).await?;
-    let js = async_nats::jetstream::ContextBuilder::new()
-        .timeout(ACK_TIMEOUT)
-        .max_ack_inflight(opts.max_in_flight.max(1))
-        .backpressure_on_inflight(true)
-        .build(client.clone());
-    get_stream(&js, opts, format!("{prefix}.>")).await?;
+    let addr = parse_url(&opts.nats_url)?;
+    let mut conn = None;
+    let mut delay = BACKOFF_MIN;
+    let mut why = String::new();
+    for attempt in 1..=CONNECT_ATTEMPTS {
+        match open(&addr, opts).await {
+            Ok(c) => {
+                conn = Some(c);
+                break;
+            }
+            Err(e) => why = e,
+        }
+        if attempt < CONNECT_ATTEMPTS {
+            tokio::time::sleep(delay).await;
+            delay = next_backoff(delay);
+        }
+    }
+    let Some(first) = conn else {
+        return Err(BridgeError::Unreachable { url: opts.nats_url.clone(), attempts: CONNECT_ATTEMPTS, why });
+    };
+    get_stream(&first.js, opts, format!("{prefix}.>")).await?;
+    let mut conn = Some(first);
 
     let mut in_flight: VecDeque<(usize, u64, PublishAckFuture)> = VecDeque::with_capacity(opts.max_in_flight);
     let mut st = BridgeStatus { connected: true, ..Default::default() };
@@ -129,7 +206,14 @@ async fn run(
         }
         // Fill the window, one record per partition in turn.
         let mut failure: Option<String> = None;
-        if !stopping {
+        if conn.is_none() && !stopping {
+            match open(&addr, opts).await {
+                Ok(c) => conn = Some(c),
+                Err(e) => failure = Some(format!("reconnect: {e}")),
+            }
+        }
+        if let (Some(c), None, false) = (conn.as_ref(), failure.as_ref(), stopping) {
+            let js = &c.js;
             let mut idle_parts = 0;
             while in_flight.len() < opts.max_in_flight && idle_parts < parts.len() {
                 let i = next_part % parts.len();
@@ -184,9 +268,12 @@ async fn run(
             }
         }
         if let Some(why) = failure {
-            // Forget everything in flight and rewind: the re-sends carry the same message
-            // ids, so the ones that did reach the stream are de-duplicated.
+            // Forget everything in flight, discard the connection with whatever its client
+            // still holds, and rewind: the re-sends go out in offset order on a fresh
+            // connection and carry the same message ids, so the ones that did reach the
+            // stream are de-duplicated.
             in_flight.clear();
+            conn = None;
             for part in parts.iter_mut() {
                 part.reader.seek(Offset(part.acked))?;
                 part.sent = part.acked;
@@ -221,6 +308,8 @@ async fn run(
         }
     }
     store(parts, true)?;
-    let _ = client.flush().await;
+    if let Some(c) = conn.take() {
+        let _ = c.client.flush().await;
+    }
     Ok(BridgeStats { records: st.records, recovered: 0, retries: st.retries, elapsed: started.elapsed() })
 }

@@ -169,7 +169,7 @@ async fn run(
 ) -> Result<BridgeStats, BridgeError> {
     let opts = ctx.opts;
     let client = connect(&opts.nats_url).await?;
-    let js = async_nats::jetstream::new(client);
+    let js = async_nats::jetstream::new(client.clone());
     let stream = get_stream(&js, opts, format!("{}.>", ctx.prefix)).await?;
     let filter_subject = opts.subject_prefix.as_ref().map(|p| format!("{p}.>")).unwrap_or_default();
 
@@ -192,7 +192,10 @@ async fn run(
                 Err(e) => Err(e.to_string()),
             };
             match made {
-                Ok(m) => messages = Some(m),
+                Ok(m) => {
+                    messages = Some(m);
+                    st.connected = true;
+                }
                 Err(why) => {
                     st.retries += 1;
                     st.connected = false;
@@ -269,6 +272,8 @@ async fn run(
             backoff = next_backoff(backoff);
         }
         if last_status.elapsed() >= STATUS_EVERY {
+            // Idle but connected counts as connected.
+            st.connected = messages.is_some() && client.connection_state() == async_nats::connection::State::Connected;
             st.elapsed = started.elapsed();
             status(&st);
             last_status = Instant::now();

@@ -22,16 +22,24 @@
 //! (as long as it restarts within the stream's `duplicate_window`).
 //!
 //! When a publish fails or is not acknowledged within [`ACK_TIMEOUT`], every publish in
-//! flight is forgotten, each partition rewinds to its last acknowledged offset, and the
-//! bridge waits (50 ms doubling to 2 s) before sending again: nothing is dropped or skipped,
-//! and the lag (records in the topic not yet acknowledged) shows in [`BridgeStatus`].
+//! flight is forgotten, the connection is thrown away whole, each partition rewinds to its
+//! last acknowledged offset, and the bridge waits (50 ms doubling to 2 s) before connecting
+//! afresh and sending again: nothing is dropped or skipped, and the lag (records in the topic
+//! not yet acknowledged) shows in [`BridgeStatus`].
 //!
 //! **Order across an outage.** Within one connection the stream stores a partition's records
-//! in offset order. When the server goes away with publishes in flight, the client may lose
-//! the ones written to the dead connection and deliver the ones it buffered while
-//! reconnecting; the bridge then re-sends the lost ones, so the stream holds every record
-//! exactly once but a few of them after later offsets of the same subject. Consumers that
-//! need strict order read `Shoal-Offset` (the importer does not reorder yet).
+//! in offset order. The client's own reconnection is what could break that: it would flush
+//! the publishes it held while reconnecting on the new connection, after some earlier ones
+//! were lost with the dead one. So the exporter never lets a client reconnect: each client
+//! runs on a runtime of its own that is shut down when the bridge discards it (its one
+//! allowed reconnection attempt waits far longer than that), so what it still holds is never
+//! sent. Each connection thus delivers, per partition, a gap-free run of offsets; the
+//! re-sends on the next connection start at the last acknowledged offset, and the stream's
+//! de-duplication drops the ones already stored, so every subject holds its partition's
+//! records exactly once and in offset order. (A server that rejects one publish of a
+//! connection yet stores a later one, e.g. a store error on one message, could still leave
+//! a re-sent record after later ones; the exporter counts such a rejection as a failure and
+//! re-sends from it.)
 //!
 //! # Import: stream -> topic
 //! The stream (or the subjects under [`BridgeOptions::subject_prefix`]) is read in stream
