@@ -15,23 +15,27 @@
 //!  48 crc32c      u32      of bytes 0..48
 //!  52 reserved    u32      0
 //! ```
-//! The import file holds two numbers that must change together (a stream sequence and a local
-//! offset), which the one-number group slot cannot, hence its own slot. A torn write damages
+//! The import file holds numbers that must change together (a stream sequence and local
+//! offsets), so it has its own magic and three words, in the same two-slot codec
+//! (`crate::group::format::SlotFormat`) as the committed offsets. A torn write damages
 //! only the slot being written; the other (the previous position) still stands.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::group::format::{decode_offsets, encode_offsets_slot, OFFSETS_FILE_BYTES, OFFSETS_SLOT_STRIDE};
+use crate::group::format::{
+    decode_offsets, encode_offsets_slot, SlotFormat, OFFSETS_FILE_BYTES, OFFSETS_SLOT_STRIDE, SLOTS_FILE_BYTES,
+    SLOT_STRIDE,
+};
 
 use super::BridgeError;
 
 /// Bytes of an import positions file.
-pub const IMPORT_FILE_BYTES: usize = 128;
+pub const IMPORT_FILE_BYTES: usize = SLOTS_FILE_BYTES;
 /// Bytes of one import slot.
 pub const IMPORT_SLOT_BYTES: usize = 56;
-const IMPORT_SLOT_STRIDE: usize = 64;
+const IMPORT_SLOT_STRIDE: usize = SLOT_STRIDE;
 const IMPORT_MAGIC: [u8; 8] = *b"SHOALBRI";
 const IMPORT_VERSION: u32 = 1;
 
@@ -48,62 +52,15 @@ pub struct ImportPosition {
     pub base_next: u64,
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    let mut w = [0u8; 4];
-    w.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(w)
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(w)
-}
+/// The import positions file, in the two-slot format of the committed offsets.
+const IMPORT_FORMAT: SlotFormat =
+    SlotFormat { magic: IMPORT_MAGIC, version: IMPORT_VERSION, words: 3, what: "import-positions" };
 
 /// Encodes one import slot.
 pub fn encode_import_slot(pos: &ImportPosition) -> [u8; IMPORT_SLOT_BYTES] {
     let mut b = [0u8; IMPORT_SLOT_BYTES];
-    b[0..8].copy_from_slice(&IMPORT_MAGIC);
-    b[8..12].copy_from_slice(&IMPORT_VERSION.to_le_bytes());
-    b[16..24].copy_from_slice(&pos.generation.to_le_bytes());
-    b[24..32].copy_from_slice(&pos.stream_seq.to_le_bytes());
-    b[32..40].copy_from_slice(&pos.local_next.to_le_bytes());
-    b[40..48].copy_from_slice(&pos.base_next.to_le_bytes());
-    let crc = crc32c::crc32c(&b[..48]);
-    b[48..52].copy_from_slice(&crc.to_le_bytes());
+    IMPORT_FORMAT.encode_into(pos.generation, &[pos.stream_seq, pos.local_next, pos.base_next], &mut b);
     b
-}
-
-fn decode_import_slot(b: &[u8]) -> Result<Option<ImportPosition>, String> {
-    if b.len() != IMPORT_SLOT_BYTES {
-        return Err(format!("import slot is {} bytes, expected {IMPORT_SLOT_BYTES}", b.len()));
-    }
-    if b.iter().all(|&x| x == 0) {
-        return Ok(None);
-    }
-    if b[0..8] != IMPORT_MAGIC {
-        return Err("not a shoal import-positions slot (bad magic)".into());
-    }
-    let version = u32_at(b, 8);
-    if version != IMPORT_VERSION {
-        return Err(format!("import-positions version {version} is not the {IMPORT_VERSION} this shoal reads"));
-    }
-    if crc32c::crc32c(&b[..48]) != u32_at(b, 48) {
-        return Err("import-positions slot checksum mismatch".into());
-    }
-    if u32_at(b, 12) != 0 || u32_at(b, 52) != 0 {
-        return Err("import-positions slot has non-zero reserved bytes".into());
-    }
-    let generation = u64_at(b, 16);
-    if generation == 0 {
-        return Err("import-positions slot has generation 0".into());
-    }
-    Ok(Some(ImportPosition {
-        generation,
-        stream_seq: u64_at(b, 24),
-        local_next: u64_at(b, 32),
-        base_next: u64_at(b, 40),
-    }))
 }
 
 /// Decodes an import positions file: the newest valid slot, `Ok(None)` when empty.
@@ -111,34 +68,12 @@ fn decode_import_slot(b: &[u8]) -> Result<Option<ImportPosition>, String> {
 /// # Errors
 /// Why the bytes are not a valid file.
 pub fn decode_import(bytes: &[u8]) -> Result<Option<ImportPosition>, String> {
-    if bytes.is_empty() {
-        return Ok(None);
-    }
-    if bytes.len() != IMPORT_FILE_BYTES {
-        return Err(format!("import-positions file is {} bytes, expected {IMPORT_FILE_BYTES}", bytes.len()));
-    }
-    let mut best: Option<ImportPosition> = None;
-    let mut damage = None;
-    for k in 0..2 {
-        let at = k * IMPORT_SLOT_STRIDE;
-        match decode_import_slot(&bytes[at..at + IMPORT_SLOT_BYTES]) {
-            Ok(Some(s)) => {
-                if best.is_some_and(|b| b.generation == s.generation) {
-                    return Err(format!("both import-positions slots claim generation {}", s.generation));
-                }
-                if best.is_none_or(|b| b.generation < s.generation) {
-                    best = Some(s);
-                }
-            }
-            Ok(None) => {}
-            Err(why) => damage = Some(why),
-        }
-    }
-    match (best, damage) {
-        (Some(b), _) => Ok(Some(b)),
-        (None, Some(why)) => Err(why),
-        (None, None) => Ok(None),
-    }
+    Ok(IMPORT_FORMAT.decode_file(bytes)?.map(|(generation, w)| ImportPosition {
+        generation,
+        stream_seq: w[0],
+        local_next: w[1],
+        base_next: w[2],
+    }))
 }
 
 /// A positions file of one partition, open for reading and rewriting.

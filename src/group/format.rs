@@ -24,11 +24,11 @@
 //! [`LABEL_BYTES_MAX`] bytes of UTF-8.
 
 /// Bytes of an offsets file.
-pub const OFFSETS_FILE_BYTES: usize = 128;
+pub const OFFSETS_FILE_BYTES: usize = SLOTS_FILE_BYTES;
 /// Bytes of one slot of an offsets file.
 pub const OFFSETS_SLOT_BYTES: usize = 40;
 /// Where slot `k` starts.
-pub const OFFSETS_SLOT_STRIDE: usize = 64;
+pub const OFFSETS_SLOT_STRIDE: usize = SLOT_STRIDE;
 /// Version of every group file format.
 pub const GROUP_FORMAT_VERSION: u32 = 1;
 /// Longest label kept in a lease.
@@ -72,15 +72,148 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(w)
 }
 
+/// A file of two checksummed slots written alternately, so that a torn write damages only
+/// the slot being written and the previous record still stands. The committed offsets here
+/// and the bridge's import positions share it. Slot layout (little-endian):
+///
+/// ```text
+///  0  magic       [u8; 8]
+///  8  version     u32
+/// 12  reserved    u32  0
+/// 16  generation  u64  1, 2, 3, ... (the slot written is generation % 2)
+/// 24  words       u64 x `words`
+///  .  crc32c      u32  of every byte before it
+///  .  reserved    u32  0
+/// ```
+/// Slots sit at bytes 0 and [`SLOT_STRIDE`] of a [`SLOTS_FILE_BYTES`]-byte file.
+#[derive(Clone, Copy, Debug)]
+pub struct SlotFormat {
+    /// The first 8 bytes of a slot.
+    pub magic: [u8; 8],
+    /// The format version written and read.
+    pub version: u32,
+    /// u64 words after the generation (1 to [`SLOT_WORDS_MAX`]).
+    pub words: usize,
+    /// What the file holds, for error messages ("committed-offsets").
+    pub what: &'static str,
+}
+
+/// The most u64 words a slot carries.
+pub const SLOT_WORDS_MAX: usize = 3;
+/// Distance between the two slots of a file.
+pub const SLOT_STRIDE: usize = 64;
+/// Bytes of a two-slot file.
+pub const SLOTS_FILE_BYTES: usize = 2 * SLOT_STRIDE;
+
+/// One decoded slot: its generation and its words (unused ones zero).
+pub type SlotRecord = (u64, [u64; SLOT_WORDS_MAX]);
+
+impl SlotFormat {
+    /// Bytes of one slot.
+    pub const fn slot_bytes(&self) -> usize {
+        24 + 8 * self.words + 8
+    }
+
+    /// Writes one slot into `b` (exactly [`SlotFormat::slot_bytes`] long).
+    pub fn encode_into(&self, generation: u64, words: &[u64], b: &mut [u8]) {
+        debug_assert!(words.len() == self.words && b.len() == self.slot_bytes());
+        b.fill(0);
+        b[0..8].copy_from_slice(&self.magic);
+        b[8..12].copy_from_slice(&self.version.to_le_bytes());
+        b[16..24].copy_from_slice(&generation.to_le_bytes());
+        for (i, w) in words.iter().enumerate() {
+            b[24 + 8 * i..32 + 8 * i].copy_from_slice(&w.to_le_bytes());
+        }
+        let at = 24 + 8 * self.words;
+        let crc = crc32c::crc32c(&b[..at]);
+        b[at..at + 4].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// Decodes one slot: `Ok(None)` when empty (all zero).
+    ///
+    /// # Errors
+    /// Why the slot is not valid.
+    pub fn decode_slot(&self, b: &[u8]) -> Result<Option<SlotRecord>, String> {
+        let what = self.what;
+        let bytes = self.slot_bytes();
+        if b.len() != bytes {
+            return Err(format!("{what} slot is {} bytes, expected {bytes}", b.len()));
+        }
+        if b.iter().all(|&x| x == 0) {
+            return Ok(None);
+        }
+        if b[0..8] != self.magic {
+            return Err(format!("not a shoal {what} slot (bad magic)"));
+        }
+        let version = u32_at(b, 8);
+        if version != self.version {
+            return Err(format!("{what} version {version} is not the {} this shoal reads", self.version));
+        }
+        let at = 24 + 8 * self.words;
+        if crc32c::crc32c(&b[..at]) != u32_at(b, at) {
+            return Err(format!("{what} slot checksum mismatch"));
+        }
+        if u32_at(b, 12) != 0 || u32_at(b, at + 4) != 0 {
+            return Err(format!("{what} slot has non-zero reserved bytes"));
+        }
+        let generation = u64_at(b, 16);
+        if generation == 0 {
+            return Err(format!("{what} slot has generation 0"));
+        }
+        let mut words = [0u64; SLOT_WORDS_MAX];
+        for (i, w) in words.iter_mut().enumerate().take(self.words) {
+            *w = u64_at(b, 24 + 8 * i);
+        }
+        Ok(Some((generation, words)))
+    }
+
+    /// Decodes a whole file: the newest valid slot, `Ok(None)` when nothing was ever
+    /// written (an empty file, or two empty slots).
+    ///
+    /// # Errors
+    /// Why the file is not valid: a wrong length, no valid slot while some slot holds bytes,
+    /// or two slots with the same generation.
+    pub fn decode_file(&self, bytes: &[u8]) -> Result<Option<SlotRecord>, String> {
+        let what = self.what;
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        if bytes.len() != SLOTS_FILE_BYTES {
+            return Err(format!("{what} file is {} bytes, expected {SLOTS_FILE_BYTES}", bytes.len()));
+        }
+        let mut best: Option<SlotRecord> = None;
+        let mut damage = None;
+        for k in 0..2 {
+            let at = k * SLOT_STRIDE;
+            match self.decode_slot(&bytes[at..at + self.slot_bytes()]) {
+                Ok(Some(s)) => {
+                    if best.is_some_and(|b| b.0 == s.0) {
+                        return Err(format!("both {what} slots claim generation {}", s.0));
+                    }
+                    if best.is_none_or(|b| b.0 < s.0) {
+                        best = Some(s);
+                    }
+                }
+                Ok(None) => {}
+                Err(why) => damage = Some(why),
+            }
+        }
+        match (best, damage) {
+            (Some(b), _) => Ok(Some(b)),
+            (None, Some(why)) => Err(why),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+/// The committed-offsets file: one word, the next offset the group reads.
+const OFFSETS_FORMAT: SlotFormat =
+    SlotFormat { magic: OFFSETS_MAGIC, version: GROUP_FORMAT_VERSION, words: 1, what: "committed-offsets" };
+
 /// Encodes one offsets slot.
 pub fn encode_offsets_slot(generation: u64, offset: u64) -> [u8; OFFSETS_SLOT_BYTES] {
     let mut b = [0u8; OFFSETS_SLOT_BYTES];
-    b[0..8].copy_from_slice(&OFFSETS_MAGIC);
-    b[8..12].copy_from_slice(&GROUP_FORMAT_VERSION.to_le_bytes());
-    b[16..24].copy_from_slice(&generation.to_le_bytes());
-    b[24..32].copy_from_slice(&offset.to_le_bytes());
-    let crc = crc32c::crc32c(&b[..32]);
-    b[32..36].copy_from_slice(&crc.to_le_bytes());
+    OFFSETS_FORMAT.encode_into(generation, &[offset], &mut b);
     b
 }
 
@@ -89,30 +222,7 @@ pub fn encode_offsets_slot(generation: u64, offset: u64) -> [u8; OFFSETS_SLOT_BY
 /// # Errors
 /// Why the slot is not valid.
 pub fn decode_offsets_slot(b: &[u8]) -> Result<Option<CommittedSlot>, String> {
-    if b.len() != OFFSETS_SLOT_BYTES {
-        return Err(format!("offsets slot is {} bytes, expected {OFFSETS_SLOT_BYTES}", b.len()));
-    }
-    if b.iter().all(|&x| x == 0) {
-        return Ok(None);
-    }
-    if b[0..8] != OFFSETS_MAGIC {
-        return Err("not a shoal committed-offsets slot (bad magic)".into());
-    }
-    let version = u32_at(b, 8);
-    if version != GROUP_FORMAT_VERSION {
-        return Err(format!("committed-offsets version {version} is not the {GROUP_FORMAT_VERSION} this shoal reads"));
-    }
-    if crc32c::crc32c(&b[..32]) != u32_at(b, 32) {
-        return Err("committed-offsets slot checksum mismatch".into());
-    }
-    if u32_at(b, 12) != 0 || u32_at(b, 36) != 0 {
-        return Err("committed-offsets slot has non-zero reserved bytes".into());
-    }
-    let generation = u64_at(b, 16);
-    if generation == 0 {
-        return Err("committed-offsets slot has generation 0".into());
-    }
-    Ok(Some(CommittedSlot { generation, offset: u64_at(b, 24) }))
+    Ok(OFFSETS_FORMAT.decode_slot(b)?.map(|(generation, w)| CommittedSlot { generation, offset: w[0] }))
 }
 
 /// Decodes a whole offsets file: the newest valid slot, `Ok(None)` when nothing was ever
@@ -122,37 +232,7 @@ pub fn decode_offsets_slot(b: &[u8]) -> Result<Option<CommittedSlot>, String> {
 /// Why the file is not valid: a wrong length, no valid slot while some slot holds bytes,
 /// or two slots with the same generation.
 pub fn decode_offsets(bytes: &[u8]) -> Result<Option<CommittedSlot>, String> {
-    if bytes.is_empty() {
-        return Ok(None);
-    }
-    if bytes.len() != OFFSETS_FILE_BYTES {
-        return Err(format!("committed-offsets file is {} bytes, expected {OFFSETS_FILE_BYTES}", bytes.len()));
-    }
-    let slots = [0, 1].map(|k| {
-        let at = k * OFFSETS_SLOT_STRIDE;
-        decode_offsets_slot(&bytes[at..at + OFFSETS_SLOT_BYTES])
-    });
-    let mut best: Option<CommittedSlot> = None;
-    let mut damage = None;
-    for slot in slots {
-        match slot {
-            Ok(Some(s)) => {
-                if best.is_some_and(|b| b.generation == s.generation) {
-                    return Err(format!("both committed-offsets slots claim generation {}", s.generation));
-                }
-                if best.is_none_or(|b| b.generation < s.generation) {
-                    best = Some(s);
-                }
-            }
-            Ok(None) => {}
-            Err(why) => damage = Some(why),
-        }
-    }
-    match (best, damage) {
-        (Some(b), _) => Ok(Some(b)),
-        (None, Some(why)) => Err(why),
-        (None, None) => Ok(None),
-    }
+    Ok(OFFSETS_FORMAT.decode_file(bytes)?.map(|(generation, w)| CommittedSlot { generation, offset: w[0] }))
 }
 
 /// Checks a member id: 1 to [`ID_BYTES_MAX`] bytes of `[0-9-]`.
