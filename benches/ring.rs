@@ -31,7 +31,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use criterion::{black_box, BenchmarkGroup, Criterion, Throughput};
-use crossbeam::utils::CachePadded;
+use crossbeam_utils::CachePadded;
 use disruptor::{ProcessorSettings as _, Producer as _};
 use shoal::metrics::{format_ns, LatencyHistogram};
 use shoal::ring::{self, WaitStrategy};
@@ -260,7 +260,7 @@ fn disruptor_run(total: u64, batched: bool) -> Duration {
 }
 
 fn array_queue_one(total: u64) -> Duration {
-    let q = crossbeam::queue::ArrayQueue::<u64>::new(CAPACITY);
+    let q = crossbeam_queue::ArrayQueue::<u64>::new(CAPACITY);
     timed_pair(
         || {
             for i in 0..total {
@@ -286,7 +286,7 @@ fn array_queue_one(total: u64) -> Duration {
 }
 
 fn crossbeam_channel_one(total: u64) -> Duration {
-    let (tx, rx) = crossbeam::channel::bounded::<u64>(CAPACITY);
+    let (tx, rx) = crossbeam_channel::bounded::<u64>(CAPACITY);
     timed_pair(
         move || {
             for i in 0..total {

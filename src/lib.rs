@@ -14,7 +14,10 @@
 //! | [`bus`] | a directory of topics; each partition a log with one appender; stable key routing |
 //! | [`group`] | consumer groups whose members (threads or processes) join, leave or die at any time; committed offsets; replay-then-live |
 //! | [`metrics`] | latency histograms and snapshots for the CLI |
-//! | [`cli`] | the `shoal` command line |
+//! | `bridge` | export and import of topics to NATS JetStream (cargo feature `nats`) |
+//!
+//! The `shoal` command line is the crate's binary, behind the default cargo feature `cli`;
+//! a library user who turns default features off compiles none of it.
 //!
 //! # Quickstart
 //! ```
@@ -88,9 +91,9 @@ pub mod affinity;
 #[cfg(feature = "nats")]
 pub mod bridge;
 pub mod bus;
-pub mod cli;
 pub mod group;
 pub mod log;
 pub mod metrics;
 pub mod pipeline;
 pub mod ring;
+mod sys;

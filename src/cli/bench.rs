@@ -47,9 +47,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map, Value};
 
 use super::{stdout_failed, Error};
-use crate::log::{Appender, Durability, LogOptions, Offset, Reader, Retention};
-use crate::metrics::{format_ns, LatencyHistogram};
-use crate::ring::{self, WaitStrategy};
+use shoal::log::{Appender, Durability, LogOptions, Offset, Reader, Retention};
+use shoal::metrics::{format_ns, LatencyHistogram};
+use shoal::ring::{self, WaitStrategy};
 
 const KIB: usize = 1 << 10;
 const MIB: usize = 1 << 20;
@@ -307,7 +307,7 @@ struct Machine {
 
 impl Machine {
     fn probe(dir: &Path) -> Machine {
-        let usable_cpus = crate::affinity::usable_cpus().unwrap_or_default();
+        let usable_cpus = shoal::affinity::usable_cpus().unwrap_or_default();
         let pinned = match usable_cpus.as_slice() {
             [a, b, ..] => Some((*a, *b)),
             _ => None,
@@ -436,9 +436,9 @@ fn note(line: &str) {
 
 /// Pins the calling thread to `cpu` (when there is one) and names it.
 fn pin(cpu: Option<usize>, name: &str) {
-    crate::affinity::name_current(name);
+    shoal::affinity::name_current(name);
     if let Some(cpu) = cpu {
-        if let Err(e) = crate::affinity::pin_current(cpu) {
+        if let Err(e) = shoal::affinity::pin_current(cpu) {
             note(&format!("shoal bench: could not pin {name} to cpu {cpu}: {e}"));
         }
     }

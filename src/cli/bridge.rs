@@ -1,5 +1,5 @@
 //! `shoal bridge export|import`: a topic of a bus bridged to a NATS JetStream stream, on the
-//! command line (built with the `nats` feature; see [`crate::bridge`]).
+//! command line (built with the `nats` feature; see [`shoal::bridge`]).
 //!
 //! ```text
 //! shoal bridge export <BUS> --topic <T> --nats <URL> --stream <S> [--create-stream] [--subject-prefix <P>] [--max-in-flight <N>]
@@ -7,10 +7,10 @@
 //! ```
 //!
 //! The stream must exist, unless `--create-stream` asks for it to be created (over
-//! `<prefix>.>`, through [`crate::bridge::create_stream`]).
+//! `<prefix>.>`, through [`shoal::bridge::create_stream`]).
 //!
 //! Both run until SIGTERM or SIGINT: the handlers (through `signal-hook`) only set the flag
-//! that [`crate::bridge::export`] and [`crate::bridge::import`] check between batches, so the
+//! that [`shoal::bridge::export`] and [`shoal::bridge::import`] check between batches, so the
 //! bridge stops at a clean point (acknowledged positions stored) and the command exits 0.
 //! Export reads a bus that must exist (like `cat --topic`); import creates the bus directory
 //! if it is missing, so a second box starts from an empty directory.
@@ -37,8 +37,8 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 
 use super::Error;
-use crate::bridge::{BridgeOptions, BridgeStatus};
-use crate::bus::Bus;
+use shoal::bridge::{BridgeOptions, BridgeStatus};
+use shoal::bus::Bus;
 
 /// `shoal bridge export` and `shoal bridge import`.
 #[derive(Debug, Subcommand)]
@@ -99,7 +99,7 @@ pub(super) fn run(command: BridgeCommand) -> Result<ExitCode, Error> {
     let name = if export { "export" } else { "import" };
     if args.create_stream {
         let subjects = [format!("{}.>", opts.prefix(&args.topic))];
-        crate::bridge::create_stream(&opts, &subjects)
+        shoal::bridge::create_stream(&opts, &subjects)
             .map_err(|e| Error::new(format!("bridge {name}: creating stream {}: {e}", args.stream)))?;
     }
     let mut rate = Rate::default();
@@ -109,9 +109,9 @@ pub(super) fn run(command: BridgeCommand) -> Result<ExitCode, Error> {
         eprintln!("shoal bridge {name}: {}", status_line(export, s, per_s));
     };
     let result = if export {
-        crate::bridge::export(&bus, &args.topic, &opts, &stop, &mut status)
+        shoal::bridge::export(&bus, &args.topic, &opts, &stop, &mut status)
     } else {
-        crate::bridge::import(&bus, &args.topic, &opts, &stop, &mut status)
+        shoal::bridge::import(&bus, &args.topic, &opts, &stop, &mut status)
     };
     match result {
         Ok(stats) => {

@@ -13,8 +13,8 @@ use std::time::Duration;
 use base64::Engine as _;
 
 use super::{Error, Format};
-use crate::bus::Topic;
-use crate::log::{LogError, Offset, Reader, Record, Tailer};
+use shoal::bus::Topic;
+use shoal::log::{LogError, Offset, Reader, Record, Tailer};
 
 /// Longest single wait of `--follow` before it looks again (a safety net; the tailer is woken
 /// by the appender).
@@ -241,7 +241,7 @@ fn write_json(out: &mut impl Write, record: &Record<'_>, partition: Option<u32>)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::{Appender, Durability, LogOptions};
+    use shoal::log::{Appender, Durability, LogOptions};
 
     #[test]
     fn json_escapes_text_and_encodes_binary() {

@@ -29,7 +29,7 @@
 //! duplicated, corrupt or out of order, when the checksum differs, or when the group never
 //! delivered some order.
 //!
-//! # Why the topic stage is not [`Sink::topic`](crate::pipeline::Sink::topic)
+//! # Why the topic stage is not [`Sink::topic`](shoal::pipeline::Sink::topic)
 //! The demo needs the producer's data-sync figures and the moment the last order became
 //! durable, and a failed final sync must fail the demo rather than be logged on close. So
 //! the last stage owns a [`TopicSink`] whose `Drop` (run on the stage's worker when the
@@ -50,19 +50,19 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Receiver, Sender};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use super::inspect::table;
 use super::Error;
-use crate::bus::{Bus, Topic, TopicProducer};
-use crate::group::describe;
-use crate::log::format::{RECORD_ALIGN, RECORD_HEADER_BYTES};
-use crate::log::{Durability, LogOptions, Offset, Reader};
-use crate::metrics::{format_ns, LatencyHistogram};
-use crate::pipeline::{Emitter, Pipeline, Routing, ScaleReport, Sink, Source, SourceStep};
 use member::{ChildMember, Control, MemberReport};
 use order::{risk_score, Order, Tally, ORDER_BYTES};
+use shoal::bus::{Bus, Topic, TopicProducer};
+use shoal::group::describe;
+use shoal::log::format::{RECORD_ALIGN, RECORD_HEADER_BYTES};
+use shoal::log::{Durability, LogOptions, Offset, Reader};
+use shoal::metrics::{format_ns, LatencyHistogram};
+use shoal::pipeline::{Emitter, Pipeline, Routing, ScaleReport, Sink, Source, SourceStep};
 
 /// The demo's topic.
 const TOPIC: &str = "orders";
@@ -497,7 +497,7 @@ fn order_source(events: u64, progress: Arc<Progress>) -> Source<Order> {
         }
         let end = (next + SOURCE_BATCH).min(gate);
         for id in next..end {
-            let order = Order::new(id, crate::log::now_ns());
+            let order = Order::new(id, shoal::log::now_ns());
             seal_sum = seal_sum.wrapping_add(order.check);
             e.emit(order);
         }
@@ -818,7 +818,7 @@ mod tests {
             .expect("producer");
         let mut sum = 0u64;
         for id in 0..1000 {
-            let mut order = Order::new(id, crate::log::now_ns());
+            let mut order = Order::new(id, shoal::log::now_ns());
             order.risk = risk_score(order.account, order.amount_cents);
             sum = sum.wrapping_add(order.check);
             producer.send(order.account, bytemuck::bytes_of(&order)).expect("send");

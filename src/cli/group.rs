@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Error;
-use crate::group::{describe, Delivery, GroupInfo, GroupOptions, Member};
+use shoal::group::{describe, Delivery, GroupInfo, GroupOptions, Member};
 
 /// Longest wait of one poll: how soon a member notices SIGTERM or SIGINT.
 const POLL_WAIT: Duration = Duration::from_millis(50);
@@ -166,7 +166,7 @@ fn push_rows(text: &mut String, header: &[&str], rows: &[Vec<String>]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::group::{MemberInfo, PartitionInfo};
+    use shoal::group::{MemberInfo, PartitionInfo};
 
     #[test]
     fn the_table_aligns_its_columns() {

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use super::Error;
-use crate::log::{self, Problem};
+use shoal::log::{self, Problem};
 
 pub(super) fn verify(dir: &Path, repair: bool) -> Result<ExitCode, Error> {
     if repair {

@@ -2,8 +2,9 @@
 //! directory; `produce --topic`, `cat --topic`, `group` and `groups` over a bus directory.
 //!
 //! # Design
-//! The binary (`src/main.rs`) is one line that calls [`main`]; everything else lives here so
-//! that the commands are ordinary library code, built and linted with the rest of shoal.
+//! The command line is the crate's binary (`src/main.rs` declares this module), built only
+//! with the default cargo feature `cli`; it uses nothing but shoal's public library API, so
+//! an embedder who turns default features off compiles none of it.
 //! Arguments are parsed by `clap` (derive). Each command is a function in its own file that
 //! returns `Result<ExitCode, Error>`; [`main`] prints an [`Error`] as one line on stderr,
 //! `shoal: <what happened>; <what to do>`, and exits 1.
@@ -36,9 +37,9 @@
 //!   appends to a topic of the bus in BUS, created with P partitions (default 4) if missing
 //!   (an existing topic with another count is an error). Lines go round-robin over the
 //!   partitions; with `--keyed` each line is `<key>\t<payload>` (the first tab splits), the
-//!   key bytes become the record's u64 key through [`key_hash`](crate::bus::key_hash)
+//!   key bytes become the record's u64 key through [`key_hash`](shoal::bus::key_hash)
 //!   (FNV-1a) and pick its partition through
-//!   [`partition_for_key`](crate::bus::partition_for_key); a keyed line without a tab is an
+//!   [`partition_for_key`](shoal::bus::partition_for_key); a keyed line without a tab is an
 //!   error (the lines before it are appended, synced and acked). `--ack` prints
 //!   `durable <partition> <N>` lines.
 //! - `shoal cat <BUS> --topic <T> [--partition <P>] [--from <offset>] [--follow] [--format ..]`:
@@ -70,7 +71,7 @@
 //!
 //! Offsets printed by the tool are inclusive: `durable <N>` and the `durable offset` row of
 //! `stats` name the last durable record, while the library's
-//! [`durable_offset`](crate::log::Appender::durable_offset) is the exclusive watermark
+//! [`durable_offset`](shoal::log::Appender::durable_offset) is the exclusive watermark
 //! (`N + 1`).
 
 mod bench;
@@ -91,8 +92,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::bus::{Bus, BusError, PARTITIONS_MAX};
-use crate::log::{AppendError, Durability, LogError};
+use shoal::bus::{Bus, BusError, PARTITIONS_MAX};
+use shoal::log::{AppendError, Durability, LogError};
 
 /// `shoal produce --help`, after the options.
 const PRODUCE_HELP: &str = "\

@@ -19,8 +19,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::Error;
-use crate::bus::{key_hash, Bus, TopicProducer};
-use crate::log::{Appender, Durability, DurableWatch, LogOptions, Offset};
+use shoal::bus::{key_hash, Bus, TopicProducer};
+use shoal::log::{Appender, Durability, DurableWatch, LogOptions, Offset};
 
 /// Bytes asked of each `read(2)` on stdin.
 const READ_CHUNK_BYTES: usize = 64 << 10;
@@ -412,7 +412,7 @@ fn topic_ack_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::Reader;
+    use shoal::log::Reader;
 
     /// Hands out its input in the given pieces, one per `read`.
     struct Pieces(Vec<Vec<u8>>);

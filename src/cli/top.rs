@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use super::Error;
-use crate::metrics::BusSnapshot;
+use shoal::metrics::BusSnapshot;
 
 /// Shortest refresh interval accepted.
 pub(super) const INTERVAL_MS_MIN: u64 = 50;

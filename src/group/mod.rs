@@ -63,12 +63,10 @@
 
 pub mod assign;
 pub mod format;
-pub mod wait;
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -77,9 +75,10 @@ use std::time::{Duration, Instant};
 use memmap2::MmapRaw;
 
 use crate::bus::{validate_name, Bus, BusError, Topic};
-use crate::log::head::{Head, HEAD_FILE};
-use crate::log::{LogError, Offset, Reader, RecordRef};
-use crate::metrics::LatencyHistogram;
+use crate::log::{wait_any, LogError, Offset, Reader, RecordRef};
+use crate::sys::file::{try_flock, Flock};
+use crate::sys::futex;
+use crate::sys::histogram::LatencyHistogram;
 
 pub use format::{decode_lease, decode_offsets, decode_owner, CommittedSlot, LeaseInfo};
 
@@ -174,7 +173,6 @@ struct Owned {
     offsets: File,
     offsets_path: PathBuf,
     reader: Reader,
-    head: Option<Head>,
     /// The offset after the last record returned (records below it are skipped).
     delivered: u64,
     committed: u64,
@@ -212,7 +210,7 @@ impl Epoch {
 
     fn bump(&self) {
         self.word().fetch_add(1, Ordering::SeqCst);
-        wait::wake_all(self.word());
+        futex::wake_all(self.word());
     }
 }
 
@@ -242,22 +240,6 @@ pub struct Member {
 static ID_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// Tries of [`Member::join`] to publish its lease while other members sweep.
 const JOIN_ATTEMPTS: u32 = 16;
-
-fn lock_nb(file: &File, op: libc::c_int) -> std::io::Result<bool> {
-    loop {
-        // SAFETY: flock on a descriptor we own and keep open for the call.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) };
-        if rc == 0 {
-            return Ok(true);
-        }
-        let e = std::io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EWOULDBLOCK) => return Ok(false),
-            Some(libc::EINTR) => continue,
-            _ => return Err(e),
-        }
-    }
-}
 
 /// Reads at most `max` bytes of a file; `None` when it does not exist.
 fn read_small(path: &Path, max: u64) -> Result<Option<Vec<u8>>, BusError> {
@@ -321,7 +303,7 @@ impl Member {
                 .create_new(true)
                 .open(&temp)
                 .map_err(|e| BusError::io(&temp, "create", e))?;
-            if !lock_nb(&lease, libc::LOCK_EX).map_err(|e| BusError::io(&temp, "lock", e))? {
+            if !try_flock(&lease, Flock::Exclusive).map_err(|e| BusError::io(&temp, "lock", e))? {
                 let _ = std::fs::remove_file(&temp);
                 if attempt < JOIN_ATTEMPTS {
                     continue;
@@ -512,7 +494,7 @@ impl Member {
                 *file = Some(f);
             }
             let Some(lock) = file.as_ref() else { continue };
-            if !lock_nb(lock, libc::LOCK_EX).map_err(|e| BusError::io(&path, "lock", e))? {
+            if !try_flock(lock, Flock::Exclusive).map_err(|e| BusError::io(&path, "lock", e))? {
                 continue;
             }
             let Some((_, Some(lock))) = self.pending.remove(&p) else { continue };
@@ -553,13 +535,11 @@ impl Member {
             }
             Err(e) => return Err(e.into()),
         }
-        let head = if dir.join(HEAD_FILE).exists() { Head::open(&dir).ok() } else { None };
         Ok(Owned {
             _lock: lock,
             offsets,
             offsets_path,
             reader,
-            head,
             delivered: start,
             committed: start,
             generation: committed.map_or(0, |c| c.generation),
@@ -592,7 +572,7 @@ impl Member {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(BusError::io(&path, "open", e)),
             };
-            if lock_nb(&file, libc::LOCK_EX).map_err(|e| BusError::io(&path, "lock", e))? {
+            if try_flock(&file, Flock::Exclusive).map_err(|e| BusError::io(&path, "lock", e))? {
                 // Nobody holds it: its member is dead (or a join was cut short).
                 let _ = std::fs::remove_file(&path);
                 removed = true;
@@ -647,48 +627,15 @@ impl Member {
 
     /// Sleeps until a record arrives in an owned partition, the epoch moves, or `wait`.
     fn sleep(&mut self, wait: Duration) -> Result<(), BusError> {
-        for (&p, owned) in self.owned.iter_mut() {
-            if owned.head.is_none() {
-                let dir = self.topic.partition_dir(p)?;
-                if dir.join(HEAD_FILE).exists() {
-                    owned.head = Head::open(&dir).ok();
-                }
-            }
-        }
-        let mut list = Vec::with_capacity(self.owned.len() + 1);
         let epoch_seen = self.epoch.word().load(Ordering::SeqCst);
-        list.push(wait::FutexWaitv::new(self.epoch.word(), epoch_seen));
-        let mut every_head = true;
-        for owned in self.owned.values() {
-            match &owned.head {
-                Some(head) => {
-                    let seen = head.prepare_wait();
-                    list.push(wait::FutexWaitv::new(head.notify_word(), seen));
-                }
-                None => every_head = false,
-            }
+        if epoch_seen != self.seen_epoch {
+            return Ok(());
         }
-        // Re-check after registering (pairs with the appender's fence after publishing,
-        // see crate::log::head): either we see the record, or it sees us and wakes us.
-        let mut ready: Result<bool, BusError> = Ok(epoch_seen != self.seen_epoch);
-        for owned in self.owned.values_mut() {
-            if matches!(ready, Ok(true) | Err(_)) {
-                break;
-            }
-            ready = owned.reader.ready().map_err(BusError::from);
-        }
-        if matches!(ready, Ok(false)) {
-            let wait = if every_head { wait } else { wait.min(Duration::from_millis(1)) };
-            // SAFETY: the words live in the epoch page and the HEAD pages, mapped by
-            // `self.epoch` and `self.owned`, which are not touched during the call.
-            unsafe { wait::wait_any(&list, wait) };
-        }
-        for owned in self.owned.values() {
-            if let Some(head) = &owned.head {
-                head.finish_wait();
-            }
-        }
-        ready.map(|_| ())
+        let mut readers: Vec<&mut Reader> = self.owned.values_mut().map(|owned| &mut owned.reader).collect();
+        // The epoch word was read before the logs are re-checked: a membership change
+        // after this point moves it and ends the sleep.
+        wait_any(&mut readers, &[(self.epoch.word(), epoch_seen)], wait)?;
+        Ok(())
     }
 }
 
@@ -761,7 +708,7 @@ fn describe_one(base: &Path, group: &str, topic: &Topic) -> Result<GroupInfo, Bu
             }
             let path = entry.path();
             let Ok(file) = File::open(&path) else { continue };
-            if lock_nb(&file, libc::LOCK_SH).map_err(|e| BusError::io(&path, "lock", e))? {
+            if try_flock(&file, Flock::Shared).map_err(|e| BusError::io(&path, "lock", e))? {
                 continue; // not held: a dead member's lease
             }
             let label = read_small(&path, 4096)?
@@ -777,7 +724,7 @@ fn describe_one(base: &Path, group: &str, topic: &Topic) -> Result<GroupInfo, Bu
         let lock_path = base.join("owners").join(format!("{p}.lock"));
         let owner = match File::open(&lock_path) {
             Ok(file) => {
-                if lock_nb(&file, libc::LOCK_SH).map_err(|e| BusError::io(&lock_path, "lock", e))? {
+                if try_flock(&file, Flock::Shared).map_err(|e| BusError::io(&lock_path, "lock", e))? {
                     None
                 } else {
                     let id = read_small(&lock_path, 4096)?.and_then(|b| decode_owner(&b).ok());

@@ -5,15 +5,14 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::ops::Range;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::{bounded, Receiver, Sender};
-use crossbeam::utils::CachePadded;
+use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_utils::CachePadded;
 
 use super::error::{AppendError, LogError};
 use super::format::{self, record_stride, Region, SegmentHeader, BASE_OFFSET_UNSET, END_OF_SEGMENT};
@@ -22,8 +21,9 @@ use super::io::{IoDriver, SyncRange};
 use super::recovery::{records_after, scan_segment, ScanEnd};
 use super::segment::{list_segments, open_dir, Segment, SegmentId};
 use super::{now_ns, Durability, LogOptions, Offset, RecoveryMode, WallClock};
-use crate::metrics::LatencyHistogram;
-use crate::ring::wait::AsymmetricFence;
+use crate::sys::fence::AsymmetricFence;
+use crate::sys::file::{try_flock, Flock};
+use crate::sys::histogram::LatencyHistogram;
 
 const LOCK_FILE: &str = "LOCK";
 
@@ -38,15 +38,13 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<File, LogError> {
         .truncate(false)
         .open(&path)
         .map_err(|e| LogError::io(&path, "open", e))?;
-    // SAFETY: flock on an fd we own.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+    match try_flock(&file, Flock::Exclusive) {
+        Ok(true) => {}
+        Ok(false) => {
             let holder = std::fs::read_to_string(&path).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
             return Err(LogError::Locked { path, holder: holder.unwrap_or_else(|| "unknown".into()) });
         }
-        return Err(LogError::io(&path, "flock", err));
+        Err(err) => return Err(LogError::io(&path, "flock", err)),
     }
     let _ = file.set_len(0);
     let _ = write!(file, "{}", std::process::id());

@@ -23,8 +23,7 @@
 //! `membarrier(2)` that makes every thread of registered processes execute a full barrier.
 //! Where `membarrier` is unavailable both sides use a real fence.
 //!
-//! The futex calls are written by hand over `libc`: the maintained wrappers (`atomic-wait`,
-//! `parking_lot_core`) use process-private futexes only.
+//! The futex calls are those of [`crate::sys::futex`] (process-shared, written by hand).
 
 use std::fs::OpenOptions;
 use std::path::Path;
@@ -34,7 +33,8 @@ use std::time::Duration;
 use memmap2::MmapRaw;
 
 use super::error::LogError;
-use crate::ring::wait::AsymmetricFence;
+use crate::sys::fence::AsymmetricFence;
+use crate::sys::futex;
 
 const HEAD_MAGIC: [u8; 8] = *b"SHOALHED";
 const HEAD_VERSION: u32 = 1;
@@ -142,11 +142,7 @@ impl Head {
     pub fn wake(&self) {
         let word = self.u32_at(NOTIFY);
         word.fetch_add(1, Ordering::SeqCst);
-        // SAFETY: FUTEX_WAKE on a valid, aligned u32 in a shared mapping; no memory is
-        // written by the kernel.
-        unsafe {
-            libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX, 0usize, 0usize, 0u32);
-        }
+        futex::wake_all(word);
     }
 
     /// Registers a sleeper; returns the futex value to pass to [`Head::wait`]. The caller
@@ -159,23 +155,7 @@ impl Head {
 
     /// Sleeps until the futex word moves from `seen` or `timeout` passes.
     pub fn wait(&self, seen: u32, timeout: Duration) {
-        let ts = libc::timespec {
-            tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
-            tv_nsec: timeout.subsec_nanos() as libc::c_long,
-        };
-        // SAFETY: FUTEX_WAIT reads the aligned u32 in our mapping and the timespec on our
-        // stack; both outlive the call. EAGAIN/EINTR/ETIMEDOUT are all fine: callers loop.
-        unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                self.u32_at(NOTIFY).as_ptr(),
-                libc::FUTEX_WAIT,
-                seen,
-                &ts as *const libc::timespec,
-                0usize,
-                0u32,
-            );
-        }
+        futex::wait(self.u32_at(NOTIFY), seen, timeout);
     }
 
     /// The futex word the appender bumps (for waiting on several logs at once with

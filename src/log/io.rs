@@ -141,15 +141,7 @@ impl IoDriver {
                     .map_err(|_| io::Error::other("io_uring submission queue full"))?;
                 wait_all(ring, 1)
             }
-            IoDriver::Syscalls => {
-                // SAFETY: plain syscall on a valid fd.
-                let rc = unsafe { libc::fallocate(fd, 0, 0, len as libc::off_t) };
-                if rc == 0 {
-                    Ok(())
-                } else {
-                    Err(io::Error::last_os_error())
-                }
-            }
+            IoDriver::Syscalls => crate::sys::file::fallocate(fd, len),
         }
     }
 

@@ -31,11 +31,12 @@
 mod appender;
 mod error;
 pub mod format;
-pub(crate) mod head;
+mod head;
 mod io;
 mod reader;
 mod recovery;
 mod segment;
+mod wait;
 
 use std::time::Duration;
 
@@ -45,6 +46,7 @@ pub use io::IoBackend;
 pub use reader::{PodError, Reader, Record, RecordRef, Tailer};
 pub use recovery::{repair, stats, verify, LogStats, Problem, RepairReport, VerifyReport};
 pub use segment::SegmentId;
+pub use wait::wait_any;
 
 /// The position of a record in a log: dense, starting at 0.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]

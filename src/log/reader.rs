@@ -150,6 +150,8 @@ pub struct Reader {
     region: Option<Region>,
     position: usize,
     next_offset: u64,
+    /// The log's `HEAD` page, mapped on first need once it exists (an appender creates it).
+    head: Option<Head>,
 }
 
 impl Reader {
@@ -162,7 +164,8 @@ impl Reader {
         if !dir.is_dir() {
             return Err(LogError::NoLog { path: dir });
         }
-        let mut reader = Reader { dir, known: Vec::new(), current: None, region: None, position: 0, next_offset: 0 };
+        let mut reader =
+            Reader { dir, known: Vec::new(), current: None, region: None, position: 0, next_offset: 0, head: None };
         reader.refresh()?;
         if let Some(&(id, base)) = reader.known.first() {
             reader.enter(id, base)?;
@@ -343,6 +346,22 @@ impl Reader {
         corruption(&self.current, &self.dir, position, self.next_offset, why)
     }
 
+    /// The durable watermark the log's appender last recorded in the shared `HEAD` page:
+    /// every offset below it survived a data sync. 0 when no appender has opened the log.
+    pub fn durable_offset(&mut self) -> Offset {
+        // `Head::open` creates a missing page: only open one that exists (a read creates
+        // nothing).
+        Offset(self.head().map_or(0, |h| h.durable_offset()))
+    }
+
+    /// The log's control page, mapped on first use once an appender has created it.
+    pub(super) fn head(&mut self) -> Option<&Head> {
+        if self.head.is_none() && self.dir.join(HEAD_FILE).exists() {
+            self.head = Head::open(&self.dir).ok();
+        }
+        self.head.as_ref()
+    }
+
     /// True when a record (or damage) waits at the reader's position; moves across
     /// segment boundaries as needed.
     ///
@@ -470,7 +489,6 @@ fn corruption(current: &Option<Arc<Segment>>, dir: &Path, position: usize, offse
 #[derive(Debug)]
 pub struct Tailer {
     reader: Reader,
-    head: Option<Head>,
 }
 
 impl Tailer {
@@ -485,8 +503,7 @@ impl Tailer {
 
     /// A tailer continuing from where `reader` stands.
     pub fn from_reader(reader: Reader) -> Tailer {
-        let head = if reader.dir.join(HEAD_FILE).exists() { Head::open(&reader.dir).ok() } else { None };
-        Tailer { reader, head }
+        Tailer { reader }
     }
 
     /// The underlying reader (to seek, or read without waiting).
@@ -515,20 +532,7 @@ impl Tailer {
                 }
                 None => MAX_SLEEP,
             };
-            if self.head.is_none() && self.reader.dir.join(HEAD_FILE).exists() {
-                self.head = Head::open(&self.reader.dir).ok();
-            }
-            match &self.head {
-                Some(head) => {
-                    let seen = head.prepare_wait();
-                    // Re-check after registering: pairs with the appender's fence.
-                    if !self.reader.ready()? {
-                        head.wait(seen, wait);
-                    }
-                    head.finish_wait();
-                }
-                None => std::thread::sleep(wait.min(Duration::from_millis(10))),
-            }
+            super::wait::wait_any(&mut [&mut self.reader], &[], wait)?;
         }
     }
 }

@@ -24,7 +24,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::bus::{Bus, BusError, Topic};
 use crate::group::{describe, MemberInfo};
-use crate::log::head::{Head, HEAD_FILE};
 use crate::log::{Offset, Reader};
 use crate::pipeline::StageMetrics;
 
@@ -250,10 +249,7 @@ fn partition_snapshot(partition: u32, dir: &Path) -> Result<PartitionSnapshot, B
         out.last_offset = Some(end - 1);
     }
     out.bytes = segment_bytes(dir)?;
-    // `Head::open` creates a missing page: only open one that exists, as `stats` does.
-    if dir.join(HEAD_FILE).exists() {
-        out.durable_offset = Head::open(dir).map_or(0, |h| h.durable_offset()).min(end);
-    }
+    out.durable_offset = reader.durable_offset().0.min(end);
     Ok(out)
 }
 

@@ -117,8 +117,8 @@ pub use error::PipelineError;
 pub use source::{Sink, Source, SourceStep};
 
 use crate::affinity::CpuPlan;
-use crate::metrics::LatencyHistogram;
 use crate::ring::{channel_between, WaitStrategy, Waiter};
+use crate::sys::histogram::LatencyHistogram;
 use emit::{Input, Output, Probe};
 use source::SourceKind;
 use worker::{lock, Control, Pause, Rewire, Shared, WorkerParts, WorkerStats};

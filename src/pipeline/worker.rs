@@ -7,7 +7,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::Thread;
 use std::time::Duration;
 
-use crossbeam::utils::CachePadded;
+use crossbeam_utils::CachePadded;
 
 use super::emit::{Emitter, Input, Output, Routing};
 use super::error::PipelineError;
@@ -15,8 +15,8 @@ use super::source::{Decode, SourceKind, SourceStep};
 use super::{Config, Factory, WorkerId};
 use crate::affinity;
 use crate::log::Offset;
-use crate::metrics::LatencyHistogram;
 use crate::ring::{PopError, Waiter};
+use crate::sys::histogram::LatencyHistogram;
 
 /// Longest single wait on a control slot: a bound, not a polling interval (every change
 /// of a slot notifies its condition variable).

@@ -25,15 +25,15 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::{bounded, Receiver, RecvTimeoutError};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError};
 use hdrhistogram::Histogram;
 
 use super::order::{IdSet, Order};
-use crate::bus::Bus;
 use crate::cli::Error;
-use crate::group::{describe, GroupOptions, Member};
-use crate::log::now_ns;
-use crate::metrics::LatencyHistogram;
+use shoal::bus::Bus;
+use shoal::group::{describe, GroupOptions, Member};
+use shoal::log::now_ns;
+use shoal::metrics::LatencyHistogram;
 
 /// Most records one poll returns.
 const POLL_RECORDS: usize = 1024;
@@ -57,7 +57,7 @@ pub(super) struct Control {
     pub(super) consumed: AtomicU64,
 }
 
-/// A member's rebalance pauses ([`MemberStats::pause`](crate::group::MemberStats::pause)),
+/// A member's rebalance pauses ([`MemberStats::pause`](shoal::group::MemberStats::pause)),
 /// as figures: the child can send these, not the histogram.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(super) struct Pauses {

@@ -3,7 +3,7 @@
 //!
 //! An [`Order`] is 48 bytes, `#[repr(C)]` and `bytemuck::Pod`: the same bytes travel by value
 //! through the pipeline's rings, land in the topic's mapped log, and are read in place by
-//! consumers in this and other processes ([`RecordRef::payload_as`](crate::log::RecordRef::payload_as)).
+//! consumers in this and other processes ([`RecordRef::payload_as`](shoal::log::RecordRef::payload_as)).
 //!
 //! Everything but the creation time is derived from the id ([`Order::new`]), so a reader
 //! can rebuild what the producer made from the id alone. The producer seals each order
@@ -13,7 +13,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::bus::partition_for_key;
+use shoal::bus::partition_for_key;
 
 /// Accounts the orders are spread over (the key of the pipeline's risk stage and of the topic).
 pub(super) const ACCOUNTS: u64 = 4096;

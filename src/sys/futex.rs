@@ -1,17 +1,16 @@
-//! Sleeping on several futex words at once, across processes.
+//! Futexes shared across processes: wait on one word, wake every sleeper of a word, and
+//! wait on several words at once (`futex_waitv(2)`, Linux 5.16+).
 //!
-//! A member that has caught up on every partition it owns sleeps until any of them gets a
-//! record or the group's membership changes: one `futex_waitv(2)` (Linux 5.16+) over the
-//! `notify` word of each partition's `HEAD` page and the group's `epoch` word. It is called
-//! by hand over `libc::syscall`: neither `libc` nor a maintained crate wraps it (the
-//! `atomic-wait` and `parking_lot_core` wrappers cover one process-private word). Where the
-//! kernel lacks it (`ENOSYS`), or for more than [`WAITV_MAX`] words, the caller sleeps
-//! 1 ms at a time instead and re-checks.
+//! The words live in shared file mappings (a log's `HEAD` page, a group's `epoch` page), so
+//! every call is process-shared (no `FUTEX_PRIVATE_FLAG`): a sleeper in one process is woken
+//! by a writer in another. The calls are written by hand over `libc::syscall`: `libc` has no
+//! wrapper, and the maintained crates (`atomic-wait`, `parking_lot_core`) use
+//! process-private futexes on one word only.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-/// The kernel's limit on words per call (`FUTEX_WAITV_MAX`).
+/// The kernel's limit on words per `futex_waitv` call (`FUTEX_WAITV_MAX`).
 pub const WAITV_MAX: usize = 128;
 /// `FUTEX2_SIZE_U32`; the words are shared (no `FUTEX2_PRIVATE`), so other processes wake us.
 const FUTEX2_SIZE_U32: u32 = 2;
@@ -21,9 +20,42 @@ const SYS_FUTEX_WAITV: libc::c_long = 449;
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "riscv64")))]
 const SYS_FUTEX_WAITV: libc::c_long = -1;
 
-static UNSUPPORTED: AtomicBool = AtomicBool::new(false);
+static WAITV_UNSUPPORTED: AtomicBool = AtomicBool::new(false);
 
-/// `struct futex_waitv` of `<linux/futex.h>`.
+/// Sleeps while `word` holds `seen`, until a wake-up or `timeout`. Spurious returns happen
+/// (a signal, the word already moved): callers re-check their condition and loop.
+pub fn wait(word: &AtomicU32, seen: u32, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: FUTEX_WAIT reads the aligned u32 behind `word` (borrowed for the call) and the
+    // timespec on our stack; it writes nothing of ours. EAGAIN/EINTR/ETIMEDOUT are all fine:
+    // callers loop.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            seen,
+            &ts as *const libc::timespec,
+            0usize,
+            0u32,
+        );
+    }
+}
+
+/// Wakes every sleeper on `word` (in any process).
+pub fn wake_all(word: &AtomicU32) {
+    // SAFETY: FUTEX_WAKE on the aligned u32 behind `word` (borrowed for the call); nothing of
+    // ours is written by the kernel.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX, 0usize, 0usize, 0u32);
+    }
+}
+
+/// `struct futex_waitv` of `<linux/futex.h>`: one word to wait on and the value it must
+/// still hold.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct FutexWaitv {
@@ -34,19 +66,25 @@ pub struct FutexWaitv {
 }
 
 impl FutexWaitv {
-    /// Waits while `word` holds `seen`.
+    /// Waits while `word` holds `seen`. The entry keeps only the word's address: see
+    /// [`wait_any`] for how long the word must live.
     pub fn new(word: &AtomicU32, seen: u32) -> FutexWaitv {
         FutexWaitv { val: seen as u64, uaddr: word.as_ptr() as u64, flags: FUTEX2_SIZE_U32, reserved: 0 }
     }
 }
 
 /// Sleeps until one of the words differs from its value, a wake-up, or `timeout`. Returns
-/// false when `futex_waitv` is unavailable (the caller slept 1 ms instead).
+/// false when `futex_waitv` is unavailable or the list is empty or longer than
+/// [`WAITV_MAX`] (the caller slept up to 1 ms instead and must poll).
 ///
 /// # Safety
 /// Every word in `waiters` must stay mapped (and be a valid, 4-aligned u32) for the call.
 pub unsafe fn wait_any(waiters: &[FutexWaitv], timeout: Duration) -> bool {
-    if SYS_FUTEX_WAITV < 0 || waiters.len() > WAITV_MAX || waiters.is_empty() || UNSUPPORTED.load(Ordering::Relaxed) {
+    if SYS_FUTEX_WAITV < 0
+        || waiters.len() > WAITV_MAX
+        || waiters.is_empty()
+        || WAITV_UNSUPPORTED.load(Ordering::Relaxed)
+    {
         std::thread::sleep(timeout.min(Duration::from_millis(1)));
         return false;
     }
@@ -75,21 +113,12 @@ pub unsafe fn wait_any(waiters: &[FutexWaitv], timeout: Duration) -> bool {
         )
     };
     if rc < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
-        UNSUPPORTED.store(true, Ordering::Relaxed);
-        tracing::info!("futex_waitv is unavailable (Linux < 5.16); idle group members poll every 1 ms");
+        WAITV_UNSUPPORTED.store(true, Ordering::Relaxed);
+        tracing::info!("futex_waitv is unavailable (Linux < 5.16); waits on several logs poll every 1 ms");
         std::thread::sleep(timeout.min(Duration::from_millis(1)));
         return false;
     }
     true
-}
-
-/// Wakes every sleeper on `word` (in any process).
-pub fn wake_all(word: &AtomicU32) {
-    // SAFETY: FUTEX_WAKE on a valid, aligned u32 in a shared mapping; nothing of ours is
-    // written by the kernel.
-    unsafe {
-        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX, 0usize, 0usize, 0u32);
-    }
 }
 
 #[cfg(test)]
@@ -130,5 +159,26 @@ mod tests {
         if supported {
             assert!(start.elapsed() >= Duration::from_millis(40));
         }
+    }
+
+    #[test]
+    fn wait_returns_on_wake_and_when_the_word_moved() {
+        let word = Arc::new(AtomicU32::new(0));
+        // Already moved: returns at once.
+        let start = Instant::now();
+        wait(&word, 1, Duration::from_secs(5));
+        assert!(start.elapsed() < Duration::from_secs(2));
+        let w = word.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            w.fetch_add(1, Ordering::SeqCst);
+            wake_all(&w);
+        });
+        let start = Instant::now();
+        while word.load(Ordering::SeqCst) == 0 && start.elapsed() < Duration::from_secs(5) {
+            wait(&word, 0, Duration::from_secs(5));
+        }
+        t.join().unwrap();
+        assert!(start.elapsed() < Duration::from_secs(4), "not woken");
     }
 }

@@ -1,0 +1,90 @@
+//! File primitives `std` lacks: advisory locks (`flock(2)`) and preallocation
+//! (`fallocate(2)`).
+
+use std::fs::File;
+use std::io;
+use std::os::unix::io::AsRawFd;
+
+/// What [`try_flock`] asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flock {
+    /// `LOCK_SH`: many holders.
+    Shared,
+    /// `LOCK_EX`: one holder.
+    Exclusive,
+}
+
+/// Tries to take an `flock(2)` lock on `file` without blocking. Returns
+/// `Ok(false)` when another open file description holds a conflicting lock. The lock lives
+/// as long as the open file description (every clone of `file`), across threads and
+/// processes, and the kernel drops it when the last one closes (a killed process included).
+///
+/// # Errors
+/// The OS error of `flock`, other than `EWOULDBLOCK` (retried on `EINTR`).
+pub fn try_flock(file: &File, how: Flock) -> io::Result<bool> {
+    let op = match how {
+        Flock::Shared => libc::LOCK_SH,
+        Flock::Exclusive => libc::LOCK_EX,
+    };
+    loop {
+        // SAFETY: flock on a descriptor `file` owns and keeps open for the call.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            Some(libc::EINTR) => continue,
+            _ => return Err(e),
+        }
+    }
+}
+
+/// Preallocates the first `len` bytes of the file open on `fd` (`fallocate(2)` mode 0: the
+/// file grows to `len` if shorter, and later writes into the range cannot fail for space).
+///
+/// # Errors
+/// The OS error of `fallocate` (`EOPNOTSUPP` on file systems without it, `ENOSPC`).
+pub fn fallocate(fd: std::os::unix::io::RawFd, len: u64) -> io::Result<()> {
+    let len =
+        libc::off_t::try_from(len).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "length too large"))?;
+    // SAFETY: a plain syscall on a descriptor; no memory of ours is read or written.
+    let rc = unsafe { libc::fallocate(fd, 0, 0, len) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flock_excludes_a_second_description_and_releases() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("LOCK");
+        let a = File::create(&path).expect("create");
+        let b = File::open(&path).expect("open");
+        assert!(try_flock(&a, Flock::Exclusive).expect("lock a"));
+        assert!(!try_flock(&b, Flock::Exclusive).expect("try b"));
+        assert!(!try_flock(&b, Flock::Shared).expect("try b shared"));
+        drop(a); // closing the last descriptor releases the lock
+        assert!(try_flock(&b, Flock::Shared).expect("lock b shared"));
+        let c = File::open(&path).expect("open again");
+        assert!(try_flock(&c, Flock::Shared).expect("a second shared holder"));
+    }
+
+    #[test]
+    fn fallocate_grows_the_file() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let file = File::create(dir.path().join("f")).expect("create");
+        match fallocate(file.as_raw_fd(), 1 << 16) {
+            Ok(()) => assert_eq!(file.metadata().expect("stat").len(), 1 << 16),
+            // A file system without fallocate is a clear error, not a silent success.
+            Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP), "{e}"),
+        }
+    }
+}
