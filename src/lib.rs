@@ -67,23 +67,11 @@
 //!   on bytes read from disk or from another process.
 //!
 //! # The unsafe code, and why it is sound
-//! - **Shared mappings** ([`log::format::Region`]): segment files are mapped shared by the
-//!   appender and by readers in any process. Words that change while others read them (the
-//!   commit word of each record, index entries, the `HEAD` page) are only ever accessed as
-//!   atomics; a record's other bytes are written before its commit word is stored with
-//!   `Release` and never changed after, so a reader that loads the commit word with
-//!   `Acquire` may borrow them as `&[u8]`. Every position and length read from disk is
-//!   bounds-checked before use; `bytemuck`'s checked casts read `Pod` payloads in place.
-//! - **Syscalls by hand** (`futex`, `futex_waitv`, `membarrier`, `flock`, `fallocate`,
-//!   `sched_setaffinity`) take no pointers beyond live locals and mapped words. The
-//!   asymmetric fence ([`ring::AsymmetricFence`]) keeps every wake-up protocol's hot side to
-//!   a compiler fence; the sleeping side pays a `membarrier`.
-//! - **io_uring** operations (syncs, `fallocate`) reference no user buffers and are waited for
-//!   before the files they name can close.
-//! - The rings wrap `rtrb`; their own unsafe is limited to committing reserved slots that were
-//!   initialised. Miri runs the record format and ring code (`.ci/run`); the mapping,
-//!   io_uring and futex paths, which Miri cannot run, are covered by crash, fault and
-//!   multi-process tests and by fuzzing.
+//! Shared mappings read and written as atomics where they change, syscalls by hand in one
+//! bottom module, io_uring operations that reference no user buffer, and rings that commit
+//! only initialised slots: the rationale for each, with what checks it (Miri, crash, fault
+//! and multi-process tests, fuzzing), is in the repository's `ARCHITECTURE.md`, beside the
+//! parts' layering and the on-disk layout of a bus.
 #![deny(unsafe_op_in_unsafe_fn, missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
