@@ -109,8 +109,11 @@ fn scratch() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("shoal-bench-").tempdir_in(bench_root()).expect("create a scratch directory")
 }
 
+#[allow(clippy::field_reassign_with_default)] // field by field: a struct literal would not compile once the options are #[non_exhaustive]
 fn member_options(label: &str) -> GroupOptions {
-    GroupOptions { label: label.to_string(), ..GroupOptions::default() }
+    let mut opts = GroupOptions::default();
+    opts.label = label.to_string();
+    opts
 }
 
 /// Touches a payload at both ends (what every reader in this file does with each record).
@@ -135,12 +138,14 @@ struct FilledTopic {
 }
 
 impl FilledTopic {
+    #[allow(clippy::field_reassign_with_default)] // field by field: a struct literal would not compile once the options are #[non_exhaustive]
     fn new(records: u64) -> FilledTopic {
         assert_eq!(records % u64::from(THROUGHPUT_PARTITIONS), 0);
         let dir = scratch();
         let bus = Bus::open(dir.path()).expect("open bus");
         let topic = bus.topic_or_create(THROUGHPUT_TOPIC, Some(THROUGHPUT_PARTITIONS)).expect("create topic");
-        let opts = LogOptions { durability: Durability::Never, ..LogOptions::default() };
+        let mut opts = LogOptions::default();
+        opts.durability = Durability::Never;
         let mut producer = topic.producer(opts).expect("producer");
         let mut payload = [0u8; PAYLOAD_BYTES];
         for i in 0..records {
@@ -531,9 +536,12 @@ fn long_lived_member(mut member: Member, signals: Arc<Signals>) -> Latencies {
 
 /// The producer: one record per partition every `TICK`, until told to stop; returns the
 /// records appended.
+#[allow(clippy::field_reassign_with_default)] // field by field: a struct literal would not compile once the options are #[non_exhaustive]
 fn steady_producer(bus: Bus, signals: Arc<Signals>) -> u64 {
     let topic = bus.topic(REBALANCE_TOPIC).expect("topic");
-    let opts = LogOptions { durability: Durability::Never, segment_bytes: 16 << 20, ..LogOptions::default() };
+    let mut opts = LogOptions::default();
+    opts.durability = Durability::Never;
+    opts.segment_bytes = 16 << 20;
     let mut producer = topic.producer(opts).expect("producer");
     let payload = [0x42u8; PAYLOAD_BYTES];
     let mut sent = 0u64;

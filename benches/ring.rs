@@ -11,8 +11,11 @@
 //! | `hop_batched` | the same in batches of up to 256 | `reserve`/`commit`, `read`/`commit` | rtrb `write_chunk_uninit`/`read_chunk`, disruptor `batch_publish` |
 //! | `hop_latency` | one value there and back between two threads | a ring pair | an rtrb pair, a bare atomic ping-pong (one `AtomicU64` each way: the floor) |
 //!
-//! Every queue holds 4096 values. The two threads are pinned to two different usable CPUs
-//! (`shoal::affinity`) when there are two; which CPUs is printed at start. The benches use
+//! The shoal and rtrb hops are the kernels in `kernels/ring.rs`, the same code that
+//! `shoal bench` runs; the peers that are dev-dependencies only (the disruptor, crossbeam's
+//! queue and channel) and the latency ping-pong are here. Every queue holds 4096 values.
+//! The two threads are pinned to two different usable CPUs (`shoal::affinity`) when there
+//! are two; which CPUs is printed at start. The benches use
 //! `iter_custom` and time from the moment both threads are running (thread start and
 //! pinning are outside the measured time) until the consumer has the last value.
 //! At the end of each group a table gives every bench's throughput (or latency) and its
@@ -36,13 +39,16 @@ use disruptor::{ProcessorSettings as _, Producer as _};
 use shoal::metrics::{format_ns, LatencyHistogram};
 use shoal::ring::{self, WaitStrategy};
 
+#[path = "kernels/mod.rs"]
+#[allow(dead_code)] // the log and file kernels are for benches/log.rs and `shoal bench`
+mod kernels;
+
+// Slots in every queue under test (a power of two, as the disruptor needs), and the largest
+// batch in `hop_batched`.
+use kernels::ring::{cpu_pair, pin, RING_BATCH_MAX as BATCH_MAX, RING_CAPACITY as CAPACITY};
+
 /// One bench: moves that many values, returns the time it took.
 type Run = fn(u64) -> Duration;
-
-/// Slots in every queue under test (a power of two, as the disruptor needs).
-const CAPACITY: usize = 4096;
-/// Largest batch in `hop_batched`.
-const BATCH_MAX: usize = 256;
 
 /// Sizes for one run: full under `cargo bench`, small under `cargo test --benches`.
 #[derive(Clone, Copy, Debug)]
@@ -74,47 +80,26 @@ impl Scale {
     }
 }
 
-/// The CPUs the two threads of a pair are pinned to (none when fewer than two are usable).
-fn cpu_pair() -> Option<(usize, usize)> {
-    let cpus = shoal::affinity::usable_cpus().ok()?;
-    match cpus.as_slice() {
-        [a, b, ..] => Some((*a, *b)),
-        _ => None,
-    }
-}
-
-fn pin(cpu: Option<usize>, name: &str) {
-    shoal::affinity::name_current(name);
-    if let Some(cpu) = cpu {
-        if let Err(e) = shoal::affinity::pin_current(cpu) {
-            eprintln!("could not pin {name} to cpu {cpu}: {e}");
-        }
-    }
-}
-
-/// Runs `producer` and `consumer` on two pinned threads started together; returns the time
-/// from when both run until the consumer returns.
+/// Runs `producer` and `consumer` on two threads pinned to [`cpu_pair`] and started together
+/// (the shared kernel); returns the time from when both run until the consumer returns.
 fn timed_pair(producer: impl FnOnce() + Send, consumer: impl FnOnce() + Send) -> Duration {
-    let cpus = cpu_pair();
-    let barrier = Barrier::new(2);
-    thread::scope(|s| {
-        let p = s.spawn(|| {
-            pin(cpus.map(|c| c.0), "bench-producer");
-            barrier.wait();
-            let start = Instant::now();
-            producer();
-            start
-        });
-        let c = s.spawn(|| {
-            pin(cpus.map(|c| c.1), "bench-consumer");
-            barrier.wait();
-            consumer();
-            Instant::now()
-        });
-        let start = p.join().expect("producer thread");
-        let end = c.join().expect("consumer thread");
-        end.saturating_duration_since(start)
-    })
+    kernels::ring::timed_pair(cpu_pair(), producer, consumer).expect("a bench thread panicked")
+}
+
+fn shoal_one(total: u64) -> Duration {
+    kernels::ring::hop_one_shoal(total, cpu_pair()).expect("ring hop")
+}
+
+fn rtrb_one(total: u64) -> Duration {
+    kernels::ring::hop_one_rtrb(total, cpu_pair()).expect("ring hop")
+}
+
+fn shoal_batched(total: u64) -> Duration {
+    kernels::ring::hop_batched_shoal(total, cpu_pair()).expect("ring hop")
+}
+
+fn rtrb_batched(total: u64) -> Duration {
+    kernels::ring::hop_batched_rtrb(total, cpu_pair()).expect("ring hop")
 }
 
 /// Time and values moved per bench, summed over every call (warm-up included), for the
@@ -156,50 +141,6 @@ fn configure<'a>(
 }
 
 // --- one at a time ------------------------------------------------------------------------
-
-fn shoal_one(total: u64) -> Duration {
-    let (mut tx, mut rx) = ring::channel::<u64>(CAPACITY, WaitStrategy::BusySpin);
-    timed_pair(
-        move || {
-            for i in 0..total {
-                tx.push_wait(i).expect("consumer alive");
-            }
-        },
-        move || {
-            let mut sum = 0u64;
-            for _ in 0..total {
-                sum = sum.wrapping_add(rx.pop_wait().expect("producer alive or ring not drained"));
-            }
-            black_box(sum);
-        },
-    )
-}
-
-fn rtrb_one(total: u64) -> Duration {
-    let (mut tx, mut rx) = rtrb::RingBuffer::<u64>::new(CAPACITY);
-    timed_pair(
-        move || {
-            for i in 0..total {
-                while tx.push(i).is_err() {
-                    spin_loop();
-                }
-            }
-        },
-        move || {
-            let mut sum = 0u64;
-            for _ in 0..total {
-                loop {
-                    if let Ok(v) = rx.pop() {
-                        sum = sum.wrapping_add(v);
-                        break;
-                    }
-                    spin_loop();
-                }
-            }
-            black_box(sum);
-        },
-    )
-}
 
 /// The disruptor's consumer is its own managed thread (pinned to the second CPU, a handler
 /// summing values); the producer runs on a pinned thread of ours and the clock stops when
@@ -342,91 +283,6 @@ fn hop_one_at_a_time(c: &mut Criterion, scale: Scale) {
 }
 
 // --- batched ------------------------------------------------------------------------------
-
-fn shoal_batched(total: u64) -> Duration {
-    let (mut tx, mut rx) = ring::channel::<u64>(CAPACITY, WaitStrategy::BusySpin);
-    timed_pair(
-        move || {
-            let mut next = 0u64;
-            while next < total {
-                let mut r = tx.reserve(BATCH_MAX.min((total - next) as usize));
-                if r.is_empty() {
-                    spin_loop();
-                    continue;
-                }
-                let n = r.len();
-                let (a, b) = r.slots();
-                for slot in a.iter_mut().chain(b.iter_mut()) {
-                    slot.write(next);
-                    next += 1;
-                }
-                // SAFETY: the loop above initialised all `n` reserved slots.
-                unsafe { r.commit(n) };
-            }
-        },
-        move || {
-            let mut sum = 0u64;
-            let mut got = 0u64;
-            while got < total {
-                let batch = rx.read(BATCH_MAX);
-                if batch.is_empty() {
-                    spin_loop();
-                    continue;
-                }
-                let (a, b) = batch.as_slices();
-                for &v in a.iter().chain(b) {
-                    sum = sum.wrapping_add(v);
-                }
-                got += batch.len() as u64;
-                batch.commit();
-            }
-            black_box(sum);
-        },
-    )
-}
-
-fn rtrb_batched(total: u64) -> Duration {
-    let (mut tx, mut rx) = rtrb::RingBuffer::<u64>::new(CAPACITY);
-    timed_pair(
-        move || {
-            let mut next = 0u64;
-            while next < total {
-                let want = BATCH_MAX.min((total - next) as usize).min(tx.slots());
-                if want == 0 {
-                    spin_loop();
-                    continue;
-                }
-                let Ok(mut chunk) = tx.write_chunk_uninit(want) else { unreachable!("{want} slots are free") };
-                let (a, b) = chunk.as_mut_slices();
-                for slot in a.iter_mut().chain(b.iter_mut()) {
-                    slot.write(next);
-                    next += 1;
-                }
-                // SAFETY: the loop above initialised all `want` slots.
-                unsafe { chunk.commit_all() };
-            }
-        },
-        move || {
-            let mut sum = 0u64;
-            let mut got = 0u64;
-            while got < total {
-                let n = BATCH_MAX.min(rx.slots());
-                if n == 0 {
-                    spin_loop();
-                    continue;
-                }
-                let Ok(chunk) = rx.read_chunk(n) else { unreachable!("{n} slots are readable") };
-                let (a, b) = chunk.as_slices();
-                for &v in a.iter().chain(b) {
-                    sum = sum.wrapping_add(v);
-                }
-                got += n as u64;
-                chunk.commit_all();
-            }
-            black_box(sum);
-        },
-    )
-}
 
 fn hop_batched(c: &mut Criterion, scale: Scale) {
     let n = scale.values_per_iter;

@@ -11,15 +11,19 @@
 //! | append `Batch` | 100-byte `append`s, timed until the last is durable | the same `BufWriter`, and a bare `write` + fdatasync per record |
 //! | durable latency | one 100-byte append, then `wait_durable` (p50, p99) | a 4 KiB `write` at the end of a file + fdatasync (p50, p99) |
 //! | durable bandwidth | 64 KiB records, `Batch`, timed until durable | `O_DIRECT` sequential 1 MiB writes (aligned buffer, preallocated file) + fdatasync |
-//! | replay | zero-copy [`Reader`] over 100 B and 4 KiB records, every record checked and its payload touched | `memcpy` of as many bytes between two touched buffers |
+//! | replay | zero-copy [`Reader`](shoal::log::Reader) over 100 B and 4 KiB records, every record checked and its payload touched | `memcpy` of as many bytes between two touched buffers |
 //!
+//! Every figure is measured by the kernels in `benches/kernels/` (included here with
+//! `#[path]`), the same code that the criterion benches `benches/ring.rs` and
+//! `benches/log.rs` run; this file only chooses sizes, interleaves rounds and reports.
 //! The ring's two threads are pinned to two different usable CPUs (`shoal::affinity`) and
 //! timed from the moment both run until the consumer has the last value; rtrb gets the same
-//! pinning. As in `benches/log.rs`, each append and bandwidth figure keeps one log open
-//! across its rounds (with retention, so segments are prepared, rolled over and deleted at
-//! their steady-state rate inside the timed part) after an uncounted warm-up round, and the
-//! buffered baselines append to one file kept open likewise; each O_DIRECT round writes a
-//! fresh preallocated file. Opening and set-up are outside the timed part.
+//! pinning. Each append and bandwidth figure keeps one log open across its rounds (with
+//! retention, so segments are prepared, rolled over and deleted at their steady-state rate
+//! inside the timed part; it starts over, between rounds, every eight segments) after an
+//! uncounted warm-up round, and the buffered baselines append to one file kept open likewise;
+//! each O_DIRECT round writes a fresh preallocated file. Opening and set-up are outside the
+//! timed part.
 //!
 //! # Noise
 //! These machines are shared: every measurement runs [`Scale::repeats`] times, shoal and its
@@ -33,47 +37,33 @@
 //! budget (DESIGN.md) where there is one; those goals are for release builds.
 
 use std::ffi::CStr;
-use std::fs::{File, OpenOptions};
-use std::hint::{black_box, spin_loop};
-use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Barrier;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
 use super::{stdout_failed, Error};
-use shoal::log::{Appender, Durability, LogOptions, Offset, Reader, Retention};
+use shoal::log::{Appender, Durability};
 use shoal::metrics::{format_ns, LatencyHistogram};
-use shoal::ring::{self, WaitStrategy};
+
+#[path = "../../benches/kernels/mod.rs"]
+mod kernels;
+
+use kernels::fs::{
+    self as kfs, file_system, AlignedBuf, BlockFile, SteadyFile, BLOCK_BYTES, DIRECT_WRITE_BYTES, SYNC_EVERY_RECORDS,
+};
+use kernels::log::{self as klog, log_options, SteadyLog, LARGE_RECORD_BYTES, SMALL_RECORD_BYTES};
+use kernels::ring::{self as kring, RING_BATCH_MAX, RING_CAPACITY};
+use kernels::KernelError;
 
 const KIB: usize = 1 << 10;
 const MIB: usize = 1 << 20;
 
-/// Slots in the rings under test (shoal's and rtrb's).
-const RING_CAPACITY: usize = 4096;
-/// Largest batch in the batched ring hop.
-const RING_BATCH_MAX: usize = 256;
-/// Bytes of each record in the append and latency figures.
-const SMALL_RECORD_BYTES: usize = 100;
-/// Bytes of each record in the durable-bandwidth figure.
-const LARGE_RECORD_BYTES: usize = 64 * KIB;
-/// Bytes of each write of the durable-latency baseline.
-const BLOCK_BYTES: usize = 4 * KIB;
-/// Bytes of each write of the O_DIRECT baseline.
-const DIRECT_WRITE_BYTES: usize = MIB;
 /// The `Interval` durability measured.
 const INTERVAL: Duration = Duration::from_millis(10);
-/// Records between two fdatasyncs of the buffered baseline for the durable levels.
-const SYNC_EVERY_RECORDS: u64 = 1000;
-/// Longest wait for records to become durable before the bench gives up.
-const DURABLE_WAIT_MAX: Duration = Duration::from_secs(60);
-/// The latency baseline's file starts over (outside the timed part) past this size.
-const LATENCY_FILE_BYTES_MAX: u64 = 64 << 20;
 
 /// Sizes of one run: `--quick` (a few seconds, even for a debug build) or the default
 /// (about half a minute).
@@ -140,7 +130,7 @@ pub(super) fn run(quick: bool, json: bool, dir: Option<&Path>) -> Result<ExitCod
         machine.filesystem,
         scale.repeats
     ));
-    if fs_type(root).1 {
+    if file_system(root).in_memory {
         note(&format!(
             "shoal bench: {} is in memory ({}): the durability figures there mean nothing; pass --dir on a disk",
             root.display(),
@@ -308,10 +298,7 @@ struct Machine {
 impl Machine {
     fn probe(dir: &Path) -> Machine {
         let usable_cpus = shoal::affinity::usable_cpus().unwrap_or_default();
-        let pinned = match usable_cpus.as_slice() {
-            [a, b, ..] => Some((*a, *b)),
-            _ => None,
-        };
+        let pinned = kring::cpu_pair();
         let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
             .ok()
             .and_then(|s| {
@@ -329,7 +316,7 @@ impl Machine {
             pinned,
             cpu_model,
             kernel: kernel_release(),
-            filesystem: fs_type(dir).0,
+            filesystem: file_system(dir).name,
             dir: dir.to_path_buf(),
             clocksource,
             build: if cfg!(debug_assertions) { "debug" } else { "release" },
@@ -350,36 +337,6 @@ fn kernel_release() -> String {
     release.to_string_lossy().into_owned()
 }
 
-/// The file system holding `path`, from `statfs(2)`: its name, and whether it lives in
-/// memory (so that durability figures there mean nothing).
-fn fs_type(path: &Path) -> (String, bool) {
-    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return ("unknown".into(), false);
-    };
-    // SAFETY: `statfs` is plain old data; all-zero is a valid value that the call overwrites.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a NUL-terminated path and a pointer to a statfs we own.
-    if unsafe { libc::statfs(c_path.as_ptr(), &mut st) } != 0 {
-        return ("unknown".into(), false);
-    }
-    #[allow(clippy::unnecessary_cast)] // f_type is i64 on some targets, u32 or i32 on others
-    let magic = st.f_type as i64 as u64 & 0xFFFF_FFFF;
-    let name = match magic {
-        0xEF53 => "ext4",
-        0x5846_5342 => "xfs",
-        0x9123_683E => "btrfs",
-        0xF2F5_2010 => "f2fs",
-        0x2FC1_2FC1 => "zfs",
-        0x6969 => "nfs",
-        0x794C_7630 => "overlayfs",
-        0x6573_5546 => "fuse",
-        0x0102_1994 => return ("tmpfs".into(), true),
-        0x8584_58F6 => return ("ramfs".into(), true),
-        other => return (format!("{other:#x}"), false),
-    };
-    (name.into(), false)
-}
-
 // --- the scratch directory -------------------------------------------------------------------
 
 /// The directory that holds every scratch log and file of the run (removed at the end): a
@@ -395,15 +352,16 @@ fn bench_root(dir: Option<&Path>) -> Result<tempfile::TempDir, Error> {
         None => {
             let tmp = std::env::temp_dir();
             let var_tmp = PathBuf::from("/var/tmp");
-            if !fs_type(&tmp).1 {
+            let tmp_fs = file_system(&tmp);
+            if !tmp_fs.in_memory {
                 tmp
-            } else if var_tmp.is_dir() && !fs_type(&var_tmp).1 {
+            } else if var_tmp.is_dir() && !file_system(&var_tmp).in_memory {
                 var_tmp
             } else {
                 return Err(Error::new(format!(
                     "{} is in memory ({}), so durability figures there would mean nothing; pass --dir on a disk",
                     tmp.display(),
-                    fs_type(&tmp).0
+                    tmp_fs.name
                 )));
             }
         }
@@ -414,17 +372,10 @@ fn bench_root(dir: Option<&Path>) -> Result<tempfile::TempDir, Error> {
         .map_err(|e| Error::new(format!("{}: creating a scratch directory failed: {e}; pass --dir", parent.display())))
 }
 
-/// A fresh scratch directory under `root`, removed when dropped.
-fn scratch(root: &Path) -> Result<tempfile::TempDir, Error> {
-    tempfile::Builder::new()
-        .prefix("run-")
-        .tempdir_in(root)
-        .map_err(|e| Error::new(format!("{}: creating a scratch directory failed: {e}", root.display())))
-}
-
-/// An I/O error of a baseline as a one-line [`Error`].
-fn io_error(what: &str, path: &Path, e: io::Error) -> Error {
-    Error::new(format!("{}: {what} failed: {e}", path.display()))
+impl From<KernelError> for Error {
+    fn from(e: KernelError) -> Error {
+        Error::new(e.to_string())
+    }
 }
 
 /// One progress line on stderr (ignored when stderr is gone).
@@ -434,186 +385,15 @@ fn note(line: &str) {
 
 // --- ring hop --------------------------------------------------------------------------------
 
-/// Pins the calling thread to `cpu` (when there is one) and names it.
-fn pin(cpu: Option<usize>, name: &str) {
-    shoal::affinity::name_current(name);
-    if let Some(cpu) = cpu {
-        if let Err(e) = shoal::affinity::pin_current(cpu) {
-            note(&format!("shoal bench: could not pin {name} to cpu {cpu}: {e}"));
-        }
-    }
-}
-
-/// Runs `producer` and `consumer` on two threads (pinned to `cpus` when given) started
-/// together; returns the time from when both run until the consumer is done.
-fn timed_pair(
-    cpus: Option<(usize, usize)>,
-    producer: impl FnOnce() + Send,
-    consumer: impl FnOnce() + Send,
-) -> Result<Duration, Error> {
-    let barrier = Barrier::new(2);
-    thread::scope(|s| {
-        let p = s.spawn(|| {
-            pin(cpus.map(|c| c.0), "bench-producer");
-            barrier.wait();
-            let start = Instant::now();
-            producer();
-            start
-        });
-        let c = s.spawn(|| {
-            pin(cpus.map(|c| c.1), "bench-consumer");
-            barrier.wait();
-            consumer();
-            Instant::now()
-        });
-        match (p.join(), c.join()) {
-            (Ok(start), Ok(end)) => Ok(end.saturating_duration_since(start)),
-            _ => Err(Error::new("a ring bench thread panicked; see the message above")),
-        }
-    })
-}
-
-fn shoal_one(total: u64, cpus: Option<(usize, usize)>) -> Result<Duration, Error> {
-    let (mut tx, mut rx) = ring::channel::<u64>(RING_CAPACITY, WaitStrategy::BusySpin);
-    timed_pair(
-        cpus,
-        move || {
-            for i in 0..total {
-                // The consumer pops every value before it drops its end.
-                tx.push_wait(i).expect("the consumer is alive until the last value");
-            }
-        },
-        move || {
-            let mut sum = 0u64;
-            for _ in 0..total {
-                sum = sum.wrapping_add(rx.pop_wait().expect("the producer pushes every value"));
-            }
-            black_box(sum);
-        },
-    )
-}
-
-fn rtrb_one(total: u64, cpus: Option<(usize, usize)>) -> Result<Duration, Error> {
-    let (mut tx, mut rx) = rtrb::RingBuffer::<u64>::new(RING_CAPACITY);
-    timed_pair(
-        cpus,
-        move || {
-            for i in 0..total {
-                while tx.push(i).is_err() {
-                    spin_loop();
-                }
-            }
-        },
-        move || {
-            let mut sum = 0u64;
-            for _ in 0..total {
-                loop {
-                    if let Ok(v) = rx.pop() {
-                        sum = sum.wrapping_add(v);
-                        break;
-                    }
-                    spin_loop();
-                }
-            }
-            black_box(sum);
-        },
-    )
-}
-
-fn shoal_batched(total: u64, cpus: Option<(usize, usize)>) -> Result<Duration, Error> {
-    let (mut tx, mut rx) = ring::channel::<u64>(RING_CAPACITY, WaitStrategy::BusySpin);
-    timed_pair(
-        cpus,
-        move || {
-            let mut next = 0u64;
-            while next < total {
-                let mut r = tx.reserve(RING_BATCH_MAX.min((total - next) as usize));
-                if r.is_empty() {
-                    spin_loop();
-                    continue;
-                }
-                let n = r.len();
-                let (a, b) = r.slots();
-                for slot in a.iter_mut().chain(b.iter_mut()) {
-                    slot.write(next);
-                    next += 1;
-                }
-                // SAFETY: the loop above initialised all `n` reserved slots.
-                unsafe { r.commit(n) };
-            }
-        },
-        move || {
-            let (mut sum, mut got) = (0u64, 0u64);
-            while got < total {
-                let batch = rx.read(RING_BATCH_MAX);
-                if batch.is_empty() {
-                    spin_loop();
-                    continue;
-                }
-                let (a, b) = batch.as_slices();
-                for &v in a.iter().chain(b) {
-                    sum = sum.wrapping_add(v);
-                }
-                got += batch.len() as u64;
-                batch.commit();
-            }
-            black_box(sum);
-        },
-    )
-}
-
-fn rtrb_batched(total: u64, cpus: Option<(usize, usize)>) -> Result<Duration, Error> {
-    let (mut tx, mut rx) = rtrb::RingBuffer::<u64>::new(RING_CAPACITY);
-    timed_pair(
-        cpus,
-        move || {
-            let mut next = 0u64;
-            while next < total {
-                let want = RING_BATCH_MAX.min((total - next) as usize).min(tx.slots());
-                if want == 0 {
-                    spin_loop();
-                    continue;
-                }
-                let Ok(mut chunk) = tx.write_chunk_uninit(want) else { unreachable!("{want} slots are free") };
-                let (a, b) = chunk.as_mut_slices();
-                for slot in a.iter_mut().chain(b.iter_mut()) {
-                    slot.write(next);
-                    next += 1;
-                }
-                // SAFETY: the loop above initialised all `want` slots.
-                unsafe { chunk.commit_all() };
-            }
-        },
-        move || {
-            let (mut sum, mut got) = (0u64, 0u64);
-            while got < total {
-                let n = RING_BATCH_MAX.min(rx.slots());
-                if n == 0 {
-                    spin_loop();
-                    continue;
-                }
-                let Ok(chunk) = rx.read_chunk(n) else { unreachable!("{n} slots are readable") };
-                let (a, b) = chunk.as_slices();
-                for &v in a.iter().chain(b) {
-                    sum = sum.wrapping_add(v);
-                }
-                got += n as u64;
-                chunk.commit_all();
-            }
-            black_box(sum);
-        },
-    )
-}
-
 fn ring_rows(scale: &Scale, cpus: Option<(usize, usize)>) -> Result<Vec<Row>, Error> {
     // Two spinning threads sharing one CPU hand over once per time slice: keep that short.
     let n = if cpus.is_some() { scale.ring_values } else { (scale.ring_values / 64).max(RING_CAPACITY as u64) };
     let (mut shoal, mut rtrb, mut shoal_b, mut rtrb_b) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..scale.repeats {
-        shoal.push(per_s(n, shoal_one(n, cpus)?));
-        rtrb.push(per_s(n, rtrb_one(n, cpus)?));
-        shoal_b.push(per_s(n, shoal_batched(n, cpus)?));
-        rtrb_b.push(per_s(n, rtrb_batched(n, cpus)?));
+        shoal.push(per_s(n, kring::hop_one_shoal(n, cpus)?));
+        rtrb.push(per_s(n, kring::hop_one_rtrb(n, cpus)?));
+        shoal_b.push(per_s(n, kring::hop_batched_shoal(n, cpus)?));
+        rtrb_b.push(per_s(n, kring::hop_batched_rtrb(n, cpus)?));
     }
     let fig = |key, name, v: &[f64]| Figure { key, name, value: median(v), unit: Unit::Values };
     Ok(vec![
@@ -636,178 +416,24 @@ fn ring_rows(scale: &Scale, cpus: Option<(usize, usize)>) -> Result<Vec<Row>, Er
 
 // --- log append ------------------------------------------------------------------------------
 
-/// Options of a bench log: the defaults (prefaulted segments, as in production) with the
-/// scale's segment size, old segments deleted so that long runs do not fill the disk.
-fn log_options(durability: Durability, scale: &Scale) -> LogOptions {
-    LogOptions {
-        segment_bytes: scale.segment_bytes,
-        max_record_bytes: MIB.min(scale.segment_bytes as usize / 4),
-        durability,
-        retention: Retention { max_bytes: Some(scale.segment_bytes * 4), max_age: None },
-        ..LogOptions::default()
-    }
-}
-
-/// A log kept open across rounds, as in `benches/log.rs`, so that rollovers, the background
-/// preparation of fresh segments and retention run at their steady-state rate inside the
-/// timed part. A `Never` log starts over in a fresh directory (between rounds, outside the
-/// timed part) once it has written eight segments: its sealed segments stay mapped until a
-/// sync covers them, even after retention unlinks them.
-struct SteadyLog<'r> {
-    root: &'r Path,
-    opts: LogOptions,
-    written_bytes: u64,
-    log: Option<(Appender, tempfile::TempDir)>,
-}
-
-impl<'r> SteadyLog<'r> {
-    /// Opens the first log now, outside any timed part.
-    fn open(root: &'r Path, opts: LogOptions) -> Result<SteadyLog<'r>, Error> {
-        let mut steady = SteadyLog { root, opts, written_bytes: 0, log: None };
-        steady.appender(0)?;
-        Ok(steady)
-    }
-
-    /// The appender for a round that will write about `bytes` of records.
-    fn appender(&mut self, bytes: u64) -> Result<&mut Appender, Error> {
-        if self.opts.durability == Durability::Never && self.written_bytes > self.opts.segment_bytes * 8 {
-            self.log = None;
-        }
-        if self.log.is_none() {
-            self.written_bytes = 0;
-        }
-        self.written_bytes += bytes;
-        let log = match self.log.take() {
-            Some(log) => log,
-            None => {
-                let dir = scratch(self.root)?;
-                (Appender::open(dir.path(), self.opts)?, dir)
-            }
-        };
-        Ok(&mut self.log.insert(log).0)
-    }
-}
-
-/// The baselines' file, kept open across rounds like a [`SteadyLog`]; it starts over
-/// (truncated between rounds) once it passes 1 GiB.
-struct SteadyFile {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-    file: File,
-}
-
-impl SteadyFile {
-    fn open(root: &Path) -> Result<SteadyFile, Error> {
-        let dir = scratch(root)?;
-        let path = dir.path().join("baseline.log");
-        let file = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&path)
-            .map_err(|e| io_error("creating the baseline file", &path, e))?;
-        Ok(SteadyFile { _dir: dir, path, file })
-    }
-
-    /// The file for the next round.
-    fn file(&self) -> Result<&File, Error> {
-        let len = self.file.metadata().map_err(|e| io_error("stat", &self.path, e))?.len();
-        if len > 1 << 30 {
-            self.file.set_len(0).map_err(|e| io_error("truncate", &self.path, e))?;
-        }
-        Ok(&self.file)
-    }
-}
-
-/// Waits until `last` is durable.
-fn wait_durable(log: &Appender, last: Offset) -> Result<(), Error> {
-    if log.wait_durable(last, Some(DURABLE_WAIT_MAX))? {
-        Ok(())
-    } else {
-        Err(Error::new(format!(
-            "{}: record {last} was not durable after {DURABLE_WAIT_MAX:?}; is the disk stalled?",
-            log.dir().display()
-        )))
-    }
-}
-
-/// Appends `records` copies of `payload` to a fresh log; for a durable level the time runs
-/// until the last record is durable.
-fn shoal_append(steady: &mut SteadyLog<'_>, payload: &[u8], records: u64) -> Result<Duration, Error> {
-    let durable = steady.opts.durability != Durability::Never;
-    let log = steady.appender(records * record_stride(payload.len()))?;
-    let start = Instant::now();
-    let mut last = Offset(0);
-    for _ in 0..records {
-        last = log.append(payload)?;
-    }
-    if durable {
-        wait_durable(log, last)?;
-    }
-    Ok(start.elapsed())
-}
-
-/// Bytes of log a record takes: a 32-byte header and the payload padded to 8 bytes.
-fn record_stride(payload_bytes: usize) -> u64 {
-    32 + payload_bytes.next_multiple_of(8) as u64
-}
-
-/// A `BufWriter<File>` writing `records` length-prefixed copies of `payload` to a fresh
-/// file; with `sync_every`, an fdatasync every that many records and at the end.
-fn bufwriter_append(
-    steady: &SteadyFile,
-    payload: &[u8],
-    records: u64,
-    sync_every: Option<u64>,
-) -> Result<Duration, Error> {
-    let (file, path) = (steady.file()?, &steady.path);
-    let len = (payload.len() as u32).to_le_bytes();
-    let start = Instant::now();
-    let mut w = BufWriter::new(file);
-    for i in 1..=records {
-        w.write_all(&len).and_then(|()| w.write_all(black_box(payload))).map_err(|e| io_error("write", path, e))?;
-        if sync_every.is_some_and(|k| i % k == 0) {
-            w.flush().and_then(|()| file.sync_data()).map_err(|e| io_error("fdatasync", path, e))?;
-        }
-    }
-    w.flush().map_err(|e| io_error("write", path, e))?;
-    drop(w);
-    if sync_every.is_some() {
-        file.sync_data().map_err(|e| io_error("fdatasync", path, e))?;
-    }
-    Ok(start.elapsed())
-}
-
-/// A bare `write` of each length-prefixed record, each followed by an fdatasync.
-fn write_fdatasync_each(steady: &SteadyFile, payload: &[u8], records: u64) -> Result<Duration, Error> {
-    let (mut file, path) = (steady.file()?, &steady.path);
-    let mut framed = (payload.len() as u32).to_le_bytes().to_vec();
-    framed.extend_from_slice(payload);
-    let start = Instant::now();
-    for _ in 0..records {
-        file.write_all(&framed).map_err(|e| io_error("write", path, e))?;
-        file.sync_data().map_err(|e| io_error("fdatasync", path, e))?;
-    }
-    Ok(start.elapsed())
-}
-
 fn append_rows(scale: &Scale, root: &Path) -> Result<Vec<Row>, Error> {
     let payload = [0xA5u8; SMALL_RECORD_BYTES];
     let n = scale.small_records;
     let each = scale.sync_each_records;
-    let mut never = SteadyLog::open(root, log_options(Durability::Never, scale))?;
-    let mut interval = SteadyLog::open(root, log_options(Durability::Interval(INTERVAL), scale))?;
-    let mut batch = SteadyLog::open(root, log_options(Durability::Batch, scale))?;
+    let mut never = SteadyLog::open(root, log_options(Durability::Never, scale.segment_bytes))?;
+    let mut interval = SteadyLog::open(root, log_options(Durability::Interval(INTERVAL), scale.segment_bytes))?;
+    let mut batch = SteadyLog::open(root, log_options(Durability::Batch, scale.segment_bytes))?;
     let peer = SteadyFile::open(root)?;
     let mut rates: [Vec<f64>; 6] = Default::default();
     // Round 0 warms the logs up (segments prepared and recycled) and is not counted.
     for round in 0..=scale.repeats {
         let took = [
-            shoal_append(&mut never, &payload, n)?,
-            bufwriter_append(&peer, &payload, n, None)?,
-            shoal_append(&mut interval, &payload, n)?,
-            shoal_append(&mut batch, &payload, n)?,
-            bufwriter_append(&peer, &payload, n, Some(SYNC_EVERY_RECORDS))?,
-            write_fdatasync_each(&peer, &payload, each)?,
+            klog::append(&mut never, &payload, n)?,
+            kfs::bufwriter(&peer, &payload, n, None)?,
+            klog::append(&mut interval, &payload, n)?,
+            klog::append(&mut batch, &payload, n)?,
+            kfs::bufwriter(&peer, &payload, n, Some(SYNC_EVERY_RECORDS))?,
+            kfs::write_fdatasync_each(&peer, &payload, each)?,
         ];
         if round > 0 {
             for (i, took) in took.into_iter().enumerate() {
@@ -859,30 +485,17 @@ fn append_rows(scale: &Scale, root: &Path) -> Result<Vec<Row>, Error> {
 fn latency_rows(scale: &Scale, root: &Path) -> Result<Vec<Row>, Error> {
     let payload = [0x3Cu8; SMALL_RECORD_BYTES];
     let block = [0xC3u8; BLOCK_BYTES];
-    let dir = scratch(root)?;
-    let mut log = Appender::open(dir.path().join("log"), log_options(Durability::Batch, scale))?;
-    let path = dir.path().join("baseline.log");
-    let file = File::create(&path).map_err(|e| io_error("creating the baseline file", &path, e))?;
-    let mut end = 0u64;
+    let dir = kfs::scratch(root)?;
+    let mut log = Appender::open(dir.path().join("log"), log_options(Durability::Batch, scale.segment_bytes))?;
+    let mut peer = BlockFile::create(dir.path())?;
     let (mut shoal, mut baseline) = (LatencyHistogram::new(), LatencyHistogram::new());
     let per_round = scale.latency_samples.div_ceil(scale.repeats as u64);
     for _ in 0..scale.repeats {
         for _ in 0..per_round {
-            let start = Instant::now();
-            let offset = log.append(&payload)?;
-            wait_durable(&log, offset)?;
-            shoal.record(start.elapsed().as_nanos() as u64);
+            shoal.record(klog::durable_latency(&mut log, &payload)?.as_nanos() as u64);
         }
         for _ in 0..per_round {
-            if end >= LATENCY_FILE_BYTES_MAX {
-                file.set_len(0).map_err(|e| io_error("truncate", &path, e))?;
-                end = 0;
-            }
-            let start = Instant::now();
-            file.write_all_at(black_box(&block), end).map_err(|e| io_error("write", &path, e))?;
-            file.sync_data().map_err(|e| io_error("fdatasync", &path, e))?;
-            baseline.record(start.elapsed().as_nanos() as u64);
-            end += BLOCK_BYTES as u64;
+            baseline.record(kfs::fdatasync_latency(&mut peer, &block)?.as_nanos() as u64);
         }
     }
     log.close()?;
@@ -907,58 +520,20 @@ fn latency_rows(scale: &Scale, root: &Path) -> Result<Vec<Row>, Error> {
 
 // --- durable bandwidth -----------------------------------------------------------------------
 
-/// Bytes per second of 64 KiB records appended to a fresh `Batch` log until durable.
-fn shoal_durable_bandwidth(steady: &mut SteadyLog<'_>, scale: &Scale, payload: &[u8]) -> Result<f64, Error> {
-    let records = scale.durable_bytes / LARGE_RECORD_BYTES as u64;
-    let took = shoal_append(steady, payload, records)?;
-    Ok(per_s(records * LARGE_RECORD_BYTES as u64, took))
-}
-
-/// Bytes per second of O_DIRECT sequential writes from an aligned buffer into a fresh,
-/// preallocated file, then one fdatasync.
-fn o_direct_bandwidth(root: &Path, scale: &Scale, buf: &[u8]) -> Result<f64, Error> {
-    let dir = scratch(root)?;
-    let path = dir.path().join("baseline.direct");
-    let file =
-        OpenOptions::new().write(true).create(true).truncate(true).custom_flags(libc::O_DIRECT).open(&path).map_err(
-            |e| {
-                Error::new(format!(
-                    "{}: opening with O_DIRECT failed: {e}; this file system may not support it, pass --dir on another",
-                    path.display()
-                ))
-            },
-        )?;
-    let total = scale.durable_bytes;
-    // SAFETY: fallocate on a file we own; no memory is passed.
-    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, total as libc::off_t) };
-    if rc != 0 {
-        return Err(io_error("fallocate", &path, io::Error::last_os_error()));
-    }
-    let start = Instant::now();
-    let mut at = 0u64;
-    while at < total {
-        let n = (total - at).min(buf.len() as u64) as usize;
-        file.write_all_at(&buf[..n], at).map_err(|e| io_error("O_DIRECT write", &path, e))?;
-        at += n as u64;
-    }
-    file.sync_data().map_err(|e| io_error("fdatasync", &path, e))?;
-    Ok(per_s(total, start.elapsed()))
-}
-
 fn bandwidth_rows(scale: &Scale, root: &Path) -> Result<Vec<Row>, Error> {
-    // An aligned buffer for O_DIRECT, carved out of a plain Vec.
-    let backing = vec![0x99u8; DIRECT_WRITE_BYTES + 4 * KIB];
-    let at = backing.as_ptr().align_offset(4 * KIB);
-    let buf = &backing[at..at + DIRECT_WRITE_BYTES];
+    let buf = AlignedBuf::new(DIRECT_WRITE_BYTES, 0x99);
     let payload = vec![0x99u8; LARGE_RECORD_BYTES];
-    let mut steady = SteadyLog::open(root, log_options(Durability::Batch, scale))?;
+    let records = scale.durable_bytes / LARGE_RECORD_BYTES as u64;
+    let mut steady = SteadyLog::open(root, log_options(Durability::Batch, scale.segment_bytes))?;
     let (mut shoal, mut direct) = (Vec::new(), Vec::new());
     // Round 0 warms the log up (segments prepared and recycled) and is not counted.
     for round in 0..=scale.repeats {
-        let (s, d) = (shoal_durable_bandwidth(&mut steady, scale, &payload)?, o_direct_bandwidth(root, scale, buf)?);
+        let s = klog::append(&mut steady, &payload, records)?;
+        let d = kfs::o_direct_write(root, buf.as_slice(), scale.durable_bytes)
+            .map_err(|e| Error::new(format!("{e}; pass --dir on another file system")))?;
         if round > 0 {
-            shoal.push(s / 1e6);
-            direct.push(d / 1e6);
+            shoal.push(per_s(records * LARGE_RECORD_BYTES as u64, s) / 1e6);
+            direct.push(per_s(scale.durable_bytes, d) / 1e6);
         }
     }
     Ok(vec![Row {
@@ -982,68 +557,24 @@ fn bandwidth_rows(scale: &Scale, root: &Path) -> Result<Vec<Row>, Error> {
 
 // --- replay ----------------------------------------------------------------------------------
 
-/// Writes a log of `payload_len`-byte records holding at least `scale.replay_bytes` of
-/// payload; returns the record count and the payload bytes.
-fn write_replay_log(dir: &Path, scale: &Scale, payload_len: usize) -> Result<(u64, u64), Error> {
-    // Every segment is kept: the replay reads them all.
-    let opts = LogOptions { retention: Retention::default(), ..log_options(Durability::Never, scale) };
-    let mut log = Appender::open(dir, opts)?;
-    let records = scale.replay_bytes.div_ceil(payload_len as u64);
-    let mut payload = vec![0u8; payload_len];
-    for i in 0..records {
-        payload[0] = i as u8;
-        log.append(&payload)?;
-    }
-    drop(log);
-    Ok((records, records * payload_len as u64))
-}
-
-/// One zero-copy pass over the log: every record decoded (checksum checked) and its payload
-/// touched at both ends. Returns the records read.
-fn replay_once(dir: &Path) -> Result<u64, Error> {
-    let mut reader = Reader::open(dir)?;
-    let (mut records, mut fold) = (0u64, 0u64);
-    while let Some(record) = reader.next()? {
-        let p = record.payload();
-        if let (Some(first), Some(last)) = (p.first(), p.last()) {
-            fold = fold.wrapping_add(u64::from(*first) ^ u64::from(*last));
-        }
-        records += 1;
-    }
-    black_box(fold);
-    Ok(records)
-}
-
-/// Bytes per second of one replay of the log in `dir`, which must hold `records` records.
-fn replay_rate(dir: &Path, records: u64, bytes: u64) -> Result<f64, Error> {
-    let start = Instant::now();
-    let read = replay_once(dir)?;
-    let took = start.elapsed();
-    if read != records {
-        return Err(Error::new(format!("{}: replay read {read} records of {records}", dir.display())));
-    }
-    Ok(per_s(bytes, took))
-}
-
 fn replay_rows(scale: &Scale, root: &Path) -> Result<Vec<Row>, Error> {
-    let small_dir = scratch(root)?;
-    let large_dir = scratch(root)?;
-    let (small_records, small_bytes) = write_replay_log(small_dir.path(), scale, SMALL_RECORD_BYTES)?;
-    let (large_records, large_bytes) = write_replay_log(large_dir.path(), scale, 4 * KIB)?;
+    let small_dir = kfs::scratch(root)?;
+    let large_dir = kfs::scratch(root)?;
+    let (small_records, small_bytes) =
+        klog::write_replay_log(small_dir.path(), scale.segment_bytes, SMALL_RECORD_BYTES, scale.replay_bytes)?;
+    let (large_records, large_bytes) =
+        klog::write_replay_log(large_dir.path(), scale.segment_bytes, 4 * KIB, scale.replay_bytes)?;
     // A first pass of each warms the page cache and the mappings, as memcpy's buffers are.
-    replay_rate(small_dir.path(), small_records, small_bytes)?;
-    replay_rate(large_dir.path(), large_records, large_bytes)?;
+    klog::replay(small_dir.path(), small_records)?;
+    klog::replay(large_dir.path(), large_records)?;
     let src = vec![0x77u8; scale.replay_bytes as usize];
     let mut dst = vec![0u8; scale.replay_bytes as usize];
     dst.copy_from_slice(&src);
     let (mut small, mut large, mut copy) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..scale.repeats {
-        small.push(replay_rate(small_dir.path(), small_records, small_bytes)? / 1e9);
-        large.push(replay_rate(large_dir.path(), large_records, large_bytes)? / 1e9);
-        let start = Instant::now();
-        dst.copy_from_slice(black_box(&src));
-        black_box(&mut dst);
-        copy.push(per_s(scale.replay_bytes, start.elapsed()) / 1e9);
+        small.push(per_s(small_bytes, klog::replay(small_dir.path(), small_records)?) / 1e9);
+        large.push(per_s(large_bytes, klog::replay(large_dir.path(), large_records)?) / 1e9);
+        copy.push(per_s(scale.replay_bytes, kfs::memcpy(&mut dst, &src)) / 1e9);
     }
     let memcpy = Figure { key: "memcpy_gb_per_s", name: "memcpy", value: median(&copy), unit: Unit::GBps };
     Ok(vec![
