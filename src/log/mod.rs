@@ -33,19 +33,28 @@ mod error;
 pub mod format;
 mod head;
 mod io;
+mod lock;
+mod prepare;
 mod reader;
 mod recovery;
+mod scan;
 mod segment;
+mod sync;
+mod tailer;
+mod verify;
 mod wait;
 
 use std::time::Duration;
 
-pub use appender::{Appender, DurableWatch, RecoveryReport};
+pub use appender::Appender;
 pub use error::{AppendError, LogError};
 pub use io::IoBackend;
-pub use reader::{PodError, Reader, Record, RecordRef, Tailer};
-pub use recovery::{repair, stats, verify, LogStats, Problem, RepairReport, VerifyReport};
+pub use reader::{PodError, Reader, Record, RecordRef};
+pub use recovery::{RecoveryReport, TailCut};
 pub use segment::SegmentId;
+pub use sync::DurableWatch;
+pub use tailer::Tailer;
+pub use verify::{repair, stats, verify, LogStats, Problem, RepairReport, VerifyReport};
 pub use wait::wait_any;
 
 /// The position of a record in a log: dense, starting at 0.
