@@ -105,16 +105,7 @@ impl Appender {
         let header = active.header;
         active.written.store(position as u64, Ordering::Relaxed);
         let pending = Arc::new(Pending::new(active.clone()));
-        let index_slot = (0..header.index_entries as usize)
-            .take_while(|i| active.region().load_index(*i).is_some_and(|e| e != 0))
-            .count();
-        let index_next_position = match index_slot {
-            0 => 0,
-            n => {
-                let (_, pos) = format::index_entry_parts(active.region().load_index(n - 1).unwrap_or(0));
-                pos as usize + header.index_interval as usize
-            }
-        };
+        let (index_slot, index_next_position) = index_cursor(&active);
         let mut appender = Appender {
             dir,
             opts,
@@ -454,6 +445,22 @@ impl Appender {
     }
 }
 
+/// Where the sparse index of `segment` goes on: its first free slot, and the position from
+/// which the next record gets an entry.
+fn index_cursor(segment: &Segment) -> (usize, usize) {
+    let header = segment.header;
+    let region = segment.region();
+    let slot = (0..header.index_entries as usize).take_while(|i| region.load_index(*i).is_some_and(|e| e != 0)).count();
+    let next_position = match slot {
+        0 => 0,
+        n => {
+            let (_, pos) = format::index_entry_parts(region.load_index(n - 1).unwrap_or(0));
+            pos as usize + header.index_interval as usize
+        }
+    };
+    (slot, next_position)
+}
+
 impl Drop for Appender {
     fn drop(&mut self) {
         if let Err(e) = self.shutdown() {
@@ -518,7 +525,7 @@ mod tests {
         }
         log.sync().expect("sync");
         drop(log);
-        let entries = super::super::segment::index_entries_for(opts.segment_bytes, opts.index_interval_bytes);
+        let entries = format::index_entries_for(opts.segment_bytes, opts.index_interval_bytes);
         let end = format::data_start(entries) + 10 * record_stride(8);
         let path = dir.path().join(super::super::segment::segment_file_name(SegmentId(0)));
         OpenOptions::new().write(true).open(&path).expect("open segment").set_len(end as u64).expect("cut");

@@ -14,7 +14,7 @@
 //! asymmetric fence (light on the appender's side, heavy here before parking) guarantees that
 //! either the appender sees `syncer_parked` or the thread sees the new `written`.
 //!
-//! Waiters for durability ([`DurableWatch`], [`Appender::wait_durable`](super::Appender))
+//! Waiters for durability ([`DurableWatch`], [`Appender::wait_durable`](super::Appender::wait_durable))
 //! block on a condition variable that each round notifies when someone waits. A failed sync
 //! is final: the log stops accepting appends and every waiter gets the error.
 

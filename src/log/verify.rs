@@ -138,48 +138,64 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
             report.records_after_cut += scan.records;
             continue;
         }
-        let short = (seg.mapped_bytes as u64) < header.segment_bytes;
-        let scan = scan_segment(&region, &header, format::PAYLOAD_BYTES_FORMAT_MAX, |_, _| {});
-        report.records += scan.records;
-        expected = Some(scan.next_offset);
         let is_last_in_use = last_in_use == Some(index);
-        let mut damage = match scan.end {
-            ScanEnd::Damaged(e) => Some(e.to_string()),
-            _ => None,
-        };
-        if short && damage.is_none() && scan.end != ScanEnd::Sealed {
-            damage = Some(format!("file is {} bytes, its header says {}", seg.mapped_bytes, header.segment_bytes));
-        }
-        if let Some(what) = damage {
-            let (after, _) = records_after(&region, scan.position, scan.next_offset, format::PAYLOAD_BYTES_FORMAT_MAX);
-            let torn = is_last_in_use && after == 0 && scan.next_offset >= durable;
-            let what = if torn {
-                format!("torn record at offset {}: {what}", scan.next_offset)
-            } else {
-                format!(
-                    "corrupt record at offset {}: {what}{}",
-                    scan.next_offset,
-                    if scan.next_offset < durable { " (below the durable watermark)" } else { "" }
-                )
-            };
-            report.problems.push(Problem {
-                path: path.clone(),
-                position: scan.position as u64,
-                what,
-                repairable: true,
-            });
-            report.records_after_cut += after;
-            report.cut = Some((index, path.clone(), scan.position, scan.next_offset));
-        } else if short {
-            report.problems.push(Problem {
-                path: path.clone(),
-                position: seg.mapped_bytes as u64,
-                what: format!("file is {} bytes, its header says {}", seg.mapped_bytes, header.segment_bytes),
-                repairable: true,
-            });
-        }
+        expected = Some(check_records(&mut report, index, path, &seg, is_last_in_use, durable));
     }
     Ok(report)
+}
+
+/// Scans the records of a segment in use (segment `index` of the listing, at `path`) into
+/// `report`: counts them and reports damage, or a file cut short, as a problem and as the
+/// cut a repair would make. Returns the offset after its last intact record.
+fn check_records(
+    report: &mut VerifyReport,
+    index: usize,
+    path: &Path,
+    seg: &Segment,
+    is_last_in_use: bool,
+    durable: u64,
+) -> u64 {
+    let header = seg.header;
+    let region = seg.region();
+    let short = (seg.mapped_bytes as u64) < header.segment_bytes;
+    let scan = scan_segment(&region, &header, format::PAYLOAD_BYTES_FORMAT_MAX, |_, _| {});
+    report.records += scan.records;
+    let mut damage = match scan.end {
+        ScanEnd::Damaged(e) => Some(e.to_string()),
+        _ => None,
+    };
+    if short && damage.is_none() && scan.end != ScanEnd::Sealed {
+        damage = Some(format!("file is {} bytes, its header says {}", seg.mapped_bytes, header.segment_bytes));
+    }
+    if let Some(what) = damage {
+        let (after, _) = records_after(&region, scan.position, scan.next_offset, format::PAYLOAD_BYTES_FORMAT_MAX);
+        let torn = is_last_in_use && after == 0 && scan.next_offset >= durable;
+        let what = if torn {
+            format!("torn record at offset {}: {what}", scan.next_offset)
+        } else {
+            format!(
+                "corrupt record at offset {}: {what}{}",
+                scan.next_offset,
+                if scan.next_offset < durable { " (below the durable watermark)" } else { "" }
+            )
+        };
+        report.problems.push(Problem {
+            path: path.to_path_buf(),
+            position: scan.position as u64,
+            what,
+            repairable: true,
+        });
+        report.records_after_cut += after;
+        report.cut = Some((index, path.to_path_buf(), scan.position, scan.next_offset));
+    } else if short {
+        report.problems.push(Problem {
+            path: path.to_path_buf(),
+            position: seg.mapped_bytes as u64,
+            what: format!("file is {} bytes, its header says {}", seg.mapped_bytes, header.segment_bytes),
+            repairable: true,
+        });
+    }
+    scan.next_offset
 }
 
 /// What [`repair`] did.
