@@ -309,7 +309,7 @@ impl Appender {
         // the sync thread's park below); it pairs with `AsymmetricFence::heavy` on their side.
         AsymmetricFence::light(self.light_fence);
         self.head.notify_after_fence();
-        self.shared.wake_after_publish();
+        self.shared.wake_after_publish(self.opts.durability);
     }
 
     /// Seals the active segment and switches to the prepared one.

@@ -117,10 +117,12 @@ impl Shared {
     }
 
     /// Called by the appender after each publish (after its light fence): in `Batch` mode a
-    /// parked sync thread is woken to cover the new records.
+    /// parked sync thread is woken to cover the new records. `durability` is the appender's
+    /// own copy of the level, so that the hot path reads no other line of `Shared` than the
+    /// padded `syncer_parked`.
     #[inline]
-    pub(crate) fn wake_after_publish(&self) {
-        if self.durability == Durability::Batch && self.syncer_parked.load(Ordering::Relaxed) {
+    pub(crate) fn wake_after_publish(&self, durability: Durability) {
+        if durability == Durability::Batch && self.syncer_parked.load(Ordering::Relaxed) {
             self.wake_syncer();
         }
     }
