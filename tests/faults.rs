@@ -15,7 +15,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use shoal::log::{
     format, repair, stats, verify, AppendError, Appender, Durability, IoBackend, LogError, LogOptions, Offset, Reader,
-    RecoveryMode,
+    RecoveryMode, TailCut,
 };
 
 use common::{
@@ -188,7 +188,17 @@ fn torn_last_record_at_every_byte_position() {
                     assert_eq!(log.recovery().cut, None, "{context}");
                     assert_eq!(log.next_offset(), Offset(5), "{context}");
                 } else {
-                    assert_eq!(log.recovery().cut, Some((seg.clone(), position as u64, 4, 0, true)), "{context}");
+                    assert_eq!(
+                        log.recovery().cut,
+                        Some(TailCut {
+                            path: seg.clone(),
+                            position: position as u64,
+                            offset: 4,
+                            records_dropped: 0,
+                            torn: true
+                        }),
+                        "{context}"
+                    );
                     assert_eq!(log.next_offset(), Offset(4), "{context}");
                 }
                 log.append(b"after recovery").expect("append after recovery");
@@ -299,7 +309,13 @@ fn bit_flips_below_the_durable_watermark_are_corruption() {
                 .unwrap_or_else(|e| panic!("{context}: TruncateCorrupt: {e}"));
             assert_eq!(
                 log.recovery().cut,
-                Some((seg.clone(), position as u64, i as u64, (n - 1 - i) as u64, false)),
+                Some(TailCut {
+                    path: seg.clone(),
+                    position: position as u64,
+                    offset: i as u64,
+                    records_dropped: (n - 1 - i) as u64,
+                    torn: false
+                }),
                 "{context}"
             );
             assert_eq!(log.next_offset(), Offset(i as u64), "{context}");

@@ -1,244 +1,28 @@
-//! The appender: the one writer of a log, its group-commit sync thread and its segment
-//! preparation thread.
+//! The appender: the one writer of a log. Opening takes the lock ([`lock`](super::lock)),
+//! recovers the tail ([`recovery`](super::recovery)) and starts the sync thread
+//! ([`sync`](super::sync)) and the preparation thread ([`prepare`](super::prepare)); after
+//! that, appends write records into the mapped active segment and publish them.
 
 use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
-
-use crossbeam_channel::{bounded, Receiver, Sender};
-use crossbeam_utils::CachePadded;
+use std::time::Duration;
 
 use super::error::{AppendError, LogError};
-use super::format::{self, record_stride, Region, SegmentHeader, BASE_OFFSET_UNSET, END_OF_SEGMENT};
+use super::format::{self, record_stride, Region, END_OF_SEGMENT};
 use super::head::Head;
-use super::io::{IoDriver, SyncRange};
-use super::recovery::{records_after, scan_segment, ScanEnd};
-use super::segment::{list_segments, open_dir, Segment, SegmentId};
-use super::{now_ns, Durability, LogOptions, Offset, RecoveryMode, WallClock};
+use super::io::IoDriver;
+use super::lock::DirLock;
+use super::prepare::Preparer;
+use super::recovery::{recover, InUse, RecoveryReport};
+use super::segment::{open_dir, Segment};
+use super::sync::{spawn_syncer, DurableWatch, Pending, Shared};
+use super::{now_ns, LogOptions, Offset, WallClock};
 use crate::sys::fence::AsymmetricFence;
-use crate::sys::file::{try_flock, Flock};
 use crate::sys::histogram::LatencyHistogram;
-
-const LOCK_FILE: &str = "LOCK";
-
-/// Takes the exclusive appender lock of the log in `dir` (creating the directory).
-pub(crate) fn lock_dir(dir: &Path) -> Result<File, LogError> {
-    std::fs::create_dir_all(dir).map_err(|e| LogError::io(dir, "create directory", e))?;
-    let path = dir.join(LOCK_FILE);
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| LogError::io(&path, "open", e))?;
-    match try_flock(&file, Flock::Exclusive) {
-        Ok(true) => {}
-        Ok(false) => {
-            let holder = std::fs::read_to_string(&path).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
-            return Err(LogError::Locked { path, holder: holder.unwrap_or_else(|| "unknown".into()) });
-        }
-        Err(err) => return Err(LogError::io(&path, "flock", err)),
-    }
-    let _ = file.set_len(0);
-    let _ = write!(file, "{}", std::process::id());
-    Ok(file)
-}
-
-/// Zeroes a segment from `position` to its end (cutting a torn tail), index entries that
-/// point at or past it included, restores the file's full length, and syncs it.
-pub(crate) fn cut_segment(seg: &Segment, header: &SegmentHeader, position: usize) -> Result<(), LogError> {
-    let len = std::fs::metadata(&seg.path).map_err(|e| LogError::io(&seg.path, "stat", e))?.len();
-    if len < header.segment_bytes {
-        // A truncated file: give it back its length (the new bytes read as zeros). Bytes past
-        // the mapping (a cut that is not 8-aligned) are dropped first: the region below does
-        // not reach them, and a later record could end where they would read as a commit word.
-        seg.file.set_len(seg.mapped_bytes as u64).map_err(|e| LogError::io(&seg.path, "truncate", e))?;
-        seg.file.set_len(header.segment_bytes).map_err(|e| LogError::io(&seg.path, "extend", e))?;
-    }
-    let region = seg.region();
-    // Only the non-zero stretch needs writing: find its end.
-    let end = last_nonzero(&region, position);
-    // SAFETY: we hold the appender lock, so no writer; readers only poll commit words, which
-    // `zero` stores atomically.
-    unsafe { region.zero(position, end) };
-    for i in 0..header.index_entries as usize {
-        match region.load_index(i) {
-            Some(0) | None => break,
-            Some(entry) => {
-                let (_, pos) = format::index_entry_parts(entry);
-                if pos as usize >= position {
-                    region.store_index(i, 0);
-                }
-            }
-        }
-    }
-    seg.file.sync_data().map_err(|e| LogError::io(&seg.path, "fdatasync", e))?;
-    Ok(())
-}
-
-fn last_nonzero(region: &Region, from: usize) -> usize {
-    let mut end = from;
-    let mut at = format::align_up(from, 8);
-    while at + 8 <= region.len() {
-        // Commit words are the only atomically-written words; the rest, past the tail, is
-        // written by nobody now (we hold the lock), so plain copies are fine.
-        let mut word = [0u8; 8];
-        region.copy_out(at, &mut word);
-        if word != [0; 8] {
-            end = at + 8;
-        }
-        at += 8;
-    }
-    end
-}
-
-/// What opening the log found and did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RecoveryReport {
-    /// Segment files in use.
-    pub segments: u64,
-    /// Offset the next append gets.
-    pub next_offset: u64,
-    /// A cut made at open: (file, byte position, first offset dropped, intact records
-    /// dropped after the damage, whether the damage was a torn tail).
-    pub cut: Option<(PathBuf, u64, u64, u64, bool)>,
-}
-
-/// A segment the sync thread still has to cover (its write position is `segment.written`).
-#[derive(Debug)]
-struct Pending {
-    segment: Arc<Segment>,
-    /// Set when the segment is sealed; `segment.written` is then final.
-    sealed: AtomicBool,
-}
-
-/// State shared by the appender, its sync thread and [`DurableWatch`] handles.
-#[derive(Debug)]
-struct Shared {
-    /// Offset of the next record (all below are published). Written by the appender.
-    written: CachePadded<AtomicU64>,
-    /// All offsets below are durable. Written by the sync thread.
-    durable: CachePadded<AtomicU64>,
-    /// An explicit sync asked for everything below this offset.
-    sync_target: AtomicU64,
-    /// Segments with records the sync thread may not have covered yet.
-    pending: Mutex<Vec<Arc<Pending>>>,
-    syncer_parked: CachePadded<AtomicBool>,
-    syncer: Mutex<Option<std::thread::Thread>>,
-    waiters: AtomicUsize,
-    durable_lock: Mutex<()>,
-    durable_changed: Condvar,
-    failed: AtomicBool,
-    failure: Mutex<Option<(PathBuf, std::io::ErrorKind, String)>>,
-    shutdown: AtomicBool,
-    durability: Durability,
-    head: Arc<Head>,
-    sync_latency: Mutex<LatencyHistogram>,
-    syncs: AtomicU64,
-}
-
-impl Shared {
-    fn failure(&self) -> LogError {
-        match &*self.failure.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some((path, kind, msg)) => {
-                LogError::SyncFailed { path: path.clone(), source: std::io::Error::new(*kind, msg.clone()) }
-            }
-            None => LogError::Closed,
-        }
-    }
-
-    fn wake_syncer(&self) {
-        if self.syncer_parked.swap(false, Ordering::SeqCst) {
-            if let Some(t) = &*self.syncer.lock().unwrap_or_else(|p| p.into_inner()) {
-                t.unpark();
-            }
-        }
-    }
-
-    fn wait_durable(&self, offset: u64, timeout: Option<Duration>, request_sync: bool) -> Result<bool, LogError> {
-        if self.durable.load(Ordering::Acquire) > offset {
-            return Ok(true);
-        }
-        if request_sync && self.durability != Durability::Batch {
-            self.sync_target.fetch_max(offset + 1, Ordering::SeqCst);
-            self.syncer_parked.store(true, Ordering::SeqCst);
-            self.wake_syncer();
-        }
-        let deadline = timeout.map(|t| Instant::now() + t);
-        self.waiters.fetch_add(1, Ordering::SeqCst);
-        let mut guard = self.durable_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let result = loop {
-            // pairs with the SeqCst store of `durable` in the sync thread
-            if self.durable.load(Ordering::SeqCst) > offset {
-                break Ok(true);
-            }
-            if self.failed.load(Ordering::Acquire) {
-                break Err(self.failure());
-            }
-            if self.shutdown.load(Ordering::Acquire) && self.written.load(Ordering::Acquire) <= offset {
-                break Err(LogError::Closed);
-            }
-            let wait = match deadline {
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        break Ok(false);
-                    }
-                    (d - now).min(Duration::from_millis(100))
-                }
-                None => Duration::from_millis(100),
-            };
-            guard = self.durable_changed.wait_timeout(guard, wait).unwrap_or_else(|p| p.into_inner()).0;
-        };
-        drop(guard);
-        self.waiters.fetch_sub(1, Ordering::SeqCst);
-        result
-    }
-}
-
-/// A cloneable handle on an appender's durable watermark, for other threads (an `--ack`
-/// printer, a request handler waiting for its record).
-#[derive(Clone, Debug)]
-pub struct DurableWatch {
-    shared: Arc<Shared>,
-}
-
-impl DurableWatch {
-    /// Every offset below this is durable.
-    pub fn durable_offset(&self) -> Offset {
-        Offset(self.shared.durable.load(Ordering::Acquire))
-    }
-
-    /// Offset the next append gets (everything below is published to readers).
-    pub fn written_offset(&self) -> Offset {
-        Offset(self.shared.written.load(Ordering::Acquire))
-    }
-
-    /// Blocks until `offset` is durable, or `timeout` passes (returns `Ok(false)`).
-    ///
-    /// # Errors
-    /// [`LogError::SyncFailed`] when a sync failed; [`LogError::Closed`] when the appender
-    /// closed before the record was appended.
-    pub fn wait_durable(&self, offset: Offset, timeout: Option<Duration>) -> Result<bool, LogError> {
-        self.shared.wait_durable(offset.0, timeout, true)
-    }
-
-    /// Like [`DurableWatch::wait_durable`], but never asks for a sync: it only watches the
-    /// watermark move at the pace the durability level sets (for a printer of progress, say).
-    ///
-    /// # Errors
-    /// As [`DurableWatch::wait_durable`].
-    pub fn wait_durable_passive(&self, offset: Offset, timeout: Option<Duration>) -> Result<bool, LogError> {
-        self.shared.wait_durable(offset.0, timeout, false)
-    }
-}
 
 /// The one writer of a log. See the [module docs](super) for the design.
 ///
@@ -259,7 +43,7 @@ impl DurableWatch {
 pub struct Appender {
     dir: PathBuf,
     opts: LogOptions,
-    _lock: File,
+    _lock: DirLock,
     shared: Arc<Shared>,
     head: Arc<Head>,
     active: Arc<Segment>,
@@ -273,16 +57,11 @@ pub struct Appender {
     index_capacity: usize,
     index_next_position: usize,
     index_interval: usize,
-    /// The segment prepared ahead, or the request for it in flight.
-    prepared: Option<Arc<Segment>>,
-    prepare_tx: Option<Sender<SegmentId>>,
-    prepare_rx: Receiver<Result<Arc<Segment>, LogError>>,
-    prepare_in_flight: bool,
-    next_seq: u64,
+    /// The next segment, prepared ahead by a background thread.
+    preparer: Preparer,
     /// Segments in use, oldest first: (id, path, base offset, bytes, activated_ns).
-    retained: VecDeque<(SegmentId, PathBuf, u64, u64, u64)>,
+    retained: VecDeque<InUse>,
     sync_thread: Option<JoinHandle<()>>,
-    prepare_thread: Option<JoinHandle<()>>,
     recovery: RecoveryReport,
     backend: &'static str,
     clock: WallClock,
@@ -301,232 +80,32 @@ impl Appender {
     pub fn open(dir: impl AsRef<Path>, opts: LogOptions) -> Result<Appender, LogError> {
         let dir = dir.as_ref().to_path_buf();
         opts.validate()?;
-        let lock = lock_dir(&dir)?;
+        let lock = DirLock::acquire(&dir)?;
         let dir_file = open_dir(&dir)?;
         let head = Arc::new(Head::open(&dir)?);
-        let (segments, temps) = list_segments(&dir)?;
-        for temp in temps {
-            std::fs::remove_file(&temp).map_err(|e| LogError::io(&temp, "remove", e))?;
-        }
-        let mut headers = Vec::with_capacity(segments.len());
-        for (id, path) in &segments {
-            let mut file = File::open(path).map_err(|e| LogError::io(path, "open", e))?;
-            let header = super::segment::read_header_from_file(path, &mut file)?;
-            if header.seq != id.0 {
-                return Err(LogError::NotASegment {
-                    path: path.clone(),
-                    why: format!("its header says segment {}, its name says {}", header.seq, id.0),
-                });
-            }
-            headers.push(header);
-        }
-        let in_use = headers.iter().take_while(|h| h.base_offset != BASE_OFFSET_UNSET).count();
-        if let Some(i) = headers[in_use..].iter().position(|h| h.base_offset != BASE_OFFSET_UNSET) {
-            return Err(LogError::Inconsistent {
-                path: segments[in_use + i].0 .0.to_string().into(),
-                why: "a segment in use follows a prepared (unused) one".into(),
-            });
-        }
-        for w in headers[..in_use].windows(2) {
-            if w[1].base_offset <= w[0].base_offset {
-                return Err(LogError::Inconsistent {
-                    path: segments[0].1.clone(),
-                    why: format!(
-                        "segment {} starts at offset {} after segment {} at {}",
-                        w[1].seq, w[1].base_offset, w[0].seq, w[0].base_offset
-                    ),
-                });
-            }
-        }
-        let durable_recorded = head.durable_offset();
-        let payload_max = opts.max_record_bytes.max(format::PAYLOAD_BYTES_FORMAT_MAX.min(opts.segment_bytes as usize));
-
-        let (prepare_tx, prepare_req_rx) = bounded::<SegmentId>(1);
-        let (prepare_res_tx, prepare_rx) = bounded::<Result<Arc<Segment>, LogError>>(1);
-        let backend = IoDriver::new(opts.io_backend)?;
-        let backend_name = backend.name();
-        let prepare_thread = spawn_preparer(dir.clone(), opts, dir_file, prepare_req_rx, prepare_res_tx)?;
-
-        let mut report = RecoveryReport { segments: in_use as u64, ..RecoveryReport::default() };
-        // The tail: the last segment in use (and its predecessor's seal) decides it.
-        let mut tail: Option<(Arc<Segment>, usize, u64)> = None;
-        let mut sync_driver = IoDriver::new(opts.io_backend)?;
-        if in_use > 0 {
-            let last = in_use - 1;
-            let (last_id, last_path) = segments[last].clone();
-            let seg = Segment::open(&last_path, last_id, true)?;
-            let header = seg.header;
-            let region = seg.region();
-            let mut index_fix = Vec::new();
-            let scan =
-                scan_segment(&region, &header, payload_max, |offset, position| index_fix.push((offset, position)));
-            let short = (seg.mapped_bytes as u64) < header.segment_bytes;
-            let damage = match scan.end {
-                ScanEnd::Damaged(e) => Some(e.to_string()),
-                _ if short && scan.end != ScanEnd::Sealed => {
-                    Some(format!("file is {} bytes, its header says {}", seg.mapped_bytes, header.segment_bytes))
-                }
-                _ => None,
-            };
-            if let Some(why) = damage {
-                let (after, _) = records_after(&region, scan.position, scan.next_offset, payload_max);
-                let torn = after == 0 && scan.next_offset >= durable_recorded;
-                let cut_allowed = match opts.recovery_mode {
-                    RecoveryMode::Strict => false,
-                    RecoveryMode::TruncateTail => torn,
-                    RecoveryMode::TruncateCorrupt => true,
-                };
-                if !cut_allowed {
-                    let (path, position, offset) = (last_path.clone(), scan.position as u64, scan.next_offset);
-                    return Err(if torn {
-                        LogError::TornTail { path, position, offset, why }
-                    } else {
-                        LogError::Corruption { path, position, offset, why }
-                    });
-                }
-                if !torn {
-                    tracing::warn!(
-                        "{}: cut the log at byte {} (offset {}): {why}; {after} intact records after it were dropped",
-                        last_path.display(),
-                        scan.position,
-                        scan.next_offset
-                    );
-                }
-                cut_segment(&seg, &header, scan.position)?;
-                report.cut = Some((last_path.clone(), scan.position as u64, scan.next_offset, after, torn));
-            } else if short {
-                // Sealed but truncated after the seal: restore the length.
-                seg.file.set_len(header.segment_bytes).map_err(|e| LogError::io(&last_path, "extend", e))?;
-            } else if scan.end == ScanEnd::Open && last_nonzero(&region, scan.position) > scan.position {
-                // A crash before a record's commit word was stored leaves the record's other
-                // bytes past the tail; shorter records appended over them would end inside
-                // them, and readers would take the stale bytes for a damaged record.
-                cut_segment(&seg, &header, scan.position)?;
-            }
-            // Rebuild the index of the tail segment: entries past the tail were zeroed by
-            // the cut; missing ones are added.
-            let seg = if short { Segment::open(&last_path, last_id, true)? } else { seg };
-            let region = seg.region();
-            let mut slot = 0usize;
-            let mut next_pos = header.data_start();
-            for (offset, position) in index_fix.iter().copied().take_while(|(_, p)| *p < scan.position) {
-                if position >= next_pos && slot < header.index_entries as usize {
-                    region
-                        .store_index(slot, format::index_entry((offset - header.base_offset) as u32, position as u32));
-                    slot += 1;
-                    next_pos = position + header.index_interval as usize;
-                }
-            }
-            // The predecessor must be sealed at our base offset: a crash can lose its
-            // end marker while records of this segment survive, so add it back.
-            if last > 0 {
-                let (prev_id, prev_path) = segments[last - 1].clone();
-                let prev = Segment::open(&prev_path, prev_id, true)?;
-                let prev_scan = scan_segment(&prev.region(), &prev.header, payload_max, |_, _| {});
-                match prev_scan.end {
-                    ScanEnd::Sealed | ScanEnd::Full if prev_scan.next_offset == header.base_offset => {}
-                    ScanEnd::Open if prev_scan.next_offset == header.base_offset => {
-                        prev.region().publish(prev_scan.position, END_OF_SEGMENT);
-                        prev.file.sync_data().map_err(|e| LogError::io(&prev_path, "fdatasync", e))?;
-                    }
-                    _ => {
-                        return Err(LogError::Corruption {
-                            path: prev_path,
-                            position: prev_scan.position as u64,
-                            offset: prev_scan.next_offset,
-                            why: format!(
-                                "segment ends at offset {} ({:?}) but the next starts at {}",
-                                prev_scan.next_offset, prev_scan.end, header.base_offset
-                            ),
-                        });
-                    }
-                }
-            }
-            let range_end = scan.position.min(seg.mapped_bytes);
-            sync_driver
-                .sync_ranges(&[SyncRange {
-                    fd: seg.fd(),
-                    map: region.as_ptr(),
-                    offset: 0,
-                    len: range_end.max(1) as u64,
-                }])
-                .map_err(|e| LogError::io(&last_path, "fdatasync", e))?;
-            // A file cut short ends its scan "full" at the cut; it was extended again
-            // above, so appends go on at the tail rather than in a new segment.
-            let sealed = scan.end == ScanEnd::Sealed || (scan.end == ScanEnd::Full && !short);
-            let position = if sealed { seg.mapped_bytes } else { scan.position };
-            tail = Some((Arc::new(seg), position, scan.next_offset));
-            report.next_offset = scan.next_offset;
-        }
-        // Reuse a prepared segment left by the previous run; remove extras.
-        let mut prepared = None;
-        for (i, (id, path)) in segments.iter().enumerate().skip(in_use) {
-            if i == in_use {
-                let seg = Segment::open(path, *id, true)?;
-                if opts.prefault {
-                    let _ = seg.region(); // mapping populated lazily by appends
-                }
-                prepared = Some(Arc::new(seg));
-            } else {
-                std::fs::remove_file(path).map_err(|e| LogError::io(path, "remove", e))?;
-            }
-        }
-        let next_seq = segments.last().map_or(0, |(id, _)| id.0 + 1);
-        let next_offset = report.next_offset;
+        let mut sync_io = IoDriver::new(opts.io_backend)?;
+        let recovered = recover(&lock, &dir, &opts, &head, &mut sync_io)?;
+        let backend = sync_io.name();
+        let mut preparer = Preparer::start(dir.clone(), opts, dir_file, recovered.prepared, recovered.next_seq)?;
+        let next_offset = recovered.report.next_offset;
         head.reset_offsets(next_offset);
         head.set_appender_pid(std::process::id());
+        let shared = Arc::new(Shared::new(next_offset, opts.durability, head.clone()));
+        let sync_thread = spawn_syncer(shared.clone(), sync_io)?;
 
-        let shared = Arc::new(Shared {
-            written: CachePadded::new(AtomicU64::new(next_offset)),
-            durable: CachePadded::new(AtomicU64::new(next_offset)),
-            sync_target: AtomicU64::new(0),
-            pending: Mutex::new(Vec::new()),
-            syncer_parked: CachePadded::new(AtomicBool::new(false)),
-            syncer: Mutex::new(None),
-            waiters: AtomicUsize::new(0),
-            durable_lock: Mutex::new(()),
-            durable_changed: Condvar::new(),
-            failed: AtomicBool::new(false),
-            failure: Mutex::new(None),
-            shutdown: AtomicBool::new(false),
-            durability: opts.durability,
-            head: head.clone(),
-            sync_latency: Mutex::new(LatencyHistogram::new()),
-            syncs: AtomicU64::new(0),
-        });
-        let sync_thread = spawn_syncer(shared.clone(), sync_driver)?;
-
-        let mut retained = VecDeque::new();
-        for ((id, path), header) in segments.iter().zip(&headers).take(in_use) {
-            retained.push_back((*id, path.clone(), header.base_offset, header.segment_bytes, header.activated_ns));
-        }
         // A placeholder active segment until the first activation when the log is empty.
-        let (active, position, limit) = match &tail {
-            Some((seg, position, _)) => (seg.clone(), *position, seg.mapped_bytes),
-            None => {
-                let seg = match prepared.take() {
-                    Some(seg) => seg,
-                    None => {
-                        prepare_tx.send(SegmentId(next_seq)).map_err(|_| LogError::Closed)?;
-                        prepare_rx.recv().map_err(|_| LogError::Closed)??
-                    }
-                };
-                (seg, 0, 0)
+        let empty = recovered.tail.is_none();
+        let (active, position, limit) = match recovered.tail {
+            Some(tail) => {
+                let limit = tail.segment.mapped_bytes;
+                (tail.segment, tail.position, limit)
             }
+            None => (preparer.next_segment()?, 0, 0),
         };
         let header = active.header;
         active.written.store(position as u64, Ordering::Relaxed);
-        let pending = Arc::new(Pending { segment: active.clone(), sealed: AtomicBool::new(false) });
-        let index_slot = (0..header.index_entries as usize)
-            .take_while(|i| active.region().load_index(*i).is_some_and(|e| e != 0))
-            .count();
-        let index_next_position = match index_slot {
-            0 => 0,
-            n => {
-                let (_, pos) = format::index_entry_parts(active.region().load_index(n - 1).unwrap_or(0));
-                pos as usize + header.index_interval as usize
-            }
-        };
+        let pending = Arc::new(Pending::new(active.clone()));
+        let (index_slot, index_next_position) = index_cursor(&active);
         let mut appender = Appender {
             dir,
             opts,
@@ -544,29 +123,22 @@ impl Appender {
             index_next_position,
             index_interval: header.index_interval as usize,
             active,
-            prepared,
-            prepare_tx: Some(prepare_tx),
-            prepare_rx,
-            prepare_in_flight: false,
-            next_seq: if tail.is_none() && segments.len() == in_use { next_seq + 1 } else { next_seq },
-            retained,
+            preparer,
+            retained: recovered.in_use,
             sync_thread: Some(sync_thread),
-            prepare_thread: Some(prepare_thread),
-            recovery: report,
-            backend: backend_name,
+            recovery: recovered.report,
+            backend,
             clock: WallClock::new(),
             light_fence: AsymmetricFence::registered(),
         };
-        if tail.is_none() {
+        if empty {
             // Empty log: activate the first segment now.
             let seg = appender.active.clone();
             appender.activate(seg)?;
         } else {
             appender.shared.pending.lock().unwrap_or_else(|p| p.into_inner()).push(appender.pending.clone());
         }
-        if appender.prepared.is_none() && !appender.prepare_in_flight {
-            appender.request_prepare();
-        }
+        appender.preparer.request_if_none();
         appender.apply_retention();
         Ok(appender)
     }
@@ -603,13 +175,12 @@ impl Appender {
 
     /// A handle on the durable watermark for other threads.
     pub fn durable_watch(&self) -> DurableWatch {
-        DurableWatch { shared: self.shared.clone() }
+        DurableWatch::new(self.shared.clone())
     }
 
     /// Data syncs done so far and their latency histogram (ns).
     pub fn sync_stats(&self) -> (u64, LatencyHistogram) {
-        let hist = self.shared.sync_latency.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        (self.shared.syncs.load(Ordering::Relaxed), hist)
+        self.shared.sync_stats()
     }
 
     /// Appends one record with key 0.
@@ -738,53 +309,16 @@ impl Appender {
         // the sync thread's park below); it pairs with `AsymmetricFence::heavy` on their side.
         AsymmetricFence::light(self.light_fence);
         self.head.notify_after_fence();
-        if self.opts.durability == Durability::Batch && self.shared.syncer_parked.load(Ordering::Relaxed) {
-            self.shared.wake_syncer();
-        }
+        self.shared.wake_after_publish(self.opts.durability);
     }
 
     /// Seals the active segment and switches to the prepared one.
     #[cold]
     fn roll(&mut self) -> Result<(), LogError> {
-        let next = match self.prepared.take() {
-            Some(seg) => seg,
-            None => {
-                // A preparation that failed ahead of time (a disk full then, freed since) is
-                // tried once more now before its error is reported.
-                let mut tries = if self.prepare_in_flight { 2 } else { 1 };
-                if !self.prepare_in_flight {
-                    self.request_prepare();
-                }
-                loop {
-                    self.prepare_in_flight = false;
-                    match self.prepare_rx.recv() {
-                        Ok(Ok(seg)) => break seg,
-                        Ok(Err(e)) => {
-                            // Only one preparation is ever in flight: retry the same id.
-                            self.next_seq -= 1;
-                            tries -= 1;
-                            if tries == 0 {
-                                return Err(e);
-                            }
-                            self.request_prepare();
-                        }
-                        Err(_) => return Err(LogError::Closed),
-                    }
-                }
-            }
-        };
+        let next = self.preparer.next_segment()?;
         self.activate(next)?;
         self.apply_retention();
         Ok(())
-    }
-
-    fn request_prepare(&mut self) {
-        if let Some(tx) = &self.prepare_tx {
-            if tx.try_send(SegmentId(self.next_seq)).is_ok() {
-                self.next_seq += 1;
-                self.prepare_in_flight = true;
-            }
-        }
     }
 
     /// Makes `seg` the active segment starting at `self.next_offset`.
@@ -798,7 +332,7 @@ impl Appender {
         // verify its checksum, and only open it after the end marker below).
         unsafe { region.write_header(&header) };
         seg.written.store(header.data_start() as u64, Ordering::Relaxed);
-        let pending = Arc::new(Pending { segment: seg.clone(), sealed: AtomicBool::new(false) });
+        let pending = Arc::new(Pending::new(seg.clone()));
         self.shared.pending.lock().unwrap_or_else(|p| p.into_inner()).push(pending.clone());
         // Seal the old segment (if there is one in use) after the new header is in place.
         if self.limit > 0 {
@@ -828,27 +362,8 @@ impl Appender {
         self.index_capacity = header.index_entries as usize;
         self.index_next_position = 0;
         self.index_interval = header.index_interval as usize;
-        self.request_prepare_if_idle();
+        self.preparer.refill();
         Ok(())
-    }
-
-    fn request_prepare_if_idle(&mut self) {
-        if self.prepared.is_none() && !self.prepare_in_flight {
-            self.request_prepare();
-        }
-        // Collect a finished preparation without blocking.
-        if self.prepare_in_flight {
-            if let Ok(result) = self.prepare_rx.try_recv() {
-                self.prepare_in_flight = false;
-                match result {
-                    Ok(seg) => self.prepared = Some(seg),
-                    Err(e) => {
-                        self.next_seq -= 1;
-                        tracing::warn!("preparing the next segment failed: {e}; retrying at the next rollover");
-                    }
-                }
-            }
-        }
     }
 
     /// Deletes sealed segments beyond the retention limits.
@@ -863,8 +378,7 @@ impl Appender {
                 break;
             }
             // The prepared segment counts, collected or still in flight (its file exists).
-            let prepared_bytes =
-                if self.prepared.is_some() || self.prepare_in_flight { self.opts.segment_bytes } else { 0 };
+            let prepared_bytes = if self.preparer.holds_segment() { self.opts.segment_bytes } else { 0 };
             let total: u64 = self.retained.iter().map(|r| r.3).sum::<u64>() + prepared_bytes;
             let over_bytes = retention.max_bytes.is_some_and(|max| total > max);
             // The oldest segment's newest record is older than its successor's activation.
@@ -893,8 +407,7 @@ impl Appender {
         if target == 0 {
             return Ok(Offset(0));
         }
-        self.shared.sync_target.fetch_max(target, Ordering::SeqCst);
-        self.shared.wait_durable(target - 1, None, true)?;
+        self.shared.sync_through(target)?;
         Ok(self.durable_offset())
     }
 
@@ -917,34 +430,35 @@ impl Appender {
 
     fn shutdown(&mut self) -> Result<(), LogError> {
         let mut result = Ok(());
-        if self.sync_thread.is_some() {
-            if self.opts.durability != Durability::Never
-                && self.next_offset > 0
-                && !self.shared.failed.load(Ordering::Acquire)
-            {
+        if let Some(thread) = self.sync_thread.take() {
+            if self.next_offset > 0 && self.shared.syncs_on_close() {
                 if let Err(e) = self.sync() {
                     result = Err(e);
                 }
             }
-            self.shared.shutdown.store(true, Ordering::SeqCst);
-            self.shared.syncer_parked.store(true, Ordering::SeqCst);
-            self.shared.wake_syncer();
-            if let Some(t) = self.sync_thread.take() {
-                let _ = t.join();
-            }
+            self.shared.stop_syncer(thread);
         }
-        self.prepare_tx = None;
-        if let Some(t) = self.prepare_thread.take() {
-            // Drain every preparation until the thread hangs up: with the request sender
-            // gone it finishes what is queued, and each result must find room in the
-            // bounded channel or the thread (and this join) would block forever.
-            while self.prepare_rx.recv().is_ok() {}
-            let _ = t.join();
-        }
+        self.preparer.stop();
         self.head.set_appender_pid(0);
         self.head.wake();
         result
     }
+}
+
+/// Where the sparse index of `segment` goes on: its first free slot, and the position from
+/// which the next record gets an entry.
+fn index_cursor(segment: &Segment) -> (usize, usize) {
+    let header = segment.header;
+    let region = segment.region();
+    let slot = (0..header.index_entries as usize).take_while(|i| region.load_index(*i).is_some_and(|e| e != 0)).count();
+    let next_position = match slot {
+        0 => 0,
+        n => {
+            let (_, pos) = format::index_entry_parts(region.load_index(n - 1).unwrap_or(0));
+            pos as usize + header.index_interval as usize
+        }
+    };
+    (slot, next_position)
 }
 
 impl Drop for Appender {
@@ -955,162 +469,13 @@ impl Drop for Appender {
     }
 }
 
-fn spawn_preparer(
-    dir: PathBuf,
-    opts: LogOptions,
-    dir_file: File,
-    requests: Receiver<SegmentId>,
-    results: Sender<Result<Arc<Segment>, LogError>>,
-) -> Result<JoinHandle<()>, LogError> {
-    let mut io = IoDriver::new(opts.io_backend)?;
-    std::thread::Builder::new()
-        .name("shoal-log-prepare".into())
-        .spawn(move || {
-            let mut populate = opts.prefault;
-            for id in requests {
-                let result =
-                    Segment::prepare(&dir, id, opts.segment_bytes, opts.index_interval_bytes, &mut io, &dir_file)
-                        .map(Arc::new);
-                let segment = result.as_ref().ok().cloned();
-                if results.send(result).is_err() {
-                    break;
-                }
-                // The segment is handed over before its pages are populated: an appender that
-                // outran this thread starts on it at once and faults its own pages, while this
-                // thread keeps populating ahead of it.
-                if let (true, Some(segment)) = (populate, segment) {
-                    if !segment.populate() {
-                        tracing::warn!("MADV_POPULATE_WRITE unsupported (kernel 5.14+); appends take page faults");
-                        populate = false;
-                    }
-                }
-            }
-        })
-        .map_err(|e| LogError::io("shoal-log-prepare", "spawn thread", e))
-}
-
-fn spawn_syncer(shared: Arc<Shared>, mut io: IoDriver) -> Result<JoinHandle<()>, LogError> {
-    let handle = std::thread::Builder::new()
-        .name("shoal-log-sync".into())
-        .spawn({
-            let shared = shared.clone();
-            move || sync_loop(&shared, &mut io)
-        })
-        .map_err(|e| LogError::io("shoal-log-sync", "spawn thread", e))?;
-    *shared.syncer.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle.thread().clone());
-    Ok(handle)
-}
-
-/// The group-commit loop. Each round syncs every byte published before it started and then
-/// moves the durable watermark to the offset read at the start.
-fn sync_loop(shared: &Shared, io: &mut IoDriver) {
-    let mut synced_to: Vec<(Arc<Pending>, u64)> = Vec::new();
-    let mut last_sync = Instant::now();
-    let mut ranges: Vec<SyncRange> = Vec::with_capacity(4);
-    loop {
-        // pairs with the Release store of `written` in Appender::publish
-        let written = shared.written.load(Ordering::Acquire);
-        let durable = shared.durable.load(Ordering::Relaxed);
-        let target = shared.sync_target.load(Ordering::SeqCst);
-        let shutting_down = shared.shutdown.load(Ordering::Acquire);
-        let due = written > durable
-            && match shared.durability {
-                Durability::Batch => true,
-                Durability::Interval(d) => target > durable || last_sync.elapsed() >= d,
-                Durability::Never => target > durable,
-            };
-        if !due || shared.failed.load(Ordering::Relaxed) {
-            if shutting_down {
-                return;
-            }
-            let sleep = match shared.durability {
-                Durability::Interval(d) if written > durable => d.saturating_sub(last_sync.elapsed()),
-                _ => Duration::from_millis(100),
-            };
-            shared.syncer_parked.store(true, Ordering::SeqCst);
-            // pairs with the light fence in Appender::publish: either it sees `parked` and
-            // wakes us, or we see its `written` here.
-            AsymmetricFence::heavy();
-            let again = shared.written.load(Ordering::Acquire) > durable && shared.durability == Durability::Batch;
-            let requested = shared.sync_target.load(Ordering::SeqCst) > durable;
-            if !(again || requested) || shared.failed.load(Ordering::Relaxed) {
-                std::thread::park_timeout(sleep);
-            }
-            shared.syncer_parked.store(false, Ordering::SeqCst);
-            continue;
-        }
-        {
-            let pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
-            for p in pending.iter() {
-                if !synced_to.iter().any(|(q, _)| Arc::ptr_eq(p, q)) {
-                    synced_to.push((p.clone(), 0));
-                }
-            }
-        }
-        ranges.clear();
-        for (p, done) in &synced_to {
-            let end = p.segment.written.load(Ordering::Acquire);
-            if end > *done {
-                let from = *done & !(format::PAGE_BYTES as u64 - 1);
-                ranges.push(SyncRange {
-                    fd: p.segment.fd(),
-                    map: p.segment.region().as_ptr(),
-                    offset: from,
-                    len: end - from,
-                });
-            }
-        }
-        let started = Instant::now();
-        let result = io.sync_ranges(&ranges);
-        let elapsed = started.elapsed();
-        last_sync = Instant::now();
-        match result {
-            Ok(()) => {
-                shared.sync_latency.lock().unwrap_or_else(|p| p.into_inner()).record(elapsed.as_nanos() as u64);
-                shared.syncs.fetch_add(1, Ordering::Relaxed);
-                for (p, done) in synced_to.iter_mut() {
-                    *done =
-                        (*done).max(ranges.iter().find(|r| r.fd == p.segment.fd()).map_or(*done, |r| r.offset + r.len));
-                }
-                // Sealed segments that are fully synced leave the list.
-                let finished: Vec<Arc<Pending>> = synced_to
-                    .iter()
-                    .filter(|(p, done)| {
-                        p.sealed.load(Ordering::Acquire) && *done >= p.segment.written.load(Ordering::Acquire)
-                    })
-                    .map(|(p, _)| p.clone())
-                    .collect();
-                if !finished.is_empty() {
-                    synced_to.retain(|(p, _)| !finished.iter().any(|f| Arc::ptr_eq(f, p)));
-                    shared
-                        .pending
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .retain(|p| !finished.iter().any(|f| Arc::ptr_eq(f, p)));
-                }
-                // pairs with the SeqCst loads in wait_durable
-                shared.durable.fetch_max(written, Ordering::SeqCst);
-                shared.head.set_durable_offset(written);
-                if shared.waiters.load(Ordering::SeqCst) > 0 {
-                    let _guard = shared.durable_lock.lock().unwrap_or_else(|p| p.into_inner());
-                    shared.durable_changed.notify_all();
-                }
-            }
-            Err(e) => {
-                let path = synced_to.first().map(|(p, _)| p.segment.path.clone()).unwrap_or_default();
-                tracing::error!("{}: data sync failed: {e}; the log stops accepting appends", path.display());
-                *shared.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some((path, e.kind(), e.to_string()));
-                shared.failed.store(true, Ordering::Release);
-                let _guard = shared.durable_lock.lock().unwrap_or_else(|p| p.into_inner());
-                shared.durable_changed.notify_all();
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::fs::OpenOptions;
+
     use super::*;
+    use crate::log::segment::SegmentId;
+    use crate::log::Durability;
 
     /// Found by the `decode_segment` fuzz target: opening an empty log asked for a second
     /// segment preparation while the first was in flight, and `shutdown` drained the results
@@ -1160,7 +525,7 @@ mod tests {
         }
         log.sync().expect("sync");
         drop(log);
-        let entries = super::super::segment::index_entries_for(opts.segment_bytes, opts.index_interval_bytes);
+        let entries = format::index_entries_for(opts.segment_bytes, opts.index_interval_bytes);
         let end = format::data_start(entries) + 10 * record_stride(8);
         let path = dir.path().join(super::super::segment::segment_file_name(SegmentId(0)));
         OpenOptions::new().write(true).open(&path).expect("open segment").set_len(end as u64).expect("cut");

@@ -333,6 +333,13 @@ pub const fn data_start(index_entries: u32) -> usize {
     align_up(SEGMENT_HEADER_BYTES + index_entries as usize * 8, PAGE_BYTES)
 }
 
+/// Index capacity for a segment size and interval.
+pub(crate) fn index_entries_for(segment_bytes: u64, index_interval: u32) -> u32 {
+    let data = segment_bytes.saturating_sub(SEGMENT_HEADER_BYTES as u64);
+    // Each entry also takes 8 bytes of the segment; the estimate is close enough.
+    ((data / (index_interval as u64 + 8)).max(1)).min(u32::MAX as u64 / 2) as u32
+}
+
 /// Packs an index entry.
 #[inline]
 pub const fn index_entry(relative_offset: u32, position: u32) -> u64 {

@@ -27,25 +27,77 @@
 //!
 //! Retention ([`Retention`]) deletes whole sealed segments by total size or age. Readers that
 //! still map a deleted segment keep reading it: an unlinked file lives while it is mapped.
+//!
+//! # Files
+//! Each file owns one concept; the appender only assembles them.
+//!
+//! | file | owns |
+//! | --- | --- |
+//! | `format` | the on-disk format: constants, segment header, record codec, [`format::Region`] |
+//! | `error` | [`LogError`] (cold path) and [`AppendError`] (hot path) |
+//! | `io` | the I/O backends ([`IoBackend`]): ranged data syncs, preallocation |
+//! | `head` | the shared `HEAD` page: durable watermark, appender pid, the tailers' futex |
+//! | `segment` | segment files: naming, listing, mapping, preparing a new one |
+//! | `lock` | the appender lock (`flock` on `LOCK`) |
+//! | `scan` | the walk over a segment's records, shared by recovery and the checks, and the cut |
+//! | `recovery` | recovery at open: returns the recovered tail and the [`RecoveryReport`] ([`TailCut`]) |
+//! | `verify` | the offline checks: [`verify`], [`repair`], [`stats`] |
+//! | `sync` | group commit: the sync thread, [`DurableWatch`], every [`Durability`] decision |
+//! | `prepare` | the thread that prepares the next segment ahead of a rollover |
+//! | `appender` | [`Appender`]: open (lock, recover, start threads), append, publish, roll, retention |
+//! | `reader` | [`Reader`], [`Record`]: zero-copy iteration and seek |
+//! | `wait` | [`wait_any`]: sleeping on the `HEAD` futex of several logs |
+//! | `tailer` | [`Tailer`]: a reader that waits for new records |
+//!
+//! Which file uses which (`use super::...`, test modules aside); the graph between the files
+//! is acyclic. Some files also take the shared types defined here in `mod.rs` (`Offset`,
+//! `LogOptions`, `Durability`, `RecoveryMode`, `WallClock`, `now_ns`); `mod.rs` itself takes
+//! from the files only what it re-exports, plus the format's `index_entries_for` (in
+//! `validate`).
+//!
+//! ```text
+//! format, error      (nothing)
+//! io                 error, format
+//! head, lock         error
+//! segment            error, format, io
+//! scan               error, format, lock, segment
+//! recovery           error, format, head, io, lock, scan, segment
+//! verify             error, format, head, lock, scan, segment
+//! sync               error, format, head, io, segment
+//! prepare            error, io, segment
+//! appender           error, format, head, io, lock, prepare, recovery, segment, sync
+//! reader             error, format, head, segment
+//! wait               error, reader
+//! tailer             error, reader, wait
+//! ```
 
 mod appender;
 mod error;
 pub mod format;
 mod head;
 mod io;
+mod lock;
+mod prepare;
 mod reader;
 mod recovery;
+mod scan;
 mod segment;
+mod sync;
+mod tailer;
+mod verify;
 mod wait;
 
 use std::time::Duration;
 
-pub use appender::{Appender, DurableWatch, RecoveryReport};
+pub use appender::Appender;
 pub use error::{AppendError, LogError};
 pub use io::IoBackend;
-pub use reader::{PodError, Reader, Record, RecordRef, Tailer};
-pub use recovery::{repair, stats, verify, LogStats, Problem, RepairReport, VerifyReport};
+pub use reader::{PodError, Reader, Record, RecordRef};
+pub use recovery::{RecoveryReport, TailCut};
 pub use segment::SegmentId;
+pub use sync::DurableWatch;
+pub use tailer::Tailer;
+pub use verify::{repair, stats, verify, LogStats, Problem, RepairReport, VerifyReport};
 pub use wait::wait_any;
 
 /// The position of a record in a log: dense, starting at 0.
@@ -150,7 +202,7 @@ impl LogOptions {
                 self.index_interval_bytes
             )));
         }
-        let entries = segment::index_entries_for(seg, self.index_interval_bytes);
+        let entries = format::index_entries_for(seg, self.index_interval_bytes);
         let room = seg as usize - format::data_start(entries) - format::RECORD_HEADER_BYTES;
         if self.max_record_bytes > room || self.max_record_bytes > format::PAYLOAD_BYTES_FORMAT_MAX {
             return Err(LogError::Config(format!(

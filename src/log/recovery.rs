@@ -1,390 +1,329 @@
-//! Scanning segments: the tail check done at open, `verify`, `repair` and `stats`.
+//! Recovery at open: what an [`Appender`](super::Appender) finds on disk, made sound before
+//! the first append.
 //!
-//! A scan walks a segment's records in order, checking each commit word, length, checksum
-//! and offset. It ends at an empty slot (the tail), an end-of-segment marker, the end of the
-//! file, or damage. Damage is a *torn tail* when it sits at or past the durable watermark and
-//! no intact record follows it (a crash mid-append); anything else is *corruption*.
+//! [`recover`] runs under the appender lock and returns the recovered tail: the segments in
+//! use, the tail segment and where its next record goes, the prepared segment a previous run
+//! left, and a [`RecoveryReport`]. It starts no thread; the appender does that afterwards, so
+//! recovery is apart from the writer.
+//!
+//! The steps, in order: leftover temporary files of an interrupted preparation are removed;
+//! every segment header is read and the sequence checked (offsets rise, no segment in use
+//! after a prepared one); the last segment in use is scanned ([`scan`](super::scan)). Damage
+//! at the end of its records is a torn tail (at or past the durable watermark recorded in
+//! `HEAD`, nothing intact after it) or corruption; [`RecoveryMode`] says which of the two may
+//! be cut ([`TailCut`]) and which refuse the open. A file cut short gets its length back,
+//! stale bytes past an open tail are zeroed, the tail's sparse index is rebuilt, the
+//! predecessor's end marker (lost in a crash) is put back, and the tail is synced.
 
+use std::collections::VecDeque;
+use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::error::LogError;
-use super::format::{self, RecordError, Region, SegmentHeader, Slot, BASE_OFFSET_UNSET};
-use super::head::{Head, HEAD_FILE};
-use super::segment::{list_segments, Segment};
+use super::format::{self, SegmentHeader, BASE_OFFSET_UNSET, END_OF_SEGMENT};
+use super::head::Head;
+use super::io::{IoDriver, SyncRange};
+use super::lock::DirLock;
+use super::scan::{cut_segment, last_nonzero, records_after, scan_segment, Scan, ScanEnd};
+use super::segment::{list_segments, read_header_from_file, Segment, SegmentId};
+use super::{LogOptions, RecoveryMode};
 
-/// How a scan of one segment ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ScanEnd {
-    /// An empty slot: the segment is open for more records.
-    Open,
-    /// An end-of-segment marker.
-    Sealed,
-    /// The records fill the file exactly.
-    Full,
-    /// Damage at the position.
-    Damaged(RecordError),
-}
-
-/// The result of scanning one segment.
-#[derive(Clone, Copy, Debug)]
-pub struct Scan {
-    /// Intact records found.
-    pub records: u64,
-    /// Offset after the last intact record.
-    pub next_offset: u64,
-    /// Position after the last intact record (where the end, tail or damage is).
-    pub position: usize,
-    /// How the scan ended.
-    pub end: ScanEnd,
-}
-
-/// Scans a segment from its first record; `on_record(offset, position)` sees each intact one.
-pub fn scan_segment(
-    region: &Region,
-    header: &SegmentHeader,
-    payload_max: usize,
-    mut on_record: impl FnMut(u64, usize),
-) -> Scan {
-    let mut position = header.data_start();
-    let mut offset = header.base_offset;
-    let mut records = 0;
-    let end = loop {
-        if position + 4 > region.len() {
-            break ScanEnd::Full;
-        }
-        match region.decode(position, Some(offset), payload_max) {
-            Ok(Slot::Empty) => break ScanEnd::Open,
-            Ok(Slot::End) => break ScanEnd::Sealed,
-            Ok(Slot::Record(r)) => {
-                on_record(offset, position);
-                position = r.next_position();
-                offset += 1;
-                records += 1;
-            }
-            Err(e) => break ScanEnd::Damaged(e),
-        }
-    };
-    Scan { records, next_offset: offset, position, end }
-}
-
-/// Looks past damage for intact records: every 8-byte position after `from` whose bytes
-/// decode as a whole record with an offset above `min_offset`. Bounded: at most
-/// `budget_bytes` of checksumming. Returns (records found, highest offset).
-pub fn records_after(region: &Region, from: usize, min_offset: u64, payload_max: usize) -> (u64, Option<u64>) {
-    let mut budget_bytes: usize = region.len().saturating_mul(4).max(1 << 20);
-    let mut position = format::align_up(from + 8, 8);
-    let mut found = 0;
-    let mut highest = None;
-    while position + format::RECORD_HEADER_BYTES <= region.len() && budget_bytes > 0 {
-        let commit = region.load_commit(position).unwrap_or(0);
-        if commit & format::COMMIT_BIT != 0 && commit != format::END_OF_SEGMENT {
-            let len = (commit & !format::COMMIT_BIT) as usize;
-            // Only a length that fits costs a checksum; stray bits (a timestamp word with the
-            // top bit set) must not use up the budget, which would hide the records after it.
-            let fits = position + format::record_stride(len) <= region.len();
-            budget_bytes = budget_bytes.saturating_sub(if fits { len + 32 } else { 32 });
-            if let Ok(Slot::Record(r)) = region.decode(position, None, payload_max) {
-                if r.offset > min_offset {
-                    found += 1;
-                    highest = Some(r.offset);
-                    position = r.next_position();
-                    continue;
-                }
-            }
-        }
-        position += 8;
-    }
-    (found, highest)
-}
-
-/// One problem found by [`verify`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
-    /// The file.
-    pub path: PathBuf,
-    /// Byte position in the file.
-    pub position: u64,
-    /// What is wrong.
-    pub what: String,
-    /// True when `repair` can fix it by cutting the log there.
-    pub repairable: bool,
-}
-
-impl std::fmt::Display for Problem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}: byte {}: {}{}",
-            self.path.display(),
-            self.position,
-            self.what,
-            if self.repairable { " (repairable: `shoal verify --repair` truncates the log here)" } else { "" }
-        )
-    }
-}
-
-/// What [`verify`] found.
-#[derive(Clone, Debug, Default)]
-pub struct VerifyReport {
-    /// Segment files checked.
-    pub segments: u64,
-    /// Intact records.
-    pub records: u64,
-    /// Problems, in log order.
-    pub problems: Vec<Problem>,
-    /// Where a repair would cut: (segment index in the listing, path, position, offset).
-    cut: Option<(usize, PathBuf, usize, u64)>,
-    /// Intact records after the cut point (what a repair drops).
-    pub records_after_cut: u64,
-}
-
-impl VerifyReport {
-    /// True when no problem was found.
-    pub fn is_sound(&self) -> bool {
-        self.problems.is_empty()
-    }
-}
-
-/// Figures of a log for `shoal stats`.
+/// What opening the log found and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LogStats {
-    /// Segment files (in use and prepared).
+pub struct RecoveryReport {
+    /// Segment files in use.
     pub segments: u64,
-    /// Records in the log.
-    pub records: u64,
-    /// Bytes of segment files on disk.
-    pub bytes: u64,
-    /// First offset held, if any record is.
-    pub first_offset: Option<u64>,
-    /// Last offset held, if any record is.
-    pub last_offset: Option<u64>,
-    /// Durable watermark recorded by the appender: offsets below it are durable.
-    pub durable_offset: u64,
+    /// Offset the next append gets.
+    pub next_offset: u64,
+    /// The cut made at open, if recovery cut the log.
+    pub cut: Option<TailCut>,
 }
 
-/// Checks every segment of the log in `dir`, every record's checksum included. Never
-/// changes anything and never panics, whatever the files hold.
-///
-/// # Errors
-/// Only when the directory cannot be listed; damaged files are problems in the report.
-pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
-    let (segments, _temps) = list_segments(dir)?;
-    if segments.is_empty() && !dir.join(HEAD_FILE).exists() {
-        return Err(LogError::NoLog { path: dir.to_path_buf() });
-    }
-    let durable = read_durable(dir);
-    let mut report = VerifyReport { segments: segments.len() as u64, ..VerifyReport::default() };
-    let mut expected: Option<u64> = None;
-    let mut prepared_seen = false;
-    let opened: Vec<Result<Segment, LogError>> =
-        segments.iter().map(|(id, path)| Segment::open(path, *id, false)).collect();
-    let last_in_use = opened.iter().rposition(|s| s.as_ref().is_ok_and(|s| s.header.base_offset != BASE_OFFSET_UNSET));
-    for (index, ((_, path), seg)) in segments.iter().zip(opened).enumerate() {
-        let seg = match seg {
-            Ok(seg) => seg,
-            Err(e) => {
-                report.problems.push(Problem {
-                    path: path.clone(),
-                    position: 0,
-                    what: e.to_string(),
-                    repairable: false,
-                });
-                continue;
-            }
-        };
-        let header = seg.header;
-        if header.base_offset == BASE_OFFSET_UNSET {
-            prepared_seen = true;
-            continue;
-        }
-        if prepared_seen {
-            report.problems.push(Problem {
-                path: path.clone(),
-                position: 24,
-                what: "segment in use after a prepared (unused) segment".into(),
-                repairable: false,
-            });
-        }
-        let region = seg.region();
-        if let Some(exp) = expected {
-            if header.base_offset != exp && report.cut.is_none() {
-                report.problems.push(Problem {
-                    path: path.clone(),
-                    position: 24,
-                    what: format!(
-                        "starts at offset {} but the previous segment ends at offset {exp}",
-                        header.base_offset
-                    ),
-                    repairable: false,
-                });
-            }
-        }
-        if report.cut.is_some() {
-            // Everything after a cut is dropped by a repair: count it.
-            let scan = scan_segment(&region, &header, format::PAYLOAD_BYTES_FORMAT_MAX, |_, _| {});
-            report.records_after_cut += scan.records;
-            continue;
-        }
-        let short = (seg.mapped_bytes as u64) < header.segment_bytes;
-        let scan = scan_segment(&region, &header, format::PAYLOAD_BYTES_FORMAT_MAX, |_, _| {});
-        report.records += scan.records;
-        expected = Some(scan.next_offset);
-        let is_last_in_use = last_in_use == Some(index);
-        let mut damage = match scan.end {
-            ScanEnd::Damaged(e) => Some(e.to_string()),
-            _ => None,
-        };
-        if short && damage.is_none() && scan.end != ScanEnd::Sealed {
-            damage = Some(format!("file is {} bytes, its header says {}", seg.mapped_bytes, header.segment_bytes));
-        }
-        if let Some(what) = damage {
-            let (after, _) = records_after(&region, scan.position, scan.next_offset, format::PAYLOAD_BYTES_FORMAT_MAX);
-            let torn = is_last_in_use && after == 0 && scan.next_offset >= durable;
-            let what = if torn {
-                format!("torn record at offset {}: {what}", scan.next_offset)
-            } else {
-                format!(
-                    "corrupt record at offset {}: {what}{}",
-                    scan.next_offset,
-                    if scan.next_offset < durable { " (below the durable watermark)" } else { "" }
-                )
-            };
-            report.problems.push(Problem {
-                path: path.clone(),
-                position: scan.position as u64,
-                what,
-                repairable: true,
-            });
-            report.records_after_cut += after;
-            report.cut = Some((index, path.clone(), scan.position, scan.next_offset));
-        } else if short {
-            report.problems.push(Problem {
-                path: path.clone(),
-                position: seg.mapped_bytes as u64,
-                what: format!("file is {} bytes, its header says {}", seg.mapped_bytes, header.segment_bytes),
-                repairable: true,
-            });
-        }
-    }
-    Ok(report)
-}
-
-/// What [`repair`] did.
+/// A cut made at open: the last segment in use was truncated at its first damaged record,
+/// and everything from there on dropped.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RepairReport {
-    /// Where the log was cut: (file, byte position, first offset dropped); `None` when
-    /// nothing needed cutting.
-    pub cut: Option<(PathBuf, u64, u64)>,
-    /// Intact records dropped after the damage.
+pub struct TailCut {
+    /// The segment file that was cut.
+    pub path: PathBuf,
+    /// Byte position in that file where the damage started; the bytes from here on were
+    /// zeroed.
+    pub position: u64,
+    /// The first offset dropped (the damaged record's); the next append gets it.
+    pub offset: u64,
+    /// Intact records found after the damage and dropped with it (0 for a torn tail).
     pub records_dropped: u64,
-    /// Problems `repair` cannot fix (foreign files, gaps, newer versions).
-    pub unrepairable: Vec<Problem>,
+    /// True when the damage was a torn tail (a crash mid-append), false for corruption cut
+    /// under [`RecoveryMode::TruncateCorrupt`].
+    pub torn: bool,
 }
 
-/// Cuts the log in `dir` at its first damaged record, keeping everything before it. Takes
-/// the appender lock for the duration.
+/// A segment in use, as retention sees it: (id, path, base offset, bytes, activated_ns).
+pub(crate) type InUse = (SegmentId, PathBuf, u64, u64, u64);
+
+/// The tail segment, open for appends after recovery.
+#[derive(Debug)]
+pub(crate) struct Tail {
+    /// The last segment in use, mapped writable.
+    pub(crate) segment: Arc<Segment>,
+    /// Where the next record goes: after the last intact record, or the end of the mapping
+    /// when the segment is sealed or full (the first append then rolls over).
+    pub(crate) position: usize,
+}
+
+/// The log as recovery leaves it, ready for an appender.
+#[derive(Debug)]
+pub(crate) struct RecoveredTail {
+    /// What recovery found and did; `report.next_offset` is also the durable offset, since
+    /// the tail was synced.
+    pub(crate) report: RecoveryReport,
+    /// Segments in use, oldest first.
+    pub(crate) in_use: VecDeque<InUse>,
+    /// The tail segment; `None` when no segment is in use (an empty log).
+    pub(crate) tail: Option<Tail>,
+    /// A prepared (unused) segment left by a previous run, to be used next.
+    pub(crate) prepared: Option<Arc<Segment>>,
+    /// Sequence number of the next segment to prepare.
+    pub(crate) next_seq: u64,
+}
+
+/// Recovers the log in `dir`, held locked by `lock`, according to `opts.recovery_mode`;
+/// `head` gives the durable watermark recorded by the previous appender and `io` syncs the
+/// tail.
 ///
 /// # Errors
-/// [`LogError::Locked`] when an appender is running; I/O errors.
-pub fn repair(dir: &Path) -> Result<RepairReport, LogError> {
-    let _lock = super::appender::lock_dir(dir)?;
-    let report = verify(dir)?;
-    let unrepairable: Vec<Problem> = report.problems.iter().filter(|p| !p.repairable).cloned().collect();
-    let (segments, _) = list_segments(dir)?;
-    if let Some((index, path, position, offset)) = report.cut.clone() {
-        let seg = Segment::open(&path, segments[index].0, true)?;
-        let header = seg.header;
-        super::appender::cut_segment(&seg, &header, position)?;
-        for (_, later) in &segments[index + 1..] {
-            std::fs::remove_file(later).map_err(|e| LogError::io(later, "remove", e))?;
+/// [`LogError::Corruption`] or [`LogError::TornTail`] where the recovery mode refuses to cut;
+/// [`LogError::Inconsistent`] for a broken sequence of segments; [`LogError::NotASegment`],
+/// [`LogError::UnsupportedVersion`], I/O errors.
+pub(crate) fn recover(
+    lock: &DirLock,
+    dir: &Path,
+    opts: &LogOptions,
+    head: &Head,
+    io: &mut IoDriver,
+) -> Result<RecoveredTail, LogError> {
+    let (segments, temps) = list_segments(dir)?;
+    for temp in temps {
+        std::fs::remove_file(&temp).map_err(|e| LogError::io(&temp, "remove", e))?;
+    }
+    let headers = read_headers(&segments)?;
+    let in_use = check_sequence(&segments, &headers)?;
+    let mut report = RecoveryReport { segments: in_use as u64, ..RecoveryReport::default() };
+    let tail = if in_use > 0 {
+        let (tail, scan, cut) = recover_tail(lock, &segments[..in_use], opts, head.durable_offset(), io)?;
+        report.next_offset = scan.next_offset;
+        report.cut = cut;
+        Some(tail)
+    } else {
+        None
+    };
+    let prepared = reuse_prepared(&segments[in_use..], opts.prefault)?;
+    let in_use = segments
+        .iter()
+        .zip(&headers)
+        .take(in_use)
+        .map(|((id, path), header)| (*id, path.clone(), header.base_offset, header.segment_bytes, header.activated_ns))
+        .collect();
+    let next_seq = segments.last().map_or(0, |(id, _)| id.0 + 1);
+    Ok(RecoveredTail { report, in_use, tail, prepared, next_seq })
+}
+
+/// Reads and checks the header of every segment file.
+fn read_headers(segments: &[(SegmentId, PathBuf)]) -> Result<Vec<SegmentHeader>, LogError> {
+    let mut headers = Vec::with_capacity(segments.len());
+    for (id, path) in segments {
+        let mut file = File::open(path).map_err(|e| LogError::io(path, "open", e))?;
+        let header = read_header_from_file(path, &mut file)?;
+        if header.seq != id.0 {
+            return Err(LogError::NotASegment {
+                path: path.clone(),
+                why: format!("its header says segment {}, its name says {}", header.seq, id.0),
+            });
         }
-        super::segment::open_dir(dir)?.sync_all().map_err(|e| LogError::io(dir, "fsync", e))?;
-        if let Ok(head) = Head::open(dir) {
-            head.reset_offsets(offset);
-        }
-        return Ok(RepairReport {
-            cut: Some((path, position as u64, offset)),
-            records_dropped: report.records_after_cut,
-            unrepairable,
+        headers.push(header);
+    }
+    Ok(headers)
+}
+
+/// Checks that the segments in use come first, with rising base offsets; returns how many
+/// are in use.
+fn check_sequence(segments: &[(SegmentId, PathBuf)], headers: &[SegmentHeader]) -> Result<usize, LogError> {
+    let in_use = headers.iter().take_while(|h| h.base_offset != BASE_OFFSET_UNSET).count();
+    if let Some(i) = headers[in_use..].iter().position(|h| h.base_offset != BASE_OFFSET_UNSET) {
+        return Err(LogError::Inconsistent {
+            path: segments[in_use + i].0 .0.to_string().into(),
+            why: "a segment in use follows a prepared (unused) one".into(),
         });
     }
-    Ok(RepairReport { cut: None, records_dropped: 0, unrepairable })
-}
-
-/// Figures of the log in `dir` (scans the last segment in use; trusts older ones' headers).
-///
-/// # Errors
-/// I/O errors or files that are not segments.
-pub fn stats(dir: &Path) -> Result<LogStats, LogError> {
-    let (segments, _) = list_segments(dir)?;
-    let mut out =
-        LogStats { segments: segments.len() as u64, durable_offset: read_durable(dir), ..LogStats::default() };
-    let mut last_in_use: Option<Segment> = None;
-    for (id, path) in &segments {
-        out.bytes += std::fs::metadata(path).map_err(|e| LogError::io(path, "stat", e))?.len();
-        let seg = Segment::open(path, *id, false)?;
-        if seg.header.base_offset != BASE_OFFSET_UNSET {
-            out.first_offset.get_or_insert(seg.header.base_offset);
-            last_in_use = Some(seg);
+    for w in headers[..in_use].windows(2) {
+        if w[1].base_offset <= w[0].base_offset {
+            return Err(LogError::Inconsistent {
+                path: segments[0].1.clone(),
+                why: format!(
+                    "segment {} starts at offset {} after segment {} at {}",
+                    w[1].seq, w[1].base_offset, w[0].seq, w[0].base_offset
+                ),
+            });
         }
     }
-    if let Some(seg) = last_in_use {
-        let scan = scan_segment(&seg.region(), &seg.header, format::PAYLOAD_BYTES_FORMAT_MAX, |_, _| {});
-        let first = out.first_offset.unwrap_or(0);
-        // Older headers are trusted, not checked: a damaged one can claim a base offset past
-        // the last segment's records.
-        out.records = scan.next_offset.saturating_sub(first);
-        if scan.next_offset > first {
-            out.last_offset = Some(scan.next_offset - 1);
-        } else {
-            out.first_offset = None;
+    Ok(in_use)
+}
+
+/// Recovers the last of the segments in use (`in_use` is not empty); its predecessor's seal
+/// is checked too. Returns the tail, the scan of its records and the cut made, if any.
+fn recover_tail(
+    lock: &DirLock,
+    in_use: &[(SegmentId, PathBuf)],
+    opts: &LogOptions,
+    durable_recorded: u64,
+    io: &mut IoDriver,
+) -> Result<(Tail, Scan, Option<TailCut>), LogError> {
+    let payload_max = opts.max_record_bytes.max(format::PAYLOAD_BYTES_FORMAT_MAX.min(opts.segment_bytes as usize));
+    let last = in_use.len() - 1;
+    let (last_id, last_path) = in_use[last].clone();
+    let seg = Segment::open(&last_path, last_id, true)?;
+    let header = seg.header;
+    let mut index_fix = Vec::new();
+    let scan = scan_segment(&seg.region(), &header, payload_max, |offset, position| index_fix.push((offset, position)));
+    let short = (seg.mapped_bytes as u64) < header.segment_bytes;
+    let cut = settle_end(lock, &seg, &scan, short, opts.recovery_mode, durable_recorded, payload_max)?;
+    let seg = if short { Segment::open(&last_path, last_id, true)? } else { seg };
+    rebuild_index(&seg, &header, &index_fix, scan.position);
+    // The predecessor must be sealed at our base offset: a crash can lose its end marker
+    // while records of this segment survive, so add it back.
+    if last > 0 {
+        seal_predecessor(&in_use[last - 1], header.base_offset, payload_max)?;
+    }
+    let range_end = scan.position.min(seg.mapped_bytes);
+    io.sync_ranges(&[SyncRange { fd: seg.fd(), map: seg.region().as_ptr(), offset: 0, len: range_end.max(1) as u64 }])
+        .map_err(|e| LogError::io(&last_path, "fdatasync", e))?;
+    // A file cut short ends its scan "full" at the cut; it was extended again above, so
+    // appends go on at the tail rather than in a new segment.
+    let sealed = scan.end == ScanEnd::Sealed || (scan.end == ScanEnd::Full && !short);
+    let position = if sealed { seg.mapped_bytes } else { scan.position };
+    Ok((Tail { segment: Arc::new(seg), position }, scan, cut))
+}
+
+/// Settles the end of the tail segment's records: damage is cut where `mode` allows it
+/// (returning the cut) and refuses the open where it does not; a sealed file truncated after
+/// its seal gets its length back; stale bytes past an open tail are zeroed.
+fn settle_end(
+    lock: &DirLock,
+    seg: &Segment,
+    scan: &Scan,
+    short: bool,
+    mode: RecoveryMode,
+    durable_recorded: u64,
+    payload_max: usize,
+) -> Result<Option<TailCut>, LogError> {
+    let header = seg.header;
+    let region = seg.region();
+    let path = &seg.path;
+    let damage = match scan.end {
+        ScanEnd::Damaged(e) => Some(e.to_string()),
+        _ if short && scan.end != ScanEnd::Sealed => {
+            Some(format!("file is {} bytes, its header says {}", seg.mapped_bytes, header.segment_bytes))
         }
-        out.durable_offset = out.durable_offset.min(scan.next_offset);
-    }
-    Ok(out)
-}
-
-/// The durable watermark recorded in `HEAD`, or 0 when there is none.
-pub fn read_durable(dir: &Path) -> u64 {
-    if !dir.join(HEAD_FILE).exists() {
-        return 0;
-    }
-    Head::open(dir).map_or(0, |h| h.durable_offset())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::log::format::{data_start, SegmentHeader};
-
-    fn write_segment(dir: &Path, seq: u64, base_offset: u64) {
-        let segment_bytes = data_start(0) + 4096;
-        let header = SegmentHeader {
-            seq,
-            base_offset,
-            segment_bytes: segment_bytes as u64,
-            index_entries: 0,
-            index_interval: 4096,
-            created_ns: 1,
-            activated_ns: 2,
+        _ => None,
+    };
+    if let Some(why) = damage {
+        let (after, _) = records_after(&region, scan.position, scan.next_offset, payload_max);
+        let torn = after == 0 && scan.next_offset >= durable_recorded;
+        let cut_allowed = match mode {
+            RecoveryMode::Strict => false,
+            RecoveryMode::TruncateTail => torn,
+            RecoveryMode::TruncateCorrupt => true,
         };
-        let mut bytes = vec![0u8; segment_bytes];
-        bytes[..64].copy_from_slice(&header.encode());
-        std::fs::write(dir.join(crate::log::segment::segment_file_name(crate::log::SegmentId(seq))), bytes)
-            .expect("write a segment");
+        if !cut_allowed {
+            let (path, position, offset) = (path.clone(), scan.position as u64, scan.next_offset);
+            return Err(if torn {
+                LogError::TornTail { path, position, offset, why }
+            } else {
+                LogError::Corruption { path, position, offset, why }
+            });
+        }
+        if !torn {
+            tracing::warn!(
+                "{}: cut the log at byte {} (offset {}): {why}; {after} intact records after it were dropped",
+                path.display(),
+                scan.position,
+                scan.next_offset
+            );
+        }
+        cut_segment(lock, seg, &header, scan.position)?;
+        return Ok(Some(TailCut {
+            path: path.clone(),
+            position: scan.position as u64,
+            offset: scan.next_offset,
+            records_dropped: after,
+            torn,
+        }));
     }
+    if short {
+        // Sealed but truncated after the seal: restore the length.
+        seg.file.set_len(header.segment_bytes).map_err(|e| LogError::io(path, "extend", e))?;
+    } else if scan.end == ScanEnd::Open && last_nonzero(&region, scan.position) > scan.position {
+        // A crash before a record's commit word was stored leaves the record's other bytes
+        // past the tail; shorter records appended over them would end inside them, and
+        // readers would take the stale bytes for a damaged record.
+        cut_segment(lock, seg, &header, scan.position)?;
+    }
+    Ok(None)
+}
 
-    /// Found by the `decode_segment` fuzz target: `stats` subtracted the first segment's
-    /// base offset from the last one's end and overflowed when a damaged (or foreign)
-    /// header put the first segment past the last.
-    #[test]
-    fn stats_survives_base_offsets_that_go_backwards() {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        write_segment(dir.path(), 0, 1000);
-        write_segment(dir.path(), 1, 5);
-        let stats = stats(dir.path()).expect("stats of well-formed segment files");
-        assert_eq!(stats.records, 0);
-        assert_eq!(stats.last_offset, None);
-        assert!(verify(dir.path()).is_ok_and(|r| !r.is_sound()), "verify reports the gap");
+/// Rebuilds the sparse index of the tail segment from the records scanned before `end`:
+/// entries past the tail were zeroed by a cut; missing ones are added.
+fn rebuild_index(seg: &Segment, header: &SegmentHeader, records: &[(u64, usize)], end: usize) {
+    let region = seg.region();
+    let mut slot = 0usize;
+    let mut next_pos = header.data_start();
+    for (offset, position) in records.iter().copied().take_while(|(_, p)| *p < end) {
+        if position >= next_pos && slot < header.index_entries as usize {
+            region.store_index(slot, format::index_entry((offset - header.base_offset) as u32, position as u32));
+            slot += 1;
+            next_pos = position + header.index_interval as usize;
+        }
     }
+}
+
+/// Checks that the segment before the tail ends where the tail starts, putting back an end
+/// marker lost in a crash.
+fn seal_predecessor(prev: &(SegmentId, PathBuf), base_offset: u64, payload_max: usize) -> Result<(), LogError> {
+    let (prev_id, prev_path) = prev.clone();
+    let prev = Segment::open(&prev_path, prev_id, true)?;
+    let prev_scan = scan_segment(&prev.region(), &prev.header, payload_max, |_, _| {});
+    match prev_scan.end {
+        ScanEnd::Sealed | ScanEnd::Full if prev_scan.next_offset == base_offset => Ok(()),
+        ScanEnd::Open if prev_scan.next_offset == base_offset => {
+            prev.region().publish(prev_scan.position, END_OF_SEGMENT);
+            prev.file.sync_data().map_err(|e| LogError::io(&prev_path, "fdatasync", e))
+        }
+        _ => Err(LogError::Corruption {
+            path: prev_path,
+            position: prev_scan.position as u64,
+            offset: prev_scan.next_offset,
+            why: format!(
+                "segment ends at offset {} ({:?}) but the next starts at {}",
+                prev_scan.next_offset, prev_scan.end, base_offset
+            ),
+        }),
+    }
+}
+
+/// Opens the first prepared (unused) segment a previous run left, to be used next, and
+/// removes any others.
+fn reuse_prepared(unused: &[(SegmentId, PathBuf)], prefault: bool) -> Result<Option<Arc<Segment>>, LogError> {
+    let mut prepared = None;
+    for (i, (id, path)) in unused.iter().enumerate() {
+        if i == 0 {
+            let seg = Segment::open(path, *id, true)?;
+            if prefault {
+                let _ = seg.region(); // mapping populated lazily by appends
+            }
+            prepared = Some(Arc::new(seg));
+        } else {
+            std::fs::remove_file(path).map_err(|e| LogError::io(path, "remove", e))?;
+        }
+    }
+    Ok(prepared)
 }

@@ -187,7 +187,7 @@ impl Segment {
                     LogError::io(&temp, "fallocate", e)
                 }
             })?;
-            let index_entries = index_entries_for(segment_bytes, index_interval);
+            let index_entries = format::index_entries_for(segment_bytes, index_interval);
             let header = SegmentHeader {
                 seq: id.0,
                 base_offset: BASE_OFFSET_UNSET,
@@ -243,13 +243,6 @@ impl Segment {
         }
         true
     }
-}
-
-/// Index capacity for a segment size and interval.
-pub fn index_entries_for(segment_bytes: u64, index_interval: u32) -> u32 {
-    let data = segment_bytes.saturating_sub(format::SEGMENT_HEADER_BYTES as u64);
-    // Each entry also takes 8 bytes of the segment; the estimate is close enough.
-    ((data / (index_interval as u64 + 8)).max(1)).min(u32::MAX as u64 / 2) as u32
 }
 
 /// Opens the directory itself, to fsync it.

@@ -1,0 +1,169 @@
+//! Segment preparation ahead of need: a background thread creates the next segment file
+//! (preallocate, header, sync, rename into place, directory sync) and populates its pages,
+//! so that a rollover finds it ready and appends never take a page fault.
+//!
+//! At most one preparation is in flight: requests and results travel over two channels of
+//! capacity one. The appender holds the [`Preparer`], which tracks the prepared segment, the
+//! request in flight and the sequence number the next one gets.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+use super::error::LogError;
+use super::io::IoDriver;
+use super::segment::{Segment, SegmentId};
+use super::LogOptions;
+
+/// The appender's side of the preparation thread.
+#[derive(Debug)]
+pub(crate) struct Preparer {
+    /// The segment prepared ahead, collected from the thread.
+    prepared: Option<Arc<Segment>>,
+    requests: Option<Sender<SegmentId>>,
+    results: Receiver<Result<Arc<Segment>, LogError>>,
+    in_flight: bool,
+    next_seq: u64,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Preparer {
+    /// Starts the preparation thread for the log in `dir` (`dir_file` is the directory, to
+    /// sync renames). `prepared` is a segment already prepared (left by a previous run);
+    /// new ones get sequence numbers from `next_seq` on.
+    ///
+    /// # Errors
+    /// [`LogError::UringUnavailable`] for its I/O driver; a thread that cannot be spawned.
+    pub(crate) fn start(
+        dir: PathBuf,
+        opts: LogOptions,
+        dir_file: File,
+        prepared: Option<Arc<Segment>>,
+        next_seq: u64,
+    ) -> Result<Preparer, LogError> {
+        let (requests, request_rx) = bounded::<SegmentId>(1);
+        let (result_tx, results) = bounded::<Result<Arc<Segment>, LogError>>(1);
+        let thread = spawn_preparer(dir, opts, dir_file, request_rx, result_tx)?;
+        Ok(Preparer { prepared, requests: Some(requests), results, in_flight: false, next_seq, thread: Some(thread) })
+    }
+
+    /// True when a prepared segment exists on disk, collected or still in flight.
+    pub(crate) fn holds_segment(&self) -> bool {
+        self.prepared.is_some() || self.in_flight
+    }
+
+    /// The next segment: the prepared one, or the one in flight (waited for), or a new one
+    /// prepared now. A preparation that failed ahead of time (a disk full then, freed since)
+    /// is tried once more before its error is returned.
+    ///
+    /// # Errors
+    /// The preparation's error; [`LogError::Closed`] when the thread is gone.
+    pub(crate) fn next_segment(&mut self) -> Result<Arc<Segment>, LogError> {
+        if let Some(seg) = self.prepared.take() {
+            return Ok(seg);
+        }
+        let mut tries = if self.in_flight { 2 } else { 1 };
+        if !self.in_flight {
+            self.request();
+        }
+        loop {
+            self.in_flight = false;
+            match self.results.recv() {
+                Ok(Ok(seg)) => return Ok(seg),
+                Ok(Err(e)) => {
+                    // Only one preparation is ever in flight: retry the same id.
+                    self.next_seq -= 1;
+                    tries -= 1;
+                    if tries == 0 {
+                        return Err(e);
+                    }
+                    self.request();
+                }
+                Err(_) => return Err(LogError::Closed),
+            }
+        }
+    }
+
+    /// Asks for the next segment unless one is prepared or in flight.
+    pub(crate) fn request_if_none(&mut self) {
+        if !self.holds_segment() {
+            self.request();
+        }
+    }
+
+    /// [`Preparer::request_if_none`], then collects a finished preparation without
+    /// blocking; a failed one is logged and retried at the next rollover.
+    pub(crate) fn refill(&mut self) {
+        self.request_if_none();
+        if self.in_flight {
+            if let Ok(result) = self.results.try_recv() {
+                self.in_flight = false;
+                match result {
+                    Ok(seg) => self.prepared = Some(seg),
+                    Err(e) => {
+                        self.next_seq -= 1;
+                        tracing::warn!("preparing the next segment failed: {e}; retrying at the next rollover");
+                    }
+                }
+            }
+        }
+    }
+
+    fn request(&mut self) {
+        if let Some(tx) = &self.requests {
+            if tx.try_send(SegmentId(self.next_seq)).is_ok() {
+                self.next_seq += 1;
+                self.in_flight = true;
+            }
+        }
+    }
+
+    /// Stops the thread and waits for it; no request is accepted afterwards.
+    pub(crate) fn stop(&mut self) {
+        self.requests = None;
+        if let Some(t) = self.thread.take() {
+            // Drain every preparation until the thread hangs up: with the request sender
+            // gone it finishes what is queued, and each result must find room in the
+            // bounded channel or the thread (and this join) would block forever.
+            while self.results.recv().is_ok() {}
+            let _ = t.join();
+        }
+    }
+}
+
+fn spawn_preparer(
+    dir: PathBuf,
+    opts: LogOptions,
+    dir_file: File,
+    requests: Receiver<SegmentId>,
+    results: Sender<Result<Arc<Segment>, LogError>>,
+) -> Result<JoinHandle<()>, LogError> {
+    let mut io = IoDriver::new(opts.io_backend)?;
+    std::thread::Builder::new()
+        .name("shoal-log-prepare".into())
+        .spawn(move || {
+            let mut populate = opts.prefault;
+            for id in requests {
+                let result =
+                    Segment::prepare(&dir, id, opts.segment_bytes, opts.index_interval_bytes, &mut io, &dir_file)
+                        .map(Arc::new);
+                let segment = result.as_ref().ok().cloned();
+                if results.send(result).is_err() {
+                    break;
+                }
+                // The segment is handed over before its pages are populated: an appender that
+                // outran this thread starts on it at once and faults its own pages, while this
+                // thread keeps populating ahead of it.
+                if let (true, Some(segment)) = (populate, segment) {
+                    if !segment.populate() {
+                        tracing::warn!("MADV_POPULATE_WRITE unsupported (kernel 5.14+); appends take page faults");
+                        populate = false;
+                    }
+                }
+            }
+        })
+        .map_err(|e| LogError::io("shoal-log-prepare", "spawn thread", e))
+}

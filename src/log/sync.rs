@@ -1,0 +1,399 @@
+//! Group commit: the sync thread, the durable watermark and every decision that
+//! [`Durability`] drives.
+//!
+//! Appends only write memory and publish `written` (the offset after the last record). The
+//! sync thread loops: it reads `written`, data-syncs every byte of every pending segment
+//! published up to then (one submission on io_uring, [`IoDriver::sync_ranges`]), and only
+//! then moves `durable` to the offset it read, so the watermark never runs ahead of the
+//! disk. When a round starts is the durability level's choice ([`Shared::sync_due`]): back
+//! to back while records keep coming (`Batch`), at most once per interval (`Interval`), or
+//! only when asked (`Never`, or an explicit [`Appender::sync`](super::Appender::sync)).
+//!
+//! The thread parks when nothing is due. An appender in `Batch` mode wakes it after a
+//! publish only when it is parked ([`Shared::wake_after_publish`]); the Dekker pair of the
+//! asymmetric fence (light on the appender's side, heavy here before parking) guarantees that
+//! either the appender sees `syncer_parked` or the thread sees the new `written`.
+//!
+//! Waiters for durability ([`DurableWatch`], [`Appender::wait_durable`](super::Appender::wait_durable))
+//! block on a condition variable that each round notifies when someone waits. A failed sync
+//! is final: the log stops accepting appends and every waiter gets the error.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_utils::CachePadded;
+
+use super::error::LogError;
+use super::format;
+use super::head::Head;
+use super::io::{IoDriver, SyncRange};
+use super::segment::Segment;
+use super::{Durability, Offset};
+use crate::sys::fence::AsymmetricFence;
+use crate::sys::histogram::LatencyHistogram;
+
+/// A segment the sync thread still has to cover (its write position is `segment.written`).
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub(crate) segment: Arc<Segment>,
+    /// Set when the segment is sealed; `segment.written` is then final.
+    pub(crate) sealed: AtomicBool,
+}
+
+impl Pending {
+    /// A segment not sealed yet.
+    pub(crate) fn new(segment: Arc<Segment>) -> Pending {
+        Pending { segment, sealed: AtomicBool::new(false) }
+    }
+}
+
+/// State shared by the appender, its sync thread and [`DurableWatch`] handles.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// Offset of the next record (all below are published). Written by the appender.
+    pub(crate) written: CachePadded<AtomicU64>,
+    /// All offsets below are durable. Written by the sync thread.
+    pub(crate) durable: CachePadded<AtomicU64>,
+    /// An explicit sync asked for everything below this offset.
+    sync_target: AtomicU64,
+    /// Segments with records the sync thread may not have covered yet.
+    pub(crate) pending: Mutex<Vec<Arc<Pending>>>,
+    syncer_parked: CachePadded<AtomicBool>,
+    syncer: Mutex<Option<std::thread::Thread>>,
+    waiters: AtomicUsize,
+    durable_lock: Mutex<()>,
+    durable_changed: Condvar,
+    pub(crate) failed: AtomicBool,
+    failure: Mutex<Option<(PathBuf, std::io::ErrorKind, String)>>,
+    shutdown: AtomicBool,
+    durability: Durability,
+    head: Arc<Head>,
+    sync_latency: Mutex<LatencyHistogram>,
+    syncs: AtomicU64,
+}
+
+impl Shared {
+    /// The state of a log whose records below `next_offset` are all durable.
+    pub(crate) fn new(next_offset: u64, durability: Durability, head: Arc<Head>) -> Shared {
+        Shared {
+            written: CachePadded::new(AtomicU64::new(next_offset)),
+            durable: CachePadded::new(AtomicU64::new(next_offset)),
+            sync_target: AtomicU64::new(0),
+            pending: Mutex::new(Vec::new()),
+            syncer_parked: CachePadded::new(AtomicBool::new(false)),
+            syncer: Mutex::new(None),
+            waiters: AtomicUsize::new(0),
+            durable_lock: Mutex::new(()),
+            durable_changed: Condvar::new(),
+            failed: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            shutdown: AtomicBool::new(false),
+            durability,
+            head,
+            sync_latency: Mutex::new(LatencyHistogram::new()),
+            syncs: AtomicU64::new(0),
+        }
+    }
+
+    /// The error of the failed sync (or [`LogError::Closed`]).
+    pub(crate) fn failure(&self) -> LogError {
+        match &*self.failure.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some((path, kind, msg)) => {
+                LogError::SyncFailed { path: path.clone(), source: std::io::Error::new(*kind, msg.clone()) }
+            }
+            None => LogError::Closed,
+        }
+    }
+
+    fn wake_syncer(&self) {
+        if self.syncer_parked.swap(false, Ordering::SeqCst) {
+            if let Some(t) = &*self.syncer.lock().unwrap_or_else(|p| p.into_inner()) {
+                t.unpark();
+            }
+        }
+    }
+
+    /// Called by the appender after each publish (after its light fence): in `Batch` mode a
+    /// parked sync thread is woken to cover the new records. `durability` is the appender's
+    /// own copy of the level, so that the hot path reads no other line of `Shared` than the
+    /// padded `syncer_parked`.
+    #[inline]
+    pub(crate) fn wake_after_publish(&self, durability: Durability) {
+        if durability == Durability::Batch && self.syncer_parked.load(Ordering::Relaxed) {
+            self.wake_syncer();
+        }
+    }
+
+    /// Whether a sync round is due now: there are records not yet durable, and the
+    /// durability level (or an explicit request up to `target`) asks for them.
+    fn sync_due(&self, written: u64, durable: u64, target: u64, last_sync: Instant) -> bool {
+        written > durable
+            && match self.durability {
+                Durability::Batch => true,
+                Durability::Interval(d) => target > durable || last_sync.elapsed() >= d,
+                Durability::Never => target > durable,
+            }
+    }
+
+    /// How long the sync thread sleeps when no round is due: until the interval is up, or
+    /// 100 ms (a safety net; wake-ups end the sleep early).
+    fn idle_sleep(&self, written: u64, durable: u64, last_sync: Instant) -> Duration {
+        match self.durability {
+            Durability::Interval(d) if written > durable => d.saturating_sub(last_sync.elapsed()),
+            _ => Duration::from_millis(100),
+        }
+    }
+
+    /// Whether closing the log syncs what was appended first (all levels but `Never`, and
+    /// only while syncs succeed).
+    pub(crate) fn syncs_on_close(&self) -> bool {
+        self.durability != Durability::Never && !self.failed.load(Ordering::Acquire)
+    }
+
+    /// Asks for a sync of every offset below `target` (not 0) and blocks until it is done.
+    pub(crate) fn sync_through(&self, target: u64) -> Result<(), LogError> {
+        self.sync_target.fetch_max(target, Ordering::SeqCst);
+        self.wait_durable(target - 1, None, true).map(|_| ())
+    }
+
+    /// Blocks until `offset` is durable (`Ok(true)`) or `timeout` passes (`Ok(false)`);
+    /// with `request_sync`, asks the sync thread for it where the level would not sync on
+    /// its own soon.
+    pub(crate) fn wait_durable(
+        &self,
+        offset: u64,
+        timeout: Option<Duration>,
+        request_sync: bool,
+    ) -> Result<bool, LogError> {
+        if self.durable.load(Ordering::Acquire) > offset {
+            return Ok(true);
+        }
+        if request_sync && self.durability != Durability::Batch {
+            self.sync_target.fetch_max(offset + 1, Ordering::SeqCst);
+            self.syncer_parked.store(true, Ordering::SeqCst);
+            self.wake_syncer();
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let mut guard = self.durable_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let result = loop {
+            // pairs with the SeqCst store of `durable` in the sync thread
+            if self.durable.load(Ordering::SeqCst) > offset {
+                break Ok(true);
+            }
+            if self.failed.load(Ordering::Acquire) {
+                break Err(self.failure());
+            }
+            if self.shutdown.load(Ordering::Acquire) && self.written.load(Ordering::Acquire) <= offset {
+                break Err(LogError::Closed);
+            }
+            let wait = match deadline {
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        break Ok(false);
+                    }
+                    (d - now).min(Duration::from_millis(100))
+                }
+                None => Duration::from_millis(100),
+            };
+            guard = self.durable_changed.wait_timeout(guard, wait).unwrap_or_else(|p| p.into_inner()).0;
+        };
+        drop(guard);
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+
+    /// Data syncs done so far and their latency histogram (ns).
+    pub(crate) fn sync_stats(&self) -> (u64, LatencyHistogram) {
+        let hist = self.sync_latency.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        (self.syncs.load(Ordering::Relaxed), hist)
+    }
+
+    /// Stops the sync thread (after the round in progress) and waits for it.
+    pub(crate) fn stop_syncer(&self, thread: JoinHandle<()>) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        self.syncer_parked.store(true, Ordering::SeqCst);
+        self.wake_syncer();
+        let _ = thread.join();
+    }
+}
+
+/// A cloneable handle on an appender's durable watermark, for other threads (an `--ack`
+/// printer, a request handler waiting for its record).
+#[derive(Clone, Debug)]
+pub struct DurableWatch {
+    shared: Arc<Shared>,
+}
+
+impl DurableWatch {
+    pub(crate) fn new(shared: Arc<Shared>) -> DurableWatch {
+        DurableWatch { shared }
+    }
+
+    /// Every offset below this is durable.
+    pub fn durable_offset(&self) -> Offset {
+        Offset(self.shared.durable.load(Ordering::Acquire))
+    }
+
+    /// Offset the next append gets (everything below is published to readers).
+    pub fn written_offset(&self) -> Offset {
+        Offset(self.shared.written.load(Ordering::Acquire))
+    }
+
+    /// Blocks until `offset` is durable, or `timeout` passes (returns `Ok(false)`).
+    ///
+    /// # Errors
+    /// [`LogError::SyncFailed`] when a sync failed; [`LogError::Closed`] when the appender
+    /// closed before the record was appended.
+    pub fn wait_durable(&self, offset: Offset, timeout: Option<Duration>) -> Result<bool, LogError> {
+        self.shared.wait_durable(offset.0, timeout, true)
+    }
+
+    /// Like [`DurableWatch::wait_durable`], but never asks for a sync: it only watches the
+    /// watermark move at the pace the durability level sets (for a printer of progress, say).
+    ///
+    /// # Errors
+    /// As [`DurableWatch::wait_durable`].
+    pub fn wait_durable_passive(&self, offset: Offset, timeout: Option<Duration>) -> Result<bool, LogError> {
+        self.shared.wait_durable(offset.0, timeout, false)
+    }
+}
+
+/// Starts the sync thread, which owns `io`.
+pub(crate) fn spawn_syncer(shared: Arc<Shared>, mut io: IoDriver) -> Result<JoinHandle<()>, LogError> {
+    let handle = std::thread::Builder::new()
+        .name("shoal-log-sync".into())
+        .spawn({
+            let shared = shared.clone();
+            move || sync_loop(&shared, &mut io)
+        })
+        .map_err(|e| LogError::io("shoal-log-sync", "spawn thread", e))?;
+    *shared.syncer.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle.thread().clone());
+    Ok(handle)
+}
+
+/// The group-commit loop. Each round syncs every byte published before it started and then
+/// moves the durable watermark to the offset read at the start.
+fn sync_loop(shared: &Shared, io: &mut IoDriver) {
+    // Each pending segment with the file position synced so far.
+    let mut synced_to: Vec<(Arc<Pending>, u64)> = Vec::new();
+    let mut last_sync = Instant::now();
+    let mut ranges: Vec<SyncRange> = Vec::with_capacity(4);
+    loop {
+        // pairs with the Release store of `written` in Appender::publish
+        let written = shared.written.load(Ordering::Acquire);
+        let durable = shared.durable.load(Ordering::Relaxed);
+        let target = shared.sync_target.load(Ordering::SeqCst);
+        let shutting_down = shared.shutdown.load(Ordering::Acquire);
+        if !shared.sync_due(written, durable, target, last_sync) || shared.failed.load(Ordering::Relaxed) {
+            if shutting_down {
+                return;
+            }
+            park(shared, shared.idle_sleep(written, durable, last_sync), durable);
+            continue;
+        }
+        plan_round(shared, &mut synced_to, &mut ranges);
+        let started = Instant::now();
+        let result = io.sync_ranges(&ranges);
+        let elapsed = started.elapsed();
+        last_sync = Instant::now();
+        match result {
+            Ok(()) => round_done(shared, &mut synced_to, &ranges, written, elapsed),
+            Err(e) => round_failed(shared, &synced_to, e),
+        }
+    }
+}
+
+/// Parks the sync thread for up to `sleep`, unless records arrived (in `Batch` mode) or a
+/// sync was asked for since `durable` was read.
+fn park(shared: &Shared, sleep: Duration, durable: u64) {
+    shared.syncer_parked.store(true, Ordering::SeqCst);
+    // pairs with the light fence in Appender::publish: either it sees `parked` and wakes us,
+    // or we see its `written` here.
+    AsymmetricFence::heavy();
+    let again = shared.written.load(Ordering::Acquire) > durable && shared.durability == Durability::Batch;
+    let requested = shared.sync_target.load(Ordering::SeqCst) > durable;
+    if !(again || requested) || shared.failed.load(Ordering::Relaxed) {
+        std::thread::park_timeout(sleep);
+    }
+    shared.syncer_parked.store(false, Ordering::SeqCst);
+}
+
+/// Takes up segments newly pending and lists the range of each that is published but not
+/// yet synced (from its page boundary).
+fn plan_round(shared: &Shared, synced_to: &mut Vec<(Arc<Pending>, u64)>, ranges: &mut Vec<SyncRange>) {
+    {
+        let pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
+        for p in pending.iter() {
+            if !synced_to.iter().any(|(q, _)| Arc::ptr_eq(p, q)) {
+                synced_to.push((p.clone(), 0));
+            }
+        }
+    }
+    ranges.clear();
+    for (p, done) in synced_to.iter() {
+        let end = p.segment.written.load(Ordering::Acquire);
+        if end > *done {
+            let from = *done & !(format::PAGE_BYTES as u64 - 1);
+            ranges.push(SyncRange {
+                fd: p.segment.fd(),
+                map: p.segment.region().as_ptr(),
+                offset: from,
+                len: end - from,
+            });
+        }
+    }
+}
+
+/// After a successful round: records its latency, advances each segment's synced position,
+/// drops sealed segments that are fully synced, moves the watermark to `written` and wakes
+/// the waiters.
+fn round_done(
+    shared: &Shared,
+    synced_to: &mut Vec<(Arc<Pending>, u64)>,
+    ranges: &[SyncRange],
+    written: u64,
+    elapsed: Duration,
+) {
+    shared.sync_latency.lock().unwrap_or_else(|p| p.into_inner()).record(elapsed.as_nanos() as u64);
+    shared.syncs.fetch_add(1, Ordering::Relaxed);
+    for (p, done) in synced_to.iter_mut() {
+        *done = (*done).max(ranges.iter().find(|r| r.fd == p.segment.fd()).map_or(*done, |r| r.offset + r.len));
+    }
+    // Sealed segments that are fully synced leave the list.
+    let finished: Vec<Arc<Pending>> = synced_to
+        .iter()
+        .filter(|(p, done)| p.sealed.load(Ordering::Acquire) && *done >= p.segment.written.load(Ordering::Acquire))
+        .map(|(p, _)| p.clone())
+        .collect();
+    if !finished.is_empty() {
+        synced_to.retain(|(p, _)| !finished.iter().any(|f| Arc::ptr_eq(f, p)));
+        shared
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|p| !finished.iter().any(|f| Arc::ptr_eq(f, p)));
+    }
+    // pairs with the SeqCst loads in wait_durable
+    shared.durable.fetch_max(written, Ordering::SeqCst);
+    shared.head.set_durable_offset(written);
+    if shared.waiters.load(Ordering::SeqCst) > 0 {
+        let _guard = shared.durable_lock.lock().unwrap_or_else(|p| p.into_inner());
+        shared.durable_changed.notify_all();
+    }
+}
+
+/// After a failed round: the failure is recorded, the log stops accepting appends, and
+/// every waiter gets the error.
+fn round_failed(shared: &Shared, synced_to: &[(Arc<Pending>, u64)], e: std::io::Error) {
+    let path = synced_to.first().map(|(p, _)| p.segment.path.clone()).unwrap_or_default();
+    tracing::error!("{}: data sync failed: {e}; the log stops accepting appends", path.display());
+    *shared.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some((path, e.kind(), e.to_string()));
+    shared.failed.store(true, Ordering::Release);
+    let _guard = shared.durable_lock.lock().unwrap_or_else(|p| p.into_inner());
+    shared.durable_changed.notify_all();
+}
