@@ -1,10 +1,15 @@
 //! Pipeline tests: per-key order and exactly-once under repeated scaling, round robin,
 //! broadcast, backpressure, panics, shutdown under load, idle CPU, log sources and sinks,
-//! and large payloads carried as `RecordRef`s.
+//! large payloads carried as `RecordRef`s, sinks and sources that fail (reported by
+//! `join`/`shutdown` naming the stage), and a topic sink's sync figures.
 //!
 //! The tests take one lock each (`serial`): they measure the process (threads, CPU time,
 //! RSS), which other tests running beside them would disturb. Workers are not pinned (the
 //! test machines have two shared cores).
+
+// Option structs are filled field by field: that keeps compiling once they are
+// `#[non_exhaustive]`, where a struct literal outside the library does not.
+#![allow(clippy::field_reassign_with_default)]
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -586,12 +591,11 @@ fn idle_pipeline_uses_almost_no_cpu_with_park() {
 }
 
 fn log_opts() -> LogOptions {
-    LogOptions {
-        segment_bytes: 4 << 20,
-        max_record_bytes: 128 << 10,
-        durability: Durability::Never,
-        ..LogOptions::default()
-    }
+    let mut opts = LogOptions::default();
+    opts.segment_bytes = 4 << 20;
+    opts.max_record_bytes = 128 << 10;
+    opts.durability = Durability::Never;
+    opts
 }
 
 #[test]
@@ -781,4 +785,150 @@ fn dropping_a_running_pipeline_stops_its_threads() {
     std::thread::sleep(Duration::from_millis(20));
     drop(pipeline);
     assert_eq!(shoal_threads_after_join(), 0);
+}
+
+/// Options whose segments fill after a few hundred records, so appends soon need a new
+/// segment file.
+fn small_segments() -> LogOptions {
+    let mut opts = LogOptions::default();
+    opts.segment_bytes = 64 << 10;
+    opts.max_record_bytes = 1 << 10;
+    opts.durability = Durability::Batch;
+    opts.prefault = false;
+    opts
+}
+
+/// A source of `total` numbers, then done.
+fn numbers(total: u64) -> Source<u64> {
+    let mut next = 0u64;
+    Source::closure(move |e: &mut Emitter<u64>| {
+        let end = (next + 1024).min(total);
+        for v in next..end {
+            e.emit(v);
+        }
+        next = end;
+        if next == total {
+            SourceStep::Done
+        } else {
+            SourceStep::Continue
+        }
+    })
+}
+
+fn encode_padded(v: &u64, buf: &mut Vec<u8>) -> u64 {
+    buf.extend_from_slice(&v.to_le_bytes());
+    buf.resize(256, 0);
+    *v
+}
+
+#[test]
+fn a_log_sink_that_cannot_write_fails_the_pipeline_naming_the_stage() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log_dir = dir.path().join("log");
+    let appender = Appender::open(&log_dir, small_segments()).expect("open");
+    // The directory goes away under the open appender: its next segment cannot be created.
+    std::fs::remove_dir_all(&log_dir).expect("remove the log directory");
+    let sink = Sink::appender(appender, encode_padded);
+    let stats = sink.stats();
+    let pipeline = Pipeline::builder().pin(false).source("numbers", numbers(100_000)).sink("store", sink).build();
+    let err = pipeline.expect("build").join().expect_err("the appends cannot all succeed");
+    match &err {
+        PipelineError::SinkFailed { stage, message } => {
+            assert_eq!(stage, "store");
+            assert!(message.contains(&log_dir.display().to_string()), "{message}");
+        }
+        other => panic!("expected SinkFailed, got {other:?}"),
+    }
+    assert!(err.to_string().contains("sink \"store\" failed"), "{err}");
+    assert!(stats.records() < 100_000, "{} records taken", stats.records());
+    assert_eq!(stats.durable_at(), None);
+}
+
+#[test]
+fn a_topic_sink_that_cannot_write_fails_the_pipeline_naming_the_stage() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bus = shoal::bus::Bus::open(dir.path()).expect("bus");
+    let topic = bus.topic_or_create("out", Some(2)).expect("topic");
+    let producer = topic.producer(small_segments()).expect("producer");
+    for p in 0..2 {
+        std::fs::remove_dir_all(topic.partition_dir(p).expect("partition")).expect("remove a partition");
+    }
+    let sink = Sink::topic(producer, encode_padded);
+    let pipeline = Pipeline::builder().pin(false).source("numbers", numbers(100_000)).sink("topic", sink).build();
+    let err = pipeline.expect("build").join().expect_err("the appends cannot all succeed");
+    match &err {
+        PipelineError::SinkFailed { stage, message } => {
+            assert_eq!(stage, "topic");
+            assert!(message.contains("topic out"), "{message}");
+        }
+        other => panic!("expected SinkFailed, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_topic_sink_reports_its_syncs_and_when_everything_was_durable() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bus = shoal::bus::Bus::open(dir.path()).expect("bus");
+    let topic = bus.topic_or_create("out", Some(2)).expect("topic");
+    let mut opts = small_segments();
+    opts.segment_bytes = 4 << 20;
+    let sink = Sink::topic(topic.producer(opts).expect("producer"), encode_padded);
+    let stats = sink.stats();
+    let started = Instant::now();
+    let pipeline = Pipeline::builder().pin(false).source("numbers", numbers(10_000)).sink("topic", sink).build();
+    pipeline.expect("build").join().expect("join");
+    assert_eq!(stats.records(), 10_000);
+    assert!(stats.syncs() >= 2, "{} syncs (one per partition at least)", stats.syncs());
+    assert_eq!(stats.sync_latency().count(), stats.syncs());
+    assert!(stats.durable_at().expect("durable") >= started);
+    assert_eq!(stats.final_sync_error(), None);
+    // Closed: a new producer can open the topic, and every record is there.
+    let producer = topic.producer(opts).expect("reopen");
+    assert_eq!((0..2).map(|p| producer.next_offset(p).expect("partition").0).sum::<u64>(), 10_000);
+}
+
+#[test]
+fn a_group_source_whose_files_are_damaged_fails_the_pipeline_naming_the_source() {
+    use shoal::group::{GroupOptions, Member};
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bus = shoal::bus::Bus::open(dir.path()).expect("bus");
+    let topic = bus.topic_or_create("in", Some(1)).expect("topic");
+    let mut producer = topic.producer(log_opts()).expect("producer");
+    for v in 0..100u64 {
+        producer.send(v, &v.to_le_bytes()).expect("send");
+    }
+    let mut opts = GroupOptions::default();
+    opts.label = "first".to_string();
+    let first = Member::join(&bus, "g", "in", opts.clone()).expect("join");
+    opts.label = "second".to_string();
+    let second = Member::join(&bus, "g", "in", opts).expect("join");
+    // The committed offsets of the partition are damaged, then the member holding it
+    // leaves: the source's member reads the damaged file when it takes the partition over.
+    let offsets = bus.group_dir("g").expect("group").join("in").join("offsets").join("0");
+    let source = Source::group(second, |d| Some(d.record.offset().0));
+    let pipeline = Pipeline::builder()
+        .pin(false)
+        .source("group", source)
+        .sink("count", Sink::closure(|_: &[u64]| {}))
+        .build()
+        .expect("build");
+    std::fs::write(&offsets, vec![0xA5; 200]).expect("damage the offsets file");
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !pipeline.is_failed() {
+        assert!(Instant::now() < deadline, "the damaged offsets file went unnoticed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    match pipeline.shutdown().expect_err("the source failed") {
+        PipelineError::SourceFailed { name, message } => {
+            assert_eq!(name, "group");
+            assert!(message.contains("failed to poll"), "{message}");
+            assert!(message.contains(&offsets.display().to_string()), "{message}");
+        }
+        other => panic!("expected SourceFailed, got {other:?}"),
+    }
 }

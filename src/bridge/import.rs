@@ -75,7 +75,7 @@ pub fn import(
     let mut parts = Vec::with_capacity(t.partitions() as usize);
     for p in 0..t.partitions() {
         let (mut file, stored) = PositionFile::open_import(dir.join(p.to_string()))?;
-        let local_next = producer.partition(p).map_or(0, |a| a.next_offset().0);
+        let local_next = producer.next_offset(p).map_or(0, |o| o.0);
         let pos = match stored {
             Some(pos) => pos,
             None => {
@@ -244,9 +244,7 @@ async fn run(
             // Durable first, then the positions that describe it.
             for (p, part) in parts.iter_mut().enumerate() {
                 if part.dirty {
-                    if let Some(a) = producer.partition(p as u32) {
-                        a.sync()?;
-                    }
+                    producer.sync_partition(p as u32)?;
                     part.dirty = false;
                 }
             }

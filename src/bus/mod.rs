@@ -25,9 +25,11 @@
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use crate::log::{Appender, LogError, LogOptions, Offset};
+use crate::log::{Appender, DurableWatch, LogError, LogOptions, Offset};
+use crate::sys::histogram::LatencyHistogram;
 
 /// Errors of the bus and of consumer groups.
 #[derive(Debug, thiserror::Error)]
@@ -382,7 +384,7 @@ impl Topic {
         for p in 0..self.partitions {
             partitions.push(Appender::open(self.partition_dir(p)?, opts)?);
         }
-        Ok(TopicProducer { topic: self.clone(), partitions })
+        Ok(TopicProducer { topic: self.clone(), opts, partitions })
     }
 }
 
@@ -390,6 +392,8 @@ impl Topic {
 #[derive(Debug)]
 pub struct TopicProducer {
     topic: Topic,
+    /// The options every partition was opened with.
+    opts: LogOptions,
     partitions: Vec<Appender>,
 }
 
@@ -397,6 +401,11 @@ impl TopicProducer {
     /// The topic.
     pub fn topic(&self) -> &Topic {
         &self.topic
+    }
+
+    /// The options every partition was opened with.
+    pub fn options(&self) -> &LogOptions {
+        &self.opts
     }
 
     /// Appends to the partition of `key`; returns (partition, offset).
@@ -415,21 +424,120 @@ impl TopicProducer {
     /// # Errors
     /// [`BusError::NoPartition`] or the partition's append error.
     pub fn send_to(&mut self, p: u32, key: u64, payload: &[u8]) -> Result<Offset, BusError> {
+        self.appender(p)?.append_keyed(key, payload).map_err(append_error)
+    }
+
+    /// Appends a `len`-byte record with `key` to the partition of `key`, letting `fill`
+    /// write the payload in place in the mapped segment (no copy; `fill` gets a zeroed
+    /// buffer). Returns (partition, offset).
+    ///
+    /// # Errors
+    /// The partition's append error ([`crate::log::AppendError::TooLarge`] over
+    /// `max_record_bytes`).
+    ///
+    /// # Examples
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let bus = shoal::bus::Bus::open(dir.path()).unwrap();
+    /// let topic = bus.topic_or_create("ticks", Some(2)).unwrap();
+    /// let mut producer = topic.producer(shoal::log::LogOptions::default()).unwrap();
+    /// let (p, offset) = producer.send_with(7, 8, |buf| buf.copy_from_slice(&42u64.to_le_bytes())).unwrap();
+    /// assert_eq!(p, shoal::bus::partition_for_key(7, 2));
+    /// assert_eq!(offset.0, 0);
+    /// ```
+    #[inline]
+    pub fn send_with<F: FnOnce(&mut [u8])>(
+        &mut self,
+        key: u64,
+        len: usize,
+        fill: F,
+    ) -> Result<(u32, Offset), crate::log::AppendError> {
+        let p = partition_for_key(key, self.topic.partitions);
+        let offset = self.partitions[p as usize].append_keyed_with(key, len, fill)?;
+        Ok((p, offset))
+    }
+
+    /// Appends several records (key 0) to partition `p` with one timestamp and one
+    /// publication (one wake-up of its tailers and of its sync thread). Returns their
+    /// offsets. Spreading lines round-robin over the partitions is one such batch per
+    /// partition.
+    ///
+    /// # Errors
+    /// [`BusError::NoPartition`] or the partition's append error; the records before the
+    /// failing one are appended.
+    ///
+    /// # Examples
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let bus = shoal::bus::Bus::open(dir.path()).unwrap();
+    /// let topic = bus.topic_or_create("lines", Some(2)).unwrap();
+    /// let mut producer = topic.producer(shoal::log::LogOptions::default()).unwrap();
+    /// let offsets = producer.send_batch_to(1, [&b"a"[..], b"b"]).unwrap();
+    /// assert_eq!(offsets.end.0 - offsets.start.0, 2);
+    /// assert_eq!(producer.next_offset(1).unwrap().0, 2);
+    /// ```
+    pub fn send_batch_to<'p, I>(&mut self, p: u32, payloads: I) -> Result<Range<Offset>, BusError>
+    where
+        I: IntoIterator<Item = &'p [u8]>,
+    {
+        self.appender(p)?.append_batch(payloads).map_err(append_error)
+    }
+
+    /// The offset the next record appended to partition `p` gets (`None` when `p` is out
+    /// of range).
+    pub fn next_offset(&self, p: u32) -> Option<Offset> {
+        self.partitions.get(p as usize).map(Appender::next_offset)
+    }
+
+    /// A handle on partition `p`'s durable watermark, for other threads (`None` when `p`
+    /// is out of range).
+    pub fn durable_watch(&self, p: u32) -> Option<DurableWatch> {
+        self.partitions.get(p as usize).map(Appender::durable_watch)
+    }
+
+    /// The durable watermark handles of every partition, in partition order.
+    pub fn durable_watches(&self) -> Vec<DurableWatch> {
+        self.partitions.iter().map(Appender::durable_watch).collect()
+    }
+
+    /// The largest record a partition takes (every partition is opened with the same
+    /// [`LogOptions`]).
+    pub fn max_record_bytes(&self) -> usize {
+        self.opts.max_record_bytes
+    }
+
+    /// The I/O backend the partitions write with (`"io_uring"` or `"pwrite"`).
+    pub fn io_backend(&self) -> &'static str {
+        self.partitions.first().map_or("none", |a| a.io_backend())
+    }
+
+    /// Data syncs of every partition so far, and their latency histogram (ns), summed over
+    /// the partitions.
+    pub fn sync_stats(&self) -> (u64, LatencyHistogram) {
+        let (mut syncs, mut latency) = (0, LatencyHistogram::new());
+        for a in &self.partitions {
+            let (n, hist) = a.sync_stats();
+            syncs += n;
+            latency.merge(&hist);
+        }
+        (syncs, latency)
+    }
+
+    fn appender(&mut self, p: u32) -> Result<&mut Appender, BusError> {
         let topic = &self.topic;
-        let appender = self.partitions.get_mut(p as usize).ok_or_else(|| BusError::NoPartition {
+        self.partitions.get_mut(p as usize).ok_or_else(|| BusError::NoPartition {
             topic: topic.name.clone(),
             partition: p,
             partitions: topic.partitions,
-        })?;
-        appender.append_keyed(key, payload).map_err(|e| match e {
-            crate::log::AppendError::Log(e) => BusError::Log(e),
-            too_large => BusError::Log(LogError::Config(too_large.to_string())),
         })
     }
 
-    /// The appender of partition `p` (for zero-copy `append_with`, durability watches).
-    pub fn partition(&mut self, p: u32) -> Option<&mut Appender> {
-        self.partitions.get_mut(p as usize)
+    /// Blocks until every record appended to partition `p` so far is durable.
+    ///
+    /// # Errors
+    /// [`BusError::NoPartition`], or the partition's sync error.
+    pub fn sync_partition(&mut self, p: u32) -> Result<Offset, BusError> {
+        Ok(self.appender(p)?.sync()?)
     }
 
     /// Syncs every partition.
@@ -441,6 +549,31 @@ impl TopicProducer {
             a.sync()?;
         }
         Ok(())
+    }
+
+    /// Closes every partition: in `Batch` and `Interval` modes everything appended is
+    /// synced first (as [`Appender::close`]). Dropping the producer does the same but
+    /// cannot report a failed sync.
+    ///
+    /// # Errors
+    /// The first partition's close error (every partition is closed regardless).
+    pub fn close(self) -> Result<(), BusError> {
+        let mut result = Ok(());
+        for a in self.partitions {
+            let closed = a.close();
+            if result.is_ok() {
+                result = closed.map_err(BusError::Log);
+            }
+        }
+        result
+    }
+}
+
+/// A failed append as a bus error.
+fn append_error(e: crate::log::AppendError) -> BusError {
+    match e {
+        crate::log::AppendError::Log(e) => BusError::Log(e),
+        too_large => BusError::Log(LogError::Config(too_large.to_string())),
     }
 }
 

@@ -29,15 +29,19 @@
 //! duplicated, corrupt or out of order, when the checksum differs, or when the group never
 //! delivered some order.
 //!
-//! # Why the topic stage is not [`Sink::topic`](shoal::pipeline::Sink::topic)
-//! The demo needs the producer's data-sync figures and the moment the last order became
-//! durable, and a failed final sync must fail the demo rather than be logged on close. So
-//! the last stage owns a [`TopicSink`] whose `Drop` (run on the stage's worker when the
-//! pipeline drains) syncs every partition and sends those figures back.
+//! # The topic stage
+//! It is [`Sink::topic`](shoal::pipeline::Sink::topic): when the pipeline drains, it syncs
+//! every partition, and its [`SinkStats`] give the producer's data-sync figures and the
+//! moment the last order became durable; a failed final sync fails the pipeline's `join`,
+//! and so the demo.
 //!
 //! # What is printed
 //! A progress display (indicatif, on stderr when it is a terminal) redrawn by this thread
 //! every [`PROGRESS_EVERY`], never by the workers; then a table on stdout.
+
+// Option structs are filled field by field: that keeps compiling once they are
+// `#[non_exhaustive]`, where a struct literal outside the library does not.
+#![allow(clippy::field_reassign_with_default)]
 
 mod member;
 mod order;
@@ -50,7 +54,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::bounded;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use super::inspect::table;
@@ -62,7 +66,7 @@ use shoal::group::describe;
 use shoal::log::format::{RECORD_ALIGN, RECORD_HEADER_BYTES};
 use shoal::log::{Durability, LogOptions, Offset, Reader};
 use shoal::metrics::{format_ns, LatencyHistogram};
-use shoal::pipeline::{Emitter, Pipeline, Routing, ScaleReport, Sink, Source, SourceStep};
+use shoal::pipeline::{Emitter, Pipeline, Routing, ScaleReport, Sink, SinkStats, Source, SourceStep};
 
 /// The demo's topic.
 const TOPIC: &str = "orders";
@@ -117,57 +121,6 @@ struct Progress {
     seal_sum: AtomicU64,
     /// ns the source spent waiting at the gate.
     held_ns: AtomicU64,
-    /// Orders appended to the topic.
-    appended: AtomicU64,
-}
-
-/// What the topic stage reports when it is dropped.
-#[derive(Debug)]
-struct SinkReport {
-    /// The final sync of every partition (its error, if any).
-    synced: Result<(), String>,
-    /// When the last order became durable.
-    durable_at: Instant,
-    /// Data syncs of all partitions.
-    syncs: u64,
-    /// Their latencies (all partitions).
-    sync_latency: LatencyHistogram,
-}
-
-/// The pipeline's last stage: appends every order to the topic, keyed by account; on drop,
-/// syncs and reports (see the module docs).
-struct TopicSink {
-    producer: TopicProducer,
-    progress: Arc<Progress>,
-    report: Sender<SinkReport>,
-}
-
-impl TopicSink {
-    fn append(&mut self, orders: &[Order]) {
-        for order in orders {
-            if let Err(e) = self.producer.send(order.account, bytemuck::bytes_of(order)) {
-                // Stops the pipeline with PipelineError::Panicked naming the error.
-                panic!("append to topic {} failed: {e}", self.producer.topic().name());
-            }
-        }
-        self.progress.appended.fetch_add(orders.len() as u64, Ordering::Relaxed);
-    }
-}
-
-impl Drop for TopicSink {
-    fn drop(&mut self) {
-        let synced = self.producer.sync().map_err(|e| e.to_string());
-        let durable_at = Instant::now();
-        let (mut syncs, mut sync_latency) = (0, LatencyHistogram::new());
-        for p in 0..self.producer.topic().partitions() {
-            if let Some(appender) = self.producer.partition(p) {
-                let (n, hist) = appender.sync_stats();
-                syncs += n;
-                sync_latency.merge(&hist);
-            }
-        }
-        let _ = self.report.try_send(SinkReport { synced, durable_at, syncs, sync_latency });
-    }
 }
 
 /// `shoal demo [--dir <DIR>] [--events <N>]`.
@@ -191,14 +144,12 @@ pub(super) fn run(dir: Option<&Path>, events: u64) -> Result<ExitCode, Error> {
         )));
     }
     let topic = bus.topic_or_create(TOPIC, Some(PARTITIONS))?;
-    let opts = LogOptions {
-        durability: Durability::Batch,
-        segment_bytes: segment_bytes(events),
-        max_record_bytes: 4096,
-        ..LogOptions::default()
-    };
-    let mut producer = topic.producer(opts)?;
-    let backend = producer.partition(0).map_or("?", |a| a.io_backend());
+    let mut opts = LogOptions::default();
+    opts.durability = Durability::Batch;
+    opts.segment_bytes = segment_bytes(events);
+    opts.max_record_bytes = 4096;
+    let producer = topic.producer(opts)?;
+    let backend = producer.io_backend();
     eprintln!(
         "shoal demo: {} orders of {ORDER_BYTES} bytes through a scaling pipeline into topic {TOPIC:?} \
          ({PARTITIONS} partitions, Batch durability, {backend} backend) in {}, consumed by group {GROUP:?}",
@@ -292,6 +243,8 @@ struct Scenario {
     child: Option<ChildMember>,
     child_label: String,
     progress: Arc<Progress>,
+    /// The topic stage's figures (orders appended, syncs), once the pipeline is built.
+    appended: SinkStats,
     bars: Bars,
     risk_workers: usize,
     /// What each step did, for the table.
@@ -327,6 +280,7 @@ impl Scenario {
             child: None,
             child_label: String::new(),
             progress: Arc::new(Progress::default()),
+            appended: SinkStats::default(),
             bars: Bars::new(events),
             risk_workers: 1,
             scales: Vec::new(),
@@ -339,8 +293,11 @@ impl Scenario {
         let events = self.events;
         let progress = self.progress.clone();
         progress.gate.store(milestone(events, 0), Ordering::Release);
-        let (sink_tx, sink_rx) = bounded(1);
-        let mut sink = TopicSink { producer, progress: progress.clone(), report: sink_tx };
+        let sink = Sink::topic(producer, |order: &Order, buf: &mut Vec<u8>| {
+            buf.extend_from_slice(bytemuck::bytes_of(order));
+            order.account
+        });
+        self.appended = sink.stats();
         let started = Instant::now();
         let mut pipeline = Pipeline::<Order>::builder()
             .source("orders", order_source(events, progress.clone()))
@@ -353,7 +310,7 @@ impl Scenario {
                     }
                 }
             })
-            .sink("topic", Sink::closure(move |batch: &[Order]| sink.append(batch)))
+            .sink("topic", sink)
             .build()
             .map_err(|e| Error::new(format!("starting the pipeline failed: {e}")))?;
 
@@ -378,15 +335,20 @@ impl Scenario {
             std::thread::sleep(STEP_CHECK_EVERY);
         }
         pipeline.join().map_err(|e| Error::new(format!("the pipeline failed: {e}")))?;
-        let sink = recv_sink(&sink_rx)?;
-        sink.synced.map_err(|e| Error::new(format!("the final sync of topic {TOPIC:?} failed: {e}")))?;
+        let sink = self.appended.clone();
+        let durable_at = sink.durable_at().ok_or_else(|| {
+            Error::new(format!(
+                "the topic stage ended without syncing topic {TOPIC:?}: {}",
+                sink.final_sync_error().unwrap_or_else(|| "it did not finish".to_string())
+            ))
+        })?;
         self.draw();
         Ok(Produced {
-            elapsed: sink.durable_at.duration_since(started),
+            elapsed: durable_at.duration_since(started),
             held: Duration::from_nanos(progress.held_ns.load(Ordering::Relaxed)),
             seal_sum: progress.seal_sum.load(Ordering::Acquire),
-            syncs: sink.syncs,
-            sync_latency: sink.sync_latency,
+            syncs: sink.syncs(),
+            sync_latency: sink.sync_latency(),
             scales: std::mem::take(&mut self.scales),
             membership: std::mem::take(&mut self.membership),
         })
@@ -472,7 +434,7 @@ impl Scenario {
         let members = self.threads.len() + usize::from(self.child.is_some());
         self.bars.draw(
             self.progress.produced.load(Ordering::Relaxed),
-            self.progress.appended.load(Ordering::Relaxed),
+            self.appended.records(),
             consumed,
             format!("risk stage: {} workers, group: {members} members", self.risk_workers),
         );
@@ -516,11 +478,6 @@ fn order_source(events: u64, progress: Arc<Progress>) -> Source<Order> {
 /// The order count at which step `i` is due.
 fn milestone(events: u64, i: usize) -> u64 {
     (events as u128 * STEPS[i].0 as u128 / 1000) as u64
-}
-
-fn recv_sink(rx: &Receiver<SinkReport>) -> Result<SinkReport, Error> {
-    rx.recv_timeout(Duration::from_secs(1))
-        .map_err(|_| Error::new("the topic stage ended without reporting its final sync"))
 }
 
 /// The progress display: orders made, appended, consumed.
@@ -808,14 +765,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let bus = Bus::open(dir.path()).expect("bus");
         let topic = bus.topic_or_create(TOPIC, Some(PARTITIONS)).expect("topic");
-        let mut producer = topic
-            .producer(LogOptions {
-                segment_bytes: 1 << 20,
-                max_record_bytes: 4096,
-                durability: Durability::Never,
-                ..LogOptions::default()
-            })
-            .expect("producer");
+        let mut opts = LogOptions::default();
+        opts.segment_bytes = 1 << 20;
+        opts.max_record_bytes = 4096;
+        opts.durability = Durability::Never;
+        let mut producer = topic.producer(opts).expect("producer");
         let mut sum = 0u64;
         for id in 0..1000 {
             let mut order = Order::new(id, shoal::log::now_ns());

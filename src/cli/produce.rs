@@ -10,6 +10,10 @@
 //! watermark passes what it last printed; the passive wait never asks for a sync, so the
 //! durability level the user chose decides when acks come.
 
+// Option structs are filled field by field: that keeps compiling once they are
+// `#[non_exhaustive]`, where a struct literal outside the library does not.
+#![allow(clippy::field_reassign_with_default)]
+
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -28,7 +32,8 @@ const READ_CHUNK_BYTES: usize = 64 << 10;
 const ACK_WAIT: Duration = Duration::from_millis(50);
 
 pub(super) fn run(dir: &Path, durability: Durability, ack: bool) -> Result<ExitCode, Error> {
-    let opts = LogOptions { durability, ..LogOptions::default() };
+    let mut opts = LogOptions::default();
+    opts.durability = durability;
     let mut log = Appender::open(dir, opts)?;
     // The watermark before the first append: the thread may start after records are durable.
     let acked = log.durable_offset().0;
@@ -67,9 +72,10 @@ pub(super) fn run_topic(
 ) -> Result<ExitCode, Error> {
     let bus = Bus::open(dir)?;
     let topic = bus.topic_or_create(topic, partitions)?;
-    let opts = LogOptions { durability, ..LogOptions::default() };
-    let mut sink = TopicSink::new(topic.producer(opts)?, dir.join("topics").join(topic.name()), keyed);
-    let watches = sink.watches();
+    let mut opts = LogOptions::default();
+    opts.durability = durability;
+    let mut sink = TopicLines::new(topic.producer(opts)?, dir.join("topics").join(topic.name()), keyed);
+    let watches = sink.producer.durable_watches();
     let acked: Vec<u64> = watches.iter().map(|w| w.durable_offset().0).collect();
     let acker = if ack { Some(TopicAcker::start(watches, acked)?) } else { None };
     let appended = append_lines(&mut sink, &mut io::stdin().lock());
@@ -84,7 +90,7 @@ pub(super) fn run_topic(
     if ack {
         let mut out = io::stdout().lock();
         let mut written = Ok(());
-        for (p, watch) in sink.watches().iter().enumerate() {
+        for (p, watch) in sink.producer.durable_watches().iter().enumerate() {
             let end = watch.durable_offset().0;
             let last = printed.as_ref().and_then(|printed| printed[p]);
             if end > 0 && last != Some(end - 1) {
@@ -99,7 +105,7 @@ pub(super) fn run_topic(
 }
 
 /// The partitions of a topic as a [`LineSink`].
-struct TopicSink {
+struct TopicLines {
     producer: TopicProducer,
     /// The topic directory, for errors.
     dir: PathBuf,
@@ -114,21 +120,15 @@ struct TopicSink {
     max_record_bytes: usize,
 }
 
-impl TopicSink {
-    fn new(mut producer: TopicProducer, dir: PathBuf, keyed: bool) -> TopicSink {
+impl TopicLines {
+    fn new(producer: TopicProducer, dir: PathBuf, keyed: bool) -> TopicLines {
         let batches = vec![Vec::new(); producer.topic().partitions() as usize];
-        let max_record_bytes = producer.partition(0).map_or(0, |a| a.options().max_record_bytes);
-        TopicSink { producer, dir, keyed, next: 0, line: 1, batches, max_record_bytes }
-    }
-
-    fn watches(&mut self) -> Vec<DurableWatch> {
-        (0..self.producer.topic().partitions())
-            .filter_map(|p| self.producer.partition(p).map(|a| a.durable_watch()))
-            .collect()
+        let max_record_bytes = producer.max_record_bytes();
+        TopicLines { producer, dir, keyed, next: 0, line: 1, batches, max_record_bytes }
     }
 }
 
-impl LineSink for TopicSink {
+impl LineSink for TopicLines {
     fn max_record_bytes(&self) -> usize {
         self.max_record_bytes
     }
@@ -169,8 +169,7 @@ impl LineSink for TopicSink {
             if batch.is_empty() {
                 continue;
             }
-            let Some(appender) = self.producer.partition(p) else { continue };
-            let appended = appender.append_batch(batch.iter().map(|&(from, to)| &lines[from..to]));
+            let appended = self.producer.send_batch_to(p, batch.iter().map(|&(from, to)| &lines[from..to]));
             self.line += batch.len() as u64;
             // Keep the allocation for the next read.
             self.batches[p as usize] = batch;
@@ -442,12 +441,10 @@ mod tests {
     #[test]
     fn lines_split_across_reads_become_records() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let opts = LogOptions {
-            segment_bytes: 1 << 20,
-            max_record_bytes: 512 << 10,
-            durability: Durability::Never,
-            ..LogOptions::default()
-        };
+        let mut opts = LogOptions::default();
+        opts.segment_bytes = 1 << 20;
+        opts.max_record_bytes = 512 << 10;
+        opts.durability = Durability::Never;
         let mut log = Appender::open(dir.path(), opts).expect("open");
         let mut input = Pieces(vec![
             b"one\ntw".to_vec(),
@@ -467,7 +464,9 @@ mod tests {
     #[test]
     fn acks_count_from_the_watermark_at_open_not_at_thread_start() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let opts = LogOptions { segment_bytes: 1 << 20, max_record_bytes: 512 << 10, ..LogOptions::default() };
+        let mut opts = LogOptions::default();
+        opts.segment_bytes = 1 << 20;
+        opts.max_record_bytes = 512 << 10;
         let mut log = Appender::open(dir.path(), opts).expect("open");
         let acked = log.durable_offset().0;
         // The ack thread is late: both records are durable before it looks.
@@ -483,12 +482,10 @@ mod tests {
     #[test]
     fn a_line_longer_than_a_record_is_an_error() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let opts = LogOptions {
-            segment_bytes: 1 << 20,
-            max_record_bytes: 1000,
-            durability: Durability::Never,
-            ..LogOptions::default()
-        };
+        let mut opts = LogOptions::default();
+        opts.segment_bytes = 1 << 20;
+        opts.max_record_bytes = 1000;
+        opts.durability = Durability::Never;
         let mut log = Appender::open(dir.path(), opts).expect("open");
         let mut input = Pieces(vec![b"ok\n".to_vec(), vec![b'y'; 200_000], b"\n".to_vec()]);
         let err = append_lines(&mut log, &mut input).expect_err("too long");

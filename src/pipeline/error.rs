@@ -9,6 +9,7 @@ use crate::log::LogError;
 ///
 /// Each message says what to do about it.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PipelineError {
     /// No stage has this name.
     #[error("no stage named {name:?}; the stages are {known:?}")]
@@ -60,6 +61,15 @@ pub enum PipelineError {
     SourceFailed {
         /// The source's name.
         name: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A sink failed (an append or the final sync of its log or topic met an I/O error);
+    /// the pipeline stopped.
+    #[error("sink {stage:?} failed: {message}; the pipeline stopped")]
+    SinkFailed {
+        /// The sink's stage name.
+        stage: String,
         /// What went wrong.
         message: String,
     },

@@ -56,8 +56,12 @@
 //! itself. A panicking handler (or factory or source) is caught, recorded, and aborts the
 //! whole pipeline: every blocked push and every wait observes the abort flag, every thread
 //! exits and is joined, and `shutdown`/`join` return [`PipelineError::Panicked`] naming the
-//! stage and worker. Dropping a pipeline without `shutdown` aborts it the same way (events
-//! in flight are dropped) and joins its threads.
+//! stage and worker. A source or sink that meets an error it cannot go on from (a log or
+//! group file that cannot be read, an append or final sync that fails) aborts the pipeline
+//! the same way, with [`PipelineError::SourceFailed`] or [`PipelineError::SinkFailed`]
+//! naming it. A stage's handler is finished (for a sink: its final sync) when the stage has
+//! drained, never after an abort. Dropping a pipeline without `shutdown` aborts it the same
+//! way (events in flight are dropped) and joins its threads.
 //!
 //! # Metrics
 //! [`Pipeline::metrics`] gives per stage: events handled, events/s since the last call,
@@ -114,7 +118,7 @@ use std::time::{Duration, Instant};
 
 pub use emit::{Emitter, Routing};
 pub use error::PipelineError;
-pub use source::{Sink, Source, SourceStep};
+pub use source::{Sink, SinkStats, Source, SourceStep};
 
 use crate::affinity::CpuPlan;
 use crate::ring::{channel_between, WaitStrategy, Waiter};
@@ -123,8 +127,30 @@ use emit::{Input, Output, Probe};
 use source::SourceKind;
 use worker::{lock, Control, Pause, Rewire, Shared, WorkerParts, WorkerStats};
 
-/// A handler: called with each batch its worker reads, emits downstream.
-pub(crate) type Handler<T> = Box<dyn FnMut(&[T], &mut Emitter<T>) + Send>;
+/// What a worker calls: each batch it reads, then (once its inputs are closed and drained)
+/// `finish`. An error stops the pipeline with [`PipelineError::SinkFailed`] naming the stage.
+pub(crate) trait Handle<T>: Send {
+    /// Handles one batch, emitting downstream.
+    fn handle(&mut self, events: &[T], emitter: &mut Emitter<T>) -> Result<(), String>;
+    /// Called once when the stage has drained every input (not when the pipeline aborts).
+    fn finish(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// A stage's closure as a [`Handle`]: it cannot fail, and has nothing to finish.
+pub(crate) struct StageFn<F>(pub(crate) F);
+
+impl<T, F: FnMut(&[T], &mut Emitter<T>) + Send> Handle<T> for StageFn<F> {
+    #[inline]
+    fn handle(&mut self, events: &[T], emitter: &mut Emitter<T>) -> Result<(), String> {
+        (self.0)(events, emitter);
+        Ok(())
+    }
+}
+
+/// A worker's handler.
+pub(crate) type Handler<T> = Box<dyn Handle<T>>;
 /// Makes one handler per worker.
 pub(crate) type Factory<T> = Arc<dyn Fn(WorkerId) -> Handler<T> + Send + Sync>;
 
@@ -261,7 +287,7 @@ impl<T: Send + 'static> PipelineBuilder<T> {
         F: Fn(WorkerId) -> H + Send + Sync + 'static,
         H: FnMut(&[T], &mut Emitter<T>) + Send + 'static,
     {
-        let factory: Factory<T> = Arc::new(move |id| Box::new(factory(id)) as Handler<T>);
+        let factory: Factory<T> = Arc::new(move |id| Box::new(StageFn(factory(id))) as Handler<T>);
         self.stages.push(StageSpec { name: name.into(), workers, routing, factory, max_workers: STAGE_WORKERS_MAX });
         self
     }
@@ -463,7 +489,7 @@ impl<T: Send + 'static> Pipeline<T> {
         Ok(self.stages[self.stage_index(stage)?].workers.len())
     }
 
-    /// True once the pipeline stopped on a failure (a panic, a failed source); `shutdown`
+    /// True once the pipeline stopped on a failure (a panic, a failed source or sink); `shutdown`
     /// or `join` then returns the error.
     pub fn is_failed(&self) -> bool {
         self.shared.aborted()
@@ -731,7 +757,7 @@ impl<T: Send + 'static> Pipeline<T> {
     ///
     /// # Errors
     /// The error that stopped the pipeline, if one did ([`PipelineError::Panicked`],
-    /// [`PipelineError::SourceFailed`], ...).
+    /// [`PipelineError::SourceFailed`], [`PipelineError::SinkFailed`], ...).
     pub fn shutdown(mut self) -> Result<PipelineStats, PipelineError> {
         self.shared.stop_source.store(true, Ordering::SeqCst);
         self.source.node.control.wake();

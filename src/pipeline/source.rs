@@ -1,16 +1,18 @@
 //! Where events come from ([`Source`]) and ready-made last stages ([`Sink`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use super::emit::Emitter;
 use super::error::PipelineError;
-use super::Handler;
+use super::{Handle, Handler};
 use crate::bus::TopicProducer;
 use crate::group::{Delivery, Member};
-use crate::log::{Appender, Record, RecordRef, Tailer};
+use crate::log::{Appender, Durability, Record, RecordRef, Tailer};
 use crate::ring::Consumer;
+use crate::sys::histogram::LatencyHistogram;
 
 /// What a closure source says after each call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,7 +27,7 @@ pub enum SourceStep {
 
 type DecodeRecord<T> = Box<dyn FnMut(&Record<'_>) -> Option<T> + Send>;
 type DecodeRef<T> = Box<dyn FnMut(RecordRef) -> Option<T> + Send>;
-type SourceFn<T> = Box<dyn FnMut(&mut Emitter<T>) -> SourceStep + Send>;
+type SourceFn<T> = Box<dyn FnMut(&mut Emitter<T>) -> Result<SourceStep, String> + Send>;
 
 /// Decodes a log record into an event.
 pub(crate) enum Decode<T> {
@@ -53,8 +55,8 @@ impl<T: Send + 'static> Source<T> {
     ///
     /// Shutdown, and pausing the source for a [`scale`](super::Pipeline::scale) of the
     /// first stage, happen between two calls: `f` should return regularly.
-    pub fn closure(f: impl FnMut(&mut Emitter<T>) -> SourceStep + Send + 'static) -> Source<T> {
-        Source { kind: SourceKind::Closure(Box::new(f)) }
+    pub fn closure(mut f: impl FnMut(&mut Emitter<T>) -> SourceStep + Send + 'static) -> Source<T> {
+        Source { kind: SourceKind::Closure(Box::new(move |emitter: &mut Emitter<T>| Ok(f(emitter)))) }
     }
 
     /// Forwards what arrives on a ring (built with [`crate::ring::channel`]); ends when its
@@ -122,29 +124,27 @@ impl<T: Send + 'static> Source<T> {
     /// duplicate as long as the stages drain what is in flight. Rebalances happen inside
     /// the polls, so the source keeps up with members joining and leaving.
     ///
-    /// A failed poll or commit panics in the source thread, which stops the pipeline with
-    /// [`PipelineError::Panicked`] naming the error.
+    /// A failed poll or commit (an I/O error, a damaged group file) stops the pipeline with
+    /// [`PipelineError::SourceFailed`] naming the source and the error.
     pub fn group(mut member: Member, mut decode: impl FnMut(Delivery) -> Option<T> + Send + 'static) -> Source<T> {
         const BATCH: usize = 256;
         const WAIT: Duration = Duration::from_millis(50);
-        Source::closure(move |emitter: &mut Emitter<T>| {
-            let batch = match member.poll(BATCH, WAIT) {
-                Ok(batch) => batch,
-                Err(e) => panic!("consumer group member {} failed to poll: {e}", member.id()),
-            };
+        let poll = move |emitter: &mut Emitter<T>| {
+            let batch = member
+                .poll(BATCH, WAIT)
+                .map_err(|e| format!("consumer group member {} failed to poll: {e}", member.id()))?;
             if batch.is_empty() {
-                return SourceStep::Continue;
+                return Ok(SourceStep::Continue);
             }
             for delivery in batch {
                 if let Some(event) = decode(delivery) {
                     emitter.emit(event);
                 }
             }
-            if let Err(e) = member.commit() {
-                panic!("consumer group member {} failed to commit: {e}", member.id());
-            }
-            SourceStep::Continue
-        })
+            member.commit().map_err(|e| format!("consumer group member {} failed to commit: {e}", member.id()))?;
+            Ok(SourceStep::Continue)
+        };
+        Source { kind: SourceKind::Closure(Box::new(poll)) }
     }
 
     fn log(dir: &Path, follow: bool, decode: Decode<T>) -> Result<Source<T>, PipelineError> {
@@ -155,65 +155,79 @@ impl<T: Send + 'static> Source<T> {
 
 /// A ready-made last stage (one worker), added with
 /// [`PipelineBuilder::sink`](super::PipelineBuilder::sink).
+///
+/// Every sink counts the events it took, and the log and topic sinks their data syncs, in
+/// a [`SinkStats`] handle (take it with [`Sink::stats`] before handing the sink over).
+/// An append or final sync that fails stops the pipeline with
+/// [`PipelineError::SinkFailed`] naming the stage.
 pub struct Sink<T> {
     pub(crate) handler: Handler<T>,
+    stats: SinkStats,
 }
 
 impl<T: Send + 'static> Sink<T> {
     /// Hands every batch to `f` (one worker, so `f` may own state without sharing it).
-    pub fn closure(mut f: impl FnMut(&[T]) + Send + 'static) -> Sink<T> {
-        Sink { handler: Box::new(move |events: &[T], _: &mut Emitter<T>| f(events)) }
+    pub fn closure(f: impl FnMut(&[T]) + Send + 'static) -> Sink<T> {
+        let stats = SinkStats::default();
+        Sink { handler: Box::new(ClosureSink { f, stats: stats.clone() }), stats }
     }
 
     /// Appends every event to a log: `encode` writes the payload into the buffer it is
     /// given (cleared before each call) and returns the record's key. The appender is
     /// single-writer, so this stage has exactly one worker and cannot be scaled. It is
-    /// closed (a final sync, per its durability) when the pipeline finishes.
+    /// closed (a final sync, per its durability) when the stage has drained; its syncs are
+    /// then in [`Sink::stats`].
     ///
-    /// A failed append panics in the sink's worker, which stops the pipeline with
-    /// [`PipelineError::Panicked`] naming the error.
-    pub fn appender(
-        mut appender: Appender,
-        mut encode: impl FnMut(&T, &mut Vec<u8>) -> u64 + Send + 'static,
-    ) -> Sink<T> {
-        let mut buf = Vec::new();
-        let dir = appender.dir().to_path_buf();
-        Sink {
-            handler: Box::new(move |events: &[T], _: &mut Emitter<T>| {
-                for event in events {
-                    buf.clear();
-                    let key = encode(event, &mut buf);
-                    if let Err(e) = appender.append_keyed(key, &buf) {
-                        panic!("append to the log at {} failed: {e}", dir.display());
-                    }
-                }
-            }),
-        }
+    /// A failed append or final sync stops the pipeline with
+    /// [`PipelineError::SinkFailed`] naming the stage and the log.
+    pub fn appender(appender: Appender, encode: impl FnMut(&T, &mut Vec<u8>) -> u64 + Send + 'static) -> Sink<T> {
+        let stats = SinkStats::default();
+        let writer = LogWriter { appender: Some(appender), stats: stats.clone() };
+        Sink { handler: Box::new(EncodeSink { writer, encode, buf: Vec::new() }), stats }
     }
 
     /// Appends every event to a topic: `encode` writes the payload into the buffer it is
     /// given (cleared before each call) and returns the key that routes it to a partition
     /// ([`TopicProducer::send`]). One worker, like [`Sink::appender`]: a topic has one
-    /// producer.
+    /// producer. When the stage has drained, every partition is synced (per its
+    /// durability) and closed; the syncs of all partitions and the moment the last event
+    /// became durable are then in [`Sink::stats`].
     ///
-    /// A failed append panics in the sink's worker, which stops the pipeline with
-    /// [`PipelineError::Panicked`] naming the error.
-    pub fn topic(
-        mut producer: TopicProducer,
-        mut encode: impl FnMut(&T, &mut Vec<u8>) -> u64 + Send + 'static,
-    ) -> Sink<T> {
-        let mut buf = Vec::new();
-        Sink {
-            handler: Box::new(move |events: &[T], _: &mut Emitter<T>| {
-                for event in events {
-                    buf.clear();
-                    let key = encode(event, &mut buf);
-                    if let Err(e) = producer.send(key, &buf) {
-                        panic!("append to topic {} failed: {e}", producer.topic().name());
-                    }
-                }
-            }),
-        }
+    /// A failed append or final sync stops the pipeline with
+    /// [`PipelineError::SinkFailed`] naming the stage and the topic.
+    ///
+    /// # Examples
+    /// ```
+    /// use shoal::pipeline::{Pipeline, Sink, Source, SourceStep};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let bus = shoal::bus::Bus::open(dir.path()).unwrap();
+    /// let producer = bus.topic_or_create("numbers", Some(2)).unwrap().producer(Default::default()).unwrap();
+    /// let sink = Sink::topic(producer, |n: &u64, buf: &mut Vec<u8>| {
+    ///     buf.extend_from_slice(&n.to_le_bytes());
+    ///     *n // the key
+    /// });
+    /// let stats = sink.stats();
+    /// let mut next = 0u64;
+    /// let source = Source::closure(move |e| {
+    ///     e.emit(next);
+    ///     next += 1;
+    ///     if next == 100 { SourceStep::Done } else { SourceStep::Continue }
+    /// });
+    /// Pipeline::builder().source("numbers", source).sink("topic", sink).build()?.join()?;
+    /// assert_eq!(stats.records(), 100);
+    /// assert!(stats.durable_at().is_some());
+    /// # Ok::<(), shoal::pipeline::PipelineError>(())
+    /// ```
+    pub fn topic(producer: TopicProducer, encode: impl FnMut(&T, &mut Vec<u8>) -> u64 + Send + 'static) -> Sink<T> {
+        let stats = SinkStats::default();
+        let writer = TopicWriter { producer: Some(producer), stats: stats.clone() };
+        Sink { handler: Box::new(EncodeSink { writer, encode, buf: Vec::new() }), stats }
+    }
+
+    /// A handle on this sink's figures, readable from any thread while the pipeline runs
+    /// and after it has finished.
+    pub fn stats(&self) -> SinkStats {
+        self.stats.clone()
     }
 
     /// The handler factory of the one-worker stage: hands the handler over once.
@@ -225,6 +239,222 @@ impl<T: Send + 'static> Sink<T> {
                 Some(h) => h,
                 None => panic!("a sink has exactly one worker; its handler was already taken"),
             }
+        }
+    }
+}
+
+/// What a [`Sink`] did: events taken and, for a log or topic sink, its data syncs. A
+/// cloneable handle (an `Arc`); the sync figures are final once
+/// [`Pipeline::join`](super::Pipeline::join) or [`shutdown`](super::Pipeline::shutdown)
+/// has returned.
+#[derive(Clone, Debug, Default)]
+pub struct SinkStats {
+    shared: Arc<SinkShared>,
+}
+
+#[derive(Debug, Default)]
+struct SinkShared {
+    records: AtomicU64,
+    syncs: Mutex<SyncFigures>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct SyncFigures {
+    syncs: u64,
+    latency: Option<LatencyHistogram>,
+    durable_at: Option<Instant>,
+    final_sync_error: Option<String>,
+}
+
+impl SinkStats {
+    /// Events the sink has taken (appended, for a log or topic sink).
+    pub fn records(&self) -> u64 {
+        // Relaxed: a counter read on its own; pairs with nothing.
+        self.shared.records.load(Ordering::Relaxed)
+    }
+
+    /// Data syncs of the sink's log (all partitions of its topic), counted when the sink
+    /// finished: 0 before, and for a closure sink.
+    pub fn syncs(&self) -> u64 {
+        self.figures().syncs
+    }
+
+    /// The latencies (ns) of those syncs.
+    pub fn sync_latency(&self) -> LatencyHistogram {
+        self.figures().latency.unwrap_or_default()
+    }
+
+    /// When everything the sink appended was durable (after its final sync); `None` before
+    /// the sink finished, when the final sync failed, and for a closure sink.
+    pub fn durable_at(&self) -> Option<Instant> {
+        self.figures().durable_at
+    }
+
+    /// The final sync's error, if it failed (the pipeline then also reports
+    /// [`PipelineError::SinkFailed`]).
+    pub fn final_sync_error(&self) -> Option<String> {
+        self.figures().final_sync_error
+    }
+
+    fn figures(&self) -> SyncFigures {
+        self.shared.syncs.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    #[inline]
+    fn took(&self, events: usize) {
+        self.shared.records.fetch_add(events as u64, Ordering::Relaxed);
+    }
+
+    fn set(&self, figures: SyncFigures) {
+        *self.shared.syncs.lock().unwrap_or_else(PoisonError::into_inner) = figures;
+    }
+}
+
+/// A closure sink.
+struct ClosureSink<F> {
+    f: F,
+    stats: SinkStats,
+}
+
+impl<T, F: FnMut(&[T]) + Send> Handle<T> for ClosureSink<F> {
+    fn handle(&mut self, events: &[T], _: &mut Emitter<T>) -> Result<(), String> {
+        (self.f)(events);
+        self.stats.took(events.len());
+        Ok(())
+    }
+}
+
+/// Where an [`EncodeSink`] appends: one log or a topic.
+trait Writer: Send {
+    fn write(&mut self, key: u64, payload: &[u8]) -> Result<(), String>;
+    fn stats(&self) -> &SinkStats;
+    /// The final sync and close; records the sync figures.
+    fn finish(&mut self) -> Result<(), String>;
+}
+
+/// A sink that encodes each event into a buffer and appends it.
+struct EncodeSink<W, E> {
+    writer: W,
+    encode: E,
+    buf: Vec<u8>,
+}
+
+impl<T, W: Writer, E: FnMut(&T, &mut Vec<u8>) -> u64 + Send> Handle<T> for EncodeSink<W, E> {
+    fn handle(&mut self, events: &[T], _: &mut Emitter<T>) -> Result<(), String> {
+        for event in events {
+            self.buf.clear();
+            let key = (self.encode)(event, &mut self.buf);
+            self.writer.write(key, &self.buf)?;
+        }
+        self.writer.stats().took(events.len());
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), String> {
+        self.writer.finish()
+    }
+}
+
+/// The figures of a final close that ended with `closed`; `durable` when it synced
+/// everything (any durability but `Never`).
+fn figures(closed: Result<(), String>, durable: bool, (syncs, latency): (u64, LatencyHistogram)) -> SyncFigures {
+    let durable_at = (durable && closed.is_ok()).then(Instant::now);
+    SyncFigures { syncs, latency: Some(latency), durable_at, final_sync_error: closed.err() }
+}
+
+/// The figures of a sink dropped without finishing (the pipeline aborted).
+fn aborted((syncs, latency): (u64, LatencyHistogram)) -> SyncFigures {
+    SyncFigures { syncs, latency: Some(latency), durable_at: None, final_sync_error: None }
+}
+
+/// The appender of [`Sink::appender`] (taken when it is closed).
+struct LogWriter {
+    appender: Option<Appender>,
+    stats: SinkStats,
+}
+
+impl Writer for LogWriter {
+    #[inline]
+    fn write(&mut self, key: u64, payload: &[u8]) -> Result<(), String> {
+        let Some(appender) = &mut self.appender else { return Err("the log was already closed".to_string()) };
+        match appender.append_keyed(key, payload) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("append to the log at {} failed: {e}", appender.dir().display())),
+        }
+    }
+
+    fn stats(&self) -> &SinkStats {
+        &self.stats
+    }
+
+    fn finish(&mut self) -> Result<(), String> {
+        let Some(mut appender) = self.appender.take() else { return Ok(()) };
+        let dir = appender.dir().to_path_buf();
+        let durable = appender.options().durability != Durability::Never;
+        let mut synced = Ok(());
+        if durable {
+            synced = appender.sync().map(drop);
+        }
+        let sync_stats = appender.sync_stats();
+        let closed = synced.and_then(|()| appender.close());
+        let closed = closed.map_err(|e| format!("the final sync of the log at {} failed: {e}", dir.display()));
+        self.stats.set(figures(closed.clone(), durable, sync_stats));
+        closed
+    }
+}
+
+impl Drop for LogWriter {
+    /// After an abort the appender closes on drop (its final sync is not reported); the
+    /// figures so far are still recorded.
+    fn drop(&mut self) {
+        if let Some(appender) = &self.appender {
+            self.stats.set(aborted(appender.sync_stats()));
+        }
+    }
+}
+
+/// The producer of [`Sink::topic`] (taken when it is closed).
+struct TopicWriter {
+    producer: Option<TopicProducer>,
+    stats: SinkStats,
+}
+
+impl Writer for TopicWriter {
+    #[inline]
+    fn write(&mut self, key: u64, payload: &[u8]) -> Result<(), String> {
+        let Some(producer) = &mut self.producer else { return Err("the topic was already closed".to_string()) };
+        match producer.send(key, payload) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("append to topic {} failed: {e}", producer.topic().name())),
+        }
+    }
+
+    fn stats(&self) -> &SinkStats {
+        &self.stats
+    }
+
+    fn finish(&mut self) -> Result<(), String> {
+        let Some(mut producer) = self.producer.take() else { return Ok(()) };
+        let name = producer.topic().name().to_string();
+        let durable = producer.options().durability != Durability::Never;
+        let mut synced = Ok(());
+        if durable {
+            synced = producer.sync();
+        }
+        let sync_stats = producer.sync_stats();
+        let closed = synced.and_then(|()| producer.close());
+        let closed = closed.map_err(|e| format!("the final sync of topic {name} failed: {e}"));
+        self.stats.set(figures(closed.clone(), durable, sync_stats));
+        closed
+    }
+}
+
+impl Drop for TopicWriter {
+    /// After an abort the producer closes on drop (its final sync is not reported); the
+    /// figures so far are still recorded.
+    fn drop(&mut self) {
+        if let Some(producer) = &self.producer {
+            self.stats.set(aborted(producer.sync_stats()));
         }
     }
 }

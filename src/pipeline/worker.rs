@@ -308,6 +308,10 @@ impl<T> WorkerParts<T> {
         self.shared.fail(PipelineError::Panicked { stage: self.stage.to_string(), worker: self.index, message });
     }
 
+    fn sink_failed(&self, message: String) {
+        self.shared.fail(PipelineError::SinkFailed { stage: self.stage.to_string(), message });
+    }
+
     fn publish_backlog(&self) {
         let (mut backlog, mut capacity) = (0u64, 0u64);
         for input in &self.inputs {
@@ -370,7 +374,13 @@ pub(crate) fn run_stage_worker<T: Send + 'static>(mut w: WorkerParts<T>, factory
         }
         let n = w.inputs.len();
         if n == 0 {
-            break; // every producer is gone and every input drained
+            // Every producer is gone and every input drained: the handler finishes.
+            match catch_unwind(AssertUnwindSafe(|| handler.finish())) {
+                Ok(Ok(())) => {}
+                Ok(Err(message)) => w.sink_failed(message),
+                Err(payload) => w.panicked(payload.as_ref()),
+            }
+            break;
         }
         let mut worked = false;
         let mut closed = false;
@@ -395,18 +405,26 @@ pub(crate) fn run_stage_worker<T: Send + 'static>(mut w: WorkerParts<T>, factory
             let (a, b) = batch.as_slices();
             let emitter = &mut w.emitter;
             let result = catch_unwind(AssertUnwindSafe(|| {
-                handler(a, emitter);
+                handler.handle(a, emitter)?;
                 if !b.is_empty() {
-                    handler(b, emitter);
+                    handler.handle(b, emitter)?;
                 }
+                Ok(())
             }));
             w.emitter.notify();
             batch.commit();
             events += len as u64;
             w.stats.events.store(events, Ordering::Relaxed);
-            if let Err(payload) = result {
-                w.panicked(payload.as_ref());
-                break 'run;
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(message)) => {
+                    w.sink_failed(message);
+                    break 'run;
+                }
+                Err(payload) => {
+                    w.panicked(payload.as_ref());
+                    break 'run;
+                }
             }
             worked = true;
             start = at + 1;
@@ -463,7 +481,11 @@ pub(crate) fn run_source<T: Send + 'static>(mut w: WorkerParts<T>, mut kind: Sou
             SourceKind::Closure(f) => {
                 let emitter = &mut w.emitter;
                 match catch_unwind(AssertUnwindSafe(|| f(emitter))) {
-                    Ok(step) => step == SourceStep::Continue,
+                    Ok(Ok(step)) => step == SourceStep::Continue,
+                    Ok(Err(message)) => {
+                        shared.fail(PipelineError::SourceFailed { name: w.stage.to_string(), message });
+                        false
+                    }
                     Err(payload) => {
                         w.panicked(payload.as_ref());
                         false

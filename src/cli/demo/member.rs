@@ -17,6 +17,10 @@
 //! first delivery, id bits, latency pairs `k`; then `k` pairs (ns, count); then the id set's words. [`decode_report`] checks every
 //! length: the file comes from another process.
 
+// Option structs are filled field by field: that keeps compiling once they are
+// `#[non_exhaustive]`, where a struct literal outside the library does not.
+#![allow(clippy::field_reassign_with_default)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
@@ -148,7 +152,9 @@ pub(super) fn consume(
     control: &Control,
     on_join: impl FnOnce(&str),
 ) -> Result<MemberReport, Error> {
-    let mut member = Member::join(bus, group, topic, GroupOptions { label, ..GroupOptions::default() })?;
+    let mut opts = GroupOptions::default();
+    opts.label = label;
+    let mut member = Member::join(bus, group, topic, opts)?;
     let joined_at = Instant::now();
     let mut first_delivery_ns = 0;
     on_join(member.id());
