@@ -503,16 +503,24 @@ fn bad_names_and_damaged_offsets_are_clear_errors() {
     bus.topic_or_create("events", Some(2)).unwrap();
     for (group, topic) in [("../x", "events"), ("g", "../events"), ("", "events"), ("g/h", "events")] {
         let e = Member::join(&bus, group, topic, GroupOptions::default()).unwrap_err();
-        assert!(matches!(e, BusError::InvalidName { .. }), "{group:?}/{topic:?}: {e}");
+        assert!(matches!(e, GroupError::Bus(BusError::InvalidName { .. })), "{group:?}/{topic:?}: {e}");
     }
-    assert!(matches!(Member::join(&bus, "g", "nope", GroupOptions::default()), Err(BusError::NoTopic { .. })));
+    assert!(matches!(
+        Member::join(&bus, "g", "nope", GroupOptions::default()),
+        Err(GroupError::Bus(BusError::NoTopic { .. }))
+    ));
     // A damaged offsets file: joining (which takes partition 0) and describe both say which file.
     let offsets = dir.path().join("groups/g/events/offsets");
     std::fs::create_dir_all(&offsets).unwrap();
     std::fs::write(offsets.join("0"), [0x5au8; 128]).unwrap();
     let e = Member::join(&bus, "g", "events", GroupOptions::default()).unwrap_err();
     let msg = e.to_string();
-    assert!(matches!(e, BusError::BadGroupFile { .. }) && msg.contains("offsets/0") && msg.contains("magic"), "{msg}");
+    assert!(
+        matches!(e, GroupError::BadGroupFile { why: FormatError::Slots(SlotError::BadMagic { .. }), .. })
+            && msg.contains("offsets/0")
+            && msg.contains("magic"),
+        "{msg}"
+    );
     let e = describe(&bus).unwrap_err().to_string();
     assert!(e.contains("offsets/0"), "{e}");
     std::fs::write(offsets.join("0"), b"short").unwrap();

@@ -222,7 +222,7 @@ pub enum BridgeError {
         /// The file.
         path: PathBuf,
         /// What is wrong.
-        why: String,
+        why: crate::log::slots::SlotError,
     },
     /// The local topic does not match the stored import position.
     #[error("partition {partition} of topic {topic:?}: {why}; import into a fresh topic or remove {positions}")]

@@ -36,6 +36,7 @@ mod io;
 mod reader;
 mod recovery;
 mod segment;
+pub mod slots;
 mod wait;
 
 use std::time::Duration;
