@@ -16,23 +16,22 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shoal::bus::{Bus, BusError, TopicProducer};
-use shoal::group::{describe, GroupOptions, Member};
+use shoal::group::{describe, FormatError, GroupError, GroupOptions, Member};
+use shoal::log::slots::SlotError;
 use shoal::log::{Durability, LogOptions};
 
 use common::{child_command, child_mode, parse_report, report, wait_for_report};
 
 fn log_opts() -> LogOptions {
-    LogOptions {
-        segment_bytes: 256 << 10,
-        max_record_bytes: 4 << 10,
-        durability: Durability::Never,
-        prefault: false,
-        ..LogOptions::default()
-    }
+    LogOptions::default()
+        .segment_bytes(256 << 10)
+        .max_record_bytes(4 << 10)
+        .durability(Durability::Never)
+        .prefault(false)
 }
 
 fn opts(label: &str) -> GroupOptions {
-    GroupOptions { label: label.to_string(), ..GroupOptions::default() }
+    GroupOptions::default().label(label)
 }
 
 /// Writes `total` keyed records, pausing now and then so members join and leave mid-stream.

@@ -586,12 +586,7 @@ fn idle_pipeline_uses_almost_no_cpu_with_park() {
 }
 
 fn log_opts() -> LogOptions {
-    LogOptions {
-        segment_bytes: 4 << 20,
-        max_record_bytes: 128 << 10,
-        durability: Durability::Never,
-        ..LogOptions::default()
-    }
+    LogOptions::default().segment_bytes(4 << 20).max_record_bytes(128 << 10).durability(Durability::Never)
 }
 
 #[test]

@@ -246,12 +246,8 @@ mod tests {
     #[test]
     fn json_escapes_text_and_encodes_binary() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let opts = LogOptions {
-            segment_bytes: 1 << 20,
-            max_record_bytes: 512 << 10,
-            durability: Durability::Never,
-            ..LogOptions::default()
-        };
+        let opts =
+            LogOptions::default().segment_bytes(1 << 20).max_record_bytes(512 << 10).durability(Durability::Never);
         let mut log = Appender::open(dir.path(), opts).expect("open");
         log.append_keyed(7, "quote \" back\\slash tab\t é".as_bytes()).expect("append");
         log.append(b"\xff\x00bin").expect("append");

@@ -109,6 +109,29 @@ impl Default for GroupOptions {
     }
 }
 
+impl GroupOptions {
+    /// Sets [`GroupOptions::sync_commits`].
+    #[must_use]
+    pub fn sync_commits(mut self, sync_commits: bool) -> GroupOptions {
+        self.sync_commits = sync_commits;
+        self
+    }
+
+    /// Sets [`GroupOptions::liveness_check`].
+    #[must_use]
+    pub fn liveness_check(mut self, liveness_check: Duration) -> GroupOptions {
+        self.liveness_check = liveness_check;
+        self
+    }
+
+    /// Sets [`GroupOptions::label`].
+    #[must_use]
+    pub fn label(mut self, label: impl Into<String>) -> GroupOptions {
+        self.label = label.into();
+        self
+    }
+}
+
 /// One record handed to a member.
 #[derive(Clone, Debug)]
 pub struct Delivery {
