@@ -27,7 +27,8 @@
 //! members when it moved; idle members sleep on it. This replaces the inotify watch first
 //! planned: inotify costs a `read` per check and cannot be waited on together with the
 //! partitions' futex words, while the epoch word is free to check and joins the same
-//! `futex_waitv` (see [`wait`]). Deaths bump nothing; the periodic sweep finds them.
+//! `futex_waitv` (see [`crate::log::wait_any`]). Deaths bump nothing; the periodic sweep finds
+//! them.
 //!
 //! # Assignment and handover
 //! Every member computes the assignment on its own from the sorted live ids and the
