@@ -151,7 +151,7 @@ impl Rig {
         let dir = self.root.path().join(self.fresh_name("bus"));
         let bus = Bus::open(&dir).expect("bus");
         let topic = bus.topic_or_create(TOPIC, Some(PARTITIONS)).expect("topic");
-        let opts = LogOptions { durability: Durability::Never, ..LogOptions::default() };
+        let opts = LogOptions::default().durability(Durability::Never);
         let mut producer = topic.producer(opts).expect("producer");
         for i in 0..self.records {
             producer.send_to((i % u64::from(PARTITIONS)) as u32, i, &payload(i)).expect("append");
@@ -161,12 +161,11 @@ impl Rig {
     }
 
     fn options(&self, stream: &str, prefix: &str) -> BridgeOptions {
-        BridgeOptions {
-            nats_url: self.server.url.clone(),
-            stream: stream.to_string(),
-            subject_prefix: Some(prefix.to_string()),
-            max_in_flight: MAX_IN_FLIGHT,
-        }
+        BridgeOptions::default()
+            .nats_url(self.server.url.clone())
+            .stream(stream)
+            .subject_prefix(Some(prefix.to_string()))
+            .max_in_flight(MAX_IN_FLIGHT)
     }
 
     /// The subject of partition `p`, as the bridge names it.

@@ -109,11 +109,8 @@ fn scratch() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("shoal-bench-").tempdir_in(bench_root()).expect("create a scratch directory")
 }
 
-#[allow(clippy::field_reassign_with_default)] // field by field: a struct literal would not compile once the options are #[non_exhaustive]
 fn member_options(label: &str) -> GroupOptions {
-    let mut opts = GroupOptions::default();
-    opts.label = label.to_string();
-    opts
+    GroupOptions::default().label(label.to_string())
 }
 
 /// Touches a payload at both ends (what every reader in this file does with each record).
@@ -138,14 +135,12 @@ struct FilledTopic {
 }
 
 impl FilledTopic {
-    #[allow(clippy::field_reassign_with_default)] // field by field: a struct literal would not compile once the options are #[non_exhaustive]
     fn new(records: u64) -> FilledTopic {
         assert_eq!(records % u64::from(THROUGHPUT_PARTITIONS), 0);
         let dir = scratch();
         let bus = Bus::open(dir.path()).expect("open bus");
         let topic = bus.topic_or_create(THROUGHPUT_TOPIC, Some(THROUGHPUT_PARTITIONS)).expect("create topic");
-        let mut opts = LogOptions::default();
-        opts.durability = Durability::Never;
+        let opts = LogOptions::default().durability(Durability::Never);
         let mut producer = topic.producer(opts).expect("producer");
         let mut payload = [0u8; PAYLOAD_BYTES];
         for i in 0..records {
@@ -536,12 +531,9 @@ fn long_lived_member(mut member: Member, signals: Arc<Signals>) -> Latencies {
 
 /// The producer: one record per partition every `TICK`, until told to stop; returns the
 /// records appended.
-#[allow(clippy::field_reassign_with_default)] // field by field: a struct literal would not compile once the options are #[non_exhaustive]
 fn steady_producer(bus: Bus, signals: Arc<Signals>) -> u64 {
     let topic = bus.topic(REBALANCE_TOPIC).expect("topic");
-    let mut opts = LogOptions::default();
-    opts.durability = Durability::Never;
-    opts.segment_bytes = 16 << 20;
+    let opts = LogOptions::default().durability(Durability::Never).segment_bytes(16 << 20);
     let mut producer = topic.producer(opts).expect("producer");
     let payload = [0x42u8; PAYLOAD_BYTES];
     let mut sent = 0u64;

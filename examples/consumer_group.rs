@@ -55,7 +55,7 @@ fn main() -> ExitCode {
 /// gracefully after `leave_ms` (if not 0) or when the parent creates the stop file.
 fn member(bus_dir: &Path, name: &str, leave_ms: u64) -> Result<ExitCode, Error> {
     let bus = Bus::open(bus_dir)?;
-    let opts = GroupOptions { label: format!("example member {name}"), ..GroupOptions::default() };
+    let opts = GroupOptions::default().label(format!("example member {name}"));
     let mut member = Member::join(&bus, GROUP, TOPIC, opts)?;
     eprintln!("[{name}] joined as {}", member.id());
     let started = Instant::now();

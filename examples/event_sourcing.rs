@@ -13,7 +13,7 @@ struct Deposit {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
-    let mut log = Appender::open(dir.path(), LogOptions { durability: Durability::Batch, ..LogOptions::default() })?;
+    let mut log = Appender::open(dir.path(), LogOptions::default().durability(Durability::Batch))?;
     let mut expected = vec![0i64; 16];
     for batch in 0..100u64 {
         let mut last = None;

@@ -29,7 +29,7 @@
 //! let dir = tempfile::tempdir()?;
 //! let bus = Bus::open(dir.path())?;
 //! let topic = bus.topic_or_create("orders", Some(4))?;
-//! let opts = LogOptions { durability: Durability::Batch, segment_bytes: 1 << 20, max_record_bytes: 1 << 16, ..LogOptions::default() };
+//! let opts = LogOptions::default().durability(Durability::Batch).segment_bytes(1 << 20).max_record_bytes(1 << 16);
 //! let mut producer = topic.producer(opts)?;
 //! for account in 0..100u64 {
 //!     producer.send(account, format!("deposit {account}").as_bytes())?; // routed by key

@@ -112,7 +112,7 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 fn opts(url: &str, stream: &str) -> BridgeOptions {
-    BridgeOptions { nats_url: url.to_string(), stream: stream.to_string(), ..Default::default() }
+    BridgeOptions::default().nats_url(url).stream(stream)
 }
 
 fn payload(p: u32, i: u64) -> Vec<u8> {

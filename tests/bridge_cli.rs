@@ -159,7 +159,7 @@ fn export_then_import_on_a_second_box_gives_the_same_bytes() {
     let (box_a, box_b) = (bus_arg(temp.path(), "a"), bus_arg(temp.path(), "b"));
     let (topic, stream, partitions, records) = ("orders", "ORDERS", 4u32, 2000u64);
     // The library's helper; the bridge's default subjects are shoal.<topic>.<partition>.
-    let opts = BridgeOptions { nats_url: server.url.clone(), stream: stream.into(), ..BridgeOptions::default() };
+    let opts = BridgeOptions::default().nats_url(server.url.clone()).stream(stream);
     shoal::bridge::create_stream(&opts, &[format!("shoal.{topic}.>")]).expect("create the stream");
 
     // Box A: records with bytes that are not UTF-8 and a tab inside, round-robin over 4

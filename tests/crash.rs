@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use shoal::log::{Appender, Durability, IoBackend, LogOptions, Offset};
+use shoal::log::{Appender, Durability, IoBackend, Offset};
 
 use common::{backend_from_name, backend_name, child_command, child_mode, parse_report, read_all, report, small_opts};
 
@@ -256,7 +256,7 @@ fn producer_is_cli(producer: Producer) -> bool {
 fn producer_child() -> ! {
     let dir = std::env::var("SHOAL_CRASH_DIR").expect("SHOAL_CRASH_DIR");
     let backend = backend_from_name(&std::env::var("SHOAL_CRASH_BACKEND").expect("SHOAL_CRASH_BACKEND"));
-    let opts = LogOptions { durability: Durability::Batch, ..small_opts(backend) };
+    let opts = small_opts(backend).durability(Durability::Batch);
     let mut log = match Appender::open(&dir, opts) {
         Ok(log) => log,
         Err(e) => {

@@ -39,7 +39,7 @@ fn payload(i: usize) -> Vec<u8> {
 }
 
 fn opts(backend: IoBackend, mode: RecoveryMode) -> LogOptions {
-    LogOptions { recovery_mode: mode, ..small_opts(backend) }
+    small_opts(backend).recovery_mode(mode)
 }
 
 /// Opens an appender, waiting out a lock held only by a copy of our own descriptor: a
@@ -127,9 +127,7 @@ fn torn_last_record_at_every_byte_position() {
         let pristine = tempfile::tempdir().expect("temp dir");
         // Four durable records, then one appended after the last sync: a crash can tear it.
         {
-            let mut log =
-                open_log(pristine.path(), LogOptions { durability: Durability::Never, ..small_opts(backend) })
-                    .expect("open");
+            let mut log = open_log(pristine.path(), small_opts(backend).durability(Durability::Never)).expect("open");
             for i in 0..4 {
                 log.append(&payload(i)).expect("append");
             }
@@ -716,7 +714,7 @@ fn full_disk_stops_appends_with_no_space_and_loses_nothing() {
         let ballast = fs.path().join("ballast");
         std::fs::write(&ballast, vec![1u8; 256 << 10]).expect("write ballast");
         let dir = fs.path().join("log");
-        let opts = LogOptions { durability: Durability::Batch, ..small_opts(backend) };
+        let opts = small_opts(backend).durability(Durability::Batch);
         let mut written = Vec::new();
         let mut log = open_log(&dir, opts).expect("open on tmpfs");
         let (e, refused) = append_until_full(&mut log, 0, &mut written);

@@ -16,23 +16,22 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shoal::bus::{Bus, BusError, TopicProducer};
-use shoal::group::{describe, GroupOptions, Member};
+use shoal::group::{describe, FormatError, GroupError, GroupOptions, Member};
+use shoal::log::slots::SlotError;
 use shoal::log::{Durability, LogOptions};
 
 use common::{child_command, child_mode, parse_report, report, wait_for_report};
 
 fn log_opts() -> LogOptions {
-    LogOptions {
-        segment_bytes: 256 << 10,
-        max_record_bytes: 4 << 10,
-        durability: Durability::Never,
-        prefault: false,
-        ..LogOptions::default()
-    }
+    LogOptions::default()
+        .segment_bytes(256 << 10)
+        .max_record_bytes(4 << 10)
+        .durability(Durability::Never)
+        .prefault(false)
 }
 
 fn opts(label: &str) -> GroupOptions {
-    GroupOptions { label: label.to_string(), ..GroupOptions::default() }
+    GroupOptions::default().label(label)
 }
 
 /// Writes `total` keyed records, pausing now and then so members join and leave mid-stream.
@@ -503,16 +502,24 @@ fn bad_names_and_damaged_offsets_are_clear_errors() {
     bus.topic_or_create("events", Some(2)).unwrap();
     for (group, topic) in [("../x", "events"), ("g", "../events"), ("", "events"), ("g/h", "events")] {
         let e = Member::join(&bus, group, topic, GroupOptions::default()).unwrap_err();
-        assert!(matches!(e, BusError::InvalidName { .. }), "{group:?}/{topic:?}: {e}");
+        assert!(matches!(e, GroupError::Bus(BusError::InvalidName { .. })), "{group:?}/{topic:?}: {e}");
     }
-    assert!(matches!(Member::join(&bus, "g", "nope", GroupOptions::default()), Err(BusError::NoTopic { .. })));
+    assert!(matches!(
+        Member::join(&bus, "g", "nope", GroupOptions::default()),
+        Err(GroupError::Bus(BusError::NoTopic { .. }))
+    ));
     // A damaged offsets file: joining (which takes partition 0) and describe both say which file.
     let offsets = dir.path().join("groups/g/events/offsets");
     std::fs::create_dir_all(&offsets).unwrap();
     std::fs::write(offsets.join("0"), [0x5au8; 128]).unwrap();
     let e = Member::join(&bus, "g", "events", GroupOptions::default()).unwrap_err();
     let msg = e.to_string();
-    assert!(matches!(e, BusError::BadGroupFile { .. }) && msg.contains("offsets/0") && msg.contains("magic"), "{msg}");
+    assert!(
+        matches!(e, GroupError::BadGroupFile { why: FormatError::Slots(SlotError::BadMagic { .. }), .. })
+            && msg.contains("offsets/0")
+            && msg.contains("magic"),
+        "{msg}"
+    );
     let e = describe(&bus).unwrap_err().to_string();
     assert!(e.contains("offsets/0"), "{e}");
     std::fs::write(offsets.join("0"), b"short").unwrap();

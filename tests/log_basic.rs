@@ -2,7 +2,7 @@ use shoal::log::{Appender, Durability, IoBackend, LogOptions, Offset, Reader, Ta
 use std::time::Duration;
 
 fn opts(backend: IoBackend) -> LogOptions {
-    LogOptions { segment_bytes: 256 << 10, max_record_bytes: 64 << 10, io_backend: backend, ..LogOptions::default() }
+    LogOptions::default().segment_bytes(256 << 10).max_record_bytes(64 << 10).io_backend(backend)
 }
 
 #[test]
@@ -44,8 +44,7 @@ fn append_read_reopen_both_backends() {
 #[test]
 fn tailer_follows_and_batch_durability_advances() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log =
-        Appender::open(dir.path(), LogOptions { durability: Durability::Batch, ..opts(IoBackend::Auto) }).unwrap();
+    let mut log = Appender::open(dir.path(), opts(IoBackend::Auto).durability(Durability::Batch)).unwrap();
     let path = dir.path().to_path_buf();
     let t = std::thread::spawn(move || {
         let mut tailer = Tailer::open(&path).unwrap();
@@ -109,7 +108,7 @@ fn zero_copy_writers_and_typed_reads() {
 fn durability_levels_move_the_watermark() {
     for durability in [Durability::Never, Durability::Interval(Duration::from_millis(5)), Durability::Batch] {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = Appender::open(dir.path(), LogOptions { durability, ..opts(IoBackend::Auto) }).unwrap();
+        let mut log = Appender::open(dir.path(), opts(IoBackend::Auto).durability(durability)).unwrap();
         for i in 0..1000u64 {
             log.append_pod(0, &i).unwrap();
         }
@@ -135,10 +134,9 @@ fn durability_levels_move_the_watermark() {
 #[test]
 fn retention_deletes_old_segments_and_readers_keep_theirs() {
     let dir = tempfile::tempdir().unwrap();
-    let retention = shoal::log::Retention { max_bytes: Some(4 * (256 << 10)), max_age: None };
+    let retention = shoal::log::Retention::default().max_bytes(4 * (256 << 10));
     let mut log =
-        Appender::open(dir.path(), LogOptions { retention, durability: Durability::Never, ..opts(IoBackend::Auto) })
-            .unwrap();
+        Appender::open(dir.path(), opts(IoBackend::Auto).retention(retention).durability(Durability::Never)).unwrap();
     log.append(b"first").unwrap();
     // A reader holding the first segment keeps reading it after retention removes it.
     let mut early = Reader::open(dir.path()).unwrap();
@@ -162,10 +160,9 @@ fn retention_deletes_old_segments_and_readers_keep_theirs() {
 
     // By age: everything sealed is older than zero seconds after a rollover.
     drop(log);
-    let retention = shoal::log::Retention { max_bytes: None, max_age: Some(Duration::from_millis(1)) };
+    let retention = shoal::log::Retention::default().max_age(Duration::from_millis(1));
     let mut log =
-        Appender::open(dir.path(), LogOptions { retention, durability: Durability::Never, ..opts(IoBackend::Auto) })
-            .unwrap();
+        Appender::open(dir.path(), opts(IoBackend::Auto).retention(retention).durability(Durability::Never)).unwrap();
     std::thread::sleep(Duration::from_millis(5));
     for _ in 0..1000 {
         log.append(&payload).unwrap();
@@ -180,11 +177,9 @@ fn retention_deletes_old_segments_and_readers_keep_theirs() {
 #[test]
 fn seek_everywhere_matches_a_scan() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = Appender::open(
-        dir.path(),
-        LogOptions { index_interval_bytes: 512, durability: Durability::Never, ..opts(IoBackend::Auto) },
-    )
-    .unwrap();
+    let mut log =
+        Appender::open(dir.path(), opts(IoBackend::Auto).index_interval_bytes(512).durability(Durability::Never))
+            .unwrap();
     let n = 30_000u64;
     for i in 0..n {
         log.append_pod(i, &[i; 3]).unwrap();

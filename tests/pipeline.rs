@@ -9,7 +9,6 @@
 
 // Option structs are filled field by field: that keeps compiling once they are
 // `#[non_exhaustive]`, where a struct literal outside the library does not.
-#![allow(clippy::field_reassign_with_default)]
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -591,11 +590,7 @@ fn idle_pipeline_uses_almost_no_cpu_with_park() {
 }
 
 fn log_opts() -> LogOptions {
-    let mut opts = LogOptions::default();
-    opts.segment_bytes = 4 << 20;
-    opts.max_record_bytes = 128 << 10;
-    opts.durability = Durability::Never;
-    opts
+    LogOptions::default().segment_bytes(4 << 20).max_record_bytes(128 << 10).durability(Durability::Never)
 }
 
 #[test]
@@ -790,12 +785,11 @@ fn dropping_a_running_pipeline_stops_its_threads() {
 /// Options whose segments fill after a few hundred records, so appends soon need a new
 /// segment file.
 fn small_segments() -> LogOptions {
-    let mut opts = LogOptions::default();
-    opts.segment_bytes = 64 << 10;
-    opts.max_record_bytes = 1 << 10;
-    opts.durability = Durability::Batch;
-    opts.prefault = false;
-    opts
+    LogOptions::default()
+        .segment_bytes(64 << 10)
+        .max_record_bytes(1 << 10)
+        .durability(Durability::Batch)
+        .prefault(false)
 }
 
 /// A source of `total` numbers, then done.
@@ -901,8 +895,7 @@ fn a_group_source_whose_files_are_damaged_fails_the_pipeline_naming_the_source()
     for v in 0..100u64 {
         producer.send(v, &v.to_le_bytes()).expect("send");
     }
-    let mut opts = GroupOptions::default();
-    opts.label = "first".to_string();
+    let mut opts = GroupOptions::default().label("first".to_string());
     let first = Member::join(&bus, "g", "in", opts.clone()).expect("join");
     opts.label = "second".to_string();
     let second = Member::join(&bus, "g", "in", opts).expect("join");

@@ -684,6 +684,32 @@ fn waits_give_up_when_stopped() {
     }
 }
 
+#[test]
+fn push_and_pop_errors_are_std_errors() {
+    /// Neither `Debug` nor `Clone`: a push error must still be a `std::error::Error`.
+    #[derive(PartialEq)]
+    struct Opaque(u64);
+    fn boxed<E: std::error::Error + Send + Sync + 'static>(e: E) -> Box<dyn std::error::Error + Send + Sync> {
+        Box::new(e)
+    }
+    let (mut tx, mut rx) = channel::<Opaque>(1, WaitStrategy::BusySpin);
+    assert_eq!(rx.pop().err().map(|e| e.to_string()).as_deref(), Some("the ring is empty"));
+    assert!(tx.push(Opaque(1)).is_ok());
+    let full = tx.push(Opaque(2)).expect_err("the ring holds one value");
+    assert_eq!((format!("{full:?}"), full.to_string()), ("Full(_)".to_string(), "the ring is full".to_string()));
+    assert_eq!(boxed(full).to_string(), "the ring is full");
+    drop(rx);
+    let closed = tx.push(Opaque(3)).expect_err("the consumer is gone");
+    assert_eq!(format!("{closed:?}"), "Closed(_)");
+    assert!(closed.to_string().contains("consumer"));
+    assert!(closed.into_inner() == Opaque(3), "the value comes back");
+    let (tx, mut rx) = channel::<u64>(1, WaitStrategy::BusySpin);
+    drop(tx);
+    let e = rx.pop().expect_err("the producer is gone");
+    assert_eq!(e, PopError::Closed);
+    assert!(boxed(e).to_string().contains("producer"));
+}
+
 // --- idle CPU -----------------------------------------------------------------------------
 
 /// CPU time the calling thread has used.

@@ -32,7 +32,7 @@ fn once_shows_topics_partitions_groups_and_lag() {
         producer.send_to(if i < 5 { 0 } else { 1 }, 0, b"order").expect("send");
     }
     producer.sync().expect("sync");
-    let opts = GroupOptions { label: "top test".into(), ..GroupOptions::default() };
+    let opts = GroupOptions::default().label("top test");
     let mut member = Member::join(&bus, "billing", "orders", opts).expect("join");
     let mut read = 0;
     for _ in 0..200 {

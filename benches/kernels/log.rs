@@ -26,16 +26,13 @@ pub const RESTART_SEGMENTS: u64 = 8;
 /// Options of a bench log: the defaults (prefaulted segments, as in production) with
 /// `segment_bytes`, records up to a quarter segment (1 MiB at most), and old segments deleted
 /// past four segments so that long runs do not fill the disk.
-#[allow(clippy::field_reassign_with_default)] // field by field: a struct literal would not compile once the options are #[non_exhaustive]
 pub fn log_options(durability: Durability, segment_bytes: u64) -> LogOptions {
-    let mut retention = Retention::default();
-    retention.max_bytes = Some(segment_bytes * 4);
-    let mut opts = LogOptions::default();
-    opts.segment_bytes = segment_bytes;
-    opts.max_record_bytes = (1usize << 20).min(segment_bytes as usize / 4);
-    opts.durability = durability;
-    opts.retention = retention;
-    opts
+    let retention = Retention::default().max_bytes(Some(segment_bytes * 4));
+    LogOptions::default()
+        .segment_bytes(segment_bytes)
+        .max_record_bytes((1usize << 20).min(segment_bytes as usize / 4))
+        .durability(durability)
+        .retention(retention)
 }
 
 /// Bytes of log that `records` records of `payload_len` bytes take.

@@ -194,15 +194,13 @@ fuzz_target!(|input: Input| {
     for mode in [RecoveryMode::Strict, RecoveryMode::TruncateTail, RecoveryMode::TruncateCorrupt] {
         let dir = temp_dir();
         write_log(dir.path(), &files);
-        let opts = LogOptions {
-            segment_bytes: 64 << 10,
-            max_record_bytes: 1024,
-            durability: Durability::Never,
-            io_backend: if input.backend_uring { IoBackend::Auto } else { IoBackend::Syscalls },
-            recovery_mode: mode,
-            prefault: false,
-            ..LogOptions::default()
-        };
+        let opts = LogOptions::default()
+            .segment_bytes(64 << 10)
+            .max_record_bytes(1024)
+            .durability(Durability::Never)
+            .io_backend(if input.backend_uring { IoBackend::Auto } else { IoBackend::Syscalls })
+            .recovery_mode(mode)
+            .prefault(false);
         let Ok(mut log) = Appender::open(dir.path(), opts) else { continue };
         let _ = log.recovery();
         let next = log.next_offset();

@@ -199,16 +199,14 @@ fn damage(path: &Path, position: usize, payload_len: usize, tear: &Tear) -> bool
 }
 
 fuzz_target!(|input: Input| {
-    let opts = LogOptions {
-        segment_bytes: 64 << 10,
-        max_record_bytes: MAX_RECORD_BYTES,
-        durability: if input.batch { Durability::Batch } else { Durability::Never },
-        io_backend: if input.uring { IoBackend::Auto } else { IoBackend::Syscalls },
-        recovery_mode: RecoveryMode::TruncateTail,
-        index_interval_bytes: 256,
-        prefault: false,
-        ..LogOptions::default()
-    };
+    let opts = LogOptions::default()
+        .segment_bytes(64 << 10)
+        .max_record_bytes(MAX_RECORD_BYTES)
+        .durability(if input.batch { Durability::Batch } else { Durability::Never })
+        .io_backend(if input.uring { IoBackend::Auto } else { IoBackend::Syscalls })
+        .recovery_mode(RecoveryMode::TruncateTail)
+        .index_interval_bytes(256)
+        .prefault(false);
     let mut dir = temp_dir();
     let mut log = Some(open(dir.path(), opts));
     let mut model = Model { records: Vec::new(), durable: 0 };

@@ -102,8 +102,10 @@ pub const HEADER_PARTITION: &str = "Shoal-Partition";
 /// Header carrying the record's offset.
 pub const HEADER_OFFSET: &str = "Shoal-Offset";
 
-/// Where and how a bridge connects.
+/// Where and how a bridge connects. Build it from the default with its setters:
+/// `BridgeOptions::default().stream("ORDERS").max_in_flight(256)`.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct BridgeOptions {
     /// The NATS server, e.g. `nats://127.0.0.1:4222`.
     pub nats_url: String,
@@ -127,6 +129,34 @@ impl Default for BridgeOptions {
 }
 
 impl BridgeOptions {
+    /// Sets [`BridgeOptions::nats_url`].
+    #[must_use]
+    pub fn nats_url(mut self, nats_url: impl Into<String>) -> BridgeOptions {
+        self.nats_url = nats_url.into();
+        self
+    }
+
+    /// Sets [`BridgeOptions::stream`].
+    #[must_use]
+    pub fn stream(mut self, stream: impl Into<String>) -> BridgeOptions {
+        self.stream = stream.into();
+        self
+    }
+
+    /// Sets [`BridgeOptions::subject_prefix`] (`None`: `shoal.<topic>`).
+    #[must_use]
+    pub fn subject_prefix(mut self, subject_prefix: Option<String>) -> BridgeOptions {
+        self.subject_prefix = subject_prefix;
+        self
+    }
+
+    /// Sets [`BridgeOptions::max_in_flight`].
+    #[must_use]
+    pub fn max_in_flight(mut self, max_in_flight: usize) -> BridgeOptions {
+        self.max_in_flight = max_in_flight;
+        self
+    }
+
     /// The subject prefix for `topic`.
     pub fn prefix(&self, topic: &str) -> String {
         self.subject_prefix.clone().unwrap_or_else(|| format!("shoal.{topic}"))
@@ -168,6 +198,7 @@ pub struct BridgeStats {
 
 /// Errors of a bridge.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BridgeError {
     /// The URL does not parse.
     #[error("bad NATS URL {url:?}: {why}; use nats://HOST:PORT")]
@@ -222,7 +253,7 @@ pub enum BridgeError {
         /// The file.
         path: PathBuf,
         /// What is wrong.
-        why: String,
+        why: crate::log::slots::SlotError,
     },
     /// The local topic does not match the stored import position.
     #[error("partition {partition} of topic {topic:?}: {why}; import into a fresh topic or remove {positions}")]

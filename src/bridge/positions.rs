@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! <bus>/bridges/export-<topic>-<stream>/<p>   next offset of partition p to publish, in the
-//!                                             two-slot format of crate::group::format (b"SHOALOFF")
+//!                                             two-slot format of the committed offsets (b"SHOALOFF")
 //! <bus>/bridges/import-<topic>-<stream>/<p>   128 bytes: two 56-byte slots, at 0 and at 64,
 //!                                             written alternately (little-endian, version 1):
 //!   0 magic       [u8; 8]  b"SHOALBRI"
@@ -17,19 +17,38 @@
 //! ```
 //! The import file holds numbers that must change together (a stream sequence and local
 //! offsets), so it has its own magic and three words, in the same two-slot codec
-//! (`crate::group::format::SlotFormat`) as the committed offsets. A torn write damages
+//! ([`crate::log::slots::SlotFormat`]) as the committed offsets. A torn write damages
 //! only the slot being written; the other (the previous position) still stands.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::group::format::{
-    decode_offsets, encode_offsets_slot, SlotFormat, OFFSETS_FILE_BYTES, OFFSETS_SLOT_STRIDE, SLOTS_FILE_BYTES,
-    SLOT_STRIDE,
-};
+use crate::log::slots::{SlotError, SlotFormat, SLOTS_FILE_BYTES, SLOT_STRIDE};
 
 use super::BridgeError;
+
+/// Bytes of an export positions file.
+const EXPORT_FILE_BYTES: usize = SLOTS_FILE_BYTES;
+/// Bytes of one export slot.
+const EXPORT_SLOT_BYTES: usize = 40;
+
+/// The export positions file: exactly the consumer groups' committed-offsets format
+/// (`crate::group::format`, magic `b"SHOALOFF"`, version 1, one word), so that the two
+/// stay byte-identical on disk.
+const EXPORT_FORMAT: SlotFormat = SlotFormat { magic: *b"SHOALOFF", version: 1, words: 1, what: "committed-offsets" };
+
+fn encode_export_slot(generation: u64, next: u64) -> [u8; EXPORT_SLOT_BYTES] {
+    let mut b = [0u8; EXPORT_SLOT_BYTES];
+    EXPORT_FORMAT.encode_into(generation, &[next], &mut b);
+    b
+}
+
+/// Decodes an export positions file: the generation and next offset of its newest valid
+/// slot, `Ok(None)` when empty.
+fn decode_export(bytes: &[u8]) -> Result<Option<(u64, u64)>, SlotError> {
+    Ok(EXPORT_FORMAT.decode_file(bytes)?.map(|(generation, w)| (generation, w[0])))
+}
 
 /// Bytes of an import positions file.
 pub const IMPORT_FILE_BYTES: usize = SLOTS_FILE_BYTES;
@@ -67,7 +86,7 @@ pub fn encode_import_slot(pos: &ImportPosition) -> [u8; IMPORT_SLOT_BYTES] {
 ///
 /// # Errors
 /// Why the bytes are not a valid file.
-pub fn decode_import(bytes: &[u8]) -> Result<Option<ImportPosition>, String> {
+pub fn decode_import(bytes: &[u8]) -> Result<Option<ImportPosition>, SlotError> {
     Ok(IMPORT_FORMAT.decode_file(bytes)?.map(|(generation, w)| ImportPosition {
         generation,
         stream_seq: w[0],
@@ -124,15 +143,15 @@ impl PositionFile {
     /// # Errors
     /// I/O errors, or [`BridgeError::BadPositions`] for a damaged file.
     pub fn open_export(path: PathBuf) -> Result<(PositionFile, u64), BridgeError> {
-        let (mut f, content, _) = PositionFile::open(path, OFFSETS_FILE_BYTES)?;
+        let (mut f, content, _) = PositionFile::open(path, EXPORT_FILE_BYTES)?;
         let all_zero = content.iter().all(|&b| b == 0);
         let slot = if all_zero {
             None
         } else {
-            decode_offsets(&content).map_err(|why| BridgeError::BadPositions { path: f.path.clone(), why })?
+            decode_export(&content).map_err(|why| BridgeError::BadPositions { path: f.path.clone(), why })?
         };
-        f.generation = slot.map_or(0, |s| s.generation);
-        Ok((f, slot.map_or(0, |s| s.offset)))
+        f.generation = slot.map_or(0, |(generation, _)| generation);
+        Ok((f, slot.map_or(0, |(_, next)| next)))
     }
 
     /// Opens (creating) an import position; `None` when nothing was stored yet.
@@ -156,10 +175,10 @@ impl PositionFile {
     /// # Errors
     /// I/O errors.
     pub fn store_export(&mut self, next: u64, sync: bool) -> Result<(), BridgeError> {
-        debug_assert_eq!(self.bytes, OFFSETS_FILE_BYTES);
+        debug_assert_eq!(self.bytes, EXPORT_FILE_BYTES);
         let generation = self.generation + 1;
-        let slot = encode_offsets_slot(generation, next);
-        self.write(&slot, (generation % 2) as usize * OFFSETS_SLOT_STRIDE, sync)?;
+        let slot = encode_export_slot(generation, next);
+        self.write(&slot, (generation % 2) as usize * SLOT_STRIDE, sync)?;
         self.generation = generation;
         Ok(())
     }
@@ -225,7 +244,9 @@ mod tests {
         assert_eq!(next, 0);
         f.store_export(41, false).unwrap();
         f.store_export(42, true).unwrap();
-        assert_eq!(decode_offsets(&std::fs::read(&path).unwrap()).unwrap().map(|s| s.offset), Some(42));
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(crate::group::format::decode_offsets(&bytes).unwrap().map(|s| s.offset), Some(42));
+        assert_eq!(&encode_export_slot(7, 42)[..], &crate::group::format::encode_offsets_slot(7, 42)[..]);
         assert_eq!(PositionFile::open_export(path).unwrap().1, 42);
     }
 }

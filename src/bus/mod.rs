@@ -31,8 +31,10 @@ use std::path::{Path, PathBuf};
 use crate::log::{Appender, DurableWatch, LogError, LogOptions, Offset};
 use crate::sys::histogram::LatencyHistogram;
 
-/// Errors of the bus and of consumer groups.
+/// Errors of the bus: names, topics, partitions and their logs. Consumer groups have
+/// their own [`GroupError`](crate::group::GroupError), which wraps this one.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BusError {
     /// A topic or group name that is not allowed.
     #[error("invalid {kind} name {name:?}: {why}; use 1 to 128 characters of A-Z a-z 0-9 . _ - not starting with '.'")]
@@ -90,15 +92,7 @@ pub enum BusError {
         /// The file.
         path: PathBuf,
         /// What is wrong.
-        why: String,
-    },
-    /// A damaged or foreign consumer-group file (committed offsets, lease, owner).
-    #[error("{path}: {why}; restore it, or remove it to restart that partition of the group from offset 0")]
-    BadGroupFile {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        why: String,
+        why: MetaError,
     },
     /// An I/O call failed.
     #[error("{path}: {op} failed: {source}")]
@@ -291,28 +285,62 @@ fn encode_meta(partitions: u32, created_ns: u64) -> [u8; META_BYTES] {
     b
 }
 
+/// Why bytes are not a valid topic `meta` file (see the module docs for the format).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MetaError {
+    /// The file is not 40 bytes long.
+    #[error("topic meta is {len} bytes, expected {need}")]
+    BadLength {
+        /// Bytes given.
+        len: usize,
+        /// Bytes of a meta file.
+        need: usize,
+    },
+    /// The file does not start with `b"SHOALTOP"`.
+    #[error("not a shoal topic meta file")]
+    BadMagic,
+    /// A version this build does not read.
+    #[error("topic meta version {found} is not the {supported} this shoal reads")]
+    UnsupportedVersion {
+        /// The version in the file.
+        found: u32,
+        /// The version this build reads.
+        supported: u32,
+    },
+    /// The checksum does not match the bytes.
+    #[error("topic meta checksum mismatch")]
+    Checksum,
+    /// A partition count of 0 or above [`PARTITIONS_MAX`].
+    #[error("topic meta says {partitions} partitions")]
+    BadPartitionCount {
+        /// The count in the file.
+        partitions: u32,
+    },
+}
+
 /// Decodes a topic meta file's bytes into its partition count.
 ///
 /// # Errors
-/// A reason when the bytes are not a valid meta file.
-pub fn decode_meta(bytes: &[u8]) -> Result<u32, String> {
+/// A [`MetaError`] when the bytes are not a valid meta file.
+pub fn decode_meta(bytes: &[u8]) -> Result<u32, MetaError> {
     if bytes.len() != META_BYTES {
-        return Err(format!("topic meta is {} bytes, expected {META_BYTES}", bytes.len()));
+        return Err(MetaError::BadLength { len: bytes.len(), need: META_BYTES });
     }
     if bytes[0..8] != META_MAGIC {
-        return Err("not a shoal topic meta file".into());
+        return Err(MetaError::BadMagic);
     }
     let u32_at = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
-    let version = u32_at(8);
-    if version != META_VERSION {
-        return Err(format!("topic meta version {version} is not the {META_VERSION} this shoal reads"));
+    let found = u32_at(8);
+    if found != META_VERSION {
+        return Err(MetaError::UnsupportedVersion { found, supported: META_VERSION });
     }
     if crc32c::crc32c(&bytes[..36]) != u32_at(36) {
-        return Err("topic meta checksum mismatch".into());
+        return Err(MetaError::Checksum);
     }
     let partitions = u32_at(12);
     if partitions == 0 || partitions > PARTITIONS_MAX {
-        return Err(format!("topic meta says {partitions} partitions"));
+        return Err(MetaError::BadPartitionCount { partitions });
     }
     Ok(partitions)
 }
@@ -635,5 +663,13 @@ mod tests {
             assert!(decode_meta(&bad).is_err(), "flip at {i} accepted");
         }
         assert!(decode_meta(&good[..10]).is_err());
+        assert_eq!(decode_meta(&good[..10]), Err(MetaError::BadLength { len: 10, need: META_BYTES }));
+        assert_eq!(decode_meta(&good[..10]).unwrap_err().to_string(), "topic meta is 10 bytes, expected 40");
+        let mut newer = good;
+        newer[8] = 2;
+        assert_eq!(decode_meta(&newer), Err(MetaError::UnsupportedVersion { found: 2, supported: META_VERSION }));
+        let mut flipped = good;
+        flipped[20] ^= 1;
+        assert_eq!(decode_meta(&flipped).unwrap_err().to_string(), "topic meta checksum mismatch");
     }
 }

@@ -89,13 +89,12 @@ pub(super) fn run(command: BridgeCommand) -> Result<ExitCode, Error> {
             .map_err(|e| Error::new(format!("installing the handler of signal {signal} failed: {e}")))?;
     }
     let bus = if export { super::open_bus(&args.bus)? } else { open_or_create(&args.bus)? };
-    let opts = BridgeOptions {
-        nats_url: args.nats.clone(),
-        stream: args.stream.clone(),
-        subject_prefix: args.subject_prefix.clone(),
+    let opts = BridgeOptions::default()
+        .nats_url(args.nats.clone())
+        .stream(args.stream.clone())
+        .subject_prefix(args.subject_prefix.clone())
         // Bounded to 65536 by the parser.
-        max_in_flight: usize::try_from(args.max_in_flight).unwrap_or(usize::MAX),
-    };
+        .max_in_flight(usize::try_from(args.max_in_flight).unwrap_or(usize::MAX));
     let name = if export { "export" } else { "import" };
     if args.create_stream {
         let subjects = [format!("{}.>", opts.prefix(&args.topic))];

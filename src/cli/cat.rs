@@ -7,7 +7,6 @@
 
 // Option structs are filled field by field: that keeps compiling once they are
 // `#[non_exhaustive]`, where a struct literal outside the library does not.
-#![allow(clippy::field_reassign_with_default)]
 
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
@@ -250,10 +249,8 @@ mod tests {
     #[test]
     fn json_escapes_text_and_encodes_binary() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut opts = LogOptions::default();
-        opts.segment_bytes = 1 << 20;
-        opts.max_record_bytes = 512 << 10;
-        opts.durability = Durability::Never;
+        let opts =
+            LogOptions::default().segment_bytes(1 << 20).max_record_bytes(512 << 10).durability(Durability::Never);
         let mut log = Appender::open(dir.path(), opts).expect("open");
         log.append_keyed(7, "quote \" back\\slash tab\t é".as_bytes()).expect("append");
         log.append(b"\xff\x00bin").expect("append");

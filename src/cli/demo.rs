@@ -41,7 +41,6 @@
 
 // Option structs are filled field by field: that keeps compiling once they are
 // `#[non_exhaustive]`, where a struct literal outside the library does not.
-#![allow(clippy::field_reassign_with_default)]
 
 mod member;
 mod order;
@@ -144,10 +143,8 @@ pub(super) fn run(dir: Option<&Path>, events: u64) -> Result<ExitCode, Error> {
         )));
     }
     let topic = bus.topic_or_create(TOPIC, Some(PARTITIONS))?;
-    let mut opts = LogOptions::default();
-    opts.durability = Durability::Batch;
-    opts.segment_bytes = segment_bytes(events);
-    opts.max_record_bytes = 4096;
+    let opts =
+        LogOptions::default().durability(Durability::Batch).segment_bytes(segment_bytes(events)).max_record_bytes(4096);
     let producer = topic.producer(opts)?;
     let backend = producer.io_backend();
     eprintln!(
@@ -765,10 +762,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let bus = Bus::open(dir.path()).expect("bus");
         let topic = bus.topic_or_create(TOPIC, Some(PARTITIONS)).expect("topic");
-        let mut opts = LogOptions::default();
-        opts.segment_bytes = 1 << 20;
-        opts.max_record_bytes = 4096;
-        opts.durability = Durability::Never;
+        let opts = LogOptions::default().segment_bytes(1 << 20).max_record_bytes(4096).durability(Durability::Never);
         let mut producer = topic.producer(opts).expect("producer");
         let mut sum = 0u64;
         for id in 0..1000 {

@@ -35,7 +35,7 @@ pub(super) fn run(bus: &Path, group: &str, topic: &str, exit_when_idle: Option<D
             .map_err(|e| Error::new(format!("installing the handler of signal {signal} failed: {e}")))?;
     }
     let bus = super::open_bus(bus)?;
-    let opts = GroupOptions { label: format!("shoal group, pid {}", std::process::id()), ..GroupOptions::default() };
+    let opts = GroupOptions::default().label(format!("shoal group, pid {}", std::process::id()));
     let mut member = Member::join(&bus, group, topic, opts)?;
     let mut out = BufWriter::with_capacity(64 << 10, io::stdout().lock());
     let mut last_record = Instant::now();

@@ -93,6 +93,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use shoal::bus::{Bus, BusError, PARTITIONS_MAX};
+use shoal::group::GroupError;
 use shoal::log::{AppendError, Durability, LogError};
 
 /// `shoal produce --help`, after the options.
@@ -337,6 +338,12 @@ impl From<LogError> for Error {
 
 impl From<BusError> for Error {
     fn from(e: BusError) -> Error {
+        Error::new(e.to_string())
+    }
+}
+
+impl From<GroupError> for Error {
+    fn from(e: GroupError) -> Error {
         Error::new(e.to_string())
     }
 }

@@ -12,7 +12,6 @@
 
 // Option structs are filled field by field: that keeps compiling once they are
 // `#[non_exhaustive]`, where a struct literal outside the library does not.
-#![allow(clippy::field_reassign_with_default)]
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -32,8 +31,7 @@ const READ_CHUNK_BYTES: usize = 64 << 10;
 const ACK_WAIT: Duration = Duration::from_millis(50);
 
 pub(super) fn run(dir: &Path, durability: Durability, ack: bool) -> Result<ExitCode, Error> {
-    let mut opts = LogOptions::default();
-    opts.durability = durability;
+    let opts = LogOptions::default().durability(durability);
     let mut log = Appender::open(dir, opts)?;
     // The watermark before the first append: the thread may start after records are durable.
     let acked = log.durable_offset().0;
@@ -72,8 +70,7 @@ pub(super) fn run_topic(
 ) -> Result<ExitCode, Error> {
     let bus = Bus::open(dir)?;
     let topic = bus.topic_or_create(topic, partitions)?;
-    let mut opts = LogOptions::default();
-    opts.durability = durability;
+    let opts = LogOptions::default().durability(durability);
     let mut sink = TopicLines::new(topic.producer(opts)?, dir.join("topics").join(topic.name()), keyed);
     let watches = sink.producer.durable_watches();
     let acked: Vec<u64> = watches.iter().map(|w| w.durable_offset().0).collect();
@@ -441,10 +438,8 @@ mod tests {
     #[test]
     fn lines_split_across_reads_become_records() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut opts = LogOptions::default();
-        opts.segment_bytes = 1 << 20;
-        opts.max_record_bytes = 512 << 10;
-        opts.durability = Durability::Never;
+        let opts =
+            LogOptions::default().segment_bytes(1 << 20).max_record_bytes(512 << 10).durability(Durability::Never);
         let mut log = Appender::open(dir.path(), opts).expect("open");
         let mut input = Pieces(vec![
             b"one\ntw".to_vec(),
@@ -464,9 +459,7 @@ mod tests {
     #[test]
     fn acks_count_from_the_watermark_at_open_not_at_thread_start() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut opts = LogOptions::default();
-        opts.segment_bytes = 1 << 20;
-        opts.max_record_bytes = 512 << 10;
+        let opts = LogOptions::default().segment_bytes(1 << 20).max_record_bytes(512 << 10);
         let mut log = Appender::open(dir.path(), opts).expect("open");
         let acked = log.durable_offset().0;
         // The ack thread is late: both records are durable before it looks.
@@ -482,10 +475,7 @@ mod tests {
     #[test]
     fn a_line_longer_than_a_record_is_an_error() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut opts = LogOptions::default();
-        opts.segment_bytes = 1 << 20;
-        opts.max_record_bytes = 1000;
-        opts.durability = Durability::Never;
+        let opts = LogOptions::default().segment_bytes(1 << 20).max_record_bytes(1000).durability(Durability::Never);
         let mut log = Appender::open(dir.path(), opts).expect("open");
         let mut input = Pieces(vec![b"ok\n".to_vec(), vec![b'y'; 200_000], b"\n".to_vec()]);
         let err = append_lines(&mut log, &mut input).expect_err("too long");

@@ -1,6 +1,6 @@
 //! On-disk formats of a consumer group (all little-endian, CRC32C-checked, version 1), and
-//! their decoders. Every decoder takes untrusted bytes and returns a reason instead of
-//! panicking (fuzzed by `fuzz/fuzz_targets/group_offsets.rs` and `group_membership.rs`).
+//! their decoders. Every decoder takes untrusted bytes and returns a typed reason
+//! ([`FormatError`], or [`SlotError`] for the offsets file) instead of panicking (fuzzed by `fuzz/fuzz_targets/group_offsets.rs` and `group_membership.rs`).
 //!
 //! ```text
 //! offsets/<p>   128 bytes: two 40-byte slots, at 0 and at 64, written alternately
@@ -13,7 +13,8 @@
 //!  36 reserved    u32      0
 //! A slot of 40 zero bytes is empty. The committed offset is the valid slot with the
 //! highest generation; a torn write damages only the slot being written, so the other one
-//! (the previous commit) still stands.
+//! (the previous commit) still stands. This is the two-slot codec of [`crate::log::slots`]
+//! with one word.
 //!
 //! members/<id>.lease   magic b"SHOALMBR", version u32 1, id_len u16, label_len u16,
 //!                      id, label, crc32c u32 of everything before it
@@ -22,6 +23,8 @@
 //! ```
 //! Member ids are 1 to 64 bytes of `[0-9-]` (see [`super::Member::id`]); labels are at most
 //! [`LABEL_BYTES_MAX`] bytes of UTF-8.
+
+use crate::log::slots::{SlotError, SlotFormat, SLOTS_FILE_BYTES, SLOT_STRIDE};
 
 /// Bytes of an offsets file.
 pub const OFFSETS_FILE_BYTES: usize = SLOTS_FILE_BYTES;
@@ -66,144 +69,85 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(w)
-}
-
-/// A file of two checksummed slots written alternately, so that a torn write damages only
-/// the slot being written and the previous record still stands. The committed offsets here
-/// and the bridge's import positions share it. Slot layout (little-endian):
-///
-/// ```text
-///  0  magic       [u8; 8]
-///  8  version     u32
-/// 12  reserved    u32  0
-/// 16  generation  u64  1, 2, 3, ... (the slot written is generation % 2)
-/// 24  words       u64 x `words`
-///  .  crc32c      u32  of every byte before it
-///  .  reserved    u32  0
-/// ```
-/// Slots sit at bytes 0 and [`SLOT_STRIDE`] of a [`SLOTS_FILE_BYTES`]-byte file.
-#[derive(Clone, Copy, Debug)]
-pub struct SlotFormat {
-    /// The first 8 bytes of a slot.
-    pub magic: [u8; 8],
-    /// The format version written and read.
-    pub version: u32,
-    /// u64 words after the generation (1 to [`SLOT_WORDS_MAX`]).
-    pub words: usize,
-    /// What the file holds, for error messages ("committed-offsets").
-    pub what: &'static str,
-}
-
-/// The most u64 words a slot carries.
-pub const SLOT_WORDS_MAX: usize = 3;
-/// Distance between the two slots of a file.
-pub const SLOT_STRIDE: usize = 64;
-/// Bytes of a two-slot file.
-pub const SLOTS_FILE_BYTES: usize = 2 * SLOT_STRIDE;
-
-/// One decoded slot: its generation and its words (unused ones zero).
-pub type SlotRecord = (u64, [u64; SLOT_WORDS_MAX]);
-
-impl SlotFormat {
-    /// Bytes of one slot.
-    pub const fn slot_bytes(&self) -> usize {
-        24 + 8 * self.words + 8
-    }
-
-    /// Writes one slot into `b` (exactly [`SlotFormat::slot_bytes`] long).
-    pub fn encode_into(&self, generation: u64, words: &[u64], b: &mut [u8]) {
-        debug_assert!(words.len() == self.words && b.len() == self.slot_bytes());
-        b.fill(0);
-        b[0..8].copy_from_slice(&self.magic);
-        b[8..12].copy_from_slice(&self.version.to_le_bytes());
-        b[16..24].copy_from_slice(&generation.to_le_bytes());
-        for (i, w) in words.iter().enumerate() {
-            b[24 + 8 * i..32 + 8 * i].copy_from_slice(&w.to_le_bytes());
-        }
-        let at = 24 + 8 * self.words;
-        let crc = crc32c::crc32c(&b[..at]);
-        b[at..at + 4].copy_from_slice(&crc.to_le_bytes());
-    }
-
-    /// Decodes one slot: `Ok(None)` when empty (all zero).
-    ///
-    /// # Errors
-    /// Why the slot is not valid.
-    pub fn decode_slot(&self, b: &[u8]) -> Result<Option<SlotRecord>, String> {
-        let what = self.what;
-        let bytes = self.slot_bytes();
-        if b.len() != bytes {
-            return Err(format!("{what} slot is {} bytes, expected {bytes}", b.len()));
-        }
-        if b.iter().all(|&x| x == 0) {
-            return Ok(None);
-        }
-        if b[0..8] != self.magic {
-            return Err(format!("not a shoal {what} slot (bad magic)"));
-        }
-        let version = u32_at(b, 8);
-        if version != self.version {
-            return Err(format!("{what} version {version} is not the {} this shoal reads", self.version));
-        }
-        let at = 24 + 8 * self.words;
-        if crc32c::crc32c(&b[..at]) != u32_at(b, at) {
-            return Err(format!("{what} slot checksum mismatch"));
-        }
-        if u32_at(b, 12) != 0 || u32_at(b, at + 4) != 0 {
-            return Err(format!("{what} slot has non-zero reserved bytes"));
-        }
-        let generation = u64_at(b, 16);
-        if generation == 0 {
-            return Err(format!("{what} slot has generation 0"));
-        }
-        let mut words = [0u64; SLOT_WORDS_MAX];
-        for (i, w) in words.iter_mut().enumerate().take(self.words) {
-            *w = u64_at(b, 24 + 8 * i);
-        }
-        Ok(Some((generation, words)))
-    }
-
-    /// Decodes a whole file: the newest valid slot, `Ok(None)` when nothing was ever
-    /// written (an empty file, or two empty slots).
-    ///
-    /// # Errors
-    /// Why the file is not valid: a wrong length, no valid slot while some slot holds bytes,
-    /// or two slots with the same generation.
-    pub fn decode_file(&self, bytes: &[u8]) -> Result<Option<SlotRecord>, String> {
-        let what = self.what;
-        if bytes.is_empty() {
-            return Ok(None);
-        }
-        if bytes.len() != SLOTS_FILE_BYTES {
-            return Err(format!("{what} file is {} bytes, expected {SLOTS_FILE_BYTES}", bytes.len()));
-        }
-        let mut best: Option<SlotRecord> = None;
-        let mut damage = None;
-        for k in 0..2 {
-            let at = k * SLOT_STRIDE;
-            match self.decode_slot(&bytes[at..at + self.slot_bytes()]) {
-                Ok(Some(s)) => {
-                    if best.is_some_and(|b| b.0 == s.0) {
-                        return Err(format!("both {what} slots claim generation {}", s.0));
-                    }
-                    if best.is_none_or(|b| b.0 < s.0) {
-                        best = Some(s);
-                    }
-                }
-                Ok(None) => {}
-                Err(why) => damage = Some(why),
-            }
-        }
-        match (best, damage) {
-            (Some(b), _) => Ok(Some(b)),
-            (None, Some(why)) => Err(why),
-            (None, None) => Ok(None),
-        }
-    }
+/// Why bytes are not a valid member lease or partition owner file, or not a member id.
+/// `what` names the file ("member lease", "partition owner"). A damaged offsets file is a
+/// [`SlotError`] (its two-slot format is [`crate::log::slots`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FormatError {
+    /// Shorter than the fixed header.
+    #[error("{what} file is {len} bytes, too short")]
+    TooShort {
+        /// The file.
+        what: &'static str,
+        /// Bytes given.
+        len: usize,
+        /// Bytes of the header.
+        need: usize,
+    },
+    /// The file does not start with its magic.
+    #[error("not a shoal {what} file (bad magic)")]
+    BadMagic {
+        /// The file.
+        what: &'static str,
+    },
+    /// A version this build does not read.
+    #[error("{what} file version {found} is not the {supported} this shoal reads")]
+    UnsupportedVersion {
+        /// The file.
+        what: &'static str,
+        /// The version in the file.
+        found: u32,
+        /// The version this build reads.
+        supported: u32,
+    },
+    /// The length does not match the lengths the header gives.
+    #[error("{what} file is {len} bytes, its lengths say {expected}")]
+    BadLength {
+        /// The file.
+        what: &'static str,
+        /// Bytes given.
+        len: usize,
+        /// Bytes the header's lengths add up to.
+        expected: usize,
+    },
+    /// The checksum does not match the bytes.
+    #[error("{what} file checksum mismatch")]
+    Checksum {
+        /// The file.
+        what: &'static str,
+    },
+    /// A reserved field is not zero.
+    #[error("{what} file has non-zero reserved bytes")]
+    Reserved {
+        /// The file.
+        what: &'static str,
+    },
+    /// A lease label longer than [`LABEL_BYTES_MAX`].
+    #[error("member lease label is {len} bytes, at most {max}")]
+    LabelTooLong {
+        /// Bytes of the label.
+        len: usize,
+        /// [`LABEL_BYTES_MAX`].
+        max: usize,
+    },
+    /// A lease label that is not UTF-8.
+    #[error("member lease label is not UTF-8")]
+    LabelNotUtf8,
+    /// A member id of the wrong length.
+    #[error("member id is {len} bytes, expected 1 to {max}")]
+    IdLength {
+        /// Bytes of the id.
+        len: usize,
+        /// [`ID_BYTES_MAX`].
+        max: usize,
+    },
+    /// A member id with a character other than `0-9` and `-`.
+    #[error("member id has a character other than 0-9 and -")]
+    IdCharacter,
+    /// A damaged committed-offsets file.
+    #[error(transparent)]
+    Slots(#[from] SlotError),
 }
 
 /// The committed-offsets file: one word, the next offset the group reads.
@@ -221,7 +165,7 @@ pub fn encode_offsets_slot(generation: u64, offset: u64) -> [u8; OFFSETS_SLOT_BY
 ///
 /// # Errors
 /// Why the slot is not valid.
-pub fn decode_offsets_slot(b: &[u8]) -> Result<Option<CommittedSlot>, String> {
+pub fn decode_offsets_slot(b: &[u8]) -> Result<Option<CommittedSlot>, SlotError> {
     Ok(OFFSETS_FORMAT.decode_slot(b)?.map(|(generation, w)| CommittedSlot { generation, offset: w[0] }))
 }
 
@@ -231,7 +175,7 @@ pub fn decode_offsets_slot(b: &[u8]) -> Result<Option<CommittedSlot>, String> {
 /// # Errors
 /// Why the file is not valid: a wrong length, no valid slot while some slot holds bytes,
 /// or two slots with the same generation.
-pub fn decode_offsets(bytes: &[u8]) -> Result<Option<CommittedSlot>, String> {
+pub fn decode_offsets(bytes: &[u8]) -> Result<Option<CommittedSlot>, SlotError> {
     Ok(OFFSETS_FORMAT.decode_file(bytes)?.map(|(generation, w)| CommittedSlot { generation, offset: w[0] }))
 }
 
@@ -239,12 +183,12 @@ pub fn decode_offsets(bytes: &[u8]) -> Result<Option<CommittedSlot>, String> {
 ///
 /// # Errors
 /// Why it is not an id.
-pub fn check_member_id(id: &[u8]) -> Result<(), String> {
+pub fn check_member_id(id: &[u8]) -> Result<(), FormatError> {
     if id.is_empty() || id.len() > ID_BYTES_MAX {
-        return Err(format!("member id is {} bytes, expected 1 to {ID_BYTES_MAX}", id.len()));
+        return Err(FormatError::IdLength { len: id.len(), max: ID_BYTES_MAX });
     }
     if !id.iter().all(|&b| b.is_ascii_digit() || b == b'-') {
-        return Err("member id has a character other than 0-9 and -".into());
+        return Err(FormatError::IdCharacter);
     }
     Ok(())
 }
@@ -263,26 +207,29 @@ pub fn encode_lease(id: &str, label: &str) -> Vec<u8> {
     b
 }
 
-fn check_header(bytes: &[u8], magic: &[u8; 8], what: &str) -> Result<(), String> {
-    if bytes.len() < 20 {
-        return Err(format!("{what} file is {} bytes, too short", bytes.len()));
+/// Bytes of the fixed header of a lease or owner file, with its checksum.
+const HEADER_BYTES_MIN: usize = 20;
+
+fn check_header(bytes: &[u8], magic: &[u8; 8], what: &'static str) -> Result<(), FormatError> {
+    if bytes.len() < HEADER_BYTES_MIN {
+        return Err(FormatError::TooShort { what, len: bytes.len(), need: HEADER_BYTES_MIN });
     }
     if bytes[0..8] != *magic {
-        return Err(format!("not a shoal {what} file (bad magic)"));
+        return Err(FormatError::BadMagic { what });
     }
-    let version = u32_at(bytes, 8);
-    if version != GROUP_FORMAT_VERSION {
-        return Err(format!("{what} file version {version} is not the {GROUP_FORMAT_VERSION} this shoal reads"));
+    let found = u32_at(bytes, 8);
+    if found != GROUP_FORMAT_VERSION {
+        return Err(FormatError::UnsupportedVersion { what, found, supported: GROUP_FORMAT_VERSION });
     }
     Ok(())
 }
 
-fn check_crc(bytes: &[u8], end: usize, what: &str) -> Result<(), String> {
+fn check_crc(bytes: &[u8], end: usize, what: &'static str) -> Result<(), FormatError> {
     if bytes.len() != end + 4 {
-        return Err(format!("{what} file is {} bytes, its lengths say {}", bytes.len(), end + 4));
+        return Err(FormatError::BadLength { what, len: bytes.len(), expected: end + 4 });
     }
     if crc32c::crc32c(&bytes[..end]) != u32_at(bytes, end) {
-        return Err(format!("{what} file checksum mismatch"));
+        return Err(FormatError::Checksum { what });
     }
     Ok(())
 }
@@ -291,20 +238,20 @@ fn check_crc(bytes: &[u8], end: usize, what: &str) -> Result<(), String> {
 ///
 /// # Errors
 /// Why the bytes are not a valid lease.
-pub fn decode_lease(bytes: &[u8]) -> Result<LeaseInfo, String> {
+pub fn decode_lease(bytes: &[u8]) -> Result<LeaseInfo, FormatError> {
     check_header(bytes, &LEASE_MAGIC, "member lease")?;
     let id_len = u16_at(bytes, 12) as usize;
     let label_len = u16_at(bytes, 14) as usize;
     if label_len > LABEL_BYTES_MAX {
-        return Err(format!("member lease label is {label_len} bytes, at most {LABEL_BYTES_MAX}"));
+        return Err(FormatError::LabelTooLong { len: label_len, max: LABEL_BYTES_MAX });
     }
     let end = 16 + id_len + label_len;
     check_crc(bytes, end, "member lease")?;
     let id = &bytes[16..16 + id_len];
     check_member_id(id)?;
-    let label = std::str::from_utf8(&bytes[16 + id_len..end]).map_err(|_| "member lease label is not UTF-8")?;
+    let label = std::str::from_utf8(&bytes[16 + id_len..end]).map_err(|_| FormatError::LabelNotUtf8)?;
     // check_member_id allows only ASCII, so this cannot fail.
-    let id = std::str::from_utf8(id).map_err(|_| "member id is not UTF-8")?;
+    let id = std::str::from_utf8(id).map_err(|_| FormatError::IdCharacter)?;
     Ok(LeaseInfo { id: id.to_string(), label: label.to_string() })
 }
 
@@ -325,17 +272,19 @@ pub fn encode_owner(id: &str) -> Vec<u8> {
 ///
 /// # Errors
 /// Why the bytes are not a valid owner file.
-pub fn decode_owner(bytes: &[u8]) -> Result<String, String> {
-    check_header(bytes, &OWNER_MAGIC, "partition owner")?;
+pub fn decode_owner(bytes: &[u8]) -> Result<String, FormatError> {
+    const WHAT: &str = "partition owner";
+    check_header(bytes, &OWNER_MAGIC, WHAT)?;
     let id_len = u16_at(bytes, 12) as usize;
     if u16_at(bytes, 14) != 0 {
-        return Err("partition owner file has non-zero reserved bytes".into());
+        return Err(FormatError::Reserved { what: WHAT });
     }
     let end = 16 + id_len;
-    check_crc(bytes, end, "partition owner")?;
+    check_crc(bytes, end, WHAT)?;
     let id = &bytes[16..end];
     check_member_id(id)?;
-    Ok(std::str::from_utf8(id).map_err(|_| "member id is not UTF-8")?.to_string())
+    // check_member_id allows only ASCII, so this cannot fail.
+    Ok(std::str::from_utf8(id).map_err(|_| FormatError::IdCharacter)?.to_string())
 }
 
 /// Cuts `label` to at most [`LABEL_BYTES_MAX`] bytes on a character boundary.
@@ -380,7 +329,7 @@ mod tests {
         // Damage with no valid slot, a wrong length, equal generations: errors.
         let mut bad = file([Some((1, 5)), None]);
         bad[3] ^= 1;
-        assert!(decode_offsets(&bad).unwrap_err().contains("magic"));
+        assert!(decode_offsets(&bad).unwrap_err().to_string().contains("magic"));
         assert!(decode_offsets(&f[..100]).is_err());
         assert!(decode_offsets(&file([Some((4, 1)), Some((4, 2))])).is_err());
     }
@@ -403,6 +352,27 @@ mod tests {
             }
         }
         assert!(decode_owner(&encode_owner("../x")).is_err());
+        assert_eq!(decode_owner(&encode_owner("../x")), Err(FormatError::IdCharacter));
         assert_eq!(clamp_label(&"é".repeat(1000)).len(), 1024);
+    }
+
+    #[test]
+    fn errors_are_typed_and_keep_their_wording() {
+        let msg = |e: FormatError| e.to_string();
+        assert_eq!(decode_lease(&[0; 5]), Err(FormatError::TooShort { what: "member lease", len: 5, need: 20 }));
+        assert_eq!(msg(decode_lease(&[0; 5]).unwrap_err()), "member lease file is 5 bytes, too short");
+        assert_eq!(check_member_id(b""), Err(FormatError::IdLength { len: 0, max: ID_BYTES_MAX }));
+        assert_eq!(msg(check_member_id(b"7a").unwrap_err()), "member id has a character other than 0-9 and -");
+        let mut owner = encode_owner("1-2");
+        owner[0] ^= 1;
+        assert_eq!(msg(decode_owner(&owner).unwrap_err()), "not a shoal partition owner file (bad magic)");
+        let mut lease = encode_lease("1-2", "x");
+        lease.push(0);
+        assert_eq!(msg(decode_lease(&lease).unwrap_err()), "member lease file is 25 bytes, its lengths say 24");
+        assert_eq!(decode_offsets(&[1; 5]).unwrap_err().to_string(), "committed-offsets file is 5 bytes, expected 128");
+        assert_eq!(
+            msg(FormatError::from(decode_offsets(&[1; 5]).unwrap_err())),
+            msg(FormatError::Slots(SlotError::FileLength { what: "committed-offsets", len: 5, need: 128 }))
+        );
     }
 }

@@ -27,7 +27,8 @@
 //! members when it moved; idle members sleep on it. This replaces the inotify watch first
 //! planned: inotify costs a `read` per check and cannot be waited on together with the
 //! partitions' futex words, while the epoch word is free to check and joins the same
-//! `futex_waitv` (see [`wait`]). Deaths bump nothing; the periodic sweep finds them.
+//! `futex_waitv` (see [`crate::log::wait_any`]). Deaths bump nothing; the periodic sweep finds
+//! them.
 //!
 //! # Assignment and handover
 //! Every member computes the assignment on its own from the sorted live ids and the
@@ -62,6 +63,7 @@
 //! interval so deaths are noticed.
 
 pub mod assign;
+mod error;
 pub mod format;
 
 use std::collections::BTreeMap;
@@ -74,16 +76,19 @@ use std::time::{Duration, Instant};
 
 use memmap2::MmapRaw;
 
-use crate::bus::{validate_name, Bus, BusError, Topic};
+use crate::bus::{validate_name, Bus, Topic};
 use crate::log::{wait_any, LogError, Offset, Reader, RecordRef};
 use crate::sys::file::{try_flock, Flock};
 use crate::sys::futex;
 use crate::sys::histogram::LatencyHistogram;
 
-pub use format::{decode_lease, decode_offsets, decode_owner, CommittedSlot, LeaseInfo};
+pub use error::GroupError;
+pub use format::{decode_lease, decode_offsets, decode_owner, CommittedSlot, FormatError, LeaseInfo};
 
-/// How a member behaves.
+/// How a member behaves. Build it from the default with its setters:
+/// `GroupOptions::default().sync_commits(true).label("billing worker")`.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct GroupOptions {
     /// `fdatasync` the offsets file on each commit (default false: a commit survives a
     /// process crash but not a power loss).
@@ -102,6 +107,29 @@ impl Default for GroupOptions {
             liveness_check: Duration::from_millis(20),
             label: format!("pid {}", std::process::id()),
         }
+    }
+}
+
+impl GroupOptions {
+    /// Sets [`GroupOptions::sync_commits`].
+    #[must_use]
+    pub fn sync_commits(mut self, sync_commits: bool) -> GroupOptions {
+        self.sync_commits = sync_commits;
+        self
+    }
+
+    /// Sets [`GroupOptions::liveness_check`].
+    #[must_use]
+    pub fn liveness_check(mut self, liveness_check: Duration) -> GroupOptions {
+        self.liveness_check = liveness_check;
+        self
+    }
+
+    /// Sets [`GroupOptions::label`].
+    #[must_use]
+    pub fn label(mut self, label: impl Into<String>) -> GroupOptions {
+        self.label = label.into();
+        self
     }
 }
 
@@ -186,19 +214,19 @@ struct Epoch {
 }
 
 impl Epoch {
-    fn open(path: &Path) -> Result<Epoch, BusError> {
+    fn open(path: &Path) -> Result<Epoch, GroupError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(path)
-            .map_err(|e| BusError::io(path, "open", e))?;
-        let len = file.metadata().map_err(|e| BusError::io(path, "stat", e))?.len();
+            .map_err(|e| GroupError::io(path, "open", e))?;
+        let len = file.metadata().map_err(|e| GroupError::io(path, "stat", e))?.len();
         if len < 4096 {
-            file.set_len(4096).map_err(|e| BusError::io(path, "extend", e))?;
+            file.set_len(4096).map_err(|e| GroupError::io(path, "extend", e))?;
         }
-        let map = memmap2::MmapOptions::new().len(4096).map_raw(&file).map_err(|e| BusError::io(path, "mmap", e))?;
+        let map = memmap2::MmapOptions::new().len(4096).map_raw(&file).map_err(|e| GroupError::io(path, "mmap", e))?;
         Ok(Epoch { map })
     }
 
@@ -242,19 +270,19 @@ static ID_COUNTER: AtomicU64 = AtomicU64::new(0);
 const JOIN_ATTEMPTS: u32 = 16;
 
 /// Reads at most `max` bytes of a file; `None` when it does not exist.
-fn read_small(path: &Path, max: u64) -> Result<Option<Vec<u8>>, BusError> {
+fn read_small(path: &Path, max: u64) -> Result<Option<Vec<u8>>, GroupError> {
     let mut bytes = Vec::new();
     match File::open(path) {
-        Ok(f) => f.take(max).read_to_end(&mut bytes).map_err(|e| BusError::io(path, "read", e))?,
+        Ok(f) => f.take(max).read_to_end(&mut bytes).map_err(|e| GroupError::io(path, "read", e))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(BusError::io(path, "open", e)),
+        Err(e) => return Err(GroupError::io(path, "open", e)),
     };
     Ok(Some(bytes))
 }
 
-fn read_committed(path: &Path) -> Result<Option<CommittedSlot>, BusError> {
+fn read_committed(path: &Path) -> Result<Option<CommittedSlot>, GroupError> {
     let Some(bytes) = read_small(path, format::OFFSETS_FILE_BYTES as u64 + 1)? else { return Ok(None) };
-    decode_offsets(&bytes).map_err(|why| BusError::BadGroupFile { path: path.to_path_buf(), why })
+    decode_offsets(&bytes).map_err(|why| GroupError::bad_offsets(path, why))
 }
 
 fn lease_file_name(id: &str) -> String {
@@ -262,7 +290,7 @@ fn lease_file_name(id: &str) -> String {
 }
 
 /// The next offset to be appended to the log in `dir` (0 when there is no log).
-fn end_offset(dir: &Path) -> Result<u64, BusError> {
+fn end_offset(dir: &Path) -> Result<u64, GroupError> {
     if !dir.is_dir() {
         return Ok(0);
     }
@@ -275,16 +303,18 @@ impl Member {
     /// Joins `group` on `topic` (which must exist) as a new member.
     ///
     /// # Errors
-    /// [`BusError::InvalidName`], [`BusError::NoTopic`], I/O errors, and a damaged offsets
-    /// file of a partition it gains ([`BusError::BadGroupFile`]).
-    pub fn join(bus: &Bus, group: &str, topic: &str, opts: GroupOptions) -> Result<Member, BusError> {
+    /// [`GroupError::Bus`] for an invalid name
+    /// ([`BusError::InvalidName`](crate::bus::BusError::InvalidName)) or a missing topic
+    /// ([`BusError::NoTopic`](crate::bus::BusError::NoTopic)), [`GroupError::Io`], and a
+    /// damaged offsets file of a partition it gains ([`GroupError::BadGroupFile`]).
+    pub fn join(bus: &Bus, group: &str, topic: &str, opts: GroupOptions) -> Result<Member, GroupError> {
         let gdir = bus.group_dir(group)?;
         validate_name("topic", topic)?;
         let topic_handle = bus.topic(topic)?;
         let base = gdir.join(topic);
         for sub in ["members", "owners", "offsets"] {
             let dir = base.join(sub);
-            std::fs::create_dir_all(&dir).map_err(|e| BusError::io(&dir, "create directory", e))?;
+            std::fs::create_dir_all(&dir).map_err(|e| GroupError::io(&dir, "create directory", e))?;
         }
         let epoch = Epoch::open(&base.join("epoch"))?;
         let label = format::clamp_label(&opts.label).to_string();
@@ -302,20 +332,20 @@ impl Member {
                 .write(true)
                 .create_new(true)
                 .open(&temp)
-                .map_err(|e| BusError::io(&temp, "create", e))?;
-            if !try_flock(&lease, Flock::Exclusive).map_err(|e| BusError::io(&temp, "lock", e))? {
+                .map_err(|e| GroupError::io(&temp, "create", e))?;
+            if !try_flock(&lease, Flock::Exclusive).map_err(|e| GroupError::io(&temp, "lock", e))? {
                 let _ = std::fs::remove_file(&temp);
                 if attempt < JOIN_ATTEMPTS {
                     continue;
                 }
-                return Err(BusError::io(&temp, "lock", std::io::Error::from(std::io::ErrorKind::WouldBlock)));
+                return Err(GroupError::io(&temp, "lock", std::io::Error::from(std::io::ErrorKind::WouldBlock)));
             }
-            lease.write_all(&format::encode_lease(&id, &label)).map_err(|e| BusError::io(&temp, "write", e))?;
+            lease.write_all(&format::encode_lease(&id, &label)).map_err(|e| GroupError::io(&temp, "write", e))?;
             let lease_path = members_dir.join(lease_file_name(&id));
             match std::fs::rename(&temp, &lease_path) {
                 Ok(()) => break (id, lease, lease_path),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempt < JOIN_ATTEMPTS => continue,
-                Err(e) => return Err(BusError::io(&lease_path, "rename", e)),
+                Err(e) => return Err(GroupError::io(&lease_path, "rename", e)),
             }
         };
         epoch.bump();
@@ -372,8 +402,8 @@ impl Member {
     ///
     /// # Errors
     /// Log errors of a partition (corruption, [`LogError::OffsetGone`]), a damaged offsets
-    /// file ([`BusError::BadGroupFile`]), I/O errors on the group's files.
-    pub fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Delivery>, BusError> {
+    /// file ([`GroupError::BadGroupFile`]), I/O errors on the group's files.
+    pub fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Delivery>, GroupError> {
         let deadline = Instant::now() + timeout;
         let mut out = Vec::new();
         // Bounded by the deadline: every pass sleeps (or returns) when nothing is read.
@@ -395,7 +425,7 @@ impl Member {
     ///
     /// # Errors
     /// I/O errors writing (or syncing) an offsets file.
-    pub fn commit(&mut self) -> Result<(), BusError> {
+    pub fn commit(&mut self) -> Result<(), GroupError> {
         let sync = self.opts.sync_commits;
         for owned in self.owned.values_mut() {
             commit_one(owned, sync)?;
@@ -408,7 +438,7 @@ impl Member {
     ///
     /// # Errors
     /// As [`Member::commit`]; the partitions and lease are released even then.
-    pub fn leave(mut self) -> Result<(), BusError> {
+    pub fn leave(mut self) -> Result<(), GroupError> {
         let committed = self.commit();
         self.release_all();
         committed
@@ -427,7 +457,7 @@ impl Member {
 
     /// Rescans members when due, recomputes the assignment, releases lost partitions and
     /// tries to take gained ones.
-    fn maintain(&mut self) -> Result<(), BusError> {
+    fn maintain(&mut self) -> Result<(), GroupError> {
         let now = Instant::now();
         let epoch = self.epoch.word().load(Ordering::Acquire);
         let due = epoch != self.seen_epoch || now >= self.next_sweep;
@@ -476,7 +506,7 @@ impl Member {
         Ok(())
     }
 
-    fn try_acquire(&mut self) -> Result<(), BusError> {
+    fn try_acquire(&mut self) -> Result<(), GroupError> {
         let mut gained = false;
         let partitions: Vec<u32> = self.pending.keys().copied().collect();
         for p in partitions {
@@ -490,16 +520,18 @@ impl Member {
                     .create(true)
                     .truncate(false)
                     .open(&path)
-                    .map_err(|e| BusError::io(&path, "open", e))?;
+                    .map_err(|e| GroupError::io(&path, "open", e))?;
                 *file = Some(f);
             }
             let Some(lock) = file.as_ref() else { continue };
-            if !try_flock(lock, Flock::Exclusive).map_err(|e| BusError::io(&path, "lock", e))? {
+            if !try_flock(lock, Flock::Exclusive).map_err(|e| GroupError::io(&path, "lock", e))? {
                 continue;
             }
             let Some((_, Some(lock))) = self.pending.remove(&p) else { continue };
             let owner = format::encode_owner(&self.id);
-            lock.set_len(0).and_then(|()| lock.write_all_at(&owner, 0)).map_err(|e| BusError::io(&path, "write", e))?;
+            lock.set_len(0)
+                .and_then(|()| lock.write_all_at(&owner, 0))
+                .map_err(|e| GroupError::io(&path, "write", e))?;
             let owned = self.open_partition(p, lock)?;
             self.owned.insert(p, owned);
             if self.joined {
@@ -513,7 +545,7 @@ impl Member {
         Ok(())
     }
 
-    fn open_partition(&self, p: u32, lock: File) -> Result<Owned, BusError> {
+    fn open_partition(&self, p: u32, lock: File) -> Result<Owned, GroupError> {
         let offsets_path = self.base.join("offsets").join(p.to_string());
         let committed = read_committed(&offsets_path)?;
         let offsets = OpenOptions::new()
@@ -522,9 +554,9 @@ impl Member {
             .create(true)
             .truncate(false)
             .open(&offsets_path)
-            .map_err(|e| BusError::io(&offsets_path, "open", e))?;
+            .map_err(|e| GroupError::io(&offsets_path, "open", e))?;
         let dir = self.topic.partition_dir(p)?;
-        std::fs::create_dir_all(&dir).map_err(|e| BusError::io(&dir, "create directory", e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| GroupError::io(&dir, "create directory", e))?;
         let mut reader = Reader::open(&dir)?;
         let start = committed.map_or(0, |c| c.offset);
         match reader.seek(Offset(start)) {
@@ -547,13 +579,13 @@ impl Member {
     }
 
     /// Live member ids, sorted; removes the leases of dead members.
-    fn scan_members(&self) -> Result<Vec<String>, BusError> {
+    fn scan_members(&self) -> Result<Vec<String>, GroupError> {
         let dir = self.base.join("members");
-        let entries = std::fs::read_dir(&dir).map_err(|e| BusError::io(&dir, "list", e))?;
+        let entries = std::fs::read_dir(&dir).map_err(|e| GroupError::io(&dir, "list", e))?;
         let mut live = vec![self.id.clone()];
         let mut removed = false;
         for entry in entries {
-            let entry = entry.map_err(|e| BusError::io(&dir, "list", e))?;
+            let entry = entry.map_err(|e| GroupError::io(&dir, "list", e))?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
             let (id, joining) = if let Some(id) = name.strip_suffix(".lease") {
@@ -570,9 +602,9 @@ impl Member {
             let file = match File::open(&path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(BusError::io(&path, "open", e)),
+                Err(e) => return Err(GroupError::io(&path, "open", e)),
             };
-            if try_flock(&file, Flock::Exclusive).map_err(|e| BusError::io(&path, "lock", e))? {
+            if try_flock(&file, Flock::Exclusive).map_err(|e| GroupError::io(&path, "lock", e))? {
                 // Nobody holds it: its member is dead (or a join was cut short).
                 let _ = std::fs::remove_file(&path);
                 removed = true;
@@ -588,7 +620,7 @@ impl Member {
         Ok(live)
     }
 
-    fn read_into(&mut self, out: &mut Vec<Delivery>, max: usize) -> Result<(), BusError> {
+    fn read_into(&mut self, out: &mut Vec<Delivery>, max: usize) -> Result<(), GroupError> {
         let n = self.order.len();
         if n == 0 || max == 0 {
             return Ok(());
@@ -626,7 +658,7 @@ impl Member {
     }
 
     /// Sleeps until a record arrives in an owned partition, the epoch moves, or `wait`.
-    fn sleep(&mut self, wait: Duration) -> Result<(), BusError> {
+    fn sleep(&mut self, wait: Duration) -> Result<(), GroupError> {
         let epoch_seen = self.epoch.word().load(Ordering::SeqCst);
         if epoch_seen != self.seen_epoch {
             return Ok(());
@@ -639,7 +671,7 @@ impl Member {
     }
 }
 
-fn commit_one(owned: &mut Owned, sync: bool) -> Result<(), BusError> {
+fn commit_one(owned: &mut Owned, sync: bool) -> Result<(), GroupError> {
     if owned.delivered == owned.committed && owned.generation > 0 {
         return Ok(());
     }
@@ -650,13 +682,13 @@ fn commit_one(owned: &mut Owned, sync: bool) -> Result<(), BusError> {
     let generation = owned.generation + 1;
     let slot = format::encode_offsets_slot(generation, owned.delivered);
     let at = (generation % 2) * format::OFFSETS_SLOT_STRIDE as u64;
-    let len = owned.offsets.metadata().map_err(|e| BusError::io(path, "stat", e))?.len();
+    let len = owned.offsets.metadata().map_err(|e| GroupError::io(path, "stat", e))?.len();
     if len < format::OFFSETS_FILE_BYTES as u64 {
-        owned.offsets.set_len(format::OFFSETS_FILE_BYTES as u64).map_err(|e| BusError::io(path, "extend", e))?;
+        owned.offsets.set_len(format::OFFSETS_FILE_BYTES as u64).map_err(|e| GroupError::io(path, "extend", e))?;
     }
-    owned.offsets.write_all_at(&slot, at).map_err(|e| BusError::io(path, "write", e))?;
+    owned.offsets.write_all_at(&slot, at).map_err(|e| GroupError::io(path, "write", e))?;
     if sync {
-        owned.offsets.sync_data().map_err(|e| BusError::io(path, "fdatasync", e))?;
+        owned.offsets.sync_data().map_err(|e| GroupError::io(path, "fdatasync", e))?;
     }
     owned.generation = generation;
     owned.committed = owned.delivered;
@@ -674,9 +706,9 @@ impl Drop for Member {
 /// Reads only: it never removes a dead member's files.
 ///
 /// # Errors
-/// I/O errors, a damaged offsets file ([`BusError::BadGroupFile`]), log errors reading
-/// a partition's end.
-pub fn describe(bus: &Bus) -> Result<Vec<GroupInfo>, BusError> {
+/// [`GroupError::Io`], a damaged offsets file ([`GroupError::BadGroupFile`]), log errors
+/// reading a partition's end ([`GroupError::Log`]).
+pub fn describe(bus: &Bus) -> Result<Vec<GroupInfo>, GroupError> {
     let mut out = Vec::new();
     for group in bus.groups()? {
         let gdir = bus.group_dir(&group)?;
@@ -696,7 +728,7 @@ pub fn describe(bus: &Bus) -> Result<Vec<GroupInfo>, BusError> {
     Ok(out)
 }
 
-fn describe_one(base: &Path, group: &str, topic: &Topic) -> Result<GroupInfo, BusError> {
+fn describe_one(base: &Path, group: &str, topic: &Topic) -> Result<GroupInfo, GroupError> {
     let mut members = Vec::new();
     let dir = base.join("members");
     if let Ok(entries) = std::fs::read_dir(&dir) {
@@ -708,7 +740,7 @@ fn describe_one(base: &Path, group: &str, topic: &Topic) -> Result<GroupInfo, Bu
             }
             let path = entry.path();
             let Ok(file) = File::open(&path) else { continue };
-            if try_flock(&file, Flock::Shared).map_err(|e| BusError::io(&path, "lock", e))? {
+            if try_flock(&file, Flock::Shared).map_err(|e| GroupError::io(&path, "lock", e))? {
                 continue; // not held: a dead member's lease
             }
             let label = read_small(&path, 4096)?
@@ -724,7 +756,7 @@ fn describe_one(base: &Path, group: &str, topic: &Topic) -> Result<GroupInfo, Bu
         let lock_path = base.join("owners").join(format!("{p}.lock"));
         let owner = match File::open(&lock_path) {
             Ok(file) => {
-                if try_flock(&file, Flock::Shared).map_err(|e| BusError::io(&lock_path, "lock", e))? {
+                if try_flock(&file, Flock::Shared).map_err(|e| GroupError::io(&lock_path, "lock", e))? {
                     None
                 } else {
                     let id = read_small(&lock_path, 4096)?.and_then(|b| decode_owner(&b).ok());

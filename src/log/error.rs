@@ -8,6 +8,7 @@ use std::path::PathBuf;
 ///
 /// Every variant names the file and says what a person can do about it.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LogError {
     /// An I/O call failed.
     #[error("{path}: {op} failed: {source}")]

@@ -21,6 +21,7 @@ use super::error::LogError;
 
 /// Which I/O backend a log uses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum IoBackend {
     /// io_uring when the kernel offers it (probed at open), else syscalls, said once in the
     /// log.

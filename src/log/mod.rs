@@ -82,6 +82,7 @@ mod reader;
 mod recovery;
 mod scan;
 mod segment;
+pub mod slots;
 mod sync;
 mod tailer;
 mod verify;
@@ -138,8 +139,10 @@ pub enum RecoveryMode {
     TruncateCorrupt,
 }
 
-/// Which sealed segments to delete.
+/// Which sealed segments to delete. Build it with its setters:
+/// `Retention::default().max_bytes(1 << 30)`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Retention {
     /// Keep the log's segment files under this many bytes (the active and the prepared
     /// segment are always kept).
@@ -148,8 +151,19 @@ pub struct Retention {
     pub max_age: Option<Duration>,
 }
 
-/// Configuration of a log, used when an [`Appender`] opens it.
+/// Configuration of a log, used when an [`Appender`] opens it. Build it from the default
+/// with its setters (one per field, named after it):
+///
+/// ```
+/// use shoal::log::{Durability, LogOptions};
+///
+/// let opts =
+///     LogOptions::default().durability(Durability::Never).segment_bytes(1 << 20).max_record_bytes(64 << 10);
+/// assert_eq!((opts.segment_bytes, opts.durability), (1 << 20, Durability::Never));
+/// assert!(opts.validate().is_ok());
+/// ```
 #[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
 pub struct LogOptions {
     /// Size of each segment file; a multiple of 4096 between 64 KiB and 1 GiB.
     pub segment_bytes: u64,
@@ -184,7 +198,79 @@ impl Default for LogOptions {
     }
 }
 
+impl Retention {
+    /// Sets [`Retention::max_bytes`] (`None`: no size limit).
+    #[must_use]
+    pub fn max_bytes(mut self, max_bytes: impl Into<Option<u64>>) -> Retention {
+        self.max_bytes = max_bytes.into();
+        self
+    }
+
+    /// Sets [`Retention::max_age`] (`None`: no age limit).
+    #[must_use]
+    pub fn max_age(mut self, max_age: impl Into<Option<Duration>>) -> Retention {
+        self.max_age = max_age.into();
+        self
+    }
+}
+
 impl LogOptions {
+    /// Sets [`LogOptions::segment_bytes`].
+    #[must_use]
+    pub const fn segment_bytes(mut self, segment_bytes: u64) -> LogOptions {
+        self.segment_bytes = segment_bytes;
+        self
+    }
+
+    /// Sets [`LogOptions::max_record_bytes`].
+    #[must_use]
+    pub const fn max_record_bytes(mut self, max_record_bytes: usize) -> LogOptions {
+        self.max_record_bytes = max_record_bytes;
+        self
+    }
+
+    /// Sets [`LogOptions::durability`].
+    #[must_use]
+    pub const fn durability(mut self, durability: Durability) -> LogOptions {
+        self.durability = durability;
+        self
+    }
+
+    /// Sets [`LogOptions::io_backend`].
+    #[must_use]
+    pub const fn io_backend(mut self, io_backend: IoBackend) -> LogOptions {
+        self.io_backend = io_backend;
+        self
+    }
+
+    /// Sets [`LogOptions::recovery_mode`].
+    #[must_use]
+    pub const fn recovery_mode(mut self, recovery_mode: RecoveryMode) -> LogOptions {
+        self.recovery_mode = recovery_mode;
+        self
+    }
+
+    /// Sets [`LogOptions::retention`].
+    #[must_use]
+    pub const fn retention(mut self, retention: Retention) -> LogOptions {
+        self.retention = retention;
+        self
+    }
+
+    /// Sets [`LogOptions::index_interval_bytes`].
+    #[must_use]
+    pub const fn index_interval_bytes(mut self, index_interval_bytes: u32) -> LogOptions {
+        self.index_interval_bytes = index_interval_bytes;
+        self
+    }
+
+    /// Sets [`LogOptions::prefault`].
+    #[must_use]
+    pub const fn prefault(mut self, prefault: bool) -> LogOptions {
+        self.prefault = prefault;
+        self
+    }
+
     /// Checks the values against the format's limits.
     ///
     /// # Errors

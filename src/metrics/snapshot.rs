@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::bus::{Bus, BusError, Topic};
-use crate::group::{describe, MemberInfo};
+use crate::group::{describe, GroupError, MemberInfo};
 use crate::log::{Offset, Reader};
 use crate::pipeline::StageMetrics;
 
@@ -146,9 +146,10 @@ impl BusSnapshot {
     ///
     /// # Errors
     /// I/O errors listing the bus, a damaged topic `meta` file ([`BusError::BadMeta`]), log
-    /// errors reading a partition's segment headers or index, a damaged offsets file
-    /// ([`BusError::BadGroupFile`]). A topic removed while the snapshot is taken is skipped.
-    pub fn take(bus: &Bus) -> Result<BusSnapshot, BusError> {
+    /// errors reading a partition's segment headers or index (all in [`GroupError::Bus`]), a
+    /// damaged offsets file ([`GroupError::BadGroupFile`]). A topic removed while the
+    /// snapshot is taken is skipped.
+    pub fn take(bus: &Bus) -> Result<BusSnapshot, GroupError> {
         let taken_at = Instant::now();
         let taken_unix_ns =
             SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
@@ -157,7 +158,7 @@ impl BusSnapshot {
             let topic = match bus.topic(&name) {
                 Ok(topic) => topic,
                 Err(BusError::NoTopic { .. }) => continue,
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             };
             topics.push(topic_snapshot(&topic)?);
         }
@@ -342,7 +343,7 @@ impl Snapshot {
     ///
     /// # Errors
     /// As [`BusSnapshot::take`].
-    pub fn take(bus: &Bus, metrics: &[StageMetrics]) -> Result<Snapshot, BusError> {
+    pub fn take(bus: &Bus, metrics: &[StageMetrics]) -> Result<Snapshot, GroupError> {
         Ok(Snapshot { bus: BusSnapshot::take(bus)?, stages: stages(metrics) })
     }
 

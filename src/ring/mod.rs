@@ -44,7 +44,10 @@ use std::sync::Arc;
 pub use wait::{AsymmetricFence, WaitStrategy, Waiter};
 
 /// Why a push failed; the value comes back.
-#[derive(Debug, PartialEq, Eq)]
+///
+/// `Debug` and `Display` do not print the value, so the error works with any `T` (as
+/// rtrb's does): `Full(_)`, `Closed(_)`.
+#[derive(PartialEq, Eq)]
 pub enum PushError<T> {
     /// The ring is full.
     Full(T),
@@ -61,6 +64,26 @@ impl<T> PushError<T> {
     }
 }
 
+impl<T> std::fmt::Debug for PushError<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PushError::Full(_) => f.pad("Full(_)"),
+            PushError::Closed(_) => f.pad("Closed(_)"),
+        }
+    }
+}
+
+impl<T> std::fmt::Display for PushError<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PushError::Full(_) => f.pad("the ring is full"),
+            PushError::Closed(_) => f.pad("the consumer of the ring is gone"),
+        }
+    }
+}
+
+impl<T> std::error::Error for PushError<T> {}
+
 /// Why a pop failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PopError {
@@ -69,6 +92,17 @@ pub enum PopError {
     /// The producer is gone and the ring is drained.
     Closed,
 }
+
+impl std::fmt::Display for PopError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PopError::Empty => f.pad("the ring is empty"),
+            PopError::Closed => f.pad("the producer of the ring is gone and the ring is drained"),
+        }
+    }
+}
+
+impl std::error::Error for PopError {}
 
 /// The other side of the ring is gone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

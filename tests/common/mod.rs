@@ -72,7 +72,7 @@ pub fn wait_for_report(child: &mut Child, want: &str) -> BufReader<std::process:
 
 /// Small segments so tests roll over often.
 pub fn small_opts(backend: IoBackend) -> LogOptions {
-    LogOptions { segment_bytes: 64 << 10, max_record_bytes: 16 << 10, io_backend: backend, ..LogOptions::default() }
+    LogOptions::default().segment_bytes(64 << 10).max_record_bytes(16 << 10).io_backend(backend)
 }
 
 /// Parses a backend name given to a child.
@@ -90,6 +90,7 @@ pub fn backend_name(backend: IoBackend) -> &'static str {
         IoBackend::Uring => "uring",
         IoBackend::Syscalls => "syscalls",
         IoBackend::Auto => "auto",
+        other => panic!("no child name for the backend {other:?}"),
     }
 }
 

@@ -19,7 +19,6 @@
 
 // Option structs are filled field by field: that keeps compiling once they are
 // `#[non_exhaustive]`, where a struct literal outside the library does not.
-#![allow(clippy::field_reassign_with_default)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -152,8 +151,7 @@ pub(super) fn consume(
     control: &Control,
     on_join: impl FnOnce(&str),
 ) -> Result<MemberReport, Error> {
-    let mut opts = GroupOptions::default();
-    opts.label = label;
+    let opts = GroupOptions::default().label(label);
     let mut member = Member::join(bus, group, topic, opts)?;
     let joined_at = Instant::now();
     let mut first_delivery_ns = 0;
