@@ -1,4 +1,4 @@
-//! Consumer-group benchmarks (DESIGN.md, "Performance budget": "Groups: a partition that moves
+//! Consumer-group benchmarks (ARCHITECTURE.md, "Performance budget": "Groups: a partition that moves
 //! pauses p99 <= 1 ms; partitions that do not move never pause").
 //!
 //! | group | what | shoal | peer |

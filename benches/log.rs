@@ -1,5 +1,5 @@
 //! Benchmarks of the durable log against the peers named by the performance budget
-//! (DESIGN.md, "Performance budget").
+//! (ARCHITECTURE.md, "Performance budget").
 //!
 //! Every group puts shoal and its peer side by side, so the ratio comes from one run on one
 //! (shared, noisy) machine:

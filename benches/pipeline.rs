@@ -1,4 +1,4 @@
-//! Pipeline benchmarks (DESIGN.md, "Performance budget": a 3-stage pipeline >= 1.5x the
+//! Pipeline benchmarks (ARCHITECTURE.md, "Performance budget": a 3-stage pipeline >= 1.5x the
 //! `disruptor` crate with the same topology; one stage scales near-linearly with workers).
 //!
 //! | group | what | shoal | peer |

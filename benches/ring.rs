@@ -1,4 +1,4 @@
-//! Benchmarks of the ring hop against the peers named by the performance budget (DESIGN.md,
+//! Benchmarks of the ring hop against the peers named by the performance budget (ARCHITECTURE.md,
 //! "Performance budget": within 10% of raw rtrb, ahead of the `disruptor` crate and of
 //! crossbeam/std channels; one-hop latency within 1.3x of a bare atomic ping-pong).
 //!

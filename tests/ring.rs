@@ -6,7 +6,7 @@
 //!   free/readable slot counts after each step. A second one checks that every value put in
 //!   a ring is dropped exactly once, whichever way it leaves.
 //! - The park/wake protocol (`ring::wait`) is a custom atomic protocol; it is covered by the
-//!   stress tests here (DESIGN.md: "loom or a stress test for every custom atomic protocol"):
+//!   stress tests here (ARCHITECTURE.md: "a stress test for every custom atomic protocol"):
 //!   a producer and a consumer that pause at random so that both sides park, over every
 //!   wait strategy, must deliver every event exactly once and in order. A lost wake-up is
 //!   only recovered by the 50 ms `PARK_TIMEOUT`, so the runs are sized to force hundreds of

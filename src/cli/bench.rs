@@ -34,7 +34,7 @@
 //! # Ratios
 //! For rates the ratio is shoal / baseline; for latencies it is baseline / shoal. Either way
 //! a ratio above 1 means shoal is better. The table also shows the goal from the performance
-//! budget (DESIGN.md) where there is one; those goals are for release builds.
+//! budget (ARCHITECTURE.md) where there is one; those goals are for release builds.
 
 use std::ffi::CStr;
 use std::io::{self, Write};
