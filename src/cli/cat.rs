@@ -43,10 +43,13 @@ pub(super) fn run(dir: &Path, from: Option<u64>, follow: bool, format: Format) -
         reader.seek(Offset(from))?;
     }
     let mut out = BufWriter::with_capacity(64 << 10, io::stdout().lock());
+    // `seek` past the end stops at the end; records below `from` that are appended later
+    // must still not be printed.
+    let from = from.unwrap_or(0);
     let result = if follow {
-        follow_log(Tailer::from_reader(reader), &mut out, format)
+        follow_log(Tailer::from_reader(reader), &mut out, format, from)
     } else {
-        print_all(&mut reader, &mut out, format)
+        print_all(&mut reader, &mut out, format, from)
     };
     // Records printed before an error are good ones: let them out first.
     let flushed = out.flush();
@@ -114,7 +117,7 @@ fn print_topic(
 ) -> Result<(), Stop> {
     for &p in partitions {
         if let Some(mut reader) = open_partition(topic, p, from)? {
-            print_records(&mut reader, out, format, Some(p), u64::MAX)?;
+            print_records(&mut reader, out, format, Some(p), u64::MAX, from.unwrap_or(0))?;
         }
     }
     Ok(())
@@ -145,7 +148,8 @@ fn follow_topic(
                 tailers[i] = open_partition(topic, p, from)?.map(Tailer::from_reader);
             }
             if let Some(tailer) = &mut tailers[i] {
-                printed += print_records(tailer.reader(), out, format, Some(p), FOLLOW_TURN_RECORDS)?;
+                printed +=
+                    print_records(tailer.reader(), out, format, Some(p), FOLLOW_TURN_RECORDS, from.unwrap_or(0))?;
             }
         }
         if printed > 0 {
@@ -159,6 +163,7 @@ fn follow_topic(
         };
         let p = partitions[turn];
         match tailer.next(Some(TOPIC_FOLLOW_WAIT)) {
+            Ok(Some(record)) if record.offset().0 < from.unwrap_or(0) => {}
             Ok(Some(record)) => {
                 print(out, &record, format, Some(p))?;
                 // It may be the last record for a while: show it now.
@@ -170,17 +175,20 @@ fn follow_topic(
     }
 }
 
-/// Prints up to `max` records that are there now; returns how many it printed.
+/// Prints up to `max` records that are there now, skipping those below offset `from`;
+/// returns how many it printed.
 fn print_records(
     reader: &mut Reader,
     out: &mut impl Write,
     format: Format,
     partition: Option<u32>,
     max: u64,
+    from: u64,
 ) -> Result<u64, Stop> {
     let mut printed = 0;
     while printed < max {
         match reader.next() {
+            Ok(Some(record)) if record.offset().0 < from => continue,
             Ok(Some(record)) => print(out, &record, format, partition)?,
             Ok(None) => break,
             Err(e) => return Err(Stop::Log(e.into())),
@@ -190,17 +198,18 @@ fn print_records(
     Ok(printed)
 }
 
-fn print_all(reader: &mut Reader, out: &mut impl Write, format: Format) -> Result<(), Stop> {
-    print_records(reader, out, format, None, u64::MAX).map(|_| ())
+fn print_all(reader: &mut Reader, out: &mut impl Write, format: Format, from: u64) -> Result<(), Stop> {
+    print_records(reader, out, format, None, u64::MAX, from).map(|_| ())
 }
 
 /// Prints records as they come, forever (until stdout closes or the log fails).
-fn follow_log(mut tailer: Tailer, out: &mut impl Write, format: Format) -> Result<(), Stop> {
+fn follow_log(mut tailer: Tailer, out: &mut impl Write, format: Format, from: u64) -> Result<(), Stop> {
     loop {
         // Drain what is there without waiting, then flush once before sleeping.
-        print_all(tailer.reader(), out, format)?;
+        print_all(tailer.reader(), out, format, from)?;
         out.flush()?;
         match tailer.next(Some(FOLLOW_WAIT)) {
+            Ok(Some(record)) if record.offset().0 < from => {}
             Ok(Some(record)) => print(out, &record, format, None)?,
             Ok(None) => {}
             Err(e) => return Err(Stop::Log(e.into())),

@@ -367,6 +367,48 @@ fn open_bus(dir: &Path) -> Result<Bus, Error> {
     Ok(Bus::open(dir)?)
 }
 
+/// Checks that `dir` holds a log before a command that only reads one (`cat`, `stats`,
+/// `verify`): a path that is missing, a file, a bus, or a directory with neither a `HEAD`
+/// page nor a segment file is an error that says which, so that a typo never reads as an
+/// empty log (exit 0 with nothing printed).
+fn require_log(dir: &Path) -> Result<(), Error> {
+    let shown = dir.display();
+    let meta = match std::fs::metadata(dir) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(Error::new(format!("{shown}: no such directory; check the path")));
+        }
+        Err(e) => return Err(Error::new(format!("{shown}: cannot read it: {e}"))),
+    };
+    if !meta.is_dir() {
+        return Err(Error::new(format!("{shown} is a file, not a log directory; name the directory of a log")));
+    }
+    if dir.join("topics").is_dir() {
+        return Err(Error::new(format!(
+            "{shown} is a bus, not a log; name a topic with --topic <T> (`shoal groups {shown}` and `shoal top \
+             {shown} --once` list what it holds)"
+        )));
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::new(format!("{shown}: cannot list it: {e}")))?;
+    let mut is_log = false;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::new(format!("{shown}: cannot list it: {e}")))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name == "HEAD" || name.ends_with(".seg") {
+            is_log = true;
+            break;
+        }
+    }
+    if !is_log {
+        return Err(Error::new(format!(
+            "{shown} holds no shoal log (no HEAD page, no segment file); check the path, or create the log by \
+             producing to it (`shoal produce {shown}`)"
+        )));
+    }
+    Ok(())
+}
+
 /// What a failed write to stdout means: a reader that went away (`| head`) ends the command
 /// quietly; anything else is an error.
 fn stdout_failed(e: io::Error) -> Result<ExitCode, Error> {
@@ -391,7 +433,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Produce { dir, topic: Some(topic), partitions, keyed, durability, ack } => {
             produce::run_topic(&dir, &topic, partitions, keyed, durability, ack)
         }
-        Command::Cat { dir, topic: None, from, follow, format, .. } => cat::run(&dir, from, follow, format),
+        Command::Cat { dir, topic: None, from, follow, format, .. } => {
+            require_log(&dir).and_then(|()| cat::run(&dir, from, follow, format))
+        }
         Command::Cat { dir, topic: Some(topic), partition, from, follow, format } => {
             cat::run_topic(&dir, &topic, partition, from, follow, format)
         }
@@ -407,8 +451,8 @@ pub fn run(cli: Cli) -> ExitCode {
             let _ = writeln!(io::stderr().lock(), "shoal: {WITHOUT_NATS}");
             return ExitCode::from(2);
         }
-        Command::Verify { dir, repair } => inspect::verify(&dir, repair),
-        Command::Stats { dir } => inspect::stats(&dir),
+        Command::Verify { dir, repair } => require_log(&dir).and_then(|()| inspect::verify(&dir, repair)),
+        Command::Stats { dir } => require_log(&dir).and_then(|()| inspect::stats(&dir)),
         Command::Demo { dir, events } => demo::run(dir.as_deref(), events),
         Command::DemoMember { bus, group, topic, events, report } => {
             demo::run_member(&bus, &group, &topic, events, &report)
