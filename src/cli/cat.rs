@@ -266,7 +266,7 @@ mod tests {
         log.close().expect("close");
         let mut reader = Reader::open(dir.path()).expect("reader");
         let mut out = Vec::new();
-        print_all(&mut reader, &mut out, Format::Json).map_err(|_| "print").expect("print");
+        print_all(&mut reader, &mut out, Format::Json, 0).map_err(|_| "print").expect("print");
         let text = String::from_utf8(out).expect("utf-8 output");
         let lines: Vec<serde_json::Value> =
             text.lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
