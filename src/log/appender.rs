@@ -276,6 +276,7 @@ impl Appender {
         if self.shared.failed.load(Ordering::Relaxed) {
             return Err(AppendError::Log(self.shared.failure()));
         }
+        self.active.check_shrank()?;
         let stride = record_stride(len);
         if self.position + stride > self.limit {
             self.roll()?;

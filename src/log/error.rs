@@ -122,6 +122,18 @@ pub enum LogError {
         /// The OS error.
         source: io::Error,
     },
+    /// Another program truncated a segment file while it was mapped: the pages past its new
+    /// end read as zeros. Records there are lost; nothing written there since was
+    /// acknowledged durable.
+    #[error("{path}: the segment file shrank to {len_bytes} bytes (of {mapped_bytes}) while in use; something outside shoal truncated it: stop it, then run `shoal verify --repair` on the log")]
+    SegmentShrank {
+        /// The segment file.
+        path: PathBuf,
+        /// Its length when the shrink was found.
+        len_bytes: u64,
+        /// Bytes mapped (its length at open).
+        mapped_bytes: u64,
+    },
     /// The appender was closed, or its background thread is gone.
     #[error("the log is closed")]
     Closed,

@@ -379,6 +379,7 @@ impl Reader {
             let commit = if at_end { None } else { region.load_commit(self.position) };
             match commit {
                 Some(0) => {
+                    self.current.as_ref().map_or(Ok(()), |s| s.check_shrank())?;
                     let short = self.current.as_ref().is_some_and(|s| (s.mapped_bytes as u64) < s.header.segment_bytes);
                     if short && self.position + format::RECORD_HEADER_BYTES > region.len() {
                         return Err(self.corruption(self.position, "segment file is truncated".into()));

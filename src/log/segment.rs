@@ -1,5 +1,12 @@
 //! Segment files: naming, preparation (preallocate, header, sync, rename), mapping, and the
 //! directory listing readers and recovery start from.
+//!
+//! Every mapping is registered with [`crate::sys::sigbus`] for as long as it lives: when
+//! another program truncates a mapped segment, touching a page past the new end of the file
+//! reads zeros instead of killing the process with `SIGBUS`, and [`Segment::check_shrank`]
+//! then reports it ([`LogError::SegmentShrank`]). Readers check it where they find an empty
+//! slot, the appender before each append and the sync thread before it moves the durable
+//! watermark, so nothing stored into a dead page is ever acknowledged.
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -13,6 +20,7 @@ use memmap2::{Advice, MmapOptions, MmapRaw};
 use super::error::LogError;
 use super::format::{self, HeaderError, Region, SegmentHeader, BASE_OFFSET_UNSET, FORMAT_VERSION};
 use super::io::IoDriver;
+use crate::sys::sigbus;
 
 /// Suffix of segment files.
 pub const SEGMENT_SUFFIX: &str = ".seg";
@@ -102,6 +110,9 @@ pub struct Segment {
     pub id: SegmentId,
     /// The open file.
     pub file: File,
+    /// The mapping's registration with the `SIGBUS` handler; dropped before `map` (see
+    /// `Drop`). `None` when the registry was full.
+    sigbus: Option<sigbus::Registration>,
     map: MmapRaw,
     /// Bytes mapped (the file length, rounded down to 8; normally `segment_bytes`).
     pub mapped_bytes: usize,
@@ -127,6 +138,49 @@ impl Segment {
         self.file.as_raw_fd()
     }
 
+    /// Whether the file shrank under the mapping: a page past its new end was touched and
+    /// now reads as zeros (in this mapping only).
+    #[inline]
+    pub fn shrank(&self) -> bool {
+        self.sigbus.as_ref().is_some_and(|r| r.faulted())
+    }
+
+    /// [`LogError::SegmentShrank`] when the file shrank under the mapping
+    /// ([`Segment::shrank`]).
+    #[inline]
+    pub fn check_shrank(&self) -> Result<(), LogError> {
+        if self.shrank() {
+            return Err(self.shrank_error());
+        }
+        Ok(())
+    }
+
+    /// The error that says the file shrank under the mapping, with its length now.
+    #[cold]
+    pub fn shrank_error(&self) -> LogError {
+        let len_bytes = self.file.metadata().map_or(0, |m| m.len());
+        LogError::SegmentShrank { path: self.path.clone(), len_bytes, mapped_bytes: self.mapped_bytes as u64 }
+    }
+
+    /// Maps `len` bytes of `file` (read-write or read-only) and registers the mapping with
+    /// the `SIGBUS` handler.
+    fn map(
+        path: &Path,
+        file: &File,
+        len: usize,
+        writable: bool,
+    ) -> Result<(MmapRaw, Option<sigbus::Registration>), LogError> {
+        let mut opts = MmapOptions::new();
+        opts.len(len);
+        let map = if writable { opts.map_raw(file) } else { opts.map_raw_read_only(file) }
+            .map_err(|e| LogError::io(path, "mmap", e))?;
+        // SAFETY: the range is exactly the new mapping, which the returned `MmapRaw` keeps
+        // until it is dropped; the `Segment` holding both drops the registration first (its
+        // `Drop`), so the range is never unmapped while registered.
+        let registration = unsafe { sigbus::register(map.as_ptr(), len) };
+        Ok((map, registration))
+    }
+
     /// Opens and maps an existing segment; read-write for the appender and recovery,
     /// read-only for readers. The header is validated; a file shorter than its header says
     /// is mapped as far as it goes (recovery treats the missing part as damage).
@@ -148,14 +202,17 @@ impl Segment {
                 why: format!("{file_len} bytes is too short to hold its index"),
             });
         }
-        let opts = {
-            let mut o = MmapOptions::new();
-            o.len(mapped_bytes);
-            o
-        };
-        let map = if writable { opts.map_raw(&file) } else { opts.map_raw_read_only(&file) }
-            .map_err(|e| LogError::io(path, "mmap", e))?;
-        Ok(Segment { path: path.to_path_buf(), id, file, map, mapped_bytes, header, written: AtomicU64::new(0) })
+        let (map, sigbus) = Segment::map(path, &file, mapped_bytes, writable)?;
+        Ok(Segment {
+            path: path.to_path_buf(),
+            id,
+            file,
+            sigbus,
+            map,
+            mapped_bytes,
+            header,
+            written: AtomicU64::new(0),
+        })
     }
 
     /// Creates segment `id` in `dir`: a temporary file is preallocated (through `io`), given
@@ -201,14 +258,12 @@ impl Segment {
             io.fsync(file.as_raw_fd(), true).map_err(|e| LogError::io(&temp, "fdatasync", e))?;
             std::fs::rename(&temp, &path).map_err(|e| LogError::io(&temp, "rename", e))?;
             io.fsync(dir_file.as_raw_fd(), false).map_err(|e| LogError::io(dir, "fsync", e))?;
-            let map = MmapOptions::new()
-                .len(segment_bytes as usize)
-                .map_raw(&file)
-                .map_err(|e| LogError::io(&path, "mmap", e))?;
+            let (map, sigbus) = Segment::map(&path, &file, segment_bytes as usize, true)?;
             Ok(Segment {
                 path: path.clone(),
                 id,
                 file: file.try_clone().map_err(|e| LogError::io(&path, "dup", e))?,
+                sigbus,
                 map,
                 mapped_bytes: segment_bytes as usize,
                 header,
@@ -219,6 +274,14 @@ impl Segment {
             let _ = std::fs::remove_file(&temp);
         }
         result
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        // Unregister before `map` unmaps the range: a range is never unmapped while the
+        // `SIGBUS` handler may still take it for shoal's.
+        drop(self.sigbus.take());
     }
 }
 

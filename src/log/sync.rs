@@ -50,6 +50,15 @@ impl Pending {
     }
 }
 
+/// Why the log stopped accepting appends.
+#[derive(Debug)]
+enum Failure {
+    /// A data sync failed on this file.
+    Sync(PathBuf, std::io::ErrorKind, String),
+    /// This segment's file shrank under its mapping ([`Segment::shrank`]).
+    Shrank(Arc<Segment>),
+}
+
 /// State shared by the appender, its sync thread and [`DurableWatch`] handles.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -67,7 +76,7 @@ pub(crate) struct Shared {
     durable_lock: Mutex<()>,
     durable_changed: Condvar,
     pub(crate) failed: AtomicBool,
-    failure: Mutex<Option<(PathBuf, std::io::ErrorKind, String)>>,
+    failure: Mutex<Option<Failure>>,
     shutdown: AtomicBool,
     durability: Durability,
     head: Arc<Head>,
@@ -101,9 +110,10 @@ impl Shared {
     /// The error of the failed sync (or [`LogError::Closed`]).
     pub(crate) fn failure(&self) -> LogError {
         match &*self.failure.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some((path, kind, msg)) => {
+            Some(Failure::Sync(path, kind, msg)) => {
                 LogError::SyncFailed { path: path.clone(), source: std::io::Error::new(*kind, msg.clone()) }
             }
+            Some(Failure::Shrank(segment)) => segment.shrank_error(),
             None => LogError::Closed,
         }
     }
@@ -302,7 +312,12 @@ fn sync_loop(shared: &Shared, io: &mut IoDriver) {
         let elapsed = started.elapsed();
         last_sync = Instant::now();
         match result {
-            Ok(()) => round_done(shared, &mut synced_to, &ranges, written, elapsed),
+            // A page that faulted past a shrunk file's end took the writes as zeros: the
+            // watermark must not cover them.
+            Ok(()) => match synced_to.iter().find(|(p, _)| p.segment.shrank()) {
+                Some((p, _)) => fail(shared, Failure::Shrank(p.segment.clone())),
+                None => round_done(shared, &mut synced_to, &ranges, written, elapsed),
+            },
             Err(e) => round_failed(shared, &synced_to, e),
         }
     }
@@ -392,7 +407,12 @@ fn round_done(
 fn round_failed(shared: &Shared, synced_to: &[(Arc<Pending>, u64)], e: std::io::Error) {
     let path = synced_to.first().map(|(p, _)| p.segment.path.clone()).unwrap_or_default();
     tracing::error!("{}: data sync failed: {e}; the log stops accepting appends", path.display());
-    *shared.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some((path, e.kind(), e.to_string()));
+    fail(shared, Failure::Sync(path, e.kind(), e.to_string()));
+}
+
+/// Records why the log stopped, stops appends and wakes every waiter with the error.
+fn fail(shared: &Shared, failure: Failure) {
+    *shared.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(failure);
     shared.failed.store(true, Ordering::Release);
     let _guard = shared.durable_lock.lock().unwrap_or_else(|p| p.into_inner());
     shared.durable_changed.notify_all();

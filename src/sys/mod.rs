@@ -1,7 +1,8 @@
 //! The raw OS primitives every other part uses, written once: futex wait and wake (one word
 //! or several with `futex_waitv`), the asymmetric fence (`membarrier`), `flock`,
 //! files opened relative to a directory without following symlinks (`openat`, `renameat2`),
-//! `fallocate`, the affinity syscalls, and the latency histogram that timing code records
+//! `fallocate`, the affinity syscalls, the `SIGBUS` handler that turns a shrunk file mapping
+//! into an error, and the latency histogram that timing code records
 //! into.
 //!
 //! # Design
@@ -24,3 +25,4 @@ pub mod file;
 pub mod fs;
 pub mod futex;
 pub mod histogram;
+pub mod sigbus;
