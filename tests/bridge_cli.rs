@@ -129,6 +129,55 @@ fn stop_bridge(mut bridge: KillOnDrop, what: &str) -> String {
     stderr
 }
 
+/// Waits until the bridge prints a status line for which `wanted` holds (it reports about
+/// once a second, after it has connected: how soon depends on the machine's load, so the
+/// test waits for the line rather than a fixed time), then stops it as [`stop_bridge`]
+/// does; returns every status line it printed.
+fn stop_bridge_after(mut bridge: KillOnDrop, what: &str, wanted: impl Fn(&str) -> bool) -> String {
+    let lines = line_reader_of(bridge.0.stderr.take().expect("stderr"));
+    let stdout = drain(bridge.0.stdout.take().expect("stdout"));
+    let deadline = Instant::now() + BRIDGE_WAIT;
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| wanted(l)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left.min(Duration::from_millis(200))) {
+            Ok(line) => seen.push(line),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: no such status line within {BRIDGE_WAIT:?}:\n{}",
+                    seen.join("\n")
+                );
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("{what}: the bridge exited before the status line:\n{}", seen.join("\n"))
+            }
+        }
+    }
+    signal(&bridge.0, libc::SIGTERM);
+    let status = wait_until(&mut bridge.0, Instant::now() + Duration::from_secs(20), what);
+    seen.extend(lines.iter());
+    let stderr = seen.join("\n");
+    assert!(status.success(), "{what} must exit 0 on SIGTERM: {status:?}\n{stderr}");
+    assert!(stdout.join().expect("stdout").is_empty(), "{what} prints nothing on stdout");
+    stderr
+}
+
+/// Lines of a child's stderr, read on a thread.
+fn line_reader_of(from: std::process::ChildStderr) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(from).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 /// Waits until `done` holds, failing the test if `bridge` exits first or time runs out.
 fn wait_for(bridge: &mut KillOnDrop, what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + BRIDGE_WAIT;
@@ -184,11 +233,10 @@ fn export_then_import_on_a_second_box_gives_the_same_bytes() {
 
     // A restart of the export sends nothing twice.
     let again = bridge("export", &box_a, topic, &server.url, stream);
-    std::thread::sleep(Duration::from_millis(1500));
-    let status = stop_bridge(again, "shoal bridge export (restarted)");
-    assert_eq!(js.messages(stream), records, "a restarted export duplicates nothing");
-    // It ran past its first status report (about a second in) with nothing to send.
+    // It runs past its first status report with nothing to send.
     let idle = "shoal bridge export: 0 acknowledged, 0 in flight, lag 0, 0/s, connected, retries 0";
+    let status = stop_bridge_after(again, "shoal bridge export (restarted)", |l| l == idle);
+    assert_eq!(js.messages(stream), records, "a restarted export duplicates nothing");
     assert!(status.lines().any(|l| l == idle), "a status line `{idle}`:\n{status}");
 
     // Box B: an empty directory; import creates the bus and the topic.
@@ -209,13 +257,11 @@ fn export_then_import_on_a_second_box_gives_the_same_bytes() {
     // A restarted import appends nothing twice.
     let again = bridge("import", &box_b, topic, &server.url, stream);
     // The importer's first report comes a second after it has connected and set up its
-    // consumer, later than the exporter's.
-    std::thread::sleep(Duration::from_millis(3000));
-    let status = stop_bridge(again, "shoal bridge import (restarted)");
-    assert_eq!(count(&box_b), records);
-    // The connection state is left out here; tests/bridge.rs checks that an idle importer on
-    // a live server reports itself connected.
+    // consumer. The connection state is left out here; tests/bridge.rs checks that an idle
+    // importer on a live server reports itself connected.
     let idle = |l: &str| l.starts_with("shoal bridge import: 0 imported, lag 0, 0/s, ") && l.ends_with(", retries 0");
+    let status = stop_bridge_after(again, "shoal bridge import (restarted)", idle);
+    assert_eq!(count(&box_b), records);
     assert!(status.lines().any(idle), "a status line `0 imported, lag 0, 0/s, ..., retries 0`:\n{status}");
 }
 
