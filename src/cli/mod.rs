@@ -364,7 +364,7 @@ fn open_bus(dir: &Path) -> Result<Bus, Error> {
             dir.display()
         )));
     }
-    Ok(Bus::open(dir)?)
+    Ok(Bus::open_existing(dir)?)
 }
 
 /// What a failed write to stdout means: a reader that went away (`| head`) ends the command
