@@ -13,7 +13,7 @@
 //! (`RENAME_NOREPLACE`), so two processes creating the same topic at once agree on one
 //! partition count (the loser reads the winner's).
 //!
-//! Everything below the bus directory is reached through [`crate::sys::fs::Dir`]: opened
+//! Everything below the bus directory is reached through `crate::sys::fs::Dir`: opened
 //! relative to its parent's descriptor, never through a symlink (one planted as `topics`, a
 //! topic, a partition or `meta` is an error naming it). Only [`Bus::open`] and the
 //! producers create anything; reading a bus creates nothing.
