@@ -209,7 +209,8 @@ impl Bus {
     /// when `create` is set. `None` when it does not exist and `create` is not set.
     fn topic_dir(&self, name: &str, create: bool) -> Result<Option<Dir>, BusError> {
         let topics_path = self.dir.join("topics");
-        let topics = open_bus_dir(&self.dir)?.subdir("topics");
+        let root = open_bus_dir(&self.dir)?;
+        let topics = if create { root.create_subdir("topics") } else { root.subdir("topics") };
         let topics = match topics {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => return Ok(None),
             other => other.map_err(|e| BusError::io(&topics_path, "open", e))?,
