@@ -20,11 +20,13 @@
 //! ([`crate::log::slots::SlotFormat`]) as the committed offsets. A torn write damages
 //! only the slot being written; the other (the previous position) still stands.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::log::slots::{SlotError, SlotFormat, SLOTS_FILE_BYTES, SLOT_STRIDE};
+use crate::sys::fs::{split, Dir, Open};
 
 use super::BridgeError;
 
@@ -108,32 +110,39 @@ fn io(path: &Path, op: &'static str, source: std::io::Error) -> BridgeError {
     BridgeError::Io { path: path.to_path_buf(), op, source }
 }
 
-/// Creates `dir` and makes its entry durable.
+/// Creates `dir` (`<bus>/bridges/<name>`) and makes its entry durable. `bridges` and
+/// `<name>` are created through the bus directory's descriptor, never through a symlink.
 pub fn create_dir(dir: &Path) -> Result<(), BridgeError> {
-    std::fs::create_dir_all(dir).map_err(|e| io(dir, "create directory", e))?;
-    if let Some(parent) = dir.parent() {
-        File::open(parent).and_then(|d| d.sync_all()).map_err(|e| io(parent, "fsync", e))?;
-    }
-    Ok(())
+    let (bridges_path, name) = split(dir).map_err(|e| io(dir, "create directory", e))?;
+    let (bus_path, bridges_name) = split(bridges_path).map_err(|e| io(dir, "create directory", e))?;
+    let bus = Dir::open(bus_path).map_err(|e| io(bus_path, "open directory", e))?;
+    let bridges = bus.create_subdir(bridges_name).map_err(|e| io(bridges_path, "create directory", e))?;
+    bridges.create_subdir(name).map_err(|e| io(dir, "create directory", e))?;
+    bridges.sync().map_err(|e| io(bridges_path, "fsync", e))?;
+    bus.sync().map_err(|e| io(bus_path, "fsync", e))
 }
 
 impl PositionFile {
+    /// Opens the positions file at `path` (created `bytes` long, zeroed, when missing),
+    /// relative to its directory and never through a symlink; returns it, its content and
+    /// whether it existed.
     fn open(path: PathBuf, bytes: usize) -> Result<(PositionFile, Vec<u8>, bool), BridgeError> {
-        let existed = path.exists();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| io(&path, "open", e))?;
-        let content = std::fs::read(&path).map_err(|e| io(&path, "read", e))?;
+        let (dir_path, name) = split(&path).map_err(|e| io(&path, "open", e))?;
+        let dir = Dir::open(dir_path).map_err(|e| io(dir_path, "open directory", e))?;
+        let (file, existed) = match dir.open_file(name, Open::ReadWrite) {
+            Ok(file) => (file, true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let file = dir.open_file(name, Open::CreateNew).map_err(|e| io(&path, "create", e))?;
+                (file, false)
+            }
+            Err(e) => return Err(io(&path, "open", e)),
+        };
+        let mut content = Vec::with_capacity(bytes);
+        (&file).take(bytes as u64 + 1).read_to_end(&mut content).map_err(|e| io(&path, "read", e))?;
         if !existed {
             file.set_len(bytes as u64).map_err(|e| io(&path, "extend", e))?;
             file.sync_all().map_err(|e| io(&path, "fsync", e))?;
-            if let Some(dir) = path.parent() {
-                File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io(dir, "fsync", e))?;
-            }
+            dir.sync().map_err(|e| io(dir_path, "fsync", e))?;
         }
         Ok((PositionFile { file, path, generation: 0, bytes }, content, existed))
     }

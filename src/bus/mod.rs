@@ -9,8 +9,14 @@
 //! ```
 //! `meta` (40 bytes, little-endian): magic `b"SHOALTOP"`, format version u32 (1), partition
 //! count u32, created_ns u64, 12 reserved zero bytes, CRC32C of the first 36 bytes. It is
-//! written to a temporary file and hard-linked into place, so two processes creating the
-//! same topic at once agree on one partition count (the loser reads the winner's).
+//! written to a new temporary file and renamed into place without replacing
+//! (`RENAME_NOREPLACE`), so two processes creating the same topic at once agree on one
+//! partition count (the loser reads the winner's).
+//!
+//! Everything below the bus directory is reached through `crate::sys::fs::Dir`: opened
+//! relative to its parent's descriptor, never through a symlink (one planted as `topics`, a
+//! topic, a partition or `meta` is an error naming it). Only [`Bus::open`] and the
+//! producers create anything; reading a bus creates nothing.
 //!
 //! # Names
 //! Topic and group names are 1 to 128 bytes of `[A-Za-z0-9._-]`, not starting with `.`: a
@@ -23,12 +29,12 @@
 //! byte strings (the `shoal produce --keyed` tool's) become a `u64` key with [`key_hash`]
 //! (64-bit FNV-1a), equally fixed.
 
-use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use crate::log::{Appender, DurableWatch, LogError, LogOptions, Offset};
+use crate::sys::fs::{Dir, Open};
 use crate::sys::histogram::LatencyHistogram;
 
 /// Errors of the bus: names, topics, partitions and their logs. Consumer groups have
@@ -170,14 +176,52 @@ impl Bus {
     /// Opens (creating if needed) the bus in `dir`.
     ///
     /// # Errors
-    /// I/O errors creating the directories.
+    /// I/O errors creating the directories; `dir` or one of its subdirectories being a
+    /// file or a symlink.
     pub fn open(dir: impl AsRef<Path>) -> Result<Bus, BusError> {
         let dir = dir.as_ref().to_path_buf();
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            if dir.exists() && !dir.is_dir() {
+                return Err(not_a_bus_directory(&dir));
+            }
+            return Err(BusError::io(&dir, "create directory", e));
+        }
+        let root = open_bus_dir(&dir)?;
         for sub in ["topics", "groups"] {
-            let path = dir.join(sub);
-            std::fs::create_dir_all(&path).map_err(|e| BusError::io(&path, "create directory", e))?;
+            root.create_subdir(sub).map_err(|e| BusError::io(dir.join(sub), "create directory", e))?;
         }
         Ok(Bus { dir })
+    }
+
+    /// Opens the existing bus in `dir` without creating anything (for commands that only
+    /// read it).
+    ///
+    /// # Errors
+    /// An I/O error naming `dir/topics` when there is no bus there (`NotFound`), or when it
+    /// is a symlink or not a directory.
+    pub fn open_existing(dir: impl AsRef<Path>) -> Result<Bus, BusError> {
+        let dir = dir.as_ref().to_path_buf();
+        open_bus_dir(&dir)?.subdir("topics").map_err(|e| BusError::io(dir.join("topics"), "open", e))?;
+        Ok(Bus { dir })
+    }
+
+    /// The directory of topic `name` (validated), opened through the bus directory; created
+    /// when `create` is set. `None` when it does not exist and `create` is not set.
+    fn topic_dir(&self, name: &str, create: bool) -> Result<Option<Dir>, BusError> {
+        let topics_path = self.dir.join("topics");
+        let root = open_bus_dir(&self.dir)?;
+        let topics = if create { root.create_subdir("topics") } else { root.subdir("topics") };
+        let topics = match topics {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => return Ok(None),
+            other => other.map_err(|e| BusError::io(&topics_path, "open", e))?,
+        };
+        let path = topics.join(name);
+        let dir = if create { topics.create_subdir(name) } else { topics.subdir(name) };
+        match dir {
+            Ok(dir) => Ok(Some(dir)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => Ok(None),
+            Err(e) => Err(BusError::io(&path, if create { "create directory" } else { "open" }, e)),
+        }
     }
 
     /// The bus directory.
@@ -201,11 +245,13 @@ impl Bus {
     pub fn topic(&self, name: &str) -> Result<Topic, BusError> {
         validate_name("topic", name)?;
         let dir = self.dir.join("topics").join(name);
-        let meta = dir.join("meta");
-        if !meta.exists() {
+        let partitions = match self.topic_dir(name, false)? {
+            Some(topic_dir) => read_meta(&topic_dir)?,
+            None => None,
+        };
+        let Some(partitions) = partitions else {
             return Err(BusError::NoTopic { path: dir, topic: name.to_string() });
-        }
-        let partitions = read_meta(&meta)?;
+        };
         Ok(Topic { dir, name: name.to_string(), partitions })
     }
 
@@ -221,14 +267,20 @@ impl Bus {
             return Err(BusError::BadPartitionCount { asked, max: PARTITIONS_MAX });
         }
         let dir = self.dir.join("topics").join(name);
-        let meta = dir.join("meta");
-        if !meta.exists() {
-            std::fs::create_dir_all(&dir).map_err(|e| BusError::io(&dir, "create directory", e))?;
-            write_meta(&meta, asked)?;
-        }
-        let existing = read_meta(&meta)?;
+        let topic_dir = self
+            .topic_dir(name, true)?
+            .ok_or_else(|| BusError::NoTopic { path: dir.clone(), topic: name.to_string() })?;
+        let existing = match read_meta(&topic_dir)? {
+            Some(existing) => existing,
+            None => {
+                write_meta(&topic_dir, asked)?;
+                read_meta(&topic_dir)?
+                    .ok_or_else(|| BusError::NoTopic { path: dir.clone(), topic: name.to_string() })?
+            }
+        };
         if let Some(asked) = partitions {
             if asked != existing {
+                let meta = dir.join("meta");
                 return Err(BusError::PartitionMismatch { path: meta, topic: name.to_string(), existing, asked });
             }
         }
@@ -345,31 +397,57 @@ pub fn decode_meta(bytes: &[u8]) -> Result<u32, MetaError> {
     Ok(partitions)
 }
 
-fn read_meta(path: &Path) -> Result<u32, BusError> {
+/// The partition count in the topic's `meta` file, `None` when there is none yet.
+fn read_meta(dir: &Dir) -> Result<Option<u32>, BusError> {
+    let path = dir.join("meta");
+    let file = match dir.open_file("meta", Open::Read) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(BusError::io(&path, "open", e)),
+    };
     let mut bytes = Vec::with_capacity(META_BYTES);
-    std::fs::File::open(path)
-        .and_then(|f| f.take(META_BYTES as u64 + 1).read_to_end(&mut bytes))
-        .map_err(|e| BusError::io(path, "read", e))?;
-    decode_meta(&bytes).map_err(|why| BusError::BadMeta { path: path.to_path_buf(), why })
+    file.take(META_BYTES as u64 + 1).read_to_end(&mut bytes).map_err(|e| BusError::io(&path, "read", e))?;
+    decode_meta(&bytes).map(Some).map_err(|why| BusError::BadMeta { path, why })
 }
 
-fn write_meta(path: &Path, partitions: u32) -> Result<(), BusError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let temp = dir.join(format!(".meta.{}.{}", std::process::id(), crate::log::now_ns()));
-    let mut file =
-        OpenOptions::new().write(true).create_new(true).open(&temp).map_err(|e| BusError::io(&temp, "create", e))?;
-    file.write_all(&encode_meta(partitions, crate::log::now_ns()))
+/// Writes the topic's `meta` file: a new temporary file, synced, renamed into place unless
+/// another creator's is there first (then theirs stands), and the directory synced.
+fn write_meta(dir: &Dir, partitions: u32) -> Result<(), BusError> {
+    let temp = format!(".meta.{}.{}", std::process::id(), crate::log::now_ns());
+    let temp_path = dir.join(&temp);
+    let mut file = dir.open_file(&temp, Open::CreateNew).map_err(|e| BusError::io(&temp_path, "create", e))?;
+    let written = file
+        .write_all(&encode_meta(partitions, crate::log::now_ns()))
         .and_then(|()| file.sync_all())
-        .map_err(|e| BusError::io(&temp, "write", e))?;
-    // A hard link fails if `meta` exists: the first creator wins, the others read its count.
-    let linked = std::fs::hard_link(&temp, path);
-    let _ = std::fs::remove_file(&temp);
-    match linked {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(BusError::io(path, "link", e)),
-    }
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| BusError::io(dir, "fsync", e))
+        .map_err(|e| BusError::io(&temp_path, "write", e));
+    let renamed = written.and_then(|()| match dir.rename_noreplace(&temp, "meta") {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(BusError::io(dir.join("meta"), "rename", e)),
+    });
+    // Gone after a rename; left behind when another creator won or a step failed.
+    let _ = dir.unlink(&temp);
+    renamed?;
+    dir.sync().map_err(|e| BusError::io(dir.path(), "fsync", e))
+}
+
+/// Opens the bus directory itself (named by the user, so followed if it is a symlink).
+fn open_bus_dir(dir: &Path) -> Result<Dir, BusError> {
+    Dir::open(dir).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ENOTDIR) && dir.exists() {
+            not_a_bus_directory(dir)
+        } else {
+            BusError::io(dir, "open directory", e)
+        }
+    })
+}
+
+fn not_a_bus_directory(dir: &Path) -> BusError {
+    BusError::io(
+        dir,
+        "open bus directory",
+        std::io::Error::other("it is a file, not a bus directory; give the path of a bus directory"),
+    )
 }
 
 /// A topic: its directory and partition count.
@@ -409,8 +487,13 @@ impl Topic {
     /// Log errors of any partition.
     pub fn producer(&self, opts: LogOptions) -> Result<TopicProducer, BusError> {
         let mut partitions = Vec::with_capacity(self.partitions as usize);
+        let topic_dir = Dir::open(&self.dir).map_err(|e| BusError::io(&self.dir, "open", e))?;
         for p in 0..self.partitions {
-            partitions.push(Appender::open(self.partition_dir(p)?, opts)?);
+            // Created through the topic's directory, so a symlink planted as a partition is
+            // refused rather than followed by the appender.
+            let dir = self.partition_dir(p)?;
+            topic_dir.create_subdir(&p.to_string()).map_err(|e| BusError::io(&dir, "create directory", e))?;
+            partitions.push(Appender::open(dir, opts)?);
         }
         Ok(TopicProducer { topic: self.clone(), opts, partitions })
     }

@@ -364,7 +364,7 @@ fn open_bus(dir: &Path) -> Result<Bus, Error> {
             dir.display()
         )));
     }
-    Ok(Bus::open(dir)?)
+    Ok(Bus::open_existing(dir)?)
 }
 
 /// Checks that `dir` holds a log before a command that only reads one (`cat`, `stats`,

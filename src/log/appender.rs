@@ -18,10 +18,11 @@ use super::io::IoDriver;
 use super::lock::DirLock;
 use super::prepare::Preparer;
 use super::recovery::{recover, InUse, RecoveryReport};
-use super::segment::{open_dir, Segment};
+use super::segment::{create_log_dir, segment_file_name, Segment};
 use super::sync::{spawn_syncer, DurableWatch, Pending, Shared};
 use super::{now_ns, LogOptions, Offset, WallClock};
 use crate::sys::fence::AsymmetricFence;
+use crate::sys::fs::Dir;
 use crate::sys::histogram::LatencyHistogram;
 
 /// The one writer of a log. See the [module docs](super) for the design.
@@ -42,6 +43,9 @@ use crate::sys::histogram::LatencyHistogram;
 #[derive(Debug)]
 pub struct Appender {
     dir: PathBuf,
+    /// The log directory, open: every file the appender and its threads create, rename or
+    /// remove is reached through it, never by path.
+    dir_fd: Arc<Dir>,
     opts: LogOptions,
     _lock: DirLock,
     shared: Arc<Shared>,
@@ -80,13 +84,13 @@ impl Appender {
     pub fn open(dir: impl AsRef<Path>, opts: LogOptions) -> Result<Appender, LogError> {
         let dir = dir.as_ref().to_path_buf();
         opts.validate()?;
-        let lock = DirLock::acquire(&dir)?;
-        let dir_file = open_dir(&dir)?;
-        let head = Arc::new(Head::open(&dir)?);
+        let dir_fd = Arc::new(create_log_dir(&dir)?);
+        let lock = DirLock::acquire(&dir_fd)?;
+        let head = Arc::new(Head::create(&dir_fd)?);
         let mut sync_io = IoDriver::new(opts.io_backend)?;
         let recovered = recover(&lock, &dir, &opts, &head, &mut sync_io)?;
         let backend = sync_io.name();
-        let mut preparer = Preparer::start(dir.clone(), opts, dir_file, recovered.prepared, recovered.next_seq)?;
+        let mut preparer = Preparer::start(dir_fd.clone(), opts, recovered.prepared, recovered.next_seq)?;
         let next_offset = recovered.report.next_offset;
         head.reset_offsets(next_offset);
         head.set_appender_pid(std::process::id());
@@ -108,6 +112,7 @@ impl Appender {
         let (index_slot, index_next_position) = index_cursor(&active);
         let mut appender = Appender {
             dir,
+            dir_fd,
             opts,
             _lock: lock,
             shared,
@@ -389,7 +394,7 @@ impl Appender {
                 break;
             }
             if let Some((id, path, ..)) = self.retained.pop_front() {
-                if let Err(e) = std::fs::remove_file(&path) {
+                if let Err(e) = self.dir_fd.unlink(&segment_file_name(id)) {
                     tracing::warn!("{}: retention could not remove the segment: {e}", path.display());
                 }
                 // Its records are gone, so nothing is left to sync: release the mapping (and

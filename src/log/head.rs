@@ -25,7 +25,7 @@
 //!
 //! The futex calls are those of [`crate::sys::futex`] (process-shared, written by hand).
 
-use std::fs::OpenOptions;
+use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -34,6 +34,7 @@ use memmap2::MmapRaw;
 
 use super::error::LogError;
 use crate::sys::fence::AsymmetricFence;
+use crate::sys::fs::{open_file_at, Dir, Open};
 use crate::sys::futex;
 
 const HEAD_MAGIC: [u8; 8] = *b"SHOALHED";
@@ -50,45 +51,120 @@ pub const HEAD_FILE: &str = "HEAD";
 #[derive(Debug)]
 pub struct Head {
     map: MmapRaw,
+    /// False for a page mapped read-only (a reader on a read-only file system): it never
+    /// stores, and a tailer waiting on it polls instead of registering as a sleeper.
+    writable: bool,
 }
 
+/// How long a tailer on a read-only page sleeps at most: it cannot register as a sleeper, so
+/// no appender would wake it.
+const READ_ONLY_WAIT: Duration = Duration::from_millis(1);
+
 impl Head {
-    /// Opens (creating if missing) the control page of the log in `dir`.
+    /// Opens the control page of the log in `dir` for the appender, creating it if missing.
+    /// The file is opened relative to the directory, never through a symlink.
     ///
     /// # Errors
-    /// I/O errors, or a `HEAD` file that is not a shoal control page.
-    pub fn open(dir: &Path) -> Result<Head, LogError> {
+    /// I/O errors, a symlink or non-regular file planted as `HEAD`, or a `HEAD` file that
+    /// is not a shoal control page.
+    pub fn create(dir: &Dir) -> Result<Head, LogError> {
         let path = dir.join(HEAD_FILE);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| LogError::io(&path, "open", e))?;
+        let file = dir.open_file(HEAD_FILE, Open::ReadWriteCreate).map_err(|e| LogError::io(&path, "open", e))?;
         let len = file.metadata().map_err(|e| LogError::io(&path, "stat", e))?.len();
         if len < HEAD_BYTES {
             file.set_len(HEAD_BYTES).map_err(|e| LogError::io(&path, "extend", e))?;
         }
-        let map = memmap2::MmapOptions::new()
-            .len(HEAD_BYTES as usize)
-            .map_raw(&file)
-            .map_err(|e| LogError::io(&path, "mmap", e))?;
-        let head = Head { map };
-        let magic_word = head.u64_at(0).load(Ordering::Acquire);
-        if magic_word == 0 {
+        let head = Head::map(&file, &path, true)?;
+        if head.u64_at(0).load(Ordering::Acquire) == 0 {
             head.u32_at(8).store(HEAD_VERSION, Ordering::Relaxed);
-            // pairs with the Acquire load of the magic above in other openers
+            // pairs with the Acquire load of the magic in `Head::check` of other openers
             head.u64_at(0).store(u64::from_le_bytes(HEAD_MAGIC), Ordering::Release);
-        } else if magic_word != u64::from_le_bytes(HEAD_MAGIC) {
-            return Err(LogError::NotASegment { path, why: "HEAD is not a shoal control page".into() });
-        } else {
-            let version = head.u32_at(8).load(Ordering::Relaxed);
-            if version > HEAD_VERSION {
-                return Err(LogError::UnsupportedVersion { path, found: version, supported: HEAD_VERSION });
-            }
         }
+        head.check(&path)?;
         Ok(head)
+    }
+
+    /// Opens the existing control page of the log in `dir` read-write without creating or
+    /// extending it (`repair`). `None` when there is none: no appender ever opened the log.
+    ///
+    /// # Errors
+    /// As [`Head::open_existing`].
+    pub fn open_writable(dir: &Dir) -> Result<Option<Head>, LogError> {
+        let path = dir.join(HEAD_FILE);
+        match dir.open_file(HEAD_FILE, Open::ReadWrite) {
+            Ok(file) => Head::existing(&file, &path, true).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(LogError::io(&path, "open", e)),
+        }
+    }
+
+    /// Opens the existing control page of the log in `dir` for a reader: never creates,
+    /// extends or initialises it. `None` when there is none (no appender ever opened the
+    /// log: its durable watermark is 0). The page is mapped read-write where the file allows
+    /// it (a tailer registers as a sleeper there) and read-only otherwise (a read-only file
+    /// system or a file the reader may not write), so the watermark reads everywhere.
+    ///
+    /// # Errors
+    /// A symlink or non-regular file planted as `HEAD`, a file shorter than the page (one
+    /// being created), one that is not a control page, I/O errors.
+    pub fn open_existing(dir: &Path) -> Result<Option<Head>, LogError> {
+        let path = dir.join(HEAD_FILE);
+        let (file, writable) = match open_file_at(&path, Open::ReadWrite) {
+            Ok(file) => (file, true),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::EACCES) | Some(libc::EPERM)) => {
+                match open_file_at(&path, Open::Read) {
+                    Ok(file) => (file, false),
+                    Err(e) => return Err(LogError::io(&path, "open", e)),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(LogError::io(&path, "open", e)),
+        };
+        Head::existing(&file, &path, writable).map(Some)
+    }
+
+    /// Maps an existing page that must be whole, and checks it.
+    fn existing(file: &File, path: &Path, writable: bool) -> Result<Head, LogError> {
+        let len = file.metadata().map_err(|e| LogError::io(path, "stat", e))?.len();
+        if len < HEAD_BYTES {
+            return Err(LogError::NotASegment {
+                path: path.to_path_buf(),
+                why: format!("HEAD is {len} bytes, a control page is {HEAD_BYTES}"),
+            });
+        }
+        let head = Head::map(file, path, writable)?;
+        head.check(path)?;
+        Ok(head)
+    }
+
+    /// Maps the first [`HEAD_BYTES`] of `file`, which is at least that long.
+    fn map(file: &File, path: &Path, writable: bool) -> Result<Head, LogError> {
+        let mut opts = memmap2::MmapOptions::new();
+        opts.len(HEAD_BYTES as usize);
+        let map = if writable { opts.map_raw(file) } else { opts.map_raw_read_only(file) }
+            .map_err(|e| LogError::io(path, "mmap", e))?;
+        Ok(Head { map, writable })
+    }
+
+    /// Checks the magic (a zero one is a page not yet initialised by its appender) and the
+    /// version.
+    fn check(&self, path: &Path) -> Result<(), LogError> {
+        let magic_word = self.u64_at(0).load(Ordering::Acquire);
+        if magic_word != 0 && magic_word != u64::from_le_bytes(HEAD_MAGIC) {
+            return Err(LogError::NotASegment {
+                path: path.to_path_buf(),
+                why: "HEAD is not a shoal control page".into(),
+            });
+        }
+        let version = self.u32_at(8).load(Ordering::Relaxed);
+        if version > HEAD_VERSION {
+            return Err(LogError::UnsupportedVersion {
+                path: path.to_path_buf(),
+                found: version,
+                supported: HEAD_VERSION,
+            });
+        }
+        Ok(())
     }
 
     fn u32_at(&self, at: usize) -> &AtomicU32 {
@@ -111,17 +187,26 @@ impl Head {
 
     /// Records the durable watermark (monotonic).
     pub fn set_durable_offset(&self, offset: u64) {
+        if !self.writable {
+            return;
+        }
         // pairs with the Acquire load in durable_offset
         self.u64_at(DURABLE).fetch_max(offset, Ordering::Release);
     }
 
     /// Sets the durable watermark, lowering it if needed (after a repair cut records off).
     pub fn reset_offsets(&self, next: u64) {
+        if !self.writable {
+            return;
+        }
         self.u64_at(DURABLE).store(next, Ordering::Release);
     }
 
     /// Records the live appender's pid (0 when it closes).
     pub fn set_appender_pid(&self, pid: u32) {
+        if !self.writable {
+            return;
+        }
         self.u32_at(APPENDER_PID).store(pid, Ordering::Release);
     }
 
@@ -140,6 +225,9 @@ impl Head {
     /// Bumps the futex word and wakes every sleeper.
     #[cold]
     pub fn wake(&self) {
+        if !self.writable {
+            return;
+        }
         let word = self.u32_at(NOTIFY);
         word.fetch_add(1, Ordering::SeqCst);
         futex::wake_all(word);
@@ -148,14 +236,23 @@ impl Head {
     /// Registers a sleeper; returns the futex value to pass to [`Head::wait`]. The caller
     /// re-checks for new records before waiting and calls [`Head::finish_wait`] afterwards.
     pub fn prepare_wait(&self) -> u32 {
-        self.u32_at(WAITERS).fetch_add(1, Ordering::SeqCst);
+        if self.writable {
+            self.u32_at(WAITERS).fetch_add(1, Ordering::SeqCst);
+        }
         AsymmetricFence::heavy();
         self.u32_at(NOTIFY).load(Ordering::SeqCst)
     }
 
     /// Sleeps until the futex word moves from `seen` or `timeout` passes.
     pub fn wait(&self, seen: u32, timeout: Duration) {
+        let timeout = if self.writable { timeout } else { timeout.min(READ_ONLY_WAIT) };
         futex::wait(self.u32_at(NOTIFY), seen, timeout);
+    }
+
+    /// False for a page mapped read-only (see [`Head::open_existing`]): it registers no
+    /// sleeper, so a waiter on it polls.
+    pub fn is_writable(&self) -> bool {
+        self.writable
     }
 
     /// The futex word the appender bumps (for waiting on several logs at once with
@@ -166,6 +263,9 @@ impl Head {
 
     /// Unregisters a sleeper.
     pub fn finish_wait(&self) {
+        if !self.writable {
+            return;
+        }
         self.u32_at(WAITERS).fetch_sub(1, Ordering::SeqCst);
     }
 }

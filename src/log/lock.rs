@@ -3,14 +3,15 @@
 //! An `flock(2)` on the file `LOCK` in the log directory, held for the life of a [`DirLock`].
 //! The kernel drops it when the holder exits, however it exits, so a crashed appender never
 //! leaves a stale lock behind. The holder writes its pid into the file, for the error a
-//! second appender gets.
+//! second appender gets. `LOCK` is opened relative to the log directory's descriptor and
+//! never through a symlink: one planted there is an error naming it.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::path::Path;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 
 use super::error::LogError;
 use crate::sys::file::{try_flock, Flock};
+use crate::sys::fs::{Dir, Open};
 
 const LOCK_FILE: &str = "LOCK";
 
@@ -22,32 +23,29 @@ pub(crate) struct DirLock {
 }
 
 impl DirLock {
-    /// Takes the lock of the log in `dir` (creating the directory).
+    /// Takes the lock of the log in `dir` (creating `LOCK` there if missing; the directory
+    /// itself must exist).
     ///
     /// # Errors
-    /// [`LogError::Locked`] naming the holder's pid when another appender holds it; I/O
-    /// errors.
-    pub(crate) fn acquire(dir: &Path) -> Result<DirLock, LogError> {
-        std::fs::create_dir_all(dir).map_err(|e| LogError::io(dir, "create directory", e))?;
+    /// [`LogError::Locked`] naming the holder's pid when another appender holds it; a
+    /// symlink or non-regular file planted as `LOCK`; I/O errors.
+    pub(crate) fn acquire(dir: &Dir) -> Result<DirLock, LogError> {
         let path = dir.join(LOCK_FILE);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| LogError::io(&path, "open", e))?;
+        let file = dir.open_file(LOCK_FILE, Open::ReadWriteCreate).map_err(|e| LogError::io(&path, "open", e))?;
         match try_flock(&file, Flock::Exclusive) {
             Ok(true) => {}
             Ok(false) => {
-                let holder =
-                    std::fs::read_to_string(&path).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
-                return Err(LogError::Locked { path, holder: holder.unwrap_or_else(|| "unknown".into()) });
+                let mut bytes = [0u8; 32];
+                let n = file.read_at(&mut bytes, 0).unwrap_or(0);
+                let holder = String::from_utf8_lossy(&bytes[..n]).trim().to_string();
+                let holder = if holder.is_empty() { "unknown".into() } else { holder };
+                return Err(LogError::Locked { path, holder });
             }
             Err(err) => return Err(LogError::io(&path, "flock", err)),
         }
+        let pid = std::process::id().to_string();
         let _ = file.set_len(0);
-        let _ = write!(file, "{}", std::process::id());
+        let _ = file.write_all_at(pid.as_bytes(), 0);
         Ok(DirLock { _file: file })
     }
 }

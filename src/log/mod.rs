@@ -28,6 +28,15 @@
 //! Retention ([`Retention`]) deletes whole sealed segments by total size or age. Readers that
 //! still map a deleted segment keep reading it: an unlinked file lives while it is mapped.
 //!
+//! Files are the log's own: the appender holds the log directory open
+//! (`crate::sys::fs::Dir`) and creates, renames and removes every file through it, never
+//! through a symlink (`O_NOFOLLOW`; new files `O_EXCL`; renames `RENAME_NOREPLACE`); a
+//! symlink or non-regular file planted as `LOCK`, `HEAD`, a segment or its temporary file is
+//! an error naming it, for readers too. Segment ids never wrap: the largest id leaves no
+//! room for a successor and is refused. Readers create nothing: they map `HEAD` as it is,
+//! read-only where the file system allows no more, and a missing `HEAD` means a watermark
+//! of 0.
+//!
 //! # Files
 //! Each file owns one concept; the appender only assembles them.
 //!

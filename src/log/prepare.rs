@@ -4,10 +4,12 @@
 //!
 //! At most one preparation is in flight: requests and results travel over two channels of
 //! capacity one. The appender holds the [`Preparer`], which tracks the prepared segment, the
-//! request in flight and the sequence number the next one gets.
+//! request in flight and the sequence number the next one gets. Sequence numbers never wrap:
+//! after the largest there is no next segment, and asking for one is an error.
+//!
+//! The thread creates files through the log directory's [`Dir`] (held open by the appender),
+//! never by path: see [`Segment::prepare`].
 
-use std::fs::File;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -17,6 +19,7 @@ use super::error::LogError;
 use super::io::IoDriver;
 use super::segment::{Segment, SegmentId};
 use super::LogOptions;
+use crate::sys::fs::Dir;
 
 /// The appender's side of the preparation thread.
 #[derive(Debug)]
@@ -26,28 +29,37 @@ pub(crate) struct Preparer {
     requests: Option<Sender<SegmentId>>,
     results: Receiver<Result<Arc<Segment>, LogError>>,
     in_flight: bool,
-    next_seq: u64,
+    /// The id the next requested segment gets; `None` once the largest id was handed out.
+    next_seq: Option<u64>,
+    dir: Arc<Dir>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Preparer {
-    /// Starts the preparation thread for the log in `dir` (`dir_file` is the directory, to
-    /// sync renames). `prepared` is a segment already prepared (left by a previous run);
-    /// new ones get sequence numbers from `next_seq` on.
+    /// Starts the preparation thread for the log in `dir` (which it creates files in and
+    /// syncs). `prepared` is a segment already prepared (left by a previous run); new ones
+    /// get sequence numbers from `next_seq` on.
     ///
     /// # Errors
     /// [`LogError::UringUnavailable`] for its I/O driver; a thread that cannot be spawned.
     pub(crate) fn start(
-        dir: PathBuf,
+        dir: Arc<Dir>,
         opts: LogOptions,
-        dir_file: File,
         prepared: Option<Arc<Segment>>,
-        next_seq: u64,
+        next_seq: SegmentId,
     ) -> Result<Preparer, LogError> {
         let (requests, request_rx) = bounded::<SegmentId>(1);
         let (result_tx, results) = bounded::<Result<Arc<Segment>, LogError>>(1);
-        let thread = spawn_preparer(dir, opts, dir_file, request_rx, result_tx)?;
-        Ok(Preparer { prepared, requests: Some(requests), results, in_flight: false, next_seq, thread: Some(thread) })
+        let thread = spawn_preparer(dir.clone(), opts, request_rx, result_tx)?;
+        Ok(Preparer {
+            prepared,
+            requests: Some(requests),
+            results,
+            in_flight: false,
+            next_seq: Some(next_seq.0),
+            dir,
+            thread: Some(thread),
+        })
     }
 
     /// True when a prepared segment exists on disk, collected or still in flight.
@@ -68,6 +80,9 @@ impl Preparer {
         let mut tries = if self.in_flight { 2 } else { 1 };
         if !self.in_flight {
             self.request();
+            if !self.in_flight && self.next_seq.is_none() {
+                return Err(self.exhausted());
+            }
         }
         loop {
             self.in_flight = false;
@@ -75,12 +90,15 @@ impl Preparer {
                 Ok(Ok(seg)) => return Ok(seg),
                 Ok(Err(e)) => {
                     // Only one preparation is ever in flight: retry the same id.
-                    self.next_seq -= 1;
+                    self.give_back_id();
                     tries -= 1;
                     if tries == 0 {
                         return Err(e);
                     }
                     self.request();
+                    if !self.in_flight && self.next_seq.is_none() {
+                        return Err(self.exhausted());
+                    }
                 }
                 Err(_) => return Err(LogError::Closed),
             }
@@ -104,7 +122,7 @@ impl Preparer {
                 match result {
                     Ok(seg) => self.prepared = Some(seg),
                     Err(e) => {
-                        self.next_seq -= 1;
+                        self.give_back_id();
                         tracing::warn!("preparing the next segment failed: {e}; retrying at the next rollover");
                     }
                 }
@@ -112,12 +130,26 @@ impl Preparer {
         }
     }
 
+    /// Sends a request for the next id, if there is one (checked arithmetic: ids never wrap
+    /// around to those of existing segments).
     fn request(&mut self) {
-        if let Some(tx) = &self.requests {
-            if tx.try_send(SegmentId(self.next_seq)).is_ok() {
-                self.next_seq += 1;
-                self.in_flight = true;
-            }
+        let (Some(tx), Some(id)) = (&self.requests, self.next_seq) else { return };
+        if tx.try_send(SegmentId(id)).is_ok() {
+            self.next_seq = id.checked_add(1);
+            self.in_flight = true;
+        }
+    }
+
+    /// Takes back the id of a preparation that failed, to be tried again.
+    fn give_back_id(&mut self) {
+        self.next_seq = Some(self.next_seq.map_or(u64::MAX, |next| next - 1));
+    }
+
+    /// The error when no segment id is left.
+    fn exhausted(&self) -> LogError {
+        LogError::Inconsistent {
+            path: self.dir.path().to_path_buf(),
+            why: format!("segment id {} is the largest there is: no further segment can be created", u64::MAX),
         }
     }
 
@@ -135,9 +167,8 @@ impl Preparer {
 }
 
 fn spawn_preparer(
-    dir: PathBuf,
+    dir: Arc<Dir>,
     opts: LogOptions,
-    dir_file: File,
     requests: Receiver<SegmentId>,
     results: Sender<Result<Arc<Segment>, LogError>>,
 ) -> Result<JoinHandle<()>, LogError> {
@@ -148,8 +179,7 @@ fn spawn_preparer(
             let mut populate = opts.prefault;
             for id in requests {
                 let result =
-                    Segment::prepare(&dir, id, opts.segment_bytes, opts.index_interval_bytes, &mut io, &dir_file)
-                        .map(Arc::new);
+                    Segment::prepare(&dir, id, opts.segment_bytes, opts.index_interval_bytes, &mut io).map(Arc::new);
                 let segment = result.as_ref().ok().cloned();
                 if results.send(result).is_err() {
                     break;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::error::LogError;
 use super::format::{self, Region, Slot, BASE_OFFSET_UNSET};
-use super::head::{Head, HEAD_FILE};
+use super::head::Head;
 use super::segment::{list_segments, Segment, SegmentId};
 use super::Offset;
 
@@ -197,7 +197,7 @@ impl Reader {
                 known.push((kid, base));
                 continue;
             }
-            let mut file = match std::fs::File::open(&path) {
+            let mut file = match super::segment::open_log_file(&path, crate::sys::fs::Open::Read) {
                 Ok(f) => f,
                 // Removed by retention between listing and opening.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -348,15 +348,15 @@ impl Reader {
     /// The durable watermark the log's appender last recorded in the shared `HEAD` page:
     /// every offset below it survived a data sync. 0 when no appender has opened the log.
     pub fn durable_offset(&mut self) -> Offset {
-        // `Head::open` creates a missing page: only open one that exists (a read creates
-        // nothing).
+        // The page is opened as it is, never created (a read creates nothing), read-only
+        // where the file system allows no more.
         Offset(self.head().map_or(0, |h| h.durable_offset()))
     }
 
     /// The log's control page, mapped on first use once an appender has created it.
     pub(super) fn head(&mut self) -> Option<&Head> {
-        if self.head.is_none() && self.dir.join(HEAD_FILE).exists() {
-            self.head = Head::open(&self.dir).ok();
+        if self.head.is_none() {
+            self.head = Head::open_existing(&self.dir).ok().flatten();
         }
         self.head.as_ref()
     }

@@ -16,7 +16,6 @@
 //! predecessor's end marker (lost in a crash) is put back, and the tail is synced.
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -26,8 +25,9 @@ use super::head::Head;
 use super::io::{IoDriver, SyncRange};
 use super::lock::DirLock;
 use super::scan::{cut_segment, last_nonzero, records_after, scan_segment, Scan, ScanEnd};
-use super::segment::{list_segments, read_header_from_file, Segment, SegmentId};
+use super::segment::{list_segments, next_segment_id, open_log_file, read_header_from_file, Segment, SegmentId};
 use super::{LogOptions, RecoveryMode};
+use crate::sys::fs::Open;
 
 /// What opening the log found and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -84,7 +84,7 @@ pub(crate) struct RecoveredTail {
     /// A prepared (unused) segment left by a previous run, to be used next.
     pub(crate) prepared: Option<Arc<Segment>>,
     /// Sequence number of the next segment to prepare.
-    pub(crate) next_seq: u64,
+    pub(crate) next_seq: SegmentId,
 }
 
 /// Recovers the log in `dir`, held locked by `lock`, according to `opts.recovery_mode`;
@@ -103,6 +103,7 @@ pub(crate) fn recover(
     io: &mut IoDriver,
 ) -> Result<RecoveredTail, LogError> {
     let (segments, temps) = list_segments(dir)?;
+    let next_seq = next_segment_id(&segments)?;
     for temp in temps {
         std::fs::remove_file(&temp).map_err(|e| LogError::io(&temp, "remove", e))?;
     }
@@ -124,7 +125,6 @@ pub(crate) fn recover(
         .take(in_use)
         .map(|((id, path), header)| (*id, path.clone(), header.base_offset, header.segment_bytes, header.activated_ns))
         .collect();
-    let next_seq = segments.last().map_or(0, |(id, _)| id.0 + 1);
     Ok(RecoveredTail { report, in_use, tail, prepared, next_seq })
 }
 
@@ -132,7 +132,7 @@ pub(crate) fn recover(
 fn read_headers(segments: &[(SegmentId, PathBuf)]) -> Result<Vec<SegmentHeader>, LogError> {
     let mut headers = Vec::with_capacity(segments.len());
     for (id, path) in segments {
-        let mut file = File::open(path).map_err(|e| LogError::io(path, "open", e))?;
+        let mut file = open_log_file(path, Open::Read).map_err(|e| LogError::io(path, "open", e))?;
         let header = read_header_from_file(path, &mut file)?;
         if header.seq != id.0 {
             return Err(LogError::NotASegment {

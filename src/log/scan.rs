@@ -104,7 +104,7 @@ pub(crate) fn cut_segment(
     header: &SegmentHeader,
     position: usize,
 ) -> Result<(), LogError> {
-    let len = std::fs::metadata(&seg.path).map_err(|e| LogError::io(&seg.path, "stat", e))?.len();
+    let len = seg.file.metadata().map_err(|e| LogError::io(&seg.path, "stat", e))?.len();
     if len < header.segment_bytes {
         // A truncated file: give it back its length (the new bytes read as zeros). Bytes past
         // the mapping (a cut that is not 8-aligned) are dropped first: the region below does

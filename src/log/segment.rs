@@ -8,7 +8,7 @@
 //! slot, the appender before each append and the sync thread before it moves the durable
 //! watermark, so nothing stored into a dead page is ever acknowledged.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
@@ -20,6 +20,7 @@ use memmap2::{Advice, MmapOptions, MmapRaw};
 use super::error::LogError;
 use super::format::{self, HeaderError, Region, SegmentHeader, BASE_OFFSET_UNSET, FORMAT_VERSION};
 use super::io::IoDriver;
+use crate::sys::fs::{self as sysfs, Dir, Open};
 use crate::sys::sigbus;
 
 /// Suffix of segment files.
@@ -66,14 +67,87 @@ pub fn list_segments(dir: &Path) -> Result<(Listing, Vec<PathBuf>), LogError> {
         let entry = entry.map_err(|e| LogError::io(dir, "list", e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(id) = parse_segment_name(name) {
+        let segment = parse_segment_name(name);
+        let temp = name.starts_with('.') && name.ends_with(".seg.tmp");
+        if segment.is_some() || temp || name == "LOCK" || name == "HEAD" {
+            // The log's own files are regular files: a symlink or anything else planted
+            // under one of their names is refused, never followed.
+            let kind = entry.file_type().map_err(|e| LogError::io(entry.path(), "stat", e))?;
+            if let Some(e) = sysfs::refuse_entry(&entry.path(), kind) {
+                return Err(LogError::io(entry.path(), "open", e));
+            }
+        }
+        if let Some(id) = segment {
             segments.push((id, entry.path()));
-        } else if name.starts_with('.') && name.ends_with(".seg.tmp") {
+        } else if temp {
             temps.push(entry.path());
         }
     }
     segments.sort_by_key(|(id, _)| *id);
     Ok((segments, temps))
+}
+
+/// The id the segment after the listed ones gets (0 for none). Ids never wrap: a segment
+/// whose id leaves no room for a successor is an error naming it, so that a new segment can
+/// never be created under (or renamed over) the id of an old one.
+///
+/// # Errors
+/// [`LogError::NotASegment`] for a segment with the largest id.
+pub fn next_segment_id(segments: &[(SegmentId, PathBuf)]) -> Result<SegmentId, LogError> {
+    match segments.last() {
+        None => Ok(SegmentId(0)),
+        Some((id, path)) => id.0.checked_add(1).map(SegmentId).ok_or_else(|| LogError::NotASegment {
+            path: path.clone(),
+            why: format!("segment id {} is the largest there is and leaves no room for a next segment", id.0),
+        }),
+    }
+}
+
+/// Opens the file at `path` (a file of a log directory) for `how`, never through a symlink.
+///
+/// # Errors
+/// The I/O error, with `NotFound` kept as it is.
+pub fn open_log_file(path: &Path, how: Open) -> std::io::Result<File> {
+    sysfs::open_file_at(path, how)
+}
+
+/// The error for a path that should be a log directory but is a file.
+fn not_a_directory(path: &Path) -> LogError {
+    LogError::io(
+        path,
+        "open log directory",
+        std::io::Error::other("it is a file, not a log directory; give the path of a log directory"),
+    )
+}
+
+/// Opens the existing log directory at `path`.
+///
+/// # Errors
+/// [`LogError::NoLog`] when it does not exist; an error saying so when it is a file.
+pub fn open_log_dir(path: &Path) -> Result<Dir, LogError> {
+    Dir::open(path).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOENT) => LogError::NoLog { path: path.to_path_buf() },
+        Some(libc::ENOTDIR) if path.exists() => not_a_directory(path),
+        _ => LogError::io(path, "open directory", e),
+    })
+}
+
+/// Opens the log directory at `path`, creating it (and its parents) if missing.
+///
+/// # Errors
+/// An error saying so when `path` is a file; I/O errors.
+pub fn create_log_dir(path: &Path) -> Result<Dir, LogError> {
+    match open_log_dir(path) {
+        Err(LogError::NoLog { .. }) => {}
+        other => return other,
+    }
+    if let Err(e) = std::fs::create_dir_all(path) {
+        if path.exists() && !path.is_dir() {
+            return Err(not_a_directory(path));
+        }
+        return Err(LogError::io(path, "create directory", e));
+    }
+    open_log_dir(path)
 }
 
 /// Maps a header error to the error a person sees.
@@ -185,8 +259,8 @@ impl Segment {
     /// read-only for readers. The header is validated; a file shorter than its header says
     /// is mapped as far as it goes (recovery treats the missing part as damage).
     pub fn open(path: &Path, id: SegmentId, writable: bool) -> Result<Segment, LogError> {
-        let mut file =
-            OpenOptions::new().read(true).write(writable).open(path).map_err(|e| LogError::io(path, "open", e))?;
+        let how = if writable { Open::ReadWrite } else { Open::Read };
+        let mut file = open_log_file(path, how).map_err(|e| LogError::io(path, "open", e))?;
         let header = read_header_from_file(path, &mut file)?;
         if header.seq != id.0 {
             return Err(LogError::NotASegment {
@@ -219,23 +293,27 @@ impl Segment {
     /// a header with no base offset, synced, renamed into place and the directory synced;
     /// then it is mapped. [`Segment::populate`] then faults its pages in ahead of the
     /// appender.
+    ///
+    /// The temporary file is created anew (`O_EXCL`, never through a symlink: a planted
+    /// entry of that name is an error naming it) and renamed into place without replacing
+    /// anything: a segment already there under `id` is an error, never overwritten.
     pub fn prepare(
-        dir: &Path,
+        dir: &Dir,
         id: SegmentId,
         segment_bytes: u64,
         index_interval: u32,
         io: &mut IoDriver,
-        dir_file: &File,
     ) -> Result<Segment, LogError> {
-        let temp = dir.join(temp_file_name(id));
-        let path = dir.join(segment_file_name(id));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&temp)
-            .map_err(|e| LogError::io(&temp, "create", e))?;
+        let (temp_name, name) = (temp_file_name(id), segment_file_name(id));
+        let (temp, path) = (dir.join(&temp_name), dir.join(&name));
+        let file = dir.open_file(&temp_name, Open::CreateNew).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                let why = "it already exists (left or planted there); shoal creates its files afresh, remove it";
+                LogError::io(&temp, "create", std::io::Error::new(e.kind(), why))
+            } else {
+                LogError::io(&temp, "create", e)
+            }
+        })?;
         let result = (|| {
             io.fallocate(file.as_raw_fd(), segment_bytes).map_err(|e| {
                 if e.raw_os_error() == Some(libc::ENOSPC) {
@@ -256,8 +334,17 @@ impl Segment {
             };
             file.write_all_at(&header.encode(), 0).map_err(|e| LogError::io(&temp, "write header", e))?;
             io.fsync(file.as_raw_fd(), true).map_err(|e| LogError::io(&temp, "fdatasync", e))?;
-            std::fs::rename(&temp, &path).map_err(|e| LogError::io(&temp, "rename", e))?;
-            io.fsync(dir_file.as_raw_fd(), false).map_err(|e| LogError::io(dir, "fsync", e))?;
+            dir.rename_noreplace(&temp_name, &name).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    LogError::Inconsistent {
+                        path: path.clone(),
+                        why: format!("segment {} already exists; a new segment never replaces one", id.0),
+                    }
+                } else {
+                    LogError::io(&temp, "rename", e)
+                }
+            })?;
+            io.fsync(dir.raw_fd(), false).map_err(|e| LogError::io(dir.path(), "fsync", e))?;
             let (map, sigbus) = Segment::map(&path, &file, segment_bytes as usize, true)?;
             Ok(Segment {
                 path: path.clone(),
@@ -271,7 +358,7 @@ impl Segment {
             })
         })();
         if result.is_err() {
-            let _ = std::fs::remove_file(&temp);
+            let _ = dir.unlink(&temp_name);
         }
         result
     }
@@ -306,9 +393,4 @@ impl Segment {
         }
         true
     }
-}
-
-/// Opens the directory itself, to fsync it.
-pub fn open_dir(dir: &Path) -> Result<File, LogError> {
-    File::open(dir).map_err(|e| LogError::io(dir, "open directory", e))
 }

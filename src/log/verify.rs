@@ -8,7 +8,7 @@ use super::format::{self, BASE_OFFSET_UNSET};
 use super::head::{Head, HEAD_FILE};
 use super::lock::DirLock;
 use super::scan::{cut_segment, records_after, scan_segment, ScanEnd};
-use super::segment::{list_segments, Segment};
+use super::segment::{list_segments, open_log_dir, segment_file_name, Segment};
 
 /// One problem found by [`verify`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,7 +85,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
     if segments.is_empty() && !dir.join(HEAD_FILE).exists() {
         return Err(LogError::NoLog { path: dir.to_path_buf() });
     }
-    let durable = read_durable(dir);
+    let durable = read_durable(dir)?;
     let mut report = VerifyReport { segments: segments.len() as u64, ..VerifyReport::default() };
     let mut expected: Option<u64> = None;
     let mut prepared_seen = false;
@@ -216,7 +216,12 @@ pub struct RepairReport {
 /// # Errors
 /// [`LogError::Locked`] when an appender is running; I/O errors.
 pub fn repair(dir: &Path) -> Result<RepairReport, LogError> {
-    let lock = DirLock::acquire(dir)?;
+    // Nothing is created: not the directory, and no `LOCK` where there is no log.
+    let handle = open_log_dir(dir)?;
+    if list_segments(dir)?.0.is_empty() && !dir.join(HEAD_FILE).exists() {
+        return Err(LogError::NoLog { path: dir.to_path_buf() });
+    }
+    let lock = DirLock::acquire(&handle)?;
     let report = verify(dir)?;
     let unrepairable: Vec<Problem> = report.problems.iter().filter(|p| !p.repairable).cloned().collect();
     let (segments, _) = list_segments(dir)?;
@@ -224,11 +229,11 @@ pub fn repair(dir: &Path) -> Result<RepairReport, LogError> {
         let seg = Segment::open(&path, segments[index].0, true)?;
         let header = seg.header;
         cut_segment(&lock, &seg, &header, position)?;
-        for (_, later) in &segments[index + 1..] {
-            std::fs::remove_file(later).map_err(|e| LogError::io(later, "remove", e))?;
+        for (id, later) in &segments[index + 1..] {
+            handle.unlink(&segment_file_name(*id)).map_err(|e| LogError::io(later, "remove", e))?;
         }
-        super::segment::open_dir(dir)?.sync_all().map_err(|e| LogError::io(dir, "fsync", e))?;
-        if let Ok(head) = Head::open(dir) {
+        handle.sync().map_err(|e| LogError::io(dir, "fsync", e))?;
+        if let Ok(Some(head)) = Head::open_writable(&handle) {
             head.reset_offsets(offset);
         }
         return Ok(RepairReport {
@@ -247,7 +252,7 @@ pub fn repair(dir: &Path) -> Result<RepairReport, LogError> {
 pub fn stats(dir: &Path) -> Result<LogStats, LogError> {
     let (segments, _) = list_segments(dir)?;
     let mut out =
-        LogStats { segments: segments.len() as u64, durable_offset: read_durable(dir), ..LogStats::default() };
+        LogStats { segments: segments.len() as u64, durable_offset: read_durable(dir)?, ..LogStats::default() };
     let mut last_in_use: Option<Segment> = None;
     for (id, path) in &segments {
         out.bytes += std::fs::metadata(path).map_err(|e| LogError::io(path, "stat", e))?.len();
@@ -273,12 +278,17 @@ pub fn stats(dir: &Path) -> Result<LogStats, LogError> {
     Ok(out)
 }
 
-/// The durable watermark recorded in `HEAD`, or 0 when there is none.
-fn read_durable(dir: &Path) -> u64 {
-    if !dir.join(HEAD_FILE).exists() {
-        return 0;
+/// The durable watermark recorded in `HEAD`, or 0 when there is none. `HEAD` is opened as
+/// it is (never created or extended), read-only where it cannot be written.
+///
+/// # Errors
+/// A `HEAD` that cannot be opened (a symlink or non-regular file planted there, I/O).
+fn read_durable(dir: &Path) -> Result<u64, LogError> {
+    match Head::open_existing(dir) {
+        Ok(head) => Ok(head.map_or(0, |h| h.durable_offset())),
+        Err(e @ LogError::Io { .. }) => Err(e),
+        Err(_) => Ok(0),
     }
-    Head::open(dir).map_or(0, |h| h.durable_offset())
 }
 
 #[cfg(test)]

@@ -54,13 +54,14 @@ pub fn wait_any(readers: &mut [&mut Reader], words: &[(&AtomicU32, u32)], timeou
     let mut last_seen = 0;
     for (i, reader) in readers.iter_mut().enumerate() {
         match reader.head() {
-            Some(head) => {
+            // A page mapped read-only cannot register a sleeper: poll that log.
+            Some(head) if head.is_writable() => {
                 let seen = head.prepare_wait();
                 last_seen = seen;
                 list.push(FutexWaitv::new(head.notify_word(), seen));
                 registered.push(i);
             }
-            None => every_head = false,
+            _ => every_head = false,
         }
     }
     // Re-check after registering (pairs with the appender's fence after publishing).

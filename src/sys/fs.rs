@@ -181,7 +181,12 @@ impl Dir {
         // descriptor returned is owned below.
         let fd = unsafe { libc::openat(self.fd.as_raw_fd(), c.as_ptr(), flags, 0o644 as libc::c_uint) };
         if fd < 0 {
-            return Err(explain(io::Error::last_os_error(), &path));
+            let err = io::Error::last_os_error();
+            // O_EXCL reports a planted symlink as EEXIST: say what is there.
+            if err.raw_os_error() == Some(libc::EEXIST) && self.is_symlink(name) {
+                return Err(explain(io::Error::from_raw_os_error(libc::ELOOP), &path));
+            }
+            return Err(explain(err, &path));
         }
         // SAFETY: `fd` is a fresh descriptor that nothing else owns.
         let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
@@ -264,6 +269,45 @@ impl Dir {
         } else {
             Err(io::Error::last_os_error())
         }
+    }
+}
+
+/// Splits `path` into the directory that holds it and its name (one UTF-8 component).
+///
+/// # Errors
+/// `InvalidInput` for a path without a file name (`/`, `..`) or a name that is not UTF-8.
+pub fn split(path: &Path) -> io::Result<(&Path, &str)> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not a file name", path.display())))?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    Ok((parent, name))
+}
+
+/// Opens the file at `path` through its directory: the directory (named by the caller) may
+/// be reached through symlinks, the file itself never is (see [`Dir::open_file`]).
+///
+/// # Errors
+/// As [`Dir::open`] for the directory and [`Dir::open_file`] for the file.
+pub fn open_file_at(path: &Path, how: Open) -> io::Result<File> {
+    let (parent, name) = split(path)?;
+    Dir::open(parent)?.open_file(name, how)
+}
+
+/// The error for an entry of a shoal directory that is not what shoal put there: a
+/// symbolic link or a file that is not regular (`kind` is its type, from `lstat` or
+/// `readdir`), or `None` when it is a regular file.
+pub fn refuse_entry(path: &Path, kind: std::fs::FileType) -> Option<io::Error> {
+    if kind.is_symlink() {
+        Some(explain(io::Error::from_raw_os_error(libc::ELOOP), path))
+    } else if !kind.is_file() {
+        Some(io::Error::other(format!("{} is not a regular file (remove it)", path.display())))
+    } else {
+        None
     }
 }
 
