@@ -261,6 +261,65 @@ fn a_member_whose_handler_hangs_loses_its_partitions_and_its_commit_is_fenced() 
     );
 }
 
+/// Two members take over from one stopped member at once (they may briefly disagree on
+/// who gets what): the partition lock serialises their takeovers, so every record is
+/// delivered by exactly one of them.
+#[test]
+fn two_members_taking_over_at_once_deliver_each_record_once() {
+    const TEST: &str = "two_members_taking_over_at_once_deliver_each_record_once";
+    if child_mode().as_deref() == Some("stalling") {
+        stalling_child();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bus = filled_bus(dir.path());
+    let all = all_records(&bus);
+    let mut child = child_command(TEST, "stalling")
+        .env("SHOAL_GROUP_BUS", dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _lines = wait_for_report_prefix(&mut child);
+    signal(&child, libc::SIGSTOP);
+    let stopped_at = Instant::now();
+    let done = std::sync::Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let survivors: Vec<_> = (0..2)
+        .map(|i| {
+            let bus = Bus::open(dir.path()).unwrap();
+            let done = done.clone();
+            let total = all.len();
+            std::thread::spawn(move || {
+                let opts = GroupOptions::default().label(format!("survivor {i}")).session_timeout(SESSION);
+                let mut m = Member::join(&bus, "g", "events", opts).unwrap();
+                let mut mine = Vec::new();
+                while done.lock().unwrap().len() < total {
+                    let batch = m.poll(64, Duration::from_millis(10)).unwrap();
+                    m.commit().unwrap();
+                    let mut seen = done.lock().unwrap();
+                    for d in &batch {
+                        mine.push((d.partition, d.record.offset().0));
+                        seen.insert((d.partition, d.record.offset().0));
+                    }
+                    drop(seen);
+                    assert!(stopped_at.elapsed() < Duration::from_secs(30), "survivor {i}: records never all came");
+                }
+                // Stay until the other one has also seen everything, then leave.
+                m.leave().unwrap();
+                mine
+            })
+        })
+        .collect();
+    let got: Vec<Vec<(u32, u64)>> = survivors.into_iter().map(|t| t.join().unwrap()).collect();
+    signal(&child, libc::SIGKILL);
+    child.wait().unwrap();
+    let a: BTreeSet<_> = got[0].iter().copied().collect();
+    let b: BTreeSet<_> = got[1].iter().copied().collect();
+    assert_eq!(a.len(), got[0].len(), "survivor 0 delivered a record twice");
+    assert_eq!(b.len(), got[1].len(), "survivor 1 delivered a record twice");
+    assert!(a.is_disjoint(&b), "delivered by both: {:?}", a.intersection(&b).take(5).collect::<Vec<_>>());
+    assert_eq!(a.union(&b).copied().collect::<BTreeSet<_>>(), all);
+}
+
 /// A member that keeps polling, however slowly within the session timeout, keeps its
 /// partitions: the heartbeat, not the delivery of records, is what counts.
 #[test]

@@ -157,8 +157,9 @@ pub struct GroupOptions {
     /// `fdatasync` the offsets file on each commit (default false: a commit survives a
     /// process crash but not a power loss).
     pub sync_commits: bool,
-    /// How often the member checks the other members' leases (default 20 ms); also the
-    /// longest single sleep in [`Member::poll`].
+    /// How often the member checks the other members' leases and heartbeats (default
+    /// 20 ms); also the longest single sleep in [`Member::poll`] (at most a quarter of
+    /// [`GroupOptions::session_timeout`]).
     pub liveness_check: Duration,
     /// Shown by [`describe`], e.g. `"pid 123"` (the default). At most 1024 bytes are kept.
     pub label: String,
@@ -402,8 +403,12 @@ pub struct Member {
 static ID_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// Tries of [`Member::join`] to publish its lease while other members sweep.
 const JOIN_ATTEMPTS: u32 = 16;
-/// Tries (100 us apart) to take a partition lock that another member holds for a commit.
-const PARTITION_LOCK_TRIES: u32 = 50;
+/// Tries (100 us apart) of a take to get a partition lock held by another member (5 ms:
+/// a take that finds it busy tries again at the next sweep).
+const TAKE_LOCK_TRIES: u32 = 50;
+/// Tries (100 us apart) of a commit to get its partition lock (1 s: only a member stopped
+/// inside its own few syscalls under that lock holds it longer).
+const COMMIT_LOCK_TRIES: u32 = 10_000;
 
 /// Reads at most `max` bytes of the file `name` of `dir` (never through a symlink); `None`
 /// when it does not exist.
@@ -494,14 +499,15 @@ fn unlock(file: &File) {
 }
 
 /// Takes the partition lock (an exclusive `flock` on the offsets file) for the few
-/// syscalls of a take, takeover or commit, waiting at most ~5 ms for a member that holds it
-/// for its own commit. `Ok(false)` when it stays busy (a member stopped inside a commit).
-fn lock_partition(offsets: &File, path: &Path) -> Result<bool, GroupError> {
-    for attempt in 0..PARTITION_LOCK_TRIES {
+/// syscalls of a take, takeover or commit, trying `tries` times 100 us apart while another
+/// member holds it for its own. `Ok(false)` when it stays busy (a member stopped inside
+/// that section).
+fn lock_partition(offsets: &File, path: &Path, tries: u32) -> Result<bool, GroupError> {
+    for attempt in 0..tries {
         if try_flock(offsets, Flock::Exclusive).map_err(|e| GroupError::io(path, "lock", e))? {
             return Ok(true);
         }
-        if attempt + 1 < PARTITION_LOCK_TRIES {
+        if attempt + 1 < tries {
             std::thread::sleep(Duration::from_micros(100));
         }
     }
@@ -666,7 +672,9 @@ impl Member {
             if now >= deadline {
                 return Ok(out);
             }
-            self.sleep((deadline - now).min(self.opts.liveness_check))?;
+            // Wakes often enough that the heartbeat moves well within the session timeout.
+            let nap = self.opts.liveness_check.min(self.opts.session_timeout / 4);
+            self.sleep((deadline - now).min(nap))?;
         }
     }
 
@@ -832,7 +840,7 @@ impl Member {
             .offsets_dir
             .open_file(&offsets_name, Open::ReadWriteCreate)
             .map_err(|e| GroupError::io(&offsets_path, "open", e))?;
-        if !lock_partition(&offsets, &offsets_path)? {
+        if !lock_partition(&offsets, &offsets_path, TAKE_LOCK_TRIES)? {
             return Ok(None);
         }
         let taken = self.take_locked(p);
@@ -1070,7 +1078,7 @@ fn commit_one(owners: &Dir, p: u32, owned: &mut Owned, sync: bool) -> Result<(),
         return Ok(()); // nothing read, nothing ever committed: the file may stay empty
     }
     let path = owned.offsets_path.clone();
-    if !lock_partition(&owned.offsets, &path)? {
+    if !lock_partition(&owned.offsets, &path, COMMIT_LOCK_TRIES)? {
         return Err(GroupError::io(
             &path,
             "lock (another member holds it for a commit)",
