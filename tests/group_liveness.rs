@@ -9,7 +9,9 @@
 //! `polled <partition> <offset>...`, then blocks reading a line from stdin (the "handler").
 //! After the line it commits, reports `fenced <message>` or `committed`, polls for a while
 //! reporting `rec <partition> <offset>` for each record, then leaves and reports `left`.
+//! One test runs two `shoal group` processes instead, with the default session timeout.
 
+mod cli_support;
 mod common;
 
 use std::collections::BTreeSet;
@@ -45,7 +47,7 @@ fn filled_bus(dir: &std::path::Path) -> Bus {
     let topic = bus.topic_or_create("events", Some(PARTITIONS)).unwrap();
     let mut producer = topic.producer(log_opts()).unwrap();
     for i in 0..RECORDS {
-        producer.send(i.wrapping_mul(0x9E37_79B9), &i.to_le_bytes()).unwrap();
+        producer.send(i.wrapping_mul(0x9E37_79B9), format!("record {i}").as_bytes()).unwrap();
     }
     bus
 }
@@ -318,6 +320,81 @@ fn two_members_taking_over_at_once_deliver_each_record_once() {
     assert_eq!(b.len(), got[1].len(), "survivor 1 delivered a record twice");
     assert!(a.is_disjoint(&b), "delivered by both: {:?}", a.intersection(&b).take(5).collect::<Vec<_>>());
     assert_eq!(a.union(&b).copied().collect::<BTreeSet<_>>(), all);
+}
+
+/// The `shoal group` command: a member stopped with SIGSTOP loses its partitions to a
+/// second `shoal group` after the default session timeout (3 s); the second prints every
+/// record the first had not; after SIGCONT the first goes on and both leave on SIGTERM
+/// with exit 0.
+#[test]
+fn a_sigstopped_shoal_group_process_is_replaced_after_the_default_session_timeout() {
+    use cli_support::{line_reader, shoal, KillOnDrop};
+    let dir = tempfile::tempdir().unwrap();
+    let bus = filled_bus(dir.path());
+    let bus_arg = dir.path().to_str().unwrap();
+    let start = || {
+        let mut child = shoal()
+            .args(["group", bus_arg, "g", "--topic", "events"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = line_reader(child.stdout.take().unwrap());
+        let errors = cli_support::drain(child.stderr.take().unwrap());
+        (KillOnDrop(child), lines, errors)
+    };
+    let record = |line: &str| -> (u32, u64) {
+        let mut it = line.split(' ');
+        (it.next().unwrap().parse().unwrap(), it.next().unwrap().parse().unwrap())
+    };
+    let (a, a_lines, a_err) = start();
+    let mut printed = BTreeSet::new();
+    // `a` alone prints the records there are, then is stopped; more are appended.
+    while printed.len() < RECORDS as usize {
+        printed.insert(record(&cli_support::next_line(&a_lines, "a record from the first member")));
+    }
+    signal(&a.0, libc::SIGSTOP);
+    let stopped_at = Instant::now();
+    let mut producer = bus.topic("events").unwrap().producer(log_opts()).unwrap();
+    let mut all = printed.clone();
+    for i in RECORDS..RECORDS + 500 {
+        let (p, offset) = producer.send(i.wrapping_mul(0x9E37_79B9), format!("record {i}").as_bytes()).unwrap();
+        all.insert((p, offset.0));
+    }
+    drop(producer);
+    let (b, b_lines, b_err) = start();
+    let default_session = GroupOptions::default().session_timeout;
+    assert_eq!(default_session, Duration::from_secs(3));
+    let mut missing: BTreeSet<(u32, u64)> = all.difference(&printed).copied().collect();
+    while !missing.is_empty() {
+        // Lines `a` printed before it stopped may still be in its pipe.
+        for line in a_lines.try_iter().chain(b_lines.recv_timeout(Duration::from_millis(100))).chain(b_lines.try_iter())
+        {
+            missing.remove(&record(&line));
+        }
+        assert!(
+            stopped_at.elapsed() < default_session + TAKEOVER_SLACK + Duration::from_secs(5),
+            "{} of {} records printed; missing {:?}; the group:\n{}",
+            all.len() - missing.len(),
+            all.len(),
+            missing.iter().take(20).collect::<Vec<_>>(),
+            cli_support::text(&cli_support::ok(&["groups", bus_arg], b""))
+        );
+    }
+    assert!(stopped_at.elapsed() >= default_session, "taken over before the session timeout");
+    signal(&a.0, libc::SIGCONT);
+    std::thread::sleep(Duration::from_millis(500));
+    for (mut m, name) in [(a, "a"), (b, "b")] {
+        signal(&m.0, libc::SIGTERM);
+        let status = cli_support::wait_until(&mut m.0, Instant::now() + Duration::from_secs(20), name);
+        assert!(status.success(), "{name}: {status:?}");
+    }
+    for (errors, name) in [(a_err, "a"), (b_err, "b")] {
+        let errors = cli_support::text(&errors.join().unwrap());
+        // A stopped member may have been stopped between printing a batch and committing it:
+        // its commit is then refused with a warning, never an error.
+        assert!(errors.lines().all(|l| l.starts_with("shoal: warning: partition")), "{name}: {errors}");
+    }
 }
 
 /// A member that keeps polling, however slowly within the session timeout, keeps its
