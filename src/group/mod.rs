@@ -12,7 +12,7 @@
 //!                                                   it and the partition's owner generation
 //! <bus>/groups/<group>/<topic>/offsets/<p>          partition p's committed offset (two slots)
 //! ```
-//! Every one of these files and directories is opened through [`crate::sys::fs::Dir`]:
+//! Every one of these files and directories is opened through `crate::sys::fs::Dir`:
 //! relative to its directory, with `O_NOFOLLOW`, regular files only, so a symlink planted as
 //! `epoch`, a lease or an owner file is an error naming it and nothing outside the bus is
 //! ever written. Only the bus directory itself is reached by its path.
@@ -167,7 +167,8 @@ pub struct GroupOptions {
     /// as stopped and takes its partitions over (default 3 s; Kafka's
     /// `session.timeout.ms`). A member's heartbeat moves on every [`Member::poll`], so a
     /// handler that keeps a member from polling for longer than this loses its partitions.
-    /// Each member applies its own setting to the others.
+    /// Each member applies its own setting to the others. Values under 50 ms are taken as
+    /// 50 ms.
     pub session_timeout: Duration,
 }
 
@@ -401,6 +402,8 @@ pub struct Member {
 }
 
 static ID_COUNTER: AtomicU64 = AtomicU64::new(0);
+/// The shortest session timeout applied (see [`GroupOptions::session_timeout`]).
+const SESSION_TIMEOUT_MIN: Duration = Duration::from_millis(50);
 /// Tries of [`Member::join`] to publish its lease while other members sweep.
 const JOIN_ATTEMPTS: u32 = 16;
 /// Tries (100 us apart) of a take to get a partition lock held by another member (5 ms:
@@ -546,8 +549,8 @@ impl Member {
     ///
     /// # Errors
     /// [`GroupError::Bus`] for an invalid name
-    /// ([`BusError::InvalidName`](crate::bus::BusError::InvalidName)) or a missing topic
-    /// ([`BusError::NoTopic`](crate::bus::BusError::NoTopic)), [`GroupError::Io`] (a symlink
+    /// ([`BusError::InvalidName`]) or a missing topic
+    /// ([`BusError::NoTopic`]), [`GroupError::Io`] (a symlink
     /// or a non-regular file planted in the group's directory among them, named), and a
     /// damaged offsets file of a partition it gains ([`GroupError::BadGroupFile`]).
     pub fn join(bus: &Bus, group: &str, topic: &str, opts: GroupOptions) -> Result<Member, GroupError> {
@@ -673,7 +676,7 @@ impl Member {
                 return Ok(out);
             }
             // Wakes often enough that the heartbeat moves well within the session timeout.
-            let nap = self.opts.liveness_check.min(self.opts.session_timeout / 4);
+            let nap = self.opts.liveness_check.min(self.session_timeout() / 4);
             self.sleep((deadline - now).min(nap))?;
         }
     }
@@ -1014,7 +1017,11 @@ impl Member {
             seen.counter = counter;
             seen.changed = now;
         }
-        Ok(now.saturating_duration_since(seen.changed) >= self.opts.session_timeout)
+        Ok(now.saturating_duration_since(seen.changed) >= self.session_timeout())
+    }
+
+    fn session_timeout(&self) -> Duration {
+        self.opts.session_timeout.max(SESSION_TIMEOUT_MIN)
     }
 
     fn read_into(&mut self, out: &mut Vec<Delivery>, max: usize) -> Result<(), GroupError> {
