@@ -6,6 +6,7 @@
 //! Children are this test binary run again (see `common`); a member child reports
 //! `rec <partition> <offset>` per record and `committed` after each commit.
 
+mod cli_support;
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -563,4 +564,24 @@ fn a_pipeline_source_can_be_a_member_and_a_sink_can_write_a_topic() {
     }
     values.sort_unstable();
     assert_eq!(values, (0..2_000u64).map(|v| v * 2).collect::<Vec<_>>());
+}
+
+/// A damaged topic `meta` under a group is reported (naming the file), not skipped as if
+/// there were no groups: by `describe` and by `shoal groups` (non-zero exit).
+#[test]
+fn a_damaged_topic_meta_is_reported_by_describe_and_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::open(dir.path()).unwrap();
+    bus.topic_or_create("events", Some(2)).unwrap();
+    Member::join(&bus, "g", "events", opts("one")).unwrap().leave().unwrap();
+    assert_eq!(describe(&bus).unwrap().len(), 1);
+    let meta = dir.path().join("topics/events/meta");
+    let mut bytes = std::fs::read(&meta).unwrap();
+    bytes[0] ^= 0x01;
+    std::fs::write(&meta, &bytes).unwrap();
+    let e = describe(&bus).unwrap_err();
+    assert!(matches!(e, GroupError::Bus(BusError::BadMeta { .. })), "{e}");
+    assert!(e.to_string().contains(&meta.display().to_string()), "{e}");
+    let err = cli_support::fails(&["groups", dir.path().to_str().unwrap()], b"");
+    assert!(err.contains("topics/events/meta") && !err.contains("no consumer groups"), "{err}");
 }

@@ -1,7 +1,7 @@
 //! Member lease and partition owner file decoding over arbitrary bytes.
 //!
-//! [`decode_lease`] and [`decode_owner`] must never panic; whatever they accept must carry
-//! a valid member id (digits and '-', so it can never name a path outside the group) and
+//! [`decode_lease`], [`decode_owner`] and [`decode_beat`] must never panic; whatever the first
+//! two accept must carry a valid member id (digits and '-', so it can never name a path outside the group) and
 //! re-encode to exactly the bytes it came from. The input can also build a well-formed file
 //! from its own id and label and damage it, so the accepting paths are reached.
 
@@ -9,7 +9,9 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use shoal::group::format::{check_member_id, decode_lease, decode_owner, encode_lease, encode_owner, LABEL_BYTES_MAX};
+use shoal::group::format::{
+    check_member_id, decode_beat, decode_lease, decode_owner, encode_lease, encode_owner, LABEL_BYTES_MAX,
+};
 
 #[derive(Arbitrary, Debug)]
 struct Input {
@@ -27,7 +29,7 @@ fuzz_target!(|input: Input| {
     bytes.truncate(8192);
     if let Some((owner, id, label)) = &input.build {
         if id.len() <= u16::MAX as usize && label.len() <= LABEL_BYTES_MAX {
-            bytes = if *owner { encode_owner(id) } else { encode_lease(id, label) };
+            bytes = if *owner { encode_owner(id, label.len() as u64) } else { encode_lease(id, label) };
         }
     }
     for &(at, mask) in input.flips.iter().take(8) {
@@ -49,10 +51,21 @@ fuzz_target!(|input: Input| {
         Err(why) => assert!(!why.to_string().is_empty()),
     }
     match decode_owner(&bytes) {
-        Ok(id) => {
-            assert!(check_member_id(id.as_bytes()).is_ok());
-            assert_eq!(encode_owner(&id), bytes);
+        Ok(owner) => {
+            assert!(check_member_id(owner.id.as_bytes()).is_ok());
+            // Version 2 files re-encode to the same bytes; version 1 files (still read)
+            // carry no generation.
+            if bytes[8..12] == 2u32.to_le_bytes() {
+                assert_eq!(encode_owner(&owner.id, owner.generation), bytes);
+            } else {
+                assert_eq!(owner.generation, 0);
+            }
         }
+        Err(why) => assert!(!why.to_string().is_empty()),
+    }
+    // A heartbeat file: any bytes give a counter or a typed refusal.
+    match decode_beat(&bytes) {
+        Ok(counter) => assert_eq!(bytes[16..24], counter.to_le_bytes()),
         Err(why) => assert!(!why.to_string().is_empty()),
     }
 });

@@ -11,6 +11,12 @@
 //! written is not committed: the member is dropped without [`Member::leave`], which hands
 //! its partitions over without committing, so the next owner prints those records again.
 //! Every earlier batch was committed when it was flushed.
+//!
+//! A member that was stopped (SIGSTOP) or kept from polling for longer than the session
+//! timeout finds, when it goes on, that another member took its partitions over: the commit
+//! of the batch it had printed is refused ([`GroupError::Fenced`]). That is not fatal: the
+//! member says so on stderr (those records will be printed again by the new owner) and goes
+//! on with the partitions it still holds, rejoining the rotation like any member.
 
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
@@ -20,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Error;
-use shoal::group::{describe, Delivery, GroupInfo, GroupOptions, Member};
+use shoal::group::{describe, Delivery, GroupError, GroupInfo, GroupOptions, Member};
 
 /// Longest wait of one poll: how soon a member notices SIGTERM or SIGINT.
 const POLL_WAIT: Duration = Duration::from_millis(50);
@@ -56,10 +62,21 @@ pub(super) fn run(bus: &Path, group: &str, topic: &str, exit_when_idle: Option<D
             drop(member);
             return super::stdout_failed(e);
         }
-        member.commit()?;
+        warn_if_fenced(member.commit())?;
     }
-    member.leave()?;
+    warn_if_fenced(member.leave())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Passes a commit's result on, except a refused (fenced) commit, which is said on stderr.
+fn warn_if_fenced(result: Result<(), GroupError>) -> Result<(), GroupError> {
+    match result {
+        Err(e @ GroupError::Fenced { .. }) => {
+            eprintln!("shoal: warning: {e}");
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// Writes `<partition> <offset> <payload>` lines and flushes them.

@@ -33,6 +33,21 @@ pub enum GroupError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// This member lost the partition to another member while it was stopped or did not
+    /// poll for longer than the session timeout
+    /// ([`GroupOptions::session_timeout`](super::GroupOptions::session_timeout)): its commit
+    /// of that partition was refused (fenced) and the partition is no longer held.
+    #[error(
+        "partition {partition} was taken over after the session timeout (owner file {path} now names another \
+         member); its records will be delivered again to the new owner. This member no longer holds it: \
+         poll again to go on with the partitions it still holds"
+    )]
+    Fenced {
+        /// The partition.
+        partition: u32,
+        /// Its owner file.
+        path: PathBuf,
+    },
     /// An error of the bus: an invalid group or topic name, a missing topic, a damaged
     /// topic `meta` file.
     #[error(transparent)]

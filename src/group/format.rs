@@ -1,4 +1,4 @@
-//! On-disk formats of a consumer group (all little-endian, CRC32C-checked, version 1), and
+//! On-disk formats of a consumer group (all little-endian, CRC32C-checked), and
 //! their decoders. Every decoder takes untrusted bytes and returns a typed reason
 //! ([`FormatError`], or [`SlotError`] for the offsets file) instead of panicking (fuzzed by `fuzz/fuzz_targets/group_offsets.rs` and `group_membership.rs`).
 //!
@@ -18,9 +18,25 @@
 //!
 //! members/<id>.lease   magic b"SHOALMBR", version u32 1, id_len u16, label_len u16,
 //!                      id, label, crc32c u32 of everything before it
-//! owners/<p>.lock      magic b"SHOALOWN", version u32 1, id_len u16, reserved u16 0,
-//!                      id, crc32c u32 of everything before it
+//! owners/<p>.lock      version 2: magic b"SHOALOWN", version u32 2, id_len u16,
+//!                      reserved u16 0, owner generation u64, id, crc32c u32 of
+//!                      everything before it.
+//!                      version 1 (still read, generation 0): magic, version u32 1,
+//!                      id_len u16, reserved u16 0, id, crc32c u32
+//! members/<id>.beat    4096 bytes (version 1, new with owner files of version 2):
+//!   0 magic       [u8; 8]  b"SHOALBEA"
+//!   8 version     u32      1
+//!  12 reserved    u32      0
+//!  16 heartbeat   u64      a counter the member increments on every poll (mapped, atomic)
+//!                          rest zero
 //! ```
+//!
+//! Version notes: owner files of version 2 carry the partition's owner generation, which
+//! goes up by one each time a member takes the partition (gracefully or by a takeover after
+//! the session timeout); `.beat` files are new. A group directory written by an older shoal
+//! (version 1 owner files, no `.beat` files) is read as it is: a version 1 owner file has
+//! generation 0, and a member without a `.beat` file is live as long as its lease is locked
+//! (it is never taken over, as before). Leases and offsets files are unchanged (version 1).
 //! Member ids are 1 to 64 bytes of `[0-9-]` (see [`super::Member::id`]); labels are at most
 //! [`LABEL_BYTES_MAX`] bytes of UTF-8.
 
@@ -32,8 +48,16 @@ pub const OFFSETS_FILE_BYTES: usize = SLOTS_FILE_BYTES;
 pub const OFFSETS_SLOT_BYTES: usize = 40;
 /// Where slot `k` starts.
 pub const OFFSETS_SLOT_STRIDE: usize = SLOT_STRIDE;
-/// Version of every group file format.
+/// Version of the lease, offsets and heartbeat formats.
 pub const GROUP_FORMAT_VERSION: u32 = 1;
+/// Version of the owner file format written (version 1 is still read).
+pub const OWNER_FORMAT_VERSION: u32 = 2;
+/// Bytes of a member's heartbeat file.
+pub const BEAT_FILE_BYTES: usize = 4096;
+/// Where the heartbeat counter sits in a heartbeat file (8-byte aligned).
+pub const BEAT_COUNTER_AT: usize = 16;
+/// Bytes of a heartbeat file that [`decode_beat`] reads.
+pub const BEAT_HEADER_BYTES: usize = 24;
 /// Longest label kept in a lease.
 pub const LABEL_BYTES_MAX: usize = 1024;
 /// Longest member id.
@@ -42,6 +66,7 @@ pub const ID_BYTES_MAX: usize = 64;
 const OFFSETS_MAGIC: [u8; 8] = *b"SHOALOFF";
 const LEASE_MAGIC: [u8; 8] = *b"SHOALMBR";
 const OWNER_MAGIC: [u8; 8] = *b"SHOALOWN";
+const BEAT_MAGIC: [u8; 8] = *b"SHOALBEA";
 
 /// A committed offset as stored in one slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +75,15 @@ pub struct CommittedSlot {
     pub generation: u64,
     /// Next offset to read.
     pub offset: u64,
+}
+
+/// What the owner file of a partition says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnerInfo {
+    /// The owner's member id.
+    pub id: String,
+    /// The partition's owner generation (0 in a version 1 file).
+    pub generation: u64,
 }
 
 /// What the lease file of a member says.
@@ -67,6 +101,12 @@ fn u16_at(b: &[u8], at: usize) -> u16 {
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(w)
 }
 
 /// Why bytes are not a valid member lease or partition owner file, or not a member id.
@@ -210,7 +250,8 @@ pub fn encode_lease(id: &str, label: &str) -> Vec<u8> {
 /// Bytes of the fixed header of a lease or owner file, with its checksum.
 const HEADER_BYTES_MIN: usize = 20;
 
-fn check_header(bytes: &[u8], magic: &[u8; 8], what: &'static str) -> Result<(), FormatError> {
+/// Checks length, magic and version; returns the version found.
+fn check_header(bytes: &[u8], magic: &[u8; 8], what: &'static str, newest: u32) -> Result<u32, FormatError> {
     if bytes.len() < HEADER_BYTES_MIN {
         return Err(FormatError::TooShort { what, len: bytes.len(), need: HEADER_BYTES_MIN });
     }
@@ -218,10 +259,10 @@ fn check_header(bytes: &[u8], magic: &[u8; 8], what: &'static str) -> Result<(),
         return Err(FormatError::BadMagic { what });
     }
     let found = u32_at(bytes, 8);
-    if found != GROUP_FORMAT_VERSION {
-        return Err(FormatError::UnsupportedVersion { what, found, supported: GROUP_FORMAT_VERSION });
+    if found == 0 || found > newest {
+        return Err(FormatError::UnsupportedVersion { what, found, supported: newest });
     }
-    Ok(())
+    Ok(found)
 }
 
 fn check_crc(bytes: &[u8], end: usize, what: &'static str) -> Result<(), FormatError> {
@@ -239,7 +280,7 @@ fn check_crc(bytes: &[u8], end: usize, what: &'static str) -> Result<(), FormatE
 /// # Errors
 /// Why the bytes are not a valid lease.
 pub fn decode_lease(bytes: &[u8]) -> Result<LeaseInfo, FormatError> {
-    check_header(bytes, &LEASE_MAGIC, "member lease")?;
+    check_header(bytes, &LEASE_MAGIC, "member lease", GROUP_FORMAT_VERSION)?;
     let id_len = u16_at(bytes, 12) as usize;
     let label_len = u16_at(bytes, 14) as usize;
     if label_len > LABEL_BYTES_MAX {
@@ -255,36 +296,77 @@ pub fn decode_lease(bytes: &[u8]) -> Result<LeaseInfo, FormatError> {
     Ok(LeaseInfo { id: id.to_string(), label: label.to_string() })
 }
 
-/// Encodes an owner file.
-pub fn encode_owner(id: &str) -> Vec<u8> {
-    let mut b = Vec::with_capacity(16 + id.len() + 4);
+/// Encodes an owner file (version 2) naming member `id` as owner generation `generation`.
+pub fn encode_owner(id: &str, generation: u64) -> Vec<u8> {
+    let mut b = Vec::with_capacity(24 + id.len() + 4);
     b.extend_from_slice(&OWNER_MAGIC);
-    b.extend_from_slice(&GROUP_FORMAT_VERSION.to_le_bytes());
+    b.extend_from_slice(&OWNER_FORMAT_VERSION.to_le_bytes());
     b.extend_from_slice(&(id.len() as u16).to_le_bytes());
     b.extend_from_slice(&0u16.to_le_bytes());
+    b.extend_from_slice(&generation.to_le_bytes());
     b.extend_from_slice(id.as_bytes());
     let crc = crc32c::crc32c(&b);
     b.extend_from_slice(&crc.to_le_bytes());
     b
 }
 
-/// Decodes an owner file into the owner's id.
+/// Decodes an owner file (version 1 or 2).
 ///
 /// # Errors
 /// Why the bytes are not a valid owner file.
-pub fn decode_owner(bytes: &[u8]) -> Result<String, FormatError> {
+pub fn decode_owner(bytes: &[u8]) -> Result<OwnerInfo, FormatError> {
     const WHAT: &str = "partition owner";
-    check_header(bytes, &OWNER_MAGIC, WHAT)?;
+    let version = check_header(bytes, &OWNER_MAGIC, WHAT, OWNER_FORMAT_VERSION)?;
     let id_len = u16_at(bytes, 12) as usize;
     if u16_at(bytes, 14) != 0 {
         return Err(FormatError::Reserved { what: WHAT });
     }
-    let end = 16 + id_len;
+    let (generation, id_at) = if version >= 2 {
+        if bytes.len() < 24 {
+            return Err(FormatError::TooShort { what: WHAT, len: bytes.len(), need: 28 });
+        }
+        (u64_at(bytes, 16), 24)
+    } else {
+        (0, 16)
+    };
+    let end = id_at + id_len;
     check_crc(bytes, end, WHAT)?;
-    let id = &bytes[16..end];
+    let id = &bytes[id_at..end];
     check_member_id(id)?;
     // check_member_id allows only ASCII, so this cannot fail.
-    Ok(std::str::from_utf8(id).map_err(|_| FormatError::IdCharacter)?.to_string())
+    let id = std::str::from_utf8(id).map_err(|_| FormatError::IdCharacter)?.to_string();
+    Ok(OwnerInfo { id, generation })
+}
+
+/// The first [`BEAT_HEADER_BYTES`] of a fresh heartbeat file (counter 0); the rest of its
+/// [`BEAT_FILE_BYTES`] are zero.
+pub fn encode_beat_header() -> [u8; BEAT_HEADER_BYTES] {
+    let mut b = [0u8; BEAT_HEADER_BYTES];
+    b[0..8].copy_from_slice(&BEAT_MAGIC);
+    b[8..12].copy_from_slice(&GROUP_FORMAT_VERSION.to_le_bytes());
+    b
+}
+
+/// Decodes the start of a heartbeat file into its counter.
+///
+/// # Errors
+/// Too short, bad magic, another version, non-zero reserved bytes.
+pub fn decode_beat(bytes: &[u8]) -> Result<u64, FormatError> {
+    const WHAT: &str = "member heartbeat";
+    if bytes.len() < BEAT_HEADER_BYTES {
+        return Err(FormatError::TooShort { what: WHAT, len: bytes.len(), need: BEAT_HEADER_BYTES });
+    }
+    if bytes[0..8] != BEAT_MAGIC {
+        return Err(FormatError::BadMagic { what: WHAT });
+    }
+    let found = u32_at(bytes, 8);
+    if found != GROUP_FORMAT_VERSION {
+        return Err(FormatError::UnsupportedVersion { what: WHAT, found, supported: GROUP_FORMAT_VERSION });
+    }
+    if u32_at(bytes, 12) != 0 {
+        return Err(FormatError::Reserved { what: WHAT });
+    }
+    Ok(u64_at(bytes, BEAT_COUNTER_AT))
 }
 
 /// Cuts `label` to at most [`LABEL_BYTES_MAX`] bytes on a character boundary.
@@ -339,8 +421,8 @@ mod tests {
         let id = "00000000001234567890-42-7";
         let lease = encode_lease(id, "pid 42");
         assert_eq!(decode_lease(&lease), Ok(LeaseInfo { id: id.into(), label: "pid 42".into() }));
-        let owner = encode_owner(id);
-        assert_eq!(decode_owner(&owner), Ok(id.to_string()));
+        let owner = encode_owner(id, 9);
+        assert_eq!(decode_owner(&owner), Ok(OwnerInfo { id: id.to_string(), generation: 9 }));
         for bytes in [&lease, &owner] {
             for i in 0..bytes.len() {
                 let mut bad = bytes.clone();
@@ -351,9 +433,48 @@ mod tests {
                 assert!(decode_lease(&bytes[..n]).is_err() && decode_owner(&bytes[..n]).is_err());
             }
         }
-        assert!(decode_owner(&encode_owner("../x")).is_err());
-        assert_eq!(decode_owner(&encode_owner("../x")), Err(FormatError::IdCharacter));
+        assert!(decode_owner(&encode_owner("../x", 1)).is_err());
+        assert_eq!(decode_owner(&encode_owner("../x", 1)), Err(FormatError::IdCharacter));
         assert_eq!(clamp_label(&"é".repeat(1000)).len(), 1024);
+    }
+
+    #[test]
+    fn version_1_owner_files_are_read_with_generation_0() {
+        // The exact bytes shoal wrote before owner generations existed.
+        let id = "00000000001234567890-42-7";
+        let mut v1 = Vec::new();
+        v1.extend_from_slice(b"SHOALOWN");
+        v1.extend_from_slice(&1u32.to_le_bytes());
+        v1.extend_from_slice(&(id.len() as u16).to_le_bytes());
+        v1.extend_from_slice(&0u16.to_le_bytes());
+        v1.extend_from_slice(id.as_bytes());
+        let crc = crc32c::crc32c(&v1);
+        v1.extend_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode_owner(&v1), Ok(OwnerInfo { id: id.to_string(), generation: 0 }));
+        let mut v3 = encode_owner(id, 1);
+        v3[8] = 3;
+        assert!(matches!(decode_owner(&v3), Err(FormatError::UnsupportedVersion { found: 3, supported: 2, .. })));
+        // A version 2 header cut before its generation is refused, not read out of bounds.
+        for n in 0..28 {
+            assert!(decode_owner(&encode_owner("1", 5)[..n]).is_err());
+        }
+    }
+
+    #[test]
+    fn heartbeats_round_trip_and_reject_damage() {
+        let mut b = vec![0u8; BEAT_FILE_BYTES];
+        b[..BEAT_HEADER_BYTES].copy_from_slice(&encode_beat_header());
+        assert_eq!(decode_beat(&b), Ok(0));
+        b[BEAT_COUNTER_AT..BEAT_COUNTER_AT + 8].copy_from_slice(&77u64.to_le_bytes());
+        assert_eq!(decode_beat(&b), Ok(77));
+        for i in 0..16 {
+            let mut bad = b.clone();
+            bad[i] ^= 0x08;
+            assert!(decode_beat(&bad).is_err(), "flip {i}");
+        }
+        for n in 0..BEAT_HEADER_BYTES {
+            assert!(decode_beat(&b[..n]).is_err());
+        }
     }
 
     #[test]
@@ -363,7 +484,7 @@ mod tests {
         assert_eq!(msg(decode_lease(&[0; 5]).unwrap_err()), "member lease file is 5 bytes, too short");
         assert_eq!(check_member_id(b""), Err(FormatError::IdLength { len: 0, max: ID_BYTES_MAX }));
         assert_eq!(msg(check_member_id(b"7a").unwrap_err()), "member id has a character other than 0-9 and -");
-        let mut owner = encode_owner("1-2");
+        let mut owner = encode_owner("1-2", 1);
         owner[0] ^= 1;
         assert_eq!(msg(decode_owner(&owner).unwrap_err()), "not a shoal partition owner file (bad magic)");
         let mut lease = encode_lease("1-2", "x");
