@@ -21,7 +21,6 @@
 pub mod affinity;
 pub mod fence;
 pub mod file;
-#[allow(dead_code)] // until the log, bus and group open their files through it
 pub mod fs;
 pub mod futex;
 pub mod histogram;
