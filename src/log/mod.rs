@@ -66,7 +66,7 @@
 //! sync               error, format, head, io, segment
 //! prepare            error, io, segment
 //! appender           error, format, head, io, lock, prepare, recovery, segment, sync
-//! reader             error, format, head, segment
+//! reader             error, format, head, scan, segment
 //! wait               error, reader
 //! tailer             error, reader, wait
 //! ```
