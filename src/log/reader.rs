@@ -331,20 +331,43 @@ impl Reader {
             return Ok(None);
         }
         let position = self.position;
-        let Some(region) = self.region.as_ref() else { return Ok(None) };
-        match region.decode(position, Some(self.next_offset), format::PAYLOAD_BYTES_FORMAT_MAX) {
+        let Some(region) = self.region else { return Ok(None) };
+        let error = match region.decode(position, Some(self.next_offset), format::PAYLOAD_BYTES_FORMAT_MAX) {
             Ok(Slot::Record(r)) => {
                 self.position = r.next_position();
                 self.next_offset += 1;
-                Ok(Some(Record {
+                // SAFETY: as in the fast path above: the payload lies in the mapping owned by
+                // `self.current`, which is only replaced or dropped through `&mut self`, and
+                // the returned record borrows `self`; committed bytes are immutable.
+                let payload = unsafe { std::slice::from_raw_parts(r.payload.as_ptr(), r.payload.len()) };
+                return Ok(Some(Record {
                     offset: Offset(r.offset),
                     timestamp_ns: r.timestamp_ns,
                     key: r.key,
-                    payload: r.payload,
-                }))
+                    payload,
+                }));
             }
-            Ok(_) => Ok(None),
-            Err(e) => Err(corruption(&self.current, &self.dir, position, self.next_offset, e.to_string())),
+            Ok(_) => return Ok(None),
+            Err(e) => e,
+        };
+        if self.damaged_end_marker()? {
+            // Bounded: each call enters a newer segment.
+            return self.next();
+        }
+        Err(corruption(&self.current, &self.dir, position, self.next_offset, error.to_string()))
+    }
+
+    /// At bytes that are not a record: when the next segment starts at the reader's offset,
+    /// they are this segment's damaged end marker (no record is missing), and the reader
+    /// moves on into that segment.
+    #[cold]
+    #[inline(never)]
+    fn damaged_end_marker(&mut self) -> Result<bool, LogError> {
+        let Some(current) = self.current.as_ref().map(|c| c.id) else { return Ok(false) };
+        self.refresh()?;
+        match self.known.iter().find(|k| k.0 > current) {
+            Some(&(_, base)) if base == self.next_offset => self.advance(),
+            _ => Ok(false),
         }
     }
 

@@ -296,15 +296,24 @@ impl Journal {
 
 /// Kills this process at the named step of a repair when the environment variable
 /// `SHOAL_FAIL_POINT` names it, so tests can stop a repair at each step (the way
-/// raft-engine's fail points do). Read only on the cold repair path. The steps, in order:
-/// `repair-journal` (journal written and synced), `repair-seal` (a lost end marker written
-/// back), `repair-cut` (the cut segment zeroed and synced), `repair-unlink` (after each later
-/// segment is removed), `repair-head` (the watermark reset), `repair-done` (journal removed).
-pub(crate) fn fail_point(step: &str) {
-    if std::env::var_os("SHOAL_FAIL_POINT").is_some_and(|v| v == step) {
-        // SAFETY: raise(2) with a valid signal number has no memory-safety preconditions.
-        unsafe { libc::raise(libc::SIGKILL) };
+/// raft-engine's fail points do). Read only on the cold repair path. With
+/// `SHOAL_FAIL_POINT_ACTION=error` the step returns an error instead (what the files hold is
+/// the same as after a kill there: every step before it has synced), for in-process tests
+/// and fuzzing. The steps, in order: `repair-seal` (a lost end marker written back),
+/// `repair-journal` (journal written and synced), `repair-cut` (the cut segment zeroed and
+/// synced), `repair-unlink` (after each later segment is removed), `repair-head` (the
+/// watermark reset), `repair-done` (journal removed).
+pub(crate) fn fail_point(step: &str) -> Result<(), LogError> {
+    if std::env::var_os("SHOAL_FAIL_POINT").is_none_or(|v| v != step) {
+        return Ok(());
     }
+    if std::env::var_os("SHOAL_FAIL_POINT_ACTION").is_some_and(|v| v == "error") {
+        let e = std::io::Error::other("stopped by SHOAL_FAIL_POINT");
+        return Err(LogError::io(Path::new(step), "repair step", e));
+    }
+    // SAFETY: raise(2) with a valid signal number has no memory-safety preconditions.
+    unsafe { libc::raise(libc::SIGKILL) };
+    Ok(())
 }
 
 /// Writes the journal of a cut into the log directory and syncs it (and the directory)
@@ -321,7 +330,7 @@ pub(crate) fn write_journal(_lock: &DirLock, dir: &Path, journal: &Journal) -> R
     file.write_all(&journal.encode()).map_err(|e| LogError::io(&path, "write", e))?;
     file.sync_all().map_err(|e| LogError::io(&path, "fsync", e))?;
     open_dir(dir)?.sync_all().map_err(|e| LogError::io(dir, "fsync", e))?;
-    fail_point("repair-journal");
+    fail_point("repair-journal")?;
     Ok(())
 }
 
@@ -358,14 +367,18 @@ pub(crate) fn finish_journal(
         let seg = Segment::open(seg_path, *id, true)?;
         let header = seg.header;
         let position = usize::try_from(journal.position).unwrap_or(usize::MAX);
-        if position < header.data_start() || position as u64 > header.segment_bytes {
-            return Err(LogError::Inconsistent {
-                path: path.clone(),
-                why: format!("the repair journal names byte {position}, outside {}", seg_path.display()),
-            });
+        if position < header.data_start() || position as u64 > header.segment_bytes || position % 8 != 0 {
+            // Not a cut this build would have journaled: no repair started from it.
+            tracing::warn!(
+                "{}: ignored a repair journal naming byte {position} of {}",
+                path.display(),
+                seg_path.display()
+            );
+            std::fs::remove_file(&path).map_err(|e| LogError::io(&path, "remove", e))?;
+            return Ok(None);
         }
         cut_segment(lock, &seg, &header, position)?;
-        fail_point("repair-cut");
+        fail_point("repair-cut")?;
     }
     for (id, later) in segments.iter().filter(|(id, _)| *id > journal.segment).rev() {
         let _ = id;
@@ -374,14 +387,14 @@ pub(crate) fn finish_journal(
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(LogError::io(later, "remove", e)),
         }
-        fail_point("repair-unlink");
+        fail_point("repair-unlink")?;
     }
     open_dir(dir)?.sync_all().map_err(|e| LogError::io(dir, "fsync", e))?;
     reset_head(journal.offset)?;
-    fail_point("repair-head");
+    fail_point("repair-head")?;
     std::fs::remove_file(&path).map_err(|e| LogError::io(&path, "remove", e))?;
     open_dir(dir)?.sync_all().map_err(|e| LogError::io(dir, "fsync", e))?;
-    fail_point("repair-done");
+    fail_point("repair-done")?;
     Ok(Some(journal))
 }
 
@@ -409,6 +422,6 @@ pub(crate) fn restore_seal(_lock: &DirLock, seg: &Segment, position: usize) -> R
         region.publish(position, format::END_OF_SEGMENT);
     }
     seg.file.sync_data().map_err(|e| LogError::io(&seg.path, "fdatasync", e))?;
-    fail_point("repair-seal");
+    fail_point("repair-seal")?;
     Ok(())
 }
