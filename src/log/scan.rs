@@ -205,6 +205,12 @@ pub fn judge_end(scan: &Scan, cx: &EndContext) -> Verdict {
     };
     let marker = matches!(scan.end, ScanEnd::Sealed) || (scan.end == ScanEnd::Full && !cx.short);
     if let Some(base) = cx.next_base {
+        if scan.records == 0 {
+            // An appender never seals a segment before its first record: base offsets rise.
+            return Verdict::Corrupt(format!(
+                "{what} at the start of a segment in use (offset {n}) with a successor starting at offset {base}"
+            ));
+        }
         if base == n && cx.after == 0 {
             return if marker { Verdict::Clean } else { Verdict::LostSeal };
         }
