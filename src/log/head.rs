@@ -385,3 +385,56 @@ pub(crate) fn rewrite_head(dir: &Path, durable: u64) -> Result<(), LogError> {
     file.write_all_at(&page, 0).map_err(|e| LogError::io(&path, "write", e))?;
     file.sync_data().map_err(|e| LogError::io(&path, "fdatasync", e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page_with(dir: &Path, durable: u64) -> Vec<u8> {
+        let head = Head::open(dir).expect("open HEAD");
+        head.set_durable_offset(durable);
+        std::fs::read(dir.join(HEAD_FILE)).expect("read HEAD")
+    }
+
+    #[test]
+    fn a_flip_in_the_plain_word_or_one_slot_cannot_move_the_trusted_watermark() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        page_with(dir.path(), 10);
+        let bytes = page_with(dir.path(), 20);
+        let snap = HeadSnapshot::decode(&bytes).expect("a control page");
+        assert_eq!((snap.durable(), snap.durable_plain), (20, 20));
+        // The plain word flipped high: the copies win.
+        let mut flipped = bytes.clone();
+        flipped[DURABLE + 6] ^= 0x01;
+        assert_eq!(HeadSnapshot::decode(&flipped).expect("page").durable(), 20);
+        // Every single-bit flip in a slot: that slot is ignored and the other one is used.
+        for at in DURABLE_SLOTS.iter().flat_map(|&s| s..s + 20) {
+            for bit in 0..8 {
+                let mut flipped = bytes.clone();
+                flipped[at] ^= 1 << bit;
+                let snap = HeadSnapshot::decode(&flipped).expect("page");
+                assert!(snap.slots.contains(&SlotState::Damaged), "byte {at} bit {bit}");
+                assert!([10, 20].contains(&snap.durable()), "byte {at} bit {bit}: {}", snap.durable());
+            }
+        }
+    }
+
+    #[test]
+    fn a_page_of_an_older_build_falls_back_to_the_plain_word_and_reset_writes_both_slots() {
+        let mut page = vec![0u8; HEAD_BYTES as usize];
+        page[0..8].copy_from_slice(&HEAD_MAGIC);
+        page[8..12].copy_from_slice(&1u32.to_le_bytes());
+        page[DURABLE..DURABLE + 8].copy_from_slice(&77u64.to_le_bytes());
+        let snap = HeadSnapshot::decode(&page).expect("page");
+        assert_eq!(snap.slots, [SlotState::Unwritten; 2]);
+        assert_eq!(snap.durable(), 77);
+        assert!(HeadSnapshot::decode(&page[..100]).is_err());
+        let dir = tempfile::tempdir().expect("temp dir");
+        let head = Head::open(dir.path()).expect("open HEAD");
+        head.set_durable_offset(50);
+        head.reset_offsets(5);
+        let snap = HeadSnapshot::read(dir.path()).expect("read").expect("a page");
+        assert!(snap.slots.iter().all(|s| matches!(s, SlotState::Valid { value: 5, .. })), "{snap:?}");
+        assert_eq!((snap.durable(), head.durable_checked()), (5, 5));
+    }
+}

@@ -431,3 +431,51 @@ pub(crate) fn restore_seal(_lock: &DirLock, seg: &Segment, position: usize) -> R
     fail_point("repair-seal")?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(end: ScanEnd, records: u64, next_offset: u64) -> Scan {
+        Scan { records, next_offset, position: 8192, end }
+    }
+
+    fn cx(next_base: Option<u64>, durable: u64, after: u64, short: bool) -> EndContext {
+        EndContext { next_base, durable, after, short }
+    }
+
+    #[test]
+    fn the_end_of_records_is_judged_by_one_rule() {
+        let bad = ScanEnd::Damaged(RecordError::BadChecksum);
+        // The last segment: torn only at or past the watermark with nothing after it.
+        assert_eq!(judge_end(&scan(ScanEnd::Open, 5, 5), &cx(None, 5, 0, false)), Verdict::Clean);
+        assert!(matches!(judge_end(&scan(ScanEnd::Open, 2, 2), &cx(None, 6, 0, false)), Verdict::Corrupt(_)));
+        assert!(matches!(judge_end(&scan(ScanEnd::Open, 2, 2), &cx(None, 2, 3, false)), Verdict::Corrupt(_)));
+        assert!(matches!(judge_end(&scan(ScanEnd::Sealed, 2, 2), &cx(None, 6, 0, false)), Verdict::Corrupt(_)));
+        assert!(matches!(judge_end(&scan(ScanEnd::Sealed, 2, 2), &cx(None, 2, 1, false)), Verdict::Corrupt(_)));
+        assert!(matches!(judge_end(&scan(bad, 5, 5), &cx(None, 5, 0, false)), Verdict::Torn(_)));
+        assert!(matches!(judge_end(&scan(bad, 5, 5), &cx(None, 6, 0, false)), Verdict::Corrupt(_)));
+        assert!(matches!(judge_end(&scan(ScanEnd::Full, 5, 5), &cx(None, 5, 0, true)), Verdict::Torn(_)));
+        // A sealed segment: its successor must start right after its last record.
+        assert_eq!(judge_end(&scan(ScanEnd::Sealed, 5, 5), &cx(Some(5), 9, 0, false)), Verdict::Clean);
+        assert_eq!(judge_end(&scan(ScanEnd::Open, 5, 5), &cx(Some(5), 9, 0, false)), Verdict::LostSeal);
+        assert_eq!(judge_end(&scan(ScanEnd::Full, 5, 5), &cx(Some(5), 9, 0, true)), Verdict::LostSeal);
+        assert_eq!(judge_end(&scan(bad, 5, 5), &cx(Some(5), 9, 0, false)), Verdict::LostSeal);
+        assert!(matches!(judge_end(&scan(ScanEnd::Open, 3, 3), &cx(Some(5), 0, 0, false)), Verdict::Corrupt(_)));
+        assert!(matches!(judge_end(&scan(ScanEnd::Open, 5, 5), &cx(Some(5), 0, 1, false)), Verdict::Corrupt(_)));
+        assert!(matches!(judge_end(&scan(ScanEnd::Sealed, 0, 5), &cx(Some(5), 0, 0, false)), Verdict::Corrupt(_)));
+    }
+
+    #[test]
+    fn the_journal_round_trips_and_rejects_any_flip() {
+        let journal = Journal { segment: SegmentId(3), position: 8192, offset: 77, records_dropped: 12 };
+        let bytes = journal.encode();
+        assert_eq!(Journal::decode(&bytes), Some(journal));
+        for at in 0..bytes.len() {
+            let mut flipped = bytes;
+            flipped[at] ^= 0x20;
+            assert_eq!(Journal::decode(&flipped), None, "byte {at}");
+        }
+        assert_eq!(Journal::decode(&bytes[..40]), None);
+    }
+}
