@@ -374,3 +374,158 @@ fn demo_runs_the_whole_scenario_and_verifies_every_order() {
     let err = text(&again.stderr);
     assert!(err.lines().any(|l| l.starts_with("shoal: ") && l.contains("earlier demo")), "{err}");
 }
+
+/// Sets the commit word of the record at `position` to `word`.
+fn set_commit_word(segment: &Path, position: usize, word: u32) {
+    let mut bytes = std::fs::read(segment).expect("read segment");
+    bytes[position..position + 4].copy_from_slice(&word.to_le_bytes());
+    std::fs::write(segment, &bytes).expect("write segment");
+}
+
+/// A zeroed or all-ones commit word below the durable watermark (bit 31 of an empty
+/// record's commit word flipped, or the word set to the end marker) is corruption, not the
+/// end of the log: `verify` exits 1 calling it corrupt (not torn), `cat` prints the records
+/// before it and fails naming the file and byte, `produce` refuses instead of erasing
+/// records 2-5 and reusing offset 2, and `verify --repair` cuts there saying what it drops.
+#[test]
+fn a_zero_or_all_ones_commit_word_below_the_watermark_is_corruption() {
+    for word in [0u32, u32::MAX] {
+        let (_temp, dir, log) = log_dir();
+        assert_eq!(acks(&ok(&["produce", &log, "--ack"], b"a\nb\n\nc\nd\ne\n")).last(), Some(&5));
+        let segment = dir.join("00000000000000000000.seg");
+        let position = record_positions(&segment)[2];
+        set_commit_word(&segment, position, word);
+        let context = format!("commit word {word:#x}");
+
+        let out = run(&["verify", &log], b"");
+        assert_eq!(out.status.code(), Some(1), "{context}: {}", text(&out.stdout));
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("00000000000000000000.seg") && err.contains(&format!("byte {position}")),
+            "{context}: {err}"
+        );
+        assert!(err.contains("corrupt") && !err.contains("torn"), "{context}: {err}");
+        assert!(err.contains("offset 2"), "{context}: {err}");
+
+        let out = run(&["cat", &log], b"");
+        assert_ne!(out.status.code(), Some(0), "{context}: cat must fail");
+        assert_eq!(text(&out.stdout), "a\nb\n", "{context}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("00000000000000000000.seg") && err.contains(&format!("byte {position}")),
+            "{context}: {err}"
+        );
+
+        let out = run(&["produce", &log, "--ack"], b"NEW\n");
+        assert_ne!(out.status.code(), Some(0), "{context}: produce appended past damage: {}", text(&out.stdout));
+        assert!(text(&out.stderr).contains("verify --repair"), "{context}: {}", text(&out.stderr));
+
+        let repaired = text(&ok(&["verify", &log, "--repair"], b""));
+        assert!(
+            repaired.contains(&format!("byte {position}")) && repaired.contains("offset 2"),
+            "{context}: {repaired}"
+        );
+        assert!(
+            repaired.contains("(3 intact records after the damage); offsets 2 to 5 dropped"),
+            "{context}: {repaired}"
+        );
+        ok(&["verify", &log], b"");
+        assert_eq!(acks(&ok(&["produce", &log, "--ack"], b"NEW\n")).last(), Some(&2), "{context}");
+        assert_eq!(text(&ok(&["cat", &log], b"")), "a\nb\nNEW\n", "{context}");
+    }
+}
+
+/// A damaged `HEAD` page: `verify` names it (it used to say "sound" while `produce`
+/// refused), `--repair` rewrites it, and then `verify` is sound and `produce` works. A flip
+/// in the plain watermark word alone is outvoted by its checksummed copies: `produce` works
+/// without a repair and `verify` still reports the word.
+#[test]
+fn head_damage_is_reported_and_repaired() {
+    let (_temp, dir, log) = log_dir();
+    ok(&["produce", &log, "--ack"], b"a\nb\nc\n");
+    let head = dir.join("HEAD");
+    let pristine = std::fs::read(&head).expect("read HEAD");
+
+    let mut bytes = pristine.clone();
+    bytes[128 + 5] ^= 0x10; // the plain watermark word, far above the log's end
+    std::fs::write(&head, &bytes).expect("write HEAD");
+    let out = run(&["verify", &log], b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("HEAD") && text(&out.stderr).contains("byte 128"), "{}", text(&out.stderr));
+    ok(&["produce", &log, "--ack"], b"d\n");
+    ok(&["verify", &log], b"");
+
+    let mut bytes = std::fs::read(&head).expect("read HEAD");
+    bytes[2] ^= 0x01; // the magic
+    std::fs::write(&head, &bytes).expect("write HEAD");
+    let out = run(&["verify", &log], b"");
+    assert_eq!(out.status.code(), Some(1), "verify must not call a log with a broken HEAD sound");
+    assert!(text(&out.stderr).contains("HEAD"), "{}", text(&out.stderr));
+    fails(&["produce", &log], b"e\n");
+    let repaired = text(&ok(&["verify", &log, "--repair"], b""));
+    assert!(repaired.contains("HEAD"), "{repaired}");
+    ok(&["verify", &log], b"");
+    ok(&["produce", &log], b"e\n");
+    assert_eq!(text(&ok(&["cat", &log], b"")), "a\nb\nc\nd\ne\n");
+
+    // One damaged checksummed copy: the other is used, verify names it, repair rewrites it.
+    let mut bytes = std::fs::read(&head).expect("read HEAD");
+    bytes[192] ^= 0x04;
+    std::fs::write(&head, &bytes).expect("write HEAD");
+    let out = run(&["verify", &log], b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("byte 192"), "{}", text(&out.stderr));
+    ok(&["verify", &log, "--repair"], b"");
+    ok(&["verify", &log], b"");
+}
+
+/// Damage in a sealed (older) segment: `cat` fails naming it instead of printing the records
+/// before it and exiting 0, `cat --follow` fails instead of hanging there, and
+/// `verify --repair` cuts there (it used to answer "nothing to repair"), after which
+/// `verify` is sound and `produce` works.
+#[test]
+fn damage_in_a_sealed_segment_stops_cat_and_follow_with_an_error_and_repair_cuts_it() {
+    let (_temp, dir, log) = log_dir();
+    {
+        let opts = shoal::log::LogOptions::default().segment_bytes(64 << 10).max_record_bytes(1024);
+        let mut appender = shoal::log::Appender::open(&dir, opts).expect("open");
+        for i in 0..3000u32 {
+            appender.append(format!("r{i}").as_bytes()).expect("append");
+        }
+        appender.sync().expect("sync");
+    }
+    let segment = dir.join("00000000000000000000.seg");
+    let positions = record_positions(&segment);
+    assert!(positions.len() > 100 && positions.len() < 3000, "several segments");
+    let k = positions.len() / 2;
+    set_commit_word(&segment, positions[k], 0);
+
+    let out = run(&["cat", &log], b"");
+    assert_ne!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stdout).lines().count(), k);
+    assert!(text(&out.stderr).contains("00000000000000000000.seg"), "{}", text(&out.stderr));
+
+    let mut child = shoal()
+        .args(["cat", &log, "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn cat --follow");
+    let stdout = drain(child.stdout.take().expect("stdout"));
+    let stderr = drain(child.stderr.take().expect("stderr"));
+    let status = wait_until(&mut child, Instant::now() + std::time::Duration::from_secs(20), "cat --follow");
+    assert!(!status.success());
+    assert_eq!(text(&stdout.join().expect("stdout")).lines().count(), k);
+    assert!(text(&stderr.join().expect("stderr")).contains(&format!("byte {}", positions[k])));
+
+    let out = run(&["verify", &log], b"");
+    assert_eq!(out.status.code(), Some(1));
+    let repaired = text(&ok(&["verify", &log, "--repair"], b""));
+    assert!(repaired.contains(&format!("dropping offset {k} onward")), "{repaired}");
+    assert!(repaired.contains(&format!("); offsets {k} to 2999 dropped")), "{repaired}");
+    ok(&["verify", &log], b"");
+    ok(&["produce", &log], b"after\n");
+    let all = text(&ok(&["cat", &log], b""));
+    assert_eq!(all.lines().count(), k + 1);
+    assert_eq!(all.lines().last(), Some("after"));
+}

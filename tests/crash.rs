@@ -320,3 +320,130 @@ fn library_producer_survives_sigkill_syscalls() {
     child_entry();
     kill_loop(Producer::Library(IoBackend::Syscalls), "library_producer_survives_sigkill_syscalls");
 }
+
+/// A log with a sealed segment that lost its end marker (its file cut right after its last
+/// record) and a zeroed commit word in the middle of the next segment, many segments after
+/// it. Returns the records a repair must keep.
+fn damaged_log_for_repair(dir: &Path, records: usize) -> Vec<String> {
+    let opts = small_opts(IoBackend::Auto).max_record_bytes(1024);
+    let mut log = Appender::open(dir, opts).expect("open a new log");
+    let lines: Vec<String> = (0..records).map(|i| format!("rec-{i}-{}", "x".repeat(i % 40))).collect();
+    for line in &lines {
+        log.append(line.as_bytes()).expect("append");
+    }
+    log.sync().expect("sync");
+    drop(log);
+    let segments = common::segment_files(dir);
+    assert!(segments.len() > 8, "want many segments, got {}", segments.len());
+    // Segment 0: cut right after its last record (end marker and zeros lost).
+    let bytes = std::fs::read(&segments[0]).expect("read segment 0");
+    let positions = common::record_positions(&bytes);
+    let (last, len) = *positions.last().expect("records in segment 0");
+    let end = last + shoal::log::format::record_stride(len);
+    std::fs::OpenOptions::new().write(true).open(&segments[0]).expect("open").set_len(end as u64).expect("truncate");
+    // Segment 1: the commit word of its middle record zeroed.
+    let mut bytes = std::fs::read(&segments[1]).expect("read segment 1");
+    let base = common::header_of(&segments[1]).base_offset as usize;
+    let positions = common::record_positions(&bytes);
+    let k = positions.len() / 2;
+    bytes[positions[k].0..positions[k].0 + 4].fill(0);
+    std::fs::write(&segments[1], &bytes).expect("write segment 1");
+    lines[..base + k].to_vec()
+}
+
+fn shoal_cli() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_shoal"))
+}
+
+/// Runs `shoal` to its end; returns (exit code, stdout, stderr).
+fn shoal_run(args: &[&str], env: Option<(&str, &str)>, stdin: &[u8]) -> (Option<i32>, Option<i32>, String, String) {
+    use std::os::unix::process::ExitStatusExt;
+    let mut command = shoal_cli();
+    command.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    if let Some((k, v)) = env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().expect("spawn shoal");
+    child.stdin.take().expect("stdin").write_all(stdin).expect("write stdin");
+    let out = child.wait_with_output().expect("wait for shoal");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), out.status.signal(), text(&out.stdout), text(&out.stderr))
+}
+
+/// After an interrupted repair: a second `--repair` (or an appender's open, with
+/// `finish_with_produce`) finishes it; then `verify` exits 0, every record before the first
+/// damage is there byte for byte, and `produce` appends right after them.
+fn check_repair_finishes(dir: &Path, keep: &[String], context: &str, finish_with_produce: bool) {
+    let log = dir.to_str().expect("UTF-8 path");
+    if finish_with_produce {
+        let (code, _, out, err) = shoal_run(&["produce", log], None, b"");
+        assert_eq!(code, Some(0), "{context}: produce after the kill: {out}{err}");
+    }
+    let (code, _, out, err) = shoal_run(&["verify", log, "--repair"], None, b"");
+    assert_eq!(code, Some(0), "{context}: second repair: {out}{err}");
+    let (code, _, out, err) = shoal_run(&["verify", log], None, b"");
+    assert_eq!(code, Some(0), "{context}: verify after the repair: {out}{err}");
+    let (code, _, out, err) = shoal_run(&["cat", log], None, b"");
+    assert_eq!(code, Some(0), "{context}: cat: {err}");
+    let got: Vec<&str> = out.lines().collect();
+    assert_eq!(got.len(), keep.len(), "{context}: records kept");
+    assert!(got.iter().zip(keep).all(|(a, b)| a == b), "{context}: a kept record changed");
+    let (code, _, out, err) = shoal_run(&["produce", log, "--ack"], None, b"after the repair\n");
+    assert_eq!(code, Some(0), "{context}: produce: {err}");
+    assert_eq!(out.trim(), format!("durable {}", keep.len()), "{context}: the next offset follows the kept records");
+}
+
+/// `shoal verify --repair` killed with SIGKILL at each of its steps (the fail points of
+/// `log::scan`: journal written, end marker written back, segment cut, each later segment
+/// removed, watermark reset, journal removed): a second repair (or an appender's open)
+/// finishes it. Before, a repair killed while removing later segments left a log where
+/// `--repair` said "nothing to repair", `produce` refused and `cat` silently stopped.
+#[test]
+fn repair_killed_at_each_step_is_finished_by_the_next() {
+    let pristine = tempfile::tempdir().expect("temp dir");
+    let keep = damaged_log_for_repair(pristine.path(), 20_000);
+    let steps = ["repair-seal", "repair-journal", "repair-cut", "repair-unlink", "repair-head", "repair-done"];
+    for (i, step) in steps.iter().enumerate() {
+        let scratch = tempfile::tempdir().expect("temp dir");
+        common::copy_dir(pristine.path(), scratch.path());
+        let log = scratch.path().to_str().expect("UTF-8 path");
+        let (code, signal, out, err) = shoal_run(&["verify", log, "--repair"], Some(("SHOAL_FAIL_POINT", step)), b"");
+        assert_eq!((code, signal), (None, Some(9)), "{step}: the repair was not killed there: {out}{err}");
+        check_repair_finishes(scratch.path(), &keep, step, i % 2 == 1);
+    }
+}
+
+/// `shoal verify --repair` killed with SIGKILL at random instants, several times in a row on
+/// the same log: the repair that finally runs to its end leaves a sound log with every
+/// record before the damage.
+#[test]
+fn repair_killed_at_random_times_is_finished_by_the_next() {
+    let mut rng = StdRng::seed_from_u64(seed());
+    let pristine = tempfile::tempdir().expect("temp dir");
+    let keep = damaged_log_for_repair(pristine.path(), 20_000);
+    // Kill within the time one whole repair takes, measured here.
+    let timing = tempfile::tempdir().expect("temp dir");
+    common::copy_dir(pristine.path(), timing.path());
+    let started = Instant::now();
+    let (code, _, out, err) = shoal_run(&["verify", timing.path().to_str().expect("UTF-8"), "--repair"], None, b"");
+    assert_eq!(code, Some(0), "{out}{err}");
+    let whole_us = (started.elapsed().as_micros() as u64).max(1000);
+    for round in 0..4 {
+        let scratch = tempfile::tempdir().expect("temp dir");
+        common::copy_dir(pristine.path(), scratch.path());
+        let log = scratch.path().to_str().expect("UTF-8 path");
+        for kill in 0..6 {
+            let mut child = shoal_cli()
+                .args(["verify", log, "--repair"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn repair");
+            std::thread::sleep(Duration::from_micros(rng.gen_range(0..whole_us)));
+            let _ = child.kill();
+            let _ = child.wait();
+            eprintln!("round {round}: kill {kill} done");
+        }
+        check_repair_finishes(scratch.path(), &keep, &format!("round {round}"), round % 2 == 1);
+    }
+}

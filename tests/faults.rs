@@ -912,3 +912,116 @@ fn garbage_files_give_errors_not_panics() {
         survive(dir.path(), backend, "huge length in a real log");
     }
 }
+
+/// A sealed segment that lost only its tail after its last record (the end marker and the
+/// zeros after it, no record bytes): readers go on into the next segment, an appender opens
+/// and appends, and `repair` writes the end marker back without dropping a record. Before,
+/// readers could never pass the segment ("segment file is truncated") and a repair dropped
+/// every record after it.
+#[test]
+fn a_sealed_segment_that_lost_only_its_end_marker_loses_no_record() {
+    let backend = IoBackend::Auto;
+    let pristine = tempfile::tempdir().expect("temp dir");
+    let written = write_log(pristine.path(), backend, 3000);
+    let segments = segment_files(pristine.path());
+    assert!(segments.len() >= 4, "want several segments");
+    for which in [0usize, 1] {
+        let scratch = tempfile::tempdir().expect("temp dir");
+        copy_dir(pristine.path(), scratch.path());
+        let files = segment_files(scratch.path());
+        let target = &files[which];
+        let bytes = std::fs::read(target).expect("read");
+        let (last, len) = *record_positions(&bytes).last().expect("records");
+        let end = last + format::record_stride(len);
+        assert_eq!(u32::from_le_bytes(bytes[end..end + 4].try_into().expect("4")), format::END_OF_SEGMENT);
+        OpenOptions::new().write(true).open(target).expect("open").set_len(end as u64).expect("truncate");
+        let context = format!("segment {which} cut after its last record");
+
+        let (read, err) = read_until_error(scratch.path());
+        assert!(err.is_none(), "{context}: {err:?}");
+        assert_eq!(read, written, "{context}");
+        let report = verify(scratch.path()).expect("verify");
+        assert_eq!(report.problems.len(), 1, "{context}: {:?}", report.problems);
+        assert!(
+            report.problems[0].repairable && report.problems[0].path == *target,
+            "{context}: {:?}",
+            report.problems
+        );
+        assert_eq!(report.records_after_cut, 0, "{context}");
+        let repaired = repair(scratch.path()).expect("repair");
+        assert_eq!((repaired.cut.clone(), repaired.records_dropped), (None, 0), "{context}: {repaired:?}");
+        assert_eq!(repaired.seals_restored, vec![target.clone()], "{context}");
+        assert!(verify(scratch.path()).expect("verify").is_sound(), "{context}");
+        let mut log = open_log(scratch.path(), small_opts(backend)).expect("open after repair");
+        log.append(b"more").expect("append");
+        log.sync().expect("sync");
+        drop(log);
+        let mut want = written.clone();
+        want.push(b"more".to_vec());
+        assert_eq!(read_all(scratch.path()).expect("read"), want, "{context}");
+    }
+    // The tail's predecessor cut the same way: the appender's open writes its marker back.
+    let scratch = tempfile::tempdir().expect("temp dir");
+    copy_dir(pristine.path(), scratch.path());
+    let in_use: Vec<PathBuf> = segment_files(scratch.path())
+        .into_iter()
+        .filter(|p| header_of(p).base_offset != format::BASE_OFFSET_UNSET)
+        .collect();
+    let prev = &in_use[in_use.len() - 2];
+    let bytes = std::fs::read(prev).expect("read");
+    let (last, len) = *record_positions(&bytes).last().expect("records");
+    OpenOptions::new()
+        .write(true)
+        .open(prev)
+        .expect("open")
+        .set_len((last + format::record_stride(len)) as u64)
+        .expect("truncate");
+    let mut log = open_log(scratch.path(), small_opts(backend)).expect("open over a predecessor without its marker");
+    log.append(b"more").expect("append");
+    log.sync().expect("sync");
+    drop(log);
+    assert!(verify(scratch.path()).expect("verify").is_sound());
+    assert_eq!(read_all(scratch.path()).expect("read").len(), written.len() + 1);
+}
+
+/// A zeroed commit word inside a sealed segment: a reader and a tailer report corruption
+/// naming the segment and byte (before, the reader stopped there as if at the end and a
+/// tailer waited forever), `verify` reports it, and `repair` cuts there.
+#[test]
+fn an_empty_slot_inside_a_sealed_segment_is_corruption_for_every_reader() {
+    let backend = IoBackend::Auto;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let written = write_log(dir.path(), backend, 3000);
+    let seg0 = segment_files(dir.path())[0].clone();
+    let mut bytes = std::fs::read(&seg0).expect("read");
+    let positions = record_positions(&bytes);
+    let k = positions.len() / 2;
+    let position = positions[k].0;
+    bytes[position..position + 4].fill(0);
+    std::fs::write(&seg0, &bytes).expect("write");
+
+    let (read, err) = read_until_error(dir.path());
+    assert_eq!(read[..], written[..k]);
+    assert_corruption(&err.expect("reader error"), &seg0, position, k as u64, "reader");
+    let mut tailer = shoal::log::Tailer::open(dir.path()).expect("tailer");
+    let mut got = 0;
+    let err = loop {
+        match tailer.next(Some(std::time::Duration::from_secs(5))) {
+            Ok(Some(_)) => got += 1,
+            Ok(None) => panic!("the tailer waited at the damage instead of reporting it"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(got, k);
+    assert_corruption(&err, &seg0, position, k as u64, "tailer");
+    let report = verify(dir.path()).expect("verify");
+    assert_eq!(report.problems[0].path, seg0);
+    assert_eq!(report.problems[0].position, position as u64);
+    assert_eq!(report.records_after_cut, (written.len() - k - 1) as u64);
+    let repaired = repair(dir.path()).expect("repair");
+    assert_eq!(repaired.cut, Some((seg0.clone(), position as u64, k as u64)));
+    assert_eq!(repaired.records_dropped, (written.len() - k - 1) as u64);
+    assert_eq!(repaired.last_offset_dropped, Some(written.len() as u64 - 1));
+    assert!(verify(dir.path()).expect("verify").is_sound());
+    assert_eq!(read_all(dir.path()).expect("read")[..], written[..k]);
+}

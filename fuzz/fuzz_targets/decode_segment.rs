@@ -6,8 +6,11 @@
 //! the records' offsets and CRCs to be fixed up so that long intact chains, damage after
 //! them, sealed segments and truncated files are all reachable. Then everything that reads
 //! a log from disk runs over it: `verify`, `stats`, a `Reader` (iterate, seek, iterate), and
-//! `Appender::open` in each `RecoveryMode` over a fresh copy. Errors are fine; panics are
-//! not. After an appender opens, a record appended and synced must read back at its offset.
+//! `Appender::open` in each `RecoveryMode` over a fresh copy. The `HEAD` page may carry
+//! checksummed watermark copies (valid or spoiled), and an interrupted repair's journal
+//! (whole or any bytes) may lie beside. `repair` runs over a fresh copy: where it reports
+//! nothing unrepairable, `verify` must be sound after it, a second repair must change
+//! nothing, and an appender must open. Errors are fine; panics are not. After an appender opens, a record appended and synced must read back at its offset.
 
 #![no_main]
 
@@ -54,8 +57,39 @@ struct Input {
     head_durable: Option<u64>,
     /// Raw bytes over the `HEAD` page instead of a valid one.
     head_raw: Option<Vec<u8>>,
+    /// Checksummed watermark copies written into a valid `HEAD`: (value, seq, spoil the
+    /// checksum).
+    head_slots: Vec<(u64, u64, bool)>,
+    /// A repair journal left by an interrupted repair.
+    journal: Option<JournalSpec>,
     seeks: Vec<u16>,
     backend_uring: bool,
+}
+
+#[derive(Arbitrary, Debug)]
+enum JournalSpec {
+    /// A whole, checksummed journal naming a cut.
+    Built { segment: u8, position: u32, offset: u64, records_dropped: u64 },
+    /// Any bytes.
+    Raw(Vec<u8>),
+}
+
+fn journal_bytes(spec: &JournalSpec) -> Vec<u8> {
+    match spec {
+        JournalSpec::Raw(raw) => raw.iter().copied().take(256).collect(),
+        JournalSpec::Built { segment, position, offset, records_dropped } => {
+            let mut b = vec![0u8; 48];
+            b[0..8].copy_from_slice(b"SHOALREP");
+            b[8..12].copy_from_slice(&1u32.to_le_bytes());
+            b[16..24].copy_from_slice(&u64::from(*segment).to_le_bytes());
+            b[24..32].copy_from_slice(&u64::from(*position).to_le_bytes());
+            b[32..40].copy_from_slice(&offset.to_le_bytes());
+            b[40..48].copy_from_slice(&records_dropped.to_le_bytes());
+            let crc = crc32c::crc32c(&b);
+            b[12..16].copy_from_slice(&crc.to_le_bytes());
+            b
+        }
+    }
 }
 
 /// The bytes of one segment file, and the offset after its last fixed record.
@@ -153,8 +187,22 @@ fuzz_target!(|input: Input| {
         let mut page = vec![0u8; 4096];
         page[0..8].copy_from_slice(b"SHOALHED");
         page[8..12].copy_from_slice(&1u32.to_le_bytes());
-        page[24..32].copy_from_slice(&durable.to_le_bytes());
+        page[128..136].copy_from_slice(&durable.to_le_bytes());
+        for (k, &(value, seq, spoil)) in input.head_slots.iter().take(2).enumerate() {
+            let at = 192 + 32 * k;
+            let mut covered = Vec::with_capacity(24);
+            covered.extend_from_slice(b"SHOALDUR");
+            covered.extend_from_slice(&value.to_le_bytes());
+            covered.extend_from_slice(&seq.to_le_bytes());
+            let crc = crc32c::crc32c(&covered) ^ u32::from(spoil);
+            page[at..at + 8].copy_from_slice(&value.to_le_bytes());
+            page[at + 8..at + 16].copy_from_slice(&seq.to_le_bytes());
+            page[at + 16..at + 20].copy_from_slice(&crc.to_le_bytes());
+        }
         files.push(("HEAD".to_string(), page));
+    }
+    if let Some(journal) = &input.journal {
+        files.push(("REPAIR".to_string(), journal_bytes(journal)));
     }
 
     // Read-only paths.
@@ -189,6 +237,30 @@ fuzz_target!(|input: Input| {
         }
     }
     drop(dir);
+
+    // Repair over a fresh copy: where it says it fixed everything, the log is sound after it
+    // and an appender opens it.
+    {
+        let dir = temp_dir();
+        write_log(dir.path(), &files);
+        if let Ok(report) = shoal::log::repair(dir.path()) {
+            if report.unrepairable.is_empty() {
+                let after = shoal::log::verify(dir.path()).expect("verify after a repair");
+                assert!(after.is_sound(), "unsound after a repair: {:?} (repair: {report:?})", after.problems);
+                let again = shoal::log::repair(dir.path()).expect("a second repair");
+                assert!(again.is_noop(), "a second repair changed something: {again:?}");
+                let opts = LogOptions::default()
+                    .segment_bytes(64 << 10)
+                    .max_record_bytes(1024)
+                    .durability(Durability::Never)
+                    .io_backend(IoBackend::Syscalls)
+                    .prefault(false);
+                if let Err(e) = Appender::open(dir.path(), opts) {
+                    panic!("opening after a repair that fixed everything: {e} (repair: {report:?})");
+                }
+            }
+        }
+    }
 
     // The appender, once per recovery mode, each over a fresh copy.
     for mode in [RecoveryMode::Strict, RecoveryMode::TruncateTail, RecoveryMode::TruncateCorrupt] {

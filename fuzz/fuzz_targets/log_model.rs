@@ -9,6 +9,14 @@
 //! `HEAD`), it is damaged: a bit flip, a zeroed suffix (a torn write), or a cut file. Reopening
 //! must succeed, keep every other record byte for byte, and drop the damaged one exactly when
 //! bytes its CRC covers changed.
+//!
+//! `Damage` closes the log and damages any file of it (flip any byte, zero any 8-byte word,
+//! truncate any file; anywhere, or near a chosen record), optionally kills a repair midway
+//! (a fail point that stops it at a step, leaving the files as a SIGKILL there would), and
+//! checks the property: every acknowledged (durable) record survives byte for byte, or the
+//! damage is reported by `verify` and by a reader that stops at it; never a silent loss,
+//! never a wrong byte. Then `repair` (run twice when the first was stopped) must leave a
+//! sound log holding a prefix of the model, and an appender must go on from its end.
 
 #![no_main]
 
@@ -18,6 +26,33 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use shoal::log::format::{record_stride, AlignedBuf, SegmentHeader, Slot, BASE_OFFSET_UNSET};
 use shoal::log::{AppendError, Appender, Durability, IoBackend, LogOptions, Offset, Reader, RecoveryMode};
+
+#[derive(Arbitrary, Debug)]
+enum Where {
+    /// Byte `at` (modulo the file's length) of file `file` (modulo the files of the log).
+    Anywhere { file: u8, at: u32 },
+    /// `delta` bytes into record `record` (modulo the records held).
+    NearRecord { record: u16, delta: u8 },
+}
+
+#[derive(Arbitrary, Debug)]
+enum Hurt {
+    Flip { mask: u8 },
+    ZeroWord,
+    /// Cut the file there.
+    Truncate,
+}
+
+#[derive(Arbitrary, Debug)]
+struct Damage {
+    at: Where,
+    hurt: Hurt,
+    /// Stop the first repair at this step (index into `KILL_STEPS`, modulo), if set.
+    kill_repair: Option<u8>,
+}
+
+const KILL_STEPS: [&str; 6] =
+    ["repair-seal", "repair-journal", "repair-cut", "repair-unlink", "repair-head", "repair-done"];
 
 /// Largest payload the model's log accepts; appends above it must fail cleanly.
 const MAX_RECORD_BYTES: usize = 256;
@@ -49,6 +84,7 @@ enum Op {
     TearTail(Tear),
     ReadAll,
     Seek(u16),
+    Damage(Damage),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -198,6 +234,137 @@ fn damage(path: &Path, position: usize, payload_len: usize, tear: &Tear) -> bool
     }
 }
 
+/// The files of the log a damage may hit: segments (prepared ones included) and `HEAD`.
+fn damageable_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("list the log")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            (name.ends_with(".seg") && !name.starts_with('.')) || name == "HEAD"
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Applies a damage; returns what was hit (for messages), or `None` when there was nothing
+/// to hit.
+fn apply_damage(dir: &Path, model: &Model, damage: &Damage) -> Option<String> {
+    let (path, at) = match damage.at {
+        Where::Anywhere { file, at } => {
+            let files = damageable_files(dir);
+            if files.is_empty() {
+                return None;
+            }
+            let path = files[usize::from(file) % files.len()].clone();
+            let len = std::fs::metadata(&path).ok()?.len() as usize;
+            if len == 0 {
+                return None;
+            }
+            (path, at as usize % len)
+        }
+        Where::NearRecord { record, delta } => {
+            if model.records.is_empty() {
+                return None;
+            }
+            let k = usize::from(record) % model.records.len();
+            let (path, position, _, _) = locate(dir, k as u64)?;
+            (path, position + usize::from(delta))
+        }
+    };
+    let mut bytes = std::fs::read(&path).ok()?;
+    if at >= bytes.len() {
+        return None;
+    }
+    match damage.hurt {
+        Hurt::Flip { mask } => bytes[at] ^= mask | 1,
+        Hurt::ZeroWord => {
+            let word = at & !7;
+            let end = (word + 8).min(bytes.len());
+            bytes[word..end].fill(0);
+        }
+        Hurt::Truncate => bytes.truncate(at),
+    }
+    std::fs::write(&path, &bytes).expect("write the damaged file");
+    Some(format!("{:?} at byte {at} of {}", damage.hurt, path.display()))
+}
+
+/// Reads the log to its first error: the records read (each checked against the model: a
+/// wrong byte is a failure at once) and whether it stopped at an error.
+fn read_checked(dir: &Path, model: &Model, what: &str) -> (usize, bool) {
+    let mut reader = match Reader::open(dir) {
+        Ok(r) => r,
+        Err(_) => return (0, true),
+    };
+    let mut i = 0usize;
+    loop {
+        match reader.next() {
+            Ok(Some(record)) => {
+                assert_eq!(record.offset().0, i as u64, "{what}: offsets are dense");
+                assert!(i < model.records.len(), "{what}: a record {i} that was never appended");
+                assert_eq!(record.payload(), &model.records[i][..], "{what}: record {i} has wrong bytes");
+                i += 1;
+            }
+            Ok(None) => return (i, false),
+            Err(_) => return (i, true),
+        }
+    }
+}
+
+/// The `Damage` operation on a closed log; returns the appender reopened after the repair,
+/// or `None` when the damage left a log that no repair can fix (reported as such).
+fn damage_op(dir: &Path, opts: LogOptions, model: &mut Model, damage: &Damage) -> Option<Appender> {
+    let Some(what) = apply_damage(dir, model, damage) else { return Some(open(dir, opts)) };
+    let durable = (model.durable as usize).min(model.records.len());
+    let report = shoal::log::verify(dir);
+    let (read, stopped) = read_checked(dir, model, &what);
+    if read < durable {
+        // A durable record is not readable: the damage must be reported, by the reader and
+        // by verify.
+        assert!(stopped, "{what}: the reader stopped silently at {read} of {durable} durable records");
+        assert!(
+            report.as_ref().map_or(true, |r| !r.is_sound()),
+            "{what}: verify calls the log sound but only {read} of {durable} durable records read"
+        );
+    }
+    if let Some(step) = damage.kill_repair {
+        std::env::set_var("SHOAL_FAIL_POINT", KILL_STEPS[usize::from(step) % KILL_STEPS.len()]);
+        std::env::set_var("SHOAL_FAIL_POINT_ACTION", "error");
+        let _ = shoal::log::repair(dir);
+        std::env::remove_var("SHOAL_FAIL_POINT");
+        std::env::remove_var("SHOAL_FAIL_POINT_ACTION");
+        // What a stopped repair leaves never shows wrong bytes.
+        let _ = read_checked(dir, model, &what);
+    }
+    let unrepairable = report.as_ref().map_or(true, |r| r.problems.iter().any(|p| !p.repairable));
+    let repaired = match shoal::log::repair(dir) {
+        Ok(r) => r,
+        Err(_) if unrepairable => return None,
+        Err(e) => panic!("{what}: repair failed: {e}"),
+    };
+    if !repaired.unrepairable.is_empty() {
+        return None;
+    }
+    let after = shoal::log::verify(dir).expect("verify after a repair");
+    assert!(after.is_sound(), "{what}: unsound after a repair: {:?} (repair: {repaired:?})", after.problems);
+    let (kept, stopped) = read_checked(dir, model, &what);
+    assert!(!stopped, "{what}: the reader fails after a repair");
+    if kept < durable {
+        // Durable records dropped by the repair: only when the damage was reported above.
+        assert!(report.as_ref().map_or(true, |r| !r.is_sound()), "{what}: a repair dropped durable records silently");
+    }
+    model.records.truncate(kept);
+    model.durable = model.durable.min(kept as u64);
+    let log = match Appender::open(dir, opts) {
+        Ok(log) => log,
+        Err(e) => panic!("{what}: opening after a repair: {e} (repair: {repaired:?})"),
+    };
+    assert_eq!(log.next_offset().0, kept as u64, "{what}: the appender goes on after the kept records");
+    Some(log)
+}
+
 fuzz_target!(|input: Input| {
     let opts = LogOptions::default()
         .segment_bytes(64 << 10)
@@ -288,6 +455,14 @@ fuzz_target!(|input: Input| {
                 log = Some(reopened);
             }
             Op::ReadAll => read_all(dir.path(), &model),
+            Op::Damage(damage) => {
+                drop(log.take());
+                match damage_op(dir.path(), opts, &mut model, damage) {
+                    Some(reopened) => log = Some(reopened),
+                    // A foreign or headless file: no repair can help; the run ends here.
+                    None => return,
+                }
+            }
             Op::Seek(i) => {
                 let len = model.records.len();
                 let target = usize::from(*i) % (len + 1);

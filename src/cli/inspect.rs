@@ -22,16 +22,33 @@ pub(super) fn verify(dir: &Path, repair: bool) -> Result<ExitCode, Error> {
 
 fn run_repair(dir: &Path) -> Result<ExitCode, Error> {
     let report = log::repair(dir)?;
-    let line = match &report.cut {
-        Some((path, position, offset)) => format!(
-            "repaired: cut {} at byte {position}, dropping offset {offset} onward ({} intact records after the damage)",
+    let mut lines = Vec::new();
+    if let Some((path, position, offset)) = &report.resumed {
+        lines.push(format!(
+            "finished an interrupted repair: cut {} at byte {position}, dropping offset {offset} onward",
+            path.display()
+        ));
+    }
+    for path in &report.seals_restored {
+        lines.push(format!("repaired: wrote back the end marker of {} (no record lost)", path.display()));
+    }
+    if let Some((path, position, offset)) = &report.cut {
+        let last =
+            report.last_offset_dropped.map_or(String::new(), |last| format!("; offsets {offset} to {last} dropped"));
+        lines.push(format!(
+            "repaired: cut {} at byte {position}, dropping offset {offset} onward ({} intact records after the damage){last}",
             path.display(),
             report.records_dropped
-        ),
-        None => format!("{}: nothing to repair", dir.display()),
-    };
+        ));
+    }
+    if report.head_rewritten {
+        lines.push(format!("repaired: rewrote the damaged control page {}", dir.join("HEAD").display()));
+    }
+    if report.is_noop() {
+        lines.push(format!("{}: nothing to repair", dir.display()));
+    }
     let code = if report.unrepairable.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
-    let printed = print_stdout(&line, code);
+    let printed = print_stdout(&lines.join("\n"), code);
     report_problems(&report.unrepairable);
     printed
 }

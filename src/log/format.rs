@@ -8,7 +8,12 @@
 //! A log is a directory holding:
 //! - `LOCK`: an empty file; the appender holds an exclusive `flock(2)` on it.
 //! - `HEAD`: a 4 KiB control page shared by all processes (see `head.rs`): the durable
-//!   watermark and a futex word that tailers sleep on. It is advisory; losing it loses nothing.
+//!   watermark (a plain word for tailers, and two checksummed copies that recovery trusts, so
+//!   one damaged byte cannot move it) and a futex word that tailers sleep on. Losing it loses
+//!   no record, only the knowledge of which damage is a torn tail and which is corruption.
+//! - `REPAIR`: present only while a repair cuts the log (or after one was killed): a 48-byte
+//!   checksummed journal naming the cut (see `scan.rs`), written and synced before anything is
+//!   changed; a later repair or open finishes that cut.
 //! - `{seq:020}.seg`: segment files, `seq` counting up from 0. A segment is created under a
 //!   temporary name `.{seq:020}.seg.tmp`, preallocated, given its header, synced and only then
 //!   renamed, so a segment file that exists always has a complete header.
@@ -52,6 +57,13 @@
 //! 24  key           u64  user key (routing, compaction); 0 when none was given
 //! 32  payload       payload_len bytes, then zeros up to the next multiple of 8
 //! ```
+//! What recovers a sealed segment's end when its end marker is lost: the next segment's
+//! `base_offset` (in its checksummed header) is the offset after the last record, and the
+//! records themselves (checksummed, offsets included) lead to the position; so a lost marker,
+//! or a file cut right after its last record, is written back without losing a record. These
+//! additions (the `HEAD` copies, the journal) use space that was reserved or files that were
+//! not there: the format version stays 1, and files of older builds open unchanged.
+//!
 //! The commit word is stored last, with `Release` ordering; a reader loads it with `Acquire`
 //! and only then reads the rest, so no reader in this or another process sees a partial record.
 //! After a crash the checksum (which covers the offset, so stale bytes from an older record never

@@ -7,9 +7,27 @@
 //!  12  appender_pid    u32      pid of the live appender, 0 when none
 //!  64  notify          u32      futex word: bumped after records are published
 //!  68  waiters         u32      tailers asleep (or about to sleep) on `notify`
-//! 128  durable_offset  u64      every offset below this is durable
+//! 128  durable_offset  u64      every offset below this is durable (the word tailers read)
+//! 192  durable slot 0  24 B     checksummed copy of the watermark (below)
+//! 224  durable slot 1  24 B     the other copy
 //! ```
 //! (The words written by different parties sit on different cache lines.)
+//!
+//! # Checksummed copies of the watermark (added in version 1, in space that was reserved)
+//! Recovery decides from the watermark whether damage is a torn tail or corruption, so one
+//! flipped bit in the plain word must not be able to move it. The sync thread therefore
+//! writes each new watermark first into the older of two slots, then into the plain word:
+//! ```text
+//!  0  value  u64  the watermark
+//!  8  seq    u64  1 + the higher seq of the two slots when written
+//! 16  crc    u32  CRC32C of bytes 0..16 prefixed with b"SHOALDUR"
+//! 20  zero   u32
+//! ```
+//! Recovery, `verify` and the readers' cold checks use the valid slot with the highest
+//! `seq` ([`Head::durable_checked`]); a slot that fails its checksum is ignored (and reported
+//! by `verify`); a page whose slots are both zero (written by an older build) falls back to
+//! the plain word. Resetting the watermark (open, repair) writes both slots. Older builds
+//! read the same page and only ignore the slots: the version stays 1.
 //!
 //! Wake-up protocol (Dekker style, so a wake-up is never missed): a tailer increments
 //! `waiters` (SeqCst), issues a full fence, reads `notify`, re-checks the log for a record,
@@ -44,6 +62,8 @@ const APPENDER_PID: usize = 12;
 const NOTIFY: usize = 64;
 const WAITERS: usize = 68;
 const DURABLE: usize = 128;
+const DURABLE_SLOTS: [usize; 2] = [192, 224];
+const SLOT_CRC_PREFIX: [u8; 8] = *b"SHOALDUR";
 /// File name of the control page.
 pub const HEAD_FILE: &str = "HEAD";
 
@@ -185,21 +205,68 @@ impl Head {
         self.u64_at(DURABLE).load(Ordering::Acquire)
     }
 
-    /// Records the durable watermark (monotonic).
+    /// Records the durable watermark (monotonic): the older checksummed slot first, then
+    /// the plain word. Called by the sync thread, the only writer while an appender runs.
     pub fn set_durable_offset(&self, offset: u64) {
         if !self.writable {
             return;
         }
+        let value = offset.max(self.durable_offset());
+        self.write_slot(value);
         // pairs with the Acquire load in durable_offset
         self.u64_at(DURABLE).fetch_max(offset, Ordering::Release);
     }
 
-    /// Sets the durable watermark, lowering it if needed (after a repair cut records off).
+    /// Sets the durable watermark, lowering it if needed (after a repair cut records off):
+    /// both checksummed slots, then the plain word.
     pub fn reset_offsets(&self, next: u64) {
         if !self.writable {
             return;
         }
+        self.write_slot(next);
+        self.write_slot(next);
         self.u64_at(DURABLE).store(next, Ordering::Release);
+    }
+
+    /// The watermark as recovery trusts it: the newest slot that passes its checksum, or the
+    /// plain word when no slot was ever written (a page of an older build).
+    pub fn durable_checked(&self) -> u64 {
+        durable_from(&self.slots(), self.durable_offset())
+    }
+
+    /// The two checksummed slots, as decoded now.
+    fn slots(&self) -> [SlotState; 2] {
+        DURABLE_SLOTS.map(|at| {
+            let value = self.u64_at(at).load(Ordering::Acquire);
+            let seq = self.u64_at(at + 8).load(Ordering::Acquire);
+            let crc = self.u32_at(at + 16).load(Ordering::Acquire);
+            SlotState::decode(value, seq, crc)
+        })
+    }
+
+    /// Writes `value` into the older (or damaged) of the two slots.
+    fn write_slot(&self, value: u64) {
+        let slots = self.slots();
+        let seq_of = |s: &SlotState| if let SlotState::Valid { seq, .. } = s { *seq } else { 0 };
+        let newest = seq_of(&slots[0]).max(seq_of(&slots[1]));
+        let target = match (&slots[0], &slots[1]) {
+            (SlotState::Valid { seq: a, .. }, SlotState::Valid { seq: b, .. }) => usize::from(a > b),
+            (SlotState::Valid { .. }, _) => 1,
+            _ => 0,
+        };
+        let at = DURABLE_SLOTS[target];
+        let seq = newest + 1;
+        // A reader that sees a half-written slot finds a bad checksum and uses the other one.
+        self.u32_at(at + 16).store(0, Ordering::Release);
+        self.u64_at(at).store(value, Ordering::Release);
+        self.u64_at(at + 8).store(seq, Ordering::Release);
+        self.u32_at(at + 16).store(slot_crc(value, seq), Ordering::Release);
+    }
+
+    /// The pid of the live appender recorded in the page (0 when none runs, or the log was
+    /// closed cleanly).
+    pub fn appender_pid(&self) -> u32 {
+        self.u32_at(APPENDER_PID).load(Ordering::Acquire)
     }
 
     /// Records the live appender's pid (0 when it closes).
@@ -267,5 +334,206 @@ impl Head {
             return;
         }
         self.u32_at(WAITERS).fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A durable-watermark slot as read from the page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotState {
+    /// All zero: never written (a page of an older build).
+    Unwritten,
+    /// Passes its checksum.
+    Valid {
+        /// The watermark it holds.
+        value: u64,
+        /// Its write sequence.
+        seq: u64,
+    },
+    /// Fails its checksum: damaged, or torn by a crash mid-write.
+    Damaged,
+}
+
+impl SlotState {
+    fn decode(value: u64, seq: u64, crc: u32) -> SlotState {
+        if value == 0 && seq == 0 && crc == 0 {
+            SlotState::Unwritten
+        } else if crc == slot_crc(value, seq) {
+            SlotState::Valid { value, seq }
+        } else {
+            SlotState::Damaged
+        }
+    }
+}
+
+fn slot_crc(value: u64, seq: u64) -> u32 {
+    let mut bytes = [0u8; 24];
+    bytes[..8].copy_from_slice(&SLOT_CRC_PREFIX);
+    bytes[8..16].copy_from_slice(&value.to_le_bytes());
+    bytes[16..24].copy_from_slice(&seq.to_le_bytes());
+    crc32c::crc32c(&bytes)
+}
+
+/// The trusted watermark from the slots, falling back to the plain word when neither slot
+/// was ever written.
+fn durable_from(slots: &[SlotState; 2], plain: u64) -> u64 {
+    let newest = slots
+        .iter()
+        .filter_map(|s| if let SlotState::Valid { value, seq } = s { Some((*seq, *value)) } else { None })
+        .max();
+    match newest {
+        Some((_, value)) => value,
+        None if slots.iter().all(|s| *s == SlotState::Unwritten) => plain,
+        // Every written slot is damaged: the plain word is all that is left.
+        None => plain,
+    }
+}
+
+/// A read-only look at a `HEAD` page (for `verify` and `stats`): read with `read(2)`, so it
+/// works on a read-only mount and creates or changes nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeadSnapshot {
+    /// The plain watermark word.
+    pub durable_plain: u64,
+    /// The two checksummed slots.
+    pub slots: [SlotState; 2],
+    /// The recorded appender pid.
+    pub appender_pid: u32,
+}
+
+impl HeadSnapshot {
+    /// Reads the page of the log in `dir`: `Ok(None)` when there is no `HEAD` file.
+    ///
+    /// # Errors
+    /// [`LogError::NotASegment`] for a page that is not a shoal control page (bad magic, cut
+    /// short); [`LogError::UnsupportedVersion`]; I/O errors. Each names the file.
+    pub fn read(dir: &Path) -> Result<Option<HeadSnapshot>, LogError> {
+        let path = dir.join(HEAD_FILE);
+        // Never through a symlink, and only a regular file (see `sys::fs`).
+        let mut bytes = Vec::new();
+        match open_file_at(&path, Open::Read) {
+            Ok(file) => {
+                let mut limited = std::io::Read::take(file, HEAD_BYTES);
+                std::io::Read::read_to_end(&mut limited, &mut bytes).map_err(|e| LogError::io(&path, "read", e))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(LogError::io(&path, "open", e)),
+        }
+        HeadSnapshot::decode(&bytes).map(Some).map_err(|why| match why {
+            HeadError::Version(found) => LogError::UnsupportedVersion { path, found, supported: HEAD_VERSION },
+            HeadError::Bad(why) => LogError::NotASegment { path, why: why.into() },
+        })
+    }
+
+    /// Decodes the bytes of a page; never panics, whatever the bytes.
+    ///
+    /// # Errors
+    /// What makes them no control page.
+    pub fn decode(bytes: &[u8]) -> Result<HeadSnapshot, HeadError> {
+        if bytes.len() < HEAD_BYTES as usize {
+            return Err(HeadError::Bad(
+                "HEAD is shorter than a control page (4096 bytes); `shoal verify --repair` rewrites it",
+            ));
+        }
+        let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
+        let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or([0; 4]));
+        if bytes[0..8] != HEAD_MAGIC {
+            return Err(HeadError::Bad(
+                "HEAD is not a shoal control page (bad magic); `shoal verify --repair` rewrites it",
+            ));
+        }
+        let version = u32_at(8);
+        if version > HEAD_VERSION {
+            return Err(HeadError::Version(version));
+        }
+        let slots = DURABLE_SLOTS.map(|at| SlotState::decode(u64_at(at), u64_at(at + 8), u32_at(at + 16)));
+        Ok(HeadSnapshot { durable_plain: u64_at(DURABLE), slots, appender_pid: u32_at(APPENDER_PID) })
+    }
+
+    /// The watermark recovery trusts (see [`Head::durable_checked`]).
+    pub fn durable(&self) -> u64 {
+        durable_from(&self.slots, self.durable_plain)
+    }
+}
+
+/// Why bytes are not a control page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadError {
+    /// Damaged or foreign (reason given).
+    Bad(&'static str),
+    /// A newer version than this build reads.
+    Version(u32),
+}
+
+/// Writes a fresh control page over the `HEAD` of the log in `dir` (after `verify` found it
+/// damaged), with `durable` as the watermark, and syncs it. Only under the appender lock.
+pub(crate) fn rewrite_head(dir: &Dir, durable: u64) -> Result<(), LogError> {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join(HEAD_FILE);
+    let file = dir.open_file(HEAD_FILE, Open::ReadWriteCreate).map_err(|e| LogError::io(&path, "open", e))?;
+    let mut page = vec![0u8; HEAD_BYTES as usize];
+    page[0..8].copy_from_slice(&HEAD_MAGIC);
+    page[8..12].copy_from_slice(&HEAD_VERSION.to_le_bytes());
+    page[DURABLE..DURABLE + 8].copy_from_slice(&durable.to_le_bytes());
+    for (i, at) in DURABLE_SLOTS.into_iter().enumerate() {
+        let seq = i as u64 + 1;
+        page[at..at + 8].copy_from_slice(&durable.to_le_bytes());
+        page[at + 8..at + 16].copy_from_slice(&seq.to_le_bytes());
+        page[at + 16..at + 20].copy_from_slice(&slot_crc(durable, seq).to_le_bytes());
+    }
+    file.set_len(HEAD_BYTES).map_err(|e| LogError::io(&path, "truncate", e))?;
+    file.write_all_at(&page, 0).map_err(|e| LogError::io(&path, "write", e))?;
+    file.sync_data().map_err(|e| LogError::io(&path, "fdatasync", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page_with(dir: &Path, durable: u64) -> Vec<u8> {
+        let head = Head::create(&Dir::open(dir).expect("open the directory")).expect("open HEAD");
+        head.set_durable_offset(durable);
+        std::fs::read(dir.join(HEAD_FILE)).expect("read HEAD")
+    }
+
+    #[test]
+    fn a_flip_in_the_plain_word_or_one_slot_cannot_move_the_trusted_watermark() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        page_with(dir.path(), 10);
+        let bytes = page_with(dir.path(), 20);
+        let snap = HeadSnapshot::decode(&bytes).expect("a control page");
+        assert_eq!((snap.durable(), snap.durable_plain), (20, 20));
+        // The plain word flipped high: the copies win.
+        let mut flipped = bytes.clone();
+        flipped[DURABLE + 6] ^= 0x01;
+        assert_eq!(HeadSnapshot::decode(&flipped).expect("page").durable(), 20);
+        // Every single-bit flip in a slot: that slot is ignored and the other one is used.
+        for at in DURABLE_SLOTS.iter().flat_map(|&s| s..s + 20) {
+            for bit in 0..8 {
+                let mut flipped = bytes.clone();
+                flipped[at] ^= 1 << bit;
+                let snap = HeadSnapshot::decode(&flipped).expect("page");
+                assert!(snap.slots.contains(&SlotState::Damaged), "byte {at} bit {bit}");
+                assert!([10, 20].contains(&snap.durable()), "byte {at} bit {bit}: {}", snap.durable());
+            }
+        }
+    }
+
+    #[test]
+    fn a_page_of_an_older_build_falls_back_to_the_plain_word_and_reset_writes_both_slots() {
+        let mut page = vec![0u8; HEAD_BYTES as usize];
+        page[0..8].copy_from_slice(&HEAD_MAGIC);
+        page[8..12].copy_from_slice(&1u32.to_le_bytes());
+        page[DURABLE..DURABLE + 8].copy_from_slice(&77u64.to_le_bytes());
+        let snap = HeadSnapshot::decode(&page).expect("page");
+        assert_eq!(snap.slots, [SlotState::Unwritten; 2]);
+        assert_eq!(snap.durable(), 77);
+        assert!(HeadSnapshot::decode(&page[..100]).is_err());
+        let dir = tempfile::tempdir().expect("temp dir");
+        let head = Head::create(&Dir::open(dir.path()).expect("open the directory")).expect("open HEAD");
+        head.set_durable_offset(50);
+        head.reset_offsets(5);
+        let snap = HeadSnapshot::read(dir.path()).expect("read").expect("a page");
+        assert!(snap.slots.iter().all(|s| matches!(s, SlotState::Valid { value: 5, .. })), "{snap:?}");
+        assert_eq!((snap.durable(), head.durable_checked()), (5, 5));
     }
 }

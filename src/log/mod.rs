@@ -23,7 +23,12 @@
 //!
 //! Recovery ([`RecoveryMode`]) validates the tail at open: a torn last record (a crash
 //! mid-append) is cut off; damage below the durable watermark, or followed by intact records,
-//! is corruption, reported with the segment and byte position.
+//! is corruption, reported with the segment and byte position. The same rule (in `scan`)
+//! judges every end of records, wherever it is found: an empty slot or end marker below the
+//! watermark, or inside a sealed segment whose successor starts elsewhere, is corruption for
+//! `verify`, for recovery and for every reader, never the end of the log. [`repair`] cuts at
+//! the first damage through a synced journal, so a repair killed at any instant is finished
+//! by the next repair or open.
 //!
 //! Retention ([`Retention`]) deletes whole sealed segments by total size or age. Readers that
 //! still map a deleted segment keep reading it: an unlinked file lives while it is mapped.
@@ -75,7 +80,7 @@
 //! sync               error, format, head, io, segment
 //! prepare            error, io, segment
 //! appender           error, format, head, io, lock, prepare, recovery, segment, sync
-//! reader             error, format, head, segment
+//! reader             error, format, head, scan, segment
 //! wait               error, reader
 //! tailer             error, reader, wait
 //! ```

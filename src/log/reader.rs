@@ -151,6 +151,19 @@ pub struct Reader {
     next_offset: u64,
     /// The log's `HEAD` page, mapped on first need once it exists (an appender creates it).
     head: Option<Head>,
+    /// The slot (segment, position) where a stopped log was last found to end cleanly, so
+    /// that a follower polling it does not look past it again.
+    checked_end: Option<(SegmentId, usize)>,
+}
+
+/// What the slot where a reader stopped turned out to be.
+enum Stop {
+    /// The tail: nothing more yet.
+    Tail,
+    /// A record arrived meanwhile: look again.
+    Retry,
+    /// The end of this segment; records go on in the next.
+    Next,
 }
 
 impl Reader {
@@ -163,8 +176,16 @@ impl Reader {
         if !dir.is_dir() {
             return Err(LogError::NoLog { path: dir });
         }
-        let mut reader =
-            Reader { dir, known: Vec::new(), current: None, region: None, position: 0, next_offset: 0, head: None };
+        let mut reader = Reader {
+            dir,
+            known: Vec::new(),
+            current: None,
+            region: None,
+            position: 0,
+            next_offset: 0,
+            head: None,
+            checked_end: None,
+        };
         reader.refresh()?;
         if let Some(&(id, base)) = reader.known.first() {
             reader.enter(id, base)?;
@@ -310,20 +331,43 @@ impl Reader {
             return Ok(None);
         }
         let position = self.position;
-        let Some(region) = self.region.as_ref() else { return Ok(None) };
-        match region.decode(position, Some(self.next_offset), format::PAYLOAD_BYTES_FORMAT_MAX) {
+        let Some(region) = self.region else { return Ok(None) };
+        let error = match region.decode(position, Some(self.next_offset), format::PAYLOAD_BYTES_FORMAT_MAX) {
             Ok(Slot::Record(r)) => {
                 self.position = r.next_position();
                 self.next_offset += 1;
-                Ok(Some(Record {
+                // SAFETY: as in the fast path above: the payload lies in the mapping owned by
+                // `self.current`, which is only replaced or dropped through `&mut self`, and
+                // the returned record borrows `self`; committed bytes are immutable.
+                let payload = unsafe { std::slice::from_raw_parts(r.payload.as_ptr(), r.payload.len()) };
+                return Ok(Some(Record {
                     offset: Offset(r.offset),
                     timestamp_ns: r.timestamp_ns,
                     key: r.key,
-                    payload: r.payload,
-                }))
+                    payload,
+                }));
             }
-            Ok(_) => Ok(None),
-            Err(e) => Err(corruption(&self.current, &self.dir, position, self.next_offset, e.to_string())),
+            Ok(_) => return Ok(None),
+            Err(e) => e,
+        };
+        if self.damaged_end_marker()? {
+            // Bounded: each call enters a newer segment.
+            return self.next();
+        }
+        Err(corruption(&self.current, &self.dir, position, self.next_offset, error.to_string()))
+    }
+
+    /// At bytes that are not a record: when the next segment starts at the reader's offset,
+    /// they are this segment's damaged end marker (no record is missing), and the reader
+    /// moves on into that segment.
+    #[cold]
+    #[inline(never)]
+    fn damaged_end_marker(&mut self) -> Result<bool, LogError> {
+        let Some(current) = self.current.as_ref().map(|c| c.id) else { return Ok(false) };
+        self.refresh()?;
+        match self.known.iter().find(|k| k.0 > current) {
+            Some(&(_, base)) if base == self.next_offset => self.advance(),
+            _ => Ok(false),
         }
     }
 
@@ -350,7 +394,7 @@ impl Reader {
     pub fn durable_offset(&mut self) -> Offset {
         // The page is opened as it is, never created (a read creates nothing), read-only
         // where the file system allows no more.
-        Offset(self.head().map_or(0, |h| h.durable_offset()))
+        Offset(self.head().map_or(0, |h| h.durable_checked()))
     }
 
     /// The log's control page, mapped on first use once an appender has created it.
@@ -378,27 +422,93 @@ impl Reader {
             let at_end = self.position + 4 > region.len();
             let commit = if at_end { None } else { region.load_commit(self.position) };
             match commit {
-                Some(0) => {
-                    self.current.as_ref().map_or(Ok(()), |s| s.check_shrank())?;
-                    let short = self.current.as_ref().is_some_and(|s| (s.mapped_bytes as u64) < s.header.segment_bytes);
-                    if short && self.position + format::RECORD_HEADER_BYTES > region.len() {
-                        return Err(self.corruption(self.position, "segment file is truncated".into()));
+                Some(0) | Some(format::END_OF_SEGMENT) | None => match self.judge_stop(commit)? {
+                    Stop::Tail => return Ok(false),
+                    Stop::Retry => {}
+                    Stop::Next => {
+                        if !self.advance()? {
+                            return Ok(false);
+                        }
                     }
-                    return Ok(false);
-                }
-                Some(format::END_OF_SEGMENT) | None => {
-                    let short = self.current.as_ref().is_some_and(|s| (s.mapped_bytes as u64) < s.header.segment_bytes);
-                    if commit.is_none() && short {
-                        return Err(self.corruption(self.position, "segment file is truncated".into()));
-                    }
-                    if !self.advance()? {
-                        return Ok(false);
-                    }
-                }
+                },
                 Some(_) => return Ok(true),
             }
         }
         Ok(false)
+    }
+
+    /// The cold branch of [`Reader::ready`]: the reader stands at an empty slot (`Some(0)`),
+    /// an end marker, or the end of the file (`None`). Decides whether that is the tail, the
+    /// end of the segment, or damage, by the rule of [`scan`](super::scan): only here does a
+    /// reader look at the durable watermark, at later segments (a directory listing, only
+    /// when there is reason to: an end marker, the end of the file, a slot below the
+    /// watermark, a stopped log) and, for a stopped log, at whether intact records follow.
+    #[cold]
+    #[inline(never)]
+    fn judge_stop(&mut self, commit: Option<u32>) -> Result<Stop, LogError> {
+        let (Some(region), Some(seg)) = (self.region, self.current.clone()) else { return Ok(Stop::Tail) };
+        let (n, position) = (self.next_offset, self.position);
+        // A segment truncated under us reads as zeros past the cut (see `sys::sigbus`).
+        seg.check_shrank()?;
+        let short = (seg.mapped_bytes as u64) < seg.header.segment_bytes;
+        // The watermark first, then the slot again: a record published before the watermark
+        // passed it is then seen (Acquire on both, pairing with the appender's Release
+        // stores of the commit word and, through the sync thread, of the watermark).
+        let (durable, stopped) = match self.head() {
+            Some(h) => (h.durable_checked(), h.appender_pid() == 0),
+            None => (0, true),
+        };
+        if commit == Some(0) && region.load_commit(position) != Some(0) {
+            return Ok(Stop::Retry);
+        }
+        let marker = commit == Some(format::END_OF_SEGMENT) || (commit.is_none() && !short);
+        let later_known = self.known.iter().any(|k| k.0 > seg.id);
+        if !(marker || short || later_known || stopped || n < durable) {
+            return Ok(Stop::Tail);
+        }
+        if stopped
+            && commit.is_some()
+            && !short
+            && !later_known
+            && n >= durable
+            && self.checked_end == Some((seg.id, position))
+        {
+            return Ok(Stop::Tail);
+        }
+        self.refresh()?;
+        let what = match commit {
+            Some(0) => "empty slot (commit word 0)",
+            Some(_) => "end-of-segment marker",
+            None if short => "segment file is truncated",
+            None => "end of the segment file",
+        };
+        if let Some(&(_, base)) = self.known.iter().find(|k| k.0 > seg.id) {
+            if base == n {
+                return Ok(Stop::Next);
+            }
+            return Err(self.corruption(
+                position,
+                format!("{what} at offset {n} inside a sealed segment, whose successor starts at offset {base}"),
+            ));
+        }
+        if n < durable {
+            return Err(
+                self.corruption(position, format!("{what} at offset {n}, below the durable watermark {durable}"))
+            );
+        }
+        if short && (commit.is_none() || position + format::RECORD_HEADER_BYTES > region.len()) {
+            return Err(self.corruption(position, "segment file is truncated".into()));
+        }
+        if stopped && commit.is_some() {
+            let (after, _) = super::scan::records_after(&region, position, n, format::PAYLOAD_BYTES_FORMAT_MAX);
+            if after > 0 {
+                return Err(
+                    self.corruption(position, format!("{what} at offset {n}, followed by {after} intact records"))
+                );
+            }
+            self.checked_end = Some((seg.id, position));
+        }
+        Ok(Stop::Tail)
     }
 
     /// Positions the reader at `offset` (or at the tail, if `offset` is past it), in

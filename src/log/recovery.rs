@@ -20,11 +20,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::error::LogError;
-use super::format::{self, SegmentHeader, BASE_OFFSET_UNSET, END_OF_SEGMENT};
+use super::format::{self, SegmentHeader, BASE_OFFSET_UNSET};
 use super::head::Head;
 use super::io::{IoDriver, SyncRange};
 use super::lock::DirLock;
-use super::scan::{cut_segment, last_nonzero, records_after, scan_segment, Scan, ScanEnd};
+use super::scan::{
+    cut_segment, finish_journal, judge_end, last_nonzero, records_after, restore_seal, scan_segment, EndContext, Scan,
+    ScanEnd, Verdict,
+};
 use super::segment::{list_segments, next_segment_id, open_log_file, read_header_from_file, Segment, SegmentId};
 use super::{LogOptions, RecoveryMode};
 use crate::sys::fs::Open;
@@ -102,6 +105,11 @@ pub(crate) fn recover(
     head: &Head,
     io: &mut IoDriver,
 ) -> Result<RecoveredTail, LogError> {
+    // A repair killed midway left its journal: finish that cut before anything else.
+    finish_journal(lock, dir, |offset| {
+        head.reset_offsets(offset);
+        Ok(())
+    })?;
     let (segments, temps) = list_segments(dir)?;
     let next_seq = next_segment_id(&segments)?;
     for temp in temps {
@@ -111,7 +119,7 @@ pub(crate) fn recover(
     let in_use = check_sequence(&segments, &headers)?;
     let mut report = RecoveryReport { segments: in_use as u64, ..RecoveryReport::default() };
     let tail = if in_use > 0 {
-        let (tail, scan, cut) = recover_tail(lock, &segments[..in_use], opts, head.durable_offset(), io)?;
+        let (tail, scan, cut) = recover_tail(lock, &segments[..in_use], opts, head.durable_checked(), io)?;
         report.next_offset = scan.next_offset;
         report.cut = cut;
         Some(tail)
@@ -192,7 +200,7 @@ fn recover_tail(
     // The predecessor must be sealed at our base offset: a crash can lose its end marker
     // while records of this segment survive, so add it back.
     if last > 0 {
-        seal_predecessor(&in_use[last - 1], header.base_offset, payload_max)?;
+        seal_predecessor(lock, &in_use[last - 1], header.base_offset, durable_recorded, payload_max)?;
     }
     let range_end = scan.position.min(seg.mapped_bytes);
     io.sync_ranges(&[SyncRange { fd: seg.fd(), map: seg.region().as_ptr(), offset: 0, len: range_end.max(1) as u64 }])
@@ -219,56 +227,61 @@ fn settle_end(
     let header = seg.header;
     let region = seg.region();
     let path = &seg.path;
-    let damage = match scan.end {
-        ScanEnd::Damaged(e) => Some(e.to_string()),
-        _ if short && scan.end != ScanEnd::Sealed => {
-            Some(format!("file is {} bytes, its header says {}", seg.mapped_bytes, header.segment_bytes))
-        }
-        _ => None,
+    // Bytes past the end (after the end marker, when there is one) that are not zero: stale
+    // bytes of an unpublished record, or records after damage.
+    let stale_from = if scan.end == ScanEnd::Sealed { scan.position + 8 } else { scan.position };
+    let stale = stale_from < region.len() && last_nonzero(&region, stale_from) > stale_from;
+    let after = if stale || matches!(scan.end, ScanEnd::Damaged(_)) {
+        records_after(&region, scan.position, scan.next_offset, payload_max).0
+    } else {
+        0
     };
-    if let Some(why) = damage {
-        let (after, _) = records_after(&region, scan.position, scan.next_offset, payload_max);
-        let torn = after == 0 && scan.next_offset >= durable_recorded;
-        let cut_allowed = match mode {
-            RecoveryMode::Strict => false,
-            RecoveryMode::TruncateTail => torn,
-            RecoveryMode::TruncateCorrupt => true,
-        };
-        if !cut_allowed {
-            let (path, position, offset) = (path.clone(), scan.position as u64, scan.next_offset);
-            return Err(if torn {
-                LogError::TornTail { path, position, offset, why }
-            } else {
-                LogError::Corruption { path, position, offset, why }
-            });
+    let verdict = judge_end(scan, &EndContext { next_base: None, durable: durable_recorded, after, short });
+    let (torn, why) = match verdict {
+        Verdict::Clean | Verdict::LostSeal => {
+            if short {
+                // Sealed (or full) but truncated after its end: restore the length.
+                seg.file.set_len(header.segment_bytes).map_err(|e| LogError::io(path, "extend", e))?;
+            } else if scan.end == ScanEnd::Open && stale {
+                // A crash before a record's commit word was stored leaves the record's other
+                // bytes past the tail; shorter records appended over them would end inside
+                // them, and readers would take the stale bytes for a damaged record.
+                cut_segment(lock, seg, &header, scan.position)?;
+            }
+            return Ok(None);
         }
-        if !torn {
-            tracing::warn!(
-                "{}: cut the log at byte {} (offset {}): {why}; {after} intact records after it were dropped",
-                path.display(),
-                scan.position,
-                scan.next_offset
-            );
-        }
-        cut_segment(lock, seg, &header, scan.position)?;
-        return Ok(Some(TailCut {
-            path: path.clone(),
-            position: scan.position as u64,
-            offset: scan.next_offset,
-            records_dropped: after,
-            torn,
-        }));
+        Verdict::Torn(why) => (true, why),
+        Verdict::Corrupt(why) => (false, why),
+    };
+    let cut_allowed = match mode {
+        RecoveryMode::Strict => false,
+        RecoveryMode::TruncateTail => torn,
+        RecoveryMode::TruncateCorrupt => true,
+    };
+    if !cut_allowed {
+        let (path, position, offset) = (path.clone(), scan.position as u64, scan.next_offset);
+        return Err(if torn {
+            LogError::TornTail { path, position, offset, why }
+        } else {
+            LogError::Corruption { path, position, offset, why }
+        });
     }
-    if short {
-        // Sealed but truncated after the seal: restore the length.
-        seg.file.set_len(header.segment_bytes).map_err(|e| LogError::io(path, "extend", e))?;
-    } else if scan.end == ScanEnd::Open && last_nonzero(&region, scan.position) > scan.position {
-        // A crash before a record's commit word was stored leaves the record's other bytes
-        // past the tail; shorter records appended over them would end inside them, and
-        // readers would take the stale bytes for a damaged record.
-        cut_segment(lock, seg, &header, scan.position)?;
+    if !torn {
+        tracing::warn!(
+            "{}: cut the log at byte {} (offset {}): {why}; {after} intact records after it were dropped",
+            path.display(),
+            scan.position,
+            scan.next_offset
+        );
     }
-    Ok(None)
+    cut_segment(lock, seg, &header, scan.position)?;
+    Ok(Some(TailCut {
+        path: path.clone(),
+        position: scan.position as u64,
+        offset: scan.next_offset,
+        records_dropped: after,
+        torn,
+    }))
 }
 
 /// Rebuilds the sparse index of the tail segment from the records scanned before `end`:
@@ -287,25 +300,34 @@ fn rebuild_index(seg: &Segment, header: &SegmentHeader, records: &[(u64, usize)]
 }
 
 /// Checks that the segment before the tail ends where the tail starts, putting back an end
-/// marker lost in a crash.
-fn seal_predecessor(prev: &(SegmentId, PathBuf), base_offset: u64, payload_max: usize) -> Result<(), LogError> {
+/// marker lost in a crash (or with the file's last bytes).
+fn seal_predecessor(
+    lock: &DirLock,
+    prev: &(SegmentId, PathBuf),
+    base_offset: u64,
+    durable: u64,
+    payload_max: usize,
+) -> Result<(), LogError> {
     let (prev_id, prev_path) = prev.clone();
     let prev = Segment::open(&prev_path, prev_id, true)?;
-    let prev_scan = scan_segment(&prev.region(), &prev.header, payload_max, |_, _| {});
-    match prev_scan.end {
-        ScanEnd::Sealed | ScanEnd::Full if prev_scan.next_offset == base_offset => Ok(()),
-        ScanEnd::Open if prev_scan.next_offset == base_offset => {
-            prev.region().publish(prev_scan.position, END_OF_SEGMENT);
-            prev.file.sync_data().map_err(|e| LogError::io(&prev_path, "fdatasync", e))
-        }
-        _ => Err(LogError::Corruption {
+    let region = prev.region();
+    let prev_scan = scan_segment(&region, &prev.header, payload_max, |_, _| {});
+    let short = (prev.mapped_bytes as u64) < prev.header.segment_bytes;
+    let from = if prev_scan.end == ScanEnd::Sealed { prev_scan.position + 8 } else { prev_scan.position };
+    let after = if from < region.len() && last_nonzero(&region, from) > from {
+        records_after(&region, prev_scan.position, prev_scan.next_offset, payload_max).0
+    } else {
+        0
+    };
+    let cx = EndContext { next_base: Some(base_offset), durable, after, short };
+    match judge_end(&prev_scan, &cx) {
+        Verdict::Clean if !short => Ok(()),
+        Verdict::Clean | Verdict::LostSeal => restore_seal(lock, &prev, prev_scan.position),
+        Verdict::Torn(why) | Verdict::Corrupt(why) => Err(LogError::Corruption {
             path: prev_path,
             position: prev_scan.position as u64,
             offset: prev_scan.next_offset,
-            why: format!(
-                "segment ends at offset {} ({:?}) but the next starts at {}",
-                prev_scan.next_offset, prev_scan.end, base_offset
-            ),
+            why,
         }),
     }
 }

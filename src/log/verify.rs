@@ -1,14 +1,29 @@
-//! The offline checks of a log: `verify` (read-only, every record's checksum), `repair` (cut
-//! at the first damage, under the appender lock) and `stats`.
+//! The offline checks of a log: `verify` (read-only, every record's checksum, the `HEAD`
+//! page and an interrupted repair's journal), `repair` (under the appender lock) and `stats`.
+//!
+//! Every segment's end is judged by [`judge_end`](super::scan::judge_end): damage is a torn
+//! tail only at the end of the last segment in use, at or past the durable watermark, with
+//! nothing intact after it; a lost end marker with the next segment starting right after the
+//! last record is a lost seal (nothing lost); anything else is corruption.
+//!
+//! [`repair`] first finishes a repair that was killed (its journal, see
+//! [`scan`](super::scan)), then writes back lost end markers, then cuts at the first damage
+//! (journal first, synced, then the cut, the removal of later segments, the watermark), then
+//! rewrites a damaged `HEAD`. Killed at any instant, a second repair finishes the work; the
+//! fail points of [`fail_point`](super::scan::fail_point) stop it at each step for tests.
 
 use std::path::{Path, PathBuf};
 
 use super::error::LogError;
 use super::format::{self, BASE_OFFSET_UNSET};
-use super::head::{Head, HEAD_FILE};
+use super::head::{rewrite_head, Head, HeadSnapshot, SlotState, HEAD_FILE};
 use super::lock::DirLock;
-use super::scan::{cut_segment, records_after, scan_segment, ScanEnd};
-use super::segment::{list_segments, open_log_dir, segment_file_name, Segment};
+use super::scan::{
+    finish_journal, judge_end, last_nonzero, read_journal, records_after, restore_seal, scan_segment, write_journal,
+    EndContext, Journal, ScanEnd, Verdict, JOURNAL_FILE,
+};
+use super::segment::{list_segments, open_log_dir, Segment, SegmentId};
+use crate::sys::fs::Dir;
 
 /// One problem found by [`verify`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,7 +34,7 @@ pub struct Problem {
     pub position: u64,
     /// What is wrong.
     pub what: String,
-    /// True when `repair` can fix it by cutting the log there.
+    /// True when `repair` can fix it.
     pub repairable: bool,
 }
 
@@ -31,7 +46,7 @@ impl std::fmt::Display for Problem {
             self.path.display(),
             self.position,
             self.what,
-            if self.repairable { " (repairable: `shoal verify --repair` truncates the log here)" } else { "" }
+            if self.repairable { " (repairable: run `shoal verify --repair`)" } else { "" }
         )
     }
 }
@@ -45,8 +60,16 @@ pub struct VerifyReport {
     pub records: u64,
     /// Problems, in log order.
     pub problems: Vec<Problem>,
-    /// Where a repair would cut: (segment index in the listing, path, position, offset).
-    cut: Option<(usize, PathBuf, usize, u64)>,
+    /// Where a repair would cut: (segment id, path, position, offset).
+    cut: Option<(SegmentId, PathBuf, usize, u64)>,
+    /// Segments whose lost end marker a repair writes back: (id, path, position).
+    seals: Vec<(SegmentId, PathBuf, usize)>,
+    /// The `HEAD` page needs rewriting.
+    head_damaged: bool,
+    /// Offset after the last intact record before any cut.
+    end_offset: u64,
+    /// Highest offset of an intact record after the cut.
+    last_after_cut: Option<u64>,
     /// Intact records after the cut point (what a repair drops).
     pub records_after_cut: u64,
 }
@@ -75,24 +98,31 @@ pub struct LogStats {
     pub durable_offset: u64,
 }
 
-/// Checks every segment of the log in `dir`, every record's checksum included. Never
-/// changes anything and never panics, whatever the files hold.
+/// Checks every segment of the log in `dir`, every record's checksum included, the `HEAD`
+/// page (its checksummed watermark copies) and whether a repair was interrupted. Never
+/// changes or creates anything and never panics, whatever the files hold.
 ///
 /// # Errors
-/// Only when the directory cannot be listed; damaged files are problems in the report.
+/// Only when the directory cannot be listed, or holds no log; damaged files are problems in
+/// the report.
 pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
     let (segments, _temps) = list_segments(dir)?;
-    if segments.is_empty() && !dir.join(HEAD_FILE).exists() {
+    if segments.is_empty() && !dir.join(HEAD_FILE).exists() && !dir.join(JOURNAL_FILE).exists() {
         return Err(LogError::NoLog { path: dir.to_path_buf() });
     }
-    let durable = read_durable(dir)?;
     let mut report = VerifyReport { segments: segments.len() as u64, ..VerifyReport::default() };
-    let mut expected: Option<u64> = None;
-    let mut prepared_seen = false;
+    check_journal(&mut report, dir)?;
+    let durable = check_head(&mut report, dir);
     let opened: Vec<Result<Segment, LogError>> =
         segments.iter().map(|(id, path)| Segment::open(path, *id, false)).collect();
-    let last_in_use = opened.iter().rposition(|s| s.as_ref().is_ok_and(|s| s.header.base_offset != BASE_OFFSET_UNSET));
-    for (index, ((_, path), seg)) in segments.iter().zip(opened).enumerate() {
+    // Base offset of the segment after each one, as the boundary check needs it: `None`
+    // after the last segment in use; the segment's own end when the next file cannot be
+    // read (that file is reported on its own and not cut away).
+    let in_use = |s: &Result<Segment, LogError>| s.as_ref().is_ok_and(|s| s.header.base_offset != BASE_OFFSET_UNSET);
+    let last_in_use = opened.iter().rposition(in_use);
+    let mut expected: Option<u64> = None;
+    let mut prepared_seen = false;
+    for (index, ((id, path), seg)) in segments.iter().zip(&opened).enumerate() {
         let seg = match seg {
             Ok(seg) => seg,
             Err(e) => {
@@ -102,6 +132,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
                     what: e.to_string(),
                     repairable: false,
                 });
+                expected = None;
                 continue;
             }
         };
@@ -119,83 +150,183 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
             });
         }
         let region = seg.region();
-        if let Some(exp) = expected {
-            if header.base_offset != exp && report.cut.is_none() {
-                report.problems.push(Problem {
-                    path: path.clone(),
-                    position: 24,
-                    what: format!(
-                        "starts at offset {} but the previous segment ends at offset {exp}",
-                        header.base_offset
-                    ),
-                    repairable: false,
-                });
-            }
-        }
         if report.cut.is_some() {
             // Everything after a cut is dropped by a repair: count it.
             let scan = scan_segment(&region, &header, format::PAYLOAD_BYTES_FORMAT_MAX, |_, _| {});
             report.records_after_cut += scan.records;
+            if scan.records > 0 {
+                report.last_after_cut = Some(scan.next_offset - 1);
+            }
             continue;
         }
-        let is_last_in_use = last_in_use == Some(index);
-        expected = Some(check_records(&mut report, index, path, &seg, is_last_in_use, durable));
+        let next_base = if Some(index) == last_in_use {
+            None
+        } else {
+            match opened.get(index + 1) {
+                Some(Ok(next)) if next.header.base_offset != BASE_OFFSET_UNSET => Some(next.header.base_offset),
+                // A prepared or unreadable successor: judged by its own problem, not here.
+                _ => None,
+            }
+        };
+        let unknown_successor = next_base.is_none() && Some(index) != last_in_use;
+        expected = Some(check_records(&mut report, (*id, path), seg, next_base, unknown_successor, durable));
+    }
+    if report.cut.is_none() {
+        report.end_offset = expected.unwrap_or(report.end_offset);
     }
     Ok(report)
 }
 
-/// Scans the records of a segment in use (segment `index` of the listing, at `path`) into
-/// `report`: counts them and reports damage, or a file cut short, as a problem and as the
-/// cut a repair would make. Returns the offset after its last intact record.
+/// Reports the journal of an interrupted repair.
+fn check_journal(report: &mut VerifyReport, dir: &Path) -> Result<(), LogError> {
+    let path = dir.join(JOURNAL_FILE);
+    if !path.exists() {
+        return Ok(());
+    }
+    let what = match read_journal(dir)? {
+        Some(j) => format!(
+            "a repair was interrupted while cutting segment {} at byte {} (offset {} onward)",
+            j.segment.0, j.position, j.offset
+        ),
+        None => "an unfinished repair journal (written before any change)".to_string(),
+    };
+    report.problems.push(Problem { path, position: 0, what, repairable: true });
+    Ok(())
+}
+
+/// Checks the `HEAD` page; returns the durable watermark to judge damage by (0 when the
+/// page is unreadable: every judgement then leans to "torn", and the page is reported).
+fn check_head(report: &mut VerifyReport, dir: &Path) -> u64 {
+    let path = dir.join(HEAD_FILE);
+    // A live appender may be rewriting a slot this instant: read again before calling it
+    // damaged.
+    let mut snapshot = HeadSnapshot::read(dir);
+    for _ in 0..3 {
+        let torn = matches!(&snapshot, Ok(Some(s)) if s.slots.contains(&SlotState::Damaged));
+        if !torn {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        snapshot = HeadSnapshot::read(dir);
+    }
+    match snapshot {
+        Ok(None) => 0,
+        Err(e) => {
+            report.head_damaged = true;
+            report.problems.push(Problem { path, position: 0, what: e.to_string(), repairable: true });
+            0
+        }
+        Ok(Some(head)) => {
+            for (i, slot) in head.slots.iter().enumerate() {
+                if *slot == SlotState::Damaged {
+                    report.head_damaged = true;
+                    report.problems.push(Problem {
+                        path: path.clone(),
+                        position: [192, 224][i],
+                        what: format!(
+                            "durable-watermark copy {i} fails its checksum (ignored; the other copy is used)"
+                        ),
+                        repairable: true,
+                    });
+                }
+            }
+            let trusted = head.durable();
+            let any_valid = head.slots.iter().any(|s| matches!(s, SlotState::Valid { .. }));
+            if any_valid && head.durable_plain > trusted {
+                report.head_damaged = true;
+                report.problems.push(Problem {
+                    path,
+                    position: 128,
+                    what: format!(
+                        "durable watermark word says {} but its checksummed copies say {trusted} (the copies are trusted)",
+                        head.durable_plain
+                    ),
+                    repairable: true,
+                });
+            }
+            trusted
+        }
+    }
+}
+
+/// Scans the records of segment `id` at `path` into `report`: counts them and judges how
+/// they end, recording a problem and what a repair does about it. Returns the offset after
+/// its last intact record.
 fn check_records(
     report: &mut VerifyReport,
-    index: usize,
-    path: &Path,
+    (id, path): (SegmentId, &PathBuf),
     seg: &Segment,
-    is_last_in_use: bool,
+    next_base: Option<u64>,
+    unknown_successor: bool,
     durable: u64,
 ) -> u64 {
     let header = seg.header;
     let region = seg.region();
     let short = (seg.mapped_bytes as u64) < header.segment_bytes;
-    let scan = scan_segment(&region, &header, format::PAYLOAD_BYTES_FORMAT_MAX, |_, _| {});
+    let payload_max = format::PAYLOAD_BYTES_FORMAT_MAX;
+    let scan = scan_segment(&region, &header, payload_max, |_, _| {});
     report.records += scan.records;
-    let mut damage = match scan.end {
-        ScanEnd::Damaged(e) => Some(e.to_string()),
-        _ => None,
+    let from = if scan.end == ScanEnd::Sealed { scan.position + 8 } else { scan.position };
+    let (after, highest) = if from < region.len() && last_nonzero(&region, from) > from {
+        records_after(&region, scan.position, scan.next_offset, payload_max)
+    } else {
+        (0, None)
     };
-    if short && damage.is_none() && scan.end != ScanEnd::Sealed {
-        damage = Some(format!("file is {} bytes, its header says {}", seg.mapped_bytes, header.segment_bytes));
+    // A successor that cannot be read is reported on its own; judge this end as if the
+    // successor started right here.
+    let next_base = if unknown_successor { Some(scan.next_offset) } else { next_base };
+    let verdict = judge_end(&scan, &EndContext { next_base, durable, after, short });
+    let n = scan.next_offset;
+    match verdict {
+        Verdict::Clean if short => {
+            report.problems.push(Problem {
+                path: path.clone(),
+                position: seg.mapped_bytes as u64,
+                what: format!(
+                    "file is {} bytes, its header says {} (nothing lost; a repair restores the length)",
+                    seg.mapped_bytes, header.segment_bytes
+                ),
+                repairable: true,
+            });
+            report.seals.push((id, path.clone(), scan.position));
+        }
+        Verdict::Clean => {}
+        Verdict::LostSeal => {
+            report.problems.push(Problem {
+                path: path.clone(),
+                position: scan.position as u64,
+                what: format!(
+                    "end-of-segment marker missing after offset {} (the next segment starts at {n}; no record is lost, a repair writes the marker back)",
+                    n.wrapping_sub(1)
+                ),
+                repairable: true,
+            });
+            report.seals.push((id, path.clone(), scan.position));
+        }
+        Verdict::Torn(_) | Verdict::Corrupt(_) => {
+            let (torn, why) = match verdict {
+                Verdict::Torn(why) => (true, why),
+                Verdict::Corrupt(why) => (false, why),
+                _ => (false, String::new()),
+            };
+            let what = if torn {
+                format!("torn record at offset {n}: {why}")
+            } else {
+                format!("corrupt record at offset {n}: {why}")
+            };
+            report.problems.push(Problem {
+                path: path.clone(),
+                position: scan.position as u64,
+                what,
+                repairable: true,
+            });
+            report.records_after_cut += after;
+            report.last_after_cut = highest;
+            report.end_offset = n;
+            report.cut = Some((id, path.clone(), scan.position, n));
+        }
     }
-    if let Some(what) = damage {
-        let (after, _) = records_after(&region, scan.position, scan.next_offset, format::PAYLOAD_BYTES_FORMAT_MAX);
-        let torn = is_last_in_use && after == 0 && scan.next_offset >= durable;
-        let what = if torn {
-            format!("torn record at offset {}: {what}", scan.next_offset)
-        } else {
-            format!(
-                "corrupt record at offset {}: {what}{}",
-                scan.next_offset,
-                if scan.next_offset < durable { " (below the durable watermark)" } else { "" }
-            )
-        };
-        report.problems.push(Problem {
-            path: path.to_path_buf(),
-            position: scan.position as u64,
-            what,
-            repairable: true,
-        });
-        report.records_after_cut += after;
-        report.cut = Some((index, path.to_path_buf(), scan.position, scan.next_offset));
-    } else if short {
-        report.problems.push(Problem {
-            path: path.to_path_buf(),
-            position: seg.mapped_bytes as u64,
-            what: format!("file is {} bytes, its header says {}", seg.mapped_bytes, header.segment_bytes),
-            repairable: true,
-        });
-    }
-    scan.next_offset
+    n
 }
 
 /// What [`repair`] did.
@@ -206,43 +337,98 @@ pub struct RepairReport {
     pub cut: Option<(PathBuf, u64, u64)>,
     /// Intact records dropped after the damage.
     pub records_dropped: u64,
-    /// Problems `repair` cannot fix (foreign files, gaps, newer versions).
+    /// The highest offset dropped, when intact records were dropped.
+    pub last_offset_dropped: Option<u64>,
+    /// Sealed segments whose lost end marker (or cut-off length) was written back, no record
+    /// lost.
+    pub seals_restored: Vec<PathBuf>,
+    /// An interrupted repair was finished first: its cut (segment file, byte, first offset
+    /// dropped).
+    pub resumed: Option<(PathBuf, u64, u64)>,
+    /// The `HEAD` page was rewritten (it was damaged).
+    pub head_rewritten: bool,
+    /// Problems `repair` cannot fix (foreign files, newer versions).
     pub unrepairable: Vec<Problem>,
 }
 
-/// Cuts the log in `dir` at its first damaged record, keeping everything before it. Takes
-/// the appender lock for the duration.
+impl RepairReport {
+    /// True when the repair changed nothing.
+    pub fn is_noop(&self) -> bool {
+        self.cut.is_none() && self.seals_restored.is_empty() && self.resumed.is_none() && !self.head_rewritten
+    }
+}
+
+/// Repairs the log in `dir`: finishes an interrupted repair, writes back lost end markers,
+/// cuts at the first damaged record keeping every intact record before it, and rewrites a
+/// damaged `HEAD`. Takes the appender lock for the duration. Crash-safe: killed at any
+/// instant, running it again finishes the job.
 ///
 /// # Errors
-/// [`LogError::Locked`] when an appender is running; I/O errors.
+/// [`LogError::NoLog`] when `dir` holds no log (nothing is created); [`LogError::Locked`]
+/// when an appender is running; I/O errors.
 pub fn repair(dir: &Path) -> Result<RepairReport, LogError> {
-    // Nothing is created: not the directory, and no `LOCK` where there is no log.
+    // Read-only first: a directory that holds no log gets an error and no lock file (nor is
+    // the directory created).
     let handle = open_log_dir(dir)?;
-    if list_segments(dir)?.0.is_empty() && !dir.join(HEAD_FILE).exists() {
-        return Err(LogError::NoLog { path: dir.to_path_buf() });
-    }
+    verify(dir)?;
     let lock = DirLock::acquire(&handle)?;
+    let reset = |offset: u64| reset_head(&handle, offset);
+    let resumed = finish_journal(&lock, dir, reset)?
+        .map(|j| (dir.join(super::segment::segment_file_name(j.segment)), j.position, j.offset));
     let report = verify(dir)?;
     let unrepairable: Vec<Problem> = report.problems.iter().filter(|p| !p.repairable).cloned().collect();
-    let (segments, _) = list_segments(dir)?;
-    if let Some((index, path, position, offset)) = report.cut.clone() {
-        let seg = Segment::open(&path, segments[index].0, true)?;
-        let header = seg.header;
-        cut_segment(&lock, &seg, &header, position)?;
-        for (id, later) in &segments[index + 1..] {
-            handle.unlink(&segment_file_name(*id)).map_err(|e| LogError::io(later, "remove", e))?;
-        }
-        handle.sync().map_err(|e| LogError::io(dir, "fsync", e))?;
-        if let Ok(Some(head)) = Head::open_writable(&handle) {
-            head.reset_offsets(offset);
-        }
-        return Ok(RepairReport {
-            cut: Some((path, position as u64, offset)),
-            records_dropped: report.records_after_cut,
-            unrepairable,
-        });
+    let mut out = RepairReport {
+        cut: None,
+        records_dropped: 0,
+        last_offset_dropped: None,
+        seals_restored: Vec::new(),
+        resumed,
+        head_rewritten: false,
+        unrepairable,
+    };
+    for (id, path, position) in &report.seals {
+        let seg = Segment::open(path, *id, true)?;
+        restore_seal(&lock, &seg, *position)?;
+        out.seals_restored.push(path.clone());
     }
-    Ok(RepairReport { cut: None, records_dropped: 0, unrepairable })
+    if let Some((id, path, position, offset)) = report.cut.clone() {
+        let journal =
+            Journal { segment: id, position: position as u64, offset, records_dropped: report.records_after_cut };
+        write_journal(&lock, dir, &journal)?;
+        finish_journal(&lock, dir, reset)?;
+        out.cut = Some((path, position as u64, offset));
+        out.records_dropped = report.records_after_cut;
+        out.last_offset_dropped = report.last_after_cut;
+    } else if report.head_damaged {
+        // Every record held is intact: sync the last segment in use, then call it durable.
+        let (segments, _) = list_segments(dir)?;
+        for (id, path) in segments.iter().rev() {
+            let seg = Segment::open(path, *id, true)?;
+            if seg.header.base_offset != BASE_OFFSET_UNSET {
+                seg.file.sync_data().map_err(|e| LogError::io(path, "fdatasync", e))?;
+                break;
+            }
+        }
+        rewrite_head(&handle, report.end_offset)?;
+        out.head_rewritten = true;
+    }
+    Ok(out)
+}
+
+/// Sets the watermark after a cut; a page that cannot be mapped as a control page is
+/// rewritten whole.
+fn reset_head(dir: &Dir, offset: u64) -> Result<(), LogError> {
+    match Head::open_writable(dir) {
+        Ok(None) => Ok(()),
+        Ok(Some(head)) => {
+            head.reset_offsets(offset);
+            Ok(())
+        }
+        // A symlink or other planted entry stays an error; a page that is no control page
+        // is rewritten whole.
+        Err(e @ LogError::Io { .. }) => Err(e),
+        Err(_) => rewrite_head(dir, offset),
+    }
 }
 
 /// Figures of the log in `dir` (scans the last segment in use; trusts older ones' headers).
@@ -278,14 +464,14 @@ pub fn stats(dir: &Path) -> Result<LogStats, LogError> {
     Ok(out)
 }
 
-/// The durable watermark recorded in `HEAD`, or 0 when there is none. `HEAD` is opened as
-/// it is (never created or extended), read-only where it cannot be written.
+/// The durable watermark recorded in `HEAD` (its checksummed copies), read without
+/// changing anything; 0 when there is none or it is unreadable.
 ///
 /// # Errors
 /// A `HEAD` that cannot be opened (a symlink or non-regular file planted there, I/O).
 fn read_durable(dir: &Path) -> Result<u64, LogError> {
-    match Head::open_existing(dir) {
-        Ok(head) => Ok(head.map_or(0, |h| h.durable_offset())),
+    match HeadSnapshot::read(dir) {
+        Ok(head) => Ok(head.map_or(0, |h| h.durable())),
         Err(e @ LogError::Io { .. }) => Err(e),
         Err(_) => Ok(0),
     }
