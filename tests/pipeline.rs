@@ -822,7 +822,7 @@ fn a_log_sink_that_cannot_write_fails_the_pipeline_naming_the_stage() {
     let log_dir = dir.path().join("log");
     let appender = Appender::open(&log_dir, small_segments()).expect("open");
     // The directory goes away under the open appender: its next segment cannot be created.
-    std::fs::remove_dir_all(&log_dir).expect("remove the log directory");
+    remove_under_appender(&log_dir);
     let sink = Sink::appender(appender, encode_padded);
     let stats = sink.stats();
     let pipeline = Pipeline::builder().pin(false).source("numbers", numbers(100_000)).sink("store", sink).build();
@@ -839,6 +839,18 @@ fn a_log_sink_that_cannot_write_fails_the_pipeline_naming_the_stage() {
     assert_eq!(stats.durable_at(), None);
 }
 
+/// Removes a log directory while its appender is open. The appender's preparer thread may be
+/// creating the next segment file at that moment ("directory not empty"); it prepares one
+/// segment ahead and then waits for appends, so a few tries win.
+fn remove_under_appender(dir: &std::path::Path) {
+    let mut tries = 0;
+    while let Err(e) = std::fs::remove_dir_all(dir) {
+        tries += 1;
+        assert!(tries < 200, "remove {}: {e}", dir.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn a_topic_sink_that_cannot_write_fails_the_pipeline_naming_the_stage() {
     let _serial = serial();
@@ -847,7 +859,7 @@ fn a_topic_sink_that_cannot_write_fails_the_pipeline_naming_the_stage() {
     let topic = bus.topic_or_create("out", Some(2)).expect("topic");
     let producer = topic.producer(small_segments()).expect("producer");
     for p in 0..2 {
-        std::fs::remove_dir_all(topic.partition_dir(p).expect("partition")).expect("remove a partition");
+        remove_under_appender(&topic.partition_dir(p).expect("partition"));
     }
     let sink = Sink::topic(producer, encode_padded);
     let pipeline = Pipeline::builder().pin(false).source("numbers", numbers(100_000)).sink("topic", sink).build();
