@@ -416,6 +416,13 @@ fn a_zero_or_all_ones_commit_word_below_the_watermark_is_corruption() {
             "{context}: {err}"
         );
 
+        // `stats` does not report the log as two records long (last offset 1): it names the
+        // damage.
+        let out = run(&["stats", &log], b"");
+        assert_ne!(out.status.code(), Some(0), "{context}: stats of a damaged log: {}", text(&out.stdout));
+        let err = text(&out.stderr);
+        assert!(err.contains(&format!("byte {position}")) && err.contains("verify --repair"), "{context}: {err}");
+
         let out = run(&["produce", &log, "--ack"], b"NEW\n");
         assert_ne!(out.status.code(), Some(0), "{context}: produce appended past damage: {}", text(&out.stdout));
         assert!(text(&out.stderr).contains("verify --repair"), "{context}: {}", text(&out.stderr));

@@ -449,7 +449,27 @@ pub fn stats(dir: &Path) -> Result<LogStats, LogError> {
         }
     }
     if let Some(seg) = last_in_use {
-        let scan = scan_segment(&seg.region(), &seg.header, format::PAYLOAD_BYTES_FORMAT_MAX, |_, _| {});
+        let region = seg.region();
+        let payload_max = format::PAYLOAD_BYTES_FORMAT_MAX;
+        let scan = scan_segment(&region, &seg.header, payload_max, |_, _| {});
+        // The end of the last segment is judged as `verify` judges it: figures that stop at
+        // damage would read as a shorter, sound log.
+        let from = if scan.end == ScanEnd::Sealed { scan.position + 8 } else { scan.position };
+        let after = if from < region.len() && last_nonzero(&region, from) > from {
+            records_after(&region, scan.position, scan.next_offset, payload_max).0
+        } else {
+            0
+        };
+        let short = (seg.mapped_bytes as u64) < seg.header.segment_bytes;
+        let cx = EndContext { next_base: None, durable: out.durable_offset, after, short };
+        if let Verdict::Corrupt(why) = judge_end(&scan, &cx) {
+            return Err(LogError::Corruption {
+                path: seg.path.clone(),
+                position: scan.position as u64,
+                offset: scan.next_offset,
+                why: format!("{why}; `shoal verify` lists the damage and `shoal verify --repair` cuts it"),
+            });
+        }
         let first = out.first_offset.unwrap_or(0);
         // Older headers are trusted, not checked: a damaged one can claim a base offset past
         // the last segment's records.
