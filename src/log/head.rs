@@ -254,9 +254,20 @@ impl Head {
             (SlotState::Valid { .. }, _) => 1,
             _ => 0,
         };
-        let at = DURABLE_SLOTS[target];
-        let seq = newest + 1;
-        // A reader that sees a half-written slot finds a bad checksum and uses the other one.
+        let Some(seq) = newest.checked_add(1) else {
+            // A slot claims the last sequence number (only a damaged or crafted page can):
+            // start the sequence over, the older slot first, so that until the second store
+            // the newest valid slot still holds the watermark it held before.
+            self.store_slot(DURABLE_SLOTS[target], value, 1);
+            self.store_slot(DURABLE_SLOTS[1 - target], value, 2);
+            return;
+        };
+        self.store_slot(DURABLE_SLOTS[target], value, seq);
+    }
+
+    /// Stores one slot: checksum cleared first, so a reader that sees it half-written finds
+    /// a bad checksum and uses the other one.
+    fn store_slot(&self, at: usize, value: u64, seq: u64) {
         self.u32_at(at + 16).store(0, Ordering::Release);
         self.u64_at(at).store(value, Ordering::Release);
         self.u64_at(at + 8).store(seq, Ordering::Release);
@@ -493,6 +504,23 @@ mod tests {
         let head = Head::create(&Dir::open(dir).expect("open the directory")).expect("open HEAD");
         head.set_durable_offset(durable);
         std::fs::read(dir.join(HEAD_FILE)).expect("read HEAD")
+    }
+
+    #[test]
+    fn a_slot_at_the_last_sequence_number_starts_the_sequence_over() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let head = Head::create(&Dir::open(dir.path()).expect("open the directory")).expect("open HEAD");
+        head.set_durable_offset(5);
+        // A crafted slot, valid by its checksum, claiming the last sequence number.
+        head.store_slot(DURABLE_SLOTS[0], 7, u64::MAX);
+        assert_eq!(head.durable_checked(), 7);
+        head.set_durable_offset(9);
+        assert_eq!(head.durable_checked(), 9);
+        head.set_durable_offset(12);
+        assert_eq!(head.durable_checked(), 12);
+        let seqs: Vec<u64> =
+            head.slots().iter().map(|s| if let SlotState::Valid { seq, .. } = s { *seq } else { 0 }).collect();
+        assert!(seqs.iter().all(|&q| q < 8), "{seqs:?}");
     }
 
     #[test]
