@@ -1025,3 +1025,38 @@ fn an_empty_slot_inside_a_sealed_segment_is_corruption_for_every_reader() {
     assert!(verify(dir.path()).expect("verify").is_sound());
     assert_eq!(read_all(dir.path()).expect("read")[..], written[..k]);
 }
+
+/// A prepared segment (never activated, no record in it) cut short outside shoal: the next
+/// open removes it and the appender rolls into a whole one; appending never writes past a
+/// mapping (found by fuzzing `decode_segment`: the appender rolled into the short segment and
+/// wrote past its end).
+#[test]
+fn a_prepared_segment_cut_short_is_replaced_not_written_past() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = small_opts(IoBackend::Syscalls);
+    let mut log = Appender::open(dir.path(), opts).expect("open");
+    log.append(b"first").expect("append");
+    log.sync().expect("sync");
+    log.close().expect("close");
+    let prepared: Vec<PathBuf> = segment_files(dir.path())
+        .into_iter()
+        .filter(|p| header_of(p).base_offset == format::BASE_OFFSET_UNSET)
+        .collect();
+    assert_eq!(prepared.len(), 1, "the appender prepares one segment ahead: {prepared:?}");
+    let short = header_of(&prepared[0]).data_start() as u64 + 8;
+    OpenOptions::new().write(true).open(&prepared[0]).expect("open").set_len(short).expect("truncate");
+
+    let mut log = Appender::open(dir.path(), opts).expect("open after the cut");
+    let payload = vec![7u8; 1000];
+    let records = 3 * opts.segment_bytes / 1000;
+    for _ in 0..records {
+        log.append(&payload).expect("append across rollovers");
+    }
+    log.sync().expect("sync");
+    log.close().expect("close");
+    let all = read_all(dir.path()).expect("read back");
+    assert_eq!(all.len() as u64, 1 + records);
+    assert_eq!(all[0], b"first");
+    assert!(all[1..].iter().all(|r| *r == payload));
+    shoal::log::verify(dir.path()).map(|r| assert!(r.is_sound(), "{:?}", r.problems)).expect("verify");
+}

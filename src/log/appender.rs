@@ -285,6 +285,9 @@ impl Appender {
         let stride = record_stride(len);
         if self.position + stride > self.limit {
             self.roll()?;
+            if self.position + stride > self.limit {
+                return Err(AppendError::Log(self.too_small(len)));
+            }
         }
         let offset = self.next_offset;
         let position = self.position;
@@ -316,6 +319,20 @@ impl Appender {
         AsymmetricFence::light(self.light_fence);
         self.head.notify_after_fence();
         self.shared.wake_after_publish(self.opts.durability);
+    }
+
+    /// The error for a fresh segment with no room for a record of `len` bytes: only a
+    /// segment whose header or length was changed outside shoal can be that small.
+    #[cold]
+    fn too_small(&self, len: usize) -> LogError {
+        LogError::Inconsistent {
+            path: self.active.path.clone(),
+            why: format!(
+                "a fresh segment has room for {} bytes of records, too few for a {len}-byte record; its header or \
+                 length was changed outside shoal: move it out of the log",
+                self.limit.saturating_sub(self.position)
+            ),
+        }
     }
 
     /// Seals the active segment and switches to the prepared one.

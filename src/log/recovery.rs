@@ -339,6 +339,14 @@ fn reuse_prepared(unused: &[(SegmentId, PathBuf)], prefault: bool) -> Result<Opt
     for (i, (id, path)) in unused.iter().enumerate() {
         if i == 0 {
             let seg = Segment::open(path, *id, true)?;
+            if (seg.mapped_bytes as u64) < seg.header.segment_bytes {
+                // Cut short outside shoal: it holds no record (never activated), so it is
+                // removed like any extra prepared segment, and the preparer makes a whole one.
+                tracing::warn!("{}: removed a prepared segment shorter than its header says", path.display());
+                drop(seg);
+                std::fs::remove_file(path).map_err(|e| LogError::io(path, "remove", e))?;
+                continue;
+            }
             if prefault {
                 let _ = seg.region(); // mapping populated lazily by appends
             }
