@@ -37,7 +37,9 @@ enum Where {
 
 #[derive(Arbitrary, Debug)]
 enum Hurt {
-    Flip { mask: u8 },
+    Flip {
+        mask: u8,
+    },
     ZeroWord,
     /// Cut the file there.
     Truncate,
