@@ -223,6 +223,28 @@ fn foreign_fault_child(dir: &Path) -> ! {
 }
 
 /// A `SIGBUS` on a mapping that is not a segment's still kills the process with `SIGBUS`.
+/// `HEAD` cut to nothing under an appender and a tailer of this process: both keep going
+/// (the page reads as zeros; the tailer falls back to its bounded sleeps), nothing is killed,
+/// and every record appended is read back.
+#[test]
+fn a_head_page_truncated_under_an_appender_and_a_tailer_kills_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut log = Appender::open(dir.path(), small_opts(IoBackend::Syscalls)).expect("open");
+    log.append(&payload(0)).expect("append");
+    let mut tailer = Tailer::open(dir.path()).expect("tailer");
+    assert!(tailer.next(Some(Duration::from_secs(5))).expect("next").is_some());
+    std::fs::OpenOptions::new().write(true).open(dir.path().join("HEAD")).expect("open HEAD").set_len(0).expect("cut");
+    for i in 1..100 {
+        log.append(&payload(i)).expect("append after HEAD was cut");
+    }
+    log.sync().expect("sync");
+    for i in 1..100 {
+        let record = tailer.next(Some(Duration::from_secs(5))).expect("next").expect("a record");
+        assert_eq!(record.payload(), payload(i).as_slice());
+    }
+    log.close().expect("close");
+}
+
 #[test]
 fn a_sigbus_outside_shoals_mappings_still_kills_the_process() {
     if let Some(mode) = child_mode() {

@@ -54,6 +54,7 @@ use super::error::LogError;
 use crate::sys::fence::AsymmetricFence;
 use crate::sys::fs::{open_file_at, Dir, Open};
 use crate::sys::futex;
+use crate::sys::sigbus;
 
 const HEAD_MAGIC: [u8; 8] = *b"SHOALHED";
 const HEAD_VERSION: u32 = 1;
@@ -70,6 +71,11 @@ pub const HEAD_FILE: &str = "HEAD";
 /// The mapped control page.
 #[derive(Debug)]
 pub struct Head {
+    /// The page's registration with the `SIGBUS` handler (see [`crate::sys::sigbus`]): a
+    /// `HEAD` truncated under the mapping then reads as zeros (watermark 0, no waiters)
+    /// instead of killing the process. Declared before `map`, so it is dropped (and the
+    /// range unregistered) before the mapping goes.
+    _sigbus: Option<sigbus::Registration>,
     map: MmapRaw,
     /// False for a page mapped read-only (a reader on a read-only file system): it never
     /// stores, and a tailer waiting on it polls instead of registering as a sleeper.
@@ -163,7 +169,11 @@ impl Head {
         opts.len(HEAD_BYTES as usize);
         let map = if writable { opts.map_raw(file) } else { opts.map_raw_read_only(file) }
             .map_err(|e| LogError::io(path, "mmap", e))?;
-        Ok(Head { map, writable })
+        // SAFETY: the range is exactly the new mapping, which `map` keeps until the `Head` is
+        // dropped; the registration is a field declared before `map`, so it is dropped (and
+        // unregistered) first: the range is never unmapped while registered.
+        let registration = unsafe { sigbus::register(map.as_ptr(), HEAD_BYTES as usize) };
+        Ok(Head { _sigbus: registration, map, writable })
     }
 
     /// Checks the magic (a zero one is a page not yet initialised by its appender) and the
