@@ -33,6 +33,15 @@ fn nats_server_path() -> PathBuf {
     panic!("nats-server is not installed: these tests need a real server; install it with `apt-get install -y nats-server` (Debian/Ubuntu) or put nats-server on PATH");
 }
 
+/// True when a NATS server answers on `port`: it greets every connection with `INFO {...}`.
+fn nats_greets(port: u16) -> bool {
+    use std::io::Read;
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut greeting = [0u8; 5];
+    stream.read_exact(&mut greeting).is_ok() && &greeting == b"INFO "
+}
+
 /// A nats-server with JetStream, killed (by pid) on drop.
 struct Server {
     child: Option<Child>,
@@ -41,18 +50,32 @@ struct Server {
 }
 
 impl Server {
+    /// A server on a free port. The port is free when we look; another test of this binary
+    /// can take it before the server binds (the server then exits at start), so it is started
+    /// again on a new port, a bounded number of times.
     fn start() -> Server {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut s = Server { child: None, port, store: tempfile::tempdir().unwrap() };
-        s.spawn();
-        s
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let mut s = Server { child: None, port, store: tempfile::tempdir().unwrap() };
+            if s.try_spawn() {
+                return s;
+            }
+        }
+        panic!("nats-server did not start on a free port in 5 tries");
     }
 
     fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// Restarts the server on its port (after `kill` or `stop`).
     fn spawn(&mut self) {
+        assert!(self.try_spawn(), "nats-server did not restart on port {}", self.port);
+    }
+
+    /// Starts the server and waits until it greets connections on its port; false when it
+    /// exited instead (the port was taken).
+    fn try_spawn(&mut self) -> bool {
         let child = Command::new(nats_server_path())
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
             .arg(self.store.path())
@@ -62,7 +85,21 @@ impl Server {
             .expect("start nats-server");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        loop {
+            let exited = self.child.as_mut().is_some_and(|c| c.try_wait().expect("wait for nats-server").is_some());
+            if exited {
+                self.child = None;
+                return false;
+            }
+            if nats_greets(self.port) {
+                // Still ours: a server that lost the port exits at start.
+                std::thread::sleep(Duration::from_millis(100));
+                if self.child.as_mut().is_some_and(|c| c.try_wait().expect("wait for nats-server").is_some()) {
+                    self.child = None;
+                    return false;
+                }
+                return true;
+            }
             assert!(Instant::now() < deadline, "nats-server did not listen on port {} within 10 s", self.port);
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -29,11 +29,21 @@ struct NatsServer {
 
 impl NatsServer {
     /// Starts `nats-server -js -a 127.0.0.1 -p <free port> -sd <temp dir>` and waits until it
-    /// accepts connections.
+    /// greets connections. The port is free when we look; another test of this binary can take
+    /// it before the server binds (the server then exits, and our probe may even reach the
+    /// other test's listener), so the server must answer with NATS' `INFO` greeting and still
+    /// be running, or it is started again on a new port, a bounded number of times.
     fn start() -> NatsServer {
+        for _ in 0..5 {
+            if let Some(server) = NatsServer::try_start() {
+                return server;
+            }
+        }
+        panic!("nats-server did not start on a free port in 5 tries");
+    }
+
+    fn try_start() -> Option<NatsServer> {
         let store = tempfile::tempdir().expect("tempdir for the JetStream store");
-        // The port is free when we look; another process could take it before the server
-        // binds, in which case the server exits and the wait below says so.
         let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
         let child = Command::new("nats-server")
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
@@ -50,15 +60,28 @@ impl NatsServer {
             });
         let mut server = NatsServer { child, url: format!("nats://127.0.0.1:{port}"), _store: store };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = server.child.try_wait().expect("wait for nats-server") {
-                panic!("nats-server exited before accepting connections: {status:?}");
+        loop {
+            if server.child.try_wait().expect("wait for nats-server").is_some() {
+                return None; // it could not bind: another process took the port
+            }
+            if nats_greets(port) {
+                // Still ours: a server that lost the port exits at start.
+                std::thread::sleep(Duration::from_millis(100));
+                return server.child.try_wait().expect("wait for nats-server").is_none().then_some(server);
             }
             assert!(Instant::now() < deadline, "nats-server did not accept connections on port {port} within 20 s");
             std::thread::sleep(Duration::from_millis(20));
         }
-        server
     }
+}
+
+/// True when a NATS server answers on `port`: it greets every connection with `INFO {...}`.
+fn nats_greets(port: u16) -> bool {
+    use std::io::Read;
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut greeting = [0u8; 5];
+    stream.read_exact(&mut greeting).is_ok() && &greeting == b"INFO "
 }
 
 impl Drop for NatsServer {
