@@ -40,7 +40,7 @@
 //! Member ids are 1 to 64 bytes of `[0-9-]` (see [`super::Member::id`]); labels are at most
 //! [`LABEL_BYTES_MAX`] bytes of UTF-8.
 
-use crate::log::slots::{SlotError, SlotFormat, SLOTS_FILE_BYTES, SLOT_STRIDE};
+use crate::log::slots::{u16_at, u32_at, u64_at, SlotError, SlotFormat, SLOTS_FILE_BYTES, SLOT_STRIDE};
 
 /// Bytes of an offsets file.
 pub const OFFSETS_FILE_BYTES: usize = SLOTS_FILE_BYTES;
@@ -93,20 +93,6 @@ pub struct LeaseInfo {
     pub id: String,
     /// Its label (e.g. "pid 123").
     pub label: String,
-}
-
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(w)
 }
 
 /// Why bytes are not a valid member lease or partition owner file, or not a member id.
