@@ -127,6 +127,20 @@ fn signal(child: &Child, sig: i32) {
     assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
 }
 
+/// Kills a child when the test fails before it waited for it, so a stopped child is not
+/// left behind (holding the test's output pipes open). The child is not reaped until the
+/// test waits for it, so its pid cannot have been reused.
+struct KillOnPanic(u32);
+
+impl Drop for KillOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // SAFETY: kill(2) on our own unreaped child's pid; no memory is involved.
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+        }
+    }
+}
+
 /// The state letter of process `pid` in /proc (`T` when stopped).
 fn proc_state(pid: u32) -> char {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -134,28 +148,48 @@ fn proc_state(pid: u32) -> char {
     after.chars().next().unwrap()
 }
 
-/// Runs the scenario: the child stalls (stopped by SIGSTOP when `stop`, else hung in its
-/// handler), this process joins and must take everything over and deliver every record.
-fn stalled_member_is_replaced_and_fenced(test: &str, stop: bool) {
+/// How the child stalls.
+#[derive(Clone, Copy, PartialEq)]
+enum Stall {
+    /// Stopped by SIGSTOP in its handler.
+    Signal,
+    /// Its handler hangs (it is not stopped).
+    Hang,
+    /// Its handler returns and it commits, but stops itself (`SHOAL_FAIL_POINT`) inside the
+    /// first partition's commit, between the owner check and the write.
+    MidCommit,
+}
+
+/// Runs the scenario: the child stalls (see [`Stall`]), this process joins and must take
+/// everything over and deliver every record.
+fn stalled_member_is_replaced_and_fenced(test: &str, stall: Stall) {
+    let stop = stall != Stall::Hang;
     if child_mode().as_deref() == Some("stalling") {
         stalling_child();
     }
     let dir = tempfile::tempdir().unwrap();
     let bus = filled_bus(dir.path());
     let all = all_records(&bus);
-    let mut child = child_command(test, "stalling")
-        .env("SHOAL_GROUP_BUS", dir.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = child_command(test, "stalling");
+    if stall == Stall::MidCommit {
+        child.env("SHOAL_FAIL_POINT", "group-commit-checked");
+    }
+    let mut child =
+        child.env("SHOAL_GROUP_BUS", dir.path()).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let _guard = KillOnPanic(child.id());
     let mut stdin = child.stdin.take().unwrap();
     let lines = wait_for_report_prefix(&mut child);
     let rx = reports(lines.0);
     let child_polled: BTreeSet<(u32, u64)> = parse_pairs(lines.1.strip_prefix("polled ").unwrap()).collect();
     assert!(!child_polled.is_empty());
-    if stop {
+    if stall == Stall::MidCommit {
+        stdin.write_all(b"go\n").unwrap();
+        stdin.flush().unwrap();
+    }
+    if stall == Stall::Signal {
         signal(&child, libc::SIGSTOP);
+    }
+    if stop {
         let t = Instant::now();
         while proc_state(child.id()) != 'T' {
             assert!(t.elapsed() < Duration::from_secs(5), "the child never stopped");
@@ -190,8 +224,10 @@ fn stalled_member_is_replaced_and_fenced(test: &str, stop: bool) {
     assert_eq!(seen, all, "the survivor delivers every record, the stalled member's uncommitted ones included");
     assert_eq!(me.stats().fenced, 0);
     // Wake the child (or let its handler return): its commit is refused.
-    stdin.write_all(b"go\n").unwrap();
-    stdin.flush().unwrap();
+    if stall != Stall::MidCommit {
+        stdin.write_all(b"go\n").unwrap();
+        stdin.flush().unwrap();
+    }
     if stop {
         signal(&child, libc::SIGCONT);
     }
@@ -252,14 +288,29 @@ fn parse_pairs(s: &str) -> impl Iterator<Item = (u32, u64)> + '_ {
 
 #[test]
 fn a_sigstopped_member_loses_its_partitions_and_its_commit_is_fenced() {
-    stalled_member_is_replaced_and_fenced("a_sigstopped_member_loses_its_partitions_and_its_commit_is_fenced", true);
+    stalled_member_is_replaced_and_fenced(
+        "a_sigstopped_member_loses_its_partitions_and_its_commit_is_fenced",
+        Stall::Signal,
+    );
+}
+
+/// A member stopped inside a commit, after its owner check and before its write, holds no
+/// lock: it is replaced after the session timeout like any stopped member, and when it
+/// wakes, the slot it writes reaches no file the group reads (the survivor's offsets
+/// stand) and its commit is reported as fenced.
+#[test]
+fn a_member_stopped_inside_a_commit_is_replaced_and_its_late_write_is_fenced() {
+    stalled_member_is_replaced_and_fenced(
+        "a_member_stopped_inside_a_commit_is_replaced_and_its_late_write_is_fenced",
+        Stall::MidCommit,
+    );
 }
 
 #[test]
 fn a_member_whose_handler_hangs_loses_its_partitions_and_its_commit_is_fenced() {
     stalled_member_is_replaced_and_fenced(
         "a_member_whose_handler_hangs_loses_its_partitions_and_its_commit_is_fenced",
-        false,
+        Stall::Hang,
     );
 }
 
@@ -281,6 +332,7 @@ fn two_members_taking_over_at_once_deliver_each_record_once() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    let _guard = KillOnPanic(child.id());
     let _lines = wait_for_report_prefix(&mut child);
     signal(&child, libc::SIGSTOP);
     let stopped_at = Instant::now();

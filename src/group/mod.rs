@@ -44,31 +44,48 @@
 //! never stale: the lock alone decides, as before.
 //!
 //! # Takeover and fencing
-//! Each partition has a short critical section, the *partition lock*: an exclusive `flock`
-//! on its `offsets/<p>` file, held only for a few syscalls and never while a member waits.
-//! Taking a partition, taking it over and committing it all happen under it:
+//! Taking a partition and taking it over happen under a short critical section, the
+//! *partition lock*: an exclusive `flock` on its `offsets/<p>` file, held only for a few
+//! syscalls and never while a member waits. Commits take no lock at all.
 //! - **take**: open `owners/<p>.lock`, `LOCK_EX|LOCK_NB` it, write its owner file with the
 //!   owner generation one above the last, read the committed offset.
 //! - **take over**: when the lock is held but the owner file names a member that is stale
 //!   for this member, write a new owner file under a temporary name (`O_EXCL`), lock it,
 //!   and rename it over `owners/<p>.lock`: a new inode, owner generation plus one. The
-//!   stale member keeps its lock, on the old inode that no name leads to any more.
+//!   stale member keeps its lock, on the old inode that no name leads to any more. Then
+//!   copy `offsets/<p>` to a new file (locked while it is written) and rename that over
+//!   it, so the stale member's descriptor, too, leads to a file nobody reads any more.
+//!   A take that was waiting for the partition lock on the old file sees the new inode
+//!   behind the name once it has the lock, and tries again at its next sweep.
 //! - **commit**: check that `owners/<p>.lock` is still the inode this member locked (one
-//!   `fstatat`), then write the offsets slot. Otherwise the commit of that partition fails
-//!   with [`GroupError::Fenced`] and the member drops the partition.
+//!   `fstatat`), write the offsets slot into the offsets file it opened at take, and check
+//!   again. When either check fails, the commit of that partition fails with
+//!   [`GroupError::Fenced`] and the member drops it.
 //!
 //! At each sweep a member also checks that the owner file of each partition it holds is
 //! still its inode, and drops (without committing) those it lost: a member that wakes finds
 //! its partitions gone at its next `poll`, before it reads another record of them, and waits
 //! for them like any other member until the new owner hands them back at a rebalance.
 //!
+//! Why a commit needs no lock: the offsets file a member writes is written by nobody else
+//! while it owns the partition (a normal take happens only once the previous owner has
+//! let go, and a takeover gives the file a new inode), and only the copy made after the
+//! owner rename is read from then on. A commit whose second check passes wrote before the
+//! rename, so the copy holds it; one that writes after the rename fails its second check.
+//! So a commit reported done is never lost to a takeover, and a stopped owner's late slot
+//! never reaches the new owner's file.
+//!
 //! Races, and why each is safe:
-//! - *A stopped member wakes mid-commit.* Commits and takeovers exclude each other through
-//!   the partition lock. Stopped before taking it: its check then sees the new inode and
-//!   fails. Stopped while holding it: nobody can take the partition over until it wakes
-//!   and finishes that one commit (at most a few syscalls, plus an `fdatasync` with
-//!   [`GroupOptions::sync_commits`]); the partition then moves at the next sweep. This is the
-//!   one window in which a stopped member delays a takeover, and it is as short as a commit.
+//! - *A member stopped mid-commit.* It holds no lock, so the partition is taken over after
+//!   the session timeout as from any stopped member. Stopped before its first check: the
+//!   check then sees the new inode and fails. Stopped between the first check and the
+//!   write, or before the second check: its slot goes to the old file and its second check
+//!   fails, so the commit is reported as fenced (the new owner delivers those records
+//!   again, at least once).
+//! - *A member stopped inside a take or takeover* (a few syscalls under the partition
+//!   lock, once per rebalance) holds that partition's lock until it wakes, so that one
+//!   partition cannot be taken meanwhile. This is the one window in which a stopped member
+//!   delays a takeover.
 //! - *Two members take over at once* (they briefly disagree on the assignment). Both take
 //!   the partition lock in turn; the second finds the owner file renamed to a live member's
 //!   and backs off.
@@ -293,6 +310,7 @@ struct Owned {
     /// The offset after the last record returned (records below it are skipped).
     delivered: u64,
     committed: u64,
+    /// The generation of the newest slot in `offsets` (0: none yet).
     generation: u64,
 }
 
@@ -409,9 +427,6 @@ const JOIN_ATTEMPTS: u32 = 16;
 /// Tries (100 us apart) of a take to get a partition lock held by another member (5 ms:
 /// a take that finds it busy tries again at the next sweep).
 const TAKE_LOCK_TRIES: u32 = 50;
-/// Tries (100 us apart) of a commit to get its partition lock (1 s: only a member stopped
-/// inside its own few syscalls under that lock holds it longer).
-const COMMIT_LOCK_TRIES: u32 = 10_000;
 
 /// Reads at most `max` bytes of the file `name` of `dir` (never through a symlink); `None`
 /// when it does not exist.
@@ -434,16 +449,7 @@ fn read_committed(dir: &Dir, name: &str) -> Result<Option<CommittedSlot>, GroupE
 /// Reads the committed offset through an open offsets file.
 fn read_committed_at(file: &File, path: &Path) -> Result<Option<CommittedSlot>, GroupError> {
     let mut bytes = [0u8; format::OFFSETS_FILE_BYTES + 1];
-    let mut len = 0;
-    // Bounded: each pass reads at least one byte or ends.
-    while len < bytes.len() {
-        match file.read_at(&mut bytes[len..], len as u64) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(GroupError::io(path, "read", e)),
-        }
-    }
+    let len = read_full_at(file, &mut bytes).map_err(|e| GroupError::io(path, "read", e))?;
     decode_offsets(&bytes[..len]).map_err(|why| GroupError::bad_offsets(path, why))
 }
 
@@ -846,14 +852,34 @@ impl Member {
         if !lock_partition(&offsets, &offsets_path, TAKE_LOCK_TRIES)? {
             return Ok(None);
         }
-        let taken = self.take_locked(p);
+        // A takeover may have replaced the offsets file while this member waited for it.
+        let current =
+            entry_id(&self.offsets_dir, &offsets_name).and_then(|id| Ok(id == Some(file_id(&offsets, &offsets_path)?)));
+        if !matches!(current, Ok(true)) {
+            unlock(&offsets);
+            return current.map(|_| None);
+        }
+        let taken = self.take_locked(p, &offsets, &offsets_path);
         unlock(&offsets);
-        let Some((lock, lock_id)) = taken? else { return Ok(None) };
+        let Some((lock, lock_id, replaced)) = taken? else { return Ok(None) };
+        let offsets = match replaced {
+            Some(copy) => {
+                unlock(&copy); // locked since it was created, so no take could use it half-written
+                copy
+            }
+            None => offsets,
+        };
         self.open_partition(p, lock, lock_id, offsets, offsets_path).map(Some)
     }
 
-    /// [`Member::take`] once the partition lock is held: the owner lock and its identity.
-    fn take_locked(&self, p: u32) -> Result<Option<(File, FileId)>, GroupError> {
+    /// [`Member::take`] once the partition lock on `offsets` is held: the owner lock, its
+    /// identity, and after a takeover the new offsets file (locked until dropped).
+    fn take_locked(
+        &self,
+        p: u32,
+        offsets: &File,
+        offsets_path: &Path,
+    ) -> Result<Option<(File, FileId, Option<File>)>, GroupError> {
         let name = owner_file_name(p);
         let path = self.owners_dir.join(&name);
         let lock =
@@ -866,7 +892,7 @@ impl Member {
                 .and_then(|()| lock.write_all_at(&owner, 0))
                 .map_err(|e| GroupError::io(&path, "write", e))?;
             let id = file_id(&lock, &path)?;
-            return Ok(Some((lock, id)));
+            return Ok(Some((lock, id, None)));
         }
         // Held. Take it over only from a member whose heartbeat stood still for the
         // session timeout (an owner file that names nobody valid is left alone: its holder
@@ -875,24 +901,26 @@ impl Member {
         if !self.stale.contains(&previous.id) {
             return Ok(None);
         }
-        let temp = format!(".{p}.lock.{}", self.id);
-        let temp_path = self.owners_dir.join(&temp);
-        // Left over by an attempt of ours that failed half way (ids are never reused).
-        let _ = self.owners_dir.unlink(&temp);
-        let fresh =
-            self.owners_dir.open_file(&temp, Open::CreateNew).map_err(|e| GroupError::io(&temp_path, "create", e))?;
-        let written = (|| {
-            if !try_flock(&fresh, Flock::Exclusive).map_err(|e| GroupError::io(&temp_path, "lock", e))? {
-                return Err(GroupError::io(&temp_path, "lock", std::io::ErrorKind::WouldBlock.into()));
-            }
-            fresh
-                .write_all_at(&format::encode_owner(&self.id, generation), 0)
-                .map_err(|e| GroupError::io(&temp_path, "write", e))?;
-            self.owners_dir.rename_replace(&temp, &name).map_err(|e| GroupError::io(&path, "rename", e))
-        })();
-        if let Err(e) = written {
-            let _ = self.owners_dir.unlink(&temp);
-            return Err(e);
+        let (fresh, fresh_name) = TempName::create(&self.owners_dir, format!(".{p}.lock.{}", self.id))?;
+        let (fresh_offsets, fresh_offsets_name) = TempName::create(&self.offsets_dir, format!(".{p}.{}", self.id))?;
+        fresh
+            .write_all_at(&format::encode_owner(&self.id, generation), 0)
+            .map_err(|e| GroupError::io(&fresh_name.path, "write", e))?;
+        fresh_name.rename_over(&name)?;
+        // From here the stale owner's commits fail their checks. Its offsets file gets no
+        // new name: a commit it still has in flight lands in a file nobody reads, and is
+        // reported to it as fenced (see `commit_one`); everything it committed before is
+        // in the copy.
+        let mut bytes = [0u8; format::OFFSETS_FILE_BYTES + 1];
+        let len = read_full_at(offsets, &mut bytes).map_err(|e| GroupError::io(offsets_path, "read", e))?;
+        let copy_path = &fresh_offsets_name.path;
+        fresh_offsets.write_all_at(&bytes[..len], 0).map_err(|e| GroupError::io(copy_path, "write", e))?;
+        if self.opts.sync_commits {
+            fresh_offsets.sync_data().map_err(|e| GroupError::io(copy_path, "fdatasync", e))?;
+        }
+        fresh_offsets_name.rename_over(&p.to_string())?;
+        if self.opts.sync_commits {
+            self.offsets_dir.sync().map_err(|e| GroupError::io(self.offsets_dir.path(), "fsync", e))?;
         }
         tracing::warn!(
             partition = p,
@@ -902,7 +930,7 @@ impl Member {
             "partition taken over: its owner's heartbeat stood still for the session timeout"
         );
         let id = file_id(&fresh, &path)?;
-        Ok(Some((fresh, id)))
+        Ok(Some((fresh, id, Some(fresh_offsets))))
     }
 
     fn open_partition(
@@ -926,6 +954,7 @@ impl Member {
             }
             Err(e) => return Err(e.into()),
         }
+        let generation = committed.map_or(0, |c| c.generation);
         Ok(Owned {
             _lock: lock,
             lock_id,
@@ -934,7 +963,7 @@ impl Member {
             reader,
             delivered: start,
             committed: start,
-            generation: committed.map_or(0, |c| c.generation),
+            generation,
         })
     }
 
@@ -1075,48 +1104,106 @@ impl Member {
     }
 }
 
-/// Commits partition `p` under its partition lock, after checking that its owner file is
-/// still the one this member locked (else [`GroupError::Fenced`]).
+/// Commits partition `p`: checks that its owner file is still the one this member locked,
+/// writes the offsets slot, and checks again (else [`GroupError::Fenced`]). No lock is
+/// taken, so a member stopped here never holds up a takeover (see the module docs).
 fn commit_one(owners: &Dir, p: u32, owned: &mut Owned, sync: bool) -> Result<(), GroupError> {
-    if owned.delivered == owned.committed && owned.generation > 0 {
-        return Ok(());
+    if owned.delivered == owned.committed {
+        return Ok(()); // nothing new (and nothing read: the file may stay empty)
     }
-    if owned.delivered == owned.committed && owned.committed == 0 {
-        return Ok(()); // nothing read, nothing ever committed: the file may stay empty
+    let name = owner_file_name(p);
+    let fenced = || GroupError::Fenced { partition: p, path: owners.join(&name) };
+    if entry_id(owners, &name)? != Some(owned.lock_id) {
+        return Err(fenced());
     }
-    let path = owned.offsets_path.clone();
-    if !lock_partition(&owned.offsets, &path, COMMIT_LOCK_TRIES)? {
-        return Err(GroupError::io(
-            &path,
-            "lock (another member holds it for a commit)",
-            std::io::ErrorKind::WouldBlock.into(),
-        ));
+    stop_point("group-commit-checked");
+    let generation = owned.generation + 1;
+    write_offsets_slot(&owned.offsets, &owned.offsets_path, generation, owned.delivered, sync)?;
+    owned.generation = generation;
+    // Taken over between the two checks: the new owner may have read the committed offset
+    // before this slot was written, so this commit is not promised to count.
+    if entry_id(owners, &name)? != Some(owned.lock_id) {
+        return Err(fenced());
     }
-    let result = commit_locked(owners, p, owned, sync, &path);
-    unlock(&owned.offsets);
-    result
+    owned.committed = owned.delivered;
+    Ok(())
 }
 
-fn commit_locked(owners: &Dir, p: u32, owned: &mut Owned, sync: bool, path: &Path) -> Result<(), GroupError> {
-    let name = owner_file_name(p);
-    if entry_id(owners, &name)? != Some(owned.lock_id) {
-        return Err(GroupError::Fenced { partition: p, path: owners.join(&name) });
+/// The temporary name of a new group file (created `O_EXCL` and locked by
+/// [`TempName::create`]) until it is renamed over its real name; removed if it never is.
+struct TempName<'a> {
+    dir: &'a Dir,
+    name: String,
+    path: PathBuf,
+    armed: bool,
+}
+
+impl<'a> TempName<'a> {
+    fn create(dir: &'a Dir, name: String) -> Result<(File, TempName<'a>), GroupError> {
+        let path = dir.join(&name);
+        // Left over by an attempt of ours that failed half way (ids are never reused).
+        let _ = dir.unlink(&name);
+        let file = dir.open_file(&name, Open::CreateNew).map_err(|e| GroupError::io(&path, "create", e))?;
+        let temp = TempName { dir, name, path, armed: true };
+        if !try_flock(&file, Flock::Exclusive).map_err(|e| GroupError::io(&temp.path, "lock", e))? {
+            return Err(GroupError::io(&temp.path, "lock", std::io::ErrorKind::WouldBlock.into()));
+        }
+        Ok((file, temp))
     }
-    // The file's own newest generation (commits are serialised by the partition lock).
-    let newest = read_committed_at(&owned.offsets, path)?.map_or(0, |c| c.generation);
-    let generation = newest.max(owned.generation) + 1;
-    let slot = format::encode_offsets_slot(generation, owned.delivered);
+
+    fn rename_over(mut self, name: &str) -> Result<(), GroupError> {
+        self.dir.rename_replace(&self.name, name).map_err(|e| GroupError::io(self.dir.join(name), "rename", e))?;
+        self.armed = false;
+        Ok(())
+    }
+}
+
+impl Drop for TempName<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.dir.unlink(&self.name);
+        }
+    }
+}
+
+/// Reads from offset 0 until `buf` is full or the end of the file; the bytes read.
+fn read_full_at(file: &File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Stops this process (`SIGSTOP`) when `SHOAL_FAIL_POINT` names `step`, so tests can stop
+/// a member at an exact point of a commit. The one point is `group-commit-checked`: after
+/// a commit's first owner check, before its write.
+fn stop_point(step: &str) {
+    static POINT: std::sync::OnceLock<Option<std::ffi::OsString>> = std::sync::OnceLock::new();
+    if POINT.get_or_init(|| std::env::var_os("SHOAL_FAIL_POINT")).as_deref().is_some_and(|v| v == step) {
+        // SAFETY: raise(2) with a valid signal number has no memory-safety preconditions.
+        unsafe { libc::raise(libc::SIGSTOP) };
+    }
+}
+
+/// Writes the committed-offsets slot of `generation` (at `generation % 2`), first giving a
+/// new file its full length.
+fn write_offsets_slot(file: &File, path: &Path, generation: u64, offset: u64, sync: bool) -> Result<(), GroupError> {
+    let slot = format::encode_offsets_slot(generation, offset);
     let at = (generation % 2) * format::OFFSETS_SLOT_STRIDE as u64;
-    let len = owned.offsets.metadata().map_err(|e| GroupError::io(path, "stat", e))?.len();
+    let len = file.metadata().map_err(|e| GroupError::io(path, "stat", e))?.len();
     if len < format::OFFSETS_FILE_BYTES as u64 {
-        owned.offsets.set_len(format::OFFSETS_FILE_BYTES as u64).map_err(|e| GroupError::io(path, "extend", e))?;
+        file.set_len(format::OFFSETS_FILE_BYTES as u64).map_err(|e| GroupError::io(path, "extend", e))?;
     }
-    owned.offsets.write_all_at(&slot, at).map_err(|e| GroupError::io(path, "write", e))?;
+    file.write_all_at(&slot, at).map_err(|e| GroupError::io(path, "write", e))?;
     if sync {
-        owned.offsets.sync_data().map_err(|e| GroupError::io(path, "fdatasync", e))?;
+        file.sync_data().map_err(|e| GroupError::io(path, "fdatasync", e))?;
     }
-    owned.generation = generation;
-    owned.committed = owned.delivered;
     Ok(())
 }
 
