@@ -118,7 +118,8 @@ impl Model {
             let r = &self.records[offset as usize];
             assert!(
                 self.may_lose(offset),
-                "{what}: record {offset} of producer {} (durable below {}, abandoned {:?}) is gone",
+                "{what}: the log ends at {end}, but record {offset} of producer {} (durable below {}, appenders \
+                 abandoned {:?}) may not be lost",
                 r.producer,
                 self.durable,
                 self.abandoned
@@ -250,7 +251,7 @@ fuzz_target!(|input: Input| {
                     .sync()
                     .unwrap_or_else(|e| panic!("producer {who}: sync failed: {e}"));
                 // A sync covers every record appended before it, whoever appended it.
-                model.ends_at(durable.0, "sync");
+                model.ends_at(durable.0, &format!("sync of producer {who} returned {durable:?}"));
                 model.saw_durable(durable.0, "sync");
             }
             Op::Abandon { who } => {
