@@ -476,6 +476,11 @@ impl Reader {
             return Ok(Stop::Tail);
         }
         self.refresh()?;
+        // An appender may have filled the slot (and rolled over to the segment just listed)
+        // since it was read: the slot is then no end at all.
+        if region.load_commit(position) != commit {
+            return Ok(Stop::Retry);
+        }
         let what = match commit {
             Some(0) => "empty slot (commit word 0)",
             Some(_) => "end-of-segment marker",

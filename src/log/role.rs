@@ -60,7 +60,7 @@ pub(crate) const ROLE_FILE: &str = "APPEND";
 /// How long a holder keeps the role, once someone waits for it, before it lets go at the
 /// end of an append call: long enough that a switch (a few microseconds) costs a few
 /// percent of a busy appender's throughput, short enough to bound a waiter's wait.
-pub(crate) const HOLD: Duration = Duration::from_micros(100);
+pub(crate) const HOLD: Duration = Duration::from_micros(200);
 
 /// `state` values: the role is not held by this appender.
 const FREE: u32 = 0;
@@ -182,7 +182,23 @@ impl Role {
             let wanted = inner.head.role_wanted();
             wanted.fetch_add(1, Ordering::SeqCst);
             futex::wake_all(wanted);
-            let taken = flock(&inner.file, Flock::Exclusive);
+            // Spin for about one turn of the holder before sleeping in the kernel: a sleeper
+            // is woken only when the scheduler gets to it, which on a busy machine costs
+            // more than a turn.
+            let since = std::time::Instant::now();
+            let mut taken = Ok(false);
+            while since.elapsed() < HOLD * 2 {
+                taken = try_flock(&inner.file, Flock::Exclusive);
+                if !matches!(taken, Ok(false)) {
+                    break;
+                }
+                std::thread::yield_now();
+            }
+            let taken = match taken {
+                Ok(true) => Ok(()),
+                Ok(false) => flock(&inner.file, Flock::Exclusive),
+                Err(e) => Err(e),
+            };
             wanted.fetch_sub(1, Ordering::SeqCst);
             taken.map_err(|e| LogError::io(path, "flock", e))?;
         }
