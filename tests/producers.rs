@@ -713,6 +713,10 @@ fn producers_killed_with_sigkill_block_no_one() {
     let seed = seed();
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().expect("temp dir");
+    // The log exists before the first round, so that its tailer can open it.
+    Appender::open(dir.path(), shared_opts(IoBackend::Auto, Durability::Batch))
+        .and_then(Appender::close)
+        .expect("create the log");
     let mut start = 0u64;
     let mut longest_append = Duration::ZERO;
     let mut killed_running = 0usize;
