@@ -46,7 +46,7 @@ const DURABLE_WAIT: Duration = Duration::from_secs(20);
 /// Rounds of the SIGKILL loop in the suite (`SHOAL_KILL_ROUNDS` overrides).
 const KILL_ROUNDS: usize = 50;
 /// Records each producer of a kill round appends when it is not killed.
-const KILL_RECORDS: u64 = 400;
+const KILL_RECORDS: u64 = 1_000;
 
 // ---------------------------------------------------------------------------------------------
 // Payloads and the read-back check.
