@@ -15,7 +15,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use shoal::log::{
     format, repair, stats, verify, AppendError, Appender, Durability, IoBackend, LogError, LogOptions, Offset, Reader,
-    RecoveryMode, TailCut,
+    RecoveryMode, TailCut, Writers,
 };
 
 use common::{
@@ -38,6 +38,10 @@ fn payload(i: usize) -> Vec<u8> {
     p
 }
 
+fn exclusive(backend: IoBackend) -> LogOptions {
+    small_opts(backend).writers(Writers::Exclusive)
+}
+
 fn opts(backend: IoBackend, mode: RecoveryMode) -> LogOptions {
     small_opts(backend).recovery_mode(mode)
 }
@@ -51,7 +55,9 @@ fn open_log(dir: impl AsRef<Path>, opts: LogOptions) -> Result<Appender, LogErro
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         match Appender::open(dir.as_ref(), opts) {
-            Err(LogError::Locked { holder, .. }) if holder == own && std::time::Instant::now() < deadline => {
+            Err(LogError::Locked { holder, .. })
+                if holder == format!("another appender (pid {own})") && std::time::Instant::now() < deadline =>
+            {
                 std::thread::sleep(std::time::Duration::from_millis(2));
             }
             other => return other,
@@ -551,25 +557,33 @@ fn newer_format_version_is_unsupported() {
     }
 }
 
-/// One appender at a time within a process.
+/// An exclusive appender is the only one within a process: a second (exclusive or shared)
+/// is refused, and a shared one keeps an exclusive one out.
 #[test]
 fn second_appender_in_the_same_process_is_locked() {
     for backend in BACKENDS {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut first = open_log(dir.path(), small_opts(backend)).expect("first appender");
+        let shared = open_log(dir.path(), small_opts(backend)).expect("a shared appender");
+        match Appender::open(dir.path(), exclusive(backend)) {
+            Err(e @ LogError::Locked { .. }) => assert!(e.to_string().contains("appenders of the shared log"), "{e}"),
+            other => panic!("{backend:?}: an exclusive appender next to a shared one got {other:?}"),
+        }
+        drop(shared);
+        let mut first = open_log(dir.path(), exclusive(backend)).expect("first appender");
         first.append(b"one").expect("append");
         let lock = dir.path().join("LOCK");
         let check = |r: Result<Appender, LogError>| match r {
             Err(e @ LogError::Locked { .. }) => {
                 let LogError::Locked { path, holder } = &e else { unreachable!() };
-                assert_eq!((path, holder.as_str()), (&lock, std::process::id().to_string().as_str()));
+                assert_eq!((path, holder.clone()), (&lock, format!("another appender (pid {})", std::process::id())));
                 assert!(e.to_string().contains("locked"), "{e}");
             }
             other => panic!("{backend:?}: a second appender got {other:?}"),
         };
+        check(Appender::open(dir.path(), exclusive(backend)));
         check(Appender::open(dir.path(), small_opts(backend)));
         let path = dir.path().to_path_buf();
-        check(std::thread::spawn(move || Appender::open(path, small_opts(backend))).join().expect("thread"));
+        check(std::thread::spawn(move || Appender::open(path, exclusive(backend))).join().expect("thread"));
         assert!(matches!(repair(dir.path()), Err(LogError::Locked { .. })), "repair must not run under an appender");
         first.sync().expect("sync");
         drop(first);
@@ -578,13 +592,14 @@ fn second_appender_in_the_same_process_is_locked() {
     }
 }
 
-/// One appender at a time across processes, and a killed holder releases the lock.
+/// An exclusive appender is the only one across processes, and a killed holder releases
+/// the lock.
 #[test]
 fn second_appender_in_another_process_is_locked() {
     match child_mode().as_deref() {
         Some("hold") => {
             let dir = std::env::var("SHOAL_LOCK_DIR").expect("SHOAL_LOCK_DIR");
-            let mut log = open_log(&dir, small_opts(IoBackend::Auto)).expect("child appender");
+            let mut log = open_log(&dir, exclusive(IoBackend::Auto)).expect("child appender");
             log.append(b"from the child").expect("append");
             log.sync().expect("sync");
             report("holding");
@@ -595,7 +610,7 @@ fn second_appender_in_another_process_is_locked() {
         }
         Some("try") => {
             let dir = std::env::var("SHOAL_LOCK_DIR").expect("SHOAL_LOCK_DIR");
-            match open_log(&dir, small_opts(IoBackend::Auto)) {
+            match open_log(&dir, exclusive(IoBackend::Auto)) {
                 Err(LogError::Locked { holder, .. }) => report(&format!("locked {holder}")),
                 Err(e) => report(&format!("error {e}")),
                 Ok(_) => report("opened"),
@@ -615,22 +630,24 @@ fn second_appender_in_another_process_is_locked() {
             .spawn()
             .expect("spawn child");
         let _out = wait_for_report(&mut child, "holding");
-        match open_log(dir.path(), small_opts(backend)) {
-            Err(LogError::Locked { holder, .. }) => assert_eq!(holder, child.id().to_string()),
+        match open_log(dir.path(), exclusive(backend)) {
+            Err(LogError::Locked { holder, .. }) => {
+                assert_eq!(holder, format!("another appender (pid {})", child.id()))
+            }
             other => panic!("{backend:?}: opening while another process appends gave {other:?}"),
         }
         assert!(matches!(repair(dir.path()), Err(LogError::Locked { .. })));
         // A killed holder's lock goes with it; its records stay.
         child.kill().expect("kill child");
         child.wait().expect("wait child");
-        let mut log = open_log(dir.path(), small_opts(backend)).expect("open after the holder died");
+        let mut log = open_log(dir.path(), exclusive(backend)).expect("open after the holder died");
         assert_eq!(log.next_offset(), Offset(1));
 
         // We hold the log; a child is refused and names us.
         log.append(b"from the parent").expect("append");
         let out = child_command(test, "try").env("SHOAL_LOCK_DIR", dir.path()).output().expect("run child");
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let want = format!("locked {}", std::process::id());
+        let want = format!("locked another appender (pid {})", std::process::id());
         assert!(
             stdout.lines().any(|l| common::parse_report(l) == Some(want.as_str())),
             "{backend:?}: child said {stdout:?}, wanted {want:?}"

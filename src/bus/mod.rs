@@ -480,8 +480,10 @@ impl Topic {
         Ok(self.dir.join(p.to_string()))
     }
 
-    /// Opens the appenders of every partition (each partition has one appender: another
-    /// producer of this topic, in any process, gets [`LogError::Locked`]).
+    /// Opens the appenders of every partition. With [`Writers::Shared`](crate::log::Writers)
+    /// (the default) any number of producers of the topic, in any threads and processes,
+    /// send at once; with `Writers::Exclusive` another producer of the topic gets
+    /// [`LogError::Locked`].
     ///
     /// # Errors
     /// Log errors of any partition.
@@ -732,8 +734,18 @@ mod tests {
         assert_eq!(p, partition_for_key(42, 8));
         assert_eq!(off, Offset(0));
         assert!(matches!(producer.send_to(9, 0, b"x"), Err(BusError::NoPartition { .. })));
-        // A second producer of the same topic is refused.
+        // A second producer of the same topic sends too, after the first's records.
+        let mut second = t.producer(LogOptions::default()).unwrap();
+        assert_eq!(second.send(42, b"again").unwrap(), (p, Offset(1)));
+        assert_eq!(producer.send(42, b"third").unwrap(), (p, Offset(2)));
+        drop((producer, second));
+        // An exclusive producer is refused while another is open, and refuses others.
+        let shared = t.producer(LogOptions::default()).unwrap();
+        assert!(t.producer(LogOptions::default().writers(crate::log::Writers::Exclusive)).is_err());
+        drop(shared);
+        let exclusive = t.producer(LogOptions::default().writers(crate::log::Writers::Exclusive)).unwrap();
         assert!(t.producer(LogOptions::default()).is_err());
+        drop(exclusive);
     }
 
     #[test]

@@ -17,10 +17,11 @@ use super::head::Head;
 use super::io::IoDriver;
 use super::lock::DirLock;
 use super::prepare::Preparer;
-use super::recovery::{recover, InUse, RecoveryReport};
-use super::segment::{create_log_dir, segment_file_name, Segment};
+use super::recovery::{list_in_use, recover, InUse, RecoveredTail, RecoveryReport};
+use super::role::{Role, Taken, HOLD};
+use super::segment::{create_log_dir, segment_file_name, Segment, SegmentId};
 use super::sync::{spawn_syncer, DurableWatch, Pending, Shared};
-use super::{now_ns, LogOptions, Offset, WallClock};
+use super::{now_ns, LogOptions, Offset, RecoveryMode, WallClock, Writers};
 use crate::sys::fence::AsymmetricFence;
 use crate::sys::fs::Dir;
 use crate::sys::histogram::LatencyHistogram;
@@ -71,6 +72,12 @@ pub struct Appender {
     clock: WallClock,
     /// The process is registered for `membarrier`, so publishing needs only a compiler fence.
     light_fence: bool,
+    /// The writer role, for a shared log (`None`: exclusive, the lock is the role).
+    role: Option<Role>,
+    /// When this appender last took the role (wall-clock ns, as record timestamps).
+    role_since: u64,
+    /// Set by [`Appender::abandon`]: closing leaves everything as a killed process would.
+    abandoned: bool,
 }
 
 impl Appender {
@@ -85,31 +92,58 @@ impl Appender {
         let dir = dir.as_ref().to_path_buf();
         opts.validate()?;
         let dir_fd = Arc::new(create_log_dir(&dir)?);
-        let lock = DirLock::acquire(&dir_fd)?;
+        let (lock, alone) = match opts.writers {
+            Writers::Exclusive => (DirLock::acquire(&dir_fd)?, true),
+            Writers::Shared => DirLock::acquire_shared(&dir_fd)?,
+        };
         let head = Arc::new(Head::create(&dir_fd)?);
+        let role = match opts.writers {
+            Writers::Exclusive => None,
+            Writers::Shared => Some(Role::open(&dir_fd, head.clone())?),
+        };
         let mut sync_io = IoDriver::new(opts.io_backend)?;
-        let recovered = recover(&lock, &dir, &opts, &head, &mut sync_io)?;
         let backend = sync_io.name();
-        let mut preparer = Preparer::start(dir_fd.clone(), opts, recovered.prepared, recovered.next_seq)?;
-        let next_offset = recovered.report.next_offset;
-        head.reset_offsets(next_offset);
+        // Where the tail is: recovered when this appender is alone on the log or the last
+        // holder of the writer role died holding it, else as the last holder left it.
+        let taken = match &role {
+            None => Taken::Dead,
+            Some(role) if alone => role.take_alone().map(|()| Taken::Dead)?,
+            Some(role) => role.begin()?.unwrap_or(Taken::Moved),
+        };
+        let start = match taken {
+            Taken::Dead => {
+                let recovered = recover(&lock, &dir, &peer_opts(&opts, alone), &head, &mut sync_io, alone);
+                let recovered = recovered.inspect_err(|_| abort_role(&role))?;
+                TailStart::recovered(recovered, &head, alone)
+            }
+            Taken::Moved | Taken::Current => TailStart::from_head(&dir, &head).inspect_err(|_| abort_role(&role))?,
+        };
+        let preparer = Preparer::start(dir_fd.clone(), opts, start.prepared, start.next_seq)?;
         head.set_appender_pid(std::process::id());
-        let shared = Arc::new(Shared::new(next_offset, opts.durability, head.clone()));
+        let shared_log = role.is_some();
+        let shared = Arc::new(Shared::new(
+            start.next_offset,
+            start.durable,
+            opts.durability,
+            head.clone(),
+            &dir_fd,
+            shared_log,
+        )?);
         let sync_thread = spawn_syncer(shared.clone(), sync_io)?;
-
+        let mut preparer = preparer;
         // A placeholder active segment until the first activation when the log is empty.
-        let empty = recovered.tail.is_none();
-        let (active, position, limit) = match recovered.tail {
-            Some(tail) => {
-                let limit = tail.segment.mapped_bytes;
-                (tail.segment, tail.position, limit)
+        let empty = start.tail.is_none();
+        let (active, position, limit) = match start.tail {
+            Some((segment, position)) => {
+                let limit = segment.mapped_bytes;
+                (segment, position, limit)
             }
             None => (preparer.next_segment()?, 0, 0),
         };
         let header = active.header;
         active.written.store(position as u64, Ordering::Relaxed);
         let pending = Arc::new(Pending::new(active.clone()));
-        let (index_slot, index_next_position) = index_cursor(&active);
+        let (index_slot, index_next_position) = start.index.unwrap_or_else(|| index_cursor(&active));
         let mut appender = Appender {
             dir,
             dir_fd,
@@ -122,20 +156,24 @@ impl Appender {
             position,
             limit,
             base_offset: header.base_offset,
-            next_offset,
+            next_offset: start.next_offset,
             index_slot,
             index_capacity: header.index_entries as usize,
             index_next_position,
             index_interval: header.index_interval as usize,
             active,
             preparer,
-            retained: recovered.in_use,
+            retained: start.in_use,
             sync_thread: Some(sync_thread),
-            recovery: recovered.report,
+            recovery: start.report,
             backend,
             clock: WallClock::new(),
             light_fence: AsymmetricFence::registered(),
+            role,
+            role_since: 0,
+            abandoned: false,
         };
+        appender.role_since = appender.clock.now_ns();
         if empty {
             // Empty log: activate the first segment now.
             let seg = appender.active.clone();
@@ -144,7 +182,16 @@ impl Appender {
             appender.shared.pending.lock().unwrap_or_else(|p| p.into_inner()).push(appender.pending.clone());
         }
         appender.preparer.request_if_none();
-        appender.apply_retention();
+        appender.apply_retention_held();
+        appender.store_tail();
+        if let Some(role) = &appender.role {
+            // Alone: let go, so the others that open next find a clean role, then share the
+            // log lock. Else keep the role (the keeper lets go when someone waits).
+            role.end(alone);
+            if alone {
+                appender._lock.share()?;
+            }
+        }
         Ok(appender)
     }
 
@@ -175,7 +222,7 @@ impl Appender {
 
     /// Every offset below this is durable.
     pub fn durable_offset(&self) -> Offset {
-        Offset(self.shared.durable.load(Ordering::Acquire))
+        Offset(self.shared.durable_now())
     }
 
     /// A handle on the durable watermark for other threads.
@@ -228,9 +275,14 @@ impl Appender {
         len: usize,
         fill: F,
     ) -> Result<Offset, AppendError> {
-        let offset = self.write_one(key, len, self.clock.now_ns(), fill)?;
-        self.publish();
-        Ok(offset)
+        self.enter()?;
+        let ts = self.clock.now_ns();
+        let result = self.write_one(key, len, ts, fill);
+        if result.is_ok() {
+            self.publish();
+        }
+        self.leave(ts);
+        result
     }
 
     /// Appends a `bytemuck::Pod` value as the payload, readable in place with
@@ -252,6 +304,7 @@ impl Appender {
     where
         I: IntoIterator<Item = &'p [u8]>,
     {
+        self.enter()?;
         let first = self.next_offset;
         let ts = self.clock.now_ns();
         let mut result = Ok(());
@@ -264,7 +317,186 @@ impl Appender {
         if self.next_offset != first {
             self.publish();
         }
+        self.leave(ts);
         result.map(|()| Offset(first)..Offset(self.next_offset))
+    }
+
+    /// Starts an append call: with a shared log, takes the writer role unless this
+    /// appender still holds it, and catches up with what other appenders did meanwhile.
+    #[inline]
+    fn enter(&mut self) -> Result<(), LogError> {
+        let Some(role) = &self.role else { return Ok(()) };
+        match role.begin()? {
+            None => Ok(()),
+            Some(taken) => self.on_taken(taken),
+        }
+    }
+
+    /// Ends an append call (`ts`: its timestamp): lets go of the writer role when another
+    /// appender waits and this one's turn ([`HOLD`]) is up.
+    #[inline]
+    fn leave(&mut self, ts: u64) {
+        let Some(role) = &self.role else { return };
+        let release = role.wanted() && ts.saturating_sub(self.role_since) >= HOLD.as_nanos() as u64;
+        role.end(release);
+    }
+
+    /// Brings this appender's state up to date after taking the role.
+    #[cold]
+    fn on_taken(&mut self, taken: Taken) -> Result<(), LogError> {
+        self.role_since = self.clock.now_ns();
+        let result = match taken {
+            Taken::Current => Ok(()),
+            Taken::Moved => self.catch_up(),
+            Taken::Dead => self.repair_dead(),
+        };
+        if result.is_err() {
+            abort_role(&self.role);
+        }
+        result
+    }
+
+    /// Catches up with the tail other appenders left (`HEAD`'s tail words). A tail that
+    /// cannot be right (a page damaged under a live log) is repaired like a dead holder's.
+    fn catch_up(&mut self) -> Result<(), LogError> {
+        let tail = self.head.tail();
+        if tail.segment != self.active.id.0 {
+            if tail.segment < self.active.id.0 {
+                return self.repair_dead();
+            }
+            self.follow_segments(SegmentId(tail.segment))?;
+        }
+        let data_start = self.active.header.data_start() as u64;
+        let sane = tail.position >= data_start
+            && tail.position <= self.limit as u64
+            && tail.position % 8 == 0
+            && tail.next >= self.next_offset
+            && tail.next >= self.base_offset
+            && (tail.index_slot as usize) <= self.index_capacity;
+        if !sane {
+            tracing::warn!(
+                "{}: the tail recorded in HEAD ({tail:?}) does not fit the active segment; repairing the tail",
+                self.dir.display()
+            );
+            return self.repair_dead();
+        }
+        self.position = tail.position as usize;
+        self.next_offset = tail.next;
+        self.index_slot = tail.index_slot as usize;
+        self.index_next_position = tail.index_next_position as usize;
+        self.active.written.store(tail.position, Ordering::Relaxed);
+        self.shared.written.fetch_max(tail.next, Ordering::Release);
+        Ok(())
+    }
+
+    /// Moves on to segment `id`, which other appenders made active: the segments between
+    /// are mapped for the sync thread (their records are below this appender's next one),
+    /// the list of segments in use is read again for retention, and the preparer skips ids
+    /// taken.
+    #[cold]
+    fn follow_segments(&mut self, id: SegmentId) -> Result<(), LogError> {
+        // Others wrote the rest of the old active segment: sync all of it.
+        self.seal_pending_whole();
+        let mut pending = self.shared.pending.lock().unwrap_or_else(|p| p.into_inner());
+        for between in self.active.id.0 + 1..id.0 {
+            let path = self.dir.join(segment_file_name(SegmentId(between)));
+            match Segment::open(&path, SegmentId(between), true) {
+                Ok(seg) => {
+                    let seg = Arc::new(seg);
+                    seg.written.store(seg.mapped_bytes as u64, Ordering::Relaxed);
+                    let p = Arc::new(Pending::new(seg));
+                    p.sealed.store(true, Ordering::Release);
+                    pending.push(p);
+                }
+                // Removed by retention already: nothing of it to sync.
+                Err(LogError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let path = self.dir.join(segment_file_name(id));
+        let seg = Arc::new(Segment::open(&path, id, true)?);
+        let header = seg.header;
+        if header.base_offset == format::BASE_OFFSET_UNSET {
+            return Err(LogError::Inconsistent {
+                path,
+                why: "HEAD names it as the active segment, but it was never activated".into(),
+            });
+        }
+        let p = Arc::new(Pending::new(seg.clone()));
+        pending.push(p.clone());
+        drop(pending);
+        self.region = seg.region();
+        self.limit = seg.mapped_bytes;
+        self.base_offset = header.base_offset;
+        self.index_capacity = header.index_entries as usize;
+        self.index_interval = header.index_interval as usize;
+        self.active = seg;
+        self.pending = p;
+        self.retained = list_in_use(&self.dir)?;
+        self.preparer.skip_past(id);
+        Ok(())
+    }
+
+    /// Marks the active segment's pending entry sealed and to be synced whole (others
+    /// wrote it past this appender's position).
+    fn seal_pending_whole(&mut self) {
+        if self.limit > 0 {
+            self.active.written.store(self.limit as u64, Ordering::Relaxed);
+            self.pending.sealed.store(true, Ordering::Release);
+        }
+    }
+
+    /// Repairs the tail a holder of the writer role left when it died holding it, the way
+    /// an open recovers after a crash, and goes on from the repaired tail.
+    #[cold]
+    fn repair_dead(&mut self) -> Result<(), LogError> {
+        tracing::warn!("{}: an appender died holding the writer role; repairing the tail", self.dir.display());
+        let mut io = IoDriver::new(self.opts.io_backend)?;
+        let witness = DirLock::role_witness();
+        // The watermark in HEAD changes under the sync lock only.
+        let turn = self.shared.sync_turn();
+        let recovered = recover(&witness, &self.dir, &peer_opts(&self.opts, false), &self.head, &mut io, false)?;
+        let start = TailStart::recovered(recovered, &self.head, false);
+        drop(turn);
+        self.seal_pending_whole();
+        self.preparer.reset(start.prepared, start.next_seq);
+        self.retained = start.in_use;
+        self.next_offset = start.next_offset;
+        self.shared.written.fetch_max(start.next_offset, Ordering::Release);
+        match start.tail {
+            Some((seg, position)) => {
+                let header = seg.header;
+                seg.written.store(position as u64, Ordering::Relaxed);
+                let p = Arc::new(Pending::new(seg.clone()));
+                self.shared.pending.lock().unwrap_or_else(|p| p.into_inner()).push(p.clone());
+                let (index_slot, index_next_position) = index_cursor(&seg);
+                self.region = seg.region();
+                self.position = position;
+                self.limit = seg.mapped_bytes;
+                self.base_offset = header.base_offset;
+                self.index_slot = index_slot;
+                self.index_capacity = header.index_entries as usize;
+                self.index_next_position = index_next_position;
+                self.index_interval = header.index_interval as usize;
+                self.active = seg;
+                self.pending = p;
+            }
+            None => {
+                // Nothing in use (the dead appender had not activated the first segment).
+                self.limit = 0;
+                let seg = self.preparer.next_segment()?;
+                self.activate(seg)?;
+            }
+        }
+        self.store_tail();
+        Ok(())
+    }
+
+    /// Stores the tail (segment, position, next offset, index cursor) in `HEAD`, for the
+    /// next holder of the writer role.
+    fn store_tail(&self) {
+        self.head.store_tail(self.active.id.0, self.position as u64, self.next_offset);
+        self.head.store_tail_index(self.index_slot as u32, self.index_next_position as u32);
     }
 
     #[inline]
@@ -301,6 +533,7 @@ impl Appender {
                 .store_index(self.index_slot, format::index_entry((offset - self.base_offset) as u32, position as u32));
             self.index_slot += 1;
             self.index_next_position = position + self.index_interval;
+            self.head.store_tail_index(self.index_slot as u32, self.index_next_position as u32);
         }
         self.position = position + stride;
         self.next_offset = offset + 1;
@@ -311,6 +544,7 @@ impl Appender {
     #[inline]
     fn publish(&mut self) {
         self.active.written.store(self.position as u64, Ordering::Relaxed);
+        self.head.store_tail(self.active.id.0, self.position as u64, self.next_offset);
         // pairs with the Acquire load of `written` in the sync thread: it then sees the
         // segment's write position (and the pending list) at least this far.
         self.shared.written.store(self.next_offset, Ordering::Release);
@@ -338,10 +572,23 @@ impl Appender {
     /// Seals the active segment and switches to the prepared one.
     #[cold]
     fn roll(&mut self) -> Result<(), LogError> {
-        let next = self.preparer.next_segment()?;
-        self.activate(next)?;
-        self.apply_retention();
-        Ok(())
+        // With a shared log, a segment prepared before other appenders went past its id is
+        // stale (in use, or gone): skip it. Two tries cover a preparation in flight for a
+        // stale id; the third gets a fresh one.
+        for _ in 0..3 {
+            let next = self.preparer.next_segment()?;
+            let unused = next.region().read_header().is_ok_and(|h| h.base_offset == format::BASE_OFFSET_UNSET);
+            if next.id > self.active.id && unused {
+                self.activate(next)?;
+                self.apply_retention_held();
+                return Ok(());
+            }
+            self.preparer.skip_past(self.active.id);
+        }
+        Err(LogError::Inconsistent {
+            path: self.dir.clone(),
+            why: format!("no unused segment after segment {} could be prepared", self.active.id.0),
+        })
     }
 
     /// Makes `seg` the active segment starting at `self.next_offset`.
@@ -385,12 +632,26 @@ impl Appender {
         self.index_capacity = header.index_entries as usize;
         self.index_next_position = 0;
         self.index_interval = header.index_interval as usize;
+        self.head.store_tail_index(0, 0);
         self.preparer.refill();
         Ok(())
     }
 
-    /// Deletes sealed segments beyond the retention limits.
-    pub fn apply_retention(&mut self) {
+    /// Deletes sealed segments beyond the retention limits (done at each rollover; with a
+    /// shared log, by the appender that rolls over).
+    ///
+    /// # Errors
+    /// With a shared log, an error taking the writer role or catching up.
+    pub fn apply_retention(&mut self) -> Result<(), LogError> {
+        self.enter()?;
+        self.apply_retention_held();
+        let ts = self.clock.now_ns();
+        self.leave(ts);
+        Ok(())
+    }
+
+    /// [`Appender::apply_retention`] while holding the writer role.
+    fn apply_retention_held(&mut self) {
         let retention = self.opts.retention;
         if retention.max_bytes.is_none() && retention.max_age.is_none() {
             return;
@@ -411,8 +672,10 @@ impl Appender {
                 break;
             }
             if let Some((id, path, ..)) = self.retained.pop_front() {
-                if let Err(e) = self.dir_fd.unlink(&segment_file_name(id)) {
-                    tracing::warn!("{}: retention could not remove the segment: {e}", path.display());
+                match self.dir_fd.unlink(&segment_file_name(id)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => tracing::warn!("{}: retention could not remove the segment: {e}", path.display()),
                 }
                 // Its records are gone, so nothing is left to sync: release the mapping (and
                 // with it the disk space) instead of waiting for the next sync.
@@ -454,17 +717,123 @@ impl Appender {
     fn shutdown(&mut self) -> Result<(), LogError> {
         let mut result = Ok(());
         if let Some(thread) = self.sync_thread.take() {
-            if self.next_offset > 0 && self.shared.syncs_on_close() {
+            if !self.abandoned && self.next_offset > 0 && self.shared.syncs_on_close() {
                 if let Err(e) = self.sync() {
                     result = Err(e);
                 }
             }
             self.shared.stop_syncer(thread);
         }
+        if let Some(mut role) = self.role.take() {
+            role.close(self.abandoned);
+        }
         self.preparer.stop();
-        self.head.set_appender_pid(0);
+        // The page names no appender once the last one closed: readers then judge a stop
+        // where records end as final. With a shared log, this appender is the last when it
+        // can take the log lock alone.
+        if !self.abandoned && (self.opts.writers == Writers::Exclusive || self._lock.try_alone()) {
+            self.head.set_appender_pid(0);
+        }
         self.head.wake();
         result
+    }
+
+    /// Drops this appender the way a `SIGKILL` of its process would: no final sync, and
+    /// with a shared log the writer role left marked as held, so the next appender repairs
+    /// the tail. For model tests and fuzzing of many appenders in one process.
+    #[doc(hidden)]
+    pub fn abandon(mut self) {
+        self.abandoned = true;
+        drop(self);
+    }
+}
+
+/// The options for recovery where a dead appender's torn record is expected: a strict
+/// recovery mode would refuse it, so it cuts a torn tail at least. `alone`: recovery at
+/// open, which follows the options as given.
+fn peer_opts(opts: &LogOptions, alone: bool) -> LogOptions {
+    let mut opts = *opts;
+    if !alone && opts.recovery_mode == RecoveryMode::Strict {
+        opts.recovery_mode = RecoveryMode::TruncateTail;
+    }
+    opts
+}
+
+/// Lets go of the writer role after a failed repair or catch-up, leaving it marked as held
+/// so that the next appender repairs again.
+fn abort_role(role: &Option<Role>) {
+    if let Some(role) = role {
+        role.abort();
+    }
+}
+
+/// Where an appender starts: the tail and what surrounds it.
+struct TailStart {
+    /// The active segment and where its next record goes; `None` for an empty log.
+    tail: Option<(Arc<Segment>, usize)>,
+    next_offset: u64,
+    durable: u64,
+    /// The index cursor when known (else read from the segment).
+    index: Option<(usize, usize)>,
+    in_use: VecDeque<InUse>,
+    prepared: Option<Arc<Segment>>,
+    next_seq: SegmentId,
+    report: RecoveryReport,
+}
+
+impl TailStart {
+    /// From recovery; records the watermark (everything recovered is synced): reset when
+    /// `alone` or when recovery cut records off, else raised.
+    fn recovered(recovered: RecoveredTail, head: &Head, alone: bool) -> TailStart {
+        let next = recovered.report.next_offset;
+        if alone || recovered.report.cut.is_some() {
+            head.reset_offsets(next);
+        } else {
+            head.set_durable_offset(next);
+        }
+        TailStart {
+            tail: recovered.tail.map(|t| (t.segment, t.position)),
+            next_offset: next,
+            durable: head.durable_offset().min(next),
+            index: None,
+            in_use: recovered.in_use,
+            prepared: recovered.prepared,
+            next_seq: recovered.next_seq,
+            report: recovered.report,
+        }
+    }
+
+    /// From the tail the last holder of the writer role stored in `HEAD`.
+    fn from_head(dir: &Path, head: &Head) -> Result<TailStart, LogError> {
+        let tail = head.tail();
+        let id = SegmentId(tail.segment);
+        let path = dir.join(segment_file_name(id));
+        let seg = Arc::new(Segment::open(&path, id, true)?);
+        let header = seg.header;
+        let fits = header.base_offset != format::BASE_OFFSET_UNSET
+            && tail.position >= header.data_start() as u64
+            && tail.position <= seg.mapped_bytes as u64
+            && tail.next >= header.base_offset;
+        if !fits {
+            return Err(LogError::Inconsistent {
+                path,
+                why: format!(
+                    "HEAD records the tail of the shared log at {tail:?}, which does not fit this segment; close every \
+                     appender of the log and open it again to recover it"
+                ),
+            });
+        }
+        let in_use = list_in_use(dir)?;
+        Ok(TailStart {
+            tail: Some((seg, tail.position as usize)),
+            next_offset: tail.next,
+            durable: head.durable_offset().min(tail.next),
+            index: Some((tail.index_slot as usize, tail.index_next_position as usize)),
+            report: RecoveryReport { segments: in_use.len() as u64, next_offset: tail.next, cut: None },
+            in_use,
+            prepared: None,
+            next_seq: SegmentId(id.0.saturating_add(1)),
+        })
     }
 }
 

@@ -20,12 +20,14 @@ pub enum LogError {
         /// The OS error.
         source: io::Error,
     },
-    /// Another appender (in this or another process) holds the log.
-    #[error("{path}: the log is locked by another appender (pid {holder}); stop it, or open a reader instead")]
+    /// Another appender (in this or another process) holds the log in a way that excludes
+    /// this one: an exclusive appender or a repair, or shared appenders when this one (or a
+    /// repair) needs the log alone.
+    #[error("{path}: the log is locked by {holder}; stop it, or open a reader instead")]
     Locked {
         /// The lock file.
         path: PathBuf,
-        /// The process id recorded by the holder, or "unknown".
+        /// Who holds it: "another appender (pid N)", or "appenders of the shared log".
         holder: String,
     },
     /// A file named like a segment is not one.

@@ -15,7 +15,7 @@
 //!   checksummed journal naming the cut (see `scan.rs`), written and synced before anything is
 //!   changed; a later repair or open finishes that cut.
 //! - `{seq:020}.seg`: segment files, `seq` counting up from 0. A segment is created under a
-//!   temporary name `.{seq:020}.seg.tmp`, preallocated, given its header, synced and only then
+//!   temporary name `.{seq:020}.{pid}-{n}.seg.tmp`, preallocated, given its header, synced and only then
 //!   renamed, so a segment file that exists always has a complete header.
 //!
 //! # Segment file (`segment_bytes` long, a multiple of 4096)

@@ -10,7 +10,17 @@
 //! 128  durable_offset  u64      every offset below this is durable (the word tailers read)
 //! 192  durable slot 0  24 B     checksummed copy of the watermark (below)
 //! 224  durable slot 1  24 B     the other copy
+//! 256  role_epoch      u64      bumped by each appender that takes the writer role
+//! 264  role_dirty      u32      1 while the role is held (left at 1 by a killed holder)
+//! 272  tail_segment    u64      the active segment's id          \
+//! 280  tail_position   u64      where its next record goes        | the holder's tail,
+//! 288  tail_next       u64      the next offset                   | stored as it appends
+//! 296  tail_index      u32      the active segment's next free index slot
+//! 300  tail_index_at   u32      the position from which the next record gets an entry /
+//! 320  role_wanted     u32      futex word: appenders waiting for the role
 //! ```
+//! The words from 256 on belong to the writer role of shared logs ([`super::role`]), in
+//! space that was reserved: older builds ignore them.
 //! (The words written by different parties sit on different cache lines.)
 //!
 //! # Checksummed copies of the watermark (added in version 1, in space that was reserved)
@@ -65,6 +75,14 @@ const WAITERS: usize = 68;
 const DURABLE: usize = 128;
 const DURABLE_SLOTS: [usize; 2] = [192, 224];
 const SLOT_CRC_PREFIX: [u8; 8] = *b"SHOALDUR";
+const ROLE_EPOCH: usize = 256;
+const ROLE_DIRTY: usize = 264;
+const TAIL_SEGMENT: usize = 272;
+const TAIL_POSITION: usize = 280;
+const TAIL_NEXT: usize = 288;
+const TAIL_INDEX: usize = 296;
+const TAIL_INDEX_AT: usize = 300;
+const ROLE_WANTED: usize = 320;
 /// File name of the control page.
 pub const HEAD_FILE: &str = "HEAD";
 
@@ -80,6 +98,16 @@ pub struct Head {
     /// False for a page mapped read-only (a reader on a read-only file system): it never
     /// stores, and a tailer waiting on it polls instead of registering as a sleeper.
     writable: bool,
+}
+
+/// The tail of a shared log as its last role holder stored it in the page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TailWords {
+    pub(crate) segment: u64,
+    pub(crate) position: u64,
+    pub(crate) next: u64,
+    pub(crate) index_slot: u32,
+    pub(crate) index_next_position: u32,
 }
 
 /// How long a tailer on a read-only page sleeps at most: it cannot register as a sleeper, so
@@ -347,6 +375,47 @@ impl Head {
     /// `futex_waitv`; follow the protocol of [`Head::prepare_wait`]).
     pub(crate) fn notify_word(&self) -> &AtomicU32 {
         self.u32_at(NOTIFY)
+    }
+
+    /// The writer role's epoch word (bumped by each new holder).
+    pub(crate) fn role_epoch(&self) -> &AtomicU64 {
+        self.u64_at(ROLE_EPOCH)
+    }
+
+    /// The writer role's dirty word: 1 while held, so a holder that died leaves it at 1.
+    pub(crate) fn role_dirty(&self) -> &AtomicU32 {
+        self.u32_at(ROLE_DIRTY)
+    }
+
+    /// The futex word counting appenders that wait for the writer role.
+    pub(crate) fn role_wanted(&self) -> &AtomicU32 {
+        self.u32_at(ROLE_WANTED)
+    }
+
+    /// Stores where the log's tail is (by the role holder, after each publication).
+    #[inline]
+    pub(crate) fn store_tail(&self, segment: u64, position: u64, next: u64) {
+        self.u64_at(TAIL_SEGMENT).store(segment, Ordering::Relaxed);
+        self.u64_at(TAIL_POSITION).store(position, Ordering::Relaxed);
+        self.u64_at(TAIL_NEXT).store(next, Ordering::Relaxed);
+    }
+
+    /// Stores the active segment's index cursor (by the role holder, when it moves).
+    pub(crate) fn store_tail_index(&self, slot: u32, next_position: u32) {
+        self.u32_at(TAIL_INDEX).store(slot, Ordering::Relaxed);
+        self.u32_at(TAIL_INDEX_AT).store(next_position, Ordering::Relaxed);
+    }
+
+    /// The tail as the last holder of the writer role left it (read after taking the role,
+    /// whose lock orders these loads after that holder's stores).
+    pub(crate) fn tail(&self) -> TailWords {
+        TailWords {
+            segment: self.u64_at(TAIL_SEGMENT).load(Ordering::Relaxed),
+            position: self.u64_at(TAIL_POSITION).load(Ordering::Relaxed),
+            next: self.u64_at(TAIL_NEXT).load(Ordering::Relaxed),
+            index_slot: self.u32_at(TAIL_INDEX).load(Ordering::Relaxed),
+            index_next_position: self.u32_at(TAIL_INDEX_AT).load(Ordering::Relaxed),
+        }
     }
 
     /// Unregisters a sleeper.

@@ -2,10 +2,20 @@
 //!
 //! # Design
 //! A log is a directory of preallocated segment files (see [`format`](mod@format) for the on-disk format,
-//! version 1). One [`Appender`] per log, enforced with an `flock(2)` on `LOCK` across threads
-//! and processes, writes records straight into the mapped segment: header fields and payload
-//! first, the commit word last with `Release` ordering, so readers in any process that load it
-//! with `Acquire` never see a partial record. Offsets are dense: 0, 1, 2, ...
+//! version 1). [`Appender`]s write records straight into the mapped segment: header fields and
+//! payload first, the commit word last with `Release` ordering, so readers in any process
+//! that load it with `Acquire` never see a partial record. Offsets are dense: 0, 1, 2, ...
+//!
+//! Any number of appenders, in any threads and processes, append to one log at once
+//! ([`Writers::Shared`], the default). They take turns holding the *writer role* (an
+//! `flock(2)` on `APPEND`, see `role`): a lone appender keeps it across calls for the cost of
+//! one atomic swap per append call; contending ones pass it on in turns of at least 100 us,
+//! catching up from the tail the last holder stored in `HEAD`. The kernel drops the role of a
+//! killed holder at once, and the next holder, finding the role marked as held, repairs the
+//! tail as an open does after a crash. Every appender runs its own sync thread; their rounds
+//! take turns under an `flock` on `SYNC`, and a round skips its sync when another's already
+//! covered it, so the durable watermark in `HEAD` is shared. Each appender holds `LOCK`
+//! shared; [`Writers::Exclusive`] and [`repair`] hold it exclusively.
 //!
 //! Durability is group commit. Appends only write memory; a background thread (on an
 //! [`io_uring`](IoBackend), or plain syscalls where io_uring is unavailable) issues ranged data
@@ -52,13 +62,14 @@
 //! | `io` | the I/O backends ([`IoBackend`]): ranged data syncs, preallocation |
 //! | `head` | the shared `HEAD` page: durable watermark, appender pid, the tailers' futex |
 //! | `segment` | segment files: naming, listing, mapping, preparing a new one |
-//! | `lock` | the appender lock (`flock` on `LOCK`) |
+//! | `lock` | the log lock (`flock` on `LOCK`): shared by appenders of a shared log, exclusive otherwise |
+//! | `role` | the writer role of a shared log (`flock` on `APPEND`, its words in `HEAD`, the keeper thread) |
 //! | `scan` | the walk over a segment's records, shared by recovery and the checks, and the cut |
 //! | `recovery` | recovery at open: returns the recovered tail and the [`RecoveryReport`] ([`TailCut`]) |
 //! | `verify` | the offline checks: [`verify`], [`repair`], [`stats`] |
 //! | `sync` | group commit: the sync thread, [`DurableWatch`], every [`Durability`] decision |
 //! | `prepare` | the thread that prepares the next segment ahead of a rollover |
-//! | `appender` | [`Appender`]: open (lock, recover, start threads), append, publish, roll, retention |
+//! | `appender` | [`Appender`]: open (lock, recover or catch up, start threads), append, publish, roll, retention; taking the role and catching up |
 //! | `reader` | [`Reader`], [`Record`]: zero-copy iteration and seek |
 //! | `wait` | [`wait_any`]: sleeping on the `HEAD` futex of several logs |
 //! | `tailer` | [`Tailer`]: a reader that waits for new records |
@@ -73,13 +84,14 @@
 //! format, error      (nothing)
 //! io                 error, format
 //! head, lock         error
+//! role               error, head
 //! segment            error, format, io
 //! scan               error, format, lock, segment
 //! recovery           error, format, head, io, lock, scan, segment
 //! verify             error, format, head, lock, scan, segment
 //! sync               error, format, head, io, segment
 //! prepare            error, io, segment
-//! appender           error, format, head, io, lock, prepare, recovery, segment, sync
+//! appender           error, format, head, io, lock, prepare, recovery, role, segment, sync
 //! reader             error, format, head, scan, segment
 //! wait               error, reader
 //! tailer             error, reader, wait
@@ -94,6 +106,7 @@ mod lock;
 mod prepare;
 mod reader;
 mod recovery;
+mod role;
 mod scan;
 mod segment;
 pub mod slots;
@@ -153,6 +166,23 @@ pub enum RecoveryMode {
     TruncateCorrupt,
 }
 
+/// Who may append to a log at once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Writers {
+    /// Any number of appenders, in any threads and processes, append to the log at once
+    /// (one [`Appender`] each). They take turns holding the *writer role* (see
+    /// [`Appender`]'s docs): offsets stay dense, with one total order, and each appender's
+    /// records appear in its own append order. An appender killed at any point holds up the
+    /// others only until the next one has repaired the tail.
+    #[default]
+    Shared,
+    /// One appender only, which holds the writer role for its whole life; any other gets
+    /// [`LogError::Locked`]. It skips the one check per append call that the shared role
+    /// needs.
+    Exclusive,
+}
+
 /// Which sealed segments to delete. Build it with its setters:
 /// `Retention::default().max_bytes(1 << 30)`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -195,6 +225,8 @@ pub struct LogOptions {
     pub index_interval_bytes: u32,
     /// Populate a new segment's pages before use, so appends never take a page fault.
     pub prefault: bool,
+    /// Who may append at once (default: any number, [`Writers::Shared`]).
+    pub writers: Writers,
 }
 
 impl Default for LogOptions {
@@ -208,6 +240,7 @@ impl Default for LogOptions {
             retention: Retention::default(),
             index_interval_bytes: 4096,
             prefault: true,
+            writers: Writers::Shared,
         }
     }
 }
@@ -282,6 +315,13 @@ impl LogOptions {
     #[must_use]
     pub const fn prefault(mut self, prefault: bool) -> LogOptions {
         self.prefault = prefault;
+        self
+    }
+
+    /// Sets [`LogOptions::writers`].
+    #[must_use]
+    pub const fn writers(mut self, writers: Writers) -> LogOptions {
+        self.writers = writers;
         self
     }
 

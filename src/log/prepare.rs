@@ -105,6 +105,29 @@ impl Preparer {
         }
     }
 
+    /// Forgets a prepared segment whose id is `active` or below (other appenders of a shared
+    /// log went past it) and moves the next id past `active`. A preparation in flight for
+    /// such an id comes back as a segment in use, which the caller skips.
+    pub(crate) fn skip_past(&mut self, active: SegmentId) {
+        if self.prepared.as_ref().is_some_and(|s| s.id <= active) {
+            self.prepared = None;
+        }
+        if self.next_seq.is_some_and(|n| n <= active.0) {
+            self.next_seq = active.0.checked_add(1);
+        }
+    }
+
+    /// After a repair of a shared log's tail: the prepared segment recovery found (if any)
+    /// replaces this one's, and ids go on from `next_seq`.
+    pub(crate) fn reset(&mut self, prepared: Option<Arc<Segment>>, next_seq: SegmentId) {
+        self.prepared = prepared;
+        if !self.in_flight {
+            self.next_seq = Some(next_seq.0);
+        } else {
+            self.next_seq = Some(self.next_seq.map_or(next_seq.0, |n| n.max(next_seq.0)));
+        }
+    }
+
     /// Asks for the next segment unless one is prepared or in flight.
     pub(crate) fn request_if_none(&mut self) {
         if !self.holds_segment() {
@@ -166,6 +189,18 @@ impl Preparer {
     }
 }
 
+/// With a shared log, another appender may have prepared (or even activated) segment `id`
+/// first: its file is then there, and is opened instead. `e` is returned when there is no
+/// such file; the error of opening it when it cannot be (a symlink planted there).
+fn prepared_by_another(dir: &Dir, id: SegmentId, e: LogError) -> Result<Segment, LogError> {
+    let path = dir.join(&super::segment::segment_file_name(id));
+    match Segment::open(&path, id, true) {
+        Ok(seg) => Ok(seg),
+        Err(LogError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Err(e),
+        Err(open) => Err(open),
+    }
+}
+
 fn spawn_preparer(
     dir: Arc<Dir>,
     opts: LogOptions,
@@ -178,8 +213,9 @@ fn spawn_preparer(
         .spawn(move || {
             let mut populate = opts.prefault;
             for id in requests {
-                let result =
-                    Segment::prepare(&dir, id, opts.segment_bytes, opts.index_interval_bytes, &mut io).map(Arc::new);
+                let result = Segment::prepare(&dir, id, opts.segment_bytes, opts.index_interval_bytes, &mut io)
+                    .or_else(|e| prepared_by_another(&dir, id, e))
+                    .map(Arc::new);
                 let segment = result.as_ref().ok().cloned();
                 if results.send(result).is_err() {
                     break;

@@ -98,12 +98,17 @@ pub(crate) struct RecoveredTail {
 /// [`LogError::Corruption`] or [`LogError::TornTail`] where the recovery mode refuses to cut;
 /// [`LogError::Inconsistent`] for a broken sequence of segments; [`LogError::NotASegment`],
 /// [`LogError::UnsupportedVersion`], I/O errors.
+///
+/// `alone` is false when other appenders of a shared log are open (a repair after a holder
+/// of the writer role died): the temporary files of their preparations in flight are then
+/// left alone.
 pub(crate) fn recover(
     lock: &DirLock,
     dir: &Path,
     opts: &LogOptions,
     head: &Head,
     io: &mut IoDriver,
+    alone: bool,
 ) -> Result<RecoveredTail, LogError> {
     // A repair killed midway left its journal: finish that cut before anything else.
     finish_journal(lock, dir, |offset| {
@@ -112,8 +117,8 @@ pub(crate) fn recover(
     })?;
     let (segments, temps) = list_segments(dir)?;
     let next_seq = next_segment_id(&segments)?;
-    for temp in temps {
-        std::fs::remove_file(&temp).map_err(|e| LogError::io(&temp, "remove", e))?;
+    for temp in temps.iter().filter(|_| alone) {
+        std::fs::remove_file(temp).map_err(|e| LogError::io(temp, "remove", e))?;
     }
     let headers = read_headers(&segments)?;
     let in_use = check_sequence(&segments, &headers)?;
@@ -134,6 +139,24 @@ pub(crate) fn recover(
         .map(|((id, path), header)| (*id, path.clone(), header.base_offset, header.segment_bytes, header.activated_ns))
         .collect();
     Ok(RecoveredTail { report, in_use, tail, prepared, next_seq })
+}
+
+/// The segments in use of the log in `dir`, oldest first, as retention sees them (for an
+/// appender of a shared log that catches up with segments other appenders added or
+/// removed; it holds the writer role, so none is added or removed meanwhile).
+///
+/// # Errors
+/// As [`recover`] for a broken sequence or an unreadable header.
+pub(crate) fn list_in_use(dir: &Path) -> Result<VecDeque<InUse>, LogError> {
+    let (segments, _) = list_segments(dir)?;
+    let headers = read_headers(&segments)?;
+    let in_use = check_sequence(&segments, &headers)?;
+    Ok(segments
+        .iter()
+        .zip(&headers)
+        .take(in_use)
+        .map(|((id, path), header)| (*id, path.clone(), header.base_offset, header.segment_bytes, header.activated_ns))
+        .collect())
 }
 
 /// Reads and checks the header of every segment file.

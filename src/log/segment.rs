@@ -35,8 +35,12 @@ pub fn segment_file_name(id: SegmentId) -> String {
     format!("{:020}{SEGMENT_SUFFIX}", id.0)
 }
 
+/// The temporary name a segment is prepared under: unique to the process and the call, as
+/// appenders of a shared log may prepare the same id at once (the first rename wins).
 fn temp_file_name(id: SegmentId) -> String {
-    format!(".{:020}{SEGMENT_SUFFIX}.tmp", id.0)
+    static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let serial = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(".{:020}.{}-{serial}{SEGMENT_SUFFIX}.tmp", id.0, std::process::id())
 }
 
 /// Parses a segment file name; `None` for any other name.
@@ -69,7 +73,7 @@ pub fn list_segments(dir: &Path) -> Result<(Listing, Vec<PathBuf>), LogError> {
         let Some(name) = name.to_str() else { continue };
         let segment = parse_segment_name(name);
         let temp = name.starts_with('.') && name.ends_with(".seg.tmp");
-        if segment.is_some() || temp || name == "LOCK" || name == "HEAD" {
+        if segment.is_some() || temp || matches!(name, "LOCK" | "HEAD" | "APPEND" | "SYNC") {
             // The log's own files are regular files: a symlink or anything else planted
             // under one of their names is refused, never followed.
             let kind = entry.file_type().map_err(|e| LogError::io(entry.path(), "stat", e))?;

@@ -14,10 +14,19 @@
 //! asymmetric fence (light on the appender's side, heavy here before parking) guarantees that
 //! either the appender sees `syncer_parked` or the thread sees the new `written`.
 //!
+//! With a shared log ([`Writers::Shared`](super::Writers::Shared)) every appender runs its
+//! own sync thread, and the rounds of all of them take turns under an exclusive `flock` on
+//! the file `SYNC` in the log directory: at most one sync per log is in flight, whoever
+//! issues it. Under that lock a round first reads the watermark in `HEAD`: when another
+//! appender's round already made everything this one has seen durable, it skips the sync
+//! and only moves its own watermark (one sync serves every appender). The watermark in
+//! `HEAD` only ever rises, and every appender's own watermark follows it.
+//!
 //! Waiters for durability ([`DurableWatch`], [`Appender::wait_durable`](super::Appender::wait_durable))
 //! block on a condition variable that each round notifies when someone waits. A failed sync
 //! is final: the log stops accepting appends and every waiter gets the error.
 
+use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -33,7 +42,12 @@ use super::io::{IoDriver, SyncRange};
 use super::segment::Segment;
 use super::{Durability, Offset};
 use crate::sys::fence::AsymmetricFence;
+use crate::sys::file::{flock, unlock, Flock};
+use crate::sys::fs::{Dir, Open};
 use crate::sys::histogram::LatencyHistogram;
+
+/// The file whose `flock` serialises the sync rounds of a shared log's appenders.
+pub(crate) const SYNC_FILE: &str = "SYNC";
 
 /// A segment the sync thread still has to cover (its write position is `segment.written`).
 #[derive(Debug)]
@@ -82,14 +96,33 @@ pub(crate) struct Shared {
     head: Arc<Head>,
     sync_latency: Mutex<LatencyHistogram>,
     syncs: AtomicU64,
+    /// The `SYNC` file of a shared log (`None` for an exclusive one).
+    sync_lock: Option<File>,
 }
 
 impl Shared {
-    /// The state of a log whose records below `next_offset` are all durable.
-    pub(crate) fn new(next_offset: u64, durability: Durability, head: Arc<Head>) -> Shared {
-        Shared {
+    /// The state of a log whose records below `next_offset` are published and below
+    /// `durable` durable. `shared_log` in `dir`: sync rounds take the `SYNC` lock.
+    ///
+    /// # Errors
+    /// Opening `SYNC` (a symlink or non-regular file planted there, I/O errors).
+    pub(crate) fn new(
+        next_offset: u64,
+        durable: u64,
+        durability: Durability,
+        head: Arc<Head>,
+        dir: &Dir,
+        shared_log: bool,
+    ) -> Result<Shared, LogError> {
+        let sync_lock = if shared_log {
+            let path = dir.join(SYNC_FILE);
+            Some(dir.open_file(SYNC_FILE, Open::ReadWriteCreate).map_err(|e| LogError::io(&path, "open", e))?)
+        } else {
+            None
+        };
+        Ok(Shared {
             written: CachePadded::new(AtomicU64::new(next_offset)),
-            durable: CachePadded::new(AtomicU64::new(next_offset)),
+            durable: CachePadded::new(AtomicU64::new(durable)),
             sync_target: AtomicU64::new(0),
             pending: Mutex::new(Vec::new()),
             syncer_parked: CachePadded::new(AtomicBool::new(false)),
@@ -104,6 +137,51 @@ impl Shared {
             head,
             sync_latency: Mutex::new(LatencyHistogram::new()),
             syncs: AtomicU64::new(0),
+            sync_lock,
+        })
+    }
+
+    /// With a shared log, takes the `SYNC` lock for a round (or a change of the watermark
+    /// outside one); the guard lets go. A lock that cannot be taken (an I/O error of
+    /// `flock`) is logged and the round goes on without it: rounds then may overlap, which
+    /// costs syncs, never durability.
+    pub(crate) fn sync_turn(&self) -> SyncTurn<'_> {
+        let Some(file) = &self.sync_lock else { return SyncTurn(None) };
+        match flock(file, Flock::Exclusive) {
+            Ok(()) => SyncTurn(Some(file)),
+            Err(e) => {
+                tracing::warn!("{SYNC_FILE}: taking the sync lock failed: {e}");
+                SyncTurn(None)
+            }
+        }
+    }
+
+    /// Raises this appender's watermark to the shared one in `HEAD` (a shared log: other
+    /// appenders' syncs count for all) and wakes waiters when it moved.
+    fn absorb_shared(&self) {
+        if self.sync_lock.is_none() {
+            return;
+        }
+        let shared = self.head.durable_offset();
+        if self.durable.fetch_max(shared, Ordering::SeqCst) < shared {
+            self.notify_waiters();
+        }
+    }
+
+    /// This appender's watermark, raised to the shared one first (a shared log).
+    pub(crate) fn durable_now(&self) -> u64 {
+        if self.sync_lock.is_some() {
+            let shared = self.head.durable_offset();
+            self.durable.fetch_max(shared, Ordering::SeqCst).max(shared)
+        } else {
+            self.durable.load(Ordering::SeqCst)
+        }
+    }
+
+    fn notify_waiters(&self) {
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            let _guard = self.durable_lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.durable_changed.notify_all();
         }
     }
 
@@ -178,7 +256,7 @@ impl Shared {
         timeout: Option<Duration>,
         request_sync: bool,
     ) -> Result<bool, LogError> {
-        if self.durable.load(Ordering::Acquire) > offset {
+        if self.durable_now() > offset {
             return Ok(true);
         }
         if request_sync && self.durability != Durability::Batch {
@@ -191,7 +269,7 @@ impl Shared {
         let mut guard = self.durable_lock.lock().unwrap_or_else(|p| p.into_inner());
         let result = loop {
             // pairs with the SeqCst store of `durable` in the sync thread
-            if self.durable.load(Ordering::SeqCst) > offset {
+            if self.durable_now() > offset {
                 break Ok(true);
             }
             if self.failed.load(Ordering::Acquire) {
@@ -232,6 +310,17 @@ impl Shared {
     }
 }
 
+/// The `SYNC` lock of a shared log while held (nothing for an exclusive log).
+pub(crate) struct SyncTurn<'a>(Option<&'a File>);
+
+impl Drop for SyncTurn<'_> {
+    fn drop(&mut self) {
+        if let Some(file) = self.0 {
+            unlock(file);
+        }
+    }
+}
+
 /// A cloneable handle on an appender's durable watermark, for other threads (an `--ack`
 /// printer, a request handler waiting for its record).
 #[derive(Clone, Debug)]
@@ -246,7 +335,7 @@ impl DurableWatch {
 
     /// Every offset below this is durable.
     pub fn durable_offset(&self) -> Offset {
-        Offset(self.shared.durable.load(Ordering::Acquire))
+        Offset(self.shared.durable_now())
     }
 
     /// Offset the next append gets (everything below is published to readers).
@@ -294,6 +383,7 @@ fn sync_loop(shared: &Shared, io: &mut IoDriver) {
     let mut last_sync = Instant::now();
     let mut ranges: Vec<SyncRange> = Vec::with_capacity(4);
     loop {
+        shared.absorb_shared();
         // pairs with the Release store of `written` in Appender::publish
         let written = shared.written.load(Ordering::Acquire);
         let durable = shared.durable.load(Ordering::Relaxed);
@@ -304,6 +394,12 @@ fn sync_loop(shared: &Shared, io: &mut IoDriver) {
                 return;
             }
             park(shared, shared.idle_sleep(written, durable, last_sync), durable);
+            continue;
+        }
+        let _turn = shared.sync_turn();
+        if shared.sync_lock.is_some() && shared.head.durable_offset() >= written {
+            // Another appender's round covered everything this one has seen.
+            shared.absorb_shared();
             continue;
         }
         plan_round(shared, &mut synced_to, &mut ranges);
@@ -396,10 +492,7 @@ fn round_done(
     // pairs with the SeqCst loads in wait_durable
     shared.durable.fetch_max(written, Ordering::SeqCst);
     shared.head.set_durable_offset(written);
-    if shared.waiters.load(Ordering::SeqCst) > 0 {
-        let _guard = shared.durable_lock.lock().unwrap_or_else(|p| p.into_inner());
-        shared.durable_changed.notify_all();
-    }
+    shared.notify_waiters();
 }
 
 /// After a failed round: the failure is recorded, the log stops accepting appends, and

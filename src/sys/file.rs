@@ -41,6 +41,36 @@ pub fn try_flock(file: &File, how: Flock) -> io::Result<bool> {
     }
 }
 
+/// Takes an `flock(2)` lock on `file`, blocking while another open file description holds
+/// a conflicting one (retried after a signal). Converting a held lock (shared to exclusive
+/// or back) is not atomic: the kernel drops the old lock first.
+///
+/// # Errors
+/// The OS error of `flock` (`ENOLCK`, `EBADF`).
+pub fn flock(file: &File, how: Flock) -> io::Result<()> {
+    let op = match how {
+        Flock::Shared => libc::LOCK_SH,
+        Flock::Exclusive => libc::LOCK_EX,
+    };
+    loop {
+        // SAFETY: flock on a descriptor `file` owns and keeps open for the call.
+        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
+
+/// Releases the `flock(2)` lock held through `file` (a no-op when none is held).
+pub fn unlock(file: &File) {
+    // SAFETY: flock on a descriptor `file` owns and keeps open for the call. Its only
+    // errors are a bad descriptor or an interrupted call, neither of which leaves a lock.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+}
+
 /// Preallocates the first `len` bytes of the file open on `fd` (`fallocate(2)` mode 0: the
 /// file grows to `len` if shorter, and later writes into the range cannot fail for space).
 ///
