@@ -832,7 +832,8 @@ fn producers_killed_with_sigkill_block_no_one() {
         }
         acked_records_checked += (0..producers).filter(|&i| i != victim).count() as u64 * KILL_RECORDS;
 
-        tailer_end.send(found.end).expect("the tailer is running");
+        // A send fails when the tailer already stopped with an error: the join reports it.
+        let _ = tailer_end.send(found.end);
         match tailer.join().expect("tailer thread") {
             Ok(at) => assert_eq!(at, found.end, "{context}: where the tailer stopped"),
             Err(e) => panic!("{context}: {e}"),
