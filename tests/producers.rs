@@ -45,6 +45,9 @@ const RUN_WAIT: Duration = Duration::from_secs(60);
 const DURABLE_WAIT: Duration = Duration::from_secs(20);
 /// Rounds of the SIGKILL loop in the suite (`SHOAL_KILL_ROUNDS` overrides).
 const KILL_ROUNDS: usize = 50;
+/// Kill rounds that share one log (then the next rounds start a new one, so that a long run
+/// does not open ever longer logs).
+const ROUNDS_PER_LOG: usize = 25;
 /// Records each producer of a kill round appends when it is not killed.
 const KILL_RECORDS: u64 = 1_000;
 
@@ -696,14 +699,36 @@ fn follow(dir: &Path, from: u64) -> (mpsc::Sender<u64>, std::thread::JoinHandle<
     (end_tx, thread)
 }
 
+/// A new log for the kill loop, created before a round's tailer opens it.
+fn new_log() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    Appender::open(dir.path(), shared_opts(IoBackend::Auto, Durability::Batch))
+        .and_then(Appender::close)
+        .expect("create the log");
+    dir
+}
+
+/// After the last round on a log of `end` records: the whole log reads back once more from
+/// the start, `verify` finds nothing, and an appender continues right after the last record.
+fn finish_log(dir: &Path, end: u64, round: usize) {
+    let context = format!("the log of the rounds before round {round}");
+    let found = read_back(dir, 0, &context);
+    assert_eq!(found.end, end, "{context}: records of all its rounds");
+    let verified = shoal::log::verify(dir).expect("verify");
+    assert!(verified.problems.is_empty(), "{context}: verify found problems: {:?}", verified.problems);
+    let mut log = Appender::open(dir, shared_opts(IoBackend::Auto, Durability::Batch)).expect("reopen");
+    assert_eq!(log.append(&payload(u32::MAX, 0)).expect("append"), Offset(end), "{context}: the next offset");
+    log.close().expect("close");
+}
+
 /// Each round starts 2 or 3 producer processes on one log with 64 KiB segments (each child's
 /// records fill several), kills one of them with SIGKILL at a random moment ([`KillAt`]) and
 /// lets the others finish, while a tailer follows. Then: every record acknowledged durable to
 /// any producer is there, once, byte for byte, at the offset its append returned; every
 /// record of a survivor is there; the victim's records are a prefix of its sequence; offsets
 /// dense, no garbage; survivors saw no error, and none of their appends took longer than
-/// [`STALL_BOUND`]; the tailer reaches the end. Rounds share the log, so each round also
-/// opens a log whose last writer was killed.
+/// [`STALL_BOUND`]; the tailer reaches the end. [`ROUNDS_PER_LOG`] rounds share a log, so
+/// most rounds also open a log whose last writer was killed.
 #[test]
 fn producers_killed_with_sigkill_block_no_one() {
     const TEST: &str = "producers_killed_with_sigkill_block_no_one";
@@ -712,17 +737,26 @@ fn producers_killed_with_sigkill_block_no_one() {
     let started = Instant::now();
     let seed = seed();
     let mut rng = StdRng::seed_from_u64(seed);
-    let dir = tempfile::tempdir().expect("temp dir");
-    // The log exists before the first round, so that its tailer can open it.
-    Appender::open(dir.path(), shared_opts(IoBackend::Auto, Durability::Batch))
-        .and_then(Appender::close)
-        .expect("create the log");
+    let mut dir = new_log();
     let mut start = 0u64;
+    let mut records_checked = 0u64;
     let mut longest_append = Duration::ZERO;
     let mut killed_running = 0usize;
     let mut killed_after_ack = 0usize;
     let mut acked_records_checked = 0u64;
     for round in 0..rounds {
+        if round > 0 && round % 100 == 0 {
+            eprintln!(
+                "kill loop: {round} rounds done, longest survivor append {longest_append:?}, {:?}",
+                started.elapsed()
+            );
+        }
+        if round > 0 && round % ROUNDS_PER_LOG == 0 {
+            finish_log(dir.path(), start, round);
+            records_checked += start;
+            dir = new_log();
+            start = 0;
+        }
         let producers = rng.gen_range(2..=3usize);
         let victim = rng.gen_range(0..producers);
         let kill_at = match rng.gen_range(0..3) {
@@ -841,20 +875,14 @@ fn producers_killed_with_sigkill_block_no_one() {
         start = found.end;
     }
 
-    // The whole log once more from the start, then an appender continues right after it.
-    let found = read_back(dir.path(), 0, "after the last round");
-    assert_eq!(found.end, start, "records of all rounds");
-    let verified = shoal::log::verify(dir.path()).expect("verify");
-    assert!(verified.problems.is_empty(), "verify found problems: {:?}", verified.problems);
-    let mut log = Appender::open(dir.path(), shared_opts(IoBackend::Auto, Durability::Batch)).expect("reopen");
-    assert_eq!(log.append(&payload(u32::MAX, 0)).expect("append"), Offset(start), "the next offset");
-    log.close().expect("close");
+    finish_log(dir.path(), start, rounds);
+    records_checked += start;
     assert!(
         killed_running * 2 >= rounds,
         "only {killed_running} of {rounds} victims were still running when killed: the loop did not test kills"
     );
     eprintln!(
-        "kill loop: {rounds} rounds, {start} records checked ({acked_records_checked} acknowledged durable or \
+        "kill loop: {rounds} rounds, {records_checked} records checked ({acked_records_checked} acknowledged durable or \
          of survivors), {killed_running} victims killed running ({killed_after_ack} after an ack), longest \
          survivor append {longest_append:?}, {:?}",
         started.elapsed()
