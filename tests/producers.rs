@@ -11,7 +11,7 @@
 //!
 //! Child processes are this test binary run again (see `common`); they report on stdout:
 //! `a <seq> <offset>` per append (buffered, flushed with each ack), `ack <seq> <offset>` once
-//! a sync or `wait_durable` made that record durable, `done <count> <longest append ns>` at a
+//! a sync or `wait_durable` made that record durable, `done <count> <longest append ns> <its seq> <appends over 10 ms> <its start, unix ns>` at a
 //! clean end, `error <text>` on any error. Set `SHOAL_TEST_SEED` to replay the kill loop,
 //! `SHOAL_KILL_ROUNDS=N` to run N rounds of it.
 
@@ -166,12 +166,48 @@ struct ChildReport {
     appended: Vec<(u64, u64)>,
     /// `(seq, offset)` of each record acknowledged durable.
     acked: Vec<(u64, u64)>,
-    /// `(count, longest append)` at a clean end.
-    done: Option<(u64, Duration)>,
+    /// What it reported at a clean end.
+    done: Option<Done>,
     /// Errors the child reported.
     errors: Vec<String>,
     /// Lines that are none of these.
     strays: Vec<String>,
+}
+
+/// A child's `done` report.
+#[derive(Debug, Clone, Copy)]
+struct Done {
+    /// Records appended.
+    count: u64,
+    /// The longest append call.
+    longest: Duration,
+    /// The sequence number of that call.
+    longest_seq: u64,
+    /// Append calls that took longer than [`SLOW_APPEND`].
+    slow: u64,
+    /// When the longest call started (system clock, ns since the Unix epoch).
+    longest_at_ns: u64,
+}
+
+fn unix_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Append calls longer than this are counted and reported (the issue's target for a stall
+/// caused by a dead producer), not asserted: on a loaded machine the scheduler alone makes
+/// some.
+const SLOW_APPEND: Duration = Duration::from_millis(10);
+
+fn parse_done(rest: &str) -> Option<Done> {
+    let mut parts = rest.split(' ').map(|p| p.parse::<u64>().ok());
+    let mut next = || parts.next().flatten();
+    Some(Done {
+        count: next()?,
+        longest: Duration::from_nanos(next()?),
+        longest_seq: next()?,
+        slow: next()?,
+        longest_at_ns: next()?,
+    })
 }
 
 /// One report event, as sent to the parent while the child runs.
@@ -214,8 +250,8 @@ fn collect(
             } else if let Some(pair) = msg.strip_prefix("ack ").and_then(parse_two) {
                 report.acked.push(pair);
                 let _ = events.send((child, Event::Ack(pair.0)));
-            } else if let Some((count, ns)) = msg.strip_prefix("done ").and_then(parse_two) {
-                report.done = Some((count, Duration::from_nanos(ns)));
+            } else if let Some(done) = msg.strip_prefix("done ").and_then(parse_done) {
+                report.done = Some(done);
             } else if let Some(e) = msg.strip_prefix("error ") {
                 report.errors.push(e.to_string());
             } else {
@@ -335,17 +371,22 @@ fn producer_child(target: Target) -> ! {
             out.fail(format_args!("no go byte on stdin"));
         }
     }
-    let mut longest = Duration::ZERO;
+    let (mut longest, mut longest_seq, mut longest_at_ns, mut slow) = (Duration::ZERO, 0, 0, 0u64);
     for seq in 0..records {
         let bytes = payload(producer, seq);
         let started = Instant::now();
+        let started_ns = unix_ns();
         let appended = match &mut sink {
             Sink::Log(log) => log.append(&bytes).map_err(|e| e.to_string()),
             Sink::Topic(p, partitions) => {
                 p.send_to((seq % u64::from(*partitions)) as u32, seq, &bytes).map_err(|e| e.to_string())
             }
         };
-        longest = longest.max(started.elapsed());
+        let took = started.elapsed();
+        if took > longest {
+            (longest, longest_seq, longest_at_ns) = (took, seq, started_ns);
+        }
+        slow += u64::from(took > SLOW_APPEND);
         let offset = match appended {
             Ok(offset) => offset,
             Err(e) => out.fail(format_args!("append {seq}: {e}")),
@@ -383,7 +424,7 @@ fn producer_child(target: Target) -> ! {
     if let Err(e) = closed {
         out.fail(format_args!("close: {e}"));
     }
-    out.line(format_args!("done {records} {}", longest.as_nanos()));
+    out.line(format_args!("done {records} {} {longest_seq} {slow} {longest_at_ns}", longest.as_nanos()));
     out.flush();
     std::process::exit(0);
 }
@@ -412,7 +453,7 @@ fn wait_until(child: &mut Child, deadline: Instant, what: &str) -> ExitStatus {
 }
 
 /// Checks a child that ran to its end: exit 0, no error, `done` with all its records, every
-/// record present, every returned offset right. Returns its longest append.
+/// record present, every returned offset right. Returns its `done` report.
 fn check_finished(
     found: &Found,
     producer: u32,
@@ -420,17 +461,18 @@ fn check_finished(
     status: ExitStatus,
     report: &ChildReport,
     context: &str,
-) -> Duration {
+) -> Done {
     assert!(report.errors.is_empty(), "{context}: producer {producer} saw errors: {:?}", report.errors);
     assert!(status.success(), "{context}: producer {producer} exited {status}");
     assert!(report.strays.is_empty(), "{context}: producer {producer} printed {:?}", report.strays);
-    let (count, longest) = report.done.unwrap_or_else(|| panic!("{context}: producer {producer} reported no `done`"));
+    let done = report.done.unwrap_or_else(|| panic!("{context}: producer {producer} reported no `done`"));
+    let count = done.count;
     assert_eq!(count, records, "{context}: producer {producer} appended {count} records");
     assert_eq!(found.count(producer), records, "{context}: records of producer {producer} in the log");
     assert_eq!(report.appended.len() as u64, records, "{context}: appends producer {producer} reported");
     check_offsets(found, producer, &report.appended, context);
     check_offsets(found, producer, &report.acked, context);
-    longest
+    done
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -558,7 +600,12 @@ fn run_processes(test_name: &str, dir: &Path, target: Target, records: u64) -> V
     for (i, (status, report)) in statuses.iter().zip(&reports).enumerate() {
         assert!(report.errors.is_empty(), "{target:?}: producer {i} saw errors: {:?}", report.errors);
         assert!(status.success(), "{target:?}: producer {i} exited {status}");
-        assert_eq!(report.done.map(|d| d.0), Some(records), "{target:?}: producer {i} did not finish");
+        let done = report.done.unwrap_or_else(|| panic!("{target:?}: producer {i} did not finish"));
+        assert_eq!(done.count, records, "{target:?}: producer {i}'s records");
+        eprintln!(
+            "{target:?}: producer {i}: longest append {:?} (append {}), {} appends over {SLOW_APPEND:?}",
+            done.longest, done.longest_seq, done.slow
+        );
     }
     reports
 }
@@ -740,14 +787,18 @@ fn producers_killed_with_sigkill_block_no_one() {
     let mut dir = new_log();
     let mut start = 0u64;
     let mut records_checked = 0u64;
-    let mut longest_append = Duration::ZERO;
+    // The longest survivor append: (duration, round, its seq, the round's context), and per
+    // kill moment the survivor appends over SLOW_APPEND and all survivor appends.
+    let mut longest_append = (Duration::ZERO, 0, 0, String::new(), 0i64);
+    let mut slow_appends: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut killed_running = 0usize;
     let mut killed_after_ack = 0usize;
     let mut acked_records_checked = 0u64;
     for round in 0..rounds {
         if round > 0 && round % 100 == 0 {
             eprintln!(
-                "kill loop: {round} rounds done, longest survivor append {longest_append:?}, {:?}",
+                "kill loop: {round} rounds done, longest survivor append {:?}, {:?}",
+                longest_append.0,
                 started.elapsed()
             );
         }
@@ -819,6 +870,7 @@ fn producers_killed_with_sigkill_block_no_one() {
         if children[victim].try_wait().expect("poll the victim").is_none() {
             killed_running += 1;
         }
+        let killed_at_ns = unix_ns();
         let _ = children[victim].kill(); // SIGKILL; fails only when it already exited
         let deadline = Instant::now() + RUN_WAIT;
         let statuses: Vec<ExitStatus> =
@@ -835,12 +887,21 @@ fn producers_killed_with_sigkill_block_no_one() {
         for (i, (status, report)) in statuses.iter().zip(&reports).enumerate() {
             let producer = id(i);
             if i != victim {
-                let longest = check_finished(&found, producer, KILL_RECORDS, *status, report, &context);
+                let done = check_finished(&found, producer, KILL_RECORDS, *status, report, &context);
                 assert!(
-                    longest <= STALL_BOUND,
-                    "{context}: a survivor's append took {longest:?}, over the stall bound {STALL_BOUND:?}"
+                    done.longest <= STALL_BOUND,
+                    "{context}: producer {producer}'s append {} took {:?}, over the stall bound {STALL_BOUND:?}",
+                    done.longest_seq,
+                    done.longest
                 );
-                longest_append = longest_append.max(longest);
+                if done.longest > longest_append.0 {
+                    // Where the call started, relative to the kill (negative: before it).
+                    let from_kill_us = (done.longest_at_ns as i64 - killed_at_ns as i64) / 1000;
+                    longest_append = (done.longest, round, done.longest_seq, context.clone(), from_kill_us);
+                }
+                let slow = slow_appends.entry(format!("{kill_at:?}")).or_default();
+                slow.0 += done.slow;
+                slow.1 += done.count;
                 continue;
             }
             // The victim: what it reported (acked and appended) is there; its records are a
@@ -854,7 +915,7 @@ fn producers_killed_with_sigkill_block_no_one() {
             );
             check_offsets(&found, producer, &report.acked, &context);
             check_offsets(&found, producer, &report.appended, &context);
-            if let Some((count, _)) = report.done {
+            if let Some(Done { count, .. }) = report.done {
                 // It finished before the kill reached it.
                 assert_eq!(
                     found.count(producer),
@@ -884,7 +945,12 @@ fn producers_killed_with_sigkill_block_no_one() {
     eprintln!(
         "kill loop: {rounds} rounds, {records_checked} records checked ({acked_records_checked} acknowledged durable or \
          of survivors), {killed_running} victims killed running ({killed_after_ack} after an ack), longest \
-         survivor append {longest_append:?}, {:?}",
+         survivor append {:?} (append {} of {}, started {} us after the kill), survivor appends over {SLOW_APPEND:?} (of all) by kill moment \
+         {slow_appends:?}, {:?}",
+        longest_append.0,
+        longest_append.2,
+        longest_append.3,
+        longest_append.4,
         started.elapsed()
     );
 }
