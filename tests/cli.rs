@@ -323,6 +323,10 @@ fn a_second_producer_appends_while_the_first_runs() {
     input.flush().expect("flush");
     assert_eq!(next_line(&acks, "the first producer's ack"), "durable 0");
 
+    // `stats` names the running producer.
+    let stats = text(&ok(&["stats", &log], b""));
+    let pid = first.0.id();
+    assert!(stats.lines().any(|l| l.starts_with("producers") && l.ends_with(&format!("1 (pid {pid})"))), "{stats}");
     let out = ok(&["produce", &log, "--ack"], b"second\n");
     assert_eq!(text(&out), "durable 1\n");
     writeln!(input, "third").expect("write");

@@ -50,15 +50,16 @@ fn once_shows_topics_partitions_groups_and_lag() {
     assert!(!stdout.contains('\x1b'), "--once uses no screen control:\n{stdout}");
     assert!(stdout.contains("TOPIC") && stdout.contains("GROUP"), "{stdout}");
 
-    // TOPIC PARTITION RECORDS BYTES(2 cells) FIRST LAST DURABLE APPEND/S
+    // TOPIC PARTITION RECORDS BYTES(2 cells) FIRST LAST DURABLE PRODUCERS APPEND/S
+    // (the producer above is still open: one appender per partition)
     let topics = rows(&stdout, &["orders"]);
     let cells = |p: &str| {
         topics.iter().find(|r| r[1] == p).unwrap_or_else(|| panic!("no row for partition {p}:\n{stdout}")).clone()
     };
     assert_eq!(cells("0")[2], "5");
-    assert_eq!(cells("0")[5..], ["0", "4", "5", "-"], "{stdout}");
+    assert_eq!(cells("0")[5..], ["0", "4", "5", "1", "-"], "{stdout}");
     assert_eq!(cells("1")[2], "3");
-    assert_eq!(cells("1")[5..], ["0", "2", "3", "-"], "{stdout}");
+    assert_eq!(cells("1")[5..], ["0", "2", "3", "1", "-"], "{stdout}");
     assert_eq!(cells("2")[2], "0");
     assert_eq!(cells("*")[2], "8");
 

@@ -80,8 +80,18 @@ pub(super) fn stats(dir: &Path) -> Result<ExitCode, Error> {
         ("last offset", show(stats.last_offset)),
         // Inclusive, like `produce --ack`: the last record that is durable.
         ("durable offset", show(stats.durable_offset.checked_sub(1))),
+        ("producers", producers(&stats.producers)),
     ];
     print_stdout(&table(&rows), ExitCode::SUCCESS)
+}
+
+/// `0`, or the count and the pids (`3 (pids 812, 812, 904)`).
+fn producers(pids: &[u32]) -> String {
+    if pids.is_empty() {
+        return "0".into();
+    }
+    let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+    format!("{} (pid{} {})", pids.len(), if pids.len() == 1 { "" } else { "s" }, list.join(", "))
 }
 
 /// Two left-aligned columns, without a trailing newline.

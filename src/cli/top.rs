@@ -6,10 +6,10 @@
 //! ```text
 //! shoal top /data/bus   every 1000 ms   (q: Ctrl-C)
 //!
-//! TOPIC   PARTITION  RECORDS  BYTES   FIRST  LAST  DURABLE  APPEND/S
-//! orders  0          1200     64 MiB  0      1199  1200     310.0
-//! orders  1          1180     64 MiB  0      1179  1180     305.0
-//! orders  *          2380     128 MiB                        615.0
+//! TOPIC   PARTITION  RECORDS  BYTES   FIRST  LAST  DURABLE  PRODUCERS  APPEND/S
+//! orders  0          1200     64 MiB  0      1199  1200     2          310.0
+//! orders  1          1180     64 MiB  0      1179  1180     2          305.0
+//! orders  *          2380     128 MiB                                   615.0
 //!
 //! GROUP    TOPIC   MEMBERS  PARTITION  OWNER                             COMMITTED  END   LAG  COMMIT/S
 //! billing  orders  2        0          00000001764000000000000001-812-0  1190       1200  10   300.0
@@ -84,6 +84,7 @@ pub(super) fn render(snap: &BusSnapshot) -> String {
                     opt(p.first_offset),
                     opt(p.last_offset),
                     p.durable_offset.to_string(),
+                    p.producers.to_string(),
                     rate(p.appended_per_s),
                 ]);
             }
@@ -96,13 +97,14 @@ pub(super) fn render(snap: &BusSnapshot) -> String {
                     String::new(),
                     String::new(),
                     String::new(),
+                    String::new(),
                     rate(t.appended_per_s()),
                 ]);
             }
         }
         push_rows(
             &mut text,
-            &["TOPIC", "PARTITION", "RECORDS", "BYTES", "FIRST", "LAST", "DURABLE", "APPEND/S"],
+            &["TOPIC", "PARTITION", "RECORDS", "BYTES", "FIRST", "LAST", "DURABLE", "PRODUCERS", "APPEND/S"],
             &rows,
         );
     }

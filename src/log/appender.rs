@@ -403,6 +403,8 @@ impl Appender {
             match Segment::open(&path, SegmentId(between), true) {
                 Ok(seg) => {
                     let seg = Arc::new(seg);
+                    let h = seg.header;
+                    self.retained.push_back((seg.id, seg.path.clone(), h.base_offset, h.segment_bytes, h.activated_ns));
                     seg.written.store(seg.mapped_bytes as u64, Ordering::Relaxed);
                     let p = Arc::new(Pending::new(seg));
                     p.sealed.store(true, Ordering::Release);
@@ -430,9 +432,22 @@ impl Appender {
         self.base_offset = header.base_offset;
         self.index_capacity = header.index_entries as usize;
         self.index_interval = header.index_interval as usize;
+        self.retained.push_back((
+            seg.id,
+            seg.path.clone(),
+            header.base_offset,
+            header.segment_bytes,
+            header.activated_ns,
+        ));
         self.active = seg;
         self.pending = p;
-        self.retained = list_in_use(&self.dir)?;
+        // Others may have removed old segments by retention: a retention of this appender
+        // must count what is there, so read the list again (only then: it reads every
+        // segment's header).
+        let retention = self.opts.retention;
+        if retention.max_bytes.is_some() || retention.max_age.is_some() {
+            self.retained = list_in_use(&self.dir)?;
+        }
         self.preparer.skip_past(id);
         Ok(())
     }

@@ -16,7 +16,7 @@ use super::error::LogError;
 use crate::sys::file::{flock, try_flock, Flock};
 use crate::sys::fs::{Dir, Open};
 
-const LOCK_FILE: &str = "LOCK";
+pub(crate) const LOCK_FILE: &str = "LOCK";
 
 /// The exclusive appender lock of a log directory, held while this value lives. Functions
 /// that change segments in place (a cut) take it as a witness that no appender runs.

@@ -125,7 +125,7 @@ pub use recovery::{RecoveryReport, TailCut};
 pub use segment::SegmentId;
 pub use sync::DurableWatch;
 pub use tailer::Tailer;
-pub use verify::{repair, stats, verify, LogStats, Problem, RepairReport, VerifyReport};
+pub use verify::{producers, repair, stats, verify, LogStats, Problem, RepairReport, VerifyReport};
 pub use wait::wait_any;
 
 /// The position of a record in a log: dense, starting at 0.

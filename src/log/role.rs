@@ -33,7 +33,9 @@
 //! idle before its keeper let go) keeps the others waiting until it continues: a stopped
 //! process cannot be told apart from a slow one without a lease timeout, and taking the role
 //! from a live holder could let two writers write the same bytes (the failure of forced
-//! unlocks after a timeout). This is the one case in which an appender holds up the others.
+//! unlocks after a timeout). This is the one case in which an appender holds up the others'
+//! appends; one stopped inside a sync round (under the `SYNC` lock, see
+//! [`super::sync`]) holds up their syncs the same way.
 //!
 //! A waiter killed while it waits leaves `role_wanted` one too high: holders then let go at
 //! the end of every turn although nobody waits (a few microseconds per turn), until the log

@@ -96,6 +96,27 @@ pub struct LogStats {
     pub last_offset: Option<u64>,
     /// Durable watermark recorded by the appender: offsets below it are durable.
     pub durable_offset: u64,
+    /// The pids of the processes with an appender open on the log, one entry per appender
+    /// (see [`producers`]).
+    pub producers: Vec<u32>,
+}
+
+/// The pids of the processes with an appender open on the log in `dir`, one entry per
+/// appender (a process with two appenders on it appears twice), sorted: the holders of the
+/// log lock, as `/proc/locks` lists them. Empty when none is open (or there is no procfs).
+///
+/// # Errors
+/// A symlink or non-regular file planted as `LOCK`; I/O errors opening it.
+pub fn producers(dir: &Path) -> Result<Vec<u32>, LogError> {
+    let path = dir.join(super::lock::LOCK_FILE);
+    let file = match crate::sys::fs::open_file_at(&path, crate::sys::fs::Open::Read) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(LogError::io(&path, "open", e)),
+    };
+    let mut pids = crate::sys::file::flock_holders(&file).unwrap_or_default();
+    pids.sort_unstable();
+    Ok(pids)
 }
 
 /// Checks every segment of the log in `dir`, every record's checksum included, the `HEAD`
@@ -437,8 +458,12 @@ fn reset_head(dir: &Dir, offset: u64) -> Result<(), LogError> {
 /// I/O errors or files that are not segments.
 pub fn stats(dir: &Path) -> Result<LogStats, LogError> {
     let (segments, _) = list_segments(dir)?;
-    let mut out =
-        LogStats { segments: segments.len() as u64, durable_offset: read_durable(dir)?, ..LogStats::default() };
+    let mut out = LogStats {
+        segments: segments.len() as u64,
+        durable_offset: read_durable(dir)?,
+        producers: producers(dir)?,
+        ..LogStats::default()
+    };
     let mut last_in_use: Option<Segment> = None;
     for (id, path) in &segments {
         out.bytes += std::fs::metadata(path).map_err(|e| LogError::io(path, "stat", e))?.len();

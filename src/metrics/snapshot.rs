@@ -50,6 +50,8 @@ pub struct PartitionSnapshot {
     /// Records appended per second since the previous snapshot; 0.0 until
     /// [`BusSnapshot::rates_since`] fills it.
     pub appended_per_s: f64,
+    /// Appenders open on the partition, in any process ([`crate::log::producers`]).
+    pub producers: u32,
 }
 
 /// A topic and its partitions.
@@ -251,6 +253,7 @@ fn partition_snapshot(partition: u32, dir: &Path) -> Result<PartitionSnapshot, B
     }
     out.bytes = segment_bytes(dir)?;
     out.durable_offset = reader.durable_offset().0.min(end);
+    out.producers = crate::log::producers(dir)?.len() as u32;
     Ok(out)
 }
 

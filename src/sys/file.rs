@@ -71,6 +71,38 @@ pub fn unlock(file: &File) {
     unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
 }
 
+/// The pids of the processes that hold an `flock(2)` lock on `file` (one entry per lock,
+/// so a process with two open file descriptions that each hold it appears twice; a lock
+/// inherited by a forked child shows the pid that took it), read from `/proc/locks`.
+/// Waiters for a lock are not listed.
+///
+/// # Errors
+/// `/proc/locks` cannot be read (no procfs); `fstat` of `file` fails.
+pub fn flock_holders(file: &File) -> io::Result<Vec<u32>> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata()?;
+    let (ino, dev) = (meta.ino(), meta.dev());
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let text = std::fs::read_to_string("/proc/locks")?;
+    Ok(text.lines().filter_map(|line| flock_holder(line, major, minor, ino)).collect())
+}
+
+/// The pid of one line of `/proc/locks` (`1: FLOCK  ADVISORY  READ 1234 08:01:5678 0 EOF`)
+/// when it is a granted `flock` on the file `major:minor:ino`.
+fn flock_holder(line: &str, major: u32, minor: u32, ino: u64) -> Option<u32> {
+    let mut fields = line.split_whitespace().skip(1);
+    let kind = fields.next()?;
+    if kind != "FLOCK" {
+        return None; // POSIX and OFD locks, and "->" lines of waiters
+    }
+    let pid = fields.nth(2)?.parse().ok()?;
+    let mut id = fields.next()?.split(':');
+    let line_major = u32::from_str_radix(id.next()?, 16).ok()?;
+    let line_minor = u32::from_str_radix(id.next()?, 16).ok()?;
+    let line_ino: u64 = id.next()?.parse().ok()?;
+    (line_major == major && line_minor == minor && line_ino == ino).then_some(pid)
+}
+
 /// Preallocates the first `len` bytes of the file open on `fd` (`fallocate(2)` mode 0: the
 /// file grows to `len` if shorter, and later writes into the range cannot fail for space).
 ///
@@ -91,6 +123,28 @@ pub fn fallocate(fd: std::os::unix::io::RawFd, len: u64) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flock_holders_lists_each_lock_on_the_file_and_no_other() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("LOCK");
+        let a = File::create(&path).expect("create");
+        let b = File::open(&path).expect("open");
+        let other = File::create(dir.path().join("OTHER")).expect("create");
+        assert!(try_flock(&other, Flock::Exclusive).expect("lock other"));
+        assert_eq!(flock_holders(&a).expect("read /proc/locks"), Vec::<u32>::new());
+        assert!(try_flock(&a, Flock::Shared).expect("lock a"));
+        assert!(try_flock(&b, Flock::Shared).expect("lock b"));
+        let me = std::process::id();
+        assert_eq!(flock_holders(&a).expect("read /proc/locks"), vec![me, me]);
+        unlock(&b);
+        assert_eq!(flock_holders(&b).expect("read /proc/locks"), vec![me]);
+        assert_eq!(flock_holder("1: POSIX  ADVISORY  WRITE 7 08:01:5 0 EOF", 8, 1, 5), None);
+        assert_eq!(flock_holder("1: FLOCK  ADVISORY  WRITE 7 08:01:5 0 EOF", 8, 1, 5), Some(7));
+        assert_eq!(flock_holder("1: -> FLOCK  ADVISORY  WRITE 9 08:01:5 0 EOF", 8, 1, 5), None);
+        assert_eq!(flock_holder("1: FLOCK  ADVISORY  WRITE 7 08:01:6 0 EOF", 8, 1, 5), None);
+        assert_eq!(flock_holder("garbage", 8, 1, 5), None);
+    }
 
     #[test]
     fn flock_excludes_a_second_description_and_releases() {
