@@ -699,11 +699,22 @@ impl Appender {
         }
     }
 
-    /// Blocks until every record appended so far is durable (in any durability mode).
+    /// Blocks until every record appended so far is durable (in any durability mode): this
+    /// appender's, and with a shared log every other appender's that was published before
+    /// the call.
     ///
     /// # Errors
-    /// [`LogError::SyncFailed`] when the sync fails.
+    /// [`LogError::SyncFailed`] when the sync fails; with a shared log, an error taking the
+    /// writer role to catch up.
     pub fn sync(&mut self) -> Result<Offset, LogError> {
+        if self.role.is_some() && self.head.tail().next > self.next_offset {
+            // Other appenders appended since this one last held the role: catch up (which
+            // hands their segments to this appender's sync thread), so that the sync covers
+            // their records too.
+            self.enter()?;
+            let ts = self.clock.now_ns();
+            self.leave(ts);
+        }
         let target = self.next_offset;
         if target == 0 {
             return Ok(Offset(0));

@@ -89,6 +89,8 @@ struct Inner {
     state: AtomicU32,
     /// The epoch this appender set when it last took the role (0: never).
     epoch: AtomicU64,
+    /// That epoch when this appender last let go because others waited (0: it did not).
+    yielded: AtomicU64,
     stop: AtomicBool,
 }
 
@@ -123,6 +125,7 @@ impl Role {
             head,
             state: AtomicU32::new(FREE),
             epoch: AtomicU64::new(0),
+            yielded: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
         let keeper = std::thread::Builder::new()
@@ -162,6 +165,19 @@ impl Role {
     fn take(&self) -> Result<Taken, LogError> {
         let inner = &*self.inner;
         let path = Path::new(ROLE_FILE);
+        // An `flock` has no queue: a holder that let go for a waiter and asks again at once
+        // would mostly win it back before the waiter is scheduled. So after letting go for
+        // others, wait (briefly) until one of them has taken the role.
+        let yielded = inner.yielded.swap(0, Ordering::Relaxed);
+        if yielded != 0 {
+            let since = std::time::Instant::now();
+            while inner.head.role_epoch().load(Ordering::Acquire) == yielded
+                && inner.head.role_wanted().load(Ordering::Relaxed) != 0
+                && since.elapsed() < HOLD * 10
+            {
+                std::thread::yield_now();
+            }
+        }
         if !try_flock(&inner.file, Flock::Exclusive).map_err(|e| LogError::io(path, "flock", e))? {
             let wanted = inner.head.role_wanted();
             wanted.fetch_add(1, Ordering::SeqCst);
@@ -221,6 +237,7 @@ impl Role {
     #[inline]
     pub(crate) fn end(&self, release: bool) {
         if release {
+            self.inner.yielded.store(self.inner.epoch.load(Ordering::Relaxed), Ordering::Relaxed);
             self.inner.release();
             self.inner.state.store(FREE, Ordering::Release);
         } else {
@@ -277,6 +294,7 @@ fn keep(inner: &Inner) {
         }
         match inner.state.compare_exchange(IDLE, BUSY, Ordering::Acquire, Ordering::Relaxed) {
             Ok(_) => {
+                inner.yielded.store(inner.epoch.load(Ordering::Relaxed), Ordering::Relaxed);
                 inner.release();
                 inner.state.store(FREE, Ordering::Release);
             }
