@@ -588,13 +588,18 @@ impl Appender {
     #[cold]
     fn roll(&mut self) -> Result<(), LogError> {
         // With a shared log, a segment prepared before other appenders went past its id is
-        // stale (in use, or gone): skip it. Two tries cover a preparation in flight for a
-        // stale id; the third gets a fresh one.
-        for _ in 0..3 {
-            let next = self.preparer.next_segment()?;
+        // stale (in use, or gone): skip it. The tries after the first cover a preparation
+        // in flight for a stale id; the last gets a fresh one.
+        for _ in 0..4 {
+            let next = match self.prepared_by_another() {
+                Some(seg) => seg,
+                None => self.preparer.next_segment()?,
+            };
             let unused = next.region().read_header().is_ok_and(|h| h.base_offset == format::BASE_OFFSET_UNSET);
             if next.id > self.active.id && unused {
                 self.activate(next)?;
+                // A segment of this appender's own prepared for that id is stale now.
+                self.preparer.skip_past(self.active.id);
                 self.apply_retention_held();
                 return Ok(());
             }
@@ -604,6 +609,22 @@ impl Appender {
             path: self.dir.clone(),
             why: format!("no unused segment after segment {} could be prepared", self.active.id.0),
         })
+    }
+
+    /// With a shared log, when this appender's own preparation of the next segment is not
+    /// ready, the next segment another appender prepared (its file is in place, so it is
+    /// whole): the roll then need not wait for this appender's preparation thread.
+    fn prepared_by_another(&mut self) -> Option<Arc<Segment>> {
+        if self.role.is_none() {
+            return None;
+        }
+        self.preparer.refill();
+        if self.preparer.holds_prepared() {
+            return None;
+        }
+        let id = SegmentId(self.active.id.0.checked_add(1)?);
+        let seg = Segment::open(&self.dir.join(segment_file_name(id)), id, true).ok()?;
+        (seg.header.base_offset == format::BASE_OFFSET_UNSET).then(|| Arc::new(seg))
     }
 
     /// Makes `seg` the active segment starting at `self.next_offset`.

@@ -62,6 +62,11 @@ impl Preparer {
         })
     }
 
+    /// True when a prepared segment is collected and ready.
+    pub(crate) fn holds_prepared(&self) -> bool {
+        self.prepared.is_some()
+    }
+
     /// True when a prepared segment exists on disk, collected or still in flight.
     pub(crate) fn holds_segment(&self) -> bool {
         self.prepared.is_some() || self.in_flight
