@@ -615,9 +615,7 @@ impl Appender {
     /// ready, the next segment another appender prepared (its file is in place, so it is
     /// whole): the roll then need not wait for this appender's preparation thread.
     fn prepared_by_another(&mut self) -> Option<Arc<Segment>> {
-        if self.role.is_none() {
-            return None;
-        }
+        self.role.as_ref()?;
         self.preparer.refill();
         if self.preparer.holds_prepared() {
             return None;
