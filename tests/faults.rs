@@ -487,8 +487,12 @@ fn file_named_like_a_segment_that_is_not_one() {
         std::fs::remove_file(&foreign).expect("remove");
 
         // A real segment whose header checksum is damaged.
-        let file = OpenOptions::new().write(true).open(&segs[0]).expect("open");
-        file.write_all_at(&[0xff], 50).expect("damage header");
+        let file = OpenOptions::new().read(true).write(true).open(&segs[0]).expect("open");
+        // Flip the byte (writing a fixed value is no damage when the byte already holds it:
+        // this one is part of the creation timestamp).
+        let mut byte = [0u8; 1];
+        file.read_exact_at(&mut byte, 50).expect("read header byte");
+        file.write_all_at(&[byte[0] ^ 0xff], 50).expect("damage header");
         expect_not_a_segment(dir.path(), &segs[0], backend, true);
 
         // A real segment under another segment's name.
