@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::error::{AppendError, LogError};
-use super::format::{self, record_stride, Region, END_OF_SEGMENT};
+use super::format::{self, record_stride, Region, SegmentHeader, END_OF_SEGMENT};
 use super::head::Head;
 use super::io::IoDriver;
 use super::lock::DirLock;
@@ -403,8 +403,7 @@ impl Appender {
             match Segment::open(&path, SegmentId(between), true) {
                 Ok(seg) => {
                     let seg = Arc::new(seg);
-                    let h = seg.header;
-                    self.retained.push_back((seg.id, seg.path.clone(), h.base_offset, h.segment_bytes, h.activated_ns));
+                    self.retained.push_back(in_use_of(&seg, &seg.header));
                     seg.written.store(seg.mapped_bytes as u64, Ordering::Relaxed);
                     let p = Arc::new(Pending::new(seg));
                     p.sealed.store(true, Ordering::Release);
@@ -415,6 +414,7 @@ impl Appender {
                 Err(e) => return Err(e),
             }
         }
+        drop(pending);
         let path = self.dir.join(segment_file_name(id));
         let seg = Arc::new(Segment::open(&path, id, true)?);
         let header = seg.header;
@@ -424,23 +424,11 @@ impl Appender {
                 why: "HEAD names it as the active segment, but it was never activated".into(),
             });
         }
-        let p = Arc::new(Pending::new(seg.clone()));
-        pending.push(p.clone());
-        drop(pending);
-        self.region = seg.region();
-        self.limit = seg.mapped_bytes;
-        self.base_offset = header.base_offset;
-        self.index_capacity = header.index_entries as usize;
-        self.index_interval = header.index_interval as usize;
-        self.retained.push_back((
-            seg.id,
-            seg.path.clone(),
-            header.base_offset,
-            header.segment_bytes,
-            header.activated_ns,
-        ));
-        self.active = seg;
-        self.pending = p;
+        // Where in it the next record goes, and the index cursor, are set by the caller from
+        // HEAD.
+        let (position, index) = (header.data_start(), (0, 0));
+        self.retained.push_back(in_use_of(&seg, &header));
+        self.make_active(seg, &header, position, index);
         // Others may have removed old segments by retention: a retention of this appender
         // must count what is there, so read the list again (only then: it reads every
         // segment's header).
@@ -480,21 +468,9 @@ impl Appender {
         self.shared.written.fetch_max(start.next_offset, Ordering::Release);
         match start.tail {
             Some((seg, position)) => {
+                let index = index_cursor(&seg);
                 let header = seg.header;
-                seg.written.store(position as u64, Ordering::Relaxed);
-                let p = Arc::new(Pending::new(seg.clone()));
-                self.shared.pending.lock().unwrap_or_else(|p| p.into_inner()).push(p.clone());
-                let (index_slot, index_next_position) = index_cursor(&seg);
-                self.region = seg.region();
-                self.position = position;
-                self.limit = seg.mapped_bytes;
-                self.base_offset = header.base_offset;
-                self.index_slot = index_slot;
-                self.index_capacity = header.index_entries as usize;
-                self.index_next_position = index_next_position;
-                self.index_interval = header.index_interval as usize;
-                self.active = seg;
-                self.pending = p;
+                self.make_active(seg, &header, position, index);
             }
             None => {
                 // Nothing in use (the dead appender had not activated the first segment).
@@ -625,6 +601,23 @@ impl Appender {
         (seg.header.base_offset == format::BASE_OFFSET_UNSET).then(|| Arc::new(seg))
     }
 
+    /// Switches to `seg` (whose header is `header`) as the active segment, its next record
+    /// at `position` and its sparse index cursor at `index`; hands it to the sync thread.
+    fn make_active(&mut self, seg: Arc<Segment>, header: &SegmentHeader, position: usize, index: (usize, usize)) {
+        seg.written.store(position as u64, Ordering::Relaxed);
+        let pending = Arc::new(Pending::new(seg.clone()));
+        self.shared.pending.lock().unwrap_or_else(|p| p.into_inner()).push(pending.clone());
+        self.region = seg.region();
+        self.limit = seg.mapped_bytes;
+        self.position = position;
+        self.base_offset = header.base_offset;
+        (self.index_slot, self.index_next_position) = index;
+        self.index_capacity = header.index_entries as usize;
+        self.index_interval = header.index_interval as usize;
+        self.active = seg;
+        self.pending = pending;
+    }
+
     /// Makes `seg` the active segment starting at `self.next_offset`.
     fn activate(&mut self, seg: Arc<Segment>) -> Result<(), LogError> {
         self.clock.reanchor();
@@ -635,9 +628,6 @@ impl Appender {
         // SAFETY: the segment is not yet in use, so no reader trusts its header yet (readers
         // verify its checksum, and only open it after the end marker below).
         unsafe { region.write_header(&header) };
-        seg.written.store(header.data_start() as u64, Ordering::Relaxed);
-        let pending = Arc::new(Pending::new(seg.clone()));
-        self.shared.pending.lock().unwrap_or_else(|p| p.into_inner()).push(pending.clone());
         // Seal the old segment (if there is one in use) after the new header is in place.
         if self.limit > 0 {
             let end = if self.position + 4 <= self.limit {
@@ -649,23 +639,8 @@ impl Appender {
             self.active.written.store(end.min(self.limit) as u64, Ordering::Relaxed);
             self.pending.sealed.store(true, Ordering::Release);
         }
-        self.retained.push_back((
-            seg.id,
-            seg.path.clone(),
-            header.base_offset,
-            header.segment_bytes,
-            header.activated_ns,
-        ));
-        self.active = seg;
-        self.pending = pending;
-        self.region = region;
-        self.position = header.data_start();
-        self.limit = self.active.mapped_bytes;
-        self.base_offset = header.base_offset;
-        self.index_slot = 0;
-        self.index_capacity = header.index_entries as usize;
-        self.index_next_position = 0;
-        self.index_interval = header.index_interval as usize;
+        self.retained.push_back(in_use_of(&seg, &header));
+        self.make_active(seg, &header, header.data_start(), (0, 0));
         self.head.store_tail_index(0, 0);
         self.preparer.refill();
         Ok(())
@@ -791,6 +766,11 @@ impl Appender {
         self.abandoned = true;
         drop(self);
     }
+}
+
+/// A segment in use as retention lists it.
+fn in_use_of(seg: &Segment, header: &SegmentHeader) -> InUse {
+    (seg.id, seg.path.clone(), header.base_offset, header.segment_bytes, header.activated_ns)
 }
 
 /// The options for recovery where a dead appender's torn record is expected: a strict
