@@ -405,6 +405,15 @@ impl Reader {
         self.head.as_ref()
     }
 
+    /// The commit word of the slot at the reader's position, loaded with `Acquire` and
+    /// nothing else checked (no syscall, no `HEAD` access): `None` before a segment is
+    /// entered or at the end of the mapping. For spinning waiters (`wait::spin_until`): a
+    /// word other than 0 and the end marker is a record that [`Reader::ready`] reports at once.
+    #[inline]
+    pub(super) fn commit_word(&self) -> Option<u32> {
+        self.region.as_ref()?.load_commit(self.position)
+    }
+
     /// True when a record (or damage) waits at the reader's position; moves across
     /// segment boundaries as needed.
     ///
