@@ -549,6 +549,11 @@ const TAIL_INTERVALS: [Duration; 2] = [Duration::from_micros(200), Duration::fro
 /// kernel's default timer slack (50 us), so records go out on time.
 const TAIL_SLEEP_MARGIN: Duration = Duration::from_micros(100);
 
+/// Least records per measured call of a `tail_latency` bench under `cargo bench`: criterion
+/// sizes its calls by the latencies returned, a few microseconds each, so it would ask for one
+/// record per call where a wake-up took a millisecond; the quantiles want thousands.
+const TAIL_LEAST_RECORDS: u64 = 1000;
+
 /// Longest the child waits for a record, and the writer for the peer reader: a bound on a
 /// hang, far above any latency measured.
 const TAIL_HANG: Duration = Duration::from_secs(60);
@@ -770,10 +775,12 @@ impl TailSession {
         numbers
     }
 
-    /// Writes `iters` records `interval` apart and returns the sum of their latencies.
-    fn run(&mut self, iters: u64, interval: Duration) -> Duration {
+    /// Writes `iters` records `interval` apart, or `least` if that is more, and returns the
+    /// sum of their latencies, scaled to `iters` records (the mean stays theirs).
+    fn run(&mut self, iters: u64, least: u64, interval: Duration) -> Duration {
+        let records = iters.max(least);
         let mut due = Instant::now() + interval;
-        for _ in 0..iters {
+        for _ in 0..records {
             pace_until(due);
             self.send(TAIL_DATA);
             // No burst after a stall: the next record is due an interval from now at most.
@@ -781,8 +788,8 @@ impl TailSession {
         }
         self.send(TAIL_REPORT);
         let report = self.read_numbers();
-        assert_eq!(report.get(1), Some(&iters), "the tailer saw {report:?} (sum, count) of {iters} records");
-        Duration::from_nanos(report[0])
+        assert_eq!(report.get(1), Some(&records), "the tailer saw {report:?} (sum, count) of {records} records");
+        Duration::from_nanos((report[0] as u128 * iters as u128 / records as u128) as u64)
     }
 
     /// Stops the child; returns its p50, p99, p99.9, max (ns) and count.
@@ -804,8 +811,10 @@ impl TailSession {
 fn tail_latency(c: &mut Criterion, scale: &Scale, root: &Path) {
     let mut group = c.benchmark_group("tail_latency");
     // Criterion budgets by the latencies returned, not the wall time (an interval per
-    // record): small budgets keep a run to seconds per bench.
-    group.warm_up_time(Duration::from_millis(5)).measurement_time(Duration::from_millis(20));
+    // record): small budgets keep a run to seconds per bench. Each call writes at least
+    // `least` records (a few under `cargo test --benches`).
+    group.warm_up_time(Duration::from_millis(2)).measurement_time(Duration::from_millis(10));
+    let least = if scale.segment_bytes > 4 * MIB { TAIL_LEAST_RECORDS } else { 20 };
     let mut results = Vec::new();
     for interval in TAIL_INTERVALS {
         for reader in TAIL_READERS {
@@ -813,7 +822,7 @@ fn tail_latency(c: &mut Criterion, scale: &Scale, root: &Path) {
             let id = BenchmarkId::new(reader, format!("{}us", interval.as_micros()));
             group.bench_function(id, |b| {
                 b.iter_custom(|iters| {
-                    session.get_or_insert_with(|| TailSession::start(reader, scale, root)).run(iters, interval)
+                    session.get_or_insert_with(|| TailSession::start(reader, scale, root)).run(iters, least, interval)
                 })
             });
             if let Some(session) = session {
