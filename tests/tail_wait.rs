@@ -1,7 +1,8 @@
 //! Tailers by wait strategy (`TailWait`): each strategy receives every record in order,
 //! across segment rollovers, in this process and in another; each honours its timeout; a
 //! spinning tailer never registers as a sleeper (so the appender pays no futex wake for it);
-//! an idle `Park` (or default) tailer uses next to no CPU, while a busy one keeps spinning.
+//! an idle `Park` (or default) tailer uses next to no CPU, while a busy one keeps spinning;
+//! a consumer-group member polls by each strategy too.
 //!
 //! Cross-process tailers are this test binary run again as a child (see `common`).
 
@@ -273,5 +274,54 @@ fn an_idle_park_or_default_tailer_uses_next_to_no_cpu_a_busy_one_spins() {
         } else {
             assert!(cpu <= allowed, "{name}: an idle tailer used {cpu:?} of CPU in {wall:?} (at most {allowed:?})");
         }
+    }
+}
+
+#[test]
+fn a_group_member_receives_every_record_in_order_and_honours_its_timeout_with_each_strategy() {
+    use shoal::bus::Bus;
+    use shoal::group::{GroupOptions, Member};
+
+    let total = 2_000u64;
+    for (name, wait) in STRATEGIES {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let bus = Bus::open(dir.path()).expect("bus");
+        let topic = bus.topic_or_create("events", Some(2)).expect("topic");
+        let opts = small_opts(IoBackend::Auto).durability(shoal::log::Durability::Never);
+        let mut producer = topic.producer(opts).expect("producer");
+        let mut member = Member::join(&bus, "g", "events", GroupOptions::default().tail_wait(wait)).expect("join");
+        assert_eq!(member.assigned(), vec![0, 1], "{name}: a lone member owns every partition");
+
+        // Nothing yet: a poll waits out its timeout, by this strategy.
+        let timeout = Duration::from_millis(30);
+        let start = Instant::now();
+        assert!(member.poll(64, timeout).expect("poll").is_empty(), "{name}: records from nowhere");
+        let took = start.elapsed();
+        assert!(took >= timeout && took < timeout + TIMEOUT_SLACK, "{name}: an empty poll took {took:?}");
+
+        let mut next = [0u64; 2];
+        let mut received = 0u64;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for i in 0..total {
+                    producer.send(i, &payload(i)).expect("send");
+                    if i % 400 == 0 {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            });
+            let deadline = Instant::now() + RECORD_WAIT;
+            while received < total {
+                assert!(Instant::now() < deadline, "{name}: only {received} of {total} records arrived");
+                for delivery in member.poll(64, Duration::from_millis(50)).expect("poll") {
+                    let p = delivery.partition as usize;
+                    assert_eq!(delivery.record.offset().0, next[p], "{name}: partition {p} out of order");
+                    next[p] += 1;
+                    received += 1;
+                }
+            }
+        });
+        assert_eq!(next.iter().sum::<u64>(), total, "{name}");
+        member.leave().expect("leave");
     }
 }
