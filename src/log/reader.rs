@@ -414,6 +414,18 @@ impl Reader {
         self.region.as_ref()?.load_commit(self.position)
     }
 
+    /// Reads one word in each of the `pages` pages after the one the reader stands in, so a
+    /// waiting tailer takes their page faults (mapping the page-cache pages the appender
+    /// writes) before the records in them arrive, not as it reads them. Reads only; the
+    /// values are ignored, and words past the mapping are skipped.
+    pub(super) fn touch_ahead(&self, pages: usize) {
+        let Some(region) = self.region.as_ref() else { return };
+        let first = (self.position / format::PAGE_BYTES + 1) * format::PAGE_BYTES;
+        for page in 0..pages {
+            std::hint::black_box(region.load_commit(first + page * format::PAGE_BYTES));
+        }
+    }
+
     /// True when a record (or damage) waits at the reader's position; moves across
     /// segment boundaries as needed.
     ///

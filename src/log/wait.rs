@@ -18,9 +18,11 @@
 //! with the appender's `Release` store of it), so a record is seen the moment it is
 //! published, with no syscall per check. Every `FULL_CHECK_SPINS` spins, and at once when
 //! a reader stands at an end-of-segment marker or the end of its mapping, it runs the
-//! readers' full check ([`Reader::ready`]: rollovers, damage), reads the clock, and looks
-//! whether the logs still have an appender: where none has (every log closed), spinning
-//! stops and the waiter sleeps, registered, so the next appender's first record wakes it.
+//! readers' full check ([`Reader::ready`]: rollovers, damage), touches the next pages of each
+//! reader's segment (so their page faults are not taken when their records are read), reads
+//! the clock, and looks whether the logs still have an appender: where none has (every log
+//! closed), spinning stops and the waiter sleeps, registered, so the next appender's first
+//! record wakes it. A waiter about to sleep touches those pages too.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -171,6 +173,11 @@ impl Default for TailWait {
 /// `spin_loop` hints, short against any spin budget and cheap against the checks.
 const FULL_CHECK_SPINS: u32 = 128;
 
+/// Pages after a waiting reader's position whose page faults it takes while it waits (see
+/// `Reader::touch_ahead`): 8 KiB, dozens of small records, so a reader that keeps up never
+/// faults on the records it reads; the touch costs a load per page.
+const TOUCH_AHEAD_PAGES: usize = 2;
+
 /// Waits as [`wait_any`] does, by `wait`'s strategy: [`TailWait::BusySpin`] spins until one
 /// of `readers` has a record (or damage) or one of `words` moves, for up to `timeout`;
 /// [`TailWait::SpinThenPark`] spins for up to its budget and then sleeps for the rest of
@@ -220,6 +227,9 @@ pub fn wait_any_with(
     let left = timeout.saturating_sub(start.elapsed());
     if left.is_zero() {
         return Ok(false);
+    }
+    for reader in readers.iter() {
+        reader.touch_ahead(TOUCH_AHEAD_PAGES);
     }
     wait_any(readers, words, left)
 }
@@ -276,6 +286,7 @@ fn spin_until(
                 if reader.ready()? {
                     return Ok(Spun::Ready);
                 }
+                reader.touch_ahead(TOUCH_AHEAD_PAGES);
             }
             if until.is_some_and(|until| Instant::now() >= until) {
                 return Ok(Spun::Spent);
