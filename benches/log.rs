@@ -554,6 +554,15 @@ const TAIL_SLEEP_MARGIN: Duration = Duration::from_micros(100);
 /// record per call where a wake-up took a millisecond; the quantiles want thousands.
 const TAIL_LEAST_RECORDS: u64 = 1000;
 
+/// Segment size of a `tail_latency` log: a measured run of a few thousand records rolls over
+/// now and then, as a log does in its steady state.
+const TAIL_SEGMENT_BYTES: u64 = 4 * MIB;
+
+/// Pause after opening a `tail_latency` log, before any record: the appender's background
+/// preparation of its first segments (fresh pages, faulted in) is done by then, as in a log
+/// open for a while; on 2 vCPUs it would otherwise compete with the two spinning processes.
+const TAIL_SETTLE: Duration = Duration::from_millis(300);
+
 /// Longest the child waits for a record, and the writer for the peer reader: a bound on a
 /// hang, far above any latency measured.
 const TAIL_HANG: Duration = Duration::from_secs(60);
@@ -567,21 +576,31 @@ fn tail_wait(reader: &str) -> Option<shoal::log::TailWait> {
     }
 }
 
-/// The peer's shared file: three words, each on its own cache line.
+/// The peer's shared file: the least a queue between two processes can be. Two counters on
+/// their own cache lines, then a ring of slots (send time, kind). The writer fills slot
+/// `seq % SLOTS` and stores `seq + 1` into [`PeerWords::SEQ`] (Release); the reader spins
+/// on that word, reads the slots up to it, and stores how many it took into
+/// [`PeerWords::TAKEN`] (Release), which the writer waits on only when the ring is full. Like
+/// the log, it queues values its reader has not taken yet, so a reader kept off its core
+/// sees the same backlog.
 struct PeerWords {
     map: memmap2::MmapRaw,
 }
 
 impl PeerWords {
-    const BYTES: usize = 4096;
-    /// The writer's sequence number, stored (Release) after the two words below.
+    /// Values written so far.
     const SEQ: usize = 0;
-    /// The value's send time and kind.
-    const SENT: usize = 64;
-    const KIND: usize = 72;
-    /// The last sequence number the reader took (Release), so the writer never overwrites
-    /// a value not yet read.
-    const TAKEN: usize = 128;
+    /// Values taken by the reader so far.
+    const TAKEN: usize = 64;
+    /// The first slot: 16 bytes each, send time then kind.
+    const SLOTS_AT: usize = 4096;
+    const SLOTS: u64 = 4096;
+    const BYTES: usize = PeerWords::SLOTS_AT + PeerWords::SLOTS as usize * 16;
+
+    /// The offset of the slot of value `seq`: its send time, then its kind 8 bytes on.
+    fn slot(seq: u64) -> usize {
+        PeerWords::SLOTS_AT + (seq % PeerWords::SLOTS) as usize * 16
+    }
 
     fn map(path: &Path) -> std::io::Result<PeerWords> {
         let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
@@ -659,19 +678,17 @@ fn tail_child(spec: &str) -> i32 {
         say("ready".into())?;
         let mut taken = words.word(PeerWords::TAKEN).load(Ordering::Acquire);
         loop {
-            // pairs with the writer's Release store of SEQ: SENT and KIND are then visible
+            // pairs with the writer's Release store of SEQ: the slots below it are written
             let seq = words.word(PeerWords::SEQ).load(Ordering::Acquire);
             if seq == taken {
                 std::hint::spin_loop();
                 continue;
             }
             let now = shoal::log::now_ns();
-            let (sent, kind) = (
-                words.word(PeerWords::SENT).load(Ordering::Relaxed),
-                words.word(PeerWords::KIND).load(Ordering::Relaxed),
-            );
-            taken = seq;
-            // pairs with the writer's Acquire load of TAKEN before it writes the next value
+            let slot = PeerWords::slot(taken);
+            let (sent, kind) = (words.word(slot).load(Ordering::Relaxed), words.word(slot + 8).load(Ordering::Relaxed));
+            taken += 1;
+            // pairs with the writer's Acquire load of TAKEN before it reuses the slot
             words.word(PeerWords::TAKEN).store(taken, Ordering::Release);
             if take(kind, sent, now, &mut say)? {
                 return Ok(());
@@ -709,18 +726,18 @@ struct TailSession {
     child: std::process::Child,
     lines: BufReader<std::process::ChildStdout>,
     sink: TailSink,
-    /// The last sequence number written to the peer.
+    /// Values written to the peer so far.
     seq: u64,
     _dir: tempfile::TempDir,
 }
 
 impl TailSession {
-    fn start(reader: &str, scale: &Scale, root: &Path) -> TailSession {
+    fn start(reader: &str, root: &Path) -> TailSession {
         let dir = fs::scratch(root).expect("scratch dir");
         let (path, sink) = if tail_wait(reader).is_some() {
             let path = dir.path().join("log");
-            let opts = log_options(Durability::Never, scale.segment_bytes.min(64 * MIB));
-            let log = Appender::open(&path, opts).expect("open the log");
+            let log = Appender::open(&path, log_options(Durability::Never, TAIL_SEGMENT_BYTES)).expect("open the log");
+            std::thread::sleep(TAIL_SETTLE);
             (path, TailSink::Log(Box::new(log)))
         } else {
             let path = dir.path().join("peer");
@@ -750,17 +767,17 @@ impl TailSession {
                 black_box(log.append(&payload).expect("append"));
             }
             TailSink::Peer(words) => {
-                // The reader took the last value (it spins, so this is at once but for a
-                // preempted reader): never overwrite one it has not read.
+                // Never overwrite a slot the reader has not taken (only a full ring waits).
                 let start = Instant::now();
                 // pairs with the reader's Release store of TAKEN
-                while words.word(PeerWords::TAKEN).load(Ordering::Acquire) != self.seq {
+                while self.seq - words.word(PeerWords::TAKEN).load(Ordering::Acquire) >= PeerWords::SLOTS {
                     assert!(start.elapsed() < TAIL_HANG, "the peer reader stopped taking values");
                     std::hint::spin_loop();
                 }
+                let slot = PeerWords::slot(self.seq);
+                words.word(slot + 8).store(kind, Ordering::Relaxed);
+                words.word(slot).store(shoal::log::now_ns(), Ordering::Relaxed);
                 self.seq += 1;
-                words.word(PeerWords::KIND).store(kind, Ordering::Relaxed);
-                words.word(PeerWords::SENT).store(shoal::log::now_ns(), Ordering::Relaxed);
                 // pairs with the reader's Acquire load of SEQ
                 words.word(PeerWords::SEQ).store(self.seq, Ordering::Release);
             }
@@ -804,8 +821,8 @@ impl TailSession {
 
 /// `tail_latency`: a 64-byte record appended every 200 us and every 20 us, read by a
 /// `Tailer` in another process (this binary again, see [`TAIL_CHILD_ENV`]) with each wait
-/// strategy; the peer passes the send time through an atomic in a shared mapped file to a
-/// reader that spins on it. Criterion's figure is the mean latency (the child's receive time
+/// strategy; the peer passes the send time through an atomic counter and a ring of slots in a
+/// shared mapped file ([`PeerWords`]) to a reader that spins on the counter. Criterion's figure is the mean latency (the child's receive time
 /// minus the send time, one clock); after the group it prints p50/p99/p99.9 of each, with the
 /// goals: busy p50 <= 1 us and p99 <= 3 us, default p50 <= 15 us and p99 <= 200 us.
 fn tail_latency(c: &mut Criterion, scale: &Scale, root: &Path) {
@@ -822,7 +839,7 @@ fn tail_latency(c: &mut Criterion, scale: &Scale, root: &Path) {
             let id = BenchmarkId::new(reader, format!("{}us", interval.as_micros()));
             group.bench_function(id, |b| {
                 b.iter_custom(|iters| {
-                    session.get_or_insert_with(|| TailSession::start(reader, scale, root)).run(iters, least, interval)
+                    session.get_or_insert_with(|| TailSession::start(reader, root)).run(iters, least, interval)
                 })
             });
             if let Some(session) = session {
