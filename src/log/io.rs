@@ -46,6 +46,11 @@ pub struct SyncRange {
     pub len: u64,
 }
 
+// SAFETY: `map` is only an address handed to msync(2), never dereferenced here; whoever builds
+// a `SyncRange` keeps the mapping alive until the sync returns (the sync rounds hold the
+// segment), on whichever thread runs it.
+unsafe impl Send for SyncRange {}
+
 /// An I/O driver owned by one background thread.
 pub enum IoDriver {
     /// io_uring.
@@ -95,10 +100,15 @@ impl IoDriver {
         }
     }
 
-    /// Data-syncs each range; all ranges go out in one submission on io_uring. Returns the
-    /// first error.
+    /// Data-syncs each range. One range is synced inline with `msync(2)` on either backend
+    /// (io_uring runs every fsync on a kernel worker thread, a hand-off that costs more than
+    /// it saves for a single file; see the module notes); several ranges (a rollover) go out
+    /// in one io_uring submission and are synced in parallel. Returns the first error.
     pub fn sync_ranges(&mut self, ranges: &[SyncRange]) -> io::Result<()> {
         match self {
+            IoDriver::Uring(_) | IoDriver::Syscalls if ranges.len() <= 1 => {
+                ranges.first().map_or(Ok(()), msync_range)
+            }
             IoDriver::Uring(ring) => {
                 let mut first_err = None;
                 for chunk in ranges.chunks(RING_ENTRIES as usize) {
