@@ -619,8 +619,7 @@ fn plan_round(shared: &Shared, synced_to: &mut Vec<(Arc<Pending>, u64)>, ranges:
 }
 
 /// After a successful round: records its latency, advances each segment's synced position,
-/// drops sealed segments that are fully synced, moves the watermark to `written` and wakes
-/// the waiters.
+/// drops sealed segments that are fully synced and moves the watermark to `written`.
 fn round_done(
     shared: &Shared,
     synced_to: &mut Vec<(Arc<Pending>, u64)>,
@@ -652,7 +651,7 @@ fn round_done(
     // Counted after the watermark moved: whoever saw the old watermark after reading the
     // count sees a larger count once the round that moved it is done.
     shared.syncs.fetch_add(1, Ordering::SeqCst);
-    shared.notify_waiters();
+    // The waiters are woken as the round's turn ends (RoundTurn::drop), once.
 }
 
 /// After a failed round: the failure is recorded, the log stops accepting appends, and
