@@ -234,8 +234,7 @@ fn a_failed_sync_reaches_every_waiter() {
     for backend in BACKENDS {
         for durability in [Durability::Never, Durability::Batch] {
             let dir = tempfile::tempdir().expect("tempdir");
-            let mode =
-                format!("{} {} {}", dir.path().display(), backend_name(backend), durability_name(durability));
+            let mode = format!("{} {} {}", dir.path().display(), backend_name(backend), durability_name(durability));
             let out = child_command(TEST, &mode)
                 .env("SHOAL_FAIL_POINT", "sync")
                 .env("SHOAL_FAIL_POINT_ACTION", "error")

@@ -115,9 +115,7 @@ impl IoDriver {
     /// in one io_uring submission and are synced in parallel. Returns the first error.
     pub fn sync_ranges(&mut self, ranges: &[SyncRange]) -> io::Result<()> {
         match self {
-            IoDriver::Uring(_) | IoDriver::Syscalls if ranges.len() <= 1 => {
-                ranges.first().map_or(Ok(()), msync_range)
-            }
+            IoDriver::Uring(_) | IoDriver::Syscalls if ranges.len() <= 1 => ranges.first().map_or(Ok(()), msync_range),
             IoDriver::Uring(ring) => {
                 let mut first_err = None;
                 for chunk in ranges.chunks(RING_ENTRIES as usize) {

@@ -155,11 +155,7 @@ impl Shared {
             syncer_parked: CachePadded::new(AtomicBool::new(false)),
             syncer: OnceLock::new(),
             round_busy: AtomicBool::new(false),
-            rounds: Mutex::new(Rounds {
-                io: IoDriver::Syscalls,
-                synced_to: Vec::new(),
-                ranges: Vec::with_capacity(4),
-            }),
+            rounds: Mutex::new(Rounds { io: IoDriver::Syscalls, synced_to: Vec::new(), ranges: Vec::with_capacity(4) }),
             last_sync_ns: AtomicU64::new(0),
             epoch: Instant::now(),
             waiters: AtomicUsize::new(0),
