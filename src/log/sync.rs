@@ -439,7 +439,10 @@ impl DurableWatch {
         Offset(self.shared.written.load(Ordering::Acquire))
     }
 
-    /// Blocks until `offset` is durable, or `timeout` passes (returns `Ok(false)`).
+    /// Blocks until `offset` is durable, or `timeout` passes (returns `Ok(false)`). When the
+    /// record is appended already and no sync round is in flight, the calling thread runs
+    /// the round itself (one data sync that covers every record published so far) instead
+    /// of handing it to the sync thread.
     ///
     /// # Errors
     /// [`LogError::SyncFailed`] when a sync failed; [`LogError::Closed`] when the appender
@@ -554,23 +557,14 @@ fn round(shared: &Shared, rounds: &mut Rounds) {
 
 /// The fail point `sync`, for tests, named the way the repair steps' are
 /// ([`fail_point`](super::scan::fail_point)): with `SHOAL_FAIL_POINT=sync` every round's sync
-/// kills the process as it is about to start, or with `SHOAL_FAIL_POINT_ACTION=error` fails.
-/// The environment is read once per process.
+/// fails with an I/O error (a kill there would add nothing to the crash tests, which kill
+/// appenders at random instants). The environment is read once per process.
 fn sync_fail_point() -> std::io::Result<()> {
-    static POINT: OnceLock<Option<bool>> = OnceLock::new();
-    let point = POINT.get_or_init(|| {
-        let on = std::env::var_os("SHOAL_FAIL_POINT").is_some_and(|v| v == "sync");
-        on.then(|| std::env::var_os("SHOAL_FAIL_POINT_ACTION").is_some_and(|v| v == "error"))
-    });
-    match point {
-        None => Ok(()),
-        Some(true) => Err(std::io::Error::other("stopped by SHOAL_FAIL_POINT")),
-        Some(false) => {
-            // SAFETY: raise(2) with a valid signal number has no memory-safety preconditions.
-            unsafe { libc::raise(libc::SIGKILL) };
-            Ok(())
-        }
+    static FAIL: OnceLock<bool> = OnceLock::new();
+    if *FAIL.get_or_init(|| std::env::var_os("SHOAL_FAIL_POINT").is_some_and(|v| v == "sync")) {
+        return Err(std::io::Error::other("stopped by SHOAL_FAIL_POINT"));
     }
+    Ok(())
 }
 
 /// Parks the sync thread for up to `sleep`, unless records arrived (in `Batch` mode) or a
