@@ -123,6 +123,9 @@ pub(crate) struct Shared {
     head: Arc<Head>,
     sync_latency: Mutex<LatencyHistogram>,
     syncs: AtomicU64,
+    /// The longest data sync so far (ns): a waiter with a timeout runs a round itself only
+    /// where this fits in what is left of it.
+    sync_max_ns: AtomicU64,
     /// The `SYNC` file of a shared log (`None` for an exclusive one).
     sync_lock: Option<File>,
 }
@@ -168,6 +171,7 @@ impl Shared {
             head,
             sync_latency: Mutex::new(LatencyHistogram::new()),
             syncs: AtomicU64::new(0),
+            sync_max_ns: AtomicU64::new(0),
             sync_lock,
         })
     }
@@ -310,8 +314,8 @@ impl Shared {
 
     /// Blocks until `offset` is durable (`Ok(true)`) or `timeout` passes (`Ok(false)`).
     /// With `request_sync`, a record already appended is synced inline when no round is in
-    /// flight, and a later one is asked of the sync thread where the level would not sync on
-    /// its own soon.
+    /// flight and the longest sync so far fits in the time left, and otherwise asked of the
+    /// sync thread where the level would not sync on its own soon.
     pub(crate) fn wait_durable(
         &self,
         offset: u64,
@@ -323,8 +327,12 @@ impl Shared {
         }
         let deadline = timeout.map(|t| Instant::now() + t);
         // pairs with the Release store of `written` in Appender::publish
-        if request_sync && self.durability != Durability::Batch && self.written.load(Ordering::Acquire) <= offset {
-            // Not appended yet: the sync thread covers it once it is.
+        let inline_fits = timeout.is_none_or(|t| t > Duration::from_nanos(self.sync_max_ns.load(Ordering::Relaxed)));
+        if request_sync
+            && self.durability != Durability::Batch
+            && (self.written.load(Ordering::Acquire) <= offset || !inline_fits)
+        {
+            // Not appended yet (or no time to sync inline): the sync thread covers it.
             self.sync_target.fetch_max(offset + 1, Ordering::SeqCst);
             self.syncer_parked.store(true, Ordering::SeqCst);
             self.wake_syncer();
@@ -346,8 +354,11 @@ impl Shared {
             if deadline.is_some_and(|d| now >= d) {
                 break Ok(false);
             }
-            // Sync inline when no round is in flight; the round covers `offset`.
-            if request_sync && appended && self.try_round() {
+            // Sync inline when no round is in flight (and the longest sync so far fits in
+            // the time left); the round covers `offset`.
+            let fits =
+                deadline.is_none_or(|d| d - now > Duration::from_nanos(self.sync_max_ns.load(Ordering::Relaxed)));
+            if request_sync && appended && fits && self.try_round() {
                 continue;
             }
             // A round is in flight (or the record is not appended yet): watch the watermark
@@ -358,7 +369,7 @@ impl Shared {
             let guard = self.durable_lock.lock().unwrap_or_else(|p| p.into_inner());
             // Under the lock that RoundTurn::drop and round_done notify under: no wake-up is
             // lost between these checks and the wait.
-            let idle = request_sync && appended && !self.round_busy.load(Ordering::SeqCst);
+            let idle = request_sync && appended && fits && !self.round_busy.load(Ordering::SeqCst);
             if self.durable_now() > offset || self.failed.load(Ordering::Acquire) || idle {
                 continue;
             }
@@ -440,9 +451,9 @@ impl DurableWatch {
     }
 
     /// Blocks until `offset` is durable, or `timeout` passes (returns `Ok(false)`). When the
-    /// record is appended already and no sync round is in flight, the calling thread runs
-    /// the round itself (one data sync that covers every record published so far) instead
-    /// of handing it to the sync thread.
+    /// record is appended already, no sync round is in flight and the longest sync so far
+    /// fits in the time left, the calling thread runs the round itself (one data sync that
+    /// covers every record published so far) instead of handing it to the sync thread.
     ///
     /// # Errors
     /// [`LogError::SyncFailed`] when a sync failed; [`LogError::Closed`] when the appender
@@ -618,6 +629,7 @@ fn round_done(
     elapsed: Duration,
 ) {
     shared.sync_latency.lock().unwrap_or_else(|p| p.into_inner()).record(elapsed.as_nanos() as u64);
+    shared.sync_max_ns.fetch_max(elapsed.as_nanos() as u64, Ordering::Relaxed);
     for (p, done) in synced_to.iter_mut() {
         *done = (*done).max(ranges.iter().find(|r| r.fd == p.segment.fd()).map_or(*done, |r| r.offset + r.len));
     }
