@@ -326,10 +326,10 @@ impl Shared {
             return Ok(true);
         }
         let deadline = timeout.map(|t| Instant::now() + t);
-        // pairs with the Release store of `written` in Appender::publish
         let inline_fits = timeout.is_none_or(|t| t > Duration::from_nanos(self.sync_max_ns.load(Ordering::Relaxed)));
         if request_sync
             && self.durability != Durability::Batch
+            // pairs with the Release store of `written` in Appender::publish
             && (self.written.load(Ordering::Acquire) <= offset || !inline_fits)
         {
             // Not appended yet (or no time to sync inline): the sync thread covers it.
@@ -367,8 +367,8 @@ impl Shared {
                 continue;
             }
             let guard = self.durable_lock.lock().unwrap_or_else(|p| p.into_inner());
-            // Under the lock that RoundTurn::drop and round_done notify under: no wake-up is
-            // lost between these checks and the wait.
+            // Under the lock that RoundTurn::drop, fail and absorb_shared notify under: no
+            // wake-up is lost between these checks and the wait.
             let idle = request_sync && appended && fits && !self.round_busy.load(Ordering::SeqCst);
             if self.durable_now() > offset || self.failed.load(Ordering::Acquire) || idle {
                 continue;
