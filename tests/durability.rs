@@ -50,7 +50,7 @@ fn opts(backend: IoBackend, durability: Durability, writers: Writers) -> LogOpti
 }
 
 /// One thread appends (and now and then syncs) while [`WAITERS`] threads each wait for the
-/// last record appended so far, [`WAITS_PER_THREAD`] times; every wait must end covered,
+/// last record appended so far, [`WAITS_PER_THREAD`] times (each time a newer one); every wait must end covered,
 /// after a sync that completed once the waiter had seen the watermark below its record.
 fn waiters_race_the_appender(backend: IoBackend, durability: Durability) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -65,16 +65,19 @@ fn waiters_race_the_appender(backend: IoBackend, durability: Durability) {
             std::thread::spawn(move || {
                 start.wait();
                 let mut waited = 0;
+                // Each wait is for a record this thread has not waited for yet.
+                let mut next_new = 1;
                 while waited < WAITS_PER_THREAD {
                     // Under the appender's lock, so that no append falls between the two.
                     let (next, syncs_before) = {
                         let log = log.lock().expect("appender lock");
                         (log.next_offset().0, log.sync_stats().0)
                     };
-                    if next == 0 {
+                    if next < next_new {
                         std::thread::yield_now();
                         continue;
                     }
+                    next_new = next + 1;
                     let record = Offset(next - 1);
                     let durable_before = watch.durable_offset().0;
                     let covered = watch.wait_durable(record, Some(WAIT_BOUND)).expect("wait_durable");
