@@ -16,7 +16,8 @@
 //!   Lines that arrive together are appended as one batch, but a line is never held back
 //!   waiting for more input. With `--ack`, a separate thread prints `durable <N>` (flushed)
 //!   each time the durable watermark advances: every record with offset `<= N` is durable.
-//!   At end of input it syncs, prints the final ack, and exits 0.
+//!   At end of input it syncs, prints the final ack, and exits 0. A line longer than the
+//!   largest record is an error after the lines before it are appended, synced and acked.
 //! - `shoal cat <DIR> [--from <offset>] [--follow] [--format lines|json]`: `lines` prints
 //!   each payload and a newline; `json` prints one object per line with `offset`,
 //!   `timestamp_ns`, `key` and `payload` (UTF-8) or `payload_base64` (anything else). A
