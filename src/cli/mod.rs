@@ -10,14 +10,17 @@
 //! `shoal: <what happened>; <what to do>`, and exits 1.
 //!
 //! # Contract (tools and tests outside this repository rely on it exactly)
-//! - `shoal produce <DIR> [--durability never|batch|interval=<ms>] [--ack]` creates the log
-//!   if missing and appends one record per stdin line (the line's bytes without the `\n`; a
+//! - `shoal produce <DIR> [--durability never|batch|interval=<ms>] [--ack] [--segment-size <SIZE>]`
+//!   creates the log if missing and appends one record per stdin line (the line's bytes without the `\n`; a
 //!   last line without a newline is a record too; lines are bytes, not necessarily UTF-8).
 //!   Lines that arrive together are appended as one batch, but a line is never held back
 //!   waiting for more input. With `--ack`, a separate thread prints `durable <N>` (flushed)
 //!   each time the durable watermark advances: every record with offset `<= N` is durable.
 //!   At end of input it syncs, prints the final ack, and exits 0. A line longer than the
 //!   largest record is an error after the lines before it are appended, synced and acked.
+//!   `--segment-size` (bytes, or with a binary K, M or G suffix: `64M`) sets the size of
+//!   the segment files it creates (and of each partition's, with `--topic`); a size the log
+//!   refuses is an error naming the flag, and the largest record shrinks to fit a segment.
 //! - `shoal cat <DIR> [--from <offset>] [--follow] [--format lines|json]`: `lines` prints
 //!   each payload and a newline; `json` prints one object per line with `offset`,
 //!   `timestamp_ns`, `key` and `payload` (UTF-8) or `payload_base64` (anything else). A
@@ -82,6 +85,7 @@ mod cat;
 mod demo;
 mod group;
 mod inspect;
+mod log_args;
 mod produce;
 mod top;
 
@@ -159,6 +163,8 @@ enum Command {
         /// record up to offset N is durable.
         #[arg(long)]
         ack: bool,
+        #[command(flatten)]
+        log: log_args::LogArgs,
     },
     /// Print the records of the log in DIR, or with --topic of a topic of the bus in DIR.
     Cat {
@@ -430,9 +436,9 @@ pub fn main() -> ExitCode {
 /// Runs a parsed command line; see [`main`].
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
-        Command::Produce { dir, topic: None, durability, ack, .. } => produce::run(&dir, durability, ack),
-        Command::Produce { dir, topic: Some(topic), partitions, keyed, durability, ack } => {
-            produce::run_topic(&dir, &topic, partitions, keyed, durability, ack)
+        Command::Produce { dir, topic: None, durability, ack, log, .. } => produce::run(&dir, durability, ack, &log),
+        Command::Produce { dir, topic: Some(topic), partitions, keyed, durability, ack, log } => {
+            produce::run_topic(&dir, &topic, partitions, keyed, durability, ack, &log)
         }
         Command::Cat { dir, topic: None, from, follow, format, .. } => {
             require_log(&dir).and_then(|()| cat::run(&dir, from, follow, format))

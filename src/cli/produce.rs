@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use super::log_args::LogArgs;
 use super::Error;
 use shoal::bus::{key_hash, Bus, TopicProducer};
 use shoal::log::{AppendError, Appender, Durability, DurableWatch, LogOptions, Offset};
@@ -34,8 +35,8 @@ const READ_BLOCK_BYTES: usize = 1 << 20;
 /// How long the ack thread sleeps between checks of its stop flag.
 const ACK_WAIT: Duration = Duration::from_millis(50);
 
-pub(super) fn run(dir: &Path, durability: Durability, ack: bool) -> Result<ExitCode, Error> {
-    let opts = LogOptions::default().durability(durability);
+pub(super) fn run(dir: &Path, durability: Durability, ack: bool, log_args: &LogArgs) -> Result<ExitCode, Error> {
+    let opts = log_args.log_options(LogOptions::default().durability(durability))?;
     let mut log = Appender::open(dir, opts)?;
     // The watermark before the first append: the thread may start after records are durable.
     let acked = log.durable_offset().0;
@@ -73,10 +74,12 @@ pub(super) fn run_topic(
     keyed: bool,
     durability: Durability,
     ack: bool,
+    log_args: &LogArgs,
 ) -> Result<ExitCode, Error> {
+    // Options first: a refused size creates no bus.
+    let opts = log_args.log_options(LogOptions::default().durability(durability))?;
     let bus = Bus::open(dir)?;
     let topic = bus.topic_or_create(topic, partitions)?;
-    let opts = LogOptions::default().durability(durability);
     let mut sink = TopicLines::new(topic.producer(opts)?, dir.join("topics").join(topic.name()), keyed);
     let watches = sink.producer.durable_watches();
     let acked: Vec<u64> = watches.iter().map(|w| w.durable_offset().0).collect();
