@@ -86,7 +86,10 @@ pub enum LogError {
     #[error("invalid log configuration: {0}")]
     Config(String),
     /// The disk is full: a new segment could not be allocated.
-    #[error("{path}: no space left to allocate a {bytes}-byte segment; free disk space or lower retention")]
+    #[error(
+        "{path}: no space left to allocate a {bytes}-byte segment; free disk space, lower retention, or use \
+         smaller segments (`--segment-size` on the command line, `LogOptions::segment_bytes` in the library)"
+    )]
     NoSpace {
         /// The file that could not be allocated.
         path: PathBuf,
