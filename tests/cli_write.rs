@@ -167,7 +167,4 @@ fn sizes_that_do_not_parse_are_usage_errors_and_sizes_the_log_refuses_name_the_f
     }
     // Nothing was created by a refused size.
     assert!(!dir.exists());
-    // The largest size is taken.
-    ok(&["produce", &log, "--segment-size", "1G", "--durability", "never"], b"big segments\n");
-    assert_eq!(payloads(&log), vec!["big segments".to_string()]);
 }

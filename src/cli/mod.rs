@@ -16,7 +16,9 @@
 //!   Lines that arrive together are appended as one batch, but a line is never held back
 //!   waiting for more input. With `--ack`, a separate thread prints `durable <N>` (flushed)
 //!   each time the durable watermark advances: every record with offset `<= N` is durable.
-//!   At end of input it syncs, prints the final ack, and exits 0. A line longer than the
+//!   At end of input it syncs (with `--durability never` only when `--ack` asks for acks:
+//!   `never` leaves records in the page cache, as the library's `Durability::Never` does),
+//!   prints the final ack, and exits 0. A line longer than the
 //!   largest record is an error after the lines before it are appended, synced and acked.
 //!   `--segment-size` (bytes, or with a binary K, M or G suffix: `64M`) sets the size of
 //!   the segment files it creates (and of each partition's, with `--topic`); a size the log
@@ -66,8 +68,8 @@
 //!   (default 1000 ms) until interrupted. `--once` prints one snapshot, rates shown as `-`,
 //!   with no screen control, and exits 0.
 //! - `shoal bridge export <BUS> --topic <T> --nats <URL> --stream <S>` publishes a topic to a
-//!   NATS JetStream stream and `shoal bridge import <BUS> --topic <T> --nats <URL> --stream <S>`
-//!   appends a stream to a topic (the bus is created if missing); both run until SIGTERM or
+//!   NATS JetStream stream and `shoal bridge import <BUS> --topic <T> --nats <URL> --stream <S>
+//!   [--segment-size <SIZE>]` appends a stream to a topic (the bus is created if missing); both run until SIGTERM or
 //!   SIGINT (then exit 0) and print a status line per second on stderr. Only with the `nats`
 //!   feature; a build without it answers `shoal bridge ...` with one line saying so and exit 2.
 //! - Usage errors exit 2 (clap's convention); runtime errors exit 1 with one line on stderr.
