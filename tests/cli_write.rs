@@ -184,3 +184,17 @@ fn never_without_ack_leaves_records_in_the_page_cache_and_with_ack_syncs_them() 
         assert_eq!(stats_row(&log, "durable offset"), last, "{level}");
     }
 }
+
+/// `bridge import` takes `--segment-size` too, and refuses a bad one before it connects or
+/// creates the bus (so no NATS server is needed here).
+#[cfg(feature = "nats")]
+#[test]
+fn bridge_import_refuses_a_segment_size_before_touching_the_bus() {
+    let (_temp, dir, bus) = temp_dir("bus");
+    let args = ["bridge", "import", &bus, "--topic", "t", "--nats", "nats://127.0.0.1:1", "--stream", "S"];
+    let err = fails(&[&args[..], &["--segment-size", "4K"]].concat(), b"");
+    assert!(err.contains("segment_bytes") && err.contains("choose another --segment-size"), "{err}");
+    assert!(!dir.exists());
+    let out = run(&[&args[..], &["--segment-size", "4X"]].concat(), b"");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
