@@ -198,3 +198,36 @@ fn bridge_import_refuses_a_segment_size_before_touching_the_bus() {
     let out = run(&[&args[..], &["--segment-size", "4X"]].concat(), b"");
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }
+
+/// Disk space taken by the files under `dir` (recursively), from their allocated blocks.
+fn disk_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut bytes = 0;
+    for entry in std::fs::read_dir(dir).expect("list dir") {
+        let meta = entry.expect("entry").metadata().expect("metadata");
+        bytes += if meta.is_dir() { 0 } else { meta.blocks() * 512 };
+    }
+    bytes
+}
+
+#[test]
+fn prealloc_sets_the_disk_space_a_quiet_log_takes() {
+    let (_temp, dir, log) = temp_dir("log");
+    let big = dir.with_file_name("big");
+    let big_arg = big.to_str().expect("UTF-8 temp path");
+    ok(&["produce", &log, "--prealloc", "64K"], b"one\n");
+    ok(&["produce", big_arg, "--prealloc", "4M"], b"one\n");
+    // The segment files are sparse past what was allocated ahead of the writer.
+    let (small, large) = (disk_bytes(&dir), disk_bytes(&big));
+    assert!(small < 1 << 20, "a one-record log with --prealloc 64K takes {small} bytes");
+    assert!(large >= 4 << 20, "a one-record log with --prealloc 4M takes {large} bytes");
+    assert_eq!(payloads(&log), vec!["one".to_string()]);
+
+    for refused in ["4K", "65537", "0"] {
+        let err = fails(&["produce", &log, "--prealloc", refused], b"a\n");
+        assert!(err.contains("prealloc_bytes") && err.contains("choose another --prealloc"), "{refused}: {err}");
+    }
+    let out = run(&["produce", &log, "--prealloc", "lots"], b"a\n");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert_eq!(payloads(&log), vec!["one".to_string()]);
+}

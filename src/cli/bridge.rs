@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! shoal bridge export <BUS> --topic <T> --nats <URL> --stream <S> [--create-stream] [--subject-prefix <P>] [--max-in-flight <N>]
-//! shoal bridge import <BUS> --topic <T> --nats <URL> --stream <S> [--create-stream] [--subject-prefix <P>] [--max-in-flight <N>] [--segment-size <SIZE>]
+//! shoal bridge import <BUS> --topic <T> --nats <URL> --stream <S> [--create-stream] [--subject-prefix <P>] [--max-in-flight <N>] [--segment-size <SIZE>] [--prealloc <SIZE>]
 //! ```
 //!
 //! The stream must exist, unless `--create-stream` asks for it to be created (over
@@ -13,8 +13,8 @@
 //! that [`shoal::bridge::export`] and [`shoal::bridge::import`] check between batches, so the
 //! bridge stops at a clean point (acknowledged positions stored) and the command exits 0.
 //! Export reads a bus that must exist (like `cat --topic`); import creates the bus directory
-//! if it is missing, so a second box starts from an empty directory; `--segment-size` sets the
-//! segment files of the topic's partitions, as for `produce`.
+//! if it is missing, so a second box starts from an empty directory; `--segment-size` and
+//! `--prealloc` set the segment files of the topic's partitions, as for `produce`.
 //!
 //! About once a second (whenever the bridge reports), a status line goes to stderr (stdout
 //! stays empty); the rate is records per second since the previous line:

@@ -1,5 +1,6 @@
 //! The options of every command that creates or appends to a log (`produce`, `produce
-//! --topic`, `bridge import`): the size of segment files, turned into [`LogOptions`].
+//! --topic`, `bridge import`): the size of segment files and the disk space allocated ahead
+//! of the writer, turned into [`LogOptions`].
 //!
 //! Sizes are bytes, or a number with a binary suffix: `K` (KiB), `M` (MiB), `G` (GiB), also
 //! written `KiB`, `MiB`, `GiB`, in either case (`64K` = 65536, `1g` = 1073741824). A size the
@@ -12,7 +13,8 @@ use clap::Args;
 use super::Error;
 use shoal::log::{LogError, LogOptions};
 
-/// `--segment-size`, shared by the commands that write logs (flattened into each).
+/// `--segment-size` and `--prealloc`, shared by the commands that write logs (flattened into
+/// each).
 #[derive(Debug, Clone, Default, Args)]
 pub(super) struct LogArgs {
     /// Largest size of each segment file of the log (of each partition, with --topic): bytes,
@@ -20,6 +22,31 @@ pub(super) struct LogArgs {
     /// Default 64M. Records no larger than one segment holds.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     segment_size: Option<u64>,
+    /// Disk space allocated, and pages faulted in, ahead of the writer in a segment (segment
+    /// files are sparse past it): bytes or K, M, G; a multiple of 4K, at least 64K. A log with
+    /// few records costs about this much disk.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, help = prealloc_help(), long_help = prealloc_help())]
+    prealloc: Option<u64>,
+}
+
+/// `--prealloc`'s one-line help, naming the library's default.
+fn prealloc_help() -> String {
+    format!(
+        "Disk space allocated ahead of the writer in each segment (files are sparse past it): bytes or K, M, G; \
+         a multiple of 4K, at least 64K. Default {}",
+        show_size(LogOptions::default().prealloc_bytes)
+    )
+}
+
+/// A size as `parse_size` reads it back, in the largest unit that divides it (`512K`).
+fn show_size(bytes: u64) -> String {
+    match bytes {
+        0 => "0".into(),
+        b if b % (1 << 30) == 0 => format!("{}G", b >> 30),
+        b if b % (1 << 20) == 0 => format!("{}M", b >> 20),
+        b if b % (1 << 10) == 0 => format!("{}K", b >> 10),
+        b => b.to_string(),
+    }
 }
 
 impl LogArgs {
@@ -33,6 +60,10 @@ impl LogArgs {
             opts = opts.segment_bytes(bytes);
             // Checked with the smallest largest-record, so that the message is about the segment.
             opts.max_record_bytes(0).validate().map_err(|e| refused(&e, "--segment-size"))?;
+        }
+        if let Some(bytes) = self.prealloc {
+            opts = opts.prealloc_bytes(bytes);
+            opts.max_record_bytes(0).validate().map_err(|e| refused(&e, "--prealloc"))?;
         }
         Ok(fit_max_record_bytes(opts))
     }
@@ -103,7 +134,7 @@ mod tests {
 
     #[test]
     fn a_small_segment_lowers_the_largest_record_to_what_it_holds() {
-        let args = LogArgs { segment_size: Some(64 << 10) };
+        let args = LogArgs { segment_size: Some(64 << 10), prealloc: None };
         let opts = args.log_options(LogOptions::default()).expect("64K is a segment size");
         assert_eq!(opts.segment_bytes, 64 << 10);
         assert!(opts.validate().is_ok());
@@ -124,9 +155,31 @@ mod tests {
     #[test]
     fn a_size_the_log_refuses_names_the_flag() {
         for bytes in [4096, (64 << 10) + 1, 2 << 30] {
-            let e = LogArgs { segment_size: Some(bytes) }.log_options(LogOptions::default()).expect_err("refused");
+            let e = LogArgs { segment_size: Some(bytes), prealloc: None }
+                .log_options(LogOptions::default())
+                .expect_err("refused");
             let e = e.to_string();
             assert!(e.contains("segment_bytes") && e.contains("choose another --segment-size"), "{bytes}: {e}");
         }
+        for bytes in [0, 4096, (64 << 10) + 1] {
+            let e = LogArgs { segment_size: None, prealloc: Some(bytes) }
+                .log_options(LogOptions::default())
+                .expect_err("refused");
+            let e = e.to_string();
+            assert!(e.contains("prealloc_bytes") && e.contains("choose another --prealloc"), "{bytes}: {e}");
+        }
+        let opts = LogArgs { segment_size: Some(1 << 20), prealloc: Some(128 << 10) }
+            .log_options(LogOptions::default())
+            .expect("both taken");
+        assert_eq!((opts.segment_bytes, opts.prealloc_bytes), (1 << 20, 128 << 10));
+    }
+
+    #[test]
+    fn sizes_show_as_they_parse() {
+        for bytes in [0, 1, 4096, 65536, 512 << 10, 1 << 20, 3 << 30, (1 << 20) + 1] {
+            assert_eq!(parse_size(&show_size(bytes)), Ok(bytes), "{}", show_size(bytes));
+        }
+        assert_eq!(show_size(512 << 10), "512K");
+        assert!(prealloc_help().contains(&show_size(LogOptions::default().prealloc_bytes)));
     }
 }

@@ -10,7 +10,8 @@
 //! `shoal: <what happened>; <what to do>`, and exits 1.
 //!
 //! # Contract (tools and tests outside this repository rely on it exactly)
-//! - `shoal produce <DIR> [--durability never|batch|interval=<ms>] [--ack] [--segment-size <SIZE>]`
+//! - `shoal produce <DIR> [--durability never|batch|interval=<ms>] [--ack] [--segment-size <SIZE>]
+//!   [--prealloc <SIZE>]`
 //!   creates the log if missing and appends one record per stdin line (the line's bytes without the `\n`; a
 //!   last line without a newline is a record too; lines are bytes, not necessarily UTF-8).
 //!   Lines that arrive together are appended as one batch, but a line is never held back
@@ -21,8 +22,10 @@
 //!   prints the final ack, and exits 0. A line longer than the
 //!   largest record is an error after the lines before it are appended, synced and acked.
 //!   `--segment-size` (bytes, or with a binary K, M or G suffix: `64M`) sets the size of
-//!   the segment files it creates (and of each partition's, with `--topic`); a size the log
-//!   refuses is an error naming the flag, and the largest record shrinks to fit a segment.
+//!   the segment files it creates (and of each partition's, with `--topic`), `--prealloc`
+//!   the disk space allocated ahead of the writer in a segment (`LogOptions::prealloc_bytes`);
+//!   a size the log refuses is an error naming the flag, and the largest record shrinks to
+//!   fit a segment.
 //! - `shoal cat <DIR> [--from <offset>] [--follow] [--format lines|json]`: `lines` prints
 //!   each payload and a newline; `json` prints one object per line with `offset`,
 //!   `timestamp_ns`, `key` and `payload` (UTF-8) or `payload_base64` (anything else). A
@@ -69,7 +72,7 @@
 //!   with no screen control, and exits 0.
 //! - `shoal bridge export <BUS> --topic <T> --nats <URL> --stream <S>` publishes a topic to a
 //!   NATS JetStream stream and `shoal bridge import <BUS> --topic <T> --nats <URL> --stream <S>
-//!   [--segment-size <SIZE>]` appends a stream to a topic (the bus is created if missing); both run until SIGTERM or
+//!   [--segment-size <SIZE>] [--prealloc <SIZE>]` appends a stream to a topic (the bus is created if missing); both run until SIGTERM or
 //!   SIGINT (then exit 0) and print a status line per second on stderr. Only with the `nats`
 //!   feature; a build without it answers `shoal bridge ...` with one line saying so and exit 2.
 //! - Usage errors exit 2 (clap's convention); runtime errors exit 1 with one line on stderr.
