@@ -231,3 +231,16 @@ fn prealloc_sets_the_disk_space_a_quiet_log_takes() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert_eq!(payloads(&log), vec!["one".to_string()]);
 }
+
+#[test]
+fn the_disk_full_message_names_what_to_do_on_the_command_line_and_in_the_library() {
+    use shoal::log::LogError;
+    let full = LogError::NoSpace { path: "/bus/log/00000000000000000000.seg".into(), bytes: 524_288 }.to_string();
+    for part in
+        ["00000000000000000000.seg", "524288 bytes", "free disk space", "--segment-size", "LogOptions::segment_bytes"]
+    {
+        assert!(full.contains(part), "{part}: {full}");
+    }
+    let unknown = LogError::NoSpace { path: "/bus/log".into(), bytes: 0 }.to_string();
+    assert!(!unknown.contains("0 bytes") && unknown.contains("--segment-size"), "{unknown}");
+}
