@@ -155,7 +155,7 @@ use std::time::{Duration, Instant};
 use memmap2::MmapRaw;
 
 use crate::bus::{validate_name, Bus, BusError, Topic};
-use crate::log::{wait_any, LogError, Offset, Reader, RecordRef};
+use crate::log::{wait_any_with, LogError, Offset, Reader, RecordRef, TailWait};
 use crate::sys::file::{try_flock, Flock};
 use crate::sys::fs::{Dir, Open};
 use crate::sys::futex;
@@ -187,6 +187,12 @@ pub struct GroupOptions {
     /// Each member applies its own setting to the others. Values under 50 ms are taken as
     /// 50 ms.
     pub session_timeout: Duration,
+    /// How [`Member::poll`] waits when every owned partition is caught up (default
+    /// [`TailWait::default`]: spin a little, then sleep): as a [`crate::log::Tailer`] does,
+    /// spinning on the partitions' next commit words, sleeping on their futexes (and the
+    /// group's epoch), or the one and then the other. A spin ends where a sleep would, at the
+    /// liveness check, so the heartbeat keeps moving.
+    pub tail_wait: TailWait,
 }
 
 impl Default for GroupOptions {
@@ -196,6 +202,7 @@ impl Default for GroupOptions {
             liveness_check: Duration::from_millis(20),
             label: format!("pid {}", std::process::id()),
             session_timeout: Duration::from_secs(3),
+            tail_wait: TailWait::default(),
         }
     }
 }
@@ -219,6 +226,13 @@ impl GroupOptions {
     #[must_use]
     pub fn session_timeout(mut self, session_timeout: Duration) -> GroupOptions {
         self.session_timeout = session_timeout;
+        self
+    }
+
+    /// Sets [`GroupOptions::tail_wait`].
+    #[must_use]
+    pub fn tail_wait(mut self, tail_wait: TailWait) -> GroupOptions {
+        self.tail_wait = tail_wait;
         self
     }
 
@@ -668,7 +682,8 @@ impl Member {
     /// Log errors of a partition (corruption, [`LogError::OffsetGone`]), a damaged offsets
     /// file ([`GroupError::BadGroupFile`]), I/O errors on the group's files.
     pub fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Delivery>, GroupError> {
-        let deadline = Instant::now() + timeout;
+        let start = Instant::now();
+        let deadline = start + timeout;
         let mut out = Vec::new();
         // Bounded by the deadline: every pass sleeps (or returns) when nothing is read.
         loop {
@@ -683,7 +698,7 @@ impl Member {
             }
             // Wakes often enough that the heartbeat moves well within the session timeout.
             let nap = self.opts.liveness_check.min(self.session_timeout() / 4);
-            self.sleep((deadline - now).min(nap))?;
+            self.sleep((deadline - now).min(nap), now - start)?;
         }
     }
 
@@ -1090,8 +1105,9 @@ impl Member {
         Ok(())
     }
 
-    /// Sleeps until a record arrives in an owned partition, the epoch moves, or `wait`.
-    fn sleep(&mut self, wait: Duration) -> Result<(), GroupError> {
+    /// Waits (by [`GroupOptions::tail_wait`], `spent` of its spin budget already used) until a
+    /// record arrives in an owned partition, the epoch moves, or `wait`.
+    fn sleep(&mut self, wait: Duration, spent: Duration) -> Result<(), GroupError> {
         let epoch_seen = self.epoch.word().load(Ordering::SeqCst);
         if epoch_seen != self.seen_epoch {
             return Ok(());
@@ -1099,7 +1115,7 @@ impl Member {
         let mut readers: Vec<&mut Reader> = self.owned.values_mut().map(|owned| &mut owned.reader).collect();
         // The epoch word was read before the logs are re-checked: a membership change
         // after this point moves it and ends the sleep.
-        wait_any(&mut readers, &[(self.epoch.word(), epoch_seen)], wait)?;
+        wait_any_with(&mut readers, &[(self.epoch.word(), epoch_seen)], self.opts.tail_wait.after(spent), wait)?;
         Ok(())
     }
 }

@@ -286,7 +286,7 @@ impl Appender {
     ) -> Result<Offset, AppendError> {
         self.enter()?;
         let ts = self.clock.now_ns();
-        let result = self.write_one(key, len, ts, fill);
+        let result = self.check_live().map_err(AppendError::Log).and_then(|()| self.write_one(key, len, ts, fill));
         if result.is_ok() {
             self.publish();
         }
@@ -316,11 +316,13 @@ impl Appender {
         self.enter()?;
         let first = self.next_offset;
         let ts = self.clock.now_ns();
-        let mut result = Ok(());
-        for payload in payloads {
-            if let Err(e) = self.write_one(0, payload.len(), ts, |buf| buf.copy_from_slice(payload)) {
-                result = Err(e);
-                break;
+        let mut result = self.check_live().map_err(AppendError::Log);
+        if result.is_ok() {
+            for payload in payloads {
+                if let Err(e) = self.write_one(0, payload.len(), ts, |buf| buf.copy_from_slice(payload)) {
+                    result = Err(e);
+                    break;
+                }
             }
         }
         if self.next_offset != first {
@@ -510,10 +512,6 @@ impl Appender {
         if len > self.opts.max_record_bytes {
             return Err(AppendError::TooLarge { len, max: self.opts.max_record_bytes });
         }
-        if self.shared.failed.load(Ordering::Relaxed) {
-            return Err(AppendError::Log(self.shared.failure()));
-        }
-        self.active.check_shrank()?;
         let stride = record_stride(len);
         if self.position + stride > self.limit {
             self.make_room(len, stride)?;
@@ -537,11 +535,25 @@ impl Appender {
         Ok(Offset(offset))
     }
 
+    /// The checks an append call makes once, before its first record: the log has not
+    /// stopped (a failed sync) and the active segment's file did not shrink under it. (A
+    /// segment that shrinks during the call fails the sync of its records instead.)
+    #[inline]
+    fn check_live(&self) -> Result<(), LogError> {
+        if self.shared.failed.load(Ordering::Relaxed) {
+            return Err(self.shared.failure());
+        }
+        self.active.check_shrank()
+    }
+
     /// Makes the records written so far visible to the sync thread and tailers.
     #[inline]
     fn publish(&mut self) {
         self.active.written.store(self.position as u64, Ordering::Relaxed);
-        self.head.store_tail(self.active.id.0, self.position as u64, self.next_offset);
+        if self.role.is_some() {
+            // For the next holder of the writer role (an exclusive appender has none).
+            self.head.store_tail(self.active.id.0, self.position as u64, self.next_offset);
+        }
         // pairs with the Acquire load of `written` in the sync thread: it then sees the
         // segment's write position (and the pending list) at least this far.
         self.shared.written.store(self.next_offset, Ordering::Release);

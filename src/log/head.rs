@@ -225,6 +225,7 @@ impl Head {
         Ok(())
     }
 
+    #[inline]
     fn u32_at(&self, at: usize) -> &AtomicU32 {
         assert!(at % 4 == 0 && at + 4 <= HEAD_BYTES as usize);
         // SAFETY: in bounds of the 4 KiB mapping (asserted), 4-aligned (the mapping is
@@ -232,6 +233,7 @@ impl Head {
         unsafe { AtomicU32::from_ptr(self.map.as_mut_ptr().add(at).cast()) }
     }
 
+    #[inline]
     fn u64_at(&self, at: usize) -> &AtomicU64 {
         assert!(at % 8 == 0 && at + 8 <= HEAD_BYTES as usize);
         // SAFETY: as for u32_at, 8-aligned.
@@ -378,16 +380,19 @@ impl Head {
     }
 
     /// The writer role's epoch word (bumped by each new holder).
+    #[inline]
     pub(crate) fn role_epoch(&self) -> &AtomicU64 {
         self.u64_at(ROLE_EPOCH)
     }
 
     /// The writer role's dirty word: 1 while held, so a holder that died leaves it at 1.
+    #[inline]
     pub(crate) fn role_dirty(&self) -> &AtomicU32 {
         self.u32_at(ROLE_DIRTY)
     }
 
     /// The futex word counting appenders that wait for the writer role.
+    #[inline]
     pub(crate) fn role_wanted(&self) -> &AtomicU32 {
         self.u32_at(ROLE_WANTED)
     }

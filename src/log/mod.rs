@@ -126,7 +126,7 @@ pub use segment::SegmentId;
 pub use sync::DurableWatch;
 pub use tailer::Tailer;
 pub use verify::{producers, repair, stats, verify, LogStats, Problem, RepairReport, VerifyReport};
-pub use wait::wait_any;
+pub use wait::{wait_any, wait_any_with, TailWait};
 
 /// The position of a record in a log: dense, starting at 0.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -405,6 +405,27 @@ impl Reader {
         self.head.as_ref()
     }
 
+    /// The commit word of the slot at the reader's position, loaded with `Acquire` and
+    /// nothing else checked (no syscall, no `HEAD` access): `None` before a segment is
+    /// entered or at the end of the mapping. For spinning waiters (`wait::spin_until`): a
+    /// word other than 0 and the end marker is a record that [`Reader::ready`] reports at once.
+    #[inline]
+    pub(super) fn commit_word(&self) -> Option<u32> {
+        self.region.as_ref()?.load_commit(self.position)
+    }
+
+    /// Reads one word in each of the `pages` pages after the one the reader stands in, so a
+    /// waiting tailer takes their page faults (mapping the page-cache pages the appender
+    /// writes) before the records in them arrive, not as it reads them. Reads only; the
+    /// values are ignored, and words past the mapping are skipped.
+    pub(super) fn touch_ahead(&self, pages: usize) {
+        let Some(region) = self.region.as_ref() else { return };
+        let first = (self.position / format::PAGE_BYTES + 1) * format::PAGE_BYTES;
+        for page in 0..pages {
+            std::hint::black_box(region.load_commit(first + page * format::PAGE_BYTES));
+        }
+    }
+
     /// True when a record (or damage) waits at the reader's position; moves across
     /// segment boundaries as needed.
     ///

@@ -131,7 +131,7 @@ pub(crate) fn cut_segment(
     }
     let region = seg.region();
     // Only the non-zero stretch needs writing: find its end.
-    let end = last_nonzero(&region, position);
+    let end = last_nonzero(seg, position);
     // SAFETY: we hold the appender lock (`_lock`), so no writer; readers only poll commit words, which
     // `zero` stores atomically.
     unsafe { region.zero(position, end) };
@@ -150,18 +150,27 @@ pub(crate) fn cut_segment(
     Ok(())
 }
 
-pub(crate) fn last_nonzero(region: &Region, from: usize) -> usize {
+/// The end of the last non-zero 8-byte word of `seg` at or after `from` (`from` when there
+/// is none). Only the stretches the file system says may hold data are read: holes of the
+/// sparse segment read as zeros, and reading them would fault in pages of zeros.
+pub(crate) fn last_nonzero(seg: &Segment, from: usize) -> usize {
+    const CHUNK: usize = 4096;
+    let region = seg.region();
     let mut end = from;
-    let mut at = format::align_up(from, 8);
-    while at + 8 <= region.len() {
-        // Commit words are the only atomically-written words; the rest, past the tail, is
-        // written by nobody now (we hold the lock), so plain copies are fine.
-        let mut word = [0u8; 8];
-        region.copy_out(at, &mut word);
-        if word != [0; 8] {
-            end = at + 8;
+    let mut buf = [0u8; CHUNK];
+    for range in crate::sys::file::data_ranges(seg.fd(), from as u64, region.len() as u64) {
+        let mut at = format::align_up((range.start as usize).max(from), 8);
+        let stop = (range.end as usize).min(region.len()) & !7;
+        while at < stop {
+            let n = (stop - at).min(CHUNK);
+            // Commit words are the only atomically-written words; the rest, past the tail, is
+            // written by nobody now (we hold the lock), so plain copies are fine.
+            region.copy_out(at, &mut buf[..n]);
+            if let Some(i) = buf[..n].chunks_exact(8).rposition(|w| w != [0u8; 8]) {
+                end = at + i * 8 + 8;
+            }
+            at += n;
         }
-        at += 8;
     }
     end
 }
@@ -429,7 +438,7 @@ pub(crate) fn restore_seal(_lock: &DirLock, seg: &Segment, position: usize) -> R
         // SAFETY: we hold the appender lock, so no writer; the bytes from the marker on are
         // past the last record, and readers only poll commit words, which `zero` stores
         // atomically.
-        unsafe { region.zero(position, last_nonzero(&region, position).max(position)) };
+        unsafe { region.zero(position, last_nonzero(seg, position).max(position)) };
         region.publish(position, format::END_OF_SEGMENT);
     }
     seg.file.sync_data().map_err(|e| LogError::io(&seg.path, "fdatasync", e))?;

@@ -1,35 +1,43 @@
-//! Group commit: the sync thread, the durable watermark and every decision that
-//! [`Durability`] drives.
+//! Group commit: sync rounds, the durable watermark and every decision that [`Durability`]
+//! drives.
 //!
-//! Appends only write memory and publish `written` (the offset after the last record). The
-//! sync thread loops: it reads `written`, data-syncs every byte of every pending segment
-//! published up to then (one submission on io_uring, [`IoDriver::sync_ranges`]), and only
-//! then moves `durable` to the offset it read, so the watermark never runs ahead of the
-//! disk. When a round starts is the durability level's choice ([`Shared::sync_due`]): back
-//! to back while records keep coming (`Batch`), at most once per interval (`Interval`), or
-//! only when asked (`Never`, or an explicit [`Appender::sync`](super::Appender::sync)).
+//! Appends only write memory and publish `written` (the offset after the last record). A
+//! *round* reads `written`, data-syncs every byte of every pending segment published up to
+//! then ([`IoDriver::sync_ranges`]), and only then moves `durable` to the offset it read, so
+//! the watermark never runs ahead of the disk. At most one round of an appender is in flight
+//! (the flag `round_busy`); whoever takes it runs the round:
 //!
-//! The thread parks when nothing is due. An appender in `Batch` mode wakes it after a
-//! publish only when it is parked ([`Shared::wake_after_publish`]); the Dekker pair of the
-//! asymmetric fence (light on the appender's side, heavy here before parking) guarantees that
-//! either the appender sees `syncer_parked` or the thread sees the new `written`.
+//! - the sync thread, when the durability level says a round is due ([`Shared::sync_due`]):
+//!   back to back while records keep coming (`Batch`), at most once per interval
+//!   (`Interval`), or only when asked (`Never`);
+//! - a thread blocked in [`Appender::sync`](super::Appender::sync) or `wait_durable` for a
+//!   record already appended, when no round is in flight: it syncs inline instead of waking
+//!   the sync thread and being woken back, which saves two thread hand-offs on the latency
+//!   path. When a round is in flight, it spins briefly on the watermark, then parks on a
+//!   condition variable until the round ends, and takes the next round itself if the one
+//!   that ended did not cover its record.
+//!
+//! The sync thread parks when nothing is due. An appender in `Batch` mode wakes it after a
+//! publish only when it is parked ([`Shared::wake_after_publish`]: a load and a branch
+//! otherwise); the Dekker pair of the asymmetric fence (light on the appender's side, heavy
+//! here before parking) guarantees that either the appender sees `syncer_parked` or the
+//! thread sees the new `written`.
 //!
 //! With a shared log ([`Writers::Shared`](super::Writers::Shared)) every appender runs its
-//! own sync thread, and the rounds of all of them take turns under an exclusive `flock` on
-//! the file `SYNC` in the log directory: at most one sync per log is in flight, whoever
-//! issues it. Under that lock a round first reads the watermark in `HEAD`: when another
-//! appender's round already made everything this one has seen durable, it skips the sync
-//! and only moves its own watermark (one sync serves every appender). The watermark in
-//! `HEAD` only ever rises, and every appender's own watermark follows it.
+//! own rounds, and the rounds of all of them take turns under an exclusive `flock` on the
+//! file `SYNC` in the log directory: at most one sync per log is in flight, whoever issues
+//! it (a sync thread or an inline waiter). Under that lock a round first reads the watermark
+//! in `HEAD`: when another appender's round already made everything this one has seen
+//! durable, it skips the sync and only moves its own watermark (one sync serves every
+//! appender). The watermark in `HEAD` only ever rises, and every appender's own watermark
+//! follows it.
 //!
-//! Waiters for durability ([`DurableWatch`], [`Appender::wait_durable`](super::Appender::wait_durable))
-//! block on a condition variable that each round notifies when someone waits. A failed sync
-//! is final: the log stops accepting appends and every waiter gets the error.
+//! A failed sync is final: the log stops accepting appends and every waiter gets the error.
 
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -48,6 +56,18 @@ use crate::sys::histogram::LatencyHistogram;
 
 /// The file whose `flock` serialises the sync rounds of a shared log's appenders.
 pub(crate) const SYNC_FILE: &str = "SYNC";
+
+/// How long a waiter spins on the watermark while a round is in flight before it parks:
+/// about the tail of a fast data sync (tens of microseconds on NVMe), and short enough
+/// that a waiter on a slow disk gives its core back almost at once.
+const SPIN_WAIT: Duration = Duration::from_micros(20);
+
+/// Watermark checks between two reads of the clock while spinning.
+const SPIN_CHECKS_PER_CLOCK: u32 = 64;
+
+/// The longest a waiter or the sync thread parks without looking again (a safety net;
+/// wake-ups end the wait early).
+const PARK_MAX: Duration = Duration::from_millis(100);
 
 /// A segment the sync thread still has to cover (its write position is `segment.written`).
 #[derive(Debug)]
@@ -85,7 +105,14 @@ pub(crate) struct Shared {
     /// Segments with records the sync thread may not have covered yet.
     pub(crate) pending: Mutex<Vec<Arc<Pending>>>,
     syncer_parked: CachePadded<AtomicBool>,
-    syncer: Mutex<Option<std::thread::Thread>>,
+    syncer: OnceLock<std::thread::Thread>,
+    /// Set while a round is in flight (taken by [`Shared::try_round`]).
+    round_busy: AtomicBool,
+    /// The state of the rounds; locked only by the holder of `round_busy`.
+    rounds: Mutex<Rounds>,
+    /// When the last round ended, in ns since `epoch` (for `Interval`).
+    last_sync_ns: AtomicU64,
+    epoch: Instant,
     waiters: AtomicUsize,
     durable_lock: Mutex<()>,
     durable_changed: Condvar,
@@ -96,6 +123,9 @@ pub(crate) struct Shared {
     head: Arc<Head>,
     sync_latency: Mutex<LatencyHistogram>,
     syncs: AtomicU64,
+    /// The longest data sync so far (ns): a waiter with a timeout runs a round itself only
+    /// where this fits in what is left of it.
+    sync_max_ns: AtomicU64,
     /// The `SYNC` file of a shared log (`None` for an exclusive one).
     sync_lock: Option<File>,
 }
@@ -126,7 +156,11 @@ impl Shared {
             sync_target: AtomicU64::new(0),
             pending: Mutex::new(Vec::new()),
             syncer_parked: CachePadded::new(AtomicBool::new(false)),
-            syncer: Mutex::new(None),
+            syncer: OnceLock::new(),
+            round_busy: AtomicBool::new(false),
+            rounds: Mutex::new(Rounds { io: IoDriver::Syscalls, synced_to: Vec::new(), ranges: Vec::with_capacity(4) }),
+            last_sync_ns: AtomicU64::new(0),
+            epoch: Instant::now(),
             waiters: AtomicUsize::new(0),
             durable_lock: Mutex::new(()),
             durable_changed: Condvar::new(),
@@ -137,6 +171,7 @@ impl Shared {
             head,
             sync_latency: Mutex::new(LatencyHistogram::new()),
             syncs: AtomicU64::new(0),
+            sync_max_ns: AtomicU64::new(0),
             sync_lock,
         })
     }
@@ -198,7 +233,7 @@ impl Shared {
 
     fn wake_syncer(&self) {
         if self.syncer_parked.swap(false, Ordering::SeqCst) {
-            if let Some(t) = &*self.syncer.lock().unwrap_or_else(|p| p.into_inner()) {
+            if let Some(t) = self.syncer.get() {
                 t.unpark();
             }
         }
@@ -231,8 +266,38 @@ impl Shared {
     fn idle_sleep(&self, written: u64, durable: u64, last_sync: Instant) -> Duration {
         match self.durability {
             Durability::Interval(d) if written > durable => d.saturating_sub(last_sync.elapsed()),
-            _ => Duration::from_millis(100),
+            _ => PARK_MAX,
         }
+    }
+
+    /// When the last round ended.
+    fn last_sync(&self) -> Instant {
+        self.epoch + Duration::from_nanos(self.last_sync_ns.load(Ordering::Relaxed))
+    }
+
+    /// Runs one round unless one is in flight (`false` then). The round syncs what was
+    /// published before it started, if anything is not durable yet.
+    fn try_round(&self) -> bool {
+        // pairs with the SeqCst store in RoundTurn::drop: a waiter that sees the flag clear
+        // has seen the watermark the round left.
+        if self.round_busy.compare_exchange(false, true, Ordering::SeqCst, Ordering::Relaxed).is_err() {
+            return false;
+        }
+        let _turn = RoundTurn(self);
+        let mut rounds = self.rounds.lock().unwrap_or_else(|p| p.into_inner());
+        round(self, &mut rounds);
+        true
+    }
+
+    /// Blocks until the round in flight ends (or 100 ms pass, a safety net).
+    fn wait_round_end(&self) {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let guard = self.durable_lock.lock().unwrap_or_else(|p| p.into_inner());
+        // pairs with the SeqCst store in RoundTurn::drop, which notifies under this lock
+        if self.round_busy.load(Ordering::SeqCst) && !self.failed.load(Ordering::Acquire) {
+            let _ = self.durable_changed.wait_timeout(guard, PARK_MAX);
+        }
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Whether closing the log syncs what was appended first (all levels but `Never`, and
@@ -247,9 +312,10 @@ impl Shared {
         self.wait_durable(target - 1, None, true).map(|_| ())
     }
 
-    /// Blocks until `offset` is durable (`Ok(true)`) or `timeout` passes (`Ok(false)`);
-    /// with `request_sync`, asks the sync thread for it where the level would not sync on
-    /// its own soon.
+    /// Blocks until `offset` is durable (`Ok(true)`) or `timeout` passes (`Ok(false)`).
+    /// With `request_sync`, a record already appended is synced inline when no round is in
+    /// flight and the longest sync so far fits in the time left, and otherwise asked of the
+    /// sync thread where the level would not sync on its own soon.
     pub(crate) fn wait_durable(
         &self,
         offset: u64,
@@ -259,46 +325,87 @@ impl Shared {
         if self.durable_now() > offset {
             return Ok(true);
         }
-        if request_sync && self.durability != Durability::Batch {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let inline_fits = timeout.is_none_or(|t| t > Duration::from_nanos(self.sync_max_ns.load(Ordering::Relaxed)));
+        if request_sync
+            && self.durability != Durability::Batch
+            // pairs with the Release store of `written` in Appender::publish
+            && (self.written.load(Ordering::Acquire) <= offset || !inline_fits)
+        {
+            // Not appended yet (or no time to sync inline): the sync thread covers it.
             self.sync_target.fetch_max(offset + 1, Ordering::SeqCst);
             self.syncer_parked.store(true, Ordering::SeqCst);
             self.wake_syncer();
         }
-        let deadline = timeout.map(|t| Instant::now() + t);
         self.waiters.fetch_add(1, Ordering::SeqCst);
-        let mut guard = self.durable_lock.lock().unwrap_or_else(|p| p.into_inner());
         let result = loop {
-            // pairs with the SeqCst store of `durable` in the sync thread
+            // pairs with the SeqCst store of `durable` in round_done
             if self.durable_now() > offset {
                 break Ok(true);
             }
             if self.failed.load(Ordering::Acquire) {
                 break Err(self.failure());
             }
-            if self.shutdown.load(Ordering::Acquire) && self.written.load(Ordering::Acquire) <= offset {
+            let appended = self.written.load(Ordering::Acquire) > offset;
+            if self.shutdown.load(Ordering::Acquire) && !appended {
                 break Err(LogError::Closed);
             }
-            let wait = match deadline {
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        break Ok(false);
-                    }
-                    (d - now).min(Duration::from_millis(100))
-                }
-                None => Duration::from_millis(100),
-            };
-            guard = self.durable_changed.wait_timeout(guard, wait).unwrap_or_else(|p| p.into_inner()).0;
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                break Ok(false);
+            }
+            // Sync inline when no round is in flight (and the longest sync so far fits in
+            // the time left); the round covers `offset`.
+            let fits =
+                deadline.is_none_or(|d| d - now > Duration::from_nanos(self.sync_max_ns.load(Ordering::Relaxed)));
+            if request_sync && appended && fits && self.try_round() {
+                continue;
+            }
+            // A round is in flight (or the record is not appended yet): watch the watermark
+            // for a moment, since the round may be about to end, then park.
+            if self.spin_on_watermark(offset, request_sync && appended) {
+                continue;
+            }
+            let guard = self.durable_lock.lock().unwrap_or_else(|p| p.into_inner());
+            // Under the lock that RoundTurn::drop, fail and absorb_shared notify under: no
+            // wake-up is lost between these checks and the wait.
+            let idle = request_sync && appended && fits && !self.round_busy.load(Ordering::SeqCst);
+            if self.durable_now() > offset || self.failed.load(Ordering::Acquire) || idle {
+                continue;
+            }
+            let wait = deadline.map_or(PARK_MAX, |d| (d - now).min(PARK_MAX));
+            drop(self.durable_changed.wait_timeout(guard, wait).unwrap_or_else(|p| p.into_inner()));
         };
-        drop(guard);
         self.waiters.fetch_sub(1, Ordering::SeqCst);
         result
+    }
+
+    /// Spins for up to [`SPIN_WAIT`] until `offset` is durable, a sync failed, or (with
+    /// `until_idle`) no round is in flight; `true` when one of those happened.
+    fn spin_on_watermark(&self, offset: u64, until_idle: bool) -> bool {
+        let start = Instant::now();
+        loop {
+            for _ in 0..SPIN_CHECKS_PER_CLOCK {
+                // pairs with the SeqCst stores of `durable` (round_done) and of `round_busy`
+                // (RoundTurn::drop)
+                if self.durable.load(Ordering::SeqCst) > offset
+                    || self.failed.load(Ordering::Relaxed)
+                    || (until_idle && !self.round_busy.load(Ordering::SeqCst))
+                {
+                    return true;
+                }
+                std::hint::spin_loop();
+            }
+            if start.elapsed() >= SPIN_WAIT {
+                return false;
+            }
+        }
     }
 
     /// Data syncs done so far and their latency histogram (ns).
     pub(crate) fn sync_stats(&self) -> (u64, LatencyHistogram) {
         let hist = self.sync_latency.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        (self.syncs.load(Ordering::Relaxed), hist)
+        (self.syncs.load(Ordering::SeqCst), hist)
     }
 
     /// Stops the sync thread (after the round in progress) and waits for it.
@@ -343,7 +450,10 @@ impl DurableWatch {
         Offset(self.shared.written.load(Ordering::Acquire))
     }
 
-    /// Blocks until `offset` is durable, or `timeout` passes (returns `Ok(false)`).
+    /// Blocks until `offset` is durable, or `timeout` passes (returns `Ok(false)`). When the
+    /// record is appended already, no sync round is in flight and the longest sync so far
+    /// fits in the time left, the calling thread runs the round itself (one data sync that
+    /// covers every record published so far) instead of handing it to the sync thread.
     ///
     /// # Errors
     /// [`LogError::SyncFailed`] when a sync failed; [`LogError::Closed`] when the appender
@@ -362,33 +472,53 @@ impl DurableWatch {
     }
 }
 
-/// Starts the sync thread, which owns `io`.
-pub(crate) fn spawn_syncer(shared: Arc<Shared>, mut io: IoDriver) -> Result<JoinHandle<()>, LogError> {
+/// What the rounds keep from one to the next: the I/O driver and each pending segment with
+/// the file position synced so far.
+#[derive(Debug)]
+struct Rounds {
+    io: IoDriver,
+    synced_to: Vec<(Arc<Pending>, u64)>,
+    /// The ranges of the round in progress (kept to reuse the allocation).
+    ranges: Vec<SyncRange>,
+}
+
+/// The turn of the round in flight: letting go clears `round_busy` and wakes the waiters
+/// (those watching the watermark and those waiting for the turn).
+struct RoundTurn<'a>(&'a Shared);
+
+impl Drop for RoundTurn<'_> {
+    fn drop(&mut self) {
+        // pairs with the SeqCst loads of `round_busy` in wait_durable and wait_round_end
+        self.0.round_busy.store(false, Ordering::SeqCst);
+        self.0.notify_waiters();
+    }
+}
+
+/// Starts the sync thread; the rounds (whoever runs them) use `io`.
+pub(crate) fn spawn_syncer(shared: Arc<Shared>, io: IoDriver) -> Result<JoinHandle<()>, LogError> {
+    shared.rounds.lock().unwrap_or_else(|p| p.into_inner()).io = io;
     let handle = std::thread::Builder::new()
         .name("shoal-log-sync".into())
         .spawn({
             let shared = shared.clone();
-            move || sync_loop(&shared, &mut io)
+            move || sync_loop(&shared)
         })
         .map_err(|e| LogError::io("shoal-log-sync", "spawn thread", e))?;
-    *shared.syncer.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle.thread().clone());
+    let _ = shared.syncer.set(handle.thread().clone());
     Ok(handle)
 }
 
-/// The group-commit loop. Each round syncs every byte published before it started and then
-/// moves the durable watermark to the offset read at the start.
-fn sync_loop(shared: &Shared, io: &mut IoDriver) {
-    // Each pending segment with the file position synced so far.
-    let mut synced_to: Vec<(Arc<Pending>, u64)> = Vec::new();
-    let mut last_sync = Instant::now();
-    let mut ranges: Vec<SyncRange> = Vec::with_capacity(4);
+/// The sync thread: runs a round whenever the durability level says one is due, and parks
+/// otherwise.
+fn sync_loop(shared: &Shared) {
     loop {
         shared.absorb_shared();
         // pairs with the Release store of `written` in Appender::publish
         let written = shared.written.load(Ordering::Acquire);
-        let durable = shared.durable.load(Ordering::Relaxed);
+        let durable = shared.durable.load(Ordering::SeqCst);
         let target = shared.sync_target.load(Ordering::SeqCst);
         let shutting_down = shared.shutdown.load(Ordering::Acquire);
+        let last_sync = shared.last_sync();
         if !shared.sync_due(written, durable, target, last_sync) || shared.failed.load(Ordering::Relaxed) {
             if shutting_down {
                 return;
@@ -396,27 +526,56 @@ fn sync_loop(shared: &Shared, io: &mut IoDriver) {
             park(shared, shared.idle_sleep(written, durable, last_sync), durable);
             continue;
         }
-        let _turn = shared.sync_turn();
-        if shared.sync_lock.is_some() && shared.head.durable_offset() >= written {
-            // Another appender's round covered everything this one has seen.
-            shared.absorb_shared();
-            continue;
-        }
-        plan_round(shared, &mut synced_to, &mut ranges);
-        let started = Instant::now();
-        let result = io.sync_ranges(&ranges);
-        let elapsed = started.elapsed();
-        last_sync = Instant::now();
-        match result {
-            // A page that faulted past a shrunk file's end took the writes as zeros: the
-            // watermark must not cover them.
-            Ok(()) => match synced_to.iter().find(|(p, _)| p.segment.shrank()) {
-                Some((p, _)) => fail(shared, Failure::Shrank(p.segment.clone())),
-                None => round_done(shared, &mut synced_to, &ranges, written, elapsed),
-            },
-            Err(e) => round_failed(shared, &synced_to, e),
+        if !shared.try_round() {
+            // A waiter runs a round inline; look again once it ends.
+            shared.wait_round_end();
         }
     }
+}
+
+/// One round, run by the holder of `round_busy`: syncs every byte published before it
+/// started and then moves the durable watermark to the offset read at the start. Does
+/// nothing when that is durable already or the log failed.
+fn round(shared: &Shared, rounds: &mut Rounds) {
+    shared.absorb_shared();
+    // pairs with the Release store of `written` in Appender::publish
+    let written = shared.written.load(Ordering::Acquire);
+    if written <= shared.durable.load(Ordering::SeqCst) || shared.failed.load(Ordering::Acquire) {
+        return;
+    }
+    let _turn = shared.sync_turn();
+    if shared.sync_lock.is_some() && shared.head.durable_offset() >= written {
+        // Another appender's round covered everything this one has seen.
+        shared.absorb_shared();
+        return;
+    }
+    let Rounds { io, synced_to, ranges } = rounds;
+    plan_round(shared, synced_to, ranges);
+    let started = Instant::now();
+    let result = sync_fail_point().and_then(|()| io.sync_ranges(ranges));
+    let elapsed = started.elapsed();
+    shared.last_sync_ns.store(shared.epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    match result {
+        // A page that faulted past a shrunk file's end took the writes as zeros: the
+        // watermark must not cover them.
+        Ok(()) => match synced_to.iter().find(|(p, _)| p.segment.shrank()) {
+            Some((p, _)) => fail(shared, Failure::Shrank(p.segment.clone())),
+            None => round_done(shared, synced_to, ranges, written, elapsed),
+        },
+        Err(e) => round_failed(shared, synced_to, e),
+    }
+}
+
+/// The fail point `sync`, for tests, named the way the repair steps' are
+/// ([`fail_point`](super::scan::fail_point)): with `SHOAL_FAIL_POINT=sync` every round's sync
+/// fails with an I/O error (a kill there would add nothing to the crash tests, which kill
+/// appenders at random instants). The environment is read once per process.
+fn sync_fail_point() -> std::io::Result<()> {
+    static FAIL: OnceLock<bool> = OnceLock::new();
+    if *FAIL.get_or_init(|| std::env::var_os("SHOAL_FAIL_POINT").is_some_and(|v| v == "sync")) {
+        return Err(std::io::Error::other("stopped by SHOAL_FAIL_POINT"));
+    }
+    Ok(())
 }
 
 /// Parks the sync thread for up to `sleep`, unless records arrived (in `Batch` mode) or a
@@ -461,8 +620,7 @@ fn plan_round(shared: &Shared, synced_to: &mut Vec<(Arc<Pending>, u64)>, ranges:
 }
 
 /// After a successful round: records its latency, advances each segment's synced position,
-/// drops sealed segments that are fully synced, moves the watermark to `written` and wakes
-/// the waiters.
+/// drops sealed segments that are fully synced and moves the watermark to `written`.
 fn round_done(
     shared: &Shared,
     synced_to: &mut Vec<(Arc<Pending>, u64)>,
@@ -471,7 +629,7 @@ fn round_done(
     elapsed: Duration,
 ) {
     shared.sync_latency.lock().unwrap_or_else(|p| p.into_inner()).record(elapsed.as_nanos() as u64);
-    shared.syncs.fetch_add(1, Ordering::Relaxed);
+    shared.sync_max_ns.fetch_max(elapsed.as_nanos() as u64, Ordering::Relaxed);
     for (p, done) in synced_to.iter_mut() {
         *done = (*done).max(ranges.iter().find(|r| r.fd == p.segment.fd()).map_or(*done, |r| r.offset + r.len));
     }
@@ -492,7 +650,10 @@ fn round_done(
     // pairs with the SeqCst loads in wait_durable
     shared.durable.fetch_max(written, Ordering::SeqCst);
     shared.head.set_durable_offset(written);
-    shared.notify_waiters();
+    // Counted after the watermark moved: whoever saw the old watermark after reading the
+    // count sees a larger count once the round that moved it is done.
+    shared.syncs.fetch_add(1, Ordering::SeqCst);
+    // The waiters are woken as the round's turn ends (RoundTurn::drop), once.
 }
 
 /// After a failed round: the failure is recorded, the log stops accepting appends, and

@@ -288,7 +288,7 @@ fn check_records(
     let scan = scan_segment(&region, &header, payload_max, |_, _| {});
     report.records += scan.records;
     let from = if scan.end == ScanEnd::Sealed { scan.position + 8 } else { scan.position };
-    let (after, highest) = if from < region.len() && last_nonzero(&region, from) > from {
+    let (after, highest) = if from < region.len() && last_nonzero(seg, from) > from {
         records_after(&region, scan.position, scan.next_offset, payload_max)
     } else {
         (0, None)
@@ -480,7 +480,7 @@ pub fn stats(dir: &Path) -> Result<LogStats, LogError> {
         // The end of the last segment is judged as `verify` judges it: figures that stop at
         // damage would read as a shorter, sound log.
         let from = if scan.end == ScanEnd::Sealed { scan.position + 8 } else { scan.position };
-        let after = if from < region.len() && last_nonzero(&region, from) > from {
+        let after = if from < region.len() && last_nonzero(&seg, from) > from {
             records_after(&region, scan.position, scan.next_offset, payload_max).0
         } else {
             0

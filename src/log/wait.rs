@@ -1,19 +1,34 @@
-//! Sleeping until any of several logs gets a record: one `futex_waitv(2)` over the `notify`
-//! word of each log's `HEAD` page, plus any futex words of the caller's own (a consumer
-//! group's membership epoch), across processes.
+//! Waiting until any of several logs gets a record: spinning on the next record's commit
+//! word in the mapping, sleeping in one `futex_waitv(2)` over the `notify` word of each log's
+//! `HEAD` page (plus any futex words of the caller's own, such as a consumer group's
+//! membership epoch), or first the one and then the other, as a [`TailWait`] says; across
+//! processes.
 //!
 //! # Protocol
-//! The Dekker pattern of [`head`](super::head): register as a sleeper on every log (which
-//! issues the heavy fence), re-check every reader, and only then sleep on the words read
-//! while registering. An appender that publishes after our re-check sees the registration
-//! and bumps the word, so the sleep returns at once; one that published before it is seen by
-//! the re-check. A log with no `HEAD` page yet (no appender has opened it) has no word to
-//! wait on: the sleep is then cut to 1 ms and the caller polls.
+//! Sleeping follows the Dekker pattern of [`head`](super::head): register as a sleeper on
+//! every log (which issues the heavy fence), re-check every reader, and only then sleep on the
+//! words read while registering. An appender that publishes after our re-check sees the
+//! registration and bumps the word, so the sleep returns at once; one that published before
+//! it is seen by the re-check. A log with no `HEAD` page yet (no appender has opened it) has
+//! no word to wait on: the sleep is then cut to 1 ms and the caller polls.
+//!
+//! Spinning registers nothing: an appender pays a futex wake only for waiters that sleep
+//! (`Head::notify_after_fence` reads the `waiters` count, which a spinner never raises). A
+//! spinner loads the commit word of the slot each reader stands at, with `Acquire` (pairing
+//! with the appender's `Release` store of it), so a record is seen the moment it is
+//! published, with no syscall per check. Every `FULL_CHECK_SPINS` spins, and at once when
+//! a reader stands at an end-of-segment marker or the end of its mapping, it runs the
+//! readers' full check ([`Reader::ready`]: rollovers, damage), touches the next pages of each
+//! reader's segment (so their page faults are not taken when their records are read), reads
+//! the clock, and looks whether the logs still have an appender: where none has (every log
+//! closed), spinning stops and the waiter sleeps, registered, so the next appender's first
+//! record wakes it. A waiter about to sleep touches those pages too.
 
-use std::sync::atomic::AtomicU32;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use super::error::LogError;
+use super::format::END_OF_SEGMENT;
 use super::reader::Reader;
 use crate::sys::futex::{self, FutexWaitv, WAITV_MAX};
 
@@ -92,4 +107,194 @@ pub fn wait_any(readers: &mut [&mut Reader], words: &[(&AtomicU32, u32)], timeou
         }
     }
     ready
+}
+
+/// How a reader that has caught up waits for the next record: the log's counterpart of the
+/// rings' wait strategies, for [`Tailer`](super::Tailer), [`wait_any_with`] and consumer-group
+/// members.
+///
+/// ```
+/// use shoal::log::{Tailer, TailWait};
+/// use std::time::Duration;
+///
+/// let dir = tempfile::tempdir()?;
+/// # let _log = shoal::log::Appender::open(dir.path(), shoal::log::LogOptions::default())?;
+/// // Lowest latency, one core burnt while waiting:
+/// let busy = Tailer::open_with(dir.path(), TailWait::BusySpin)?;
+/// // The default: spin for a while, then sleep.
+/// assert_eq!(Tailer::open(dir.path())?.wait(), TailWait::default());
+/// // No CPU while idle, a wake-up through the kernel per record that finds it asleep:
+/// let parked = Tailer::open(dir.path())?.with_wait(TailWait::Park);
+/// # drop((busy, parked));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TailWait {
+    /// Spin on the next record's commit word in the shared mapping until it is published:
+    /// well under a microsecond from append to read, across processes, for one core kept
+    /// busy while waiting. Sleeps only while no appender has the log open.
+    BusySpin,
+    /// Spin for up to this long, then sleep until the appender wakes the waiter. Records that
+    /// come more often than the budget are met spinning; a quiet log costs the budget once,
+    /// then no CPU.
+    SpinThenPark(Duration),
+    /// Sleep at once on the log's futex until the appender wakes the waiter: no CPU while
+    /// idle, a wake-up through the kernel (tens of microseconds on a VM) for each record
+    /// that finds the waiter asleep.
+    Park,
+}
+
+impl TailWait {
+    /// The spin budget of the default strategy: longer than the gap between records of a
+    /// stream of 5000 records/s, so such a stream is met spinning; a quiet log costs it once
+    /// per record, then sleeps.
+    pub const DEFAULT_SPIN: Duration = Duration::from_micros(300);
+
+    /// The strategy left once `spent` of a wait has passed (a spin budget shrinks by it), for
+    /// callers that wait in several calls but want to spin for one budget in all.
+    #[must_use]
+    pub fn after(self, spent: Duration) -> TailWait {
+        match self {
+            TailWait::SpinThenPark(budget) => TailWait::SpinThenPark(budget.saturating_sub(spent)),
+            other => other,
+        }
+    }
+}
+
+impl Default for TailWait {
+    /// [`TailWait::SpinThenPark`] with [`TailWait::DEFAULT_SPIN`].
+    fn default() -> TailWait {
+        TailWait::SpinThenPark(TailWait::DEFAULT_SPIN)
+    }
+}
+
+/// Spins between two full checks of a spinning waiter (each runs [`Reader::ready`] on every
+/// reader, reads the clock and looks for a live appender): a few microseconds of
+/// `spin_loop` hints, short against any spin budget and cheap against the checks.
+const FULL_CHECK_SPINS: u32 = 128;
+
+/// Pages after a waiting reader's position whose page faults it takes while it waits (see
+/// `Reader::touch_ahead`): 8 KiB, dozens of small records, so a reader that keeps up never
+/// faults on the records it reads; the touch costs a load per page.
+const TOUCH_AHEAD_PAGES: usize = 2;
+
+/// Waits as [`wait_any`] does, by `wait`'s strategy: [`TailWait::BusySpin`] spins until one
+/// of `readers` has a record (or damage) or one of `words` moves, for up to `timeout`;
+/// [`TailWait::SpinThenPark`] spins for up to its budget and then sleeps for the rest of
+/// `timeout`; [`TailWait::Park`] sleeps at once. While every log has no live appender
+/// (closed, or never opened), spinning gives way to sleeping. No wake-up is lost, and the
+/// appender pays a futex wake only for a waiter that sleeps.
+///
+/// Returns `Ok(true)` when a reader was found ready without sleeping, `Ok(false)` when
+/// `timeout` passed, a word moved or a sleep ended, whatever ended it.
+///
+/// # Errors
+/// As [`Reader::ready`].
+///
+/// # Examples
+/// ```
+/// use shoal::log::{wait_any_with, Appender, LogOptions, Reader, TailWait};
+/// use std::time::Duration;
+///
+/// let dir = tempfile::tempdir()?;
+/// let mut appender = Appender::open(dir.path(), LogOptions::default())?;
+/// let mut reader = Reader::open(dir.path())?;
+/// assert!(!wait_any_with(&mut [&mut reader], &[], TailWait::BusySpin, Duration::from_millis(1))?);
+/// appender.append(b"spun")?;
+/// assert!(wait_any_with(&mut [&mut reader], &[], TailWait::BusySpin, Duration::from_secs(5))?);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn wait_any_with(
+    readers: &mut [&mut Reader],
+    words: &[(&AtomicU32, u32)],
+    wait: TailWait,
+    timeout: Duration,
+) -> Result<bool, LogError> {
+    let start = Instant::now();
+    let spin = match wait {
+        TailWait::BusySpin => timeout,
+        TailWait::SpinThenPark(budget) => budget.min(timeout),
+        TailWait::Park => Duration::ZERO,
+    };
+    if !spin.is_zero() {
+        match spin_until(readers, words, start.checked_add(spin))? {
+            Spun::Ready => return Ok(true),
+            Spun::Moved => return Ok(false),
+            Spun::Spent if wait == TailWait::BusySpin => return Ok(false),
+            Spun::Spent | Spun::NoAppender => {}
+        }
+    }
+    let left = timeout.saturating_sub(start.elapsed());
+    if left.is_zero() {
+        return Ok(false);
+    }
+    for reader in readers.iter() {
+        reader.touch_ahead(TOUCH_AHEAD_PAGES);
+    }
+    wait_any(readers, words, left)
+}
+
+/// How a spin ended.
+enum Spun {
+    /// A reader has a record (or damage) at its position.
+    Ready,
+    /// One of the caller's words moved.
+    Moved,
+    /// The time given passed.
+    Spent,
+    /// No log has a live appender: nothing will come soon, so the waiter should sleep.
+    NoAppender,
+}
+
+/// Spins until a reader is ready, a word moves, `until` passes (never with `None`), or no log
+/// has a live appender. Registers no sleeper. See the module docs for what each spin checks.
+fn spin_until(
+    readers: &mut [&mut Reader],
+    words: &[(&AtomicU32, u32)],
+    until: Option<Instant>,
+) -> Result<Spun, LogError> {
+    let mut spins = 0u32;
+    // Set once an end of segment was met and checked at once; later checks of it wait for the
+    // periodic one (the next segment may take a while to be listed).
+    let mut end_checked = false;
+    // Bounded by `until` (checked every FULL_CHECK_SPINS spins), or, without one, by the
+    // caller's choice of spinning for ever (`BusySpin` with no timeout).
+    loop {
+        for reader in readers.iter() {
+            match reader.commit_word() {
+                Some(0) => {}
+                // A record is published there: `Reader::ready` says so at once.
+                Some(word) if word != END_OF_SEGMENT => return Ok(Spun::Ready),
+                // An end marker or the end of the mapping: a rollover to follow now.
+                _ if !end_checked => {
+                    end_checked = true;
+                    spins = FULL_CHECK_SPINS;
+                }
+                _ => {}
+            }
+        }
+        for &(word, seen) in words {
+            // pairs with the Release (or stronger) store of whoever moves the word
+            if word.load(Ordering::Acquire) != seen {
+                return Ok(Spun::Moved);
+            }
+        }
+        spins += 1;
+        if spins >= FULL_CHECK_SPINS {
+            spins = 0;
+            for reader in readers.iter_mut() {
+                if reader.ready()? {
+                    return Ok(Spun::Ready);
+                }
+                reader.touch_ahead(TOUCH_AHEAD_PAGES);
+            }
+            if until.is_some_and(|until| Instant::now() >= until) {
+                return Ok(Spun::Spent);
+            }
+            if readers.iter_mut().all(|reader| reader.head().is_none_or(|head| head.appender_pid() == 0)) {
+                return Ok(Spun::NoAppender);
+            }
+        }
+        std::hint::spin_loop();
+    }
 }

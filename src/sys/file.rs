@@ -139,9 +139,59 @@ pub fn fallocate_range(fd: std::os::unix::io::RawFd, offset: u64, len: u64) -> i
     }
 }
 
+/// The stretches of `from..len` of the file open on `fd` that may hold data
+/// (`lseek(2)` with `SEEK_DATA` and `SEEK_HOLE`): what is left out is a hole, which reads as
+/// zeros. Where the file system cannot tell, the whole stretch is returned.
+pub fn data_ranges(fd: std::os::unix::io::RawFd, from: u64, len: u64) -> Vec<std::ops::Range<u64>> {
+    let mut ranges = Vec::new();
+    let mut at = from;
+    while at < len {
+        let Ok(offset) = libc::off_t::try_from(at) else { break };
+        // SAFETY: plain syscalls on a descriptor; no memory of ours is read or written.
+        let data = unsafe { libc::lseek(fd, offset, libc::SEEK_DATA) };
+        if data < 0 {
+            if io::Error::last_os_error().raw_os_error() != Some(libc::ENXIO) {
+                ranges.push(at..len);
+            }
+            break;
+        }
+        let data = data as u64;
+        if data >= len {
+            break;
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
+        let hole = if hole < 0 { len } else { (hole as u64).min(len) };
+        ranges.push(data..hole);
+        at = hole.max(data + 1);
+    }
+    ranges
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_ranges_cover_every_written_byte_of_a_sparse_file() {
+        use std::os::unix::fs::FileExt;
+        use std::os::unix::io::AsRawFd;
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let file = File::create(dir.path().join("sparse")).expect("create");
+        file.set_len(8 << 20).expect("set length");
+        assert_eq!(data_ranges(file.as_raw_fd(), 0, 8 << 20), Vec::<std::ops::Range<u64>>::new());
+        let written = [5u64 << 20, (1 << 20) + 17, 3];
+        for at in written {
+            file.write_all_at(b"x", at).expect("write");
+        }
+        let ranges = data_ranges(file.as_raw_fd(), 0, 8 << 20);
+        for at in written {
+            assert!(ranges.iter().any(|r| r.contains(&at)), "byte {at} is in no range of {ranges:?}");
+        }
+        assert!(ranges.iter().all(|r| r.start < r.end && r.end <= 8 << 20), "{ranges:?}");
+        let from = data_ranges(file.as_raw_fd(), 2 << 20, 8 << 20);
+        assert!(from.iter().any(|r| r.contains(&(5 << 20))) && from.iter().all(|r| r.start >= 2 << 20), "{from:?}");
+    }
 
     #[test]
     fn flock_holders_lists_each_lock_on_the_file_and_no_other() {
