@@ -244,3 +244,13 @@ fn the_disk_full_message_names_what_to_do_on_the_command_line_and_in_the_library
     let unknown = LogError::NoSpace { path: "/bus/log".into(), bytes: 0 }.to_string();
     assert!(!unknown.contains("0 bytes") && unknown.contains("--segment-size"), "{unknown}");
 }
+
+#[test]
+fn demo_takes_the_sizes_and_refuses_a_bad_one_before_creating_its_bus() {
+    let (_temp, dir, bus) = temp_dir("bus");
+    let err = fails(&["demo", "--dir", &bus, "--events", "10", "--segment-size", "4K"], b"");
+    assert!(err.contains("choose another --segment-size"), "{err}");
+    let err = fails(&["demo", "--dir", &bus, "--events", "10", "--prealloc", "4K"], b"");
+    assert!(err.contains("choose another --prealloc"), "{err}");
+    assert!(!dir.exists());
+}

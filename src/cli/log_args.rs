@@ -1,5 +1,5 @@
 //! The options of every command that creates or appends to a log (`produce`, `produce
-//! --topic`, `bridge import`): the size of segment files and the disk space allocated ahead
+//! --topic`, `bridge import`, `demo`): the size of segment files and the disk space allocated ahead
 //! of the writer, turned into [`LogOptions`].
 //!
 //! Sizes are bytes, or a number with a binary suffix: `K` (KiB), `M` (MiB), `G` (GiB), also
@@ -19,7 +19,7 @@ use shoal::log::{LogError, LogOptions};
 pub(super) struct LogArgs {
     /// Largest size of each segment file of the log (of each partition, with --topic): bytes,
     /// or a number with K, M or G (binary: 64K = 65536); a multiple of 4K between 64K and 1G.
-    /// Default 64M. Records no larger than one segment holds.
+    /// Default 64M (demo: sized to its events). Records no larger than one segment holds.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     segment_size: Option<u64>,
     /// Disk space allocated, and pages faulted in, ahead of the writer in a segment (segment

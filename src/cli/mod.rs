@@ -35,7 +35,7 @@
 //!   byte position, what is wrong, whether a repair fixes it) and exit 1. `--repair` cuts the
 //!   log at the first damaged record and says where and how many records that drops.
 //! - `shoal stats <DIR>`: segments, records, bytes, first, last and durable offset.
-//! - `shoal demo [--dir <DIR>] [--events <N>]`: typed orders through a pipeline whose
+//! - `shoal demo [--dir <DIR>] [--events <N>] [--segment-size <SIZE>] [--prealloc <SIZE>]`: typed orders through a pipeline whose
 //!   middle stage scales up and down, into a 4-partition topic with `Batch` durability,
 //!   consumed by a group whose members (threads and a child process) join and leave
 //!   mid-stream; then a replay from offset 0 checks every order. Prints measured throughput,
@@ -274,6 +274,8 @@ enum Command {
         /// of disk while it runs, and about ten seconds on two cores).
         #[arg(long, default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..))]
         events: u64,
+        #[command(flatten)]
+        log: log_args::LogArgs,
     },
     /// A consumer-group member process of `shoal demo` (started by it; not for direct use).
     #[command(name = "demo-member", hide = true)]
@@ -465,7 +467,7 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Verify { dir, repair } => require_log(&dir).and_then(|()| inspect::verify(&dir, repair)),
         Command::Stats { dir } => require_log(&dir).and_then(|()| inspect::stats(&dir)),
-        Command::Demo { dir, events } => demo::run(dir.as_deref(), events),
+        Command::Demo { dir, events, log } => demo::run(dir.as_deref(), events, &log),
         Command::DemoMember { bus, group, topic, events, report } => {
             demo::run_member(&bus, &group, &topic, events, &report)
         }
