@@ -13,7 +13,7 @@ use super::{
     BridgeStatus, BACKOFF_MIN, HEADER_KEY,
 };
 use crate::bus::{key_hash, partition_for_key, Bus, TopicProducer};
-use crate::log::{LogOptions, Offset, Reader};
+use crate::log::{Offset, Reader};
 
 const BATCH_MAX: usize = 512;
 const FIRST_WAIT: Duration = Duration::from_millis(200);
@@ -71,7 +71,7 @@ pub fn import(
     let t = bus.topic_or_create(topic, None)?;
     let dir = positions_dir(bus, "import", topic, &opts.stream);
     create_dir(&dir)?;
-    let mut producer = t.producer(LogOptions::default())?;
+    let mut producer = t.producer(opts.log_options)?;
     let mut parts = Vec::with_capacity(t.partitions() as usize);
     for p in 0..t.partitions() {
         let (mut file, stored) = PositionFile::open_import(dir.join(p.to_string()))?;

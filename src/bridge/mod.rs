@@ -81,7 +81,7 @@ pub use export::export;
 pub use import::import;
 
 use crate::bus::{validate_name, BusError};
-use crate::log::LogError;
+use crate::log::{LogError, LogOptions};
 
 /// How long a publish may wait for its acknowledgement before the bridge treats JetStream
 /// as slow or gone and backs off.
@@ -115,6 +115,8 @@ pub struct BridgeOptions {
     pub subject_prefix: Option<String>,
     /// Most publishes awaiting their acknowledgement at once (export).
     pub max_in_flight: usize,
+    /// What import opens the topic's partitions with (segment size, durability, ...).
+    pub log_options: LogOptions,
 }
 
 impl Default for BridgeOptions {
@@ -124,6 +126,7 @@ impl Default for BridgeOptions {
             stream: String::new(),
             subject_prefix: None,
             max_in_flight: 1024,
+            log_options: LogOptions::default(),
         }
     }
 }
@@ -154,6 +157,13 @@ impl BridgeOptions {
     #[must_use]
     pub fn max_in_flight(mut self, max_in_flight: usize) -> BridgeOptions {
         self.max_in_flight = max_in_flight;
+        self
+    }
+
+    /// Sets [`BridgeOptions::log_options`].
+    #[must_use]
+    pub fn log_options(mut self, log_options: LogOptions) -> BridgeOptions {
+        self.log_options = log_options;
         self
     }
 

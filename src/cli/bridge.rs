@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! shoal bridge export <BUS> --topic <T> --nats <URL> --stream <S> [--create-stream] [--subject-prefix <P>] [--max-in-flight <N>]
-//! shoal bridge import <BUS> --topic <T> --nats <URL> --stream <S> [--create-stream] [--subject-prefix <P>] [--max-in-flight <N>]
+//! shoal bridge import <BUS> --topic <T> --nats <URL> --stream <S> [--create-stream] [--subject-prefix <P>] [--max-in-flight <N>] [--segment-size <SIZE>] [--prealloc <SIZE>]
 //! ```
 //!
 //! The stream must exist, unless `--create-stream` asks for it to be created (over
@@ -13,7 +13,8 @@
 //! that [`shoal::bridge::export`] and [`shoal::bridge::import`] check between batches, so the
 //! bridge stops at a clean point (acknowledged positions stored) and the command exits 0.
 //! Export reads a bus that must exist (like `cat --topic`); import creates the bus directory
-//! if it is missing, so a second box starts from an empty directory.
+//! if it is missing, so a second box starts from an empty directory; `--segment-size` and
+//! `--prealloc` set the segment files of the topic's partitions, as for `produce`.
 //!
 //! About once a second (whenever the bridge reports), a status line goes to stderr (stdout
 //! stays empty); the rate is records per second since the previous line:
@@ -36,9 +37,11 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
+use super::log_args::LogArgs;
 use super::Error;
 use shoal::bridge::{BridgeOptions, BridgeStatus};
 use shoal::bus::Bus;
+use shoal::log::LogOptions;
 
 /// `shoal bridge export` and `shoal bridge import`.
 #[derive(Debug, Subcommand)]
@@ -48,7 +51,16 @@ pub(super) enum BridgeCommand {
     Export(BridgeArgs),
     /// Append every message of a JetStream stream to a topic of the bus (created if missing),
     /// resuming after the last stream sequence stored with the topic.
-    Import(BridgeArgs),
+    Import(ImportArgs),
+}
+
+/// The arguments of `import`: the shared ones and the sizes of the topic's segment files.
+#[derive(Debug, Args)]
+pub(super) struct ImportArgs {
+    #[command(flatten)]
+    bridge: BridgeArgs,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 /// The arguments shared by both directions.
@@ -79,10 +91,12 @@ pub(super) struct BridgeArgs {
 
 /// Runs `shoal bridge <export|import> ...`.
 pub(super) fn run(command: BridgeCommand) -> Result<ExitCode, Error> {
-    let (export, args) = match command {
-        BridgeCommand::Export(args) => (true, args),
-        BridgeCommand::Import(args) => (false, args),
+    let (export, args, log_args) = match command {
+        BridgeCommand::Export(args) => (true, args, LogArgs::default()),
+        BridgeCommand::Import(ImportArgs { bridge, log }) => (false, bridge, log),
     };
+    // Before the bus is touched: a refused size creates nothing.
+    let log_options = log_args.log_options(LogOptions::default())?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone())
@@ -94,7 +108,8 @@ pub(super) fn run(command: BridgeCommand) -> Result<ExitCode, Error> {
         .stream(args.stream.clone())
         .subject_prefix(args.subject_prefix.clone())
         // Bounded to 65536 by the parser.
-        .max_in_flight(usize::try_from(args.max_in_flight).unwrap_or(usize::MAX));
+        .max_in_flight(usize::try_from(args.max_in_flight).unwrap_or(usize::MAX))
+        .log_options(log_options);
     let name = if export { "export" } else { "import" };
     if args.create_stream {
         let subjects = [format!("{}.>", opts.prefix(&args.topic))];

@@ -57,6 +57,7 @@ use crossbeam_channel::bounded;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use super::inspect::table;
+use super::log_args::LogArgs;
 use super::Error;
 use member::{ChildMember, Control, MemberReport};
 use order::{risk_score, Order, Tally, ORDER_BYTES};
@@ -122,8 +123,13 @@ struct Progress {
     held_ns: AtomicU64,
 }
 
-/// `shoal demo [--dir <DIR>] [--events <N>]`.
-pub(super) fn run(dir: Option<&Path>, events: u64) -> Result<ExitCode, Error> {
+/// `shoal demo [--dir <DIR>] [--events <N>] [--segment-size <SIZE>] [--prealloc <SIZE>]`.
+pub(super) fn run(dir: Option<&Path>, events: u64, log_args: &LogArgs) -> Result<ExitCode, Error> {
+    // Checked before anything is created. Segments are sized to the run unless the command
+    // line says otherwise.
+    let opts = log_args.log_options(
+        LogOptions::default().durability(Durability::Batch).segment_bytes(segment_bytes(events)).max_record_bytes(4096),
+    )?;
     // The temporary directory (if any) lives until the end of the demo.
     let temp;
     let dir: PathBuf = match dir {
@@ -143,8 +149,6 @@ pub(super) fn run(dir: Option<&Path>, events: u64) -> Result<ExitCode, Error> {
         )));
     }
     let topic = bus.topic_or_create(TOPIC, Some(PARTITIONS))?;
-    let opts =
-        LogOptions::default().durability(Durability::Batch).segment_bytes(segment_bytes(events)).max_record_bytes(4096);
     let producer = topic.producer(opts)?;
     let backend = producer.io_backend();
     eprintln!(

@@ -10,13 +10,22 @@
 //! `shoal: <what happened>; <what to do>`, and exits 1.
 //!
 //! # Contract (tools and tests outside this repository rely on it exactly)
-//! - `shoal produce <DIR> [--durability never|batch|interval=<ms>] [--ack]` creates the log
-//!   if missing and appends one record per stdin line (the line's bytes without the `\n`; a
+//! - `shoal produce <DIR> [--durability never|batch|interval=<ms>] [--ack] [--segment-size <SIZE>]
+//!   [--prealloc <SIZE>]`
+//!   creates the log if missing and appends one record per stdin line (the line's bytes without the `\n`; a
 //!   last line without a newline is a record too; lines are bytes, not necessarily UTF-8).
 //!   Lines that arrive together are appended as one batch, but a line is never held back
 //!   waiting for more input. With `--ack`, a separate thread prints `durable <N>` (flushed)
 //!   each time the durable watermark advances: every record with offset `<= N` is durable.
-//!   At end of input it syncs, prints the final ack, and exits 0.
+//!   At end of input it syncs (with `--durability never` only when `--ack` asks for acks:
+//!   `never` leaves records in the page cache, as the library's `Durability::Never` does),
+//!   prints the final ack, and exits 0. A line longer than the
+//!   largest record is an error after the lines before it are appended, synced and acked.
+//!   `--segment-size` (bytes, or with a binary K, M or G suffix: `64M`) sets the size of
+//!   the segment files it creates (and of each partition's, with `--topic`), `--prealloc`
+//!   the disk space allocated ahead of the writer in a segment (`LogOptions::prealloc_bytes`);
+//!   a size the log refuses is an error naming the flag, and the largest record shrinks to
+//!   fit a segment.
 //! - `shoal cat <DIR> [--from <offset>] [--follow] [--format lines|json]`: `lines` prints
 //!   each payload and a newline; `json` prints one object per line with `offset`,
 //!   `timestamp_ns`, `key` and `payload` (UTF-8) or `payload_base64` (anything else). A
@@ -26,7 +35,7 @@
 //!   byte position, what is wrong, whether a repair fixes it) and exit 1. `--repair` cuts the
 //!   log at the first damaged record and says where and how many records that drops.
 //! - `shoal stats <DIR>`: segments, records, bytes, first, last and durable offset.
-//! - `shoal demo [--dir <DIR>] [--events <N>]`: typed orders through a pipeline whose
+//! - `shoal demo [--dir <DIR>] [--events <N>] [--segment-size <SIZE>] [--prealloc <SIZE>]`: typed orders through a pipeline whose
 //!   middle stage scales up and down, into a 4-partition topic with `Batch` durability,
 //!   consumed by a group whose members (threads and a child process) join and leave
 //!   mid-stream; then a replay from offset 0 checks every order. Prints measured throughput,
@@ -62,8 +71,8 @@
 //!   (default 1000 ms) until interrupted. `--once` prints one snapshot, rates shown as `-`,
 //!   with no screen control, and exits 0.
 //! - `shoal bridge export <BUS> --topic <T> --nats <URL> --stream <S>` publishes a topic to a
-//!   NATS JetStream stream and `shoal bridge import <BUS> --topic <T> --nats <URL> --stream <S>`
-//!   appends a stream to a topic (the bus is created if missing); both run until SIGTERM or
+//!   NATS JetStream stream and `shoal bridge import <BUS> --topic <T> --nats <URL> --stream <S>
+//!   [--segment-size <SIZE>] [--prealloc <SIZE>]` appends a stream to a topic (the bus is created if missing); both run until SIGTERM or
 //!   SIGINT (then exit 0) and print a status line per second on stderr. Only with the `nats`
 //!   feature; a build without it answers `shoal bridge ...` with one line saying so and exit 2.
 //! - Usage errors exit 2 (clap's convention); runtime errors exit 1 with one line on stderr.
@@ -81,6 +90,7 @@ mod cat;
 mod demo;
 mod group;
 mod inspect;
+mod log_args;
 mod produce;
 mod top;
 
@@ -158,6 +168,8 @@ enum Command {
         /// record up to offset N is durable.
         #[arg(long)]
         ack: bool,
+        #[command(flatten)]
+        log: log_args::LogArgs,
     },
     /// Print the records of the log in DIR, or with --topic of a topic of the bus in DIR.
     Cat {
@@ -262,6 +274,8 @@ enum Command {
         /// of disk while it runs, and about ten seconds on two cores).
         #[arg(long, default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..))]
         events: u64,
+        #[command(flatten)]
+        log: log_args::LogArgs,
     },
     /// A consumer-group member process of `shoal demo` (started by it; not for direct use).
     #[command(name = "demo-member", hide = true)]
@@ -429,9 +443,9 @@ pub fn main() -> ExitCode {
 /// Runs a parsed command line; see [`main`].
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
-        Command::Produce { dir, topic: None, durability, ack, .. } => produce::run(&dir, durability, ack),
-        Command::Produce { dir, topic: Some(topic), partitions, keyed, durability, ack } => {
-            produce::run_topic(&dir, &topic, partitions, keyed, durability, ack)
+        Command::Produce { dir, topic: None, durability, ack, log, .. } => produce::run(&dir, durability, ack, &log),
+        Command::Produce { dir, topic: Some(topic), partitions, keyed, durability, ack, log } => {
+            produce::run_topic(&dir, &topic, partitions, keyed, durability, ack, &log)
         }
         Command::Cat { dir, topic: None, from, follow, format, .. } => {
             require_log(&dir).and_then(|()| cat::run(&dir, from, follow, format))
@@ -453,7 +467,7 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Verify { dir, repair } => require_log(&dir).and_then(|()| inspect::verify(&dir, repair)),
         Command::Stats { dir } => require_log(&dir).and_then(|()| inspect::stats(&dir)),
-        Command::Demo { dir, events } => demo::run(dir.as_deref(), events),
+        Command::Demo { dir, events, log } => demo::run(dir.as_deref(), events, &log),
         Command::DemoMember { bus, group, topic, events, report } => {
             demo::run_member(&bus, &group, &topic, events, &report)
         }

@@ -1,9 +1,11 @@
 //! `shoal produce`: one record per stdin line, with optional durability acks.
 //!
-//! Stdin is read with plain `read(2)` calls into one buffer: every complete line that a read
-//! delivers goes into one `append_batch` (one publication, one wake-up of the sync thread),
-//! and the partial line at the end waits for the next read. A read returns as soon as any
-//! input is there, so a line is never held back waiting for more.
+//! Stdin is read with plain `read(2)` calls of up to 1 MiB into one buffer: every complete
+//! line that a read delivers goes into one `append_batch` (one publication, one wake-up of
+//! the sync thread), and the partial line at the end waits for the next read. A read returns
+//! as soon as any input is there, so a line is never held back waiting for more. Lines are
+//! split with `memchr` (SIMD, many bytes per cycle) and appended straight from the buffer:
+//! per line, only the scan to its newline and the append itself, no allocation, no syscall.
 //!
 //! Acks come from their own thread, so that they keep flowing while the main thread blocks on
 //! a slow stdin. The thread sleeps in [`DurableWatch::wait_durable_passive`] until the
@@ -21,17 +23,20 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use super::log_args::LogArgs;
 use super::Error;
 use shoal::bus::{key_hash, Bus, TopicProducer};
-use shoal::log::{Appender, Durability, DurableWatch, LogOptions, Offset};
+use shoal::log::{AppendError, Appender, Durability, DurableWatch, LogOptions, Offset};
 
-/// Bytes asked of each `read(2)` on stdin.
-const READ_CHUNK_BYTES: usize = 64 << 10;
+/// Bytes asked of each `read(2)` on stdin: one read, one newline scan and one batch per
+/// block keep the cost per line to the scan and the append. A pipe delivers at most its
+/// buffer (64 KiB by default) per read; a file, all of it.
+const READ_BLOCK_BYTES: usize = 1 << 20;
 /// How long the ack thread sleeps between checks of its stop flag.
 const ACK_WAIT: Duration = Duration::from_millis(50);
 
-pub(super) fn run(dir: &Path, durability: Durability, ack: bool) -> Result<ExitCode, Error> {
-    let opts = LogOptions::default().durability(durability);
+pub(super) fn run(dir: &Path, durability: Durability, ack: bool, log_args: &LogArgs) -> Result<ExitCode, Error> {
+    let opts = log_args.log_options(LogOptions::default().durability(durability))?;
     let mut log = Appender::open(dir, opts)?;
     // The watermark before the first append: the thread may start after records are durable.
     let acked = log.durable_offset().0;
@@ -39,7 +44,7 @@ pub(super) fn run(dir: &Path, durability: Durability, ack: bool) -> Result<ExitC
     let appended = append_lines(&mut log, &mut io::stdin().lock());
     // Whatever went wrong with the input, the records appended so far are made durable and
     // acked before the error is reported.
-    let synced = log.sync();
+    let synced = if syncs_at_end(durability, ack) { log.sync().map(drop) } else { Ok(()) };
     let printed = match acker {
         Some(acker) => acker.finish(),
         None => None,
@@ -60,6 +65,13 @@ pub(super) fn run(dir: &Path, durability: Durability, ack: bool) -> Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
+/// Whether `produce` makes every record durable at the end of its input: always, except with
+/// `--durability never` and no `--ack`, where records stay in the page cache as the level
+/// says (a sync of everything at exit would write the whole input to disk before exiting).
+fn syncs_at_end(durability: Durability, ack: bool) -> bool {
+    ack || durability != Durability::Never
+}
+
 /// `shoal produce <BUS> --topic <T>`: creates the topic if needed, then routes each line by
 /// key hash (`--keyed`) or round-robin.
 pub(super) fn run_topic(
@@ -69,17 +81,19 @@ pub(super) fn run_topic(
     keyed: bool,
     durability: Durability,
     ack: bool,
+    log_args: &LogArgs,
 ) -> Result<ExitCode, Error> {
+    // Options first: a refused size creates no bus.
+    let opts = log_args.log_options(LogOptions::default().durability(durability))?;
     let bus = Bus::open(dir)?;
     let topic = bus.topic_or_create(topic, partitions)?;
-    let opts = LogOptions::default().durability(durability);
     let mut sink = TopicLines::new(topic.producer(opts)?, dir.join("topics").join(topic.name()), keyed);
     let watches = sink.producer.durable_watches();
     let acked: Vec<u64> = watches.iter().map(|w| w.durable_offset().0).collect();
     let acker = if ack { Some(TopicAcker::start(watches, acked)?) } else { None };
     let appended = append_lines(&mut sink, &mut io::stdin().lock());
     // As for a single log: what was appended is made durable and acked before any error.
-    let synced = sink.producer.sync();
+    let synced = if syncs_at_end(durability, ack) { sink.producer.sync().map(drop) } else { Ok(()) };
     let printed = match acker {
         Some(acker) => acker.finish(),
         None => None,
@@ -136,33 +150,43 @@ impl LineSink for TopicLines {
         format!("{}: stdin line {}", self.dir.display(), self.line)
     }
 
-    fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     fn append_lines(&mut self, lines: &[u8]) -> Result<(), Error> {
-        let partitions = self.producer.topic().partitions();
+        let max = self.max_record_bytes;
         if self.keyed {
-            for line in lines.split(|&b| b == b'\n') {
-                let Some(tab) = line.iter().position(|&b| b == b'\t') else {
+            for line in Lines::new(lines) {
+                let Some(tab) = memchr::memchr(b'\t', line) else {
                     return Err(Error::new(format!(
                         "{}: stdin line {} has no tab; with --keyed each line is <key><TAB><payload>",
                         self.dir.display(),
                         self.line
                     )));
                 };
-                self.producer.send(key_hash(&line[..tab]), &line[tab + 1..])?;
+                let payload = &line[tab + 1..];
+                if payload.len() > max {
+                    return Err(too_long(self.place(), Some(payload.len()), max));
+                }
+                self.producer.send(key_hash(&line[..tab]), payload)?;
                 self.line += 1;
             }
             return Ok(());
         }
         // Round-robin: one batch (one publication) per partition for the lines of one read.
+        // The lines are checked before any is appended, so that a long one stops the lines
+        // after it in every partition, not only in its own.
+        let partitions = self.producer.topic().partitions();
         let mut start = 0usize;
-        for line in lines.split(|&b| b == b'\n') {
-            self.batches[self.next as usize].push((start, start + line.len()));
+        let mut next = self.next;
+        let mut refused = None;
+        for line in Lines::new(lines) {
+            if line.len() > max {
+                refused = Some(line.len());
+                break;
+            }
+            self.batches[next as usize].push((start, start + line.len()));
             start += line.len() + 1;
-            self.next = (self.next + 1) % partitions;
+            next = if next + 1 == partitions { 0 } else { next + 1 };
         }
+        self.next = next;
         for p in 0..partitions {
             let batch = std::mem::take(&mut self.batches[p as usize]);
             if batch.is_empty() {
@@ -175,7 +199,10 @@ impl LineSink for TopicLines {
             self.batches[p as usize].clear();
             appended?;
         }
-        Ok(())
+        match refused {
+            Some(len) => Err(too_long(self.place(), Some(len), max)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -183,12 +210,10 @@ impl LineSink for TopicLines {
 trait LineSink {
     /// The largest record the sink takes.
     fn max_record_bytes(&self) -> usize;
-    /// Where a line too long goes, for the error message ("<dir>: a stdin line at offset 7").
+    /// Where the next line goes, for error messages ("<dir>: the stdin line at offset 7").
     fn place(&self) -> String;
-    /// The directory named in errors.
-    fn dir(&self) -> &Path;
-    /// Appends complete lines: `lines` is one or more lines joined by `\n`, none longer
-    /// than [`LineSink::max_record_bytes`].
+    /// Appends complete lines: `lines` is one or more lines joined by `\n`. A line longer
+    /// than [`LineSink::max_record_bytes`] is an error, after the lines before it.
     fn append_lines(&mut self, lines: &[u8]) -> Result<(), Error>;
 }
 
@@ -198,32 +223,34 @@ impl LineSink for Appender {
     }
 
     fn place(&self) -> String {
-        format!("{}: a stdin line at offset {}", self.dir().display(), self.next_offset())
-    }
-
-    fn dir(&self) -> &Path {
-        Appender::dir(self)
+        format!("{}: the stdin line at offset {}", self.dir().display(), self.next_offset())
     }
 
     fn append_lines(&mut self, lines: &[u8]) -> Result<(), Error> {
-        self.append_batch(lines.split(|&b| b == b'\n'))?;
-        Ok(())
+        match self.append_batch(Lines::new(lines)) {
+            Ok(_) => Ok(()),
+            // The lines before it are appended; `place` names the offset the long one would get.
+            Err(AppendError::TooLarge { len, max }) => Err(too_long(self.place(), Some(len), max)),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
 /// Appends every line of `input` (bytes without the `\n`; a last line without one counts).
+///
+/// Each `read` asks for up to [`READ_BLOCK_BYTES`] into one buffer; the complete lines of
+/// the buffer go to the sink in one call, and the partial line at its end moves to the front
+/// for the next read. A line longer than the buffer grows it, up to one byte past the largest
+/// record (where it is an error), so memory stays bounded by the largest record.
 fn append_lines(log: &mut impl LineSink, input: &mut impl Read) -> Result<(), Error> {
     let max = log.max_record_bytes();
-    let mut buf = vec![0u8; READ_CHUNK_BYTES];
+    let mut buf = vec![0u8; READ_BLOCK_BYTES];
     // buf[..filled] holds a partial line (no newline in it) before each read.
     let mut filled = 0usize;
     loop {
         if filled == buf.len() {
             if filled > max {
-                return Err(Error::new(format!(
-                    "{} is longer than the largest record ({max} bytes); split it",
-                    log.place()
-                )));
+                return Err(too_long(log.place(), None, max));
             }
             // Bounded: the buffer stops growing once it holds more than `max` bytes.
             let grown = (buf.len() * 2).min(max + 1).max(buf.len() + 1);
@@ -237,10 +264,7 @@ fn append_lines(log: &mut impl LineSink, input: &mut impl Read) -> Result<(), Er
         if n == 0 {
             if filled > 0 {
                 if filled > max {
-                    return Err(Error::new(format!(
-                        "{}: the last stdin line is longer than the largest record ({max} bytes); split it",
-                        log.dir().display()
-                    )));
+                    return Err(too_long(log.place(), Some(filled), max));
                 }
                 log.append_lines(&buf[..filled])?;
             }
@@ -249,20 +273,51 @@ fn append_lines(log: &mut impl LineSink, input: &mut impl Read) -> Result<(), Er
         let new = filled..filled + n;
         filled += n;
         // Only the new bytes can hold the first newline after the partial line.
-        if let Some(last_nl) = buf[new].iter().rposition(|&b| b == b'\n').map(|i| filled - n + i) {
-            let lines = &buf[..last_nl];
-            if let Some(long) = lines.split(|&b| b == b'\n').find(|l| l.len() > max) {
-                return Err(Error::new(format!(
-                    "{}: a stdin line of {} bytes is longer than the largest record ({max} bytes); split it",
-                    log.dir().display(),
-                    long.len()
-                )));
-            }
-            log.append_lines(lines)?;
+        if let Some(last_nl) = memchr::memrchr(b'\n', &buf[new.clone()]).map(|i| new.start + i) {
+            log.append_lines(&buf[..last_nl])?;
             buf.copy_within(last_nl + 1..filled, 0);
             filled -= last_nl + 1;
         }
     }
+}
+
+/// The lines of `block`, split at each `\n` with `memchr`: `a\nb` gives `a` and `b`, `a\n`
+/// gives `a` and the empty line, the empty block one empty line (as `<[u8]>::split` does).
+struct Lines<'a> {
+    /// What is left; `None` after the last line.
+    rest: Option<&'a [u8]>,
+}
+
+impl<'a> Lines<'a> {
+    fn new(block: &'a [u8]) -> Lines<'a> {
+        Lines { rest: Some(block) }
+    }
+}
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = &'a [u8];
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let rest = self.rest?;
+        match memchr::memchr(b'\n', rest) {
+            Some(i) => {
+                self.rest = Some(&rest[i + 1..]);
+                Some(&rest[..i])
+            }
+            None => {
+                self.rest = None;
+                Some(rest)
+            }
+        }
+    }
+}
+
+/// A line longer than the largest record (`len`: its length, where known), as one line for
+/// a person; `place` is [`LineSink::place`].
+fn too_long(place: String, len: Option<usize>, max: usize) -> Error {
+    let len = len.map_or(String::new(), |len| format!(" ({len} bytes)"));
+    Error::new(format!("{place}{len} is longer than the largest record ({max} bytes); split it"))
 }
 
 /// The thread that prints `durable <N>` lines.
@@ -440,22 +495,48 @@ mod tests {
     #[test]
     fn lines_split_across_reads_become_records() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let opts =
-            LogOptions::default().segment_bytes(1 << 20).max_record_bytes(512 << 10).durability(Durability::Never);
+        let opts = LogOptions::default().segment_bytes(8 << 20).max_record_bytes(4 << 20).durability(Durability::Never);
         let mut log = Appender::open(dir.path(), opts).expect("open");
         let mut input = Pieces(vec![
             b"one\ntw".to_vec(),
             b"o\n\nthr".to_vec(),
             b"ee\xff\n".to_vec(),
-            vec![b'x'; READ_CHUNK_BYTES * 3],
+            vec![b'x'; READ_BLOCK_BYTES * 3],
             b"\nlast".to_vec(),
         ]);
         append_lines(&mut log, &mut input).expect("append");
         log.close().expect("close");
         let got = payloads(dir.path());
-        let long = vec![b'x'; READ_CHUNK_BYTES * 3];
+        let long = vec![b'x'; READ_BLOCK_BYTES * 3];
         let want: Vec<&[u8]> = vec![b"one", b"two", b"", b"three\xff", &long, b"last"];
         assert_eq!(got, want);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn lines_split_as_slice_split_does(block in proptest::collection::vec(
+            proptest::sample::select(vec![b'\n', b'\r', b'\t', b'a', 0xff]), 0..300)) {
+            let got: Vec<&[u8]> = Lines::new(&block).collect();
+            let want: Vec<&[u8]> = block.split(|&b| b == b'\n').collect();
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn a_long_line_mid_block_keeps_the_lines_before_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = LogOptions::default().segment_bytes(1 << 20).max_record_bytes(1000).durability(Durability::Never);
+        let mut log = Appender::open(dir.path(), opts).expect("open");
+        let mut block = b"a\nb\n".to_vec();
+        block.extend(vec![b'y'; 1001]);
+        block.extend(b"\nc\n");
+        let err = append_lines(&mut log, &mut Pieces(vec![block])).expect_err("too long");
+        assert!(
+            err.to_string().contains("offset 2 (1001 bytes) is longer than the largest record (1000 bytes)"),
+            "{err}"
+        );
+        log.close().expect("close");
+        assert_eq!(payloads(dir.path()), vec![b"a".to_vec(), b"b".to_vec()]);
     }
 
     #[test]

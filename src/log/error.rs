@@ -85,12 +85,16 @@ pub enum LogError {
     /// A configuration value is out of range.
     #[error("invalid log configuration: {0}")]
     Config(String),
-    /// The disk is full: a new segment could not be allocated.
-    #[error("{path}: no space left to allocate a {bytes}-byte segment; free disk space or lower retention")]
+    /// The disk is full: space for a segment could not be allocated.
+    #[error(
+        "{path}: no space left on the device{}; free disk space, lower retention, or use smaller segments \
+         (`--segment-size` on the command line, `LogOptions::segment_bytes` in the library)",
+        asked(*.bytes)
+    )]
     NoSpace {
         /// The file that could not be allocated.
         path: PathBuf,
-        /// Bytes asked for.
+        /// Bytes asked for (0 when unknown).
         bytes: u64,
     },
     /// The requested offset was removed by retention.
@@ -139,6 +143,15 @@ pub enum LogError {
     /// The appender was closed, or its background thread is gone.
     #[error("the log is closed")]
     Closed,
+}
+
+/// The space a [`LogError::NoSpace`] asked for, for its message (nothing when unknown).
+fn asked(bytes: u64) -> String {
+    if bytes == 0 {
+        String::new()
+    } else {
+        format!(" for the {bytes} bytes of segment space asked for")
+    }
 }
 
 impl LogError {
