@@ -12,11 +12,12 @@
 //! the directory afterwards are outside the timed part. Criterion wraps the kernels in
 //! `iter_custom`; `shoal bench` wraps them in interleaved rounds and reports medians.
 //!
-//! One behaviour holds for both callers:
+//! What both callers share besides the kernels:
 //! - the file-system probe ([`fs::file_system`]) masks `statfs`'s `f_type` to its low 32 bits
 //!   (it is signed on some targets) and names the same file systems on both sides;
-//! - a record's bytes in the log come from `shoal::log::format::record_stride`;
-//! - a wait for durability gives up after [`log::DURABLE_WAIT_MAX`] with an error.
+//! - a wait for durability gives up after [`log::DURABLE_WAIT_MAX`] with an error;
+//! - the peer program of `shoal produce` is the caller's own binary run again with
+//!   [`produce::LINES_PEER_ENV`] set, which the caller checks before anything else.
 //!
 //! Kernels use only shoal's public API and crates that both the `shoal` binary and the benches
 //! have (rtrb, libc, tempfile); the peers that are dev-dependencies (the `disruptor` crate,
