@@ -4,7 +4,7 @@
 //! Each run is a whole process, timed from its spawn to its exit (wall time), writing into a
 //! fresh directory; the input file is written once beforehand and sits in the page cache.
 //! The peer program is the bench binary itself (the criterion bench, or `shoal bench`) run
-//! again with [`LINES_PEER_ENV`] set: it reads stdin through a 64 KiB `BufReader` with
+//! again with [`LINES_PEER_ENV`] set: it reads stdin through a 1 MiB `BufReader` with
 //! `read_until`, and writes each line (without its newline) prefixed by its length (u32, little
 //! endian) through a 64 KiB `BufWriter`, with an fdatasync every `sync_every` lines and at the
 //! end when asked.
@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::fs::{bufreader_replay, scratch, PEER_BUFFER_BYTES};
+use super::fs::{bufreader_replay, scratch, PEER_BUFFER_BYTES, PEER_READ_BUFFER_BYTES};
 use super::log::count_records;
 use super::KernelError;
 
@@ -138,7 +138,7 @@ pub fn lines_peer(spec: &str) -> Result<(), KernelError> {
     let (out, sync_every) = spec.split_once('\t').ok_or_else(bad)?;
     let sync_every: u64 = sync_every.parse().map_err(|_| bad())?;
     let out = Path::new(out);
-    let mut input = BufReader::with_capacity(PEER_BUFFER_BYTES, io::stdin().lock());
+    let mut input = BufReader::with_capacity(PEER_READ_BUFFER_BYTES, io::stdin().lock());
     let file = File::create(out).map_err(|e| KernelError::io("creating the peer's file", out, e))?;
     let mut w = BufWriter::with_capacity(PEER_BUFFER_BYTES, file);
     let mut line = Vec::with_capacity(LINE_BYTES_MAX + 1);

@@ -13,7 +13,7 @@
 //! | append `Batch` | 100-byte `append`s, timed until the last is durable | the same `BufWriter`, and a bare `write` + fdatasync per record | >= 5x the `BufWriter` |
 //! | durable latency | one 4 KiB append, then `wait_durable` (p50, p99) | a 4 KiB `pwrite` at the end of a file + fdatasync (p50, p99) | p50 <= 1.1x, p99 <= 1.3x the baseline's |
 //! | durable bandwidth | 64 KiB records, `Batch`, timed until durable | `O_DIRECT` sequential 1 MiB writes (aligned buffer, preallocated file) + fdatasync | >= 0.7x |
-//! | replay | [`Reader::open`](shoal::log::Reader::open) and every 100-byte record read zero-copy (checksum checked), its payload touched; page cache warm | a 64 KiB `BufReader` parsing the `BufWriter`'s file of the same records, each payload touched | >= 1.5x and >= 5 GB/s |
+//! | replay | [`Reader::open`](shoal::log::Reader::open) and every 100-byte record read zero-copy (checksum checked), its payload touched; page cache warm | a 1 MiB `BufReader` parsing the `BufWriter`'s file of the same records, each payload touched | >= 1.5x and >= 5 GB/s |
 //! | `shoal produce` | `shoal produce <fresh dir> --durability never` (and `batch`) fed lines of ~100 bytes from a file on stdin, spawn to exit | a hand-written program reading stdin with `BufRead` into a `BufWriter` of length-prefixed records (for `batch`, an fdatasync every 1000 lines and at the end) | `never` >= 1x, `batch` >= 2x |
 //!
 //! Every figure is measured by the kernels in `benches/kernels/` (included here with
