@@ -73,7 +73,7 @@ const MIB: usize = 1 << 20;
 const INTERVAL: Duration = Duration::from_millis(10);
 
 /// Sizes of one run: `--quick` (a few seconds, even for a debug build) or the default
-/// (a minute or two).
+/// (two to five minutes on a 2-vCPU machine, the most where fdatasync is slow).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Scale {
     /// Rounds of every measurement; the median is reported.
@@ -220,6 +220,8 @@ enum Unit {
     Values,
     /// Records per second (log).
     Records,
+    /// Input lines per second (`shoal produce`).
+    Lines,
     /// Nanoseconds (latency; lower is better).
     Ns,
     /// 10^6 bytes per second.
@@ -233,6 +235,7 @@ impl Unit {
         match self {
             Unit::Values => format!("{} values/s", si(value)),
             Unit::Records => format!("{} records/s", si(value)),
+            Unit::Lines => format!("{} lines/s", si(value)),
             Unit::Ns => format_ns(value as u64),
             Unit::MBps => format!("{value:.0} MB/s"),
             Unit::GBps => format!("{value:.2} GB/s"),
@@ -672,7 +675,7 @@ fn produce_rows(scale: &Scale, root: &Path) -> Result<Vec<Row>, Error> {
             }
         }
     }
-    let fig = |key, name, i: usize| Figure { key, name, value: median(&rates[i]), unit: Unit::Records };
+    let fig = |key, name, i: usize| Figure { key, name, value: median(&rates[i]), unit: Unit::Lines };
     let lines = si(lines as f64);
     Ok(vec![
         Row::versus(
@@ -846,6 +849,7 @@ mod tests {
         assert_eq!(Unit::Records.show(3_210_000.0), "3.21 M records/s");
         assert_eq!(Unit::Values.show(1.5e9), "1.50 G values/s");
         assert_eq!(Unit::Records.show(6_900.0), "6.9 k records/s");
+        assert_eq!(Unit::Lines.show(2_000_000.0), "2.00 M lines/s");
         assert_eq!(Unit::Ns.show(150_000.0), "150.0 us");
         assert_eq!(Unit::GBps.show(5.123), "5.12 GB/s");
     }
