@@ -480,10 +480,8 @@ fn file_named_like_a_segment_that_is_not_one() {
         let segs = segment_files(dir.path());
         let foreign = dir.path().join("00000000000000000007.seg");
         std::fs::write(&foreign, vec![0x5au8; 8192]).expect("write");
-        // Readers stop at the prepared segment before it, so only the appender and verify
-        // look at it; readers still read the log.
-        expect_not_a_segment(dir.path(), &foreign, backend, false);
-        assert_eq!(read_all(dir.path()).expect("read"), (0..10).map(payload).collect::<Vec<_>>());
+        // No segment is prepared yet (the active one is far from half full): readers see it.
+        expect_not_a_segment(dir.path(), &foreign, backend, true);
         std::fs::remove_file(&foreign).expect("remove");
 
         // A real segment whose header checksum is damaged.
@@ -499,10 +497,8 @@ fn file_named_like_a_segment_that_is_not_one() {
         let dir = tempfile::tempdir().expect("temp dir");
         write_log(dir.path(), backend, 10);
         let segs = segment_files(dir.path());
-        let renamed = dir.path().join("00000000000000000000.seg");
-        let moved = segs.last().expect("segments").clone();
-        std::fs::remove_file(&renamed).expect("remove");
-        std::fs::rename(&moved, &renamed).expect("rename");
+        let renamed = dir.path().join("00000000000000000001.seg");
+        std::fs::copy(&segs[0], &renamed).expect("copy");
         expect_not_a_segment(dir.path(), &renamed, backend, true);
     }
 }
@@ -1057,6 +1053,12 @@ fn a_prepared_segment_cut_short_is_replaced_not_written_past() {
     let opts = small_opts(IoBackend::Syscalls);
     let mut log = Appender::open(dir.path(), opts).expect("open");
     log.append(b"first").expect("append");
+    // Past half of the segment, the next one is prepared.
+    let big = vec![1u8; opts.max_record_bytes];
+    let bigs = opts.segment_bytes as usize / 2 / opts.max_record_bytes + 1;
+    for _ in 0..bigs {
+        log.append(&big).expect("append");
+    }
     log.sync().expect("sync");
     log.close().expect("close");
     let prepared: Vec<PathBuf> = segment_files(dir.path())
@@ -1076,8 +1078,9 @@ fn a_prepared_segment_cut_short_is_replaced_not_written_past() {
     log.sync().expect("sync");
     log.close().expect("close");
     let all = read_all(dir.path()).expect("read back");
-    assert_eq!(all.len() as u64, 1 + records);
+    assert_eq!(all.len(), 1 + bigs + records as usize);
     assert_eq!(all[0], b"first");
-    assert!(all[1..].iter().all(|r| *r == payload));
+    assert!(all[1..=bigs].iter().all(|r| *r == big));
+    assert!(all[1 + bigs..].iter().all(|r| *r == payload));
     shoal::log::verify(dir.path()).map(|r| assert!(r.is_sound(), "{:?}", r.problems)).expect("verify");
 }

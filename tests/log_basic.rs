@@ -221,3 +221,50 @@ fn record_refs_outlive_the_reader_and_cross_threads() {
     });
     assert_eq!(checked.join().unwrap(), 3000);
 }
+
+/// Disk space (allocated blocks) of every file in `dir` and its subdirectories.
+fn disk_bytes(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let meta = entry.metadata().unwrap();
+        total += if meta.is_dir() { disk_bytes(&entry.path()) } else { meta.blocks() * 512 };
+    }
+    total
+}
+
+/// Segments are sparse, with space allocated ahead of the appender: a log with a record (and
+/// an 8-partition topic with a record in each partition) costs at most about
+/// `prealloc_bytes` per partition, not two whole 64 MiB segments.
+#[test]
+fn a_quiet_log_or_topic_costs_at_most_a_mebibyte_per_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let defaults = LogOptions::default();
+    assert_eq!(defaults.segment_bytes, 64 << 20);
+    let mut log = Appender::open(dir.path().join("log"), defaults).unwrap();
+    log.append(b"one record").unwrap();
+    log.close().unwrap();
+    let used = disk_bytes(&dir.path().join("log"));
+    assert!(used <= 1 << 20, "a log with one record takes {used} bytes of disk");
+
+    let bus = shoal::bus::Bus::open(dir.path().join("bus")).unwrap();
+    let topic = bus.topic_or_create("quiet", Some(8)).unwrap();
+    let mut producer = topic.producer(defaults).unwrap();
+    for key in 0..64u64 {
+        producer.send(key, b"hello").unwrap();
+    }
+    drop(producer);
+    let used = disk_bytes(&dir.path().join("bus"));
+    assert!(used <= 8 << 20, "an 8-partition topic with a few records takes {used} bytes of disk");
+
+    // Writing on grows the file only as far as it is written, plus the space ahead.
+    let mut log = Appender::open(dir.path().join("log"), defaults).unwrap();
+    let payload = vec![7u8; 1000];
+    for _ in 0..10_000 {
+        log.append(&payload).unwrap();
+    }
+    log.close().unwrap();
+    let used = disk_bytes(&dir.path().join("log"));
+    assert!(used <= (10 << 20) + (9 << 20), "10 MB of records take {used} bytes of disk");
+}

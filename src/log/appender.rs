@@ -19,7 +19,7 @@ use super::lock::DirLock;
 use super::prepare::Preparer;
 use super::recovery::{list_in_use, recover, InUse, RecoveredTail, RecoveryReport};
 use super::role::{Role, Taken, HOLD};
-use super::segment::{create_log_dir, segment_file_name, Segment, SegmentId};
+use super::segment::{create_log_dir, retire, segment_file_name, Segment, SegmentId};
 use super::sync::{spawn_syncer, DurableWatch, Pending, Shared};
 use super::{now_ns, LogOptions, Offset, RecoveryMode, WallClock, Writers};
 use crate::sys::fence::AsymmetricFence;
@@ -55,7 +55,14 @@ pub struct Appender {
     pending: Arc<Pending>,
     region: Region,
     position: usize,
+    /// Where the next append takes the slow path ([`Appender::make_room`]): the end of the
+    /// space allocated in the active segment (or a little before it, to ask for more in
+    /// time), at most `end`.
     limit: usize,
+    /// The end of the active segment's mapping (0 before the first activation).
+    end: usize,
+    /// How far in the active segment space was last asked for ahead of the appender.
+    ahead_asked: u64,
     base_offset: u64,
     next_offset: u64,
     index_slot: usize,
@@ -133,10 +140,10 @@ impl Appender {
         let mut preparer = preparer;
         // A placeholder active segment until the first activation when the log is empty.
         let empty = start.tail.is_none();
-        let (active, position, limit) = match start.tail {
+        let (active, position, end) = match start.tail {
             Some((segment, position)) => {
-                let limit = segment.mapped_bytes;
-                (segment, position, limit)
+                let end = segment.mapped_bytes;
+                (segment, position, end)
             }
             None => (preparer.next_segment()?, 0, 0),
         };
@@ -154,7 +161,10 @@ impl Appender {
             region: active.region(),
             pending,
             position,
-            limit,
+            // The first append makes room (allocating space from where it stands).
+            limit: 0,
+            end,
+            ahead_asked: 0,
             base_offset: header.base_offset,
             next_offset: start.next_offset,
             index_slot,
@@ -181,7 +191,6 @@ impl Appender {
         } else {
             appender.shared.pending.lock().unwrap_or_else(|p| p.into_inner()).push(appender.pending.clone());
         }
-        appender.preparer.request_if_none();
         appender.apply_retention_held();
         appender.store_tail();
         if let Some(role) = &appender.role {
@@ -368,7 +377,7 @@ impl Appender {
         }
         let data_start = self.active.header.data_start() as u64;
         let sane = tail.position >= data_start
-            && tail.position <= self.limit as u64
+            && tail.position <= self.end as u64
             && tail.position % 8 == 0
             && tail.next >= self.next_offset
             && tail.next >= self.base_offset
@@ -443,8 +452,8 @@ impl Appender {
     /// Marks the active segment's pending entry sealed and to be synced whole (others
     /// wrote it past this appender's position).
     fn seal_pending_whole(&mut self) {
-        if self.limit > 0 {
-            self.active.written.store(self.limit as u64, Ordering::Relaxed);
+        if self.end > 0 {
+            self.active.written.store(self.end as u64, Ordering::Relaxed);
             self.pending.sealed.store(true, Ordering::Release);
         }
     }
@@ -474,7 +483,7 @@ impl Appender {
             }
             None => {
                 // Nothing in use (the dead appender had not activated the first segment).
-                self.limit = 0;
+                (self.limit, self.end) = (0, 0);
                 let seg = self.preparer.next_segment()?;
                 self.activate(seg)?;
             }
@@ -507,10 +516,7 @@ impl Appender {
         self.active.check_shrank()?;
         let stride = record_stride(len);
         if self.position + stride > self.limit {
-            self.roll()?;
-            if self.position + stride > self.limit {
-                return Err(AppendError::Log(self.too_small(len)));
-            }
+            self.make_room(len, stride)?;
         }
         let offset = self.next_offset;
         let position = self.position;
@@ -546,6 +552,51 @@ impl Appender {
         self.shared.wake_after_publish(self.opts.durability);
     }
 
+    /// Makes room for a record of `len` bytes (`stride` with its header) at the write
+    /// position: rolls over to the next segment when the active one is full, makes sure the
+    /// space is allocated (itself, when the preparation thread fell behind), asks that
+    /// thread for more ahead when less than half of [`LogOptions::prealloc_bytes`] is left,
+    /// and has the next segment prepared once the active one is half written.
+    #[cold]
+    fn make_room(&mut self, len: usize, stride: usize) -> Result<(), LogError> {
+        if self.position + stride > self.end {
+            self.roll()?;
+            if self.position + stride > self.end {
+                return Err(self.too_small(len));
+            }
+        }
+        let need = (self.position + stride) as u64;
+        let end = self.end as u64;
+        // Further ahead the more of the segment is written: a quiet log stays small, a busy
+        // one asks for space less often.
+        let ahead = self.opts.prealloc_bytes.max((self.position as u64 / 4).min(MAX_AHEAD_BYTES));
+        let mut allocated = self.active.allocated.load(Ordering::Acquire);
+        if allocated < need {
+            allocated = self.active.allocate(format::align_up((need + ahead) as usize, format::PAGE_BYTES) as u64)?;
+        }
+        let low = allocated.saturating_sub(ahead / 2);
+        self.limit = if allocated >= end {
+            self.end
+        } else if need > low {
+            // Running low: ask for more, and come back when this is used up.
+            if self.ahead_asked < need + ahead / 2 {
+                self.ahead_asked = need + ahead;
+                self.preparer.ahead(&self.active, self.ahead_asked);
+            }
+            allocated as usize
+        } else {
+            low as usize
+        };
+        let half = self.end / 2;
+        if self.position >= half {
+            self.preparer.refill();
+        } else if !self.preparer.holds_segment() {
+            // Come back half-way to have the next segment prepared.
+            self.limit = self.limit.min(half.max(need as usize));
+        }
+        Ok(())
+    }
+
     /// The error for a fresh segment with no room for a record of `len` bytes: only a
     /// segment whose header or length was changed outside shoal can be that small.
     #[cold]
@@ -555,7 +606,7 @@ impl Appender {
             why: format!(
                 "a fresh segment has room for {} bytes of records, too few for a {len}-byte record; its header or \
                  length was changed outside shoal: move it out of the log",
-                self.limit.saturating_sub(self.position)
+                self.end.saturating_sub(self.position)
             ),
         }
     }
@@ -608,7 +659,10 @@ impl Appender {
         let pending = Arc::new(Pending::new(seg.clone()));
         self.shared.pending.lock().unwrap_or_else(|p| p.into_inner()).push(pending.clone());
         self.region = seg.region();
-        self.limit = seg.mapped_bytes;
+        self.end = seg.mapped_bytes;
+        // The next append makes room: it allocates what is missing and asks for more.
+        self.limit = 0;
+        self.ahead_asked = 0;
         self.position = position;
         self.base_offset = header.base_offset;
         (self.index_slot, self.index_next_position) = index;
@@ -620,6 +674,10 @@ impl Appender {
 
     /// Makes `seg` the active segment starting at `self.next_offset`.
     fn activate(&mut self, seg: Arc<Segment>) -> Result<(), LogError> {
+        if self.end > 0 && self.position + 8 <= self.end {
+            // The old segment's end marker needs its disk space like any record's.
+            self.active.allocate((self.position + 8) as u64)?;
+        }
         self.clock.reanchor();
         let mut header = seg.header;
         header.base_offset = self.next_offset;
@@ -629,20 +687,20 @@ impl Appender {
         // verify its checksum, and only open it after the end marker below).
         unsafe { region.write_header(&header) };
         // Seal the old segment (if there is one in use) after the new header is in place.
-        if self.limit > 0 {
-            let end = if self.position + 4 <= self.limit {
+        if self.end > 0 {
+            let end = if self.position + 4 <= self.end {
                 self.region.publish(self.position, END_OF_SEGMENT);
                 self.position + 8
             } else {
                 self.position
             };
-            self.active.written.store(end.min(self.limit) as u64, Ordering::Relaxed);
+            self.active.written.store(end.min(self.end) as u64, Ordering::Relaxed);
             self.pending.sealed.store(true, Ordering::Release);
         }
         self.retained.push_back(in_use_of(&seg, &header));
         self.make_active(seg, &header, header.data_start(), (0, 0));
         self.head.store_tail_index(0, 0);
-        self.preparer.refill();
+        self.preparer.collect();
         Ok(())
     }
 
@@ -768,6 +826,10 @@ impl Appender {
     }
 }
 
+/// The most disk space an appender has made ready ahead of it (see
+/// [`LogOptions::prealloc_bytes`]).
+const MAX_AHEAD_BYTES: u64 = 8 << 20;
+
 /// A segment in use as retention lists it.
 fn in_use_of(seg: &Segment, header: &SegmentHeader) -> InUse {
     (seg.id, seg.path.clone(), header.base_offset, header.segment_bytes, header.activated_ns)
@@ -882,6 +944,14 @@ impl Drop for Appender {
     fn drop(&mut self) {
         if let Err(e) = self.shutdown() {
             tracing::warn!("{}: closing the log: {e}", self.dir.display());
+        }
+        // The threads are stopped: unmapping the segments is left to the reaper.
+        retire(self.active.clone());
+        for pending in std::mem::take(&mut *self.shared.pending.lock().unwrap_or_else(|p| p.into_inner())) {
+            retire(pending.segment.clone());
+        }
+        if let Some(prepared) = self.preparer.take_prepared() {
+            retire(prepared);
         }
     }
 }

@@ -209,7 +209,9 @@ pub struct Retention {
 #[derive(Clone, Copy, Debug)]
 #[non_exhaustive]
 pub struct LogOptions {
-    /// Size of each segment file; a multiple of 4096 between 64 KiB and 1 GiB.
+    /// Size of each segment file; a multiple of 4096 between 64 KiB and 1 GiB. Files are
+    /// sparse: disk space is allocated [`prealloc_bytes`](LogOptions::prealloc_bytes) at a
+    /// time ahead of the appender.
     pub segment_bytes: u64,
     /// Largest payload accepted; at most what fits in one segment.
     pub max_record_bytes: usize,
@@ -223,7 +225,17 @@ pub struct LogOptions {
     pub retention: Retention,
     /// Bytes of records between two sparse-index entries (a multiple of 8).
     pub index_interval_bytes: u32,
-    /// Populate a new segment's pages before use, so appends never take a page fault.
+    /// Disk space allocated ahead of the appender (a multiple of 4096, at least 64 KiB): a
+    /// new segment gets space for its header, its index and data up to this many bytes in
+    /// all, and as the appender writes on, the space (and with [`prefault`](LogOptions::prefault)
+    /// the pages) at least this far ahead of it is made ready in the background (further,
+    /// up to 8 MiB, as the segment fills). Stores into
+    /// the mapping never fail for space: a full disk is an error of the append that needed
+    /// the space. The next segment is prepared once the active one is half written, so a
+    /// log with few records costs about this much disk.
+    pub prealloc_bytes: u64,
+    /// Fault in the pages ahead of the appender before it reaches them, so appends take no
+    /// page fault.
     pub prefault: bool,
     /// Who may append at once (default: any number, [`Writers::Shared`]).
     pub writers: Writers,
@@ -239,6 +251,7 @@ impl Default for LogOptions {
             recovery_mode: RecoveryMode::TruncateTail,
             retention: Retention::default(),
             index_interval_bytes: 4096,
+            prealloc_bytes: 512 << 10,
             prefault: true,
             writers: Writers::Shared,
         }
@@ -311,6 +324,13 @@ impl LogOptions {
         self
     }
 
+    /// Sets [`LogOptions::prealloc_bytes`].
+    #[must_use]
+    pub const fn prealloc_bytes(mut self, prealloc_bytes: u64) -> LogOptions {
+        self.prealloc_bytes = prealloc_bytes;
+        self
+    }
+
     /// Sets [`LogOptions::prefault`].
     #[must_use]
     pub const fn prefault(mut self, prefault: bool) -> LogOptions {
@@ -334,6 +354,12 @@ impl LogOptions {
         if seg % format::PAGE_BYTES as u64 != 0 || seg < 64 << 10 || seg > format::SEGMENT_BYTES_FORMAT_MAX as u64 {
             return Err(LogError::Config(format!(
                 "segment_bytes {seg} must be a multiple of 4096 between 64 KiB and 1 GiB"
+            )));
+        }
+        if self.prealloc_bytes % format::PAGE_BYTES as u64 != 0 || self.prealloc_bytes < 64 << 10 {
+            return Err(LogError::Config(format!(
+                "prealloc_bytes {} must be a multiple of 4096 and at least 64 KiB",
+                self.prealloc_bytes
             )));
         }
         if self.index_interval_bytes == 0 || self.index_interval_bytes % 8 != 0 {

@@ -1,6 +1,8 @@
 //! Segment preparation ahead of need: a background thread creates the next segment file
-//! (preallocate, header, sync, rename into place, directory sync) and populates its pages,
-//! so that a rollover finds it ready and appends never take a page fault.
+//! (space for its first bytes, header, sync, rename into place, directory sync) and
+//! populates its first pages, so that a rollover finds it ready. The same thread keeps disk
+//! space allocated and pages populated ahead of the appender in the active segment
+//! ([`Preparer::ahead`]), so appends never wait for either and a quiet log stays small.
 //!
 //! At most one preparation is in flight: requests and results travel over two channels of
 //! capacity one. The appender holds the [`Preparer`], which tracks the prepared segment, the
@@ -13,7 +15,7 @@
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{bounded, select, Receiver, Sender};
 
 use super::error::LogError;
 use super::io::IoDriver;
@@ -27,6 +29,8 @@ pub(crate) struct Preparer {
     /// The segment prepared ahead, collected from the thread.
     prepared: Option<Arc<Segment>>,
     requests: Option<Sender<SegmentId>>,
+    /// Requests to allocate (and populate) a segment up to a byte; dropped when full.
+    ahead: Option<Sender<(Arc<Segment>, u64)>>,
     results: Receiver<Result<Arc<Segment>, LogError>>,
     in_flight: bool,
     /// The id the next requested segment gets; `None` once the largest id was handed out.
@@ -49,17 +53,24 @@ impl Preparer {
         next_seq: SegmentId,
     ) -> Result<Preparer, LogError> {
         let (requests, request_rx) = bounded::<SegmentId>(1);
+        let (ahead, ahead_rx) = bounded::<(Arc<Segment>, u64)>(2);
         let (result_tx, results) = bounded::<Result<Arc<Segment>, LogError>>(1);
-        let thread = spawn_preparer(dir.clone(), opts, request_rx, result_tx)?;
+        let thread = spawn_preparer(dir.clone(), opts, request_rx, ahead_rx, result_tx)?;
         Ok(Preparer {
             prepared,
             requests: Some(requests),
+            ahead: Some(ahead),
             results,
             in_flight: false,
             next_seq: Some(next_seq.0),
             dir,
             thread: Some(thread),
         })
+    }
+
+    /// Takes the prepared segment, if one was collected.
+    pub(crate) fn take_prepared(&mut self) -> Option<Arc<Segment>> {
+        self.prepared.take()
     }
 
     /// True when a prepared segment is collected and ready.
@@ -140,10 +151,24 @@ impl Preparer {
         }
     }
 
-    /// [`Preparer::request_if_none`], then collects a finished preparation without
-    /// blocking; a failed one is logged and retried at the next rollover.
+    /// Asks the thread to allocate disk space in `segment` up to byte `upto` and populate
+    /// the pages there (with `prefault`). A request that finds the thread busy is dropped:
+    /// the appender then allocates what it needs itself when it gets there.
+    pub(crate) fn ahead(&self, segment: &Arc<Segment>, upto: u64) {
+        if let Some(tx) = &self.ahead {
+            let _ = tx.try_send((segment.clone(), upto));
+        }
+    }
+
+    /// [`Preparer::request_if_none`], then [`Preparer::collect`].
     pub(crate) fn refill(&mut self) {
         self.request_if_none();
+        self.collect();
+    }
+
+    /// Collects a finished preparation without blocking; a failed one is logged and retried
+    /// at the next rollover.
+    pub(crate) fn collect(&mut self) {
         if self.in_flight {
             if let Ok(result) = self.results.try_recv() {
                 self.in_flight = false;
@@ -184,6 +209,7 @@ impl Preparer {
     /// Stops the thread and waits for it; no request is accepted afterwards.
     pub(crate) fn stop(&mut self) {
         self.requests = None;
+        self.ahead = None;
         if let Some(t) = self.thread.take() {
             // Drain every preparation until the thread hangs up: with the request sender
             // gone it finishes what is queued, and each result must find room in the
@@ -210,6 +236,7 @@ fn spawn_preparer(
     dir: Arc<Dir>,
     opts: LogOptions,
     requests: Receiver<SegmentId>,
+    ahead: Receiver<(Arc<Segment>, u64)>,
     results: Sender<Result<Arc<Segment>, LogError>>,
 ) -> Result<JoinHandle<()>, LogError> {
     let mut io = IoDriver::new(opts.io_backend)?;
@@ -217,21 +244,41 @@ fn spawn_preparer(
         .name("shoal-log-prepare".into())
         .spawn(move || {
             let mut populate = opts.prefault;
-            for id in requests {
-                let result = Segment::prepare(&dir, id, opts.segment_bytes, opts.index_interval_bytes, &mut io)
-                    .or_else(|e| prepared_by_another(&dir, id, e))
-                    .map(Arc::new);
-                let segment = result.as_ref().ok().cloned();
-                if results.send(result).is_err() {
-                    break;
+            let mut populated = |segment: &Segment, range: std::ops::Range<usize>| {
+                if populate && !segment.populate(range) {
+                    tracing::warn!("MADV_POPULATE_WRITE unsupported (kernel 5.14+); appends take page faults");
+                    populate = false;
                 }
-                // The segment is handed over before its pages are populated: an appender that
-                // outran this thread starts on it at once and faults its own pages, while this
-                // thread keeps populating ahead of it.
-                if let (true, Some(segment)) = (populate, segment) {
-                    if !segment.populate() {
-                        tracing::warn!("MADV_POPULATE_WRITE unsupported (kernel 5.14+); appends take page faults");
-                        populate = false;
+            };
+            // Both senders are dropped together (`Preparer::stop`): either closing ends it.
+            loop {
+                select! {
+                    recv(requests) -> id => {
+                        let Ok(id) = id else { break };
+                        let seg_bytes = opts.segment_bytes;
+                        let result =
+                            Segment::prepare(&dir, id, seg_bytes, opts.index_interval_bytes, opts.prealloc_bytes, &mut io)
+                                .or_else(|e| prepared_by_another(&dir, id, e))
+                                .map(Arc::new);
+                        let segment = result.as_ref().ok().cloned();
+                        if results.send(result).is_err() {
+                            break;
+                        }
+                        // Handed over before its pages are populated: an appender that outran
+                        // this thread starts on it at once and faults its own pages.
+                        if let Some(segment) = segment {
+                            let initial = segment.allocated.load(std::sync::atomic::Ordering::Acquire) as usize;
+                            populated(&segment, 0..initial);
+                        }
+                    }
+                    recv(ahead) -> request => {
+                        let Ok((segment, upto)) = request else { break };
+                        let from = segment.allocated.load(std::sync::atomic::Ordering::Acquire) as usize;
+                        // A failure here (a full disk) is the appender's to report, when it
+                        // allocates the space it needs itself.
+                        if let Ok(to) = segment.allocate(upto) {
+                            populated(&segment, from..to as usize);
+                        }
                     }
                 }
             }

@@ -14,6 +14,10 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{unbounded, RecvTimeoutError, Sender};
 
 use memmap2::{Advice, MmapOptions, MmapRaw};
 
@@ -200,6 +204,11 @@ pub struct Segment {
     /// end marker). Read by the sync thread (what to sync) and the preparation thread (where
     /// populating pages ahead of the appender is still useful).
     pub written: AtomicU64,
+    /// Bytes from the start of the file known to have disk space allocated (`fallocate`),
+    /// so that stores through the mapping below it cannot fail for space. Only rises; 0 for
+    /// a segment opened as found (its allocation is then made again, which costs nothing
+    /// where the space is there).
+    pub allocated: AtomicU64,
 }
 
 impl Segment {
@@ -290,13 +299,16 @@ impl Segment {
             mapped_bytes,
             header,
             written: AtomicU64::new(0),
+            allocated: AtomicU64::new(0),
         })
     }
 
-    /// Creates segment `id` in `dir`: a temporary file is preallocated (through `io`), given
-    /// a header with no base offset, synced, renamed into place and the directory synced;
-    /// then it is mapped. [`Segment::populate`] then faults its pages in ahead of the
-    /// appender.
+    /// Creates segment `id` in `dir`: a temporary file gets disk space for its first
+    /// `initial_bytes` (through `io`; at least the header and index) and its full length as
+    /// a sparse file, a header with no base offset, a sync, the rename into place and the
+    /// directory sync; then it is mapped. Space further on is allocated as the appender
+    /// approaches it ([`Segment::allocate`]), so a quiet log costs little disk, and
+    /// [`Segment::populate`] faults pages in ahead of the appender.
     ///
     /// The temporary file is created anew (`O_EXCL`, never through a symlink: a planted
     /// entry of that name is an error naming it) and renamed into place without replacing
@@ -306,6 +318,7 @@ impl Segment {
         id: SegmentId,
         segment_bytes: u64,
         index_interval: u32,
+        initial_bytes: u64,
         io: &mut IoDriver,
     ) -> Result<Segment, LogError> {
         let (temp_name, name) = (temp_file_name(id), segment_file_name(id));
@@ -319,14 +332,16 @@ impl Segment {
             }
         })?;
         let result = (|| {
-            io.fallocate(file.as_raw_fd(), segment_bytes).map_err(|e| {
+            let index_entries = format::index_entries_for(segment_bytes, index_interval);
+            let initial = initial_allocation(segment_bytes, index_entries, initial_bytes);
+            io.fallocate(file.as_raw_fd(), initial).map_err(|e| {
                 if e.raw_os_error() == Some(libc::ENOSPC) {
-                    LogError::NoSpace { path: path.clone(), bytes: segment_bytes }
+                    LogError::NoSpace { path: path.clone(), bytes: initial }
                 } else {
                     LogError::io(&temp, "fallocate", e)
                 }
             })?;
-            let index_entries = format::index_entries_for(segment_bytes, index_interval);
+            file.set_len(segment_bytes).map_err(|e| LogError::io(&temp, "set length", e))?;
             let header = SegmentHeader {
                 seq: id.0,
                 base_offset: BASE_OFFSET_UNSET,
@@ -359,6 +374,7 @@ impl Segment {
                 mapped_bytes: segment_bytes as usize,
                 header,
                 written: AtomicU64::new(0),
+                allocated: AtomicU64::new(initial),
             })
         })();
         if result.is_err() {
@@ -377,19 +393,41 @@ impl Drop for Segment {
 }
 
 impl Segment {
-    /// Faults the segment's pages in for writing (`MADV_POPULATE_WRITE`, kernel 5.14+), in
-    /// chunks, skipping what the appender has already reached: the appender may start using
-    /// the segment before this finishes, and then both populate it from either end of the
-    /// unwritten part. Returns false where the kernel lacks the advice (appends then take the
+    /// Allocates disk space up to byte `upto` (capped at the mapping) unless it is known to
+    /// be there: after this, stores through the mapping below `upto` cannot fail for space.
+    /// Returns the bytes now known allocated.
+    ///
+    /// # Errors
+    /// [`LogError::NoSpace`] when the disk is full; other I/O errors of `fallocate`.
+    pub fn allocate(&self, upto: u64) -> Result<u64, LogError> {
+        let upto = upto.min(self.mapped_bytes as u64);
+        let from = self.allocated.load(Ordering::Acquire) & !(format::PAGE_BYTES as u64 - 1);
+        if from >= upto {
+            return Ok(from);
+        }
+        crate::sys::file::fallocate_range(self.fd(), from, upto - from).map_err(|e| {
+            if e.raw_os_error() == Some(libc::ENOSPC) {
+                LogError::NoSpace { path: self.path.clone(), bytes: upto - from }
+            } else {
+                LogError::io(&self.path, "fallocate", e)
+            }
+        })?;
+        Ok(self.allocated.fetch_max(upto, Ordering::AcqRel).max(upto))
+    }
+
+    /// Faults the pages of `range` in for writing (`MADV_POPULATE_WRITE`, kernel 5.14+), in
+    /// chunks, skipping what the appender has already reached (it may write the range while
+    /// this runs). Returns false where the kernel lacks the advice (appends then take the
     /// page faults themselves).
-    pub fn populate(&self) -> bool {
-        const CHUNK_BYTES: usize = 2 << 20;
-        const LEAD_BYTES: usize = 256 << 10;
-        let mut start = self.header.data_start();
-        while start < self.mapped_bytes {
-            let end = (start + CHUNK_BYTES).min(self.mapped_bytes);
+    pub fn populate(&self, range: std::ops::Range<usize>) -> bool {
+        const CHUNK_BYTES: usize = 1 << 20;
+        const LEAD_BYTES: usize = 64 << 10;
+        let end_all = range.end.min(self.mapped_bytes);
+        let mut start = range.start.max(self.header.data_start());
+        while start < end_all {
+            let end = (start + CHUNK_BYTES).min(end_all);
             let written = self.written.load(Ordering::Relaxed) as usize;
-            let from = start.max(format::align_up(written + LEAD_BYTES, format::PAGE_BYTES));
+            let from = format::align_up(start.max(written + LEAD_BYTES), format::PAGE_BYTES);
             if from < end && self.map.advise_range(Advice::PopulateWrite, from, end - from).is_err() {
                 return false;
             }
@@ -397,4 +435,58 @@ impl Segment {
         }
         true
     }
+}
+
+/// Lets go of `segment` on a background thread once every other handle on it is gone.
+///
+/// Unmapping a segment whose pages were written costs milliseconds (each page's table entry
+/// is torn down and its dirty state handed to the page cache): an appender retires its
+/// segments at close so that closing does not wait for that. One thread per process does
+/// it, started on demand and gone after [`REAPER_IDLE`] without work; it waits (briefly)
+/// for the caller's own handles to drop first.
+pub fn retire(segment: Arc<Segment>) {
+    static REAPER: Mutex<Option<Sender<Arc<Segment>>>> = Mutex::new(None);
+    let mut reaper = REAPER.lock().unwrap_or_else(|p| p.into_inner());
+    let segment = match reaper.as_ref() {
+        Some(tx) => match tx.send(segment) {
+            Ok(()) => return,
+            Err(e) => e.into_inner(),
+        },
+        None => segment,
+    };
+    let (tx, rx) = unbounded::<Arc<Segment>>();
+    let spawned = std::thread::Builder::new().name("shoal-log-reaper".into()).spawn(move || loop {
+        match rx.recv_timeout(REAPER_IDLE) {
+            Ok(segment) => {
+                let since = Instant::now();
+                while Arc::strong_count(&segment) > 1 && since.elapsed() < Duration::from_millis(100) {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                drop(segment);
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                // Senders send under the lock: with it held and nothing queued, none is lost.
+                let mut reaper = REAPER.lock().unwrap_or_else(|p| p.into_inner());
+                if rx.is_empty() {
+                    *reaper = None;
+                    return;
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    });
+    if spawned.is_ok() && tx.send(segment).is_ok() {
+        *reaper = Some(tx);
+    }
+    // Without the thread, the segment was dropped here, by the send that failed.
+}
+
+/// How long the reaper thread waits for work before it ends.
+const REAPER_IDLE: Duration = Duration::from_millis(20);
+
+/// The bytes a new segment gets disk space for at once: its header and index, and data up
+/// to `initial_bytes` in all (at least one page of it), within the segment.
+pub fn initial_allocation(segment_bytes: u64, index_entries: u32, initial_bytes: u64) -> u64 {
+    let data_start = format::data_start(index_entries) as u64;
+    initial_bytes.max(data_start + format::PAGE_BYTES as u64).min(segment_bytes)
 }

@@ -120,6 +120,25 @@ pub fn fallocate(fd: std::os::unix::io::RawFd, len: u64) -> io::Result<()> {
     }
 }
 
+/// Allocates disk space for `len` bytes from `offset` of the file open on `fd`
+/// (`fallocate(2)` mode 0 over a range: holes in it get blocks, data already there is kept,
+/// and later writes into the range cannot fail for space).
+///
+/// # Errors
+/// The OS error of `fallocate` (`EOPNOTSUPP` on file systems without it, `ENOSPC`).
+pub fn fallocate_range(fd: std::os::unix::io::RawFd, offset: u64, len: u64) -> io::Result<()> {
+    let too_large = || io::Error::new(io::ErrorKind::InvalidInput, "range too large");
+    let offset = libc::off_t::try_from(offset).map_err(|_| too_large())?;
+    let len = libc::off_t::try_from(len).map_err(|_| too_large())?;
+    // SAFETY: a plain syscall on a descriptor; no memory of ours is read or written.
+    let rc = unsafe { libc::fallocate(fd, 0, offset, len) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
