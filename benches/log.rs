@@ -1,39 +1,44 @@
 //! Benchmarks of the durable log against the peers named by the performance budget
-//! (ARCHITECTURE.md, "Performance budget").
+//! (ARCHITECTURE.md, "Performance budget"), measured as a user would see them.
 //!
 //! Every group puts shoal and its peer side by side, so the ratio comes from one run on one
-//! (shared, noisy) machine:
+//! (shared, noisy) machine, and prints it after the group with the goal:
 //!
 //! | group | shoal | peer | goal |
 //! | --- | --- | --- | --- |
-//! | `append_100B_never` | `append` of 100-byte records, `Durability::Never` | `BufWriter<File>` of the same length-prefixed records | >= 3x |
-//! | `append_100B_batch_durable` | `append` in `Batch` mode until the watermark covers the last record | the `BufWriter` with an fdatasync every 1000 records and at the end; a bare write + fdatasync per record | >= 5x |
-//! | `durable_latency` | one 100-byte append, then wait until it is durable | a bare 4 KiB write at the end of a file + fdatasync | p99 within 1.5x |
-//! | `replay` | zero-copy `Reader` over 100 B and 4 KiB records, every payload touched | memcpy of as many bytes from a touched buffer | >= 5 GB/s |
-//! | `durable_bandwidth` | 64 KiB records in `Batch` mode until durable | O_DIRECT sequential write of the same bytes + fdatasync | >= 0.7x |
+//! | `append_100B_never` | `append` of 100-byte records, `Durability::Never`; `append_batch` of 64 | a 64 KiB `BufWriter` over a fresh `File` of the same records, each prefixed by a u32 length; flushed | `append` >= 2x; `append_batch` >= `append`; the close after 4 M records p50 and max <= 5 ms |
+//! | `append_100B_batch_durable` | `append` in `Batch` until the last record is durable | the `BufWriter` with an fdatasync every 1000 records and at the end; a bare write + fdatasync per record | >= 5x the `BufWriter` |
+//! | `durable_latency` | one 4 KiB append, then wait until it is durable (per-op histograms) | `pwrite` of 4 KiB at the end of a file + fdatasync | p50 <= 1.1x, p99 <= 1.3x |
+//! | `replay` | `Reader::open` and every 100-byte record read, its payload touched; page cache warm | a 1 MiB `BufReader` parsing the `BufWriter`'s file of the same records, each payload touched | >= 1.5x and >= 5 GB/s |
+//! | `durable_bandwidth` | 64 KiB records in `Batch` until durable | a preallocated `O_DIRECT` file written sequentially, 1 MiB at a time, + fdatasync | >= 0.7x |
+//! | `produce_cli` | `shoal produce <fresh dir> --durability never` (and `batch`) fed 2 M lines of ~100 bytes from a file on stdin | a hand-written program (this binary, see [`kernels::produce`]) reading stdin with `BufRead` into a `BufWriter` of length-prefixed records (with an fdatasync every 1000 lines for `batch`) | `never` >= 1x, `batch` >= 2x |
 //! | `producers` | 64 B and 1 KiB records, `Never`: one `Writers::Shared` appender; 2 threads, each with its own shared appender; 2 processes | one `Writers::Exclusive` appender | shared alone >= 0.9x; 2 threads and 2 processes >= 0.8x in aggregate |
 //!
-//! The measuring code is in `kernels/` and is the same that `shoal bench` runs (see
-//! `kernels/mod.rs`); here criterion wraps each kernel in `iter_custom`, so set-up is
-//! outside the measured time. Appenders and the peers' files are kept open across measured
-//! calls (started afresh between calls after a few segments, outside the measured time), so
-//! that rollovers, the background preparation of fresh segments and retention stay inside the
-//! measured time at their steady-state rate. `durable_latency` also prints p50/p99/p99.9 of
-//! both sides from per-operation histograms.
+//! Every measured iteration runs from a fresh, empty directory and is timed from the open to
+//! the close, on both sides: shoal's open, rollovers, the preparation of segments and the
+//! close (what dropping an appender costs) count, as do the peer's file creation, flush and
+//! close. The logs use a user's defaults (`LogOptions::default()` with the durability
+//! measured). The measuring code is in `kernels/` and is the same that `shoal bench` runs
+//! (see `kernels/mod.rs`); here criterion wraps each kernel in `iter_custom`, so making and
+//! deleting the empty directory stay outside the measured time. The groups sample "flat"
+//! (the same count of whole runs in every sample), since one run takes up to a second.
+//! After each group the mean rate of every function over all its iterations (warm-up
+//! included) is printed with the ratio to its peer and the goal; `durable_latency` also
+//! prints p50/p99/p99.9 of both sides from per-operation histograms.
 //!
-//! `producers` is the exception to kept-open logs: each measured iteration writes a fixed
-//! count of records into a fresh directory and is timed from the first open to the last close
-//! (or the last producer process's exit), so neither the exclusive nor the shared path is
-//! spared its open, its rollovers or its close. Its process variant runs this binary again as
-//! the producers (see [`PRODUCER_CHILD_ENV`]): the children open nothing until the start
-//! signal, so their start-up is outside the measured time. After the group it prints the
-//! mean throughput of each variant relative to the exclusive appender, and p50/p99/p99.9 of
-//! single `append` calls for one producer alone and for two contending threads.
+//! `produce_cli` spawns the `shoal` binary cargo built for this bench, and the peer program
+//! is this binary run again with [`kernels::produce::LINES_PEER_ENV`] set. The `producers`
+//! group runs this binary again as producer processes too (see [`PRODUCER_CHILD_ENV`]): the
+//! children open nothing until the start signal, so their start-up is outside the measured
+//! time. After the group it prints the mean throughput of each variant relative to the
+//! exclusive appender, and p50/p99/p99.9 of single `append` calls for one producer alone and
+//! for two contending threads.
 //!
 //! Scratch files go under `$SHOAL_BENCH_DIR` or else the system temp directory; its file
 //! system is printed at start (durability figures on tmpfs mean nothing). Under
 //! `cargo test --benches` (no `--bench` flag) criterion runs each bench once and the sizes
-//! here shrink, so that mode stays quick.
+//! here shrink (see [`Scale`]), so that mode stays quick; it also reads back what each
+//! `produce_cli` run wrote.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -43,7 +48,8 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 
-use criterion::{black_box, BenchmarkId, Criterion, Throughput};
+use criterion::{black_box, BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, Throughput};
+use shoal::log::format::record_stride;
 use shoal::log::{Appender, Durability, LogOptions, Reader, Writers};
 use shoal::metrics::{format_ns, LatencyHistogram};
 
@@ -51,26 +57,63 @@ use shoal::metrics::{format_ns, LatencyHistogram};
 #[allow(dead_code)] // the ring kernels are for benches/ring.rs and `shoal bench`
 mod kernels;
 
-use kernels::fs::{self, AlignedBuf, BlockFile, SteadyFile, BLOCK_BYTES, DIRECT_WRITE_BYTES, SYNC_EVERY_RECORDS};
-use kernels::log::{self as klog, log_bytes, log_options, SteadyLog, LARGE_RECORD_BYTES, SMALL_RECORD_BYTES};
+use kernels::fs::{self, AlignedBuf, BLOCK_BYTES, DIRECT_WRITE_BYTES, SYNC_EVERY_RECORDS};
+use kernels::log::{
+    self as klog, log_options, AppendCalls, LARGE_RECORD_BYTES, LATENCY_RECORD_BYTES, SMALL_RECORD_BYTES,
+};
+use kernels::produce::{self as kproduce, LINES_PEER_ENV};
 
 const MIB: u64 = 1 << 20;
 
 /// Sizes for one run: full under `cargo bench`, small under `cargo test --benches`.
 #[derive(Clone, Copy, Debug)]
 struct Scale {
-    /// Segment size of the logs written by the throughput benches.
+    /// Whether this is `cargo bench` (full sizes).
+    bench: bool,
+    /// Segment size of the logs (the default under `cargo bench`).
     segment_bytes: u64,
-    /// Payload bytes in each replayed log (and bytes copied by the memcpy floor).
+    /// 100-byte records of one `append_100B_never` run (each side).
+    never_records: u64,
+    /// 100-byte records of one `append_100B_batch_durable` run of shoal and the `BufWriter`.
+    durable_records: u64,
+    /// Records of one run of the write + fdatasync-per-record peer.
+    sync_each_records: u64,
+    /// Durable appends (and peer writes) of one `durable_latency` run.
+    latency_samples: u64,
+    /// Bytes of one `durable_bandwidth` run (each side).
+    durable_bytes: u64,
+    /// Payload bytes of the replayed log (and of the peer's file).
     replay_bytes: u64,
+    /// Lines fed to one `produce_cli` run.
+    produce_lines: u64,
 }
 
 impl Scale {
     fn from_args() -> Scale {
         if std::env::args().any(|a| a == "--bench") {
-            Scale { segment_bytes: 256 * MIB, replay_bytes: 256 * MIB }
+            Scale {
+                bench: true,
+                segment_bytes: LogOptions::default().segment_bytes,
+                never_records: 4_000_000,
+                durable_records: 1_000_000,
+                sync_each_records: 500,
+                latency_samples: 200,
+                durable_bytes: 256 * MIB,
+                replay_bytes: 256 * MIB,
+                produce_lines: 2_000_000,
+            }
         } else {
-            Scale { segment_bytes: 4 * MIB, replay_bytes: 4 * MIB }
+            Scale {
+                bench: false,
+                segment_bytes: MIB,
+                never_records: 20_000,
+                durable_records: 20_000,
+                sync_each_records: 20,
+                latency_samples: 10,
+                durable_bytes: 4 * MIB,
+                replay_bytes: 4 * MIB,
+                produce_lines: 20_000,
+            }
         }
     }
 }
@@ -93,55 +136,131 @@ fn print_machine(scale: &Scale, root: &Path) {
     );
 }
 
+/// Items and time of every measured iteration of a group's functions (warm-up included),
+/// for the ratios printed after the group.
+#[derive(Default)]
+struct Tally(RefCell<BTreeMap<&'static str, (u64, Duration)>>);
+
+impl Tally {
+    /// `iters` runs of `run` (each moving `items` items) as function `name`: their total time.
+    fn runs(&self, name: &'static str, iters: u64, items: u64, mut run: impl FnMut() -> Duration) -> Duration {
+        let took: Duration = (0..iters).map(|_| run()).sum();
+        let mut all = self.0.borrow_mut();
+        let entry = all.entry(name).or_default();
+        entry.0 += iters * items;
+        entry.1 += took;
+        took
+    }
+
+    /// The mean rate of `name` in items per second, if it ran.
+    fn rate(&self, name: &str) -> Option<f64> {
+        self.0.borrow().get(name).filter(|(n, _)| *n > 0).map(|(n, t)| *n as f64 / t.as_secs_f64().max(1e-9))
+    }
+
+    /// Prints the mean rate of `shoal` (`unit` per second, scaled by `div`), of `peer`, their
+    /// ratio and whether it meets `goal` (a ratio), or nothing when either was filtered out.
+    fn compare(&self, shoal: &str, peer: &str, unit: &str, div: f64, goal: Option<f64>) -> Option<f64> {
+        let (s, p) = (self.rate(shoal)?, self.rate(peer)?);
+        let ratio = s / p.max(f64::MIN_POSITIVE);
+        let goal = goal.map_or_else(String::new, |g| {
+            format!("  (goal >= {g:.2}x: {})", if ratio >= g { "met" } else { "MISSED" })
+        });
+        println!("  {shoal} {:.2} {unit}/s, {peer} {:.2} {unit}/s: {ratio:.2}x{goal}", s / div, p / div);
+        Some(ratio)
+    }
+}
+
+/// Criterion settings of a group whose every iteration is a whole open-to-close run.
+fn whole_runs<M: criterion::measurement::Measurement>(group: &mut BenchmarkGroup<'_, M>) {
+    group.sampling_mode(SamplingMode::Flat).sample_size(10);
+}
+
+/// Goal of the close after [`Scale::never_records`] records, p50 and max.
+const CLOSE_GOAL: Duration = Duration::from_millis(5);
+
 fn append_100b_never(c: &mut Criterion, scale: &Scale, root: &Path) {
     let payload = [0xA5u8; SMALL_RECORD_BYTES];
-    let batch: Vec<&[u8]> = vec![&payload[..]; 64];
+    let n = scale.never_records;
+    let opts = log_options(Durability::Never, scale.segment_bytes);
+    let tally = Tally::default();
+    let mut close = [LatencyHistogram::new(), LatencyHistogram::new()];
     let mut group = c.benchmark_group("append_100B_never");
-    group.throughput(Throughput::Elements(1));
-    let mut steady = SteadyLog::open(root, log_options(Durability::Never, scale.segment_bytes)).expect("open");
-    group.bench_function("shoal", |b| {
-        b.iter_custom(|iters| klog::append(&mut steady, &payload, iters).expect("append"))
-    });
-    drop(steady);
-    let mut steady = SteadyLog::open(root, log_options(Durability::Never, scale.segment_bytes)).expect("open");
-    group.bench_function("shoal_batch64", |b| {
+    whole_runs(&mut group);
+    group.throughput(Throughput::Elements(n));
+    for (i, (name, calls)) in
+        [("shoal_append", AppendCalls::One), ("shoal_append_batch64", AppendCalls::Batch)].into_iter().enumerate()
+    {
+        let hist = &mut close[i];
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                tally.runs(name, iters, n, || {
+                    let t = klog::append_run(root, opts, &payload, n, calls).expect("append run");
+                    hist.record(t.close.as_nanos() as u64);
+                    t.total
+                })
+            })
+        });
+    }
+    group.bench_function("bufwriter", |b| {
         b.iter_custom(|iters| {
-            let log = steady.appender(log_bytes(payload.len(), iters)).expect("start over");
-            let start = Instant::now();
-            let mut left = iters as usize;
-            while left > 0 {
-                let n = left.min(batch.len());
-                black_box(log.append_batch(batch[..n].iter().copied()).expect("append_batch"));
-                left -= n;
-            }
-            start.elapsed()
+            tally.runs("bufwriter", iters, n, || fs::bufwriter_run(root, &payload, n, None).expect("bufwriter run"))
         })
     });
-    drop(steady);
-    let peer = SteadyFile::open(root).expect("peer file");
-    group.bench_function("bufwriter", |b| {
-        b.iter_custom(|iters| fs::bufwriter(&peer, &payload, iters, None).expect("bufwriter"))
-    });
     group.finish();
+
+    println!("append_100B_never ({n} records a run, open to close; mean of every run):");
+    let one = tally.compare("shoal_append", "bufwriter", "M records", 1e6, Some(2.0));
+    tally.compare("shoal_append_batch64", "bufwriter", "M records", 1e6, one);
+    for (name, hist) in ["shoal_append", "shoal_append_batch64"].iter().zip(&close) {
+        if hist.count() > 0 {
+            let (p50, max) = (hist.quantile_ns(0.5), hist.max_ns());
+            let met = Duration::from_nanos(p50.max(max)) <= CLOSE_GOAL;
+            println!(
+                "  close after {n} records ({name}, n={}): p50 {} max {}  (goal <= {}: {})",
+                hist.count(),
+                format_ns(p50),
+                format_ns(max),
+                format_ns(CLOSE_GOAL.as_nanos() as u64),
+                if met { "met" } else { "MISSED" }
+            );
+        }
+    }
 }
 
 fn append_100b_batch_durable(c: &mut Criterion, scale: &Scale, root: &Path) {
     let payload = [0x5Au8; SMALL_RECORD_BYTES];
+    let (n, each) = (scale.durable_records, scale.sync_each_records);
+    let opts = log_options(Durability::Batch, scale.segment_bytes);
+    let tally = Tally::default();
     let mut group = c.benchmark_group("append_100B_batch_durable");
-    group.throughput(Throughput::Elements(1));
-    let mut steady = SteadyLog::open(root, log_options(Durability::Batch, scale.segment_bytes)).expect("open");
-    group.bench_function("shoal", |b| {
-        b.iter_custom(|iters| klog::append(&mut steady, &payload, iters).expect("append"))
+    whole_runs(&mut group);
+    group.throughput(Throughput::Elements(n));
+    group.bench_function("shoal_append", |b| {
+        b.iter_custom(|iters| {
+            tally.runs("shoal_append", iters, n, || {
+                klog::append_run(root, opts, &payload, n, AppendCalls::One).expect("append run").total
+            })
+        })
     });
-    drop(steady);
-    let peer = SteadyFile::open(root).expect("peer file");
     group.bench_function("bufwriter_fdatasync_1000", |b| {
-        b.iter_custom(|iters| fs::bufwriter(&peer, &payload, iters, Some(SYNC_EVERY_RECORDS)).expect("bufwriter"))
+        b.iter_custom(|iters| {
+            tally.runs("bufwriter_fdatasync_1000", iters, n, || {
+                fs::bufwriter_run(root, &payload, n, Some(SYNC_EVERY_RECORDS)).expect("bufwriter run")
+            })
+        })
     });
+    group.throughput(Throughput::Elements(each));
     group.bench_function("write_fdatasync_each", |b| {
-        b.iter_custom(|iters| fs::write_fdatasync_each(&peer, &payload, iters).expect("write + fdatasync"))
+        b.iter_custom(|iters| {
+            tally.runs("write_fdatasync_each", iters, each, || {
+                fs::write_fdatasync_each_run(root, &payload, each).expect("write + fdatasync run")
+            })
+        })
     });
     group.finish();
+    println!("append_100B_batch_durable ({n} records a run, open to durable to close; mean of every run):");
+    tally.compare("shoal_append", "bufwriter_fdatasync_1000", "M records", 1e6, Some(5.0));
+    tally.compare("shoal_append", "write_fdatasync_each", "M records", 1e6, None);
 }
 
 fn print_latency(name: &str, h: &LatencyHistogram) {
@@ -155,102 +274,189 @@ fn print_latency(name: &str, h: &LatencyHistogram) {
     );
 }
 
-/// `iters` runs of `kernel`, each recorded in `hist`; returns their total time.
-fn sampled(iters: u64, hist: &mut LatencyHistogram, mut kernel: impl FnMut() -> Duration) -> Duration {
-    let mut total = Duration::ZERO;
-    for _ in 0..iters {
-        let took = kernel();
-        hist.record(took.as_nanos() as u64);
-        total += took;
-    }
-    total
-}
-
 fn durable_latency(c: &mut Criterion, scale: &Scale, root: &Path) {
-    let payload = [0x3Cu8; SMALL_RECORD_BYTES];
+    let payload = [0x3Cu8; LATENCY_RECORD_BYTES];
     let block = [0xC3u8; BLOCK_BYTES];
+    let samples = scale.latency_samples;
+    let opts = log_options(Durability::Batch, scale.segment_bytes);
+    let (mut shoal, mut peer) = (LatencyHistogram::new(), LatencyHistogram::new());
     let mut group = c.benchmark_group("durable_latency");
-    group.throughput(Throughput::Elements(1));
-
-    let dir = fs::scratch(root).expect("scratch dir");
-    let opts = log_options(Durability::Batch, scale.segment_bytes.min(64 * MIB));
-    let mut log = Appender::open(dir.path().join("log"), opts).expect("open");
-    let backend = log.io_backend();
-    let mut shoal_hist = LatencyHistogram::new();
-    group.bench_function("shoal_append_wait_durable", |b| {
+    whole_runs(&mut group);
+    group.throughput(Throughput::Elements(samples));
+    group.bench_function("shoal_4KiB_append_wait_durable", |b| {
         b.iter_custom(|iters| {
-            sampled(iters, &mut shoal_hist, || klog::durable_latency(&mut log, &payload).expect("durable append"))
+            (0..iters)
+                .map(|_| klog::durable_latency_run(root, opts, &payload, samples, &mut shoal).expect("durable run"))
+                .sum()
         })
     });
-    drop(log);
-
-    let mut peer = BlockFile::create(dir.path()).expect("peer file");
-    let mut peer_hist = LatencyHistogram::new();
-    group.bench_function("write_4KiB_fdatasync", |b| {
+    group.bench_function("pwrite_4KiB_fdatasync", |b| {
         b.iter_custom(|iters| {
-            sampled(iters, &mut peer_hist, || fs::fdatasync_latency(&mut peer, &block).expect("write + fdatasync"))
+            (0..iters)
+                .map(|_| fs::fdatasync_latency_run(root, &block, samples, &mut peer).expect("pwrite + fdatasync run"))
+                .sum()
         })
     });
     group.finish();
 
-    if shoal_hist.count() == 0 || peer_hist.count() == 0 {
+    if shoal.count() == 0 || peer.count() == 0 {
         return; // filtered out
     }
-    println!("durable_latency (per-op histograms, warm-up included; shoal backend {backend}):");
-    print_latency("shoal append + wait_durable", &shoal_hist);
-    print_latency("write 4 KiB + fdatasync", &peer_hist);
-    let ratio = |q: f64| shoal_hist.quantile_ns(q) as f64 / peer_hist.quantile_ns(q).max(1) as f64;
-    println!(
-        "  shoal / peer: p50 {:.2}x  p99 {:.2}x  p99.9 {:.2}x  (goal: p99 <= 1.5x)",
-        ratio(0.5),
-        ratio(0.99),
-        ratio(0.999)
-    );
+    println!("durable_latency ({samples} operations a run, each run from a fresh directory; warm-up included):");
+    print_latency("shoal 4 KiB append + wait", &shoal);
+    print_latency("pwrite 4 KiB + fdatasync", &peer);
+    for (q, goal) in [(0.5, 1.1), (0.99, 1.3)] {
+        let ratio = shoal.quantile_ns(q) as f64 / peer.quantile_ns(q).max(1) as f64;
+        println!(
+            "  shoal / peer at p{}: {ratio:.2}x  (goal <= {goal:.1}x: {})",
+            q * 100.0,
+            if ratio <= goal { "met" } else { "MISSED" }
+        );
+    }
 }
 
+/// The replayed log and the peer's file of the same records, written on first use (outside
+/// the measured time, so that a filtered run skips it) and read once to warm the page cache.
+struct ReplayFiles {
+    _dir: tempfile::TempDir,
+    log: PathBuf,
+    peer: PathBuf,
+    records: u64,
+}
+
+impl ReplayFiles {
+    fn write(root: &Path, scale: &Scale) -> ReplayFiles {
+        let dir = fs::scratch(root).expect("scratch dir");
+        let (log, peer) = (dir.path().join("log"), dir.path().join("peer.log"));
+        let opts = log_options(Durability::Never, scale.segment_bytes);
+        let (records, bytes) =
+            klog::write_replay_log(&log, opts, SMALL_RECORD_BYTES, scale.replay_bytes).expect("write the log");
+        // Payload bytes differ from `replay_bytes` by less than one record.
+        assert!(bytes - scale.replay_bytes < SMALL_RECORD_BYTES as u64);
+        fs::write_framed_file(&peer, SMALL_RECORD_BYTES, records, klog::replay_payload).expect("write the peer file");
+        klog::replay(&log, records).expect("replay");
+        fs::bufreader_replay(&peer, records).expect("peer replay");
+        ReplayFiles { _dir: dir, log, peer, records }
+    }
+}
+
+/// Replay goal: at least this many payload bytes per second.
+const REPLAY_GOAL_BYTES_PER_S: f64 = 5e9;
+
 fn replay(c: &mut Criterion, scale: &Scale, root: &Path) {
+    let files: RefCell<Option<ReplayFiles>> = RefCell::default();
+    let with_files = |f: &mut dyn FnMut(&ReplayFiles) -> Duration| {
+        let mut files = files.borrow_mut();
+        f(files.get_or_insert_with(|| ReplayFiles::write(root, scale)))
+    };
+    let tally = Tally::default();
     let mut group = c.benchmark_group("replay");
     group.throughput(Throughput::Bytes(scale.replay_bytes));
-    for (name, payload_len) in [("shoal_100B", SMALL_RECORD_BYTES), ("shoal_4KiB", 4096)] {
-        // Written on first use (outside the measured time), so a filtered run skips it.
-        let mut log: Option<(tempfile::TempDir, u64)> = None;
-        group.bench_function(name, |b| {
-            let (dir, records) = log.get_or_insert_with(|| {
-                let dir = fs::scratch(root).expect("scratch dir");
-                let (records, bytes) =
-                    klog::write_replay_log(dir.path(), scale.segment_bytes, payload_len, scale.replay_bytes)
-                        .expect("write the log");
-                // Payload bytes differ from `replay_bytes` by less than one record.
-                assert!(bytes - scale.replay_bytes < payload_len as u64);
-                klog::replay(dir.path(), records).expect("replay"); // and warms the page cache
-                (dir, records)
-            });
-            b.iter_custom(|iters| (0..iters).map(|_| klog::replay(dir.path(), *records).expect("replay")).sum())
-        });
-    }
-    let src = vec![0x77u8; scale.replay_bytes as usize];
-    let mut dst = vec![0u8; scale.replay_bytes as usize];
-    dst.copy_from_slice(&src); // touch both
-    group.bench_function("memcpy", |b| b.iter_custom(|iters| (0..iters).map(|_| fs::memcpy(&mut dst, &src)).sum()));
+    group.bench_function("shoal_100B", |b| {
+        b.iter_custom(|iters| {
+            with_files(&mut |f| {
+                tally.runs("shoal_100B", iters, scale.replay_bytes, || klog::replay(&f.log, f.records).expect("replay"))
+            })
+        })
+    });
+    group.bench_function("bufreader_100B", |b| {
+        b.iter_custom(|iters| {
+            with_files(&mut |f| {
+                tally.runs("bufreader_100B", iters, scale.replay_bytes, || {
+                    fs::bufreader_replay(&f.peer, f.records).expect("peer replay")
+                })
+            })
+        })
+    });
     group.finish();
+    println!(
+        "replay (100 B records, {} MiB of payload, page cache warm; mean of every pass):",
+        scale.replay_bytes >> 20
+    );
+    tally.compare("shoal_100B", "bufreader_100B", "GB", 1e9, Some(1.5));
+    if let Some(rate) = tally.rate("shoal_100B") {
+        let met = if rate >= REPLAY_GOAL_BYTES_PER_S { "met" } else { "MISSED" };
+        println!("  shoal_100B {:.2} GB/s  (goal >= {:.0} GB/s: {met})", rate / 1e9, REPLAY_GOAL_BYTES_PER_S / 1e9);
+    }
 }
 
 fn durable_bandwidth(c: &mut Criterion, scale: &Scale, root: &Path) {
     let payload = vec![0x99u8; LARGE_RECORD_BYTES];
-    let mut group = c.benchmark_group("durable_bandwidth");
-    group.throughput(Throughput::Bytes(LARGE_RECORD_BYTES as u64));
-    let mut steady = SteadyLog::open(root, log_options(Durability::Batch, scale.segment_bytes)).expect("open");
-    group.bench_function("shoal_64KiB_batch", |b| {
-        b.iter_custom(|iters| klog::append(&mut steady, &payload, iters).expect("append"))
-    });
-    drop(steady);
+    let records = scale.durable_bytes / LARGE_RECORD_BYTES as u64;
+    let opts = log_options(Durability::Batch, scale.segment_bytes);
     let buf = AlignedBuf::new(DIRECT_WRITE_BYTES, 0x99);
+    let tally = Tally::default();
+    let mut group = c.benchmark_group("durable_bandwidth");
+    whole_runs(&mut group);
+    group.throughput(Throughput::Bytes(scale.durable_bytes));
+    group.bench_function("shoal_64KiB_batch", |b| {
+        b.iter_custom(|iters| {
+            tally.runs("shoal_64KiB_batch", iters, scale.durable_bytes, || {
+                klog::append_run(root, opts, &payload, records, AppendCalls::One).expect("append run").total
+            })
+        })
+    });
     group.bench_function("o_direct_write_fdatasync", |b| {
         b.iter_custom(|iters| {
-            fs::o_direct_write(root, buf.as_slice(), iters * LARGE_RECORD_BYTES as u64).expect("O_DIRECT write")
+            tally.runs("o_direct_write_fdatasync", iters, scale.durable_bytes, || {
+                fs::o_direct_write(root, buf.as_slice(), scale.durable_bytes).expect("O_DIRECT write")
+            })
         })
     });
     group.finish();
+    println!(
+        "durable_bandwidth ({} MiB a run, open to durable to close; mean of every run):",
+        scale.durable_bytes >> 20
+    );
+    tally.compare("shoal_64KiB_batch", "o_direct_write_fdatasync", "MB", 1e6, Some(0.7));
+}
+
+fn produce_cli(c: &mut Criterion, scale: &Scale, root: &Path) {
+    let lines = scale.produce_lines;
+    let shoal = Path::new(env!("CARGO_BIN_EXE_shoal"));
+    let peer = std::env::current_exe().expect("the bench binary's path");
+    let input: RefCell<Option<(tempfile::TempDir, PathBuf)>> = RefCell::default();
+    // Written on first use (outside the measured time), so that a filtered run skips it.
+    let input_path = || {
+        let mut input = input.borrow_mut();
+        let (_, path) = input.get_or_insert_with(|| {
+            let dir = fs::scratch(root).expect("scratch dir");
+            let path = dir.path().join("lines");
+            kproduce::write_lines(&path, lines).expect("write the input lines");
+            (dir, path)
+        });
+        path.clone()
+    };
+    let check = !scale.bench;
+    let tally = Tally::default();
+    let mut group = c.benchmark_group("produce_cli");
+    whole_runs(&mut group);
+    group.throughput(Throughput::Elements(lines));
+    for (durability, sync_every, shoal_name, peer_name) in [
+        ("never", None, "shoal_produce_never", "bufwriter_program"),
+        ("batch", Some(SYNC_EVERY_RECORDS), "shoal_produce_batch", "bufwriter_program_fdatasync_1000"),
+    ] {
+        group.bench_function(shoal_name, |b| {
+            b.iter_custom(|iters| {
+                let input = input_path();
+                tally.runs(shoal_name, iters, lines, || {
+                    kproduce::shoal_produce(shoal, root, &input, durability, lines, check).expect("shoal produce")
+                })
+            })
+        });
+        group.bench_function(peer_name, |b| {
+            b.iter_custom(|iters| {
+                let input = input_path();
+                tally.runs(peer_name, iters, lines, || {
+                    kproduce::peer_produce(&peer, &[], root, &input, sync_every, lines, check).expect("peer program")
+                })
+            })
+        });
+    }
+    group.finish();
+    println!("produce_cli ({lines} lines of ~100 B a run, process spawn to exit; mean of every run):");
+    tally.compare("shoal_produce_never", "bufwriter_program", "M lines", 1e6, Some(1.0));
+    tally.compare("shoal_produce_batch", "bufwriter_program_fdatasync_1000", "M lines", 1e6, Some(2.0));
 }
 
 /// Set in a child of the `producers` group to `<log dir>\t<records>\t<payload bytes>`: the
@@ -273,8 +479,8 @@ fn producer_options(writers: Writers) -> LogOptions {
 /// Records written per measured iteration (in all, over every producer) for `payload_len`:
 /// about 10 MiB of log under `cargo bench`, 1/50 of that under `cargo test --benches`.
 fn producer_records(scale: &Scale, payload_len: usize) -> u64 {
-    let bytes = if scale.segment_bytes > 4 * MIB { 10 * MIB } else { MIB / 5 };
-    (bytes / log_bytes(payload_len, 1)).next_multiple_of(PRODUCERS as u64)
+    let bytes = if scale.bench { 10 * MIB } else { MIB / 5 };
+    (bytes / record_stride(payload_len) as u64).next_multiple_of(PRODUCERS as u64)
 }
 
 /// Opens a `writers` appender on `dir`, appends `records` copies of `payload`, closes.
@@ -500,9 +706,17 @@ fn main() {
     if let Some(spec) = std::env::var_os(TAIL_CHILD_ENV) {
         std::process::exit(tail_child(&spec.to_string_lossy()));
     }
-    // A producer process of the `producers` group: do that and nothing else.
+    // A producer process of the `producers` group, or the peer program of `produce_cli`: do
+    // that and nothing else.
     if let Some(spec) = std::env::var_os(PRODUCER_CHILD_ENV) {
         std::process::exit(producer_child(&spec.to_string_lossy()));
+    }
+    if let Some(spec) = std::env::var_os(LINES_PEER_ENV) {
+        if let Err(e) = kproduce::lines_peer(&spec.to_string_lossy()) {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+        return;
     }
     let scale = Scale::from_args();
     let root = bench_root();
@@ -517,6 +731,7 @@ fn main() {
     durable_latency(&mut c, &scale, &root);
     replay(&mut c, &scale, &root);
     durable_bandwidth(&mut c, &scale, &root);
+    produce_cli(&mut c, &scale, &root);
     producers(&mut c, &scale, &root);
     tail_latency(&mut c, &scale, &root);
     c.final_summary();

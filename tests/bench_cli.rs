@@ -13,7 +13,7 @@ const RUN_WAIT: Duration = Duration::from_secs(120);
 
 /// Every figure `--json` must print (a positive, finite number): shoal's, its baselines', and
 /// the ratios.
-const FIGURES: [&str; 30] = [
+const FIGURES: [&str; 38] = [
     "ring_hop_values_per_s",
     "rtrb_hop_values_per_s",
     "ring_hop_vs_rtrb",
@@ -23,6 +23,10 @@ const FIGURES: [&str; 30] = [
     "append_never_records_per_s",
     "bufwriter_records_per_s",
     "append_never_vs_bufwriter",
+    "append_batch64_never_records_per_s",
+    "append_batch64_never_vs_bufwriter",
+    "close_after_never_run_p50_ns",
+    "close_after_never_run_max_ns",
     "append_interval_records_per_s",
     "bufwriter_fdatasync_1000_records_per_s",
     "append_interval_vs_bufwriter_fdatasync_1000",
@@ -40,10 +44,14 @@ const FIGURES: [&str; 30] = [
     "o_direct_fdatasync_mb_per_s",
     "durable_64kib_vs_o_direct",
     "replay_100b_gb_per_s",
-    "replay_4kib_gb_per_s",
-    "memcpy_gb_per_s",
-    "replay_100b_vs_memcpy",
-    "replay_4kib_vs_memcpy",
+    "bufreader_100b_gb_per_s",
+    "replay_100b_vs_bufreader",
+    "produce_never_lines_per_s",
+    "bufwriter_program_lines_per_s",
+    "produce_never_vs_bufwriter_program",
+    "produce_batch_lines_per_s",
+    "bufwriter_program_fdatasync_1000_lines_per_s",
+    "produce_batch_vs_bufwriter_program_fdatasync_1000",
 ];
 
 /// Runs `shoal args...` and waits for it, killing it and failing the test after [`RUN_WAIT`].
@@ -117,6 +125,13 @@ fn quick_json_has_every_figure_positive_and_finite() {
     let expect = obj["fdatasync_4kib_p99_ns"].as_f64().expect("number")
         / obj["durable_latency_p99_ns"].as_f64().expect("number");
     assert!((ratio - expect).abs() <= 1e-9 * expect, "{ratio} vs {expect}");
+    let ratio = obj["produce_batch_vs_bufwriter_program_fdatasync_1000"].as_f64().expect("number");
+    let expect = obj["produce_batch_lines_per_s"].as_f64().expect("number")
+        / obj["bufwriter_program_fdatasync_1000_lines_per_s"].as_f64().expect("number");
+    assert!((ratio - expect).abs() <= 1e-9 * expect, "{ratio} vs {expect}");
+    // The close is a time of its own (no baseline), at most its max.
+    let (p50, max) = (obj["close_after_never_run_p50_ns"].as_f64(), obj["close_after_never_run_max_ns"].as_f64());
+    assert!(p50 <= max, "close p50 {p50:?} above its max {max:?}");
 
     let machine = &obj["machine"];
     assert!(machine["cpus"].as_u64().is_some_and(|n| n >= 1), "{machine}");
@@ -140,20 +155,28 @@ fn quick_table_shows_each_figure_with_baseline_and_ratio() {
         "ring hop, one at a time",
         "raw rtrb",
         "append 100 B, Never",
+        "append_batch of 64, 100 B, Never",
+        "close after 20.0 k records, max",
+        "<= 5.00 ms",
         "BufWriter, fdatasync every 1000",
         "write + fdatasync each record",
-        "durable latency p99",
+        "durable latency 4 KiB p99",
         "O_DIRECT write + fdatasync",
-        "replay, 4 KiB records",
-        "memcpy",
+        "replay, 100 B records",
+        "BufReader",
+        "shoal produce --durability never, 20.0 k lines",
+        "BufWriter program, fdatasync every 1000",
         "above 1 means shoal is better",
     ] {
         assert!(stdout.contains(needle), "no `{needle}` in\n{stdout}");
     }
-    // Every figure row has a ratio (`1.23x`): 2 ring, 4 append, 2 latency, 1 bandwidth, 2 replay.
+    // Every row with a baseline has a ratio (`1.23x`): 2 ring, 5 append, 2 latency, 1 bandwidth,
+    // 1 replay, 2 produce; the two close rows have none.
     let is_ratio = |w: &str| w.strip_suffix('x').is_some_and(|n| n.parse::<f64>().is_ok());
     let rows = stdout.lines().filter(|l| l.split_whitespace().any(is_ratio)).count();
-    assert_eq!(rows, 11, "{stdout}");
+    assert_eq!(rows, 13, "{stdout}");
+    let close_rows = stdout.lines().filter(|l| l.starts_with("close after")).count();
+    assert_eq!(close_rows, 2, "{stdout}");
     assert!(is_empty_dir(temp.path()), "the bench left files in {dir}");
 }
 

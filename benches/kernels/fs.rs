@@ -1,14 +1,19 @@
-//! The peers' kernels on plain files (a `BufWriter`, write + fdatasync, `O_DIRECT`, memcpy),
-//! the scratch directories, and the file-system probe.
+//! The peers' kernels on plain files (a `BufWriter`, write + fdatasync, `O_DIRECT`, a
+//! `BufReader`), the scratch directories, and the file-system probe.
+//!
+//! Like shoal's kernels, every writing peer runs from a fresh directory, and its timed part
+//! goes from creating its file to closing it.
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::hint::black_box;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use shoal::metrics::LatencyHistogram;
 
 use super::KernelError;
 
@@ -18,10 +23,14 @@ pub const SYNC_EVERY_RECORDS: u64 = 1000;
 pub const BLOCK_BYTES: usize = 4 << 10;
 /// Bytes of each write of the `O_DIRECT` peer.
 pub const DIRECT_WRITE_BYTES: usize = 1 << 20;
-/// The durable-latency peer's file starts over (outside the timed part) past this size.
-const BLOCK_FILE_BYTES_MAX: u64 = 64 << 20;
-/// The buffered peers' file starts over (outside the timed part) past this size.
-const PEER_FILE_BYTES_MAX: u64 = 1 << 30;
+/// Buffer of the peers' `BufWriter`s: 64 KiB, the performance budget's peer.
+pub const PEER_BUFFER_BYTES: usize = 64 << 10;
+/// Buffer of the peers' `BufReader`s: 1 MiB, their best here. Reading a page-cached file of
+/// 100-byte records on this 2-vCPU VM (`rustc -O`, 2 M records, 3 rounds, machine busy) ran
+/// 2.0-2.4 GB/s with 64 KiB, 2.4-3.1 GB/s with 256 KiB to 1 MiB, and no faster with 4 MiB.
+pub const PEER_READ_BUFFER_BYTES: usize = 1 << 20;
+/// Name of a peer's file in its scratch directory.
+const PEER_FILE: &str = "peer.log";
 /// Alignment of the `O_DIRECT` buffer.
 const DIRECT_ALIGN: usize = 4 << 10;
 
@@ -77,123 +86,161 @@ pub fn scratch(root: &Path) -> Result<tempfile::TempDir, KernelError> {
         .map_err(|e| KernelError::io("creating a scratch directory", root, e))
 }
 
-/// The buffered peers' file, opened for appending once and kept across rounds; it starts
-/// over (truncated between rounds) once it passes 1 GiB.
-pub struct SteadyFile {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-    file: File,
+/// A fresh file `name` in `dir`, created for writing (part of a peer's timed run).
+fn create(dir: &Path, name: &str) -> Result<(File, PathBuf), KernelError> {
+    let path = dir.join(name);
+    let file = File::create(&path).map_err(|e| KernelError::io("creating the peer's file", &path, e))?;
+    Ok((file, path))
 }
 
-impl SteadyFile {
-    /// Creates the file in a fresh directory under `root`.
-    ///
-    /// # Errors
-    /// The directory or the file could not be created.
-    pub fn open(root: &Path) -> Result<SteadyFile, KernelError> {
-        let dir = scratch(root)?;
-        let path = dir.path().join("peer.log");
-        let file = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&path)
-            .map_err(|e| KernelError::io("creating the peer's file", &path, e))?;
-        Ok(SteadyFile { _dir: dir, path, file })
-    }
-
-    /// The file for the next round.
-    fn file(&self) -> Result<&File, KernelError> {
-        let len = self.file.metadata().map_err(|e| KernelError::io("stat", &self.path, e))?.len();
-        if len > PEER_FILE_BYTES_MAX {
-            self.file.set_len(0).map_err(|e| KernelError::io("truncate", &self.path, e))?;
-        }
-        Ok(&self.file)
-    }
-}
-
-/// A `BufWriter<File>` writing `records` copies of `payload`, each prefixed by its length
-/// (u32, little endian); with `sync_every`, an fdatasync every that many records and at the
-/// end.
+/// One run of the buffered peer in a fresh directory under `root`: a file created, a
+/// `BufWriter` of [`PEER_BUFFER_BYTES`] over it writing `records` copies of `payload`, each
+/// prefixed by its length (u32, little endian); with `sync_every`, an fdatasync every that
+/// many records and at the end; flushed and closed.
 ///
 /// # Errors
-/// A write or an fdatasync failed.
-pub fn bufwriter(
-    peer: &SteadyFile,
+/// The scratch directory could not be made, or a write or an fdatasync failed.
+pub fn bufwriter_run(
+    root: &Path,
     payload: &[u8],
     records: u64,
     sync_every: Option<u64>,
 ) -> Result<Duration, KernelError> {
-    let (file, path) = (peer.file()?, &peer.path);
+    let dir = scratch(root)?;
     let len = (payload.len() as u32).to_le_bytes();
     let start = Instant::now();
-    let mut w = BufWriter::new(file);
+    let (file, path) = create(dir.path(), PEER_FILE)?;
+    let mut w = BufWriter::with_capacity(PEER_BUFFER_BYTES, file);
     for i in 1..=records {
         w.write_all(&len)
             .and_then(|()| w.write_all(black_box(payload)))
-            .map_err(|e| KernelError::io("write", path, e))?;
+            .map_err(|e| KernelError::io("write", &path, e))?;
         if sync_every.is_some_and(|k| i % k == 0) {
-            w.flush().and_then(|()| file.sync_data()).map_err(|e| KernelError::io("fdatasync", path, e))?;
+            w.flush().and_then(|()| w.get_ref().sync_data()).map_err(|e| KernelError::io("fdatasync", &path, e))?;
         }
     }
-    w.flush().map_err(|e| KernelError::io("write", path, e))?;
-    drop(w);
+    let file = w.into_inner().map_err(|e| KernelError::io("write", &path, e.into_error()))?;
     if sync_every.is_some() {
-        file.sync_data().map_err(|e| KernelError::io("fdatasync", path, e))?;
+        file.sync_data().map_err(|e| KernelError::io("fdatasync", &path, e))?;
     }
+    drop(file);
     Ok(start.elapsed())
 }
 
-/// A bare `write` of each of `records` length-prefixed copies of `payload`, each followed by
-/// an fdatasync.
+/// One run in a fresh directory under `root`: a file created, then a bare `write` of each
+/// of `records` length-prefixed copies of `payload`, each followed by an fdatasync; closed.
 ///
 /// # Errors
-/// A write or an fdatasync failed.
-pub fn write_fdatasync_each(peer: &SteadyFile, payload: &[u8], records: u64) -> Result<Duration, KernelError> {
-    let (mut file, path) = (peer.file()?, &peer.path);
+/// The scratch directory could not be made, or a write or an fdatasync failed.
+pub fn write_fdatasync_each_run(root: &Path, payload: &[u8], records: u64) -> Result<Duration, KernelError> {
+    let dir = scratch(root)?;
     let mut framed = (payload.len() as u32).to_le_bytes().to_vec();
     framed.extend_from_slice(payload);
     let start = Instant::now();
+    let (mut file, path) = create(dir.path(), PEER_FILE)?;
     for _ in 0..records {
-        file.write_all(black_box(&framed)).map_err(|e| KernelError::io("write", path, e))?;
-        file.sync_data().map_err(|e| KernelError::io("fdatasync", path, e))?;
+        file.write_all(black_box(&framed)).map_err(|e| KernelError::io("write", &path, e))?;
+        file.sync_data().map_err(|e| KernelError::io("fdatasync", &path, e))?;
     }
+    drop(file);
     Ok(start.elapsed())
 }
 
-/// The durable-latency peer's file: blocks written at its end, started over (outside the
-/// timed part) past 64 MiB.
-pub struct BlockFile {
-    path: PathBuf,
-    file: File,
-    end: u64,
-}
-
-impl BlockFile {
-    /// Creates `dir/peer.blocks`.
-    ///
-    /// # Errors
-    /// The file could not be created.
-    pub fn create(dir: &Path) -> Result<BlockFile, KernelError> {
-        let path = dir.join("peer.blocks");
-        let file = File::create(&path).map_err(|e| KernelError::io("creating the peer's file", &path, e))?;
-        Ok(BlockFile { path, file, end: 0 })
-    }
-}
-
-/// One `block` written at the end of the file, then an fdatasync.
+/// One run of the durable-latency peer in a fresh directory under `root`: a file created,
+/// then `samples` times `block` written at its end with `pwrite` and an fdatasync, each
+/// recorded in `hist`; closed. Returns the whole run's time.
 ///
 /// # Errors
-/// The write, the fdatasync or starting over failed.
-pub fn fdatasync_latency(peer: &mut BlockFile, block: &[u8]) -> Result<Duration, KernelError> {
-    if peer.end >= BLOCK_FILE_BYTES_MAX {
-        peer.file.set_len(0).map_err(|e| KernelError::io("truncate", &peer.path, e))?;
-        peer.end = 0;
-    }
+/// The scratch directory could not be made, or a write or an fdatasync failed.
+pub fn fdatasync_latency_run(
+    root: &Path,
+    block: &[u8],
+    samples: u64,
+    hist: &mut LatencyHistogram,
+) -> Result<Duration, KernelError> {
+    let dir = scratch(root)?;
     let start = Instant::now();
-    peer.file.write_all_at(black_box(block), peer.end).map_err(|e| KernelError::io("write", &peer.path, e))?;
-    peer.file.sync_data().map_err(|e| KernelError::io("fdatasync", &peer.path, e))?;
+    let (file, path) = create(dir.path(), PEER_FILE)?;
+    let mut end = 0u64;
+    for _ in 0..samples {
+        let op = Instant::now();
+        file.write_all_at(black_box(block), end).map_err(|e| KernelError::io("write", &path, e))?;
+        file.sync_data().map_err(|e| KernelError::io("fdatasync", &path, e))?;
+        hist.record(op.elapsed().as_nanos() as u64);
+        end += block.len() as u64;
+    }
+    drop(file);
+    Ok(start.elapsed())
+}
+
+/// Writes the replay peer's file `path`: `records` records of `payload_len` bytes (the same
+/// as the log's, from `fill`), each prefixed by its length (u32, little endian). Set-up, not
+/// measured.
+///
+/// # Errors
+/// A write failed.
+pub fn write_framed_file(
+    path: &Path,
+    payload_len: usize,
+    records: u64,
+    mut fill: impl FnMut(&mut [u8], u64),
+) -> Result<(), KernelError> {
+    let file = File::create(path).map_err(|e| KernelError::io("creating the peer's file", path, e))?;
+    let mut w = BufWriter::with_capacity(PEER_BUFFER_BYTES, file);
+    let mut payload = vec![0u8; payload_len];
+    let len = (payload_len as u32).to_le_bytes();
+    for i in 0..records {
+        fill(&mut payload, i);
+        w.write_all(&len).and_then(|()| w.write_all(&payload)).map_err(|e| KernelError::io("write", path, e))?;
+    }
+    w.flush().map_err(|e| KernelError::io("write", path, e))
+}
+
+/// One pass of the replay peer over `path` (written by [`write_framed_file`], `records`
+/// records): the file opened, a `BufReader` of [`PEER_READ_BUFFER_BYTES`] over it, each record's
+/// length parsed and its payload touched at both ends in place in the reader's buffer (a
+/// record that straddles two fills is copied out first).
+///
+/// # Errors
+/// A read failed, the file ended inside a record, or it held another number of records.
+pub fn bufreader_replay(path: &Path, records: u64) -> Result<Duration, KernelError> {
+    let start = Instant::now();
+    let file = File::open(path).map_err(|e| KernelError::io("opening the peer's file", path, e))?;
+    let mut r = BufReader::with_capacity(PEER_READ_BUFFER_BYTES, file);
+    let mut straddling = Vec::new();
+    let (mut read, mut fold) = (0u64, 0u64);
+    let touch = |p: &[u8]| match (p.first(), p.last()) {
+        (Some(first), Some(last)) => u64::from(*first) ^ u64::from(*last),
+        _ => 0,
+    };
+    loop {
+        let buf = r.fill_buf().map_err(|e| KernelError::io("read", path, e))?;
+        if buf.is_empty() {
+            break;
+        }
+        if let Some(&[a, b, c, d]) = buf.get(..4) {
+            let len = u32::from_le_bytes([a, b, c, d]) as usize;
+            if let Some(p) = buf.get(4..4 + len) {
+                fold = fold.wrapping_add(touch(p));
+                r.consume(4 + len);
+                read += 1;
+                continue;
+            }
+        }
+        // The record straddles the end of the buffer: read it out whole.
+        let mut len = [0u8; 4];
+        r.read_exact(&mut len).map_err(|e| KernelError::io("read", path, e))?;
+        straddling.resize(u32::from_le_bytes(len) as usize, 0);
+        r.read_exact(&mut straddling).map_err(|e| KernelError::io("read", path, e))?;
+        fold = fold.wrapping_add(touch(&straddling));
+        read += 1;
+    }
+    black_box(fold);
+    drop(r);
     let took = start.elapsed();
-    peer.end += block.len() as u64;
+    if read != records {
+        return Err(KernelError::ReplayShort { dir: path.to_path_buf(), read, expected: records });
+    }
     Ok(took)
 }
 
@@ -218,19 +265,19 @@ impl AlignedBuf {
     }
 }
 
-/// `total` bytes written sequentially with `O_DIRECT` from `buf` (aligned, a multiple of
-/// 4 KiB) into a fresh file preallocated under `root`, then one fdatasync. Creating and
-/// preallocating the file are outside the timed part.
+/// One run of the `O_DIRECT` peer in a fresh directory under `root`: a file created with
+/// `O_DIRECT` and preallocated to `total` bytes, written sequentially from `buf` (aligned, a
+/// multiple of 4 KiB), one fdatasync, closed.
 ///
 /// # Errors
 /// The file system refused `O_DIRECT` or `fallocate`, or a write or the fdatasync failed.
 pub fn o_direct_write(root: &Path, buf: &[u8], total: u64) -> Result<Duration, KernelError> {
     let dir = scratch(root)?;
-    let path = dir.path().join("peer.direct");
+    let path = dir.path().join(PEER_FILE);
+    let start = Instant::now();
     let file = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .custom_flags(libc::O_DIRECT)
         .open(&path)
         .map_err(|e| KernelError::io("opening with O_DIRECT (this file system may not support it)", &path, e))?;
@@ -239,7 +286,6 @@ pub fn o_direct_write(root: &Path, buf: &[u8], total: u64) -> Result<Duration, K
     if rc != 0 {
         return Err(KernelError::io("fallocate", &path, io::Error::last_os_error()));
     }
-    let start = Instant::now();
     let mut at = 0u64;
     while at < total {
         let n = (total - at).min(buf.len() as u64) as usize;
@@ -247,13 +293,6 @@ pub fn o_direct_write(root: &Path, buf: &[u8], total: u64) -> Result<Duration, K
         at += n as u64;
     }
     file.sync_data().map_err(|e| KernelError::io("fdatasync", &path, e))?;
+    drop(file);
     Ok(start.elapsed())
-}
-
-/// One `memcpy` of `src` into `dst` (of the same length), both kept alive past the copy.
-pub fn memcpy(dst: &mut [u8], src: &[u8]) -> Duration {
-    let start = Instant::now();
-    dst.copy_from_slice(black_box(src));
-    black_box(&mut *dst);
-    start.elapsed()
 }

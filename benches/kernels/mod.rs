@@ -3,19 +3,21 @@
 //! this folder with `#[path]` and call the same kernels.
 //!
 //! A kernel runs one measured round of shoal or of its peer and returns the time it took
-//! (`ring::hop_one_shoal`, `log::append`, `fs::bufwriter`, `fs::o_direct_write`, ...). Set-up
-//! (opening logs and files, writing the log a replay reads, truncating a peer's file) happens
-//! outside the timed part, in the kernel before its clock starts or in the caller. Criterion
-//! wraps the kernels in `iter_custom`; `shoal bench` wraps them in interleaved rounds and
-//! reports medians.
+//! (`ring::hop_one_shoal`, `log::append_run`, `fs::bufwriter_run`, `fs::o_direct_write`,
+//! `produce::shoal_produce`, ...). The log and file kernels measure as a user would: each
+//! round starts from a fresh, empty directory and is timed from the open (or the file's
+//! creation, or the process's spawn) to the close (or the exit), so that opening, rollovers,
+//! the preparation of segments and the close (what dropping an appender costs) all count.
+//! Only making the empty directory, writing what a replay or a `produce` reads, and deleting
+//! the directory afterwards are outside the timed part. Criterion wraps the kernels in
+//! `iter_custom`; `shoal bench` wraps them in interleaved rounds and reports medians.
 //!
-//! Where the two copies used to differ, one behaviour holds for both:
-//! - every log kept open across rounds ([`log::SteadyLog`]) starts over in a fresh directory
-//!   once it has written [`log::RESTART_SEGMENTS`] segments, whatever its durability;
+//! What both callers share besides the kernels:
 //! - the file-system probe ([`fs::file_system`]) masks `statfs`'s `f_type` to its low 32 bits
 //!   (it is signed on some targets) and names the same file systems on both sides;
-//! - a record's bytes in the log come from `shoal::log::format::record_stride`;
-//! - a wait for durability gives up after [`log::DURABLE_WAIT_MAX`] with an error.
+//! - a wait for durability gives up after [`log::DURABLE_WAIT_MAX`] with an error;
+//! - the peer program of `shoal produce` is the caller's own binary run again with
+//!   [`produce::LINES_PEER_ENV`] set, which the caller checks before anything else.
 //!
 //! Kernels use only shoal's public API and crates that both the `shoal` binary and the benches
 //! have (rtrb, libc, tempfile); the peers that are dev-dependencies (the `disruptor` crate,
@@ -23,6 +25,7 @@
 
 pub mod fs;
 pub mod log;
+pub mod produce;
 pub mod ring;
 
 use std::fmt;
@@ -57,9 +60,9 @@ pub enum KernelError {
         /// How long the kernel waited.
         waited: Duration,
     },
-    /// A replay read another number of records than the log holds.
+    /// A replay, or the check after a run, read another number of records than were written.
     ReplayShort {
-        /// The log's directory.
+        /// The log's directory, or the peer's file.
         dir: PathBuf,
         /// Records read.
         read: u64,
@@ -68,6 +71,13 @@ pub enum KernelError {
     },
     /// A thread of a ring hop panicked (its message is on stderr).
     ThreadPanicked,
+    /// A measured process (`shoal produce`, the peer program) failed.
+    Process {
+        /// Which process.
+        what: &'static str,
+        /// Its exit status and stderr, or what was wrong with its input.
+        detail: String,
+    },
 }
 
 impl KernelError {
@@ -87,8 +97,9 @@ impl fmt::Display for KernelError {
                 write!(f, "{}: record {offset} was not durable after {waited:?}; is the disk stalled?", dir.display())
             }
             KernelError::ReplayShort { dir, read, expected } => {
-                write!(f, "{}: replay read {read} records of {expected}", dir.display())
+                write!(f, "{}: read {read} records back of the {expected} written", dir.display())
             }
+            KernelError::Process { what, detail } => write!(f, "{what} failed: {detail}"),
             KernelError::ThreadPanicked => f.write_str("a ring bench thread panicked; see the message above"),
         }
     }
