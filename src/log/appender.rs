@@ -580,24 +580,24 @@ impl Appender {
         let need = (self.position + stride) as u64;
         let end = self.end as u64;
         // Further ahead the more of the segment is written: a quiet log stays small, a busy
-        // one asks for space less often.
+        // one keeps several milliseconds of appends ready.
         let ahead = self.opts.prealloc_bytes.max((self.position as u64 / 4).min(MAX_AHEAD_BYTES));
         let mut allocated = self.active.allocated.load(Ordering::Acquire);
         if allocated < need {
             allocated = self.active.allocate(format::align_up((need + ahead) as usize, format::PAGE_BYTES) as u64)?;
         }
-        let low = allocated.saturating_sub(ahead / 2);
         self.limit = if allocated >= end {
             self.end
-        } else if need > low {
-            // Running low: ask for more, and come back when this is used up.
-            if self.ahead_asked < need + ahead / 2 {
-                self.ahead_asked = need + ahead;
-                self.preparer.ahead(&self.active, self.ahead_asked);
-            }
-            allocated as usize
         } else {
-            low as usize
+            // Ask for space (and pages) up to `ahead` past here at every quarter of it, so
+            // the preparation thread stays well ahead; come back then, or when the space
+            // runs out.
+            let upto = (need + ahead).min(end);
+            if upto > self.ahead_asked {
+                self.ahead_asked = upto;
+                self.preparer.ahead(&self.active, upto);
+            }
+            (need + ahead / 4).min(allocated) as usize
         };
         let half = self.end / 2;
         if self.position >= half {

@@ -16,13 +16,22 @@
 //!   catches up: a few loads when the active segment is the same, a map of the new segment
 //!   (and a listing for retention) when it moved on.
 //! - `role_wanted` counts appenders waiting for the role (a futex word). The holder keeps
-//!   the role across append calls while nobody waits, so a lone appender pays one atomic
-//!   swap per call and no syscall. When someone waits, the holder lets go at the end of an
-//!   append call once it has held the role for [`HOLD`], and a keeper thread of each
-//!   appender lets go of a role held by an idle appender at once.
+//!   the role across append calls while nobody waits, so a lone appender pays no atomic
+//!   read-modify-write and no syscall per call. When someone waits, the holder lets go at
+//!   the end of an append call once it has held the role for [`HOLD`], and a keeper thread
+//!   of each appender lets go of a role held by an idle appender at once.
 //!
-//! What this costs and bounds: a lone appender, one uncontended swap per append call (the
-//! exclusive mode skips it). Appenders that contend take turns of at least [`HOLD`], so
+//! The appender and its keeper agree on who may touch the role with a Dekker pair over an
+//! asymmetric fence ([`AsymmetricFence`]): an append call stores `busy` and then reads
+//! `revoke` behind the light side (a compiler fence); the keeper stores `revoke` and then
+//! reads `busy` behind the heavy side (`membarrier`). So either the keeper sees the call
+//! and leaves the role alone, or the call sees the keeper at work and waits for it to
+//! finish before it looks whether it still holds the role. A locked compare-and-swap per
+//! call would do the same, but it drains the store buffer, full of the record just
+//! written, at every call.
+//!
+//! What this costs and bounds: a lone appender, a store, a compiler fence and two loads per
+//! append call (the exclusive mode skips them). Appenders that contend take turns of at least [`HOLD`], so
 //! each switch (two `flock` calls and a catch-up, a few microseconds) is paid once per
 //! turn, not per record. A waiting appender waits at most one turn of the holder (plus its
 //! current call) while the holder runs; when the holder dies, the next one waits only for
@@ -50,6 +59,7 @@ use std::time::Duration;
 
 use super::error::LogError;
 use super::head::Head;
+use crate::sys::fence::AsymmetricFence;
 use crate::sys::file::{flock, try_flock, unlock, Flock};
 use crate::sys::fs::{Dir, Open};
 use crate::sys::futex;
@@ -61,13 +71,6 @@ pub(crate) const ROLE_FILE: &str = "APPEND";
 /// end of an append call: long enough that a switch (a few microseconds) costs a few
 /// percent of a busy appender's throughput, short enough to bound a waiter's wait.
 pub(crate) const HOLD: Duration = Duration::from_micros(200);
-
-/// `state` values: the role is not held by this appender.
-const FREE: u32 = 0;
-/// Held, and no append call runs: the keeper may let go.
-const IDLE: u32 = 1;
-/// An append call runs (holding the role, or about to take it).
-const BUSY: u32 = 2;
 
 /// What the appender finds when it takes the role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,9 +87,16 @@ pub(crate) enum Taken {
 struct Inner {
     file: File,
     head: Arc<Head>,
-    /// [`FREE`], [`IDLE`] or [`BUSY`]; also the futex word the keeper sleeps on while the
-    /// role is free.
-    state: AtomicU32,
+    /// 1 while this appender holds the role (the `flock`), else 0; also the futex word the
+    /// keeper sleeps on while the role is not held.
+    held: AtomicU32,
+    /// 1 while an append call runs; stored by the appender's thread only.
+    busy: AtomicU32,
+    /// 1 while the keeper looks whether it may let go of the role; stored by the keeper only.
+    revoke: AtomicU32,
+    /// The process is registered for `membarrier`: the light side of the fence is a
+    /// compiler fence.
+    light_fence: bool,
     /// The epoch this appender set when it last took the role (0: never).
     epoch: AtomicU64,
     /// That epoch when this appender last let go because others waited (0: it did not).
@@ -100,6 +110,7 @@ impl Inner {
     fn release(&self) {
         self.head.role_dirty().store(0, Ordering::Release);
         unlock(&self.file);
+        self.held.store(0, Ordering::Release);
     }
 }
 
@@ -123,7 +134,10 @@ impl Role {
         let inner = Arc::new(Inner {
             file,
             head,
-            state: AtomicU32::new(FREE),
+            held: AtomicU32::new(0),
+            busy: AtomicU32::new(0),
+            revoke: AtomicU32::new(0),
+            light_fence: AsymmetricFence::registered(),
             epoch: AtomicU64::new(0),
             yielded: AtomicU64::new(0),
             stop: AtomicBool::new(false),
@@ -146,19 +160,29 @@ impl Role {
     /// the role).
     #[inline]
     pub(crate) fn begin(&self) -> Result<Option<Taken>, LogError> {
-        let state = &self.inner.state;
-        loop {
-            match state.compare_exchange(IDLE, BUSY, Ordering::Acquire, Ordering::Relaxed) {
-                Ok(_) => return Ok(None),
-                Err(FREE) => {
-                    if state.compare_exchange(FREE, BUSY, Ordering::Acquire, Ordering::Relaxed).is_ok() {
-                        return self.take().map(Some).inspect_err(|_| state.store(FREE, Ordering::Release));
-                    }
-                }
-                // The keeper is letting go (a few microseconds): wait for it to finish.
-                Err(_) => std::thread::yield_now(),
-            }
+        let inner = &*self.inner;
+        inner.busy.store(1, Ordering::Relaxed);
+        // pairs with the heavy side in `keep`: the keeper sees `busy`, or this sees `revoke`.
+        AsymmetricFence::light(inner.light_fence);
+        if inner.revoke.load(Ordering::Relaxed) == 0 && inner.held.load(Ordering::Relaxed) != 0 {
+            return Ok(None);
         }
+        self.begin_slow()
+    }
+
+    /// [`Role::begin`] when the keeper is at work or the role is not held.
+    #[cold]
+    fn begin_slow(&self) -> Result<Option<Taken>, LogError> {
+        let inner = &*self.inner;
+        // The keeper is letting go (a few microseconds): wait for it to finish. It looks at
+        // `busy` again before it starts anew, so it does not start while this call runs.
+        while inner.revoke.load(Ordering::Acquire) != 0 {
+            std::thread::yield_now();
+        }
+        if inner.held.load(Ordering::Acquire) != 0 {
+            return Ok(None);
+        }
+        self.take().map(Some).inspect_err(|_| inner.busy.store(0, Ordering::Release))
     }
 
     #[cold]
@@ -216,8 +240,10 @@ impl Role {
         inner.head.role_epoch().store(next, Ordering::Release);
         inner.epoch.store(next, Ordering::Relaxed);
         inner.head.set_appender_pid(std::process::id());
-        // The keeper sleeps on `state` while the role is free: wake it to watch for waiters.
-        futex::wake_all(&inner.state);
+        // The keeper sleeps on `held` while the role is not held: wake it to watch for
+        // waiters.
+        inner.held.store(1, Ordering::Release);
+        futex::wake_all(&inner.held);
         if dead {
             Taken::Dead
         } else if mine != 0 && mine == epoch {
@@ -255,31 +281,32 @@ impl Role {
         if release {
             self.inner.yielded.store(self.inner.epoch.load(Ordering::Relaxed), Ordering::Relaxed);
             self.inner.release();
-            self.inner.state.store(FREE, Ordering::Release);
-        } else {
-            self.inner.state.store(IDLE, Ordering::Release);
         }
+        self.inner.busy.store(0, Ordering::Release);
     }
 
     /// Ends an append call whose repair of a dead holder's tail failed: lets go without
     /// marking the page clean, so the next holder repairs again.
     pub(crate) fn abort(&self) {
         unlock(&self.inner.file);
-        self.inner.state.store(FREE, Ordering::Release);
+        self.inner.held.store(0, Ordering::Release);
+        self.inner.busy.store(0, Ordering::Release);
     }
 
     /// Lets go of the role if held (at close). With `dirty`, the page is left marked as
     /// held, as a killed holder leaves it ([`Appender::abandon`](super::Appender::abandon)).
     pub(crate) fn close(&mut self, dirty: bool) {
         self.inner.stop.store(true, Ordering::SeqCst);
-        futex::wake_all(&self.inner.state);
+        futex::wake_all(&self.inner.held);
         futex::wake_all(self.inner.head.role_wanted());
         if let Some(t) = self.keeper.take() {
             let _ = t.join();
         }
-        if self.inner.state.swap(FREE, Ordering::AcqRel) != FREE {
+        // The keeper is gone and no call runs (`&mut self`): the role is this thread's alone.
+        if self.inner.held.load(Ordering::Acquire) != 0 {
             if dirty {
                 unlock(&self.inner.file);
+                self.inner.held.store(0, Ordering::Release);
             } else {
                 self.inner.release();
             }
@@ -297,26 +324,30 @@ impl Drop for Role {
 fn keep(inner: &Inner) {
     let wanted = inner.head.role_wanted();
     while !inner.stop.load(Ordering::SeqCst) {
-        let state = inner.state.load(Ordering::Acquire);
-        if state == FREE {
+        if inner.held.load(Ordering::Acquire) == 0 {
             // Nothing to let go of: sleep until this appender takes the role (or a safety
             // timeout).
-            futex::wait(&inner.state, FREE, Duration::from_millis(100));
+            futex::wait(&inner.held, 0, Duration::from_millis(100));
             continue;
         }
         if wanted.load(Ordering::SeqCst) == 0 {
             futex::wait(wanted, 0, Duration::from_millis(100));
             continue;
         }
-        match inner.state.compare_exchange(IDLE, BUSY, Ordering::Acquire, Ordering::Relaxed) {
-            Ok(_) => {
-                inner.yielded.store(inner.epoch.load(Ordering::Relaxed), Ordering::Relaxed);
-                inner.release();
-                inner.state.store(FREE, Ordering::Release);
-            }
+        inner.revoke.store(1, Ordering::SeqCst);
+        // pairs with the light side in `Role::begin` (see the module docs)
+        AsymmetricFence::heavy();
+        if inner.busy.load(Ordering::SeqCst) != 0 {
             // An append call runs: it lets go at its end once its turn is up; look again
             // after a while.
-            Err(_) => std::thread::sleep(HOLD / 2),
+            inner.revoke.store(0, Ordering::Release);
+            std::thread::sleep(HOLD / 2);
+            continue;
         }
+        if inner.held.load(Ordering::Acquire) != 0 {
+            inner.yielded.store(inner.epoch.load(Ordering::Relaxed), Ordering::Relaxed);
+            inner.release();
+        }
+        inner.revoke.store(0, Ordering::Release);
     }
 }
