@@ -493,6 +493,7 @@ impl Region {
         self.ptr
     }
 
+    #[inline]
     fn atomic_u32(&self, at: usize) -> Option<&AtomicU32> {
         if at % 4 != 0 || at.checked_add(4)? > self.len {
             return None;
@@ -548,6 +549,7 @@ impl Region {
     ///
     /// # Errors
     /// [`RecordError`] when the bytes are not a valid record.
+    #[inline]
     pub fn decode(
         &self,
         position: usize,

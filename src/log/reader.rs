@@ -526,7 +526,7 @@ impl Reader {
             return Err(self.corruption(position, "segment file is truncated".into()));
         }
         if stopped && commit.is_some() {
-            let (after, _) = super::scan::records_after(&region, position, n, format::PAYLOAD_BYTES_FORMAT_MAX);
+            let (after, _) = super::scan::records_after(&seg, position, n, format::PAYLOAD_BYTES_FORMAT_MAX);
             if after > 0 {
                 return Err(
                     self.corruption(position, format!("{what} at offset {n}, followed by {after} intact records"))

@@ -255,7 +255,7 @@ fn settle_end(
     let stale_from = if scan.end == ScanEnd::Sealed { scan.position + 8 } else { scan.position };
     let stale = stale_from < region.len() && last_nonzero(seg, stale_from) > stale_from;
     let after = if stale || matches!(scan.end, ScanEnd::Damaged(_)) {
-        records_after(&region, scan.position, scan.next_offset, payload_max).0
+        records_after(seg, scan.position, scan.next_offset, payload_max).0
     } else {
         0
     };
@@ -338,7 +338,7 @@ fn seal_predecessor(
     let short = (prev.mapped_bytes as u64) < prev.header.segment_bytes;
     let from = if prev_scan.end == ScanEnd::Sealed { prev_scan.position + 8 } else { prev_scan.position };
     let after = if from < region.len() && last_nonzero(&prev, from) > from {
-        records_after(&region, prev_scan.position, prev_scan.next_offset, payload_max).0
+        records_after(&prev, prev_scan.position, prev_scan.next_offset, payload_max).0
     } else {
         0
     };

@@ -85,30 +85,39 @@ pub fn scan_segment(
 
 /// Looks past damage for intact records: every 8-byte position after `from` whose bytes
 /// decode as a whole record with an offset above `min_offset`. Bounded: at most
-/// `budget_bytes` of checksumming. Returns (records found, highest offset).
-pub fn records_after(region: &Region, from: usize, min_offset: u64, payload_max: usize) -> (u64, Option<u64>) {
+/// `budget_bytes` of checksumming. Only the stretches of `seg`'s file that may hold data
+/// are looked at (a record is written whole, so none starts in a hole). Returns (records
+/// found, highest offset).
+pub fn records_after(seg: &Segment, from: usize, min_offset: u64, payload_max: usize) -> (u64, Option<u64>) {
+    let region = seg.region();
     let mut budget_bytes: usize = region.len().saturating_mul(4).max(1 << 20);
     let mut position = format::align_up(from + 8, 8);
     let mut found = 0;
     let mut highest = None;
-    while position + format::RECORD_HEADER_BYTES <= region.len() && budget_bytes > 0 {
-        let commit = region.load_commit(position).unwrap_or(0);
-        if commit & format::COMMIT_BIT != 0 && commit != format::END_OF_SEGMENT {
-            let len = (commit & !format::COMMIT_BIT) as usize;
-            // Only a length that fits costs a checksum; stray bits (a timestamp word with the
-            // top bit set) must not use up the budget, which would hide the records after it.
-            let fits = position + format::record_stride(len) <= region.len();
-            budget_bytes = budget_bytes.saturating_sub(if fits { len + 32 } else { 32 });
-            if let Ok(Slot::Record(r)) = region.decode(position, None, payload_max) {
-                if r.offset > min_offset {
-                    found += 1;
-                    highest = Some(r.offset);
-                    position = r.next_position();
-                    continue;
+    for range in crate::sys::file::data_ranges(seg.fd(), position as u64, region.len() as u64) {
+        // A record found in one stretch may reach into the next: go on after it.
+        position = format::align_up((range.start as usize).max(position), 8);
+        let stop = (range.end as usize).min(region.len());
+        while position < stop && position + format::RECORD_HEADER_BYTES <= region.len() && budget_bytes > 0 {
+            let commit = region.load_commit(position).unwrap_or(0);
+            if commit & format::COMMIT_BIT != 0 && commit != format::END_OF_SEGMENT {
+                let len = (commit & !format::COMMIT_BIT) as usize;
+                // Only a length that fits costs a checksum; stray bits (a timestamp word with
+                // the top bit set) must not use up the budget, which would hide the records
+                // after it.
+                let fits = position + format::record_stride(len) <= region.len();
+                budget_bytes = budget_bytes.saturating_sub(if fits { len + 32 } else { 32 });
+                if let Ok(Slot::Record(r)) = region.decode(position, None, payload_max) {
+                    if r.offset > min_offset {
+                        found += 1;
+                        highest = Some(r.offset);
+                        position = r.next_position();
+                        continue;
+                    }
                 }
             }
+            position += 8;
         }
-        position += 8;
     }
     (found, highest)
 }

@@ -289,7 +289,7 @@ fn check_records(
     report.records += scan.records;
     let from = if scan.end == ScanEnd::Sealed { scan.position + 8 } else { scan.position };
     let (after, highest) = if from < region.len() && last_nonzero(seg, from) > from {
-        records_after(&region, scan.position, scan.next_offset, payload_max)
+        records_after(seg, scan.position, scan.next_offset, payload_max)
     } else {
         (0, None)
     };
@@ -481,7 +481,7 @@ pub fn stats(dir: &Path) -> Result<LogStats, LogError> {
         // damage would read as a shorter, sound log.
         let from = if scan.end == ScanEnd::Sealed { scan.position + 8 } else { scan.position };
         let after = if from < region.len() && last_nonzero(&seg, from) > from {
-            records_after(&region, scan.position, scan.next_offset, payload_max).0
+            records_after(&seg, scan.position, scan.next_offset, payload_max).0
         } else {
             0
         };
