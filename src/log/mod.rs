@@ -1,7 +1,7 @@
 //! The durable log: a memory-mapped, checksummed, append-only sequence of records on disk.
 //!
 //! # Design
-//! A log is a directory of preallocated segment files (see [`format`](mod@format) for the on-disk format,
+//! A log is a directory of segment files (see [`format`](mod@format) for the on-disk format,
 //! version 1). [`Appender`]s write records straight into the mapped segment: header fields and
 //! payload first, the commit word last with `Release` ordering, so readers in any process
 //! that load it with `Acquire` never see a partial record. Offsets are dense: 0, 1, 2, ...
@@ -10,26 +10,38 @@
 //! ([`Writers::Shared`], the default). They take turns holding the *writer role* (an
 //! `flock(2)` on `APPEND`, see `role`): a lone appender keeps it across calls for the cost of
 //! one atomic swap per append call; contending ones pass it on in turns of at least 100 us,
-//! catching up from the tail the last holder stored in `HEAD`. The kernel drops the role of a
+//! catching up from the tail the last holder stored in `HEAD` (an append call of a holder
+//! costs a store, a compiler fence and two loads: see `role`). The kernel drops the role of a
 //! killed holder at once, and the next holder, finding the role marked as held, repairs the
 //! tail as an open does after a crash. Every appender runs its own sync thread; their rounds
 //! take turns under an `flock` on `SYNC`, and a round skips its sync when another's already
 //! covered it, so the durable watermark in `HEAD` is shared. Each appender holds `LOCK`
 //! shared; [`Writers::Exclusive`] and [`repair`] hold it exclusively.
 //!
-//! Durability is group commit. Appends only write memory; a background thread (on an
-//! [`io_uring`](IoBackend), or plain syscalls where io_uring is unavailable) issues ranged data
-//! syncs that each cover every record appended before they start, and then advances the
-//! durable watermark ([`Appender::durable_offset`]). [`Durability`] picks when syncs run:
-//! never on their own, on an interval, or back to back while appends keep coming (`Batch`,
-//! where many appends share one sync). A second background thread prepares the next segment
-//! (preallocate, header, sync, rename, populate its pages) so that a rollover does not wait.
+//! Durability is group commit. Appends only write memory; a sync round issues a ranged data
+//! sync that covers every record appended before it started, and then advances the durable
+//! watermark ([`Appender::durable_offset`]). A caller of [`Appender::sync`] or
+//! [`Appender::wait_durable`] runs the round itself when none is in flight (no hand-off to
+//! another thread); else the background sync thread does. [`Durability`] picks when rounds
+//! run on their own: never, on an interval, or back to back while appends keep coming
+//! (`Batch`, where many appends share one sync).
+//!
+//! Segment files are sparse: a new one gets disk space for its header, index and first
+//! [`LogOptions::prealloc_bytes`]; a preparation thread allocates space (`fallocate`) and
+//! faults pages in ahead of the appender as it writes on (further ahead as the segment
+//! fills), and prepares the next segment (header, sync, rename) once the active one is half
+//! written, so a rollover does not wait and a quiet log stays small. An appender that
+//! outruns it allocates what it needs itself, so a full disk is an error of the append that
+//! needed the space, never a fault. Closing leaves the unmapping of written segments to a
+//! reaper thread.
 //!
 //! Readers ([`Reader`], [`Tailer`]) map segments read-only and iterate records in place: a
 //! [`Record`] borrows the mapped bytes, and `payload_as` reads a `bytemuck::Pod` type where it
 //! lies. A sparse index in each segment makes [`Reader::seek`] O(log n). A tailer that has
-//! caught up sleeps on a futex in the shared `HEAD` page, woken by the appender, so an idle
-//! tailer costs no CPU.
+//! caught up waits by its [`TailWait`]: it spins on the next record's commit word (no
+//! syscall, no futex wake asked of the appender), sleeps on a futex in `HEAD` woken by the
+//! appender, or by default spins 300 us and then sleeps; with `Park` an idle tailer costs no
+//! CPU.
 //!
 //! Recovery ([`RecoveryMode`]) validates the tail at open: a torn last record (a crash
 //! mid-append) is cut off; damage below the durable watermark, or followed by intact records,
@@ -61,17 +73,17 @@
 //! | `error` | [`LogError`] (cold path) and [`AppendError`] (hot path) |
 //! | `io` | the I/O backends ([`IoBackend`]): ranged data syncs, preallocation |
 //! | `head` | the shared `HEAD` page: durable watermark, appender pid, the tailers' futex |
-//! | `segment` | segment files: naming, listing, mapping, preparing a new one |
+//! | `segment` | segment files: naming, listing, mapping, preparing a new one, allocating and populating ahead, the reaper |
 //! | `lock` | the log lock (`flock` on `LOCK`): shared by appenders of a shared log, exclusive otherwise |
 //! | `role` | the writer role of a shared log (`flock` on `APPEND`, its words in `HEAD`, the keeper thread) |
 //! | `scan` | the walk over a segment's records, shared by recovery and the checks, and the cut |
 //! | `recovery` | recovery at open: returns the recovered tail and the [`RecoveryReport`] ([`TailCut`]) |
 //! | `verify` | the offline checks: [`verify`], [`repair`], [`stats`] |
-//! | `sync` | group commit: the sync thread, [`DurableWatch`], every [`Durability`] decision |
-//! | `prepare` | the thread that prepares the next segment ahead of a rollover |
+//! | `sync` | group commit: sync rounds (the sync thread's, or a waiter's inline), [`DurableWatch`], every [`Durability`] decision |
+//! | `prepare` | the thread that prepares the next segment ahead of a rollover and makes space ready ahead of the appender |
 //! | `appender` | [`Appender`]: open (lock, recover or catch up, start threads), append, publish, roll, retention; taking the role and catching up |
 //! | `reader` | [`Reader`], [`Record`]: zero-copy iteration and seek |
-//! | `wait` | [`wait_any`]: sleeping on the `HEAD` futex of several logs |
+//! | `wait` | [`wait_any`], [`wait_any_with`], [`TailWait`]: spinning on the next commit word, or sleeping on the `HEAD` futex, of several logs |
 //! | `tailer` | [`Tailer`]: a reader that waits for new records |
 //!
 //! Which file uses which (`use super::...`, test modules aside); the graph between the files
@@ -93,7 +105,7 @@
 //! prepare            error, io, segment
 //! appender           error, format, head, io, lock, prepare, recovery, role, segment, sync
 //! reader             error, format, head, scan, segment
-//! wait               error, reader
+//! wait               error, format, reader
 //! tailer             error, reader, wait
 //! ```
 
