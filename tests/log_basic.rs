@@ -272,3 +272,37 @@ fn a_quiet_log_or_topic_costs_at_most_a_mebibyte_per_partition() {
     let used = disk_bytes(&dir.path().join("log"));
     assert!(used <= (10 << 20) + (9 << 20), "10 MB of records take {used} bytes of disk");
 }
+
+/// Open files of this process whose path lies under `dir`.
+fn open_files_under(dir: &std::path::Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.starts_with(dir))
+        .count()
+}
+
+/// Closing hands the unmapping of written segments to a background thread: every segment
+/// file is still let go of soon after, however many appenders opened and closed (a reaper
+/// that waited on each in turn, or held one twice, leaked descriptors until the process ran
+/// out of them).
+#[test]
+fn closed_appenders_leave_no_open_segment_behind() {
+    let root = tempfile::tempdir().unwrap();
+    let opts = opts(IoBackend::Syscalls).segment_bytes(64 << 10).max_record_bytes(1024);
+    for i in 0..100 {
+        let dir = root.path().join(format!("log{i}"));
+        let mut log = Appender::open(&dir, opts).unwrap();
+        for _ in 0..200 {
+            log.append(b"a record that fills a few segments").unwrap();
+        }
+        log.sync().unwrap();
+        drop(log);
+    }
+    // Generous: the reaper looks again within 100 ms of its last look.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while open_files_under(root.path()) > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(open_files_under(root.path()), 0, "segment files still open after every appender closed");
+}

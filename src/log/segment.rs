@@ -15,7 +15,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::{unbounded, RecvTimeoutError, Sender};
 
@@ -442,8 +442,9 @@ impl Segment {
 /// Unmapping a segment whose pages were written costs milliseconds (each page's table entry
 /// is torn down and its dirty state handed to the page cache): an appender retires its
 /// segments at close so that closing does not wait for that. One thread per process does
-/// it, started on demand and gone after [`REAPER_IDLE`] without work; it waits (briefly)
-/// for the caller's own handles to drop first.
+/// it, started on demand and gone once it holds nothing and [`REAPER_IDLE`] passed without
+/// work. It keeps each segment until its own handle is the last (the caller's are dropped
+/// right after), and the same segment retired twice is held once.
 pub fn retire(segment: Arc<Segment>) {
     static REAPER: Mutex<Option<Sender<Arc<Segment>>>> = Mutex::new(None);
     let mut reaper = REAPER.lock().unwrap_or_else(|p| p.into_inner());
@@ -455,24 +456,34 @@ pub fn retire(segment: Arc<Segment>) {
         None => segment,
     };
     let (tx, rx) = unbounded::<Arc<Segment>>();
-    let spawned = std::thread::Builder::new().name("shoal-log-reaper".into()).spawn(move || loop {
-        match rx.recv_timeout(REAPER_IDLE) {
-            Ok(segment) => {
-                let since = Instant::now();
-                while Arc::strong_count(&segment) > 1 && since.elapsed() < Duration::from_millis(100) {
-                    std::thread::sleep(Duration::from_micros(200));
+    let spawned = std::thread::Builder::new().name("shoal-log-reaper".into()).spawn(move || {
+        let mut held: Vec<Arc<Segment>> = Vec::new();
+        // While segments are held whose other handles are still live, look again soon, then
+        // less and less often (a `DurableWatch` may keep one for long).
+        let mut recheck = RECHECK_FIRST;
+        loop {
+            let wait = if held.is_empty() { REAPER_IDLE } else { recheck };
+            match rx.recv_timeout(wait) {
+                Ok(segment) => {
+                    recheck = RECHECK_FIRST;
+                    if !held.iter().any(|h| Arc::ptr_eq(h, &segment)) {
+                        held.push(segment);
+                    }
                 }
-                drop(segment);
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                // Senders send under the lock: with it held and nothing queued, none is lost.
-                let mut reaper = REAPER.lock().unwrap_or_else(|p| p.into_inner());
-                if rx.is_empty() {
-                    *reaper = None;
-                    return;
+                Err(RecvTimeoutError::Timeout) if held.is_empty() => {
+                    // Senders send under the lock: with it held and nothing queued, none is
+                    // lost.
+                    let mut reaper = REAPER.lock().unwrap_or_else(|p| p.into_inner());
+                    if rx.is_empty() {
+                        *reaper = None;
+                        return;
+                    }
                 }
+                Err(RecvTimeoutError::Timeout) => recheck = (recheck * 2).min(RECHECK_MAX),
+                Err(RecvTimeoutError::Disconnected) => return,
             }
-            Err(RecvTimeoutError::Disconnected) => return,
+            // Unmaps (drops) every segment whose last handle is this thread's.
+            held.retain(|h| Arc::strong_count(h) > 1);
         }
     });
     if spawned.is_ok() && tx.send(segment).is_ok() {
@@ -480,6 +491,13 @@ pub fn retire(segment: Arc<Segment>) {
     }
     // Without the thread, the segment was dropped here, by the send that failed.
 }
+
+/// The reaper's first look again at a segment still held elsewhere; each look doubles the
+/// wait, up to [`RECHECK_MAX`].
+const RECHECK_FIRST: Duration = Duration::from_micros(500);
+
+/// The reaper's longest wait between looks at segments still held elsewhere.
+const RECHECK_MAX: Duration = Duration::from_millis(100);
 
 /// How long the reaper thread waits for work before it ends.
 const REAPER_IDLE: Duration = Duration::from_millis(20);
