@@ -164,7 +164,8 @@ impl Role {
         inner.busy.store(1, Ordering::Relaxed);
         // pairs with the heavy side in `keep`: the keeper sees `busy`, or this sees `revoke`.
         AsymmetricFence::light(inner.light_fence);
-        if inner.revoke.load(Ordering::Relaxed) == 0 && inner.held.load(Ordering::Relaxed) != 0 {
+        // Acquire: a `revoke` the keeper cleared after letting go comes with its `held` of 0.
+        if inner.revoke.load(Ordering::Acquire) == 0 && inner.held.load(Ordering::Relaxed) != 0 {
             return Ok(None);
         }
         self.begin_slow()
