@@ -4,8 +4,9 @@
 //!
 //! A waiter returns only once the watermark covers its record and a data sync completed after
 //! it last saw the watermark below that record: the count of syncs (`Appender::sync_stats`)
-//! rises only after the watermark moved, so a count read before a watermark below the record
-//! must have grown by the time the wait returns.
+//! rises just after the watermark moved, so a count read before a watermark below the record
+//! must grow once the wait returned (the test gives it [`WAIT_BOUND`] to, since the round
+//! that moved the watermark may not have counted itself yet when the waiter sees it).
 //!
 //! The failure case runs in a child process (this test binary run again, see `common`) with
 //! the fail point `SHOAL_FAIL_POINT=sync`, which makes every sync of that process fail.
@@ -86,7 +87,17 @@ fn waiters_race_the_appender(backend: IoBackend, durability: Durability) {
                     assert!(durable > record.0, "{context}: waiter {w} returned with the watermark at {durable}");
                     assert!(durable <= watch.written_offset().0, "{context}: the watermark passed the written offset");
                     if durable_before <= record.0 {
-                        let syncs_after = log.lock().expect("appender lock").sync_stats().0;
+                        // The round that moved the watermark counts itself just after it
+                        // moved it, so the count may trail the watermark this thread saw by
+                        // a moment; it must catch up.
+                        let deadline = std::time::Instant::now() + WAIT_BOUND;
+                        let syncs_after = loop {
+                            let syncs = log.lock().expect("appender lock").sync_stats().0;
+                            if syncs > syncs_before || std::time::Instant::now() > deadline {
+                                break syncs;
+                            }
+                            std::thread::yield_now();
+                        };
                         assert!(
                             syncs_after > syncs_before,
                             "{context}: waiter {w} saw offset {} covered with no sync completed since it saw the \
