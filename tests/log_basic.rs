@@ -306,3 +306,25 @@ fn closed_appenders_leave_no_open_segment_behind() {
     }
     assert_eq!(open_files_under(root.path()), 0, "segment files still open after every appender closed");
 }
+
+#[test]
+fn records_appended_with_a_given_timestamp_keep_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Appender::open(dir.path(), opts(IoBackend::Syscalls)).unwrap();
+    assert_eq!(log.append_keyed_at(5, 1_000, b"first").unwrap(), Offset(0));
+    let batch = [(6, 3_000, &b"second"[..]), (7, 2_000, b"third")];
+    assert_eq!(log.append_batch_at(batch).unwrap(), Offset(1)..Offset(3));
+    log.append_keyed(8, b"now").unwrap();
+    log.close().unwrap();
+    let mut r = Reader::open(dir.path()).unwrap();
+    let mut seen = Vec::new();
+    while let Some(rec) = r.next().unwrap() {
+        seen.push((rec.key(), rec.timestamp_ns(), rec.payload().to_vec()));
+    }
+    assert_eq!(
+        seen[..3],
+        [(5, 1_000, b"first".to_vec()), (6, 3_000, b"second".to_vec()), (7, 2_000, b"third".to_vec())]
+    );
+    // The clock's records keep the clock's time.
+    assert!(seen[3].1 > 1_600_000_000_000_000_000, "{seen:?}");
+}

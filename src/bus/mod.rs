@@ -540,6 +540,29 @@ impl TopicProducer {
         self.appender(p)?.append_keyed(key, payload).map_err(append_error)
     }
 
+    /// Appends to partition `p` a record with the timestamp given (for records that keep
+    /// the time they were first appended elsewhere, as an import does); see
+    /// [`Appender::append_keyed_at`].
+    ///
+    /// # Errors
+    /// [`BusError::NoPartition`] or the partition's append error.
+    pub fn send_to_at(&mut self, p: u32, key: u64, timestamp_ns: u64, payload: &[u8]) -> Result<Offset, BusError> {
+        self.appender(p)?.append_keyed_at(key, timestamp_ns, payload).map_err(append_error)
+    }
+
+    /// Appends to partition `p` several `(key, timestamp_ns, payload)` records with one
+    /// publication; see [`Appender::append_batch_at`].
+    ///
+    /// # Errors
+    /// [`BusError::NoPartition`] or the partition's append error; the records before the
+    /// failing one are appended.
+    pub fn send_batch_to_at<'p, I>(&mut self, p: u32, records: I) -> Result<Range<Offset>, BusError>
+    where
+        I: IntoIterator<Item = (u64, u64, &'p [u8])>,
+    {
+        self.appender(p)?.append_batch_at(records).map_err(append_error)
+    }
+
     /// Appends a `len`-byte record with `key` to the partition of `key`, letting `fill`
     /// write the payload in place in the mapped segment (no copy; `fill` gets a zeroed
     /// buffer). Returns (partition, offset).

@@ -294,6 +294,27 @@ impl Appender {
         result
     }
 
+    /// [`Appender::append_keyed`] with the record's timestamp given instead of read from
+    /// the clock: for records that keep the time they were first appended elsewhere (an
+    /// import from another log or another machine). Timestamps are not checked for order:
+    /// shoal orders records by offset only.
+    ///
+    /// # Errors
+    /// As [`Appender::append`].
+    pub fn append_keyed_at(&mut self, key: u64, timestamp_ns: u64, payload: &[u8]) -> Result<Offset, AppendError> {
+        self.enter()?;
+        let ts = self.clock.now_ns();
+        let result = self
+            .check_live()
+            .map_err(AppendError::Log)
+            .and_then(|()| self.write_one(key, payload.len(), timestamp_ns, |buf| buf.copy_from_slice(payload)));
+        if result.is_ok() {
+            self.publish();
+        }
+        self.leave(ts);
+        result
+    }
+
     /// Appends a `bytemuck::Pod` value as the payload, readable in place with
     /// [`Record::payload_as`](super::Record::payload_as).
     ///
@@ -320,6 +341,35 @@ impl Appender {
         if result.is_ok() {
             for payload in payloads {
                 if let Err(e) = self.write_one(0, payload.len(), ts, |buf| buf.copy_from_slice(payload)) {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if self.next_offset != first {
+            self.publish();
+        }
+        self.leave(ts);
+        result.map(|()| Offset(first)..Offset(self.next_offset))
+    }
+
+    /// Appends several records, each with its own key and timestamp (`(key, timestamp_ns,
+    /// payload)`), with one publication: the batch twin of [`Appender::append_keyed_at`].
+    /// Returns their offsets.
+    ///
+    /// # Errors
+    /// As [`Appender::append`]; records before the failing one are appended.
+    pub fn append_batch_at<'p, I>(&mut self, records: I) -> Result<Range<Offset>, AppendError>
+    where
+        I: IntoIterator<Item = (u64, u64, &'p [u8])>,
+    {
+        self.enter()?;
+        let first = self.next_offset;
+        let ts = self.clock.now_ns();
+        let mut result = self.check_live().map_err(AppendError::Log);
+        if result.is_ok() {
+            for (key, timestamp_ns, payload) in records {
+                if let Err(e) = self.write_one(key, payload.len(), timestamp_ns, |buf| buf.copy_from_slice(payload)) {
                     result = Err(e);
                     break;
                 }
