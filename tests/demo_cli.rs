@@ -67,10 +67,13 @@ fn ns(s: &str) -> Result<f64, String> {
     Ok(v * scale)
 }
 
+/// The owner (a member label) of each partition.
+type Owners = BTreeMap<u32, String>;
+
 /// Replays the membership rows: who owns which partition after each join and leave, and
 /// how many partitions each member gained from another member. Every row must add up.
-fn replay_membership(report: &str) -> Result<(BTreeMap<u32, String>, BTreeMap<String, usize>), String> {
-    let mut owner: BTreeMap<u32, String> = BTreeMap::new();
+fn replay_membership(report: &str) -> Result<(Owners, BTreeMap<String, usize>), String> {
+    let mut owner = Owners::new();
     let mut handovers: BTreeMap<String, usize> = BTreeMap::new();
     let mut end = None;
     let (mut joins, mut leaves) = (0, 0);
@@ -281,7 +284,8 @@ fn check_report(report: &str) -> Result<(), String> {
     let rate = rows(report, "events/s").first().copied().ok_or("no events/s row")?;
     let figure = rate.split(" events/s").next().unwrap_or("");
     let digits = figure.chars().filter(char::is_ascii_digit).count();
-    if !(1..=3).contains(&digits) || !figure.split(' ').next().is_some_and(|n| n.parse::<f64>().is_ok()) {
+    let number = figure.split(' ').next().is_some_and(|n| n.parse::<f64>().is_ok());
+    if !(1..=3).contains(&digits) || !number {
         return Err(format!("the rate is not a number with 1 to 3 significant digits: {rate:?}"));
     }
 

@@ -910,7 +910,7 @@ fn end_text(m: &Membership) -> String {
     let verdict = if free == 0 && stray == 0 {
         format!("each of the {PARTITIONS} partitions has exactly one owner, a live member")
     } else {
-        format!("{free} partitions without an owner, {stray} held by a member that left: WRONG")
+        format!("{} without an owner, {stray} held by a member that left: WRONG", plural(free as u64, "partition"))
     };
     format!("at the end: {}; {verdict}", held.join(", "))
 }
@@ -1185,6 +1185,101 @@ mod tests {
         assert_eq!(segment_bytes(10), 1 << 20);
         assert_eq!(segment_bytes(u64::MAX), 64 << 20);
         assert_eq!(segment_bytes(4_000_000) % 4096, 0);
+    }
+
+    #[test]
+    fn rates_have_three_significant_digits_and_counts_their_plural() {
+        assert_eq!(si(1_234_567.0), "1.23 M");
+        assert_eq!(si(850_000.0), "850 k");
+        assert_eq!(si(999_600.0), "1.00 M");
+        assert_eq!(si(12.04), "12.0");
+        assert_eq!(si(0.5), "0.50");
+        assert_eq!(si(4.2e12), "4200 G");
+        assert_eq!(si(f64::NAN), "0.00");
+        assert_eq!(plural(1, "worker"), "1 worker");
+        assert_eq!(plural(0, "pause"), "0 pauses");
+        assert_eq!(plural(23_655, "data sync"), "23,655 data syncs");
+    }
+
+    #[test]
+    fn few_pauses_are_listed_and_percentiles_need_enough_of_them() {
+        let p = |count| Pauses { count, min_ns: 100_000, p50_ns: 200_000, p99_ns: 900_000, max_ns: 1_000_000 };
+        assert_eq!(pauses_text(&p(0)), "no pause");
+        assert_eq!(pauses_text(&p(1)), "1 pause: 1.00 ms");
+        assert_eq!(pauses_text(&p(2)), "2 pauses: 100.0 us, 1.00 ms");
+        assert_eq!(pauses_text(&p(3)), "3 pauses: 100.0 us, 200.0 us, 1.00 ms");
+        assert_eq!(pauses_text(&p(5)), "5 pauses: min 100.0 us / median 200.0 us / max 1.00 ms");
+        assert_eq!(pauses_text(&p(20)), "20 pauses: p50 200.0 us / p99 900.0 us / max 1.00 ms");
+    }
+
+    fn owners_of(ids: [&str; 4]) -> Owners {
+        ids.iter().map(|id| if id.is_empty() { None } else { Some(id.to_string()) }).collect()
+    }
+
+    fn membership() -> Membership {
+        let names = [("a", "member 1 (thread)"), ("b", "member 2 (thread)"), ("c", "member 3 (process 9)")];
+        Membership {
+            names: names.iter().map(|(i, n)| (i.to_string(), n.to_string())).collect(),
+            live: vec!["a".into(), "c".into()],
+            rebalances: vec![
+                Rebalance {
+                    what: "member 1 (thread) joined".into(),
+                    member: "a".into(),
+                    join: true,
+                    before: owners_of(["", "", "", ""]),
+                    after: owners_of(["a", "a", "a", "a"]),
+                    settled: Duration::from_millis(2),
+                },
+                Rebalance {
+                    what: "member 3 (process 9) joined".into(),
+                    member: "c".into(),
+                    join: true,
+                    before: owners_of(["a", "b", "b", "a"]),
+                    after: owners_of(["c", "b", "c", "a"]),
+                    settled: Duration::from_millis(3),
+                },
+                Rebalance {
+                    what: "member 2 (thread) left".into(),
+                    member: "b".into(),
+                    join: false,
+                    before: owners_of(["c", "b", "c", "a"]),
+                    after: owners_of(["a", "c", "c", "a"]),
+                    settled: Duration::from_millis(4),
+                },
+            ],
+            end: owners_of(["a", "c", "c", "a"]),
+        }
+    }
+
+    #[test]
+    fn joins_and_leaves_say_who_gained_what_from_whom() {
+        let m = membership();
+        let text: Vec<String> = m.rebalances.iter().map(|r| rebalance_text(r, &m)).collect();
+        assert_eq!(text[0], "member 1 (thread) joined: gained 4 partitions (0, 1, 2, 3): 4 free; settled in 2.00 ms");
+        assert_eq!(
+            text[1],
+            "member 3 (process 9) joined: gained 2 partitions (0, 2): 1 from member 1 (thread), \
+             1 from member 2 (thread); settled in 3.00 ms"
+        );
+        // Partition 0 also moved between the members that stayed: said apart, so the
+        // leaver's count still adds up.
+        assert_eq!(
+            text[2],
+            "member 2 (thread) left: gave up 1 partition (1): member 3 (process 9) gained 1 (1); \
+             also moved partition 0 from member 3 (process 9) to member 1 (thread); settled in 4.00 ms"
+        );
+        assert_eq!(
+            end_text(&m),
+            "at the end: member 1 (thread) holds 2 (0, 3), member 3 (process 9) holds 2 (1, 2); \
+             each of the 4 partitions has exactly one owner, a live member"
+        );
+        // Gains from another member only: a free partition taken at a join is no handover.
+        assert_eq!(handovers_gained(&m, "a"), 1);
+        assert_eq!(handovers_gained(&m, "b"), 0);
+        assert_eq!(handovers_gained(&m, "c"), 3);
+        let mut wrong = m.clone();
+        wrong.end = owners_of(["a", "", "b", "a"]);
+        assert!(end_text(&wrong).ends_with("1 partition without an owner, 1 held by a member that left: WRONG"));
     }
 
     #[test]
