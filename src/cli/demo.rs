@@ -605,8 +605,14 @@ impl Scenario {
         loop {
             let threads = self.threads.iter().all(ThreadMember::is_stopped);
             let child = self.child.as_mut().is_none_or(|c| c.is_stopped() || c.is_finished());
-            if (threads && child) || Instant::now() >= stop_deadline {
+            if threads && child {
                 break;
+            }
+            if Instant::now() >= stop_deadline {
+                return Err(Error::new(format!(
+                    "the members did not stop polling within {STOP_WAIT:?} of being told to, so the figures of \
+                     the group could not be taken before they left"
+                )));
             }
             std::thread::sleep(STEP_CHECK_EVERY);
         }
