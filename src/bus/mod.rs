@@ -535,7 +535,7 @@ impl Topic {
             topic_dir.create_subdir(&p.to_string()).map_err(|e| BusError::io(&dir, "create directory", e))?;
             partitions.push(Appender::open(dir, opts)?);
         }
-        Ok(TopicProducer { topic: self.clone(), opts, partitions })
+        Ok(TopicProducer { topic: self.clone(), opts: opts.fitted(), partitions })
     }
 }
 
