@@ -88,7 +88,8 @@ pub struct LogStats {
     pub segments: u64,
     /// Records in the log.
     pub records: u64,
-    /// Bytes of segment files on disk.
+    /// Disk space the segment files take: their allocated blocks (segments are sparse, so
+    /// this grows with what was written and prepared ahead, not with the segment size).
     pub bytes: u64,
     /// First offset held, if any record is.
     pub first_offset: Option<u64>,
@@ -472,7 +473,8 @@ pub fn stats(dir: &Path) -> Result<LogStats, LogError> {
     };
     let mut last_in_use: Option<Segment> = None;
     for (id, path) in &segments {
-        out.bytes += std::fs::metadata(path).map_err(|e| LogError::io(path, "stat", e))?.len();
+        let meta = std::fs::metadata(path).map_err(|e| LogError::io(path, "stat", e))?;
+        out.bytes += std::os::unix::fs::MetadataExt::blocks(&meta) * 512;
         let seg = Segment::open(path, *id, false)?;
         if seg.header.base_offset != BASE_OFFSET_UNSET {
             out.first_offset.get_or_insert(seg.header.base_offset);
