@@ -541,8 +541,8 @@ const LOG_ENV: &str = "SHOAL_LOG";
 /// The filter when neither [`LOG_ENV`] nor `RUST_LOG` is set: warnings and errors.
 const LOG_DEFAULT: &str = "warn";
 
-/// Sends the library's `tracing` events to stderr: one compact line each (level, module,
-/// message), no timestamps, colours only when stderr is a terminal. The filter comes from
+/// Sends the library's `tracing` events to stderr: one line each, `shoal: warning: ...` as
+/// the CLI's own warnings, colours only when stderr is a terminal. The filter comes from
 /// `SHOAL_LOG`, else `RUST_LOG`, else [`LOG_DEFAULT`]; a filter that does not parse is said
 /// on stderr and the default is used.
 fn install_tracing() {
@@ -560,8 +560,7 @@ fn install_tracing() {
         .with_env_filter(filter)
         .with_writer(io::stderr)
         .with_ansi(io::stderr().is_terminal())
-        .without_time()
-        .compact()
+        .event_format(LogLine)
         .try_init();
     if let Some(refused) = refused {
         let _ = writeln!(
@@ -571,6 +570,34 @@ fn install_tracing() {
     }
     // Only one subscriber per process: a second call (none today) keeps the first.
     drop(installed);
+}
+
+/// The shape of a library message on stderr, the CLI's own: `shoal: warning: <message>
+/// key=value ...` (`error`, `warning`, `info`, `debug`, `trace`), one line each.
+struct LogLine;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for LogLine
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let level = match *event.metadata().level() {
+            tracing::Level::ERROR => "error",
+            tracing::Level::WARN => "warning",
+            tracing::Level::INFO => "info",
+            tracing::Level::DEBUG => "debug",
+            tracing::Level::TRACE => "trace",
+        };
+        write!(writer, "shoal: {level}: ")?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
 }
 
 /// Runs a parsed command line; see [`main`].
