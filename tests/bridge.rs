@@ -213,7 +213,10 @@ fn stream_messages(url: &str, stream: &str) -> Vec<(String, u64, u64, Vec<u8>)> 
             let m = tokio::time::timeout(Duration::from_secs(10), msgs.next()).await.unwrap().unwrap().unwrap();
             let h = m.headers.clone().unwrap();
             let num = |k: &str| h.get(k).unwrap().as_str().parse::<u64>().unwrap();
-            out.push((m.subject.to_string(), num("Shoal-Key"), num("Shoal-Offset"), m.payload.to_vec()));
+            // The message id is `<topic>/<p>/<offset>`.
+            let id = h.get(async_nats::header::NATS_MESSAGE_ID).unwrap().as_str().to_string();
+            let offset = id.rsplit('/').next().unwrap().parse::<u64>().unwrap();
+            out.push((m.subject.to_string(), num("Shoal-Key"), offset, m.payload.to_vec()));
         }
         out
     })

@@ -1,6 +1,7 @@
 //! The exporter: topic -> JetStream stream (see the module docs of [`super`]).
 
 use std::collections::VecDeque;
+use std::future::IntoFuture;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -11,8 +12,8 @@ use async_nats::HeaderMap;
 use super::positions::{create_dir, PositionFile};
 use super::{
     check_names, next_backoff, open, or_stop, parse_url, positions_dir, runtime, start, BridgeError, BridgeOptions,
-    BridgeStats, BridgeStatus, Conn, ACK_TIMEOUT, BACKOFF_MIN, HEADER_KEY, HEADER_OFFSET, HEADER_PARTITION,
-    HEADER_PARTITIONS, HEADER_TIMESTAMP_NS, STOP_DRAIN,
+    BridgeStats, BridgeStatus, Conn, ACK_TIMEOUT, BACKOFF_MIN, HEADER_KEY, HEADER_PARTITIONS, HEADER_TIMESTAMP_NS,
+    STOP_DRAIN,
 };
 use crate::bus::Bus;
 use crate::log::{Offset, Reader};
@@ -188,9 +189,7 @@ async fn run(
                 headers.insert("Nats-Msg-Id", format!("{topic}/{i}/{offset}"));
                 headers.insert(HEADER_KEY, rec.key().to_string());
                 headers.insert(HEADER_TIMESTAMP_NS, rec.timestamp_ns().to_string());
-                headers.insert(HEADER_PARTITION, i.to_string());
                 headers.insert(HEADER_PARTITIONS, partitions.as_str());
-                headers.insert(HEADER_OFFSET, offset.to_string());
                 let msg = PublishMessage::build().payload(rec.payload().to_vec().into()).headers(headers);
                 let publish = tokio::time::timeout(ACK_TIMEOUT, js.send_publish(part.subject.clone(), msg));
                 match or_stop(stop, publish).await {
@@ -213,18 +212,19 @@ async fn run(
         // Collect the oldest acknowledgement (others resolve meanwhile in the client).
         if failure.is_none() && conn.is_some() {
             if let Some((i, offset, fut)) = in_flight.pop_front() {
-                match or_stop(stop, tokio::time::timeout(ACK_TIMEOUT, fut)).await {
+                // The acknowledgement future times out by itself after ACK_TIMEOUT (the
+                // context's timeout): no second timer per record.
+                match or_stop(stop, fut.into_future()).await {
                     // Stopped while waiting: what is left in flight is re-sent by the next run.
                     None => {
                         in_flight.clear();
                         break;
                     }
-                    Some(Ok(Ok(ack))) => {
+                    Some(Ok(ack)) => {
                         acked(parts, &mut st, i, offset, ack.duplicate);
                         st.connected = true;
                     }
-                    Some(Ok(Err(e))) => failure = Some(format!("acknowledgement: {e}")),
-                    Some(Err(_)) => failure = Some(format!("no acknowledgement within {ACK_TIMEOUT:?}")),
+                    Some(Err(e)) => failure = Some(format!("acknowledgement: {e}")),
                 }
             } else {
                 tokio::time::sleep(IDLE_POLL).await;
