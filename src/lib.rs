@@ -85,3 +85,8 @@ pub mod metrics;
 pub mod pipeline;
 pub mod ring;
 mod sys;
+
+/// The README's Rust examples, compiled and run as doc-tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

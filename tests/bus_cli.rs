@@ -102,21 +102,22 @@ fn unkeyed_lines_go_round_robin_and_offsets_continue_across_runs() {
 }
 
 #[test]
-fn topic_acks_name_partition_and_last_durable_offset() {
+fn topic_acks_name_partition_and_durable_watermark() {
     let (_temp, bus) = bus_dir();
     let out = text(&ok(&["produce", &bus, "--topic", "t", "--partitions", "3", "--ack"], b"a\nb\nc\nd\ne\n"));
     let mut last = BTreeMap::new();
     for line in out.lines() {
         let fields: Vec<&str> = line.split(' ').collect();
-        assert_eq!(fields.len(), 3, "durable <partition> <N>: {line:?}");
-        assert_eq!(fields[0], "durable", "{line:?}");
+        assert_eq!(fields.len(), 5, "partition <P> durable below <N>: {line:?}");
+        assert_eq!((fields[0], fields[2], fields[3]), ("partition", "durable", "below"), "{line:?}");
         let p: u32 = fields[1].parse().expect("partition");
-        let n: u64 = fields[2].parse().expect("offset");
+        let n: u64 = fields[4].parse().expect("offset");
         if let Some(before) = last.insert(p, n) {
             assert!(before < n, "acks of a partition only advance: {out}");
         }
     }
-    assert_eq!(last, BTreeMap::from([(0, 1), (1, 1), (2, 0)]), "{out}");
+    // Exclusive watermarks: partitions 0 and 1 hold two records each, partition 2 one.
+    assert_eq!(last, BTreeMap::from([(0, 2), (1, 2), (2, 1)]), "{out}");
     // Acks arrive while stdin is open.
     let mut child = shoal()
         .args(["produce", &bus, "--topic", "t", "--ack", "--keyed"])
@@ -131,8 +132,8 @@ fn topic_acks_name_partition_and_last_durable_offset() {
     writeln!(input, "k\tslow").expect("write");
     input.flush().expect("flush");
     let p = partition_for_key(key_hash(b"k"), 3);
-    let want = if p == 2 { 1 } else { 2 };
-    assert_eq!(next_line(&lines, "the ack of one line"), format!("durable {p} {want}"));
+    let want = if p == 2 { 2 } else { 3 };
+    assert_eq!(next_line(&lines, "the ack of one line"), format!("partition {p} durable below {want}"));
     drop(input);
     assert!(child.0.wait().expect("wait").success());
 }

@@ -17,11 +17,13 @@ fn log_dir() -> (tempfile::TempDir, PathBuf, String) {
     (temp, dir, arg)
 }
 
-/// The `N`s of `durable <N>` lines; panics on any other line.
+/// The `N`s of `durable below <N>` lines; panics on any other line.
 fn acks(stdout: &[u8]) -> Vec<u64> {
     text(stdout)
         .lines()
-        .map(|l| l.strip_prefix("durable ").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("not an ack: {l:?}")))
+        .map(|l| {
+            l.strip_prefix("durable below ").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("not an ack: {l:?}"))
+        })
         .collect()
 }
 
@@ -48,20 +50,21 @@ fn produce_then_cat_as_lines_and_json() {
 }
 
 #[test]
-fn offsets_continue_across_runs_and_acks_name_the_last_durable_offset() {
+fn offsets_continue_across_runs_and_acks_name_the_durable_watermark() {
     let (_temp, _dir, log) = log_dir();
     let lines: String = (0..100).map(|i| format!("first run {i}\n")).collect();
     let first = acks(&ok(&["produce", &log, "--ack"], lines.as_bytes()));
     assert!(!first.is_empty());
     assert!(first.windows(2).all(|w| w[0] < w[1]), "acks must only advance: {first:?}");
-    assert_eq!(first.last(), Some(&99));
+    // Exclusive: offsets 0..=99 are durable.
+    assert_eq!(first.last(), Some(&100));
 
     for durability in ["batch", "never", "interval=5"] {
         let second = acks(&ok(&["produce", &log, "--ack", "--durability", durability], b"one more\n"));
         assert!(!second.is_empty(), "{durability}: no final ack");
         assert!(second.windows(2).all(|w| w[0] < w[1]), "{durability}: {second:?}");
         let last = *second.last().unwrap_or(&0);
-        assert!((100..=102).contains(&last), "{durability}: final ack {last}");
+        assert!((101..=103).contains(&last), "{durability}: final ack {last}");
     }
     let json = json_lines(&ok(&["cat", &log, "--format", "json"], b""));
     assert_eq!(json.len(), 103);
@@ -69,8 +72,8 @@ fn offsets_continue_across_runs_and_acks_name_the_last_durable_offset() {
     assert_eq!(json[99]["payload"], "first run 99");
     assert_eq!(json[100]["payload"], "one more");
 
-    // No input: nothing appended, and the final ack still names the last durable record.
-    assert_eq!(acks(&ok(&["produce", &log, "--ack"], b"")), vec![102]);
+    // No input: nothing appended, and the final ack still names the watermark.
+    assert_eq!(acks(&ok(&["produce", &log, "--ack"], b"")), vec![103]);
 }
 
 #[test]
@@ -90,13 +93,13 @@ fn acks_arrive_while_stdin_is_still_open() {
         writeln!(input, "slow line {i}").expect("write a line");
         input.flush().expect("flush");
         // The ack for this line must come before the next line is even written.
-        assert_eq!(next_line(&lines, "an ack"), format!("durable {i}"));
+        assert_eq!(next_line(&lines, "an ack"), format!("durable below {}", i + 1));
     }
     drop(input);
     let status = child.0.wait().expect("wait");
     assert!(status.success());
     let rest: Vec<String> = lines.iter().collect();
-    assert!(rest.iter().all(|l| l == "durable 2"), "after the end of input: {rest:?}");
+    assert!(rest.iter().all(|l| l == "durable below 3"), "after the end of input: {rest:?}");
 }
 
 #[test]
@@ -260,7 +263,8 @@ fn stats_prints_the_figures() {
     assert_eq!(row("records"), "5");
     assert_eq!(row("first offset"), "0");
     assert_eq!(row("last offset"), "4");
-    assert_eq!(row("durable offset"), "4");
+    assert_eq!(row("next offset"), "5");
+    assert_eq!(row("durable below"), "5");
     let segments: u64 = row("segments").parse().expect("a number of segments");
     assert!(segments >= 1);
     assert!(row("bytes").split(' ').next().and_then(|b| b.parse::<u64>().ok()).is_some_and(|b| b > 0), "{stats}");
@@ -321,22 +325,22 @@ fn a_second_producer_appends_while_the_first_runs() {
     let mut first = KillOnDrop(first);
     writeln!(input, "held").expect("write");
     input.flush().expect("flush");
-    assert_eq!(next_line(&acks, "the first producer's ack"), "durable 0");
+    assert_eq!(next_line(&acks, "the first producer's ack"), "durable below 1");
 
     // `stats` names the running producer.
     let stats = text(&ok(&["stats", &log], b""));
     let pid = first.0.id();
     assert!(stats.lines().any(|l| l.starts_with("producers") && l.ends_with(&format!("1 (pid {pid})"))), "{stats}");
     let out = ok(&["produce", &log, "--ack"], b"second\n");
-    assert_eq!(text(&out), "durable 1\n");
+    assert_eq!(text(&out), "durable below 2\n");
     writeln!(input, "third").expect("write");
     input.flush().expect("flush");
     // The watermark is shared: the first producer may also report the second's record.
     let mut ack = next_line(&acks, "the first producer's second ack");
-    if ack == "durable 1" {
+    if ack == "durable below 2" {
         ack = next_line(&acks, "the first producer's ack of its second record");
     }
-    assert_eq!(ack, "durable 2");
+    assert_eq!(ack, "durable below 3");
 
     drop(input);
     assert!(first.0.wait().expect("wait").success());
@@ -402,7 +406,7 @@ fn set_commit_word(segment: &Path, position: usize, word: u32) {
 fn a_zero_or_all_ones_commit_word_below_the_watermark_is_corruption() {
     for word in [0u32, u32::MAX] {
         let (_temp, dir, log) = log_dir();
-        assert_eq!(acks(&ok(&["produce", &log, "--ack"], b"a\nb\n\nc\nd\ne\n")).last(), Some(&5));
+        assert_eq!(acks(&ok(&["produce", &log, "--ack"], b"a\nb\n\nc\nd\ne\n")).last(), Some(&6));
         let segment = dir.join("00000000000000000000.seg");
         let position = record_positions(&segment)[2];
         set_commit_word(&segment, position, word);
@@ -448,7 +452,7 @@ fn a_zero_or_all_ones_commit_word_below_the_watermark_is_corruption() {
             "{context}: {repaired}"
         );
         ok(&["verify", &log], b"");
-        assert_eq!(acks(&ok(&["produce", &log, "--ack"], b"NEW\n")).last(), Some(&2), "{context}");
+        assert_eq!(acks(&ok(&["produce", &log, "--ack"], b"NEW\n")).last(), Some(&3), "{context}");
         assert_eq!(text(&ok(&["cat", &log], b"")), "a\nb\nNEW\n", "{context}");
     }
 }

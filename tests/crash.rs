@@ -4,7 +4,7 @@
 //!
 //! Two producers run the same loop:
 //! - `shoal produce <DIR> --durability batch --ack` (the CLI contract: one record per stdin
-//!   line; `durable <N>` on stdout means every record with offset <= N is durable);
+//!   line; `durable below <N>` on stdout means every record with offset < N is durable);
 //! - this test binary re-executed as a child that drives `Appender` directly with the same
 //!   protocol, once per io backend.
 //!
@@ -83,11 +83,11 @@ fn spawn(producer: Producer, test_name: &str, dir: &Path) -> Child {
 
 /// Parses an acknowledgement line; `None` for lines that are not one.
 fn parse_ack(producer: Producer, line: &str) -> Option<u64> {
-    let text = match producer {
-        Producer::Cli => line,
-        Producer::Library(_) => parse_report(line)?,
-    };
-    text.strip_prefix("durable ")?.trim().parse().ok()
+    match producer {
+        // The CLI's watermark is exclusive; the test counts the last durable record.
+        Producer::Cli => line.strip_prefix("durable below ")?.trim().parse::<u64>().ok()?.checked_sub(1),
+        Producer::Library(_) => parse_report(line)?.strip_prefix("durable ")?.trim().parse().ok(),
+    }
 }
 
 /// The kill loop shared by every producer.
@@ -172,7 +172,7 @@ fn kill_loop(producer: Producer, test_name: &str) {
         if producer_is_cli(producer) {
             assert!(
                 strays.is_empty(),
-                "round {round}: `shoal produce --ack` printed lines that are not `durable <N>`: {strays:?}"
+                "round {round}: `shoal produce --ack` printed lines that are not `durable below <N>`: {strays:?}"
             );
         }
         assert!(acks.windows(2).all(|w| w[0] <= w[1]), "round {round}: acks went backwards: {acks:?}");
@@ -390,7 +390,8 @@ fn check_repair_finishes(dir: &Path, keep: &[String], context: &str, finish_with
     assert!(got.iter().zip(keep).all(|(a, b)| a == b), "{context}: a kept record changed");
     let (code, _, out, err) = shoal_run(&["produce", log, "--ack"], None, b"after the repair\n");
     assert_eq!(code, Some(0), "{context}: produce: {err}");
-    assert_eq!(out.trim(), format!("durable {}", keep.len()), "{context}: the next offset follows the kept records");
+    let want = format!("durable below {}", keep.len() + 1);
+    assert_eq!(out.trim(), want, "{context}: the next offset follows the kept records");
 }
 
 /// `shoal verify --repair` killed with SIGKILL at each of its steps (the fail points of

@@ -251,6 +251,9 @@ fn a_quiet_log_or_topic_costs_at_most_a_mebibyte_per_partition() {
     log.close().unwrap();
     let used = disk_bytes(&dir.path().join("log"));
     assert!(used <= 1 << 20, "a log with one record takes {used} bytes of disk");
+    // `stats` reports that disk space, not the segment files' (sparse) lengths.
+    let reported = shoal::log::stats(&dir.path().join("log")).unwrap().bytes;
+    assert!(reported > 0 && reported <= used, "stats says {reported} bytes; the files take {used}");
 
     let bus = shoal::bus::Bus::open(dir.path().join("bus")).unwrap();
     let topic = bus.topic_or_create("quiet", Some(8)).unwrap();
@@ -327,4 +330,77 @@ fn records_appended_with_a_given_timestamp_keep_it() {
     );
     // The clock's records keep the clock's time.
     assert!(seen[3].1 > 1_600_000_000_000_000_000, "{seen:?}");
+}
+
+/// Every entry below `dir`, as relative paths, sorted.
+fn tree(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let path = e.unwrap().path();
+            out.push(path.strip_prefix(dir).unwrap().display().to_string());
+            if path.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_bus_or_topic_directory_is_not_a_log_and_nothing_is_created_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = shoal::bus::Bus::open(dir.path()).unwrap();
+    let topic = bus.topic_or_create("orders", Some(2)).unwrap();
+    topic.producer(opts(IoBackend::Syscalls)).unwrap().close().unwrap();
+    let before = tree(dir.path());
+    let topic_dir = dir.path().join("topics/orders");
+    for (path, what) in [(dir.path().to_path_buf(), "a bus directory"), (topic_dir.clone(), "a topic directory")] {
+        let errors = [
+            Appender::open(&path, opts(IoBackend::Syscalls)).err().map(|e| e.to_string()),
+            Reader::open(&path).err().map(|e| e.to_string()),
+            Tailer::open(&path).err().map(|e| e.to_string()),
+            shoal::log::verify(&path).err().map(|e| e.to_string()),
+            shoal::log::stats(&path).err().map(|e| e.to_string()),
+            shoal::log::repair(&path).err().map(|e| e.to_string()),
+        ];
+        for (i, e) in errors.into_iter().enumerate() {
+            let e = e.unwrap_or_else(|| panic!("call {i} on {} succeeded", path.display()));
+            assert!(e.contains(what) && e.contains("--topic") && e.contains(&path.display().to_string()), "{e}");
+        }
+    }
+    assert_eq!(tree(dir.path()), before, "a refused open created or removed something");
+    // A partition's directory is a log.
+    assert!(Reader::open(topic_dir.join("0")).is_ok());
+}
+
+#[test]
+fn stats_of_a_directory_without_a_log_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = shoal::log::stats(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("no shoal log here"), "{e}");
+    let e = shoal::log::stats(&dir.path().join("missing")).unwrap_err().to_string();
+    assert!(e.contains("no shoal log here"), "{e}");
+}
+
+#[test]
+fn a_small_segment_shrinks_the_default_record_limit_and_refuses_an_explicit_one() {
+    let dir = tempfile::tempdir().unwrap();
+    // Only the segment size set: the default 4 MiB limit shrinks to what a segment holds.
+    let small = LogOptions::default().segment_bytes(1 << 20);
+    let mut log = Appender::open(dir.path(), small).unwrap();
+    let limit = log.options().max_record_bytes;
+    assert!(limit < 1 << 20 && limit > 1 << 19, "{limit}");
+    log.append(&vec![7u8; limit]).unwrap();
+    assert!(log.append(&vec![7u8; limit + 1]).is_err());
+    log.close().unwrap();
+    // An explicit limit that does not fit names both options, the command-line flag and the path.
+    let other = tempfile::tempdir().unwrap();
+    let e = Appender::open(other.path(), small.max_record_bytes(2 << 20)).unwrap_err().to_string();
+    for needle in ["LogOptions::max_record_bytes", "LogOptions::segment_bytes", "--segment-size"] {
+        assert!(e.contains(needle), "{needle} missing from: {e}");
+    }
+    assert!(e.contains(&other.path().display().to_string()), "{e}");
 }

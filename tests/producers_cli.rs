@@ -3,8 +3,8 @@
 //!
 //! The two processes are started together and fed their stdin in interleaved chunks, so
 //! both have the log open and append while the other does. `--ack` lines are checked against
-//! the log read back: in each process they only go up, each names a record that exists, and
-//! the last covers every record that process appended (the durable watermark is shared, so
+//! the log read back: in each process they only go up, none is past the records that exist
+//! (a watermark is exclusive), and the last covers every record that process appended (the durable watermark is shared, so
 //! an ack may also cover the other's records, never less than its own).
 
 mod cli_support;
@@ -65,17 +65,18 @@ fn run_two(args: [Vec<String>; 2]) -> [Output; 2] {
     [first, second]
 }
 
-/// Checks one process's acks of one log (or partition): strictly increasing, each below
-/// `records`, the last at or past `own_last` (the offset of its last record there).
+/// Checks one process's acks (exclusive watermarks) of one log (or partition): strictly
+/// increasing, none past `records`, the last past `own_last` (the offset of its last record
+/// there).
 fn check_acks(acks: &[u64], records: u64, own_last: Option<u64>, what: &str) {
     assert!(acks.windows(2).all(|w| w[0] < w[1]), "{what}: acks do not go up: {acks:?}");
     if let Some(&last) = acks.last() {
-        assert!(last < records, "{what}: ack {last}, but the log holds {records} records");
+        assert!(last <= records, "{what}: ack {last}, but the log holds {records} records");
     }
     if let Some(own) = own_last {
         let last = acks.last().copied();
         assert!(
-            last.is_some_and(|a| a >= own),
+            last.is_some_and(|a| a > own),
             "{what}: its last record is at offset {own}, its last ack is {last:?}: not acknowledged durable"
         );
     }
@@ -138,9 +139,9 @@ fn two_log_producers_at_once() {
         let acks: Vec<u64> = text(&out.stdout)
             .lines()
             .map(|l| {
-                l.strip_prefix("durable ")
+                l.strip_prefix("durable below ")
                     .and_then(|n| n.parse().ok())
-                    .unwrap_or_else(|| panic!("producer {k} printed {l:?}, not `durable <N>`"))
+                    .unwrap_or_else(|| panic!("producer {k} printed {l:?}, not `durable below <N>`"))
             })
             .collect();
         check_acks(&acks, records.len() as u64, last[k], &format!("producer {k}"));
@@ -186,11 +187,12 @@ fn two_topic_producers(bus: &str) {
     for (k, out) in outputs.iter().enumerate() {
         let mut acks: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
         for l in text(&out.stdout).lines() {
-            let parsed = l.strip_prefix("durable ").and_then(|rest| {
-                let (p, n) = rest.split_once(' ')?;
+            let parsed = l.strip_prefix("partition ").and_then(|rest| {
+                let (p, n) = rest.split_once(" durable below ")?;
                 Some((p.parse().ok()?, n.parse().ok()?))
             });
-            let (p, n) = parsed.unwrap_or_else(|| panic!("producer {k} printed {l:?}, not `durable <P> <N>`"));
+            let (p, n) =
+                parsed.unwrap_or_else(|| panic!("producer {k} printed {l:?}, not `partition <P> durable below <N>`"));
             acks.entry(p).or_default().push(n);
         }
         for (&p, records) in &partitions {

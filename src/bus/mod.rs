@@ -166,7 +166,24 @@ pub fn key_hash(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
-/// A bus directory.
+/// A bus directory: its topics (each partition a log) and its consumer groups' state.
+///
+/// ```
+/// use shoal::bus::Bus;
+///
+/// let dir = tempfile::tempdir()?;
+/// let bus = Bus::open(dir.path())?; // creates `topics/` and `groups/` if needed
+/// bus.topic_or_create("orders", Some(4))?;
+/// bus.topic_or_create("audit", None)?; // the default partition count
+/// assert_eq!(bus.topics()?, ["audit", "orders"]);
+///
+/// // Commands that only read open the bus without creating anything.
+/// let existing = Bus::open_existing(dir.path())?;
+/// assert_eq!(existing.topic("orders")?.partitions(), 4);
+/// assert!(existing.topic("payments").is_err()); // no such topic: an error naming it
+/// assert!(existing.topic("../outside").is_err()); // names never leave the bus directory
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct Bus {
     dir: PathBuf,
@@ -450,7 +467,28 @@ fn not_a_bus_directory(dir: &Path) -> BusError {
     )
 }
 
-/// A topic: its directory and partition count.
+/// A topic: its directory and partition count. Each partition is a log of its own, which
+/// [`crate::log::Reader`] and [`crate::log::Tailer`] read like any other.
+///
+/// ```
+/// use shoal::bus::Bus;
+/// use shoal::log::{LogOptions, Reader};
+///
+/// let dir = tempfile::tempdir()?;
+/// let bus = Bus::open(dir.path())?;
+/// let topic = bus.topic_or_create("orders", Some(4))?;
+/// assert_eq!((topic.name(), topic.partitions()), ("orders", 4));
+/// assert!(topic.partition_dir(4).is_err()); // partitions 0 to 3 only
+/// // The count is fixed at creation: asking for another is an error.
+/// assert!(bus.topic_or_create("orders", Some(8)).is_err());
+///
+/// let mut producer = topic.producer(LogOptions::default())?;
+/// producer.send_to(2, 0, b"to partition 2")?;
+/// producer.close()?;
+/// let mut reader = Reader::open(topic.partition_dir(2)?)?;
+/// assert_eq!(reader.next()?.expect("the record").payload(), b"to partition 2");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct Topic {
     dir: PathBuf,
@@ -497,11 +535,32 @@ impl Topic {
             topic_dir.create_subdir(&p.to_string()).map_err(|e| BusError::io(&dir, "create directory", e))?;
             partitions.push(Appender::open(dir, opts)?);
         }
-        Ok(TopicProducer { topic: self.clone(), opts, partitions })
+        Ok(TopicProducer { topic: self.clone(), opts: opts.fitted(), partitions })
     }
 }
 
 /// Writes to a topic: routes each record to a partition by key hash, or to an explicit one.
+///
+/// ```
+/// use shoal::bus::{partition_for_key, Bus};
+/// use shoal::log::{Durability, LogOptions};
+/// use std::time::Duration;
+///
+/// let dir = tempfile::tempdir()?;
+/// let topic = Bus::open(dir.path())?.topic_or_create("orders", Some(4))?;
+/// let mut producer = topic.producer(LogOptions::default().durability(Durability::Batch))?;
+/// let (p, first) = producer.send(42, b"deposit 10")?;
+/// assert_eq!(p, partition_for_key(42, 4)); // the same key always lands on the same partition
+/// let (again, second) = producer.send(42, b"deposit 5")?;
+/// assert_eq!((again, second.0), (p, first.0 + 1)); // dense offsets per partition
+///
+/// // Another thread can wait until a record is durable (group commit).
+/// let watch = producer.durable_watch(p).expect("a partition of the topic");
+/// let waiter = std::thread::spawn(move || watch.wait_durable(second, Some(Duration::from_secs(10))));
+/// assert!(waiter.join().expect("the waiter panicked")?);
+/// producer.close()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct TopicProducer {
     topic: Topic,

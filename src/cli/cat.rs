@@ -4,6 +4,11 @@
 //! `--follow` shows each record as soon as it lands) and at the end. The [`Reader`] checks
 //! every record's CRC before handing it out, so bytes that fail their checksum never reach
 //! stdout: `cat` flushes the good records before the damage and stops with the error.
+//!
+//! `--from` is resolved to an offset once, when `cat` starts: `earliest` is no seek at all
+//! (the first record held), `latest` the reader's next offset after a seek past the end
+//! (in each partition that has a log then; one created later starts at 0), so records
+//! appended after the start are the only ones a `--follow` prints.
 
 // Option structs are filled field by field: that keeps compiling once they are
 // `#[non_exhaustive]`, where a struct literal outside the library does not.
@@ -15,7 +20,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 
-use super::{Error, Format};
+use super::{Error, Format, Start};
 use shoal::bus::Topic;
 use shoal::log::{LogError, Offset, Reader, Record, Tailer};
 
@@ -37,8 +42,13 @@ impl From<io::Error> for Stop {
     }
 }
 
-pub(super) fn run(dir: &Path, from: Option<u64>, follow: bool, format: Format) -> Result<ExitCode, Error> {
+pub(super) fn run(dir: &Path, start: Start, follow: bool, format: Format) -> Result<ExitCode, Error> {
     let mut reader = Reader::open(dir)?;
+    let from = match start {
+        Start::Earliest => None,
+        Start::Offset(from) => Some(from),
+        Start::Latest => Some(latest(&mut reader)?),
+    };
     if let Some(from) = from {
         reader.seek(Offset(from))?;
     }
@@ -60,13 +70,19 @@ pub(super) fn run(dir: &Path, from: Option<u64>, follow: bool, format: Format) -
     }
 }
 
+/// The offset after the last record `reader` holds now (it is left there).
+fn latest(reader: &mut Reader) -> Result<u64, LogError> {
+    reader.seek(Offset(u64::MAX))?;
+    Ok(reader.next_offset().0)
+}
+
 /// `shoal cat <BUS> --topic <T>`: one partition, or all of them (partition by partition, or
 /// round-robin when following).
 pub(super) fn run_topic(
     dir: &Path,
     topic: &str,
     partition: Option<u32>,
-    from: Option<u64>,
+    start: Start,
     follow: bool,
     format: Format,
 ) -> Result<ExitCode, Error> {
@@ -79,11 +95,24 @@ pub(super) fn run_topic(
         }
         None => (0..topic.partitions()).collect(),
     };
+    // Where each partition starts, fixed now (see the module docs).
+    let mut from = Vec::with_capacity(partitions.len());
+    for &p in &partitions {
+        from.push(match start {
+            Start::Earliest => None,
+            Start::Offset(offset) => Some(offset),
+            Start::Latest => match Reader::open(topic.partition_dir(p)?) {
+                Ok(mut reader) => Some(latest(&mut reader)?),
+                Err(LogError::NoLog { .. }) => None,
+                Err(e) => return Err(e.into()),
+            },
+        });
+    }
     let mut out = BufWriter::with_capacity(64 << 10, io::stdout().lock());
     let result = if follow {
-        follow_topic(&topic, &partitions, from, &mut out, format)
+        follow_topic(&topic, &partitions, &from, &mut out, format)
     } else {
-        print_topic(&topic, &partitions, from, &mut out, format)
+        print_topic(&topic, &partitions, &from, &mut out, format)
     };
     let flushed = out.flush();
     match result {
@@ -108,14 +137,15 @@ fn open_partition(topic: &Topic, p: u32, from: Option<u64>) -> Result<Option<Rea
     Ok(Some(reader))
 }
 
+/// `from[i]`: where `partitions[i]` starts (`None`: at its first record).
 fn print_topic(
     topic: &Topic,
     partitions: &[u32],
-    from: Option<u64>,
+    from: &[Option<u64>],
     out: &mut impl Write,
     format: Format,
 ) -> Result<(), Stop> {
-    for &p in partitions {
+    for (&p, &from) in partitions.iter().zip(from) {
         if let Some(mut reader) = open_partition(topic, p, from)? {
             print_records(&mut reader, out, format, Some(p), u64::MAX, from.unwrap_or(0))?;
         }
@@ -135,7 +165,7 @@ const TOPIC_FOLLOW_WAIT: Duration = Duration::from_millis(10);
 fn follow_topic(
     topic: &Topic,
     partitions: &[u32],
-    from: Option<u64>,
+    from: &[Option<u64>],
     out: &mut impl Write,
     format: Format,
 ) -> Result<(), Stop> {
@@ -145,11 +175,11 @@ fn follow_topic(
         let mut printed = 0u64;
         for (i, &p) in partitions.iter().enumerate() {
             if tailers[i].is_none() {
-                tailers[i] = open_partition(topic, p, from)?.map(Tailer::from_reader);
+                tailers[i] = open_partition(topic, p, from[i])?.map(Tailer::from_reader);
             }
             if let Some(tailer) = &mut tailers[i] {
                 printed +=
-                    print_records(tailer.reader(), out, format, Some(p), FOLLOW_TURN_RECORDS, from.unwrap_or(0))?;
+                    print_records(tailer.reader(), out, format, Some(p), FOLLOW_TURN_RECORDS, from[i].unwrap_or(0))?;
             }
         }
         if printed > 0 {
@@ -163,7 +193,7 @@ fn follow_topic(
         };
         let p = partitions[turn];
         match tailer.next(Some(TOPIC_FOLLOW_WAIT)) {
-            Ok(Some(record)) if record.offset().0 < from.unwrap_or(0) => {}
+            Ok(Some(record)) if record.offset().0 < from[turn].unwrap_or(0) => {}
             Ok(Some(record)) => {
                 print(out, &record, format, Some(p))?;
                 // It may be the last record for a while: show it now.

@@ -78,8 +78,10 @@ pub(super) fn stats(dir: &Path) -> Result<ExitCode, Error> {
         ("bytes", format!("{} ({})", stats.bytes, human_bytes(stats.bytes))),
         ("first offset", show(stats.first_offset)),
         ("last offset", show(stats.last_offset)),
-        // Inclusive, like `produce --ack`: the last record that is durable.
-        ("durable offset", show(stats.durable_offset.checked_sub(1))),
+        // Watermarks are exclusive (README, "Guarantees", Offsets): the next offset appended,
+        // and the offset every record below which is durable.
+        ("next offset", stats.last_offset.map_or(0, |last| last + 1).to_string()),
+        ("durable below", stats.durable_offset.to_string()),
         ("producers", producers(&stats.producers)),
     ];
     print_stdout(&table(&rows), ExitCode::SUCCESS)

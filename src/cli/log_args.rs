@@ -50,6 +50,11 @@ fn show_size(bytes: u64) -> String {
 }
 
 impl LogArgs {
+    /// Whether any size was given on the command line.
+    pub(super) fn any(&self) -> bool {
+        self.segment_size.is_some() || self.prealloc.is_some()
+    }
+
     /// `base` with the sizes given on the command line.
     ///
     /// # Errors

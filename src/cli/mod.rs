@@ -1,5 +1,6 @@
 //! The `shoal` command-line tool: `produce`, `cat`, `verify`, `stats` and `demo` over a log
-//! directory; `produce --topic`, `cat --topic`, `group` and `groups` over a bus directory.
+//! directory; `topics`, `produce --topic`, `cat --topic`, `group`, `groups` and `top` over a
+//! bus directory.
 //!
 //! # Design
 //! The command line is the crate's binary (`src/main.rs` declares this module), built only
@@ -7,7 +8,10 @@
 //! an embedder who turns default features off compiles none of it.
 //! Arguments are parsed by `clap` (derive). Each command is a function in its own file that
 //! returns `Result<ExitCode, Error>`; [`main`] prints an [`Error`] as one line on stderr,
-//! `shoal: <what happened>; <what to do>`, and exits 1.
+//! `shoal: <what happened>; <what to do>`, and exits 1. Before any command runs, [`main`]
+//! installs a `tracing-subscriber` that writes the library's own messages (a cut torn tail,
+//! the io_uring fallback, a failed data sync) to stderr, filtered by `SHOAL_LOG`, else
+//! `RUST_LOG`, else `warn`.
 //!
 //! # Contract (tools and tests outside this repository rely on it exactly)
 //! - `shoal produce <DIR> [--durability never|batch|interval=<ms>] [--ack] [--segment-size <SIZE>]
@@ -15,8 +19,9 @@
 //!   creates the log if missing and appends one record per stdin line (the line's bytes without the `\n`; a
 //!   last line without a newline is a record too; lines are bytes, not necessarily UTF-8).
 //!   Lines that arrive together are appended as one batch, but a line is never held back
-//!   waiting for more input. With `--ack`, a separate thread prints `durable <N>` (flushed)
-//!   each time the durable watermark advances: every record with offset `<= N` is durable.
+//!   waiting for more input. With `--ack`, a separate thread prints `durable below <N>`
+//!   (flushed) each time the durable watermark advances: every record with offset `< N` is
+//!   durable (the watermark is exclusive, as everywhere: see "Offsets" below).
 //!   At end of input it syncs (with `--durability never` only when `--ack` asks for acks:
 //!   `never` leaves records in the page cache, as the library's `Durability::Never` does),
 //!   prints the final ack, and exits 0. A line longer than the
@@ -25,16 +30,22 @@
 //!   the segment files it creates (and of each partition's, with `--topic`), `--prealloc`
 //!   the disk space allocated ahead of the writer in a segment (`LogOptions::prealloc_bytes`);
 //!   a size the log refuses is an error naming the flag, and the largest record shrinks to
-//!   fit a segment.
-//! - `shoal cat <DIR> [--from <offset>] [--follow] [--format lines|json]`: `lines` prints
+//!   fit a segment. DIR must not be a bus or a topic directory (an error that names
+//!   `--topic`; nothing is created).
+//! - `shoal cat <DIR> [--from earliest|latest|<offset>] [--follow] [--format lines|json]`:
+//!   `--from` is the first offset printed (default `earliest`); `latest` starts after the
+//!   last record present when `cat` starts (without `--follow` it prints nothing). `lines` prints
 //!   each payload and a newline; `json` prints one object per line with `offset`,
 //!   `timestamp_ns`, `key` and `payload` (UTF-8) or `payload_base64` (anything else). A
 //!   record that fails its checksum is never printed: `cat` stops there with an error.
-//!   A closed stdout (`| head`) ends `cat` quietly with exit 0.
+//!   A closed stdout (`| head`) ends `cat` quietly with exit 0. `cat`, `stats` and `verify`
+//!   on a path that holds no log (missing, a file, a bus, a topic directory, an empty
+//!   directory) exit 1 with one line saying what they expected.
 //! - `shoal verify <DIR> [--repair]`: exit 0 when sound, else one line per problem (file,
 //!   byte position, what is wrong, whether a repair fixes it) and exit 1. `--repair` cuts the
 //!   log at the first damaged record and says where and how many records that drops.
-//! - `shoal stats <DIR>`: segments, records, bytes, first, last and durable offset.
+//! - `shoal stats <DIR>`: segments, records, bytes, `first offset`, `last offset`, `next
+//!   offset` and `durable below` (the exclusive watermark).
 //! - `shoal demo [--dir <DIR>] [--events <N>] [--segment-size <SIZE>] [--prealloc <SIZE>]`: typed orders through a pipeline whose
 //!   middle stage scales up and down, into a 4-partition topic with `Batch` durability,
 //!   consumed by a group whose members (threads and a child process) join and leave
@@ -50,10 +61,17 @@
 //!   (FNV-1a) and pick its partition through
 //!   [`partition_for_key`](shoal::bus::partition_for_key); a keyed line without a tab is an
 //!   error (the lines before it are appended, synced and acked). `--ack` prints
-//!   `durable <partition> <N>` lines.
-//! - `shoal cat <BUS> --topic <T> [--partition <P>] [--from <offset>] [--follow] [--format ..]`:
-//!   as for a log, over one partition or all of them (partition by partition, or round-robin
-//!   when following; `--from` applies to each); JSON objects start with `partition`.
+//!   `partition <P> durable below <N>` lines.
+//! - `shoal topics <BUS>` (also `shoal topics list <BUS>`): a header line, then one line per
+//!   topic: name, partitions, records, bytes of segment files. Creates nothing.
+//! - `shoal topics create <BUS> <T> [--partitions <P>] [--segment-size <SIZE>] [--prealloc
+//!   <SIZE>]` creates the topic with P partitions (default 4; the bus too if missing); with a
+//!   size flag it also creates each partition's log with those sizes. A topic that exists
+//!   with P partitions is said so, exit 0; with another count it is an error, exit 1.
+//! - `shoal cat <BUS> --topic <T> [--partition <P>] [--from earliest|latest|<offset>]
+//!   [--follow] [--format ..]`: as for a log, over one partition or all of them (partition by
+//!   partition, or round-robin when following; `--from` applies to each, `latest` per
+//!   partition); JSON objects start with `partition`.
 //! - `shoal group <BUS> <GROUP> --topic <T> [--exit-when-idle <ms>]`: a member of the
 //!   consumer group; prints `<partition> <offset> <payload>` for each record of the
 //!   partitions it owns, flushed per batch, and commits offsets only after their lines are
@@ -76,12 +94,17 @@
 //!   SIGINT (then exit 0) and print a status line per second on stderr. Only with the `nats`
 //!   feature; a build without it answers `shoal bridge ...` with one line saying so and exit 2.
 //! - Usage errors exit 2 (clap's convention); runtime errors exit 1 with one line on stderr.
-//!   Commands that only read a bus (`cat --topic`, `group`, `groups`) never create one.
+//!   Commands that only read a bus (`topics`, `cat --topic`, `group`, `groups`, `top`) never
+//!   create one.
 //!
-//! Offsets printed by the tool are inclusive: `durable <N>` and the `durable offset` row of
-//! `stats` name the last durable record, while the library's
-//! [`durable_offset`](shoal::log::Appender::durable_offset) is the exclusive watermark
-//! (`N + 1`).
+//! # Offsets
+//! Every offset the tool prints follows the library's convention, written down once in the
+//! README ("Guarantees", the Offsets bullet): a record offset names one record (`first
+//! offset`, `last offset`, the offsets of `cat --format json` and `group` lines, `top`'s
+//! FIRST and LAST); a watermark is exclusive and names the next offset (`next offset`,
+//! `durable below <N>` in `stats` and the `--ack` lines, `top`'s DURABLE, the COMMITTED and
+//! END of `groups` and `top`): every record below it is durable, committed or appended, as
+//! [`durable_offset`](shoal::log::Appender::durable_offset) says.
 
 mod bench;
 #[cfg(feature = "nats")]
@@ -93,9 +116,10 @@ mod inspect;
 mod log_args;
 mod produce;
 mod top;
+mod topics;
 
 use std::fmt;
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -115,8 +139,8 @@ hashed with 64-bit FNV-1a into the record's u64 key, which picks the partition \
 (shoal::bus::key_hash, then shoal::bus::partition_for_key); equal keys always go to one \
 partition. A keyed line without a tab is an error (the lines before it are appended).
 
-With --topic --ack, each line is `durable <partition> <N>`: every record of that partition \
-with offset <= N is durable.";
+With --ack, each line is `durable below <N>` (with --topic: `partition <P> durable below <N>`): \
+every record (of that partition) with offset < N is durable.";
 
 /// `shoal group --help`, after the options.
 const GROUP_HELP: &str = "\
@@ -164,8 +188,8 @@ enum Command {
         /// When records become durable: never, batch, or interval=<ms>.
         #[arg(long, default_value = "batch", value_parser = parse_durability)]
         durability: Durability,
-        /// Print `durable <N>` (with --topic: `durable <partition> <N>`) each time every
-        /// record up to offset N is durable.
+        /// Print `durable below <N>` (with --topic: `partition <P> durable below <N>`) each
+        /// time the durable watermark advances: every record below offset N is durable.
         #[arg(long)]
         ack: bool,
         #[command(flatten)]
@@ -181,9 +205,10 @@ enum Command {
         /// Only this partition of the topic.
         #[arg(long, requires = "topic")]
         partition: Option<u32>,
-        /// First offset to print (in each partition, with --topic).
-        #[arg(long)]
-        from: Option<u64>,
+        /// Where to start (in each partition, with --topic): earliest, latest (after the last
+        /// record present now), or an offset.
+        #[arg(long, value_name = "earliest|latest|OFFSET", default_value = "earliest", value_parser = parse_start)]
+        from: Start,
         /// Keep printing records as they are appended.
         #[arg(long)]
         follow: bool,
@@ -205,6 +230,15 @@ enum Command {
         /// Leave the group (committing) after this many ms with nothing new to read.
         #[arg(long, value_name = "MS")]
         exit_when_idle: Option<u64>,
+    },
+    /// List the topics of the bus in BUS (`topics <BUS>`), or create one (`topics create`).
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Topics {
+        /// The bus directory.
+        #[arg(required = true)]
+        bus: Option<PathBuf>,
+        #[command(subcommand)]
+        action: Option<topics::TopicsCommand>,
     },
     /// Print each consumer group of the bus in BUS: members, their partitions, committed
     /// offsets and lag.
@@ -304,6 +338,29 @@ enum Format {
     Json,
 }
 
+/// Where `cat` starts: `--from earliest|latest|<offset>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Start {
+    /// The first record held.
+    Earliest,
+    /// After the last record present when `cat` starts: its next offset.
+    Latest,
+    /// This offset.
+    Offset(u64),
+}
+
+/// Parses `earliest`, `latest` or an offset.
+fn parse_start(s: &str) -> Result<Start, String> {
+    match s {
+        "earliest" => Ok(Start::Earliest),
+        "latest" => Ok(Start::Latest),
+        _ => s
+            .parse()
+            .map(Start::Offset)
+            .map_err(|_| format!("`{s}` is not earliest, latest or an offset (a number from 0)")),
+    }
+}
+
 /// Parses `never`, `batch` or `interval=<ms>` (ms > 0).
 fn parse_durability(s: &str) -> Result<Durability, String> {
     match s {
@@ -381,11 +438,51 @@ fn open_bus(dir: &Path) -> Result<Bus, Error> {
     Ok(Bus::open_existing(dir)?)
 }
 
+/// The error of a log command (`produce`, `cat`, `stats`, `verify`, named by `command`)
+/// given a bus directory (it holds `topics/`) or a topic directory (it holds a `meta` file):
+/// one line saying what the command expected; `None` for any other path.
+fn bus_or_topic_dir(dir: &Path, command: &str) -> Option<Error> {
+    let shown = dir.display();
+    if dir.join("topics").is_dir() {
+        let what = match command {
+            "stats" | "verify" => {
+                format!("`shoal {command}` takes the log of one partition, {}/topics/<T>/<P>", dir.display())
+            }
+            _ => format!("name a topic with --topic <T> (`shoal {command} {shown} --topic <T>`)"),
+        };
+        return Some(Error::new(format!(
+            "{shown} is a bus directory, not a log; {what}; `shoal topics {shown}` lists its topics"
+        )));
+    }
+    if dir.join("meta").is_file() {
+        let topic = dir.file_name().map_or_else(|| "<T>".into(), |n| n.to_string_lossy().into_owned());
+        let bus = dir
+            .parent()
+            .filter(|topics| topics.file_name().is_some_and(|n| n == "topics"))
+            .and_then(Path::parent)
+            .map_or_else(|| "<BUS>".into(), |bus| bus.display().to_string());
+        let what = match command {
+            "stats" | "verify" => {
+                format!("`shoal {command}` takes the log of one partition, {}/<P>", dir.display())
+            }
+            _ => format!("use `shoal {command} {bus} --topic {topic}`"),
+        };
+        return Some(Error::new(format!("{shown} is the directory of topic {topic}, not a log; {what}")));
+    }
+    None
+}
+
+/// Checks, before `produce` opens the log in `dir` (creating it), that `dir` is not a bus or
+/// a topic directory, so that a forgotten `--topic` creates nothing in the bus.
+fn refuse_bus_or_topic(dir: &Path) -> Result<(), Error> {
+    bus_or_topic_dir(dir, "produce").map_or(Ok(()), Err)
+}
+
 /// Checks that `dir` holds a log before a command that only reads one (`cat`, `stats`,
-/// `verify`): a path that is missing, a file, a bus, or a directory with neither a `HEAD`
-/// page nor a segment file is an error that says which, so that a typo never reads as an
-/// empty log (exit 0 with nothing printed).
-fn require_log(dir: &Path) -> Result<(), Error> {
+/// `verify`, named by `command`): a path that is missing, a file, a bus, a topic directory,
+/// or a directory with neither a `HEAD` page nor a segment file is an error that says which,
+/// so that a typo never reads as an empty log (exit 0 with nothing printed).
+fn require_log(dir: &Path, command: &str) -> Result<(), Error> {
     let shown = dir.display();
     let meta = match std::fs::metadata(dir) {
         Ok(meta) => meta,
@@ -397,11 +494,8 @@ fn require_log(dir: &Path) -> Result<(), Error> {
     if !meta.is_dir() {
         return Err(Error::new(format!("{shown} is a file, not a log directory; name the directory of a log")));
     }
-    if dir.join("topics").is_dir() {
-        return Err(Error::new(format!(
-            "{shown} is a bus, not a log; name a topic with --topic <T> (`shoal groups {shown}` and `shoal top \
-             {shown} --once` list what it holds)"
-        )));
+    if let Some(e) = bus_or_topic_dir(dir, command) {
+        return Err(e);
     }
     let entries = std::fs::read_dir(dir).map_err(|e| Error::new(format!("{shown}: cannot list it: {e}")))?;
     let mut is_log = false;
@@ -416,7 +510,7 @@ fn require_log(dir: &Path) -> Result<(), Error> {
     }
     if !is_log {
         return Err(Error::new(format!(
-            "{shown} holds no shoal log (no HEAD page, no segment file); check the path, or create the log by \
+            "{shown}: no shoal log here (no HEAD page, no segment file); check the path, or create the log by \
              producing to it (`shoal produce {shown}`)"
         )));
     }
@@ -436,19 +530,60 @@ fn stdout_failed(e: io::Error) -> Result<ExitCode, Error> {
 /// Parses the command line, runs the command and returns the process exit status: 0 on
 /// success, 1 after a runtime error (printed as one line on stderr), 2 for a usage error.
 pub fn main() -> ExitCode {
+    install_tracing();
     // `parse` prints usage errors and exits 2 (0 for --help and --version).
     run(Cli::parse())
+}
+
+/// Environment variable with the filter of the library's messages on stderr (`tracing`
+/// `EnvFilter` syntax: `info`, `shoal=debug`, `off`); `RUST_LOG` when it is unset.
+const LOG_ENV: &str = "SHOAL_LOG";
+/// The filter when neither [`LOG_ENV`] nor `RUST_LOG` is set: warnings and errors.
+const LOG_DEFAULT: &str = "warn";
+
+/// Sends the library's `tracing` events to stderr: one compact line each (level, module,
+/// message), no timestamps, colours only when stderr is a terminal. The filter comes from
+/// `SHOAL_LOG`, else `RUST_LOG`, else [`LOG_DEFAULT`]; a filter that does not parse is said
+/// on stderr and the default is used.
+fn install_tracing() {
+    let chosen = [LOG_ENV, "RUST_LOG"]
+        .into_iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()).map(|v| (name, v)));
+    let (filter, refused) = match &chosen {
+        Some((name, value)) => match tracing_subscriber::EnvFilter::try_new(value) {
+            Ok(filter) => (filter, None),
+            Err(e) => (tracing_subscriber::EnvFilter::new(LOG_DEFAULT), Some(format!("{name}={value}: {e}"))),
+        },
+        None => (tracing_subscriber::EnvFilter::new(LOG_DEFAULT), None),
+    };
+    let installed = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .with_ansi(io::stderr().is_terminal())
+        .without_time()
+        .compact()
+        .try_init();
+    if let Some(refused) = refused {
+        let _ = writeln!(
+            io::stderr().lock(),
+            "shoal: warning: {refused}; showing warnings ({LOG_DEFAULT}); write a filter such as `info` or `shoal=debug`"
+        );
+    }
+    // Only one subscriber per process: a second call (none today) keeps the first.
+    drop(installed);
 }
 
 /// Runs a parsed command line; see [`main`].
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
-        Command::Produce { dir, topic: None, durability, ack, log, .. } => produce::run(&dir, durability, ack, &log),
+        Command::Produce { dir, topic: None, durability, ack, log, .. } => {
+            refuse_bus_or_topic(&dir).and_then(|()| produce::run(&dir, durability, ack, &log))
+        }
         Command::Produce { dir, topic: Some(topic), partitions, keyed, durability, ack, log } => {
             produce::run_topic(&dir, &topic, partitions, keyed, durability, ack, &log)
         }
         Command::Cat { dir, topic: None, from, follow, format, .. } => {
-            require_log(&dir).and_then(|()| cat::run(&dir, from, follow, format))
+            require_log(&dir, "cat").and_then(|()| cat::run(&dir, from, follow, format))
         }
         Command::Cat { dir, topic: Some(topic), partition, from, follow, format } => {
             cat::run_topic(&dir, &topic, partition, from, follow, format)
@@ -456,6 +591,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Group { bus, group, topic, exit_when_idle } => {
             group::run(&bus, &group, &topic, exit_when_idle.map(Duration::from_millis))
         }
+        Command::Topics { bus, action } => topics::run(bus, action),
         Command::Groups { bus } => group::list(&bus),
         Command::Top { bus, interval, once } => top::run(&bus, Duration::from_millis(interval), once),
         #[cfg(feature = "nats")]
@@ -465,8 +601,8 @@ pub fn run(cli: Cli) -> ExitCode {
             let _ = writeln!(io::stderr().lock(), "shoal: {WITHOUT_NATS}");
             return ExitCode::from(2);
         }
-        Command::Verify { dir, repair } => require_log(&dir).and_then(|()| inspect::verify(&dir, repair)),
-        Command::Stats { dir } => require_log(&dir).and_then(|()| inspect::stats(&dir)),
+        Command::Verify { dir, repair } => require_log(&dir, "verify").and_then(|()| inspect::verify(&dir, repair)),
+        Command::Stats { dir } => require_log(&dir, "stats").and_then(|()| inspect::stats(&dir)),
         Command::Demo { dir, events, log } => demo::run(dir.as_deref(), events, &log),
         Command::DemoMember { bus, group, topic, events, report } => {
             demo::run_member(&bus, &group, &topic, events, &report)
@@ -495,6 +631,17 @@ mod tests {
         assert!(parse_durability("interval=").is_err());
         assert!(parse_durability("interval=x").is_err());
         assert!(parse_durability("always").is_err());
+    }
+
+    #[test]
+    fn starts() {
+        assert_eq!(parse_start("earliest"), Ok(Start::Earliest));
+        assert_eq!(parse_start("latest"), Ok(Start::Latest));
+        assert_eq!(parse_start("0"), Ok(Start::Offset(0)));
+        assert_eq!(parse_start("17"), Ok(Start::Offset(17)));
+        for bad in ["", "last", "-1", "1.5", "Latest"] {
+            assert!(parse_start(bad).expect_err(bad).contains(&format!("`{bad}`")), "{bad}");
+        }
     }
 
     #[test]

@@ -55,9 +55,9 @@ pub(super) fn run(dir: &Path, durability: Durability, ack: bool, log_args: &LogA
     log.close()?;
     // Only a line past the last one printed: with other producers the ack thread may have
     // printed beyond this appender's own records already.
-    if ack && end > 0 && printed.is_none_or(|p| p < end - 1) {
+    if ack && end > 0 && printed.is_none_or(|p| p < end) {
         let mut out = io::stdout().lock();
-        let written = writeln!(out, "durable {}", end - 1).and_then(|()| out.flush());
+        let written = writeln!(out, "durable below {end}").and_then(|()| out.flush());
         if let Err(e) = written {
             return super::stdout_failed(e);
         }
@@ -106,8 +106,8 @@ pub(super) fn run_topic(
         for (p, watch) in sink.producer.durable_watches().iter().enumerate() {
             let end = watch.durable_offset().0;
             let last = printed.as_ref().and_then(|printed| printed[p]);
-            if end > 0 && last != Some(end - 1) {
-                written = written.and_then(|()| writeln!(out, "durable {p} {}", end - 1));
+            if end > 0 && last != Some(end) {
+                written = written.and_then(|()| writeln!(out, "partition {p} durable below {end}"));
             }
         }
         if let Err(e) = written.and_then(|()| out.flush()) {
@@ -320,7 +320,7 @@ fn too_long(place: String, len: Option<usize>, max: usize) -> Error {
     Error::new(format!("{place}{len} is longer than the largest record ({max} bytes); split it"))
 }
 
-/// The thread that prints `durable <N>` lines.
+/// The thread that prints `durable below <N>` lines.
 struct Acker {
     done: Arc<AtomicBool>,
     thread: JoinHandle<Option<u64>>,
@@ -342,7 +342,7 @@ impl Acker {
     }
 
     /// Stops the thread after it has printed the watermark as it stands now; returns the
-    /// last `N` it printed.
+    /// last watermark it printed.
     fn finish(self) -> Option<u64> {
         // pairs with the Acquire load in ack_loop
         self.done.store(true, Ordering::Release);
@@ -350,8 +350,8 @@ impl Acker {
     }
 }
 
-/// Prints each advance of the watermark past `seen` until `done`; returns the last `N`
-/// printed.
+/// Prints each advance of the watermark past `seen` until `done`, as `durable below <N>`
+/// (exclusive: every record below N is durable); returns the last N printed.
 fn ack_loop(out: &mut impl Write, watch: &DurableWatch, mut seen: u64, done: &AtomicBool) -> Option<u64> {
     let mut printed = None;
     let mut stdout_open = true;
@@ -364,8 +364,8 @@ fn ack_loop(out: &mut impl Write, watch: &DurableWatch, mut seen: u64, done: &At
         if durable > seen {
             seen = durable;
             if stdout_open {
-                stdout_open = writeln!(out, "durable {}", durable - 1).and_then(|()| out.flush()).is_ok();
-                printed = Some(durable - 1);
+                stdout_open = writeln!(out, "durable below {durable}").and_then(|()| out.flush()).is_ok();
+                printed = Some(durable);
             }
         }
         if finishing {
@@ -379,7 +379,7 @@ fn ack_loop(out: &mut impl Write, watch: &DurableWatch, mut seen: u64, done: &At
     }
 }
 
-/// The thread that prints `durable <partition> <N>` lines for a topic.
+/// The thread that prints `partition <P> durable below <N>` lines for a topic.
 struct TopicAcker {
     done: Arc<AtomicBool>,
     thread: JoinHandle<Vec<Option<u64>>>,
@@ -400,7 +400,7 @@ impl TopicAcker {
     }
 
     /// Stops the thread after it has printed the watermarks as they stand now; returns the
-    /// last `N` it printed per partition.
+    /// last watermark it printed per partition.
     fn finish(self) -> Option<Vec<Option<u64>>> {
         // pairs with the Acquire load in topic_ack_loop
         self.done.store(true, Ordering::Release);
@@ -434,8 +434,8 @@ fn topic_ack_loop(
             if durable > seen[p] {
                 seen[p] = durable;
                 if stdout_open {
-                    stdout_open = writeln!(out, "durable {p} {}", durable - 1).is_ok();
-                    printed[p] = Some(durable - 1);
+                    stdout_open = writeln!(out, "partition {p} durable below {durable}").is_ok();
+                    printed[p] = Some(durable);
                     wrote = true;
                 }
             }
@@ -550,8 +550,8 @@ mod tests {
         log.sync().expect("sync");
         let mut out = Vec::new();
         let printed = ack_loop(&mut out, &log.durable_watch(), acked, &AtomicBool::new(true));
-        assert_eq!(printed, Some(1));
-        assert_eq!(out, b"durable 1\n");
+        assert_eq!(printed, Some(2));
+        assert_eq!(out, b"durable below 2\n");
         log.close().expect("close");
     }
 

@@ -1,7 +1,12 @@
 //! `shoal top <BUS> [--interval <ms>] [--once]`: rates and lag per topic and group, redrawn
-//! in place every interval (the screen is cleared with ANSI escapes; no terminal library).
-//! `--once` prints one snapshot with no screen control and exits; rates need two snapshots,
-//! so it shows them as `-`.
+//! in place every interval when stdout is a terminal (the screen is cleared with ANSI
+//! escapes; no terminal library). Into a pipe or a file it writes plain snapshots one after
+//! another, each after a blank line, with no escape bytes. `--once` prints one snapshot with
+//! no screen control and exits; rates need two snapshots, so it shows them as `-`.
+//!
+//! Offsets follow the README's convention: FIRST and LAST name records, DURABLE is the
+//! exclusive watermark (every record below it is durable), and a group's COMMITTED and END are
+//! next offsets (the next one it reads, the next one appended).
 //!
 //! ```text
 //! shoal top /data/bus   every 1000 ms   (q: Ctrl-C)
@@ -15,7 +20,7 @@
 //! billing  orders  2        0          00000001764000000000000001-812-0  1190       1200  10   300.0
 //! ```
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -32,6 +37,7 @@ const CLEAR: &str = "\x1b[H\x1b[2J";
 /// Runs `shoal top`.
 pub(super) fn run(bus: &Path, interval: Duration, once: bool) -> Result<ExitCode, Error> {
     let bus_handle = super::open_bus(bus)?;
+    let redraw = !once && io::stdout().is_terminal();
     let mut previous: Option<BusSnapshot> = None;
     // Runs until interrupted (SIGINT ends the process) or stdout goes away.
     loop {
@@ -41,8 +47,13 @@ pub(super) fn run(bus: &Path, interval: Duration, once: bool) -> Result<ExitCode
             snap.rates_since(before);
         }
         let mut text = String::new();
-        if !once {
+        if redraw {
             text.push_str(CLEAR);
+        } else if previous.is_some() {
+            // Plain snapshots one after another: a blank line between them.
+            text.push('\n');
+        }
+        if !once {
             text.push_str(&format!(
                 "shoal top {}   every {} ms   (Ctrl-C quits)\n\n",
                 bus.display(),

@@ -405,6 +405,40 @@ struct Observed {
 }
 
 /// A member of a consumer group: owns some partitions of the topic and reads them.
+///
+/// ```
+/// use shoal::bus::Bus;
+/// use shoal::group::{GroupOptions, Member};
+/// use shoal::log::LogOptions;
+/// use std::time::Duration;
+///
+/// let dir = tempfile::tempdir()?;
+/// let bus = Bus::open(dir.path())?;
+/// let mut producer = bus.topic_or_create("orders", Some(2))?.producer(LogOptions::default())?;
+/// for key in 0..10u64 {
+///     producer.send(key, b"order")?;
+/// }
+/// let mut member = Member::join(&bus, "billing", "orders", GroupOptions::default())?;
+/// assert_eq!(member.assigned(), [0, 1]); // alone in the group: every partition
+/// let mut keys = Vec::new();
+/// for _ in 0..100 {
+///     if keys.len() == 10 {
+///         break;
+///     }
+///     for delivery in member.poll(64, Duration::from_secs(1))? {
+///         keys.push(delivery.record.key());
+///     }
+/// }
+/// keys.sort();
+/// assert_eq!(keys, (0..10).collect::<Vec<u64>>());
+/// member.commit()?; // the group goes on after these records
+/// member.leave()?; // hands every partition over at once
+///
+/// // A member that joins later starts from the committed offsets: nothing is delivered twice.
+/// let mut next = Member::join(&bus, "billing", "orders", GroupOptions::default())?;
+/// assert!(next.poll(64, Duration::from_millis(10))?.is_empty());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct Member {
     id: String,

@@ -93,11 +93,16 @@ impl Appender {
     ///
     /// # Errors
     /// [`LogError::Locked`] when another appender holds the log; [`LogError::Corruption`] or
-    /// [`LogError::TornTail`] per the recovery mode; [`LogError::Config`],
+    /// [`LogError::TornTail`] per the recovery mode; [`LogError::Options`] naming the
+    /// option to change; [`LogError::WrongDirectory`] when `dir` is a bus or topic directory;
     /// [`LogError::NotASegment`], [`LogError::UnsupportedVersion`], I/O errors.
     pub fn open(dir: impl AsRef<Path>, opts: LogOptions) -> Result<Appender, LogError> {
         let dir = dir.as_ref().to_path_buf();
-        opts.validate()?;
+        let opts = opts.fitted();
+        opts.validate().map_err(|e| match e {
+            LogError::Config(why) => LogError::Options { path: dir.clone(), why },
+            other => other,
+        })?;
         let dir_fd = Arc::new(create_log_dir(&dir)?);
         let (lock, alone) = match opts.writers {
             Writers::Exclusive => (DirLock::acquire(&dir_fd)?, true),

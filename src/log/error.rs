@@ -107,6 +107,25 @@ pub enum LogError {
         /// First offset still in the log.
         first: u64,
     },
+    /// The directory is a bus or one of its topics, not a log: a log command or type
+    /// pointed one level too high.
+    #[error("{path}: this is {what}, not a log; {hint}")]
+    WrongDirectory {
+        /// The directory.
+        path: PathBuf,
+        /// What it is ("a bus directory", "a topic directory").
+        what: &'static str,
+        /// What to do instead.
+        hint: &'static str,
+    },
+    /// Options that the log cannot be opened with.
+    #[error("{path}: {why}")]
+    Options {
+        /// The log directory.
+        path: PathBuf,
+        /// Which option is wrong, and what to change.
+        why: String,
+    },
     /// The log directory does not exist or holds no log.
     #[error("{path}: no shoal log here; create it with an appender (`shoal produce`)")]
     NoLog {

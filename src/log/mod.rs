@@ -207,6 +207,10 @@ pub struct Retention {
     pub max_age: Option<Duration>,
 }
 
+/// The default [`LogOptions::max_record_bytes`]: 4 MiB, or what one segment holds when
+/// that is less.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 4 << 20;
+
 /// Configuration of a log, used when an [`Appender`] opens it. Build it from the default
 /// with its setters (one per field, named after it):
 ///
@@ -225,7 +229,9 @@ pub struct LogOptions {
     /// sparse: disk space is allocated [`prealloc_bytes`](LogOptions::prealloc_bytes) at a
     /// time ahead of the appender.
     pub segment_bytes: u64,
-    /// Largest payload accepted; at most what fits in one segment.
+    /// Largest payload accepted; at most what fits in one segment. The default,
+    /// [`DEFAULT_MAX_RECORD_BYTES`] (4 MiB), shrinks at open to what fits a smaller segment;
+    /// any other value that does not fit is an error.
     pub max_record_bytes: usize,
     /// When records become durable.
     pub durability: Durability,
@@ -257,7 +263,7 @@ impl Default for LogOptions {
     fn default() -> LogOptions {
         LogOptions {
             segment_bytes: 64 << 20,
-            max_record_bytes: 4 << 20,
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             durability: Durability::Batch,
             io_backend: IoBackend::Auto,
             recovery_mode: RecoveryMode::TruncateTail,
@@ -357,6 +363,25 @@ impl LogOptions {
         self
     }
 
+    /// The largest payload a segment of `segment_bytes` holds with this index interval.
+    fn record_room(&self) -> usize {
+        let entries = format::index_entries_for(self.segment_bytes, self.index_interval_bytes);
+        (self.segment_bytes as usize).saturating_sub(format::data_start(entries) + format::RECORD_HEADER_BYTES)
+    }
+
+    /// These options with the default record limit lowered to what one segment holds, when
+    /// the segment is too small for it (an explicit limit is left for
+    /// [`LogOptions::validate`] to refuse).
+    pub(crate) fn fitted(mut self) -> LogOptions {
+        if self.max_record_bytes == DEFAULT_MAX_RECORD_BYTES && self.index_interval_bytes != 0 {
+            let room = self.record_room() & !7;
+            if room > 0 && room < self.max_record_bytes {
+                self.max_record_bytes = room;
+            }
+        }
+        self
+    }
+
     /// Checks the values against the format's limits.
     ///
     /// # Errors
@@ -380,11 +405,12 @@ impl LogOptions {
                 self.index_interval_bytes
             )));
         }
-        let entries = format::index_entries_for(seg, self.index_interval_bytes);
-        let room = seg as usize - format::data_start(entries) - format::RECORD_HEADER_BYTES;
-        if self.max_record_bytes > room || self.max_record_bytes > format::PAYLOAD_BYTES_FORMAT_MAX {
+        let room = self.record_room().min(format::PAYLOAD_BYTES_FORMAT_MAX);
+        if self.max_record_bytes > room {
             return Err(LogError::Config(format!(
-                "max_record_bytes {} does not fit in a {seg}-byte segment (at most {room})",
+                "LogOptions::max_record_bytes {} does not fit in a segment of LogOptions::segment_bytes {seg} \
+                 (a record there holds at most {room} bytes); lower max_record_bytes to {room} or less, or raise \
+                 segment_bytes (`--segment-size` on the command line)",
                 self.max_record_bytes
             )));
         }

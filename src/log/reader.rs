@@ -170,12 +170,15 @@ impl Reader {
     /// Opens a reader positioned at the first record still held.
     ///
     /// # Errors
-    /// [`LogError::NoLog`] when `dir` holds no log; header errors of its segments.
+    /// [`LogError::NoLog`] when `dir` does not exist; [`LogError::WrongDirectory`] when it
+    /// is a bus or topic directory; header errors of its segments. An existing directory
+    /// with no segment yet is an empty log (an appender may create it later).
     pub fn open(dir: impl AsRef<Path>) -> Result<Reader, LogError> {
         let dir = dir.as_ref().to_path_buf();
         if !dir.is_dir() {
             return Err(LogError::NoLog { path: dir });
         }
+        super::segment::refuse_bus_dir(&dir)?;
         let mut reader = Reader {
             dir,
             known: Vec::new(),

@@ -253,7 +253,8 @@ fn settle_end(
     // Bytes past the end (after the end marker, when there is one) that are not zero: stale
     // bytes of an unpublished record, or records after damage.
     let stale_from = if scan.end == ScanEnd::Sealed { scan.position + 8 } else { scan.position };
-    let stale = stale_from < region.len() && last_nonzero(seg, stale_from) > stale_from;
+    let stale_end = if stale_from < region.len() { last_nonzero(seg, stale_from) } else { stale_from };
+    let stale = stale_end > stale_from;
     let after = if stale || matches!(scan.end, ScanEnd::Damaged(_)) {
         records_after(seg, scan.position, scan.next_offset, payload_max).0
     } else {
@@ -269,6 +270,15 @@ fn settle_end(
                 // A crash before a record's commit word was stored leaves the record's other
                 // bytes past the tail; shorter records appended over them would end inside
                 // them, and readers would take the stale bytes for a damaged record.
+                tracing::warn!(
+                    "{}: cleared {} bytes of an append that never completed at byte {} (offset {} was never \
+                     published, so never acknowledged); the log goes on from offset {}",
+                    path.display(),
+                    stale_end - stale_from,
+                    scan.position,
+                    scan.next_offset,
+                    scan.next_offset
+                );
                 cut_segment(lock, seg, &header, scan.position)?;
             }
             return Ok(None);
@@ -289,7 +299,16 @@ fn settle_end(
             LogError::Corruption { path, position, offset, why }
         });
     }
-    if !torn {
+    if torn {
+        tracing::warn!(
+            "{}: cut a torn tail at byte {} (offset {}): {why}; it was past the durable watermark, so never \
+             acknowledged durable; the log goes on from offset {}",
+            path.display(),
+            scan.position,
+            scan.next_offset,
+            scan.next_offset
+        );
+    } else {
         tracing::warn!(
             "{}: cut the log at byte {} (offset {}): {why}; {after} intact records after it were dropped",
             path.display(),

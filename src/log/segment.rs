@@ -128,11 +128,42 @@ fn not_a_directory(path: &Path) -> LogError {
     )
 }
 
+/// Refuses a directory that is a bus root (it holds `topics/`) or a topic directory (it
+/// holds a `meta` file): a log never holds either, and opening a log there would create
+/// segment files among the bus's own. Looks without following symlinks.
+///
+/// # Errors
+/// [`LogError::WrongDirectory`] saying what the directory is and what to name instead.
+pub fn refuse_bus_dir(path: &Path) -> Result<(), LogError> {
+    let is = |name: &str, dir: bool| {
+        std::fs::symlink_metadata(path.join(name)).is_ok_and(|m| if dir { m.is_dir() } else { m.is_file() })
+    };
+    if is("topics", true) {
+        return Err(LogError::WrongDirectory {
+            path: path.to_path_buf(),
+            what: "a bus directory",
+            hint: "name a topic (`--topic <TOPIC>` on the command line, `Bus::topic` in the library), or a \
+                   partition's log directory (`<bus>/topics/<topic>/<partition>`)",
+        });
+    }
+    if is("meta", false) {
+        return Err(LogError::WrongDirectory {
+            path: path.to_path_buf(),
+            what: "a topic directory",
+            hint: "pass the bus directory with `--topic <TOPIC>` (`Bus::topic` in the library), or one \
+                   partition's log directory (`<topic>/<partition>`)",
+        });
+    }
+    Ok(())
+}
+
 /// Opens the existing log directory at `path`.
 ///
 /// # Errors
-/// [`LogError::NoLog`] when it does not exist; an error saying so when it is a file.
+/// [`LogError::NoLog`] when it does not exist; an error saying so when it is a file;
+/// [`LogError::WrongDirectory`] for a bus or topic directory.
 pub fn open_log_dir(path: &Path) -> Result<Dir, LogError> {
+    refuse_bus_dir(path)?;
     Dir::open(path).map_err(|e| match e.raw_os_error() {
         Some(libc::ENOENT) => LogError::NoLog { path: path.to_path_buf() },
         Some(libc::ENOTDIR) if path.exists() => not_a_directory(path),

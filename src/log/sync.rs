@@ -430,6 +430,25 @@ impl Drop for SyncTurn<'_> {
 
 /// A cloneable handle on an appender's durable watermark, for other threads (an `--ack`
 /// printer, a request handler waiting for its record).
+///
+/// ```
+/// use shoal::log::{Appender, Durability, LogOptions};
+/// use std::time::Duration;
+///
+/// let dir = tempfile::tempdir()?;
+/// let opts = LogOptions::default().durability(Durability::Never); // no sync unless asked
+/// let mut log = Appender::open(dir.path(), opts)?;
+/// let watch = log.durable_watch();
+/// let offset = log.append(b"reply once this is on disk")?;
+/// assert_eq!(watch.written_offset().0, offset.0 + 1); // published to readers already
+/// let handler = std::thread::spawn(move || {
+///     // Asks for a sync (here: runs it in this thread) and waits for the watermark.
+///     watch.wait_durable(offset, Some(Duration::from_secs(10)))
+/// });
+/// assert!(handler.join().expect("the handler panicked")?);
+/// assert!(log.durable_offset() > offset); // every offset below the watermark is durable
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct DurableWatch {
     shared: Arc<Shared>,

@@ -20,17 +20,30 @@ use super::Offset;
 /// well under a microsecond after its append, and with [`TailWait::Park`] an idle tailer uses
 /// no CPU at all.
 ///
+/// A tailer in another thread following an appender (another process works the same way):
+///
 /// ```
 /// use shoal::log::{Appender, LogOptions, TailWait, Tailer};
 /// use std::time::Duration;
 ///
 /// let dir = tempfile::tempdir()?;
 /// let mut log = Appender::open(dir.path(), LogOptions::default())?;
-/// let mut tailer = Tailer::open_with(dir.path(), TailWait::BusySpin)?;
-/// log.append(b"hello")?;
-/// let record = tailer.next(Some(Duration::from_secs(5)))?.expect("a record");
-/// assert_eq!(record.payload(), b"hello");
-/// assert!(tailer.next(Some(Duration::from_millis(1)))?.is_none());
+/// let mut tailer = Tailer::open_with(dir.path(), TailWait::Park)?; // no CPU while idle
+/// let follower = std::thread::spawn(move || -> Result<Vec<u64>, shoal::log::LogError> {
+///     let mut keys = Vec::new();
+///     while keys.len() < 3 {
+///         // A generous bound: the appends come at once, a loaded machine may be slow.
+///         let record = tailer.next(Some(Duration::from_secs(10)))?.expect("appended meanwhile");
+///         keys.push(record.key());
+///     }
+///     // Caught up: `next` waits up to its timeout, then says there is nothing new.
+///     assert!(tailer.next(Some(Duration::from_millis(1)))?.is_none());
+///     Ok(keys)
+/// });
+/// for key in [7, 8, 9] {
+///     log.append_keyed(key, b"tick")?;
+/// }
+/// assert_eq!(follower.join().expect("the follower panicked")?, [7, 8, 9]);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug)]

@@ -88,7 +88,8 @@ pub struct LogStats {
     pub segments: u64,
     /// Records in the log.
     pub records: u64,
-    /// Bytes of segment files on disk.
+    /// Disk space the segment files take: their allocated blocks (segments are sparse, so
+    /// this grows with what was written and prepared ahead, not with the segment size).
     pub bytes: u64,
     /// First offset held, if any record is.
     pub first_offset: Option<u64>,
@@ -124,9 +125,10 @@ pub fn producers(dir: &Path) -> Result<Vec<u32>, LogError> {
 /// changes or creates anything and never panics, whatever the files hold.
 ///
 /// # Errors
-/// Only when the directory cannot be listed, or holds no log; damaged files are problems in
-/// the report.
+/// Only when the directory cannot be listed, holds no log, or is a bus or topic directory
+/// ([`LogError::WrongDirectory`]); damaged files are problems in the report.
 pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
+    super::segment::refuse_bus_dir(dir)?;
     let (segments, _temps) = list_segments(dir)?;
     if segments.is_empty() && !dir.join(HEAD_FILE).exists() && !dir.join(JOURNAL_FILE).exists() {
         return Err(LogError::NoLog { path: dir.to_path_buf() });
@@ -455,9 +457,14 @@ fn reset_head(dir: &Dir, offset: u64) -> Result<(), LogError> {
 /// Figures of the log in `dir` (scans the last segment in use; trusts older ones' headers).
 ///
 /// # Errors
-/// I/O errors or files that are not segments.
+/// [`LogError::NoLog`] when `dir` holds no log; [`LogError::WrongDirectory`] for a bus or
+/// topic directory; I/O errors or files that are not segments.
 pub fn stats(dir: &Path) -> Result<LogStats, LogError> {
+    super::segment::refuse_bus_dir(dir)?;
     let (segments, _) = list_segments(dir)?;
+    if segments.is_empty() && !dir.join(HEAD_FILE).exists() {
+        return Err(LogError::NoLog { path: dir.to_path_buf() });
+    }
     let mut out = LogStats {
         segments: segments.len() as u64,
         durable_offset: read_durable(dir)?,
@@ -466,7 +473,8 @@ pub fn stats(dir: &Path) -> Result<LogStats, LogError> {
     };
     let mut last_in_use: Option<Segment> = None;
     for (id, path) in &segments {
-        out.bytes += std::fs::metadata(path).map_err(|e| LogError::io(path, "stat", e))?.len();
+        let meta = std::fs::metadata(path).map_err(|e| LogError::io(path, "stat", e))?;
+        out.bytes += std::os::unix::fs::MetadataExt::blocks(&meta) * 512;
         let seg = Segment::open(path, *id, false)?;
         if seg.header.base_offset != BASE_OFFSET_UNSET {
             out.first_offset.get_or_insert(seg.header.base_offset);

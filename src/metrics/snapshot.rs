@@ -36,7 +36,8 @@ pub struct PartitionSnapshot {
     pub partition: u32,
     /// Records held (retention may have removed older ones): `end_offset - first_offset`.
     pub records: u64,
-    /// Bytes of segment files on disk (preallocated: a segment counts whole once created).
+    /// Disk space the segment files take: their allocated blocks (segments are sparse, so
+    /// this grows with what was written and prepared ahead, not with the segment size).
     pub bytes: u64,
     /// First offset held, if any record is.
     pub first_offset: Option<u64>,
@@ -273,7 +274,7 @@ fn segment_bytes(dir: &Path) -> Result<u64, BusError> {
         }
         // A segment removed by retention between listing and stat is simply not counted.
         if let Ok(meta) = entry.metadata() {
-            bytes += meta.len();
+            bytes += std::os::unix::fs::MetadataExt::blocks(&meta) * 512;
         }
     }
     Ok(bytes)

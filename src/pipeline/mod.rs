@@ -454,6 +454,43 @@ struct SourceState<T> {
 }
 
 /// A running pipeline; see the [module docs](self).
+///
+/// A stage scaled up and down while events flow handles each event once:
+///
+/// ```
+/// use shoal::pipeline::{Emitter, Pipeline, Routing, Source};
+/// use shoal::ring::{channel, WaitStrategy};
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::sync::Arc;
+///
+/// let handled = Arc::new(AtomicU64::new(0));
+/// let counter = handled.clone();
+/// let (mut input, rx) = channel::<u64>(1024, WaitStrategy::Park);
+/// let mut pipeline = Pipeline::<u64>::builder()
+///     .pin(false)
+///     .source("input", Source::ring(rx))
+///     .stage("count", 1, Routing::ByKey(|v: &u64| *v % 16), move |_worker| {
+///         let counter = counter.clone();
+///         move |batch: &[u64], _: &mut Emitter<u64>| {
+///             counter.fetch_add(batch.len() as u64, Ordering::Relaxed);
+///         }
+///     })
+///     .build()?;
+/// for v in 0..1000 {
+///     input.push_wait(v)?;
+/// }
+/// let report = pipeline.scale("count", 4)?; // events may still be in flight
+/// assert_eq!((report.from, report.to), (1, 4));
+/// for v in 1000..2000 {
+///     input.push_wait(v)?;
+/// }
+/// pipeline.scale("count", 2)?;
+/// assert_eq!(pipeline.workers("count")?, 2);
+/// drop(input); // the ring source ends once its ring is drained
+/// pipeline.join()?;
+/// assert_eq!(handled.load(Ordering::Relaxed), 2000); // none lost, none twice
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Pipeline<T> {
     shared: Arc<Shared<T>>,
     source: SourceState<T>,

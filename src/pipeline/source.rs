@@ -45,6 +45,33 @@ pub(crate) enum SourceKind<T> {
 
 /// Where a pipeline's events come from. The source runs on its own thread
 /// (`shoal-<name>-0`) and feeds the first stage per that stage's routing.
+///
+/// A replay of a log, decoded in place, into a sink:
+///
+/// ```
+/// use shoal::log::{Appender, LogOptions};
+/// use shoal::pipeline::{Pipeline, Sink, Source};
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::sync::Arc;
+///
+/// let dir = tempfile::tempdir()?;
+/// let mut log = Appender::open(dir.path(), LogOptions::default())?;
+/// for v in 1..=100u64 {
+///     log.append_pod(v, &v)?;
+/// }
+/// log.close()?;
+///
+/// let total = Arc::new(AtomicU64::new(0));
+/// let sum = total.clone();
+/// // `None` from the decoder skips a record; a replay ends at the end of the log.
+/// let source = Source::replay(dir.path(), |record| record.payload_as::<u64>().ok().copied())?;
+/// let sink = Sink::closure(move |batch: &[u64]| {
+///     sum.fetch_add(batch.iter().sum::<u64>(), Ordering::Relaxed);
+/// });
+/// Pipeline::builder().pin(false).source("replay", source).sink("sum", sink).build()?.join()?;
+/// assert_eq!(total.load(Ordering::Relaxed), 5050);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Source<T> {
     pub(crate) kind: SourceKind<T>,
 }
@@ -198,11 +225,13 @@ impl<T: Send + 'static> Sink<T> {
     ///
     /// # Examples
     /// ```
+    /// use shoal::bus::{partition_for_key, Bus};
+    /// use shoal::log::{LogOptions, Reader};
     /// use shoal::pipeline::{Pipeline, Sink, Source, SourceStep};
-    /// # let dir = tempfile::tempdir().unwrap();
-    /// let bus = shoal::bus::Bus::open(dir.path()).unwrap();
-    /// let producer = bus.topic_or_create("numbers", Some(2)).unwrap().producer(Default::default()).unwrap();
-    /// let sink = Sink::topic(producer, |n: &u64, buf: &mut Vec<u8>| {
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let topic = Bus::open(dir.path())?.topic_or_create("numbers", Some(2))?;
+    /// let sink = Sink::topic(topic.producer(LogOptions::default())?, |n: &u64, buf: &mut Vec<u8>| {
     ///     buf.extend_from_slice(&n.to_le_bytes());
     ///     *n // the key
     /// });
@@ -213,10 +242,22 @@ impl<T: Send + 'static> Sink<T> {
     ///     next += 1;
     ///     if next == 100 { SourceStep::Done } else { SourceStep::Continue }
     /// });
-    /// Pipeline::builder().source("numbers", source).sink("topic", sink).build()?.join()?;
+    /// Pipeline::builder().pin(false).source("numbers", source).sink("topic", sink).build()?.join()?;
     /// assert_eq!(stats.records(), 100);
     /// assert!(stats.durable_at().is_some());
-    /// # Ok::<(), shoal::pipeline::PipelineError>(())
+    ///
+    /// // Each event sits in the partition of its key.
+    /// let mut read = 0;
+    /// for p in 0..topic.partitions() {
+    ///     let mut reader = Reader::open(topic.partition_dir(p)?)?;
+    ///     while let Some(record) = reader.next()? {
+    ///         assert_eq!(record.payload(), record.key().to_le_bytes());
+    ///         assert_eq!(partition_for_key(record.key(), 2), p);
+    ///         read += 1;
+    ///     }
+    /// }
+    /// assert_eq!(read, 100);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn topic(producer: TopicProducer, encode: impl FnMut(&T, &mut Vec<u8>) -> u64 + Send + 'static) -> Sink<T> {
         let stats = SinkStats::default();

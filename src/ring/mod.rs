@@ -117,6 +117,26 @@ impl std::fmt::Display for Closed {
 impl std::error::Error for Closed {}
 
 /// The writing end of a ring.
+///
+/// ```
+/// use shoal::ring::{channel, PushError, WaitStrategy};
+///
+/// let (mut tx, mut rx) = channel::<u32>(4, WaitStrategy::Park);
+/// for v in 0..4 {
+///     tx.push(v)?;
+/// }
+/// assert_eq!(tx.push(4), Err(PushError::Full(4))); // full: the value comes back
+/// assert_eq!(rx.pop()?, 0);
+/// // A batch written in place: reserve free slots, fill them, commit once.
+/// assert_eq!(tx.reserve(8).fill_from_iter([10, 11]), 1); // one slot was free
+/// drop(tx); // closes the ring: the consumer drains it, then sees `Closed`
+/// let mut rest = Vec::new();
+/// while let Ok(v) = rx.pop_wait() {
+///     rest.push(v);
+/// }
+/// assert_eq!(rest, [1, 2, 3, 10]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct Producer<T> {
     ring: ManuallyDrop<rtrb::Producer<T>>,
@@ -128,6 +148,22 @@ pub struct Producer<T> {
 }
 
 /// The reading end of a ring.
+///
+/// ```
+/// use shoal::ring::{channel, PopError, WaitStrategy};
+///
+/// let (mut tx, mut rx) = channel::<u64>(8, WaitStrategy::Park);
+/// assert_eq!(tx.push_slice(&[1, 2, 3, 4, 5]), 5);
+/// // A batch read in place: borrowed from the ring's slots, gone from it at commit.
+/// let batch = rx.read(3);
+/// let (first, wrapped) = batch.as_slices();
+/// assert_eq!((first, wrapped), (&[1, 2, 3][..], &[][..]));
+/// batch.commit();
+/// assert_eq!(rx.slots(), 2);
+/// assert_eq!((rx.pop()?, rx.pop()?), (4, 5));
+/// assert_eq!(rx.pop(), Err(PopError::Empty));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct Consumer<T> {
     ring: ManuallyDrop<rtrb::Consumer<T>>,
@@ -597,6 +633,30 @@ impl<T> FanIn<T> {
 
 /// One producer into N consumers: N SPSC rings, one per consumer; the producer picks the
 /// ring (by key, round robin) or sends to all (broadcast).
+///
+/// ```
+/// use shoal::ring::{fan_in, fan_out, WaitStrategy};
+///
+/// let (mut out, mut consumers) = fan_out::<u64>(2, 16, WaitStrategy::Park);
+/// for v in 0..6 {
+///     out.push_keyed(v, v)?; // consumer `key % 2`
+/// }
+/// out.broadcast(100)?; // one copy each
+/// drop(out);
+/// let odd: Vec<u64> = std::iter::from_fn(|| consumers[1].pop_wait().ok()).collect();
+/// assert_eq!(odd, [1, 3, 5, 100]);
+///
+/// // The other way round: N producers into one consumer, polled fairly.
+/// let (mut producers, mut merged) = fan_in::<u64>(3, 16, WaitStrategy::Park);
+/// for (i, p) in producers.iter_mut().enumerate() {
+///     p.push_wait(i as u64)?;
+/// }
+/// drop(producers);
+/// let mut all: Vec<u64> = std::iter::from_fn(|| merged.pop_wait().ok()).collect();
+/// all.sort();
+/// assert_eq!(all, [0, 1, 2]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct FanOut<T> {
     outputs: Vec<Producer<T>>,

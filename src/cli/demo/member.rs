@@ -3,19 +3,23 @@
 //!
 //! A member polls, reads each order in place in the mapped log (zero copy), records its
 //! end-to-end latency (the time of the poll's return minus the order's `created_ns`, both
-//! wall clock), marks its id, commits after every batch, and stops when told to leave or
-//! once the group has committed every order of the run (it then leaves gracefully, so its
-//! partitions move with no duplicate).
+//! wall clock), marks its id and commits after every batch. The driver ends it in two
+//! steps: *stop* (it stops polling, takes its figures and holds its partitions) and then
+//! *leave* (it leaves gracefully). Every member stops before any leaves, so the handovers of
+//! the members' own exits at the end of the run never count as rebalances: a member's
+//! figures cover exactly the scripted joins and leaves, which the driver accounts for.
 //!
 //! # The child's protocol
 //! `shoal demo-member <BUS> <GROUP> <TOPIC> --events <N> --report <FILE>` prints
-//! `joined <member id>` once it is a member, `consumed <n>` about every 100 ms, and `done`
-//! after it has left the group and written its report. A closed stdin asks it to leave
-//! now. The report is a binary file (written under a temporary name, then renamed):
-//! [`REPORT_MAGIC`], then little-endian u64 words: delivered, delivered again, bad
-//! payloads, rebalances, pause count, pause p50, p99 and max (ns), ns from joining to the
-//! first delivery, id bits, latency pairs `k`; then `k` pairs (ns, count); then the id set's words. [`decode_report`] checks every
-//! length: the file comes from another process.
+//! `joined <member id>` once it is a member, `consumed <n>` about every 100 ms, `stopped`
+//! once it has stopped polling, and `done` after it has left the group and written its
+//! report. A line `stop` on its stdin asks it to stop; a closed stdin asks it to leave (and
+//! so stop first, if it has not). The report is a binary file (written under a temporary
+//! name, then renamed): [`REPORT_MAGIC`], then little-endian u64 words: delivered,
+//! delivered again, bad payloads, rebalances, pause count, pause min, p50, p99 and max
+//! (ns), ns from joining to the first delivery, id bits, latency pairs `k`; then `k` pairs
+//! (ns, count); then the id set's words. [`decode_report`] checks every length: the file
+//! comes from another process.
 
 // Option structs are filled field by field: that keeps compiling once they are
 // `#[non_exhaustive]`, where a struct literal outside the library does not.
@@ -34,7 +38,7 @@ use hdrhistogram::Histogram;
 use super::order::{IdSet, Order};
 use crate::cli::Error;
 use shoal::bus::Bus;
-use shoal::group::{describe, GroupOptions, Member};
+use shoal::group::{GroupOptions, Member};
 use shoal::log::now_ns;
 use shoal::metrics::LatencyHistogram;
 
@@ -42,19 +46,24 @@ use shoal::metrics::LatencyHistogram;
 const POLL_RECORDS: usize = 1024;
 /// Longest wait of one poll: how soon a member sees a request to leave.
 const POLL_WAIT: Duration = Duration::from_millis(20);
-/// How often an idle member asks whether the group has committed everything.
-const DONE_CHECK_EVERY: Duration = Duration::from_millis(50);
+/// Longest a stopped member holds its partitions waiting to be told to leave (the driver
+/// tells it within moments; this bounds the wait if the driver is gone).
+const HOLD_WAIT: Duration = Duration::from_secs(120);
 /// How often the child prints `consumed <n>`.
 const CHILD_PROGRESS_EVERY: Duration = Duration::from_millis(100);
 /// The first eight bytes of a child's report.
-pub(super) const REPORT_MAGIC: [u8; 8] = *b"SHDEMOR1";
+pub(super) const REPORT_MAGIC: [u8; 8] = *b"SHDEMOR2";
 /// u64 words of a report's fixed part, after the magic.
-const REPORT_HEADER_WORDS: usize = 11;
+const REPORT_HEADER_WORDS: usize = 12;
 
 /// What a member thread is told and tells: shared with the thread that drives the demo.
 #[derive(Debug, Default)]
 pub(super) struct Control {
-    /// Leave the group at the next poll.
+    /// Stop polling, take the figures and hold the partitions until told to leave.
+    pub(super) stop: AtomicBool,
+    /// Set by the member once it has stopped polling.
+    pub(super) stopped: AtomicBool,
+    /// Leave the group (stopping first, if not yet stopped).
     pub(super) leave: AtomicBool,
     /// Records delivered so far (for the progress bar).
     pub(super) consumed: AtomicU64,
@@ -66,6 +75,8 @@ pub(super) struct Control {
 pub(super) struct Pauses {
     /// Partitions gained after joining.
     pub(super) count: u64,
+    /// Shortest pause, ns.
+    pub(super) min_ns: u64,
     /// Median pause, ns.
     pub(super) p50_ns: u64,
     /// 99th percentile, ns.
@@ -78,6 +89,7 @@ impl Pauses {
     fn of(hist: &LatencyHistogram) -> Pauses {
         Pauses {
             count: hist.count(),
+            min_ns: hist.quantile_ns(0.0),
             p50_ns: hist.quantile_ns(0.5),
             p99_ns: hist.quantile_ns(0.99),
             max_ns: hist.max_ns(),
@@ -126,19 +138,17 @@ fn latency_histogram() -> Result<Histogram<u64>, Error> {
         .map_err(|e| Error::new(format!("making a latency histogram failed: {e}")))
 }
 
-/// Whether the group has committed all `events` orders of `topic`.
-fn group_done(bus: &Bus, group: &str, topic: &str, events: u64) -> Result<bool, Error> {
-    let groups = describe(bus)?;
-    let committed: u64 = groups
-        .iter()
-        .filter(|g| g.group == group && g.topic == topic)
-        .flat_map(|g| g.partitions.iter().map(|p| p.committed))
-        .sum();
-    Ok(committed >= events)
+/// What a member says to whoever runs it.
+pub(super) enum Said<'a> {
+    /// It joined, with this member id.
+    Joined(&'a str),
+    /// It stopped polling and holds its partitions until told to leave.
+    Stopped,
 }
 
-/// Joins `group` on `topic`, calls `on_join` with the member id, consumes until told to
-/// leave or until the group has committed all `events` orders, then leaves gracefully.
+/// Joins `group` on `topic`, says `Joined` with the member id, consumes until told to stop
+/// (or leave), takes its figures, says `Stopped`, holds its partitions until told to
+/// leave, then leaves gracefully.
 ///
 /// # Errors
 /// Group and log errors.
@@ -149,28 +159,21 @@ pub(super) fn consume(
     events: u64,
     label: String,
     control: &Control,
-    on_join: impl FnOnce(&str),
+    mut say: impl FnMut(Said<'_>),
 ) -> Result<MemberReport, Error> {
     let opts = GroupOptions::default().label(label);
     let mut member = Member::join(bus, group, topic, opts)?;
     let joined_at = Instant::now();
     let mut first_delivery_ns = 0;
-    on_join(member.id());
+    say(Said::Joined(member.id()));
     let mut latency = latency_histogram()?;
     let mut seen = IdSet::new(events);
     let (mut delivered, mut redelivered, mut bad) = (0u64, 0u64, 0u64);
-    let mut next_check = Instant::now();
-    // Bounded: ends when told to leave or when the group has committed every order; each
-    // pass waits in `poll` when there is nothing to read.
-    while !control.leave.load(Ordering::Relaxed) {
+    // Bounded: ends when told to stop or leave; each pass waits in `poll` when there is
+    // nothing to read.
+    while !control.stop.load(Ordering::Relaxed) && !control.leave.load(Ordering::Relaxed) {
         let batch = member.poll(POLL_RECORDS, POLL_WAIT)?;
         if batch.is_empty() {
-            if Instant::now() >= next_check {
-                next_check = Instant::now() + DONE_CHECK_EVERY;
-                if group_done(bus, group, topic, events)? {
-                    break;
-                }
-            }
             continue;
         }
         let now = now_ns();
@@ -193,6 +196,13 @@ pub(super) fn consume(
         control.consumed.store(delivered, Ordering::Relaxed);
     }
     let stats = member.stats();
+    control.stopped.store(true, Ordering::Release);
+    say(Said::Stopped);
+    // Holds its partitions, not polling, so no other member's exit moves them here.
+    let hold_until = Instant::now() + HOLD_WAIT;
+    while !control.leave.load(Ordering::Relaxed) && Instant::now() < hold_until {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     member.leave()?;
     Ok(MemberReport {
         delivered,
@@ -217,6 +227,7 @@ pub(super) fn encode_report(r: &MemberReport) -> Vec<u8> {
         r.bad,
         r.rebalances,
         r.pauses.count,
+        r.pauses.min_ns,
         r.pauses.p50_ns,
         r.pauses.p99_ns,
         r.pauses.max_ns,
@@ -243,7 +254,7 @@ pub(super) fn decode_report(bytes: &[u8], events: u64) -> Result<MemberReport, S
     let words: Vec<u64> =
         body.chunks_exact(8).map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect();
     let header = words.get(..REPORT_HEADER_WORDS).ok_or("it is shorter than its header")?;
-    let (bits, pairs) = (header[9], header[10]);
+    let (bits, pairs) = (header[10], header[11]);
     if bits != events {
         return Err(format!("it is for {bits} orders, not {events}"));
     }
@@ -261,8 +272,8 @@ pub(super) fn decode_report(bytes: &[u8], events: u64) -> Result<MemberReport, S
         redelivered: header[1],
         bad: header[2],
         rebalances: header[3],
-        pauses: Pauses { count: header[4], p50_ns: header[5], p99_ns: header[6], max_ns: header[7] },
-        first_delivery_ns: header[8],
+        pauses: Pauses { count: header[4], min_ns: header[5], p50_ns: header[6], p99_ns: header[7], max_ns: header[8] },
+        first_delivery_ns: header[9],
         latency,
         seen,
     })
@@ -272,14 +283,21 @@ pub(super) fn decode_report(bytes: &[u8], events: u64) -> Result<MemberReport, S
 pub(super) fn run_child(bus: &Path, group: &str, topic: &str, events: u64, report: &Path) -> Result<ExitCode, Error> {
     let bus = crate::cli::open_bus(bus)?;
     let control = Arc::new(Control::default());
-    // A closed stdin (the parent is gone or wants us out) means: leave now.
+    // A line `stop` means: stop polling and hold. A closed stdin (the parent is gone or
+    // wants us out) means: leave now.
     let leave = control.clone();
     std::thread::Builder::new()
         .name("shoal-demo-stdin".into())
         .spawn(move || {
-            let mut sink = [0u8; 64];
+            // Bounded by stdin's EOF; lines are capped so a stray writer cannot grow memory.
             let mut stdin = std::io::stdin().lock();
-            while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+            let mut line = Vec::new();
+            while matches!((&mut stdin).take(256).read_until(b'\n', &mut line), Ok(n) if n > 0) {
+                if line.trim_ascii() == b"stop" {
+                    leave.stop.store(true, Ordering::Relaxed);
+                }
+                line.clear();
+            }
             leave.leave.store(true, Ordering::Relaxed);
         })
         .map_err(|e| Error::new(format!("starting the stdin watcher failed: {e}")))?;
@@ -289,9 +307,13 @@ pub(super) fn run_child(bus: &Path, group: &str, topic: &str, events: u64, repor
             .name("shoal-demo-member".into())
             .spawn(move || {
                 let label = format!("shoal demo member, pid {}", std::process::id());
-                consume(&bus, &group, &topic, events, label, &control, |id| {
+                let say = |line: &str| {
                     let mut out = std::io::stdout().lock();
-                    let _ = writeln!(out, "joined {id}").and_then(|()| out.flush());
+                    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+                };
+                consume(&bus, &group, &topic, events, label, &control, |said| match said {
+                    Said::Joined(id) => say(&format!("joined {id}")),
+                    Said::Stopped => say("stopped"),
                 })
             })
             .map_err(|e| Error::new(format!("starting the member thread failed: {e}")))?
@@ -320,6 +342,7 @@ pub(super) struct ChildMember {
     stdin: Option<ChildStdin>,
     joined: Receiver<String>,
     consumed: Arc<AtomicU64>,
+    stopped: Arc<AtomicBool>,
     stderr: Option<JoinHandle<String>>,
     report: PathBuf,
     events: u64,
@@ -352,8 +375,9 @@ impl ChildMember {
         let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
         let (joined_tx, joined) = bounded(1);
         let consumed = Arc::new(AtomicU64::new(0));
+        let stopped = Arc::new(AtomicBool::new(false));
         if let Some(stdout) = stdout {
-            let consumed = consumed.clone();
+            let (consumed, stopped) = (consumed.clone(), stopped.clone());
             // Ends at the child's EOF.
             let _ = std::thread::Builder::new().name("shoal-demo-child-out".into()).spawn(move || {
                 for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -361,6 +385,8 @@ impl ChildMember {
                         let _ = joined_tx.try_send(id.to_string());
                     } else if let Some(n) = line.strip_prefix("consumed ").and_then(|n| n.parse().ok()) {
                         consumed.store(n, Ordering::Relaxed);
+                    } else if line == "stopped" {
+                        stopped.store(true, Ordering::Release);
                     }
                 }
             });
@@ -375,7 +401,7 @@ impl ChildMember {
                 })
                 .ok()
         });
-        Ok(ChildMember { child, stdin, joined, consumed, stderr, report: report.to_path_buf(), events })
+        Ok(ChildMember { child, stdin, joined, consumed, stopped, stderr, report: report.to_path_buf(), events })
     }
 
     /// The child's pid.
@@ -403,17 +429,36 @@ impl ChildMember {
         }
     }
 
+    /// Asks the child to stop polling and hold its partitions (see the module docs).
+    ///
+    /// # Errors
+    /// When its stdin is gone (it exited).
+    pub(super) fn stop(&mut self) -> Result<(), Error> {
+        let pid = self.child.id();
+        let stdin =
+            self.stdin.as_mut().ok_or_else(|| Error::new(format!("the member process (pid {pid}) has no stdin")))?;
+        stdin
+            .write_all(b"stop\n")
+            .and_then(|()| stdin.flush())
+            .map_err(|e| Error::new(format!("telling the member process (pid {pid}) to stop failed: {e}")))
+    }
+
+    /// True once the child said it stopped polling.
+    pub(super) fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
     /// True once the child has exited.
     pub(super) fn is_finished(&mut self) -> bool {
         !matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// Waits for the child to exit (it does once the group has committed every order) and
-    /// reads its report.
+    /// Asks the child to leave (closes its stdin), waits for it to exit and reads its report.
     ///
     /// # Errors
     /// When it fails, or does not exit within `wait` (it is then killed).
     pub(super) fn finish(mut self, wait: Duration) -> Result<MemberReport, Error> {
+        self.stdin = None;
         let deadline = Instant::now() + wait;
         // Bounded by the deadline.
         let status = loop {
@@ -476,7 +521,7 @@ mod tests {
             redelivered: 1,
             bad: 0,
             rebalances: 2,
-            pauses: Pauses { count: 2, p50_ns: 1_000, p99_ns: 2_000, max_ns: 2_001 },
+            pauses: Pauses { count: 2, min_ns: 999, p50_ns: 1_000, p99_ns: 2_000, max_ns: 2_001 },
             first_delivery_ns: 7_000,
             latency: vec![(500, 3), (9_000, 1)],
             seen,
@@ -506,7 +551,7 @@ mod tests {
         bad_magic[0] ^= 1;
         assert!(decode_report(&bad_magic, 100).is_err());
         let mut huge_pairs = good.clone();
-        huge_pairs[8 + 8 * 10..8 + 8 * 11].copy_from_slice(&u64::MAX.to_le_bytes());
+        huge_pairs[8 + 8 * 11..8 + 8 * 12].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(decode_report(&huge_pairs, 100).is_err());
         let mut longer = good;
         longer.extend_from_slice(&[0; 8]);
