@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use shoal::bridge::{self, BridgeError, BridgeOptions, BridgeStats, BridgeStatus};
-use shoal::bus::Bus;
+use shoal::bus::{partition_for_key, Bus};
 use shoal::log::{LogOptions, Reader};
 
 const TOPIC: &str = "t";
@@ -213,7 +213,10 @@ fn stream_messages(url: &str, stream: &str) -> Vec<(String, u64, u64, Vec<u8>)> 
             let m = tokio::time::timeout(Duration::from_secs(10), msgs.next()).await.unwrap().unwrap().unwrap();
             let h = m.headers.clone().unwrap();
             let num = |k: &str| h.get(k).unwrap().as_str().parse::<u64>().unwrap();
-            out.push((m.subject.to_string(), num("Shoal-Key"), num("Shoal-Offset"), m.payload.to_vec()));
+            // The message id is `<topic>/<p>/<offset>`.
+            let id = h.get(async_nats::header::NATS_MESSAGE_ID).unwrap().as_str().to_string();
+            let offset = id.rsplit('/').next().unwrap().parse::<u64>().unwrap();
+            out.push((m.subject.to_string(), num("Shoal-Key"), offset, m.payload.to_vec()));
         }
         out
     })
@@ -470,4 +473,188 @@ fn an_idle_importer_on_a_live_server_reports_connected() {
     let seen = worker.join().unwrap().unwrap();
     assert!(!seen.is_empty(), "no status within 2.5 s");
     assert!(seen.iter().all(|s| s.connected && s.records == 0), "{seen:?}");
+}
+
+/// How long after the server returns an importer may take to import a new message: the
+/// back-off tops out at 2 s, then a connection, a consumer and a fetch round; the rest is
+/// room for a loaded 2-core machine. (With the client's own reconnection and async-nats'
+/// ordered consumer, whose heartbeat is 15 s, it took about 15 s.)
+const RESUME_AFTER_OUTAGE: Duration = Duration::from_secs(6);
+
+/// Publishes one foreign message (no shoal headers) to `subject`.
+fn publish_one(url: &str, subject: &str, body: &'static [u8]) {
+    rt().block_on(async {
+        let client = async_nats::connect(url).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        js.publish(subject.to_string(), body.into()).await.unwrap().await.unwrap();
+    })
+}
+
+#[test]
+fn an_importer_resumes_within_the_backoff_after_an_outage_and_says_it_was_disconnected() {
+    let mut server = Server::start();
+    let url = server.url();
+    create_stream(&url, "O");
+    publish_one(&url, "shoal.t.x", b"before");
+    let dir = tempfile::tempdir().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<(Instant, BridgeStatus)>::new()));
+    let worker = {
+        let (d, u, s2, seen) = (dir.path().to_path_buf(), url.clone(), stop.clone(), seen.clone());
+        std::thread::spawn(move || {
+            let bus = Bus::open(&d)?;
+            bridge::import(&bus, TOPIC, &opts(&u, "O"), &s2, &mut |st: &BridgeStatus| {
+                seen.lock().unwrap().push((Instant::now(), st.clone()))
+            })
+        })
+    };
+    wait_for(Duration::from_secs(20), "the first message", || local_count(dir.path()) == 1);
+    server.stop();
+    let down = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    server.spawn();
+    let up = Instant::now();
+    publish_one(&url, "shoal.t.x", b"after");
+    wait_for(Duration::from_secs(60), "the message after the outage", || local_count(dir.path()) == 2);
+    let resumed = up.elapsed();
+    eprintln!("imported {resumed:?} after the server returned");
+    wait_for(Duration::from_secs(10), "a status saying connected again", || {
+        seen.lock().unwrap().last().is_some_and(|(t, s)| *t > up && s.connected)
+    });
+    stop.store(true, Ordering::Relaxed);
+    let stats = worker.join().unwrap().unwrap();
+    assert_eq!(stats.records, 2);
+    assert!(resumed < RESUME_AFTER_OUTAGE, "imported {resumed:?} after the server returned");
+    let seen = seen.lock().unwrap();
+    // While the server was down (after a moment to notice), no status says connected, and
+    // the ones that do not name the reconnection attempt and its delay.
+    let during: Vec<&BridgeStatus> =
+        seen.iter().filter(|(t, _)| *t > down + Duration::from_millis(200) && *t < up).map(|(_, s)| s).collect();
+    assert!(!during.is_empty(), "no status during the outage");
+    for s in &during {
+        assert!(!s.connected, "connected while the server was down: {s:?}");
+        assert!(s.attempt >= 1 && s.next_attempt_in.is_some_and(|d| d <= bridge::BACKOFF_MAX), "{s:?}");
+    }
+}
+
+#[test]
+fn a_stream_that_does_not_capture_the_topic_is_a_start_error_and_an_overlap_says_so() {
+    let server = Server::start();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::open(dir.path()).unwrap();
+    produce(&bus, 0, 1);
+    bridge::create_stream(&opts(&url, "ELSE"), &["elsewhere.>".to_string()]).unwrap();
+    // Stopped after a while in case it starts anyway (it used to, then retry for ever).
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let timer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(10));
+        s2.store(true, Ordering::Relaxed);
+    });
+    let e = bridge::export(&bus, TOPIC, &opts(&url, "ELSE"), &stop, &mut |_| {}).unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(e, BridgeError::StreamSubjects { .. }), "{e:?}");
+    for part in ["stream ELSE", "elsewhere.>", "shoal.t.>", "--subject-prefix"] {
+        assert!(text.contains(part), "{part:?} in {text}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    timer.join().unwrap();
+
+    // A second stream over the same subjects.
+    let e = bridge::create_stream(&opts(&url, "AGAIN"), &["elsewhere.>".to_string()]).unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(e, BridgeError::Overlap { .. }), "{e:?}");
+    assert!(text.contains("AGAIN") && text.contains("already captures"), "{text}");
+    assert!(!text.contains("JetStream enabled"), "no hint about JetStream being disabled: {text}");
+}
+
+#[test]
+fn re_sends_the_stream_drops_are_counted_as_duplicates_not_acknowledged() {
+    let server = Server::start();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    produce(&Bus::open(dir.path()).unwrap(), 0, 50);
+    create_stream(&url, "D");
+    let total = 50 * PARTITIONS as u64;
+    let first = run_until(export_thread(dir.path().into(), url.clone(), "D".into()), Duration::from_secs(30), || {
+        stream_count(&url, "D") >= total
+    });
+    assert_eq!((first.records, first.duplicates), (total, 0));
+    // Forget the stored positions: the next run sends everything again.
+    std::fs::remove_dir_all(dir.path().join("bridges")).unwrap();
+    let stats = Arc::new(std::sync::Mutex::new(BridgeStatus::default()));
+    let again = {
+        let (d, u, last) = (dir.path().to_path_buf(), url.clone(), stats.clone());
+        run_until(
+            move |stop| {
+                let bus = Bus::open(&d)?;
+                bridge::export(&bus, TOPIC, &opts(&u, "D"), stop, &mut |s: &BridgeStatus| {
+                    *last.lock().unwrap() = s.clone()
+                })
+            },
+            Duration::from_secs(30),
+            || stats.lock().unwrap().duplicates >= total,
+        )
+    };
+    assert_eq!((again.records, again.duplicates), (0, total), "{again:?}");
+    assert_eq!(stream_count(&url, "D"), total);
+}
+
+#[test]
+fn import_into_another_partition_count_routes_by_key_and_keeps_timestamps() {
+    let server = Server::start();
+    let url = server.url();
+    let src = tempfile::tempdir().unwrap();
+    let n = 200;
+    // Keys i in partition p whatever partition_for_key says.
+    produce(&Bus::open(src.path()).unwrap(), 0, n);
+    create_stream(&url, "K");
+    let total = n * PARTITIONS as u64;
+    run_until(export_thread(src.path().into(), url.clone(), "K".into()), Duration::from_secs(30), || {
+        stream_count(&url, "K") >= total
+    });
+    let source = Bus::open(src.path()).unwrap().topic(TOPIC).unwrap();
+    let mut stamps = std::collections::HashMap::new();
+    for p in 0..PARTITIONS {
+        let mut r = Reader::open(source.partition_dir(p).unwrap()).unwrap();
+        while let Some(rec) = r.next_ref().unwrap() {
+            stamps.insert((rec.key(), rec.payload().to_vec()), rec.timestamp_ns());
+        }
+    }
+    for partitions in [PARTITIONS + 1, PARTITIONS] {
+        let dst = tempfile::tempdir().unwrap();
+        Bus::open(dst.path()).unwrap().topic_or_create(TOPIC, Some(partitions)).unwrap();
+        run_until(import_thread(dst.path().into(), url.clone(), "K".into()), Duration::from_secs(30), || {
+            local_count(dst.path()) >= total
+        });
+        let t = Bus::open(dst.path()).unwrap().topic(TOPIC).unwrap();
+        for p in 0..partitions {
+            let Ok(mut r) = Reader::open(t.partition_dir(p).unwrap()) else { continue };
+            while let Some(rec) = r.next_ref().unwrap() {
+                let payload = rec.payload().to_vec();
+                let (key, source_p) = (rec.key(), if payload.starts_with(b"p0-") { 0 } else { 1 });
+                let wanted = if partitions == PARTITIONS { source_p } else { partition_for_key(key, partitions) };
+                assert_eq!(p, wanted, "{partitions} partitions: key {key} from partition {source_p}");
+                assert_eq!(Some(&rec.timestamp_ns()), stamps.get(&(key, payload)), "original timestamp of key {key}");
+            }
+        }
+        assert_eq!(local_count(dst.path()), total);
+    }
+}
+
+#[test]
+fn a_failed_import_creates_no_topic() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::open(dir.path()).unwrap();
+    let stop = AtomicBool::new(false);
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let e =
+        bridge::import(&bus, TOPIC, &opts(&format!("nats://127.0.0.1:{closed}"), "S"), &stop, &mut |_| {}).unwrap_err();
+    assert!(matches!(e, BridgeError::Unreachable { .. }), "{e:?}");
+    let e = bridge::import(&bus, TOPIC, &opts(&server.url(), "Missing"), &stop, &mut |_| {}).unwrap_err();
+    assert!(matches!(e, BridgeError::NoStream { .. }), "{e:?}");
+    assert!(bus.topic(TOPIC).is_err(), "a failed import created topic {TOPIC}");
+    assert!(!dir.path().join("bridges").exists(), "a failed import created its positions");
 }

@@ -247,7 +247,7 @@ fn export_then_import_on_a_second_box_gives_the_same_bytes() {
     let mut export = bridge("export", &box_a, topic, &server.url, stream);
     wait_for(&mut export, "export", || js.messages(stream) >= records);
     let status = stop_bridge(export, "shoal bridge export");
-    let stopped = format!("{records} records acknowledged, 0 retries");
+    let stopped = format!("{records} records acknowledged, 0 duplicates, 0 retries");
     assert!(
         status.lines().any(|l| l.starts_with("shoal bridge export: stopped after ") && l.ends_with(&stopped)),
         "{status}"
@@ -257,7 +257,7 @@ fn export_then_import_on_a_second_box_gives_the_same_bytes() {
     // A restart of the export sends nothing twice.
     let again = bridge("export", &box_a, topic, &server.url, stream);
     // It runs past its first status report with nothing to send.
-    let idle = "shoal bridge export: 0 acknowledged, 0 in flight, lag 0, 0/s, connected, retries 0";
+    let idle = "shoal bridge export: 0 acknowledged, 0 duplicates, 0 in flight, lag 0, 0/s, connected, retries 0";
     let status = stop_bridge_after(again, "shoal bridge export (restarted)", |l| l == idle);
     assert_eq!(js.messages(stream), records, "a restarted export duplicates nothing");
     assert!(status.lines().any(|l| l == idle), "a status line `{idle}`:\n{status}");
@@ -318,4 +318,115 @@ fn usage_errors_exit_2() {
         let out = run(&args, b"");
         assert_eq!(out.status.code(), Some(2), "shoal {args:?}: {}", text(&out.stderr));
     }
+}
+
+/// How long a bridge may take to exit after SIGTERM: the promise is 1 s; the rest is room
+/// for a loaded 2-core machine (process exit, the status thread, the scheduler). Before the
+/// bridges looked at the stop flag in every wait, an idle exporter with its server gone never
+/// exited, and a start against a silent server took over 5 s.
+const EXIT_AFTER_SIGTERM: Duration = Duration::from_secs(3);
+
+/// Waits for a stderr line of a bridge for which `wanted` holds; returns the lines seen.
+fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, what: &str, wanted: impl Fn(&str) -> bool) -> Vec<String> {
+    let deadline = Instant::now() + BRIDGE_WAIT;
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| wanted(l)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "{what}: no such status line within {BRIDGE_WAIT:?}:\n{}", seen.join("\n"));
+        match lines.recv_timeout(left.min(Duration::from_millis(200))) {
+            Ok(line) => seen.push(line),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("{what}: the bridge exited before the status line:\n{}", seen.join("\n"))
+            }
+        }
+    }
+    seen
+}
+
+/// Sends SIGTERM and checks that the bridge exits 0 within [`EXIT_AFTER_SIGTERM`].
+fn term_exits_promptly(mut bridge: KillOnDrop, what: &str) {
+    let sent = Instant::now();
+    signal(&bridge.0, libc::SIGTERM);
+    let status = wait_until(&mut bridge.0, sent + EXIT_AFTER_SIGTERM, what);
+    let took = sent.elapsed();
+    assert!(status.success(), "{what} must exit 0 on SIGTERM: {status:?}");
+    assert!(took <= EXIT_AFTER_SIGTERM, "{what}: exited {took:?} after SIGTERM");
+}
+
+#[test]
+fn sigterm_ends_an_idle_exporter_whose_server_is_gone_which_says_so() {
+    let server = NatsServer::start();
+    let temp = tempfile::tempdir().expect("tempdir");
+    let bus = bus_arg(temp.path(), "bus");
+    let opts = BridgeOptions::default().nats_url(server.url.clone()).stream("IDLE");
+    shoal::bridge::create_stream(&opts, &["shoal.t.>".to_string()]).expect("create the stream");
+    ok(&["produce", &bus, "--topic", "t"], b"one\ntwo\n");
+    let mut export = bridge("export", &bus, "t", &server.url, "IDLE");
+    let lines = line_reader_of(export.0.stderr.take().expect("stderr"));
+    let _stdout = drain(export.0.stdout.take().expect("stdout"));
+    wait_for_line(&lines, "export connected", |l| l.contains(" 2 acknowledged") && l.contains(", connected,"));
+    drop(server); // SIGKILL: the idle exporter's connection closes under it
+                  // The status stops saying "connected" and tells the reconnection attempts instead.
+    let seen = wait_for_line(&lines, "export reconnecting", |l| l.contains("reconnecting (attempt "));
+    let last = seen.last().expect("a line");
+    assert!(last.contains("next in ") && !last.contains(", connected,"), "{last}");
+    term_exits_promptly(export, "idle exporter, server gone");
+}
+
+#[test]
+fn sigterm_ends_a_reconnecting_importer_a_busy_exporter_and_a_start_against_a_silent_server() {
+    let server = NatsServer::start();
+    let temp = tempfile::tempdir().expect("tempdir");
+    let (src, dst) = (bus_arg(temp.path(), "src"), bus_arg(temp.path(), "dst"));
+    let opts = BridgeOptions::default().nats_url(server.url.clone()).stream("BUSY");
+    shoal::bridge::create_stream(&opts, &["shoal.t.>".to_string()]).expect("create the stream");
+    let input: Vec<u8> = (0..200_000).flat_map(|i| format!("record {i}\n").into_bytes()).collect();
+    ok(&["produce", &src, "--topic", "t"], &input);
+
+    // Busy: SIGTERM while publishes are in flight.
+    let mut export = bridge("export", &src, "t", &server.url, "BUSY");
+    let lines = line_reader_of(export.0.stderr.take().expect("stderr"));
+    let _stdout = drain(export.0.stdout.take().expect("stdout"));
+    wait_for_line(&lines, "export busy", |l| l.contains(" acknowledged,") && !l.contains(" 0 acknowledged,"));
+    term_exits_promptly(export, "busy exporter");
+
+    // Reconnecting: the importer's server is gone.
+    let mut import = bridge("import", &dst, "t", &server.url, "BUSY");
+    let lines = line_reader_of(import.0.stderr.take().expect("stderr"));
+    let _stdout = drain(import.0.stdout.take().expect("stdout"));
+    wait_for_line(&lines, "import connected", |l| l.contains(", connected,"));
+    drop(server);
+    wait_for_line(&lines, "import reconnecting", |l| l.contains("reconnecting (attempt "));
+    term_exits_promptly(import, "reconnecting importer");
+
+    // Start-up against a server that accepts connections and never greets them: each
+    // connection attempt waits for its timeout.
+    let silent = TcpListener::bind("127.0.0.1:0").expect("a listener");
+    let url = format!("nats://{}", silent.local_addr().expect("its address"));
+    let fresh = bus_arg(temp.path(), "fresh");
+    let mut import = bridge("import", &fresh, "t", &url, "BUSY");
+    let _stderr = drain(import.0.stderr.take().expect("stderr"));
+    let _stdout = drain(import.0.stdout.take().expect("stdout"));
+    // Long enough for the command to be inside its first connection attempt.
+    std::thread::sleep(Duration::from_millis(300));
+    term_exits_promptly(import, "importer starting against a silent server");
+    assert!(!Path::new(&fresh).exists(), "a stopped start creates no bus");
+}
+
+#[test]
+fn a_failed_import_creates_nothing() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let bus = bus_arg(temp.path(), "bus");
+    let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+    let err = fails(
+        &["bridge", "import", &bus, "--topic", "t", "--nats", &format!("nats://127.0.0.1:{port}"), "--stream", "S"],
+        b"",
+    );
+    assert!(err.contains("cannot connect"), "{err}");
+    assert!(!Path::new(&bus).exists(), "an import that could not connect created {bus}");
+    let server = NatsServer::start();
+    let err = fails(&["bridge", "import", &bus, "--topic", "t", "--nats", &server.url, "--stream", "MISSING"], b"");
+    assert!(err.contains("MISSING"), "{err}");
+    assert!(!Path::new(&bus).exists(), "an import of a missing stream created {bus}");
 }

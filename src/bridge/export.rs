@@ -1,6 +1,7 @@
 //! The exporter: topic -> JetStream stream (see the module docs of [`super`]).
 
 use std::collections::VecDeque;
+use std::future::IntoFuture;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -10,9 +11,9 @@ use async_nats::HeaderMap;
 
 use super::positions::{create_dir, PositionFile};
 use super::{
-    check_names, get_stream, next_backoff, positions_dir, runtime, BridgeError, BridgeOptions, BridgeStats,
-    BridgeStatus, ACK_TIMEOUT, BACKOFF_MIN, CONNECT_ATTEMPTS, HEADER_KEY, HEADER_OFFSET, HEADER_PARTITION,
-    HEADER_TIMESTAMP_NS,
+    check_names, next_backoff, open, or_stop, parse_url, positions_dir, runtime, start, BridgeError, BridgeOptions,
+    BridgeStats, BridgeStatus, Conn, ACK_TIMEOUT, BACKOFF_MIN, HEADER_KEY, HEADER_PARTITIONS, HEADER_TIMESTAMP_NS,
+    STOP_DRAIN,
 };
 use crate::bus::Bus;
 use crate::log::{Offset, Reader};
@@ -21,67 +22,6 @@ const IDLE_POLL: Duration = Duration::from_millis(10);
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 const STORE_EVERY: Duration = Duration::from_millis(100);
-
-/// One connection to the server, used until its first failure and then thrown away whole.
-///
-/// The client's connection handler runs on a runtime of its own, so that discarding the
-/// connection ends that task at once: the client never reconnects on its own and never
-/// sends the publishes it still holds on a later connection (that would let a later offset
-/// of a partition reach the stream before an earlier one lost with the old connection).
-struct Conn {
-    /// Dropped to end the thread that drives the connection's runtime.
-    _stop: tokio::sync::oneshot::Sender<()>,
-    client: async_nats::Client,
-    js: async_nats::jetstream::Context,
-}
-
-/// One attempt to open a [`Conn`]. Dropping the [`Conn`] stops its runtime's thread, which
-/// then drops the runtime and with it the connection handler, without a flush.
-async fn open(addr: &async_nats::ServerAddr, opts: &BridgeOptions) -> Result<Conn, String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start a tokio runtime for the connection: {e}"))?;
-    let handle = rt.handle().clone();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    std::thread::Builder::new()
-        .name("shoal-nats-conn".into())
-        .spawn(move || {
-            let _ = rt.block_on(stop_rx);
-            drop(rt);
-        })
-        .map_err(|e| format!("cannot start the connection's thread: {e}"))?;
-    // The delay callback also runs before the first connection attempt: no wait then. After
-    // a disconnection the handler's one allowed reconnection attempt waits an hour, long
-    // after the bridge has noticed the failure and dropped the runtime that runs it.
-    let first = AtomicBool::new(true);
-    let connect = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(1))
-        .max_reconnects(1)
-        .reconnect_delay_callback(move |_| {
-            if first.swap(false, Ordering::Relaxed) {
-                Duration::ZERO
-            } else {
-                Duration::from_secs(3600)
-            }
-        })
-        .connect(addr.clone());
-    let client = match handle.spawn(connect).await {
-        Ok(Ok(client)) => client,
-        Ok(Err(e)) => return Err(e.to_string()),
-        Err(e) => return Err(format!("connection task: {e}")),
-    };
-    let js = async_nats::jetstream::ContextBuilder::new()
-        .timeout(ACK_TIMEOUT)
-        .max_ack_inflight(opts.max_in_flight.max(1))
-        .backpressure_on_inflight(true)
-        .build(client.clone());
-    Ok(Conn { _stop: stop_tx, client, js })
-}
-
-fn parse_url(url: &str) -> Result<async_nats::ServerAddr, BridgeError> {
-    url.parse().map_err(|e: std::io::Error| BridgeError::BadUrl { url: url.to_string(), why: e.to_string() })
-}
 
 struct Part {
     subject: String,
@@ -160,6 +100,18 @@ fn probe(parts: &mut [Part]) -> Result<u64, BridgeError> {
     Ok(lag)
 }
 
+/// Counts one acknowledgement of `offset` of partition `i`.
+fn acked(parts: &mut [Part], st: &mut BridgeStatus, i: usize, offset: u64, duplicate: bool) {
+    let part = &mut parts[i];
+    debug_assert_eq!(part.acked, offset, "acknowledgements arrive in publish order");
+    part.acked = offset + 1;
+    if duplicate {
+        st.duplicates += 1;
+    } else {
+        st.records += 1;
+    }
+}
+
 async fn run(
     topic: &str,
     opts: &BridgeOptions,
@@ -170,49 +122,57 @@ async fn run(
     started: Instant,
 ) -> Result<BridgeStats, BridgeError> {
     let addr = parse_url(&opts.nats_url)?;
-    let mut conn = None;
-    let mut delay = BACKOFF_MIN;
-    let mut why = String::new();
-    for attempt in 1..=CONNECT_ATTEMPTS {
-        match open(&addr, opts).await {
-            Ok(c) => {
-                conn = Some(c);
-                break;
-            }
-            Err(e) => why = e,
-        }
-        if attempt < CONNECT_ATTEMPTS {
-            tokio::time::sleep(delay).await;
-            delay = next_backoff(delay);
-        }
-    }
-    let Some(first) = conn else {
-        return Err(BridgeError::Unreachable { url: opts.nats_url.clone(), attempts: CONNECT_ATTEMPTS, why });
+    let Some((first, _stream)) = start(opts, prefix, true, stop).await? else {
+        return Ok(BridgeStats { elapsed: started.elapsed(), ..Default::default() });
     };
-    get_stream(&first.js, opts, format!("{prefix}.>")).await?;
-    let mut conn = Some(first);
+    let mut conn: Option<Conn> = Some(first);
+    let partitions = parts.len().to_string();
 
     let mut in_flight: VecDeque<(usize, u64, PublishAckFuture)> = VecDeque::with_capacity(opts.max_in_flight);
     let mut st = BridgeStatus { connected: true, ..Default::default() };
     let mut backoff = BACKOFF_MIN;
+    // While disconnected: when the next connection attempt is due.
+    let mut retry_at = Instant::now();
     let mut last_status = Instant::now();
     let mut last_sync = Instant::now();
     let mut last_store = Instant::now();
     let mut next_part = 0usize;
     loop {
-        let stopping = stop.load(Ordering::Relaxed);
-        if stopping && in_flight.is_empty() {
+        if stop.load(Ordering::Relaxed) {
+            // Collect what arrives within STOP_DRAIN; the rest is re-sent (and de-duplicated)
+            // by the next run.
+            let deadline = tokio::time::Instant::now() + STOP_DRAIN;
+            while let Some((i, offset, fut)) = in_flight.pop_front() {
+                match tokio::time::timeout_at(deadline, fut).await {
+                    Ok(Ok(ack)) => acked(parts, &mut st, i, offset, ack.duplicate),
+                    _ => break,
+                }
+            }
             break;
         }
-        // Fill the window, one record per partition in turn.
         let mut failure: Option<String> = None;
-        if conn.is_none() && !stopping {
-            match open(&addr, opts).await {
-                Ok(c) => conn = Some(c),
-                Err(e) => failure = Some(format!("reconnect: {e}")),
+        if conn.as_ref().is_some_and(|c| !c.is_up()) {
+            failure = Some("connection lost".into());
+        }
+        if conn.is_none() {
+            if Instant::now() < retry_at {
+                tokio::time::sleep(IDLE_POLL.min(retry_at - Instant::now())).await;
+            } else {
+                match or_stop(stop, open(&addr, opts.max_in_flight)).await {
+                    None => continue,
+                    Some(Ok(c)) => {
+                        conn = Some(c);
+                        backoff = BACKOFF_MIN;
+                        st.attempt = 0;
+                        st.next_attempt_in = None;
+                        st.connected = true;
+                    }
+                    Some(Err(e)) => failure = Some(format!("reconnect: {e}")),
+                }
             }
         }
-        if let (Some(c), None, false) = (conn.as_ref(), failure.as_ref(), stopping) {
+        // Fill the window, one record per partition in turn.
+        if let (Some(c), None) = (conn.as_ref(), failure.as_ref()) {
             let js = &c.js;
             let mut idle_parts = 0;
             while in_flight.len() < opts.max_in_flight && idle_parts < parts.len() {
@@ -229,19 +189,20 @@ async fn run(
                 headers.insert("Nats-Msg-Id", format!("{topic}/{i}/{offset}"));
                 headers.insert(HEADER_KEY, rec.key().to_string());
                 headers.insert(HEADER_TIMESTAMP_NS, rec.timestamp_ns().to_string());
-                headers.insert(HEADER_PARTITION, i.to_string());
-                headers.insert(HEADER_OFFSET, offset.to_string());
+                headers.insert(HEADER_PARTITIONS, partitions.as_str());
                 let msg = PublishMessage::build().payload(rec.payload().to_vec().into()).headers(headers);
-                match tokio::time::timeout(ACK_TIMEOUT, js.send_publish(part.subject.clone(), msg)).await {
-                    Ok(Ok(fut)) => {
+                let publish = tokio::time::timeout(ACK_TIMEOUT, js.send_publish(part.subject.clone(), msg));
+                match or_stop(stop, publish).await {
+                    None => break,
+                    Some(Ok(Ok(fut))) => {
                         part.sent = offset + 1;
                         in_flight.push_back((i, offset, fut));
                     }
-                    Ok(Err(e)) => {
+                    Some(Ok(Err(e))) => {
                         failure = Some(format!("publish: {e}"));
                         break;
                     }
-                    Err(_) => {
+                    Some(Err(_)) => {
                         failure = Some("publish: timed out".into());
                         break;
                     }
@@ -249,21 +210,23 @@ async fn run(
             }
         }
         // Collect the oldest acknowledgement (others resolve meanwhile in the client).
-        if failure.is_none() {
+        if failure.is_none() && conn.is_some() {
             if let Some((i, offset, fut)) = in_flight.pop_front() {
-                match tokio::time::timeout(ACK_TIMEOUT, fut).await {
-                    Ok(Ok(_ack)) => {
-                        let part = &mut parts[i];
-                        debug_assert_eq!(part.acked, offset, "acknowledgements arrive in publish order");
-                        part.acked = offset + 1;
-                        st.records += 1;
-                        st.connected = true;
-                        backoff = BACKOFF_MIN;
+                // The acknowledgement future times out by itself after ACK_TIMEOUT (the
+                // context's timeout): no second timer per record.
+                match or_stop(stop, fut.into_future()).await {
+                    // Stopped while waiting: what is left in flight is re-sent by the next run.
+                    None => {
+                        in_flight.clear();
+                        break;
                     }
-                    Ok(Err(e)) => failure = Some(format!("acknowledgement: {e}")),
-                    Err(_) => failure = Some(format!("no acknowledgement within {ACK_TIMEOUT:?}")),
+                    Some(Ok(ack)) => {
+                        acked(parts, &mut st, i, offset, ack.duplicate);
+                        st.connected = true;
+                    }
+                    Some(Err(e)) => failure = Some(format!("acknowledgement: {e}")),
                 }
-            } else if !stopping {
+            } else {
                 tokio::time::sleep(IDLE_POLL).await;
             }
         }
@@ -280,16 +243,10 @@ async fn run(
             }
             st.retries += 1;
             st.connected = false;
+            st.attempt += 1;
             st.last_error = Some(why);
-            if stopping {
-                break;
-            }
-            let wait = backoff;
+            retry_at = Instant::now() + backoff;
             backoff = next_backoff(backoff);
-            let until = Instant::now() + wait;
-            while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-                tokio::time::sleep(IDLE_POLL.max(wait / 10)).await;
-            }
         }
         if last_store.elapsed() >= STORE_EVERY {
             let sync = last_sync.elapsed() >= SYNC_EVERY;
@@ -303,13 +260,21 @@ async fn run(
             st.lag = probe(parts)?;
             st.in_flight = in_flight.len();
             st.elapsed = started.elapsed();
+            st.connected = conn.as_ref().is_some_and(Conn::is_up);
+            st.next_attempt_in = (!st.connected).then(|| retry_at.saturating_duration_since(Instant::now()));
             status(&st);
             last_status = Instant::now();
         }
     }
     store(parts, true)?;
-    if let Some(c) = conn.take() {
-        let _ = c.client.flush().await;
-    }
-    Ok(BridgeStats { records: st.records, recovered: 0, retries: st.retries, elapsed: started.elapsed() })
+    // Every publish that counts was acknowledged: nothing to flush, and a flush on a dead
+    // connection would wait for ever.
+    drop(conn);
+    Ok(BridgeStats {
+        records: st.records,
+        duplicates: st.duplicates,
+        recovered: 0,
+        retries: st.retries,
+        elapsed: started.elapsed(),
+    })
 }

@@ -9,8 +9,10 @@
 //! `shoal.<topic>` unless [`BridgeOptions::subject_prefix`] says otherwise), in offset order,
 //! with async publishes and at most [`BridgeOptions::max_in_flight`] unacknowledged at once.
 //! Each message carries the headers
-//! `Nats-Msg-Id: <topic>/<p>/<offset>`, `Shoal-Key: <u64>`, `Shoal-Timestamp-Ns: <u64>`,
-//! `Shoal-Partition: <p>` and `Shoal-Offset: <offset>`.
+//! `Nats-Msg-Id: <topic>/<p>/<offset>`, `Shoal-Key: <u64>`, `Shoal-Timestamp-Ns: <u64>` and
+//! `Shoal-Partitions: <partition count of the topic>`; the partition and the offset are in the
+//! subject and the message id, not repeated in headers of their own (every header byte is
+//! parsed and stored by the server, which is most of an export's cost).
 //!
 //! The next offset to publish of each partition is stored (two checksummed slots, the format
 //! of [`crate::group::format`]) in `<bus>/bridges/export-<topic>-<stream>/<p>` after the
@@ -21,11 +23,26 @@
 //! bridge therefore neither skips (it advances only past acknowledged records) nor duplicates
 //! (as long as it restarts within the stream's `duplicate_window`).
 //!
-//! When a publish fails or is not acknowledged within [`ACK_TIMEOUT`], every publish in
-//! flight is forgotten, the connection is thrown away whole, each partition rewinds to its
-//! last acknowledged offset, and the bridge waits (50 ms doubling to 2 s) before connecting
-//! afresh and sending again: nothing is dropped or skipped, and the lag (records in the topic
-//! not yet acknowledged) shows in [`BridgeStatus`].
+//! When a publish fails, is not acknowledged within [`ACK_TIMEOUT`], or the connection is
+//! lost (the client's connection state leaves `Connected`, which it does at once when the
+//! server closes the socket, even while the bridge is idle), every publish in flight is
+//! forgotten, the connection is thrown away whole, each partition rewinds to its last
+//! acknowledged offset, and the bridge connects afresh after a back-off of 50 ms doubling to
+//! 2 s ([`BACKOFF_MIN`], [`BACKOFF_MAX`]) per failed attempt: nothing is dropped or skipped,
+//! and the lag (records in the topic not yet acknowledged) shows in [`BridgeStatus`], with
+//! the attempt number and the time to the next one. The back-off starts again at 50 ms once a
+//! connection is made, so after an outage the bridge is back within 2 s of the server.
+//!
+//! An acknowledgement with `duplicate` set (a re-send the stream's de-duplication dropped) is
+//! counted apart, in [`BridgeStatus::duplicates`], not among the records acknowledged.
+//!
+//! The stream must capture the subjects `<prefix>.<p>`: export checks at start that one of
+//! the stream's subjects covers `<prefix>.*` and fails with [`BridgeError::StreamSubjects`]
+//! otherwise (a publish to a subject no stream captures is never acknowledged).
+//!
+//! Every wait of either direction (connecting, a JetStream request, an acknowledgement, a
+//! back-off) is cut short when `stop` is set: the bridge returns within [`STOP_WAIT`] plus a
+//! few milliseconds in every state, storing the positions acknowledged so far.
 //!
 //! **Order across an outage.** Within one connection the stream stores a partition's records
 //! in offset order. The client's own reconnection is what could break that: it would flush
@@ -43,15 +60,32 @@
 //!
 //! # Import: stream -> topic
 //! The stream (or the subjects under [`BridgeOptions::subject_prefix`]) is read in stream
-//! order with an ordered pull consumer (ephemeral, no server-side acknowledgements: the
-//! position that counts is the local one). A message goes to partition `p` when its subject
-//! is `<prefix>.<p>` and it carries `Shoal-Key` (a shoal export), else to the partition of
-//! its key (`Shoal-Key`, or [`crate::bus::key_hash`] of the subject for foreign messages).
-//! Messages are appended in batches; after each batch the touched partitions are synced
+//! order with an ephemeral pull consumer of its own (no server-side acknowledgements: the
+//! position that counts is the local one; batches of [`IMPORT_BATCH`] messages, an idle
+//! heartbeat of 1 s). The consumer sequence of each message must follow the previous one,
+//! else the consumer is recreated from the last imported message, as after any failure.
+//! Like export, the importer runs its own client that never reconnects by itself: a lost
+//! connection is noticed at once and replaced after the same back-off, with a new consumer
+//! that starts after the last message imported. (The client's own reconnection plus
+//! async-nats' ordered consumer, with its 15 s heartbeat, resumed about 15 s after the
+//! server came back.)
+//!
+//! A message of a shoal export carries `Shoal-Key`, `Shoal-Timestamp-Ns` and
+//! `Shoal-Partitions` (the source topic's partition count). When that count equals the local
+//! topic's, the message keeps its partition (the `<p>` of its subject `<prefix>.<p>`); when
+//! the counts differ, or the message carries no count, it goes to
+//! [`crate::bus::partition_for_key`] of its key, where `shoal produce --keyed` would put it.
+//! A foreign message (no `Shoal-Key`) goes to the partition of [`crate::bus::key_hash`] of
+//! its subject. The record keeps the original time of `Shoal-Timestamp-Ns` (the import's
+//! own time when the header is missing or not a number). Messages are appended in batches;
+//! after each batch the touched partitions are synced
 //! (durable), and only then is each partition's position written to
 //! `<bus>/bridges/import-<topic>-<stream>/<p>` (format in [`positions`]):
 //! `through_seq` (every message of the stream up to this sequence that belongs to `p` is in
 //! `p` below `local_next`) and `local_next`.
+//!
+//! Import connects and finds the stream before it opens or creates the topic, so a failed
+//! start (an unreachable server, a missing stream) creates nothing.
 //!
 //! ## Why a restart neither skips nor duplicates
 //! A crash can leave a partition with records past its stored `local_next` (appended and
@@ -66,15 +100,14 @@
 //! are passed over. Changing the partition count or the subject prefix between runs
 //! changes the routing and is not supported.
 //!
-//! # Limits
-//! The record's timestamp travels in `Shoal-Timestamp-Ns`, but the local log stamps its own
-//! time on import; keys and payloads arrive byte for byte.
+//! Keys, payloads and timestamps arrive byte for byte.
 
 mod export;
 mod import;
 pub mod positions;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub use export::export;
@@ -92,15 +125,21 @@ pub const BACKOFF_MIN: Duration = Duration::from_millis(50);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Connection attempts at start before [`BridgeError::Unreachable`].
 pub const CONNECT_ATTEMPTS: u32 = 5;
+/// Longest a bridge takes to notice `stop` in any wait (it then stops waiting for the
+/// acknowledgements still in flight after at most [`STOP_DRAIN`]).
+pub const STOP_WAIT: Duration = Duration::from_millis(10);
+/// How long a stopping exporter still waits for the acknowledgements in flight; those that
+/// do not arrive are re-sent (and de-duplicated) by the next run.
+pub const STOP_DRAIN: Duration = Duration::from_millis(300);
+/// Most messages an importer asks the server for at once.
+pub const IMPORT_BATCH: usize = 4096;
 
 /// Header carrying the record's key (decimal `u64`).
 pub const HEADER_KEY: &str = "Shoal-Key";
 /// Header carrying the record's timestamp in nanoseconds (decimal `u64`).
 pub const HEADER_TIMESTAMP_NS: &str = "Shoal-Timestamp-Ns";
-/// Header carrying the record's partition.
-pub const HEADER_PARTITION: &str = "Shoal-Partition";
-/// Header carrying the record's offset.
-pub const HEADER_OFFSET: &str = "Shoal-Offset";
+/// Header carrying the source topic's partition count.
+pub const HEADER_PARTITIONS: &str = "Shoal-Partitions";
 
 /// Where and how a bridge connects. Build it from the default with its setters:
 /// `BridgeOptions::default().stream("ORDERS").max_in_flight(256)`.
@@ -176,15 +215,24 @@ impl BridgeOptions {
 /// What a running bridge reports about once per second.
 #[derive(Clone, Debug, Default)]
 pub struct BridgeStatus {
-    /// Records acknowledged by the stream (export) or made durable locally (import) in this run.
+    /// Records acknowledged by the stream as new (export) or made durable locally (import)
+    /// in this run.
     pub records: u64,
+    /// Re-sends the stream acknowledged as duplicates and dropped (export).
+    pub duplicates: u64,
     /// Records not yet acknowledged (export: in the topic past the acknowledged offsets;
     /// import: messages of the stream not yet imported, as the server counts them).
     pub lag: u64,
     /// Publishes awaiting an acknowledgement (export).
     pub in_flight: usize,
-    /// Whether the last exchange with the server succeeded.
+    /// Whether the bridge holds a connection to the server that the client reports as
+    /// connected (false while the server is gone, however idle the bridge is).
     pub connected: bool,
+    /// While not connected: the number of the next connection attempt of this outage
+    /// (1, 2, ...); 0 when connected.
+    pub attempt: u32,
+    /// While not connected: how long until that attempt.
+    pub next_attempt_in: Option<Duration>,
     /// Failures met and retried in this run.
     pub retries: u64,
     /// The last failure, if any.
@@ -196,8 +244,10 @@ pub struct BridgeStatus {
 /// What a bridge did, returned when it stops.
 #[derive(Clone, Debug, Default)]
 pub struct BridgeStats {
-    /// Records acknowledged (export) or imported (import) in this run.
+    /// Records acknowledged as new (export) or imported (import) in this run.
     pub records: u64,
+    /// Re-sends acknowledged as duplicates (export).
+    pub duplicates: u64,
     /// Records found already present after a restart and not appended again (import).
     pub recovered: u64,
     /// Failures met and retried.
@@ -241,6 +291,32 @@ pub enum BridgeError {
         url: String,
         /// The subjects an export would publish to.
         subjects: String,
+    },
+    /// The stream exists but none of its subjects covers the ones export publishes to.
+    #[error(
+        "stream {stream} captures {subjects:?}, which do not cover {wanted}; add {wanted} to it (`nats stream edit {stream} --subjects ...`), export to another stream, or pick a prefix it covers with --subject-prefix"
+    )]
+    StreamSubjects {
+        /// The stream.
+        stream: String,
+        /// Its subjects.
+        subjects: Vec<String>,
+        /// The subjects the export publishes to.
+        wanted: String,
+    },
+    /// `create_stream` found the subjects already captured by another stream.
+    #[error(
+        "cannot create stream {stream} over {subjects:?} on {url}: another stream already captures these subjects ({why}); export to that stream, or pick another prefix with --subject-prefix"
+    )]
+    Overlap {
+        /// The stream.
+        stream: String,
+        /// The subjects asked for.
+        subjects: Vec<String>,
+        /// The URL.
+        url: String,
+        /// The server's answer.
+        why: String,
     },
     /// A JetStream request failed at start (JetStream disabled, no permission, ...).
     #[error(
@@ -325,23 +401,133 @@ fn next_backoff(d: Duration) -> Duration {
     (d * 2).clamp(BACKOFF_MIN, BACKOFF_MAX)
 }
 
-async fn connect(url: &str) -> Result<async_nats::Client, BridgeError> {
-    let addr: async_nats::ServerAddr =
-        url.parse().map_err(|e: std::io::Error| BridgeError::BadUrl { url: url.to_string(), why: e.to_string() })?;
+fn parse_url(url: &str) -> Result<async_nats::ServerAddr, BridgeError> {
+    url.parse().map_err(|e: std::io::Error| BridgeError::BadUrl { url: url.to_string(), why: e.to_string() })
+}
+
+/// Runs `fut` until it completes or `stop` is set (looked at every [`STOP_WAIT`]); `None`
+/// when stopped first.
+async fn or_stop<F: std::future::Future>(stop: &AtomicBool, fut: F) -> Option<F::Output> {
+    use futures_util::FutureExt;
+    tokio::pin!(fut);
+    // Most publishes and acknowledgements are ready at once: no timer for those.
+    if let Some(out) = (&mut fut).now_or_never() {
+        return Some(out);
+    }
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        tokio::select! {
+            out = &mut fut => return Some(out),
+            () = tokio::time::sleep(STOP_WAIT) => {}
+        }
+    }
+}
+
+/// One connection to the server, used until its first failure and then thrown away whole.
+///
+/// The client's connection handler runs on a runtime of its own, so that discarding the
+/// connection ends that task at once: the client never reconnects on its own and never
+/// sends the publishes it still holds on a later connection (that would let a later offset
+/// of a partition reach the stream before an earlier one lost with the old connection), and
+/// the bridge, not the client, decides when to try again (the documented back-off).
+struct Conn {
+    /// Dropped to end the thread that drives the connection's runtime.
+    _stop: tokio::sync::oneshot::Sender<()>,
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+}
+
+impl Conn {
+    /// Whether the client still reports its connection as up (it leaves `Connected` as soon
+    /// as the socket closes, idle or not).
+    fn is_up(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+}
+
+/// One attempt to open a [`Conn`]. Dropping the [`Conn`] stops its runtime's thread, which
+/// then drops the runtime and with it the connection handler, without a flush.
+async fn open(addr: &async_nats::ServerAddr, max_in_flight: usize) -> Result<Conn, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a tokio runtime for the connection: {e}"))?;
+    let handle = rt.handle().clone();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("shoal-nats-conn".into())
+        .spawn(move || {
+            let _ = rt.block_on(stop_rx);
+            drop(rt);
+        })
+        .map_err(|e| format!("cannot start the connection's thread: {e}"))?;
+    // The delay callback also runs before the first connection attempt: no wait then. After
+    // a disconnection the handler's one allowed reconnection attempt waits an hour, long
+    // after the bridge has noticed the failure and dropped the runtime that runs it.
+    let first = AtomicBool::new(true);
+    let connect = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(1))
+        .max_reconnects(1)
+        .reconnect_delay_callback(move |_| {
+            if first.swap(false, Ordering::Relaxed) {
+                Duration::ZERO
+            } else {
+                Duration::from_secs(3600)
+            }
+        })
+        .connect(addr.clone());
+    let client = match handle.spawn(connect).await {
+        Ok(Ok(client)) => client,
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(e) => return Err(format!("connection task: {e}")),
+    };
+    let js = async_nats::jetstream::ContextBuilder::new()
+        .timeout(ACK_TIMEOUT)
+        .max_ack_inflight(max_in_flight.max(1))
+        .backpressure_on_inflight(true)
+        .build(client.clone());
+    Ok(Conn { _stop: stop_tx, client, js })
+}
+
+/// The first connection of a run: [`CONNECT_ATTEMPTS`] attempts with the back-off between
+/// them. `Ok(None)` when `stop` was set meanwhile.
+async fn open_first(opts: &BridgeOptions, stop: &AtomicBool) -> Result<Option<Conn>, BridgeError> {
+    let addr = parse_url(&opts.nats_url)?;
     let mut delay = BACKOFF_MIN;
     let mut why = String::new();
     for attempt in 1..=CONNECT_ATTEMPTS {
-        let opts = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(1));
-        match opts.connect(addr.clone()).await {
-            Ok(client) => return Ok(client),
-            Err(e) => why = e.to_string(),
+        match or_stop(stop, open(&addr, opts.max_in_flight)).await {
+            None => return Ok(None),
+            Some(Ok(c)) => return Ok(Some(c)),
+            Some(Err(e)) => why = e,
         }
         if attempt < CONNECT_ATTEMPTS {
-            tokio::time::sleep(delay).await;
+            if or_stop(stop, tokio::time::sleep(delay)).await.is_none() {
+                return Ok(None);
+            }
             delay = next_backoff(delay);
         }
     }
-    Err(BridgeError::Unreachable { url: url.to_string(), attempts: CONNECT_ATTEMPTS, why })
+    Err(BridgeError::Unreachable { url: opts.nats_url.clone(), attempts: CONNECT_ATTEMPTS, why })
+}
+
+/// Whether the subject pattern `pattern` (tokens, `*`, `>`) matches every subject
+/// `<prefix>.<one token>`.
+fn covers(pattern: &str, prefix: &str) -> bool {
+    let want: Vec<&str> = prefix.split('.').chain(std::iter::once("*")).collect();
+    let have: Vec<&str> = pattern.split('.').collect();
+    for (i, w) in want.iter().enumerate() {
+        match have.get(i) {
+            None => return false,
+            Some(&">") => return true,
+            Some(&"*") => {}
+            Some(h) if h == w && *w != "*" => {}
+            Some(_) => return false,
+        }
+    }
+    have.len() == want.len()
 }
 
 async fn get_stream(
@@ -363,26 +549,75 @@ async fn get_stream(
     }
 }
 
+/// Connects (or `Ok(None)` when stopped meanwhile) and finds the stream; for an export,
+/// checks that it captures `<prefix>.*`.
+async fn start(
+    opts: &BridgeOptions,
+    prefix: &str,
+    export: bool,
+    stop: &AtomicBool,
+) -> Result<Option<(Conn, async_nats::jetstream::stream::Stream)>, BridgeError> {
+    let Some(conn) = open_first(opts, stop).await? else { return Ok(None) };
+    let lookup = get_stream(&conn.js, opts, format!("{prefix}.>"));
+    let Some(stream) = or_stop(stop, lookup).await.transpose()? else { return Ok(None) };
+    if export {
+        let subjects = &stream.cached_info().config.subjects;
+        if !subjects.iter().any(|s| covers(s, prefix)) {
+            return Err(BridgeError::StreamSubjects {
+                stream: opts.stream.clone(),
+                subjects: subjects.clone(),
+                wanted: format!("{prefix}.>"),
+            });
+        }
+    }
+    Ok(Some((conn, stream)))
+}
+
+/// Connects to `opts.nats_url` and checks that the stream `opts.stream` exists, and for an
+/// export (`export`) that it captures the subjects of `topic`, without touching any bus: the
+/// command line calls it before it creates the bus of an import, so that a failed start
+/// creates nothing. `Ok(false)` when `stop` was set before the answer came.
+///
+/// # Errors
+/// [`BridgeError::BadUrl`], [`BridgeError::Unreachable`], [`BridgeError::NoStream`],
+/// [`BridgeError::StreamSubjects`], [`BridgeError::JetStream`], [`BridgeError::Config`] for
+/// a bad name.
+pub fn check_stream(topic: &str, opts: &BridgeOptions, export: bool, stop: &AtomicBool) -> Result<bool, BridgeError> {
+    check_names(topic, opts)?;
+    Ok(runtime()?.block_on(start(opts, &opts.prefix(topic), export, stop))?.is_some())
+}
+
 /// Creates the stream `opts.stream` on `opts.nats_url` capturing `subjects` (file storage,
 /// the server's default de-duplication window), or does nothing when it exists.
 ///
 /// # Errors
-/// [`BridgeError::BadUrl`], [`BridgeError::Unreachable`], [`BridgeError::JetStream`].
+/// [`BridgeError::BadUrl`], [`BridgeError::Unreachable`], [`BridgeError::Overlap`] when
+/// another stream captures these subjects, [`BridgeError::JetStream`].
 pub fn create_stream(opts: &BridgeOptions, subjects: &[String]) -> Result<(), BridgeError> {
+    use async_nats::jetstream::context::CreateStreamErrorKind;
+    let never = AtomicBool::new(false);
     runtime()?.block_on(async {
-        let client = connect(&opts.nats_url).await?;
-        let js = async_nats::jetstream::new(client);
-        js.get_or_create_stream(async_nats::jetstream::stream::Config {
-            name: opts.stream.clone(),
-            subjects: subjects.to_vec(),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| BridgeError::JetStream {
-            url: opts.nats_url.clone(),
-            what: "stream create",
-            why: e.to_string(),
-        })?;
+        let conn = open_first(opts, &never).await?.ok_or_else(|| BridgeError::Config("stopped".into()))?;
+        conn.js
+            .get_or_create_stream(async_nats::jetstream::stream::Config {
+                name: opts.stream.clone(),
+                subjects: subjects.to_vec(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| match e.kind() {
+                CreateStreamErrorKind::JetStream(j)
+                    if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_SUBJECT_OVERLAP =>
+                {
+                    BridgeError::Overlap {
+                        stream: opts.stream.clone(),
+                        subjects: subjects.to_vec(),
+                        url: opts.nats_url.clone(),
+                        why: j.to_string(),
+                    }
+                }
+                _ => BridgeError::JetStream { url: opts.nats_url.clone(), what: "stream create", why: e.to_string() },
+            })?;
         Ok(())
     })
 }
@@ -403,6 +638,16 @@ mod tests {
         }
         assert_eq!(d, BACKOFF_MAX);
         assert_eq!(next_backoff(BACKOFF_MIN), BACKOFF_MIN * 2);
+    }
+
+    #[test]
+    fn a_stream_subject_covers_the_partition_subjects_of_a_prefix() {
+        for pattern in ["shoal.t.>", "shoal.t.*", "shoal.>", ">", "shoal.*.*", "*.t.>"] {
+            assert!(covers(pattern, "shoal.t"), "{pattern}");
+        }
+        for pattern in ["shoal.t", "shoal.u.>", "shoal.t.0", "shoal.t.*.x", "other.>", "shoal", "shoal.*"] {
+            assert!(!covers(pattern, "shoal.t"), "{pattern}");
+        }
     }
 
     #[test]

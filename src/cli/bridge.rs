@@ -10,18 +10,21 @@
 //! `<prefix>.>`, through [`shoal::bridge::create_stream`]).
 //!
 //! Both run until SIGTERM or SIGINT: the handlers (through `signal-hook`) only set the flag
-//! that [`shoal::bridge::export`] and [`shoal::bridge::import`] check between batches, so the
-//! bridge stops at a clean point (acknowledged positions stored) and the command exits 0.
+//! that [`shoal::bridge::export`] and [`shoal::bridge::import`] check in every wait, so the
+//! bridge stops at a clean point (acknowledged positions stored) and the command exits 0
+//! within a second, in every state (busy, idle, reconnecting, starting against a server that
+//! does not answer).
 //! Export reads a bus that must exist (like `cat --topic`); import creates the bus directory
-//! if it is missing, so a second box starts from an empty directory; `--segment-size` and
+//! if it is missing, so a second box starts from an empty directory, but only after it has
+//! reached the server and found the stream (a failed start creates nothing); `--segment-size` and
 //! `--prealloc` set the segment files of the topic's partitions, as for `produce`.
 //!
 //! About once a second (whenever the bridge reports), a status line goes to stderr (stdout
 //! stays empty); the rate is records per second since the previous line:
 //!
 //! ```text
-//! shoal bridge export: 119744 acknowledged, 256 in flight, lag 3000, 98500/s, connected, retries 0
-//! shoal bridge import: 119744 imported, lag 0, 98500/s, retrying (timed out), retries 3
+//! shoal bridge export: 119744 acknowledged, 0 duplicates, 256 in flight, lag 3000, 98500/s, connected, retries 0
+//! shoal bridge import: 119744 imported, lag 0, 0/s, reconnecting (attempt 4, next in 380 ms: connection lost), retries 4
 //! ```
 //!
 //! On a signal it prints what the run did (`stopped after 12.3 s: ...`) and exits 0.
@@ -102,7 +105,6 @@ pub(super) fn run(command: BridgeCommand) -> Result<ExitCode, Error> {
         signal_hook::flag::register(signal, stop.clone())
             .map_err(|e| Error::new(format!("installing the handler of signal {signal} failed: {e}")))?;
     }
-    let bus = if export { super::open_bus(&args.bus)? } else { open_or_create(&args.bus)? };
     let opts = BridgeOptions::default()
         .nats_url(args.nats.clone())
         .stream(args.stream.clone())
@@ -111,11 +113,26 @@ pub(super) fn run(command: BridgeCommand) -> Result<ExitCode, Error> {
         .max_in_flight(usize::try_from(args.max_in_flight).unwrap_or(usize::MAX))
         .log_options(log_options);
     let name = if export { "export" } else { "import" };
+    // An export's bus must exist; an import's is created, but only once the server and the
+    // stream are known to be there, so that a failed start leaves nothing behind.
+    let exported = if export { Some(super::open_bus(&args.bus)?) } else { None };
     if args.create_stream {
         let subjects = [format!("{}.>", opts.prefix(&args.topic))];
         shoal::bridge::create_stream(&opts, &subjects)
             .map_err(|e| Error::new(format!("bridge {name}: creating stream {}: {e}", args.stream)))?;
     }
+    let bus = match exported {
+        Some(bus) => bus,
+        None => {
+            let found = shoal::bridge::check_stream(&args.topic, &opts, false, &stop)
+                .map_err(|e| Error::new(format!("bridge {name} of topic {}: {e}", args.topic)))?;
+            if !found {
+                eprintln!("shoal bridge {name}: stopped while starting");
+                return Ok(ExitCode::SUCCESS);
+            }
+            open_or_create(&args.bus)?
+        }
+    };
     let mut rate = Rate::default();
     // The bridge calls this about once per second.
     let mut status = |s: &BridgeStatus| {
@@ -129,10 +146,13 @@ pub(super) fn run(command: BridgeCommand) -> Result<ExitCode, Error> {
     };
     match result {
         Ok(stats) => {
-            let recovered =
-                if export { String::new() } else { format!(", {} found already imported", stats.recovered) };
+            let more = if export {
+                format!(", {} duplicates", stats.duplicates)
+            } else {
+                format!(", {} found already imported", stats.recovered)
+            };
             eprintln!(
-                "shoal bridge {name}: stopped after {:.1} s: {} records {}{recovered}, {} retries",
+                "shoal bridge {name}: stopped after {:.1} s: {} records {}{more}, {} retries",
                 stats.elapsed.as_secs_f64(),
                 stats.records,
                 if export { "acknowledged" } else { "imported" },
@@ -170,20 +190,27 @@ fn open_or_create(dir: &Path) -> Result<Bus, Error> {
 }
 
 /// One status line (without the command's name), e.g.
-/// `12000 acknowledged, 256 in flight, lag 3000, 9800/s, connected, retries 0` (export) or
-/// `12000 imported, lag 0, 9800/s, connected, retries 0` (import). While the server is
-/// unreachable the connection state reads `retrying (<last error>)`, and `waiting` before the
-/// first exchange with it (an idle importer also reports that).
+/// `12000 acknowledged, 3 duplicates, 256 in flight, lag 3000, 9800/s, connected, retries 0`
+/// (export) or `12000 imported, lag 0, 9800/s, connected, retries 0` (import).
+/// `acknowledged` counts the records the stream stored; re-sends it dropped as duplicates
+/// are counted apart. The connection state reads `connected` only while the client holds a
+/// live connection (and, for import, a consumer); while the server is gone it reads
+/// `reconnecting (attempt N, next in M ms: <last error>)`, the attempts following the
+/// back-off of 50 ms doubling to 2 s, and `disconnected (<last error>)` between a failure
+/// and the start of a wait.
 fn status_line(export: bool, s: &BridgeStatus, per_s: f64) -> String {
     let moved = if export {
-        format!("{} acknowledged, {} in flight", s.records, s.in_flight)
+        format!("{} acknowledged, {} duplicates, {} in flight", s.records, s.duplicates, s.in_flight)
     } else {
         format!("{} imported", s.records)
     };
-    let state = match (&s.last_error, s.connected) {
-        (_, true) => "connected".to_string(),
-        (Some(why), false) => format!("retrying ({})", why.replace(['\n', '\r'], " ")),
-        (None, false) => "waiting".to_string(),
+    let why = s.last_error.as_deref().unwrap_or("no connection").replace(['\n', '\r'], " ");
+    let state = match (s.connected, s.next_attempt_in) {
+        (true, _) => "connected".to_string(),
+        (false, Some(next)) if s.attempt > 0 => {
+            format!("reconnecting (attempt {}, next in {} ms: {why})", s.attempt, next.as_millis())
+        }
+        (false, _) => format!("disconnected ({why})"),
     };
     format!("{moved}, lag {}, {per_s:.0}/s, {state}, retries {}", s.lag, s.retries)
 }
@@ -204,16 +231,25 @@ mod tests {
     fn status_lines_name_counts_and_state() {
         let s = BridgeStatus {
             records: 12,
+            duplicates: 4,
             lag: 3,
             in_flight: 2,
             connected: false,
+            attempt: 3,
+            next_attempt_in: Some(Duration::from_millis(200)),
             retries: 1,
             last_error: Some("timed out\nagain".into()),
             elapsed: Duration::from_secs(1),
         };
         assert_eq!(
             status_line(true, &s, 12.0),
-            "12 acknowledged, 2 in flight, lag 3, 12/s, retrying (timed out again), retries 1"
+            "12 acknowledged, 4 duplicates, 2 in flight, lag 3, 12/s, \
+             reconnecting (attempt 3, next in 200 ms: timed out again), retries 1"
+        );
+        let gone = BridgeStatus { attempt: 0, next_attempt_in: None, ..s.clone() };
+        assert_eq!(
+            status_line(false, &gone, 0.0),
+            "12 imported, lag 3, 0/s, disconnected (timed out again), retries 1"
         );
         let s = BridgeStatus { connected: true, ..s };
         assert_eq!(status_line(false, &s, 0.4), "12 imported, lag 3, 0/s, connected, retries 1");
