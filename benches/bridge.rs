@@ -38,10 +38,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode, Throughput};
 use futures_util::StreamExt;
-use shoal::bridge::{BridgeOptions, BridgeStatus};
+use shoal::bridge::BridgeOptions;
 use shoal::bus::Bus;
 use shoal::log::{Durability, LogOptions};
-use shoal::metrics::BusSnapshot;
 
 const TOPIC: &str = "bench";
 const PARTITIONS: u32 = 4;
@@ -92,10 +91,6 @@ impl Drop for NatsServer {
 struct Rig {
     rt: tokio::runtime::Runtime,
     js: async_nats::jetstream::Context,
-    /// The watcher thread's own runtime and client (a current-thread runtime is driven only
-    /// by the thread in its `block_on`).
-    watch_rt: tokio::runtime::Runtime,
-    watch_js: async_nats::jetstream::Context,
     server: NatsServer,
     root: tempfile::TempDir,
     records: u64,
@@ -121,18 +116,12 @@ impl Rig {
         let server = NatsServer::start(&root.path().join("jetstream"));
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
         let client = rt.block_on(async_nats::connect(&server.url)).expect("connect");
-        let watch_rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-        let watch_client = watch_rt.block_on(async_nats::connect(&server.url)).expect("connect");
         // A context spawns a task: it must be built inside its runtime.
         let js = {
             let _inside = rt.enter();
             async_nats::jetstream::new(client)
         };
-        let watch_js = {
-            let _inside = watch_rt.enter();
-            async_nats::jetstream::new(watch_client)
-        };
-        Rig { js, rt, watch_js, watch_rt, server, root, records, next_id: AtomicU64::new(0) }
+        Rig { js, rt, server, root, records, next_id: AtomicU64::new(0) }
     }
 
     fn fresh_name(&self, what: &str) -> String {
@@ -176,6 +165,7 @@ impl Rig {
             .stream(stream)
             .subject_prefix(Some(prefix.to_string()))
             .max_in_flight(MAX_IN_FLIGHT)
+            .max_records(Some(self.records))
     }
 
     /// The subject of partition `p`, as the bridge names it.
@@ -242,39 +232,14 @@ impl Rig {
     }
 }
 
-/// How often the watcher looks whether a bridge has moved every record.
-const WATCH_EVERY: Duration = Duration::from_millis(10);
-
-/// Runs one bridge direction on this thread while another one polls `done` (the bridge
-/// reports status only once a second, too coarse to time a run) and stops the bridge when it
-/// holds; returns the time from the call until the bridge returned (open to close).
-fn run_bridge(
-    run: impl FnOnce(&AtomicBool, &mut dyn FnMut(&BridgeStatus)),
-    mut done: impl FnMut() -> bool + Send,
-) -> Duration {
-    let stop = &AtomicBool::new(false);
+/// Runs one bridge direction until it has moved every record and returned by itself
+/// ([`BridgeOptions::max_records`]); returns the time from the call until it returned (open
+/// to close: connecting, finding the stream, opening the topic, the final positions sync).
+fn run_bridge(run: impl FnOnce(&AtomicBool)) -> Duration {
+    let never = AtomicBool::new(false);
     let started = Instant::now();
-    std::thread::scope(|scope| {
-        let watcher = scope.spawn(move || {
-            let deadline = started + Duration::from_secs(120);
-            while !done() {
-                assert!(Instant::now() < deadline, "the bridge did not move every record within 120 s");
-                std::thread::sleep(WATCH_EVERY);
-            }
-            // pairs with the bridge's load of `stop`
-            stop.store(true, Ordering::SeqCst);
-        });
-        run(stop, &mut |_| {});
-        let closed = started.elapsed();
-        watcher.join().expect("watcher");
-        closed
-    })
-}
-
-/// Records in the topic of the bus in `dir` (0 until the import created it).
-fn imported(dir: &std::path::Path) -> u64 {
-    let Ok(bus) = Bus::open(dir) else { return 0 };
-    BusSnapshot::take(&bus).map_or(0, |snap| snap.topics.iter().filter(|t| t.name == TOPIC).map(|t| t.records()).sum())
+    run(&never);
+    started.elapsed()
 }
 
 fn bench_export(c: &mut Criterion, rig: &Rig) {
@@ -290,17 +255,10 @@ fn bench_export(c: &mut Criterion, rig: &Rig) {
                 let (stream, prefix) = rig.fresh_stream();
                 let bus = Bus::open(&dir).expect("bus");
                 let opts = rig.options(&stream, &prefix);
-                total += run_bridge(
-                    |stop, status| {
-                        shoal::bridge::export(&bus, TOPIC, &opts, stop, status).expect("export");
-                    },
-                    || {
-                        rig.watch_rt.block_on(async {
-                            let mut s = rig.watch_js.get_stream(&stream).await.expect("stream");
-                            s.info().await.expect("stream info").state.messages >= rig.records
-                        })
-                    },
-                );
+                total += run_bridge(|stop| {
+                    let stats = shoal::bridge::export(&bus, TOPIC, &opts, stop, &mut |_| {}).expect("export");
+                    assert_eq!(stats.records, rig.records, "records acknowledged");
+                });
                 rig.delete_stream(&stream);
                 let _ = std::fs::remove_dir_all(&dir);
             }
@@ -342,12 +300,10 @@ fn bench_import(c: &mut Criterion, rig: &Rig) {
                 let dir = rig.root.path().join(rig.fresh_name("import"));
                 let bus = Bus::open(&dir).expect("bus");
                 let opts = rig.options(&stream, &prefix);
-                total += run_bridge(
-                    |stop, status| {
-                        shoal::bridge::import(&bus, TOPIC, &opts, stop, status).expect("import");
-                    },
-                    || imported(&dir) >= rig.records,
-                );
+                total += run_bridge(|stop| {
+                    let stats = shoal::bridge::import(&bus, TOPIC, &opts, stop, &mut |_| {}).expect("import");
+                    assert_eq!(stats.records, rig.records, "records imported");
+                });
                 let _ = std::fs::remove_dir_all(&dir);
             }
             total

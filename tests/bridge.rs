@@ -212,11 +212,14 @@ fn stream_messages(url: &str, stream: &str) -> Vec<(String, u64, u64, Vec<u8>)> 
         while (out.len() as u64) < total {
             let m = tokio::time::timeout(Duration::from_secs(10), msgs.next()).await.unwrap().unwrap().unwrap();
             let h = m.headers.clone().unwrap();
-            let num = |k: &str| h.get(k).unwrap().as_str().parse::<u64>().unwrap();
-            // The message id is `<topic>/<p>/<offset>`.
+            // Two headers: the message id `<topic>/<p>/<offset>` and one `Shoal-Meta`.
+            assert_eq!(h.len(), 2, "headers of {}: {h:?}", m.subject);
             let id = h.get(async_nats::header::NATS_MESSAGE_ID).unwrap().as_str().to_string();
             let offset = id.rsplit('/').next().unwrap().parse::<u64>().unwrap();
-            out.push((m.subject.to_string(), num("Shoal-Key"), offset, m.payload.to_vec()));
+            let meta = h.get(bridge::HEADER_META).and_then(|v| bridge::Meta::parse(v.as_str()));
+            let meta = meta.unwrap_or_else(|| panic!("no valid {} header in {h:?}", bridge::HEADER_META));
+            assert_eq!(meta.partitions, PARTITIONS);
+            out.push((m.subject.to_string(), meta.key, offset, m.payload.to_vec()));
         }
         out
     })
@@ -657,4 +660,70 @@ fn a_failed_import_creates_no_topic() {
     assert!(matches!(e, BridgeError::NoStream { .. }), "{e:?}");
     assert!(bus.topic(TOPIC).is_err(), "a failed import created topic {TOPIC}");
     assert!(!dir.path().join("bridges").exists(), "a failed import created its positions");
+}
+
+/// Runs `f` in a thread that must return by itself within `limit`.
+fn returns_within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let h = std::thread::spawn(f);
+    let deadline = Instant::now() + limit;
+    while !h.is_finished() {
+        assert!(Instant::now() < deadline, "did not return by itself within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    h.join().unwrap()
+}
+
+#[test]
+fn max_records_ends_each_direction_by_itself_once_every_record_moved() {
+    // Generous for a loaded 2-core machine: a few hundred records move in well under 1 s.
+    const LIMIT: Duration = Duration::from_secs(30);
+    let server = Server::start();
+    let url = server.url();
+    let src = tempfile::tempdir().unwrap();
+    produce(&Bus::open(src.path()).unwrap(), 0, 150);
+    create_stream(&url, "M");
+    let total = 150 * PARTITIONS as u64;
+    let export = {
+        let (d, u) = (src.path().to_path_buf(), url.clone());
+        returns_within(LIMIT, move || {
+            let bus = Bus::open(&d).unwrap();
+            let never = AtomicBool::new(false);
+            let o = opts(&u, "M").max_records(Some(total));
+            bridge::export(&bus, TOPIC, &o, &never, &mut |_| {}).unwrap()
+        })
+    };
+    assert_eq!(export.records, total);
+    assert_eq!(stream_count(&url, "M"), total);
+    assert_stream_is_topic(&url, "M", 150, true);
+    let dst = tempfile::tempdir().unwrap();
+    Bus::open(dst.path()).unwrap().topic_or_create(TOPIC, Some(PARTITIONS)).unwrap();
+    let import = {
+        let (d, u) = (dst.path().to_path_buf(), url.clone());
+        returns_within(LIMIT, move || {
+            let bus = Bus::open(&d).unwrap();
+            let never = AtomicBool::new(false);
+            let o = opts(&u, "M").max_records(Some(total));
+            bridge::import(&bus, TOPIC, &o, &never, &mut |_| {}).unwrap()
+        })
+    };
+    assert_eq!(import.records, total);
+    let same = local_records(&Bus::open(dst.path()).unwrap()) == local_records(&Bus::open(src.path()).unwrap());
+    assert!(same, "the imported topic differs from the exported one");
+    // Every position is stored: a second run has nothing left to import.
+    let again = {
+        let (d, u) = (dst.path().to_path_buf(), url.clone());
+        run_until(
+            move |stop| {
+                let bus = Bus::open(&d)?;
+                bridge::import(&bus, TOPIC, &opts(&u, "M"), stop, &mut |_| {})
+            },
+            LIMIT,
+            {
+                let started = Instant::now();
+                move || started.elapsed() >= Duration::from_millis(500)
+            },
+        )
+    };
+    assert_eq!((again.records, again.recovered), (0, 0), "{again:?}");
+    assert_eq!(local_count(dst.path()), total);
 }

@@ -5,15 +5,15 @@ use std::future::IntoFuture;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use async_nats::header::{HeaderName, NATS_MESSAGE_ID};
 use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::message::PublishMessage;
-use async_nats::HeaderMap;
+use async_nats::{HeaderMap, Subject};
 
 use super::positions::{create_dir, PositionFile};
 use super::{
-    check_names, next_backoff, open, or_stop, parse_url, positions_dir, runtime, start, BridgeError, BridgeOptions,
-    BridgeStats, BridgeStatus, Conn, ACK_TIMEOUT, BACKOFF_MIN, HEADER_KEY, HEADER_PARTITIONS, HEADER_TIMESTAMP_NS,
-    STOP_DRAIN,
+    check_names, next_backoff, open, or_stop, parse_url, positions_dir, push_u64, runtime, start, BridgeError,
+    BridgeOptions, BridgeStats, BridgeStatus, Conn, Meta, ACK_TIMEOUT, BACKOFF_MIN, HEADER_META, STOP_DRAIN,
 };
 use crate::bus::Bus;
 use crate::log::{Offset, Reader};
@@ -23,8 +23,14 @@ const STATUS_EVERY: Duration = Duration::from_secs(1);
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 const STORE_EVERY: Duration = Duration::from_millis(100);
 
+/// The name of [`HEADER_META`], built once.
+const META: HeaderName = HeaderName::from_static(HEADER_META);
+
 struct Part {
-    subject: String,
+    /// `<prefix>.<p>`; a clone shares its bytes.
+    subject: Subject,
+    /// `<topic>/<p>/`, the message ids' prefix.
+    id_prefix: String,
     reader: Reader,
     probe: Reader,
     /// Next offset not yet acknowledged (everything below is in the stream).
@@ -67,7 +73,8 @@ pub fn export(
         let mut probe = Reader::open(&log_dir)?;
         probe.seek(Offset(next))?;
         parts.push(Part {
-            subject: format!("{prefix}.{p}"),
+            subject: Subject::from(format!("{prefix}.{p}")),
+            id_prefix: format!("{topic}/{p}/"),
             reader,
             probe,
             acked: next,
@@ -77,7 +84,7 @@ pub fn export(
             file,
         });
     }
-    runtime()?.block_on(run(topic, opts, &prefix, &mut parts, stop, status, started))
+    runtime()?.block_on(run(opts, &prefix, &mut parts, stop, status, started))
 }
 
 fn store(parts: &mut [Part], sync: bool) -> Result<(), BridgeError> {
@@ -113,7 +120,6 @@ fn acked(parts: &mut [Part], st: &mut BridgeStatus, i: usize, offset: u64, dupli
 }
 
 async fn run(
-    topic: &str,
     opts: &BridgeOptions,
     prefix: &str,
     parts: &mut [Part],
@@ -126,7 +132,7 @@ async fn run(
         return Ok(BridgeStats { elapsed: started.elapsed(), ..Default::default() });
     };
     let mut conn: Option<Conn> = Some(first);
-    let partitions = parts.len().to_string();
+    let partitions = u32::try_from(parts.len()).unwrap_or(u32::MAX);
 
     let mut in_flight: VecDeque<(usize, u64, PublishAckFuture)> = VecDeque::with_capacity(opts.max_in_flight);
     let mut st = BridgeStatus { connected: true, ..Default::default() };
@@ -138,7 +144,7 @@ async fn run(
     let mut last_store = Instant::now();
     let mut next_part = 0usize;
     loop {
-        if stop.load(Ordering::Relaxed) {
+        if stop.load(Ordering::Relaxed) || opts.max_records.is_some_and(|max| st.records >= max) {
             // Collect what arrives within STOP_DRAIN; the rest is re-sent (and de-duplicated)
             // by the next run.
             let deadline = tokio::time::Instant::now() + STOP_DRAIN;
@@ -185,11 +191,16 @@ async fn run(
                 };
                 idle_parts = 0;
                 let offset = rec.offset().0;
+                // Two headers; each value is one string the header map keeps (it takes
+                // owned strings), written digit by digit without `format!`.
+                let mut id = String::with_capacity(part.id_prefix.len() + 20);
+                id.push_str(&part.id_prefix);
+                push_u64(&mut id, offset);
+                let mut meta = String::with_capacity(48);
+                Meta { key: rec.key(), timestamp_ns: rec.timestamp_ns(), partitions }.encode_into(&mut meta);
                 let mut headers = HeaderMap::new();
-                headers.insert("Nats-Msg-Id", format!("{topic}/{i}/{offset}"));
-                headers.insert(HEADER_KEY, rec.key().to_string());
-                headers.insert(HEADER_TIMESTAMP_NS, rec.timestamp_ns().to_string());
-                headers.insert(HEADER_PARTITIONS, partitions.as_str());
+                headers.insert(NATS_MESSAGE_ID, id);
+                headers.insert(META, meta);
                 let msg = PublishMessage::build().payload(rec.payload().to_vec().into()).headers(headers);
                 let publish = tokio::time::timeout(ACK_TIMEOUT, js.send_publish(part.subject.clone(), msg));
                 match or_stop(stop, publish).await {

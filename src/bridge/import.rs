@@ -1,20 +1,28 @@
 //! The importer: JetStream stream -> topic (see the module docs of [`super`] for why a
 //! restart neither skips nor duplicates).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use async_nats::header::HeaderName;
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 
 use super::positions::{create_dir, ImportPosition, PositionFile};
 use super::{
     check_names, get_stream, next_backoff, open, or_stop, parse_url, positions_dir, runtime, start, BridgeError,
-    BridgeOptions, BridgeStats, BridgeStatus, Conn, BACKOFF_MIN, HEADER_KEY, HEADER_PARTITIONS, HEADER_TIMESTAMP_NS,
-    IMPORT_BATCH, STOP_WAIT,
+    BridgeOptions, BridgeStats, BridgeStatus, Conn, Meta, BACKOFF_MIN, HEADER_KEY, HEADER_META, HEADER_PARTITIONS,
+    HEADER_TIMESTAMP_NS, IMPORT_BATCH, STOP_WAIT,
 };
 use crate::bus::{key_hash, partition_for_key, Bus, TopicProducer};
-use crate::log::{Offset, Reader};
+use crate::log::{now_ns, DurableWatch, Offset, Reader};
+
+/// The header names, built once (a name given as `&str` is copied at every lookup).
+const META: HeaderName = HeaderName::from_static(HEADER_META);
+const KEY: HeaderName = HeaderName::from_static(HEADER_KEY);
+const TIMESTAMP_NS: HeaderName = HeaderName::from_static(HEADER_TIMESTAMP_NS);
+const PARTITIONS: HeaderName = HeaderName::from_static(HEADER_PARTITIONS);
 
 /// Most messages appended between two syncs.
 const BATCH_MAX: usize = IMPORT_BATCH;
@@ -49,14 +57,22 @@ fn route(
     prefix: &str,
     partitions: u32,
 ) -> (u32, u64, Option<u64>) {
-    let number = |name: &str| headers.and_then(|h| h.get(name)).and_then(|v| v.as_str().parse::<u64>().ok());
-    let timestamp_ns = number(HEADER_TIMESTAMP_NS);
-    let Some(key) = number(HEADER_KEY) else {
+    let value = |name: HeaderName| headers.and_then(|h| h.get(name)).map(async_nats::HeaderValue::as_str);
+    let meta = value(META).and_then(Meta::parse);
+    let (key, timestamp_ns, count) = match meta {
+        Some(m) => (Some(m.key), Some(m.timestamp_ns), Some(u64::from(m.partitions))),
+        None => {
+            // An older export (one header each) or a foreign message.
+            let number = |name: HeaderName| value(name).and_then(|v| v.parse::<u64>().ok());
+            (number(KEY), number(TIMESTAMP_NS), number(PARTITIONS))
+        }
+    };
+    let Some(key) = key else {
         let key = key_hash(subject.as_bytes());
         return (partition_for_key(key, partitions), key, timestamp_ns);
     };
     // A shoal export of a topic with as many partitions: keep the partition.
-    if number(HEADER_PARTITIONS) == Some(u64::from(partitions)) {
+    if count == Some(u64::from(partitions)) {
         let p = subject
             .strip_prefix(prefix)
             .and_then(|s| s.strip_prefix('.'))
@@ -147,45 +163,108 @@ impl Ctx<'_> {
     }
 }
 
-/// Takes one message: appends it, matches it against a record already there, or passes
-/// over it. Returns whether it was appended.
+/// Takes one batch of `(stream sequence, message)` in stream order: each message is matched
+/// against a record already there, passed over, or appended, with one append of several
+/// records per partition. Returns how many were appended.
 fn take(
     ctx: &Ctx<'_>,
     producer: &mut TopicProducer,
     parts: &mut [Part],
-    seq: u64,
-    msg: &async_nats::jetstream::Message,
+    batch: &[(u64, async_nats::jetstream::Message)],
     stats: &mut BridgeStats,
-) -> Result<bool, BridgeError> {
-    let (p, key, timestamp_ns) = route(msg.subject.as_str(), msg.headers.as_ref(), &ctx.prefix, ctx.partitions);
-    let part = &mut parts[p as usize];
-    if seq <= part.pos.stream_seq {
-        return Ok(false);
-    }
-    if part.extra > 0 {
-        let at = part.pos.local_next;
-        let reader =
-            part.reader.as_mut().ok_or_else(|| ctx.diverged(p, "no reader for the records to check".into()))?;
-        let rec = reader.next_ref()?.ok_or_else(|| ctx.diverged(p, format!("record {at} vanished")))?;
-        if rec.offset().0 != at || rec.key() != key || rec.payload() != &msg.payload[..] {
-            return Err(ctx.diverged(
-                p,
-                format!("record {at} is not stream message {seq} (different key or payload); the stream changed"),
-            ));
+) -> Result<u64, BridgeError> {
+    // The import's own time, for the messages that carry none.
+    let now = now_ns();
+    let mut appends: Vec<Vec<(u64, u64, &[u8])>> = parts.iter().map(|_| Vec::new()).collect();
+    for (seq, msg) in batch {
+        let seq = *seq;
+        let (p, key, timestamp_ns) = route(msg.subject.as_str(), msg.headers.as_ref(), &ctx.prefix, ctx.partitions);
+        let part = &mut parts[p as usize];
+        if seq <= part.pos.stream_seq {
+            continue;
         }
-        part.extra -= 1;
-        part.pos.local_next = at + 1;
-        stats.recovered += 1;
-        return Ok(false);
+        if part.extra > 0 {
+            let at = part.pos.local_next;
+            let reader =
+                part.reader.as_mut().ok_or_else(|| ctx.diverged(p, "no reader for the records to check".into()))?;
+            let rec = reader.next_ref()?.ok_or_else(|| ctx.diverged(p, format!("record {at} vanished")))?;
+            if rec.offset().0 != at || rec.key() != key || rec.payload() != &msg.payload[..] {
+                return Err(ctx.diverged(
+                    p,
+                    format!("record {at} is not stream message {seq} (different key or payload); the stream changed"),
+                ));
+            }
+            part.extra -= 1;
+            part.pos.local_next = at + 1;
+            stats.recovered += 1;
+            continue;
+        }
+        appends[p as usize].push((key, timestamp_ns.unwrap_or(now), &msg.payload[..]));
     }
-    let offset = match timestamp_ns {
-        Some(ts) => producer.send_to_at(p, key, ts, &msg.payload)?,
-        None => producer.send_to(p, key, &msg.payload)?,
-    };
-    debug_assert_eq!(offset.0, part.pos.local_next);
-    part.pos.local_next = offset.0 + 1;
-    part.dirty = true;
-    Ok(true)
+    let mut appended = 0;
+    for (p, records) in appends.into_iter().enumerate() {
+        if records.is_empty() {
+            continue;
+        }
+        let n = records.len() as u64;
+        let part = &mut parts[p];
+        let offsets = producer.send_batch_to_at(p as u32, records)?;
+        debug_assert_eq!(offsets.start.0, part.pos.local_next);
+        debug_assert_eq!(offsets.end.0 - offsets.start.0, n);
+        part.pos.local_next = offsets.end.0;
+        part.dirty = true;
+        appended += n;
+    }
+    Ok(appended)
+}
+
+/// Batches appended but not yet known to be durable, oldest first: the positions each
+/// batch leaves every partition at, stored once the records below them are durable.
+struct Unsynced {
+    batches: VecDeque<(Vec<ImportPosition>, u64)>,
+    watches: Vec<DurableWatch>,
+}
+
+impl Unsynced {
+    /// Asks for the records of the partitions touched by the last batch to be made durable,
+    /// without waiting, and remembers the positions that describe them.
+    fn push(&mut self, parts: &mut [Part], appended: u64) -> Result<(), BridgeError> {
+        for (part, watch) in parts.iter_mut().zip(&self.watches) {
+            if part.dirty && part.pos.local_next > 0 {
+                // A zero timeout only hands the sync to the log's sync thread.
+                watch.wait_durable(Offset(part.pos.local_next - 1), Some(Duration::ZERO))?;
+                part.dirty = false;
+            }
+        }
+        self.batches.push_back((parts.iter().map(|p| p.pos).collect(), appended));
+        Ok(())
+    }
+
+    /// Stores the positions of every batch whose records are durable, oldest first; with
+    /// `keep` set, first waits until at most `keep` batches are left unsynced. Returns the
+    /// records of the stored batches.
+    fn settle(&mut self, parts: &mut [Part], keep: usize) -> Result<u64, BridgeError> {
+        let mut records = 0;
+        while let Some((positions, appended)) = self.batches.front() {
+            let wait = self.batches.len() > keep;
+            for (pos, watch) in positions.iter().zip(&self.watches) {
+                let want = pos.local_next;
+                if want > 0 && watch.durable_offset().0 < want {
+                    if !wait {
+                        return Ok(records);
+                    }
+                    watch.wait_durable(Offset(want - 1), None)?;
+                }
+            }
+            // Durable first, then the positions that describe it.
+            for (part, pos) in parts.iter_mut().zip(positions) {
+                part.file.store_import(*pos, false)?;
+            }
+            records += appended;
+            self.batches.pop_front();
+        }
+        Ok(records)
+    }
 }
 
 /// Creates the importer's consumer, delivering from `start_sequence` on, and its stream of
@@ -242,6 +321,9 @@ async fn run(
     // While disconnected: when the next connection attempt is due.
     let mut retry_at = Instant::now();
     let mut last_status = Instant::now();
+    // The messages of the batch being taken (kept for the allocation).
+    let mut batch: Vec<(u64, async_nats::jetstream::Message)> = Vec::with_capacity(BATCH_MAX);
+    let mut unsynced = Unsynced { batches: VecDeque::with_capacity(2), watches: producer.durable_watches() };
     while !stop.load(Ordering::Relaxed) {
         let mut failure: Option<String> = None;
         if conn.as_ref().is_some_and(|c| !c.is_up()) {
@@ -273,25 +355,34 @@ async fn run(
             }
         }
         let mut batch_through = through;
-        let mut appended = 0u64;
+        batch.clear();
         if let (Some(m), None) = (messages.as_mut(), failure.as_ref()) {
             let batch_started = Instant::now();
             for n in 0..BATCH_MAX {
                 if n > 0 && (batch_started.elapsed() >= BATCH_TIME || stop.load(Ordering::Relaxed)) {
                     break;
                 }
-                let wait = if n == 0 { FIRST_WAIT } else { NEXT_WAIT };
-                let msg = match tokio::time::timeout(wait, m.next()).await {
-                    Err(_) => break,
-                    Ok(None) => {
+                // Most messages are there already: no timer for those.
+                let next = match m.next().now_or_never() {
+                    Some(next) => next,
+                    None => {
+                        let wait = if n == 0 { FIRST_WAIT } else { NEXT_WAIT };
+                        match tokio::time::timeout(wait, m.next()).await {
+                            Err(_) => break,
+                            Ok(next) => next,
+                        }
+                    }
+                };
+                let msg = match next {
+                    None => {
                         failure = Some("the consumer ended".to_string());
                         break;
                     }
-                    Ok(Some(Err(e))) => {
+                    Some(Err(e)) => {
                         failure = Some(e.to_string());
                         break;
                     }
-                    Ok(Some(Ok(msg))) => msg,
+                    Some(Ok(msg)) => msg,
                 };
                 let (seq, delivered, pending) = match msg.info() {
                     Ok(info) => (info.stream_sequence, info.consumer_sequence, info.pending),
@@ -311,30 +402,30 @@ async fn run(
                 if seq <= batch_through {
                     continue;
                 }
-                if take(ctx, producer, parts, seq, &msg, &mut stats)? {
-                    appended += 1;
-                }
                 batch_through = seq;
+                batch.push((seq, msg));
             }
         }
         if batch_through > through {
-            // Durable first, then the positions that describe it.
-            for (p, part) in parts.iter_mut().enumerate() {
-                if part.dirty {
-                    producer.sync_partition(p as u32)?;
-                    part.dirty = false;
-                }
-            }
+            let appended = take(ctx, producer, parts, &batch, &mut stats)?;
             for part in parts.iter_mut() {
                 part.pos.stream_seq = part.pos.stream_seq.max(batch_through);
                 if part.extra == 0 {
                     part.reader = None;
                 }
-                part.file.store_import(part.pos, false)?;
             }
             through = batch_through;
-            stats.records += appended;
+            // The sync of this batch runs while the next one is fetched and appended; the
+            // one before must be durable (and its positions stored) first.
+            unsynced.push(parts, appended)?;
+            stats.records += unsynced.settle(parts, 1)?;
             st.records = stats.records;
+        } else {
+            stats.records += unsynced.settle(parts, usize::MAX)?;
+            st.records = stats.records;
+        }
+        if opts.max_records.is_some_and(|max| stats.records >= max) {
+            break;
         }
         if let Some(why) = failure {
             // Drop the consumer and the connection; the next ones start after `through`.
@@ -354,6 +445,8 @@ async fn run(
             last_status = Instant::now();
         }
     }
+    // Everything appended is made durable and its positions stored before returning.
+    stats.records += unsynced.settle(parts, 0)?;
     stats.retries = st.retries;
     stats.elapsed = started.elapsed();
     Ok(stats)
@@ -366,22 +459,34 @@ mod tests {
     #[test]
     fn routing_keeps_the_partition_only_for_an_equal_count_else_follows_the_key() {
         let mut h = async_nats::HeaderMap::new();
-        h.insert(HEADER_KEY, "77");
-        h.insert(HEADER_TIMESTAMP_NS, "123");
-        h.insert(HEADER_PARTITIONS, "4");
+        h.insert(HEADER_META, "77 123 4");
         assert_eq!(route("shoal.t.3", Some(&h), "shoal.t", 4), (3, 77, Some(123)));
         // Another count: the key decides, below the count too.
         for partitions in [2, 3, 8] {
             assert_eq!(route("shoal.t.1", Some(&h), "shoal.t", partitions).0, partition_for_key(77, partitions));
         }
-        // No count (not a shoal export of this version): the key decides.
+        // An older export, one header each, reads the same.
         let mut old = async_nats::HeaderMap::new();
         old.insert(HEADER_KEY, "77");
-        assert_eq!(route("shoal.t.3", Some(&old), "shoal.t", 4), (partition_for_key(77, 4), 77, None));
+        old.insert(HEADER_TIMESTAMP_NS, "123");
+        old.insert(HEADER_PARTITIONS, "4");
+        assert_eq!(route("shoal.t.3", Some(&old), "shoal.t", 4), (3, 77, Some(123)));
+        // No count: the key decides.
+        let mut key_only = async_nats::HeaderMap::new();
+        key_only.insert(HEADER_KEY, "77");
+        assert_eq!(route("shoal.t.3", Some(&key_only), "shoal.t", 4), (partition_for_key(77, 4), 77, None));
+        // A foreign message: the subject's hash decides, the import's time stands.
         let k = key_hash(b"other.subject");
         assert_eq!(route("other.subject", None, "shoal.t", 4), (partition_for_key(k, 4), k, None));
         let mut bad = async_nats::HeaderMap::new();
         bad.insert(HEADER_KEY, "not a number");
         assert_eq!(route("shoal.t.1", Some(&bad), "shoal.t", 4).1, key_hash(b"shoal.t.1"));
+        // A damaged meta value counts as none.
+        let mut damaged = async_nats::HeaderMap::new();
+        damaged.insert(HEADER_META, "77 123");
+        assert_eq!(
+            route("shoal.t.1", Some(&damaged), "shoal.t", 4),
+            (partition_for_key(key_hash(b"shoal.t.1"), 4), key_hash(b"shoal.t.1"), None)
+        );
     }
 }

@@ -8,11 +8,13 @@
 //! Every partition `p` of the topic is published to subject `<prefix>.<p>` (prefix
 //! `shoal.<topic>` unless [`BridgeOptions::subject_prefix`] says otherwise), in offset order,
 //! with async publishes and at most [`BridgeOptions::max_in_flight`] unacknowledged at once.
-//! Each message carries the headers
-//! `Nats-Msg-Id: <topic>/<p>/<offset>`, `Shoal-Key: <u64>`, `Shoal-Timestamp-Ns: <u64>` and
-//! `Shoal-Partitions: <partition count of the topic>`; the partition and the offset are in the
-//! subject and the message id, not repeated in headers of their own (every header byte is
-//! parsed and stored by the server, which is most of an export's cost).
+//! Each message carries two headers: `Nats-Msg-Id: <topic>/<p>/<offset>` (for the stream's
+//! de-duplication) and `Shoal-Meta: <key> <timestamp_ns> <partitions>` ([`HEADER_META`],
+//! [`Meta`]: the record's key, its timestamp and the topic's partition count, three decimal
+//! numbers). The partition and the offset are in the subject and the message id, not
+//! repeated; every header is parsed and stored by the server, which is most of an export's
+//! cost, so one compact header replaces the three of earlier versions (`Shoal-Key`,
+//! `Shoal-Timestamp-Ns`, `Shoal-Partitions`, still read by import).
 //!
 //! The next offset to publish of each partition is stored (two checksummed slots, the format
 //! of [`crate::group::format`]) in `<bus>/bridges/export-<topic>-<stream>/<p>` after the
@@ -70,16 +72,19 @@
 //! async-nats' ordered consumer, with its 15 s heartbeat, resumed about 15 s after the
 //! server came back.)
 //!
-//! A message of a shoal export carries `Shoal-Key`, `Shoal-Timestamp-Ns` and
-//! `Shoal-Partitions` (the source topic's partition count). When that count equals the local
+//! A message of a shoal export carries `Shoal-Meta` (key, timestamp and the source topic's
+//! partition count; an older export: `Shoal-Key`, `Shoal-Timestamp-Ns` and
+//! `Shoal-Partitions`). When that count equals the local
 //! topic's, the message keeps its partition (the `<p>` of its subject `<prefix>.<p>`); when
 //! the counts differ, or the message carries no count, it goes to
 //! [`crate::bus::partition_for_key`] of its key, where `shoal produce --keyed` would put it.
-//! A foreign message (no `Shoal-Key`) goes to the partition of [`crate::bus::key_hash`] of
-//! its subject. The record keeps the original time of `Shoal-Timestamp-Ns` (the import's
-//! own time when the header is missing or not a number). Messages are appended in batches;
-//! after each batch the touched partitions are synced
-//! (durable), and only then is each partition's position written to
+//! A foreign message (no valid `Shoal-Meta` nor `Shoal-Key`) goes to the partition of
+//! [`crate::bus::key_hash`] of its subject. The record keeps its original timestamp (the
+//! import's own time when the message carries none). Messages are appended in batches, with
+//! one append of several records per partition and batch; the sync of a batch's partitions
+//! is handed to their sync threads and runs while the next batch is fetched and appended
+//! (at most one batch waits for its sync), and only once a batch's records are durable is
+//! each partition's position written to
 //! `<bus>/bridges/import-<topic>-<stream>/<p>` (format in [`positions`]):
 //! `through_seq` (every message of the stream up to this sequence that belongs to `p` is in
 //! `p` below `local_next`) and `local_next`.
@@ -134,12 +139,79 @@ pub const STOP_DRAIN: Duration = Duration::from_millis(300);
 /// Most messages an importer asks the server for at once.
 pub const IMPORT_BATCH: usize = 4096;
 
-/// Header carrying the record's key (decimal `u64`).
+/// Header carrying a record's key, timestamp (ns) and the source topic's partition count in
+/// one value: `<key> <timestamp_ns> <partitions>`, three decimal numbers split by one space.
+pub const HEADER_META: &str = "Shoal-Meta";
+/// Header of older exports carrying the record's key (decimal `u64`); still read by import
+/// when a message has no [`HEADER_META`].
 pub const HEADER_KEY: &str = "Shoal-Key";
-/// Header carrying the record's timestamp in nanoseconds (decimal `u64`).
+/// Header of older exports carrying the record's timestamp in nanoseconds (decimal `u64`).
 pub const HEADER_TIMESTAMP_NS: &str = "Shoal-Timestamp-Ns";
-/// Header carrying the source topic's partition count.
+/// Header of older exports carrying the source topic's partition count.
 pub const HEADER_PARTITIONS: &str = "Shoal-Partitions";
+
+/// What a [`HEADER_META`] value says about a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Meta {
+    /// The record's key.
+    pub key: u64,
+    /// The record's timestamp, in nanoseconds since the Unix epoch.
+    pub timestamp_ns: u64,
+    /// The partition count of the topic it was exported from.
+    pub partitions: u32,
+}
+
+impl Meta {
+    /// Appends the [`HEADER_META`] value of this record to `out`, without formatting
+    /// machinery (the exporter builds one per record).
+    pub fn encode_into(&self, out: &mut String) {
+        push_u64(out, self.key);
+        out.push(' ');
+        push_u64(out, self.timestamp_ns);
+        out.push(' ');
+        push_u64(out, u64::from(self.partitions));
+    }
+
+    /// Parses a [`HEADER_META`] value; `None` unless it is exactly three decimal numbers
+    /// (key and timestamp `u64`, partitions `u32`) split by single spaces.
+    pub fn parse(value: &str) -> Option<Meta> {
+        let mut fields = value.split(' ');
+        let key = parse_u64(fields.next()?)?;
+        let timestamp_ns = parse_u64(fields.next()?)?;
+        let partitions = u32::try_from(parse_u64(fields.next()?)?).ok()?;
+        fields.next().is_none().then_some(Meta { key, timestamp_ns, partitions })
+    }
+}
+
+/// Appends the decimal digits of `n` to `out`.
+pub(crate) fn push_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
+}
+
+/// A plain decimal `u64` (digits only, no sign, no overflow).
+fn parse_u64(s: &str) -> Option<u64> {
+    if s.is_empty() || s.len() > 20 {
+        return None;
+    }
+    s.bytes().try_fold(0u64, |n, b| {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(d))
+    })
+}
 
 /// Where and how a bridge connects. Build it from the default with its setters:
 /// `BridgeOptions::default().stream("ORDERS").max_in_flight(256)`.
@@ -156,6 +228,10 @@ pub struct BridgeOptions {
     pub max_in_flight: usize,
     /// What import opens the topic's partitions with (segment size, durability, ...).
     pub log_options: LogOptions,
+    /// Stop by itself once this many records were moved in this run (export: acknowledged
+    /// as new by the stream; import: appended and durable, positions stored). `None`: run
+    /// until `stop` is set.
+    pub max_records: Option<u64>,
 }
 
 impl Default for BridgeOptions {
@@ -166,6 +242,7 @@ impl Default for BridgeOptions {
             subject_prefix: None,
             max_in_flight: 1024,
             log_options: LogOptions::default(),
+            max_records: None,
         }
     }
 }
@@ -203,6 +280,13 @@ impl BridgeOptions {
     #[must_use]
     pub fn log_options(mut self, log_options: LogOptions) -> BridgeOptions {
         self.log_options = log_options;
+        self
+    }
+
+    /// Sets [`BridgeOptions::max_records`].
+    #[must_use]
+    pub fn max_records(mut self, max_records: Option<u64>) -> BridgeOptions {
+        self.max_records = max_records;
         self
     }
 
@@ -629,6 +713,36 @@ fn positions_dir(bus: &crate::bus::Bus, kind: &str, topic: &str, stream: &str) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn meta_round_trips_and_rejects_anything_else() {
+        for meta in [
+            Meta { key: 0, timestamp_ns: 0, partitions: 1 },
+            Meta { key: u64::MAX, timestamp_ns: 1_700_000_000_123_456_789, partitions: u32::MAX },
+            Meta { key: 77, timestamp_ns: 123, partitions: 4 },
+        ] {
+            let mut value = String::new();
+            meta.encode_into(&mut value);
+            assert_eq!(value, format!("{} {} {}", meta.key, meta.timestamp_ns, meta.partitions));
+            assert_eq!(Meta::parse(&value), Some(meta));
+        }
+        for bad in [
+            "",
+            "1 2",
+            "1 2 3 4",
+            "1  2 3",
+            " 1 2 3",
+            "1 2 3 ",
+            "-1 2 3",
+            "+1 2 3",
+            "a 2 3",
+            "1 2 4294967296",
+            "18446744073709551616 2 3",
+            "1 2 3\u{0}",
+        ] {
+            assert_eq!(Meta::parse(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn backoff_is_bounded() {
