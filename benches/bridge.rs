@@ -26,27 +26,33 @@
 //! import 0.37x (523 ms against 195 ms), when each message carried four headers and the
 //! importer synced after each batch before fetching the next.
 //!
-//! Now (medians of one criterion run, the machine loaded by other builds): export 641 ms
-//! against 484 ms (0.75x); import 494 ms against 197 ms for the plain consumer (0.40x) and
-//! 527 ms for the plain publisher (0.94x). Two more runs: export 831 against 785 ms (0.94x)
-//! and 625 against 531 ms (0.85x); import 701 against 296 ms (0.42x). The export varies
-//! with the load more than it differs from its peer; the import misses its 0.8x.
+//! Then (one criterion run, the machine loaded by other builds): export 641 ms against 484 ms
+//! (0.75x); import 494 ms against 197 ms for the plain consumer (0.40x). Timestamps in the
+//! importer showed every message appended 240-280 ms after the call, and the call returning
+//! about 200 ms later: with `max_records` reached by records whose sync was still pending,
+//! the importer went on to fetch once more and waited the whole first-message wait (200 ms)
+//! before settling. It now stops as soon as the records appended reach `max_records`, and
+//! the settle after its loop makes them durable and stores their positions.
 //!
-//! Where the time goes (`perf record -g -a` and counters in the importer):
+//! Now (medians of one criterion run, load average about 4 on 2 cores): export 676 ms
+//! against 508 ms (0.75x); import 306 ms against 190 ms for the plain consumer (0.62x; 299
+//! against 208 ms, 0.69x, in the run before) and 517 ms for the plain publisher. Both still
+//! miss (0.9x and 0.8x).
+//!
+//! Where the time goes (`perf record -g -a` and timestamps in the bridges):
 //! - Export: nats-server takes about 53% of the samples, the exporter's two threads 33%
 //!   (its client's connection thread 13%; allocation, memmove of payloads, header encoding
-//!   in async-nats, the acknowledgement futures' timers). Each message now carries two
-//!   headers (`Nats-Msg-Id` and one `Shoal-Meta`) where the peer's carries one.
-//! - Import, of about 450 ms from the first batch to the last: the importer waits for the
-//!   next message 280-310 ms, appends 40-80 ms (one append per partition and batch), and
-//!   waits for a batch's sync under 1 ms in all (each batch syncs while the next is fetched).
-//!   Opening the topic (4 partitions, their sync threads, the positions files, each synced
-//!   once) takes 30-110 ms and the consumer's creation and first batch about 50 ms. The
-//!   server delivers the stream to the importer at about half the pace it delivers it to
-//!   the plain consumer (about 450 ms against 200 ms for the 50000 messages). Giving the
-//!   importer's consumer the peer's exact configuration (no filter, file storage, no
-//!   heartbeat or expiry, deliver all) and running its client on the importer's own thread
-//!   changed neither; the cause of the slower delivery is not found yet.
+//!   in async-nats, the acknowledgement futures). Each message carries two headers
+//!   (`Nats-Msg-Id` and one `Shoal-Meta`) where the peer's carries one. The exporter drives
+//!   its client from another thread than the one its connection runs on (so that a lost
+//!   connection can be thrown away whole), and every publish and acknowledgement crosses
+//!   between the two; the peer runs both on one current-thread runtime. Nothing waits at the
+//!   end: the last acknowledgement and the positions' sync come within 1 ms of each other.
+//! - Import: opening the topic (4 partitions, their sync and preparation threads, the
+//!   positions files, each synced once) takes 16-23 ms, connecting, the consumer's creation
+//!   and the first batch 20-40 ms more, where the peer's connection is open before its clock
+//!   starts; the batches of 4096 then arrive every 15-25 ms. The same thread split as the
+//!   exporter's applies.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;

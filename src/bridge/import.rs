@@ -240,6 +240,11 @@ impl Unsynced {
         Ok(())
     }
 
+    /// Records appended whose positions are not stored yet.
+    fn appended(&self) -> u64 {
+        self.batches.iter().map(|(_, appended)| appended).sum()
+    }
+
     /// Stores the positions of every batch whose records are durable, oldest first; with
     /// `keep` set, first waits until at most `keep` batches are left unsynced. Returns the
     /// records of the stored batches.
@@ -424,7 +429,9 @@ async fn run(
             stats.records += unsynced.settle(parts, usize::MAX)?;
             st.records = stats.records;
         }
-        if opts.max_records.is_some_and(|max| stats.records >= max) {
+        // Enough appended: the settle after the loop makes them durable and stores their
+        // positions (waiting here for a message past the last would only add a fetch's wait).
+        if opts.max_records.is_some_and(|max| stats.records + unsynced.appended() >= max) {
             break;
         }
         if let Some(why) = failure {
