@@ -289,14 +289,7 @@ impl Appender {
         len: usize,
         fill: F,
     ) -> Result<Offset, AppendError> {
-        self.enter()?;
-        let ts = self.clock.now_ns();
-        let result = self.check_live().map_err(AppendError::Log).and_then(|()| self.write_one(key, len, ts, fill));
-        if result.is_ok() {
-            self.publish();
-        }
-        self.leave(ts);
-        result
+        self.append_one(key, len, None, fill)
     }
 
     /// [`Appender::append_keyed`] with the record's timestamp given instead of read from
@@ -307,12 +300,22 @@ impl Appender {
     /// # Errors
     /// As [`Appender::append`].
     pub fn append_keyed_at(&mut self, key: u64, timestamp_ns: u64, payload: &[u8]) -> Result<Offset, AppendError> {
+        self.append_one(key, payload.len(), Some(timestamp_ns), |buf| buf.copy_from_slice(payload))
+    }
+
+    /// One append call of one record: its timestamp is `at`, or the clock's.
+    #[inline]
+    fn append_one<F: FnOnce(&mut [u8])>(
+        &mut self,
+        key: u64,
+        len: usize,
+        at: Option<u64>,
+        fill: F,
+    ) -> Result<Offset, AppendError> {
         self.enter()?;
         let ts = self.clock.now_ns();
-        let result = self
-            .check_live()
-            .map_err(AppendError::Log)
-            .and_then(|()| self.write_one(key, payload.len(), timestamp_ns, |buf| buf.copy_from_slice(payload)));
+        let result =
+            self.check_live().map_err(AppendError::Log).and_then(|()| self.write_one(key, len, at.unwrap_or(ts), fill));
         if result.is_ok() {
             self.publish();
         }
@@ -339,23 +342,7 @@ impl Appender {
     where
         I: IntoIterator<Item = &'p [u8]>,
     {
-        self.enter()?;
-        let first = self.next_offset;
-        let ts = self.clock.now_ns();
-        let mut result = self.check_live().map_err(AppendError::Log);
-        if result.is_ok() {
-            for payload in payloads {
-                if let Err(e) = self.write_one(0, payload.len(), ts, |buf| buf.copy_from_slice(payload)) {
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
-        if self.next_offset != first {
-            self.publish();
-        }
-        self.leave(ts);
-        result.map(|()| Offset(first)..Offset(self.next_offset))
+        self.append_many(payloads.into_iter().map(|payload| (0, None, payload)))
     }
 
     /// Appends several records, each with its own key and timestamp (`(key, timestamp_ns,
@@ -368,13 +355,24 @@ impl Appender {
     where
         I: IntoIterator<Item = (u64, u64, &'p [u8])>,
     {
+        self.append_many(records.into_iter().map(|(key, timestamp_ns, payload)| (key, Some(timestamp_ns), payload)))
+    }
+
+    /// One append call of several `(key, timestamp or the call's, payload)` records, with
+    /// one publication.
+    #[inline]
+    fn append_many<'p>(
+        &mut self,
+        records: impl Iterator<Item = (u64, Option<u64>, &'p [u8])>,
+    ) -> Result<Range<Offset>, AppendError> {
         self.enter()?;
         let first = self.next_offset;
         let ts = self.clock.now_ns();
         let mut result = self.check_live().map_err(AppendError::Log);
         if result.is_ok() {
-            for (key, timestamp_ns, payload) in records {
-                if let Err(e) = self.write_one(key, payload.len(), timestamp_ns, |buf| buf.copy_from_slice(payload)) {
+            for (key, at, payload) in records {
+                if let Err(e) = self.write_one(key, payload.len(), at.unwrap_or(ts), |buf| buf.copy_from_slice(payload))
+                {
                     result = Err(e);
                     break;
                 }
