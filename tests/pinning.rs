@@ -200,8 +200,61 @@ fn strict_pinning_fails_rather_than_share_a_cpu() {
         fits.scale("y", n - 2).expect("scale down");
         fits.scale("y", n - 1).expect("the freed CPU is claimed again");
     }
-    // Spread shares instead (and warns).
-    let shared = pipeline("w", 1, Pinning::Spread).expect("spread shares CPUs");
-    finish(shared);
+    // Spread shares instead, and says so once per pipeline.
+    let (shared, warnings) = warnings_of(|| pipeline("w", 1, Pinning::Spread).expect("spread shares CPUs"));
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("\"sw\"")
+            && warnings[0].contains(&format!("2 threads to pin but 0 of the {n} allowed CPUs free")),
+        "{warnings:?}"
+    );
+    let (mut tx_w, mut shared) = shared;
+    let (_, again) = warnings_of(|| shared.scale("w", 2).expect("scale up, shared"));
+    assert_eq!(again, Vec::<String>::new(), "the pipeline already warned");
+    tx_w.push_wait(1).expect("the shared pipeline runs");
+    finish((tx_w, shared));
     finish((tx, fits));
+}
+
+/// Runs `f` on this thread and returns what it returned and the messages of the warnings
+/// it logged through `tracing`.
+fn warnings_of<R>(f: impl FnOnce() -> R) -> (R, Vec<String>) {
+    use std::sync::Arc;
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+    use tracing::{Event, Level, Metadata, Subscriber};
+
+    #[derive(Default)]
+    struct Warnings(Mutex<Vec<String>>);
+    struct Message(String);
+    impl Visit for Message {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            if field.name() == "message" {
+                self.0 = format!("{value:?}");
+            }
+        }
+    }
+    impl Subscriber for Warnings {
+        fn enabled(&self, _: &Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &Attributes<'_>) -> Id {
+            Id::from_u64(1)
+        }
+        fn record(&self, _: &Id, _: &Record<'_>) {}
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+        fn event(&self, event: &Event<'_>) {
+            if *event.metadata().level() == Level::WARN {
+                let mut message = Message(String::new());
+                event.record(&mut message);
+                self.0.lock().unwrap_or_else(PoisonError::into_inner).push(message.0);
+            }
+        }
+        fn enter(&self, _: &Id) {}
+        fn exit(&self, _: &Id) {}
+    }
+    let warnings = Arc::new(Warnings::default());
+    let r = tracing::subscriber::with_default(warnings.clone(), f);
+    let seen = std::mem::take(&mut *warnings.0.lock().unwrap_or_else(PoisonError::into_inner));
+    (r, seen)
 }

@@ -16,9 +16,9 @@
 //!    itself, not as a limit for the whole process, and is ignored.
 //!
 //! So `taskset -c 2-5` keeps workers on 2-5, a container keeps them inside its cpuset, and
-//! neither the builder's own pinning nor a pinned main thread narrows them. To run a process
-//! on one CPU only, start it that way and build pipelines with `pin(false)` (or give
-//! [`CpuPlan::with_cpus`] the CPU).
+//! neither the builder's own pinning nor a pinned main thread narrows them. A process started
+//! on one CPU only (`taskset -c 3`) is the one case this rule does not follow: its pipelines
+//! should be built with `pin(false)`, so that their threads inherit that CPU.
 //!
 //! # Spreading ([`CpuPlan`])
 //! Every pinned thread holds a [`CpuClaim`] while it runs; claims are counted per CPU across
