@@ -44,6 +44,14 @@ enum Op {
         write: usize,
         commit: bool,
     },
+    /// Reserve `reserve` slots, `Reservation::push` `push` values (those beyond the
+    /// reservation come back), then `commit_written`, or drop the reservation (which drops
+    /// the pushed values and publishes nothing).
+    ReservePush {
+        reserve: usize,
+        push: usize,
+        commit: bool,
+    },
     /// Reserve, then `fill_from_iter` with `offer` values.
     ReserveFill {
         reserve: usize,
@@ -66,6 +74,8 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0usize..12).prop_map(Op::PushSlice),
         3 => (0usize..12, 0usize..12, any::<bool>())
             .prop_map(|(reserve, write, commit)| Op::Reserve { reserve, write, commit }),
+        3 => (0usize..12, 0usize..12, any::<bool>())
+            .prop_map(|(reserve, push, commit)| Op::ReservePush { reserve, push, commit }),
         2 => (0usize..12, 0usize..12).prop_map(|(reserve, offer)| Op::ReserveFill { reserve, offer }),
         6 => Just(Op::Pop),
         3 => (0usize..12, any::<bool>()).prop_map(|(max, commit)| Op::Read { max, commit }),
@@ -144,6 +154,25 @@ fn run_model(capacity: usize, wait: WaitStrategy, ops: &[Op]) {
                     next += write as u64;
                 }
                 // else: the reservation ends uncommitted and publishes nothing
+            }
+            (Op::ReservePush { reserve, push, commit }, Some(p), _) => {
+                let mut r = p.reserve(*reserve);
+                let len = r.len();
+                assert_eq!(len, (*reserve).min(capacity - model.len()), "step {step}: {op:?}");
+                for i in 0..*push as u64 {
+                    let fits = (i as usize) < len;
+                    assert_eq!(r.push(next + i), if fits { Ok(()) } else { Err(next + i) }, "step {step}: {op:?}");
+                    assert_eq!(r.written(), len.min(i as usize + 1), "step {step}: {op:?}");
+                    let (a, b) = r.slots();
+                    assert_eq!(a.len() + b.len(), len - r.written(), "step {step}: unwritten slots");
+                }
+                if *commit {
+                    let written = r.commit_written();
+                    assert_eq!(written, len.min(*push), "step {step}: {op:?}");
+                    model.extend(next..next + written as u64);
+                    next += written as u64;
+                }
+                // else: dropped, the pushed values go with it and nothing is published
             }
             (Op::ReserveFill { reserve, offer }, Some(p), _) => {
                 let r = p.reserve(*reserve);
@@ -256,6 +285,17 @@ fn run_drops(capacity: usize, ops: &[Op]) {
                 }
                 // else: the reservation ends uncommitted. (Slots written but never committed
                 // are not the ring's to drop, they would leak; this one holds nothing.)
+            }
+            (Op::ReservePush { reserve, push, commit }, Some(p), _) => {
+                let mut r = p.reserve(*reserve);
+                for _ in 0..*push {
+                    // A value that does not fit comes back and is dropped here.
+                    let _ = r.push(make());
+                }
+                if *commit {
+                    r.commit_written();
+                }
+                // else: dropping the reservation drops what was pushed into it
             }
             (Op::ReserveFill { reserve, offer }, Some(p), _) => {
                 let r = p.reserve(*reserve);
@@ -682,6 +722,134 @@ fn waits_give_up_when_stopped() {
         drop(tx);
         assert_eq!(rx.wait_readable(|| false), Err(Closed), "{wait:?}");
     }
+}
+
+/// Waits (bounded) until `ready()`; fails the test when it never is.
+fn eventually(what: &str, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(start.elapsed() < Duration::from_secs(10), "{what}: not within 10 s");
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn push_slice_wait_blocks_while_full_and_proceeds_as_the_consumer_drains() {
+    let _serial = serial();
+    for wait in STRATEGIES {
+        let (mut tx, mut rx) = channel::<u64>(4, wait);
+        let values: Vec<u64> = (0..1000).collect();
+        let done = Arc::new(AtomicBool::new(false));
+        let done_p = done.clone();
+        let producer = thread::spawn(move || {
+            let r = tx.push_slice_wait(&values, || false);
+            done_p.store(true, Ordering::SeqCst);
+            (r, tx)
+        });
+        // The ring fills; the producer, 996 values short, must still be waiting.
+        eventually("the ring fills", || rx.slots() == 4);
+        thread::sleep(Duration::from_millis(20));
+        assert!(!done.load(Ordering::SeqCst), "{wait:?}: push_slice_wait returned with the ring full");
+        assert_eq!(rx.slots(), 4, "{wait:?}: nothing was popped, nothing more can be in");
+        let mut got = Vec::with_capacity(1000);
+        // Drain by batches (in-place reads) and single pops in turn.
+        while got.len() < 1000 {
+            let batch = rx.read(3);
+            let (a, b) = batch.as_slices();
+            got.extend(a.iter().chain(b));
+            batch.commit();
+            if let Ok(v) = rx.pop() {
+                got.push(v);
+            }
+        }
+        let (r, tx) = join_within(producer, Duration::from_secs(10), "the waiting producer");
+        assert_eq!(r, Ok(1000), "{wait:?}");
+        assert_eq!(got, (0..1000).collect::<Vec<u64>>(), "{wait:?}: every value once, in order");
+        drop(tx);
+        assert_eq!(rx.pop(), Err(PopError::Closed));
+    }
+}
+
+#[test]
+fn push_slice_wait_and_wait_writable_end_when_stopped() {
+    let _serial = serial();
+    for wait in STRATEGIES {
+        let (mut tx, mut rx) = channel::<u64>(4, wait);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_p = stop.clone();
+        let producer = thread::spawn(move || {
+            let r = tx.push_slice_wait(&[1, 2, 3, 4, 5, 6], || stop_p.load(Ordering::Relaxed));
+            (r, tx)
+        });
+        eventually("the ring fills", || rx.slots() == 4);
+        stop.store(true, Ordering::Relaxed);
+        let (r, mut tx) = join_within(producer, Duration::from_secs(10), "the stopped producer");
+        assert_eq!(r, Ok(4), "{wait:?}: stopped after the four values that fit");
+        assert_eq!(tx.wait_writable(1, || true), Ok(false), "{wait:?}: full, and stopped");
+        assert_eq!(rx.pop(), Ok(1));
+        assert_eq!(tx.wait_writable(1, || true), Ok(true), "{wait:?}: one slot free, stop or not");
+        assert_eq!(tx.wait_writable(2, || true), Ok(false), "{wait:?}: only one slot is free");
+        // A wait for more than the capacity waits for an empty ring.
+        let waiter = thread::spawn(move || {
+            let r = tx.wait_writable(100, || false);
+            (r, tx)
+        });
+        let drained: Vec<u64> = std::iter::from_fn(|| rx.pop().ok()).collect();
+        assert_eq!(drained, [2, 3, 4]);
+        let (r, tx) = join_within(waiter, Duration::from_secs(10), "the waiter for an empty ring");
+        assert_eq!(r, Ok(true), "{wait:?}");
+        assert_eq!(tx.slots(), 4);
+    }
+}
+
+#[test]
+fn push_slice_wait_and_wait_writable_fail_once_the_consumer_is_gone() {
+    let _serial = serial();
+    for wait in STRATEGIES {
+        let (mut tx, rx) = channel::<u64>(2, wait);
+        let producer = thread::spawn(move || {
+            let r = tx.push_slice_wait(&[1, 2, 3, 4], || false);
+            (r, tx)
+        });
+        thread::sleep(Duration::from_millis(10));
+        drop(rx); // wakes the producer, parked or not
+        let (r, mut tx) = join_within(producer, Duration::from_secs(10), "the producer of a closed ring");
+        assert_eq!(r, Err(Closed), "{wait:?}");
+        assert_eq!(tx.wait_writable(1, || false), Err(Closed), "{wait:?}");
+        assert_eq!(tx.push_slice_wait(&[5], || false), Err(Closed), "{wait:?}: the ring is still full");
+    }
+}
+
+#[test]
+fn safe_commit_publishes_exactly_the_pushed_slots() {
+    let (mut tx, mut rx) = channel::<String>(4, WaitStrategy::Park);
+    tx.push("first".to_string()).expect("room");
+    tx.push("second".to_string()).expect("room");
+    assert_eq!(rx.pop().as_deref(), Ok("first")); // the next reservation wraps around
+    let mut r = tx.reserve(10);
+    assert_eq!(r.len(), 3);
+    r.push("a".to_string()).expect("room");
+    r.push("b".to_string()).expect("room");
+    assert_eq!(r.written(), 2);
+    let (a, b) = r.slots();
+    assert_eq!(a.len() + b.len(), 1, "only the unwritten slot is handed out");
+    assert_eq!(r.commit_written(), 2);
+    assert_eq!(rx.slots(), 3, "second, a, b: the unwritten slot stays free");
+    assert_eq!(tx.slots(), 1);
+    // A full reservation hands the value back.
+    let mut r = tx.reserve(1);
+    r.push("c".to_string()).expect("room");
+    assert_eq!(r.push("d".to_string()), Err("d".to_string()));
+    // Dropped without a commit: nothing is published, the slot is free again.
+    drop(r);
+    assert_eq!(tx.slots(), 1);
+    // fill_from_iter goes on after the pushed slots and commits them all.
+    let mut r = tx.reserve(1);
+    r.push("e".to_string()).expect("room");
+    assert_eq!(r.fill_from_iter(["never".to_string()]), 0, "no slot left for the iterator");
+    drop(tx);
+    let rest: Vec<String> = std::iter::from_fn(|| rx.pop().ok()).collect();
+    assert_eq!(rest, ["second", "a", "b", "e"]);
 }
 
 #[test]

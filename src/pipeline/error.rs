@@ -82,6 +82,20 @@ pub enum PipelineError {
         #[source]
         error: io::Error,
     },
+    /// [`Pinning::Strict`](super::Pinning::Strict) and more threads to pin than free CPUs.
+    #[error(
+        "strict pinning: {threads} threads to pin (the source and the workers, or the workers a scale adds) but \
+         {free} of the {cpus} allowed CPUs are free; use fewer workers, Pinning::Spread to let threads share CPUs, \
+         or pin(false)"
+    )]
+    Oversubscribed {
+        /// Threads to pin.
+        threads: usize,
+        /// CPUs the process may use ([`crate::affinity::allowed_cpus`]).
+        cpus: usize,
+        /// Of those, CPUs with no pinned thread of any pipeline.
+        free: usize,
+    },
     /// A log used as a source or sink could not be opened.
     #[error("log {path}: {error}")]
     Log {

@@ -5,7 +5,7 @@
 //! # Shape
 //! A pipeline carries one event type `T: Send + 'static` from a [`Source`] through one or
 //! more stages. Each stage has `n` workers; each worker is its own thread (named
-//! `shoal-<stage>-<i>`, pinned to a CPU with [`CpuPlan`] when [`PipelineBuilder::pin`] is on)
+//! `shoal-<stage>-<i>`, pinned to a CPU with [`CpuPlan`] per [`PipelineBuilder::pin`])
 //! and owns one handler made by the stage's factory, so workers own their state. Small
 //! `Copy`/`bytemuck::Pod` events move through the rings by value, with no allocation; large
 //! payloads travel as [`RecordRef`](crate::log::RecordRef)s (an `Arc` on a mapped log
@@ -27,6 +27,16 @@
 //! once. A full ring holds the pusher with the pipeline's [`WaitStrategy`] (backpressure):
 //! the memory in flight is bounded by the rings plus 64 staged events per ring. With
 //! nothing to read a worker waits (spin, yield, or park at about 0% CPU).
+//!
+//! # Pinning
+//! With [`Pinning::Spread`] (the default) the source and every worker are pinned, each to
+//! its own CPU of the process's allowed set ([`crate::affinity::allowed_cpus`]: the cgroup's
+//! online CPUs, narrowed by a multi-CPU main thread mask such as `taskset` sets; never the
+//! mask of the thread that calls `build`). A CPU gets a second pinned thread only when every
+//! allowed CPU already has one, counting the threads of every pipeline of the process, and
+//! then the pipeline says so once with a `tracing` warning naming the counts.
+//! [`Pinning::Strict`] makes that an error of `build` (and of a [`Pipeline::scale`] up)
+//! instead; [`Pinning::Off`] (`.pin(false)`) leaves threads unpinned.
 //!
 //! # Elastic stages: [`Pipeline::scale`]
 //! A barrier, a drain, a rewire. For stage `s`:
@@ -120,7 +130,7 @@ pub use emit::{Emitter, Routing};
 pub use error::PipelineError;
 pub use source::{Sink, SinkStats, Source, SourceStep};
 
-use crate::affinity::CpuPlan;
+use crate::affinity::{CpuClaim, CpuPlan};
 use crate::ring::{channel_between, WaitStrategy, Waiter};
 use crate::sys::histogram::LatencyHistogram;
 use emit::{Input, Output, Probe};
@@ -170,8 +180,33 @@ pub(crate) struct Config {
     pub(crate) wait: WaitStrategy,
     pub(crate) ring_capacity: usize,
     pub(crate) batch_max: usize,
-    pub(crate) pin: bool,
+    pub(crate) pin: Pinning,
     pub(crate) latency: bool,
+}
+
+/// Whether and how a pipeline pins its threads (the source and every worker) to CPUs; see
+/// the [module docs](self#pinning). `true` and `false` convert to `Spread` and `Off`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Pinning {
+    /// Threads run where the scheduler puts them (they inherit the building thread's mask).
+    Off,
+    /// Each thread on its own allowed CPU while there are free ones; more threads than free
+    /// CPUs share them, with one warning per pipeline.
+    #[default]
+    Spread,
+    /// As `Spread`, but more threads than free CPUs is an error
+    /// ([`PipelineError::Oversubscribed`]) of `build` or `scale`.
+    Strict,
+}
+
+impl From<bool> for Pinning {
+    fn from(pin: bool) -> Pinning {
+        if pin {
+            Pinning::Spread
+        } else {
+            Pinning::Off
+        }
+    }
 }
 
 /// One stage's figures, from [`Pipeline::metrics`].
@@ -259,9 +294,24 @@ impl<T: Send + 'static> PipelineBuilder<T> {
         self
     }
 
-    /// Pins each worker thread to a CPU, round robin over the usable ones (default on).
-    pub fn pin(mut self, pin: bool) -> Self {
-        self.config.pin = pin;
+    /// Pins the source and each worker thread to its own CPU of the process's allowed set
+    /// (default [`Pinning::Spread`]; `true`/`false` are `Spread`/`Off`; [`Pinning::Strict`]
+    /// fails rather than put two pinned threads on one CPU). See the
+    /// [module docs](self#pinning).
+    ///
+    /// ```
+    /// use shoal::pipeline::{Emitter, Pinning, Pipeline, PipelineError, Routing, Source, SourceStep};
+    ///
+    /// let cpus = shoal::affinity::allowed_cpus().len();
+    /// let built = Pipeline::<u64>::builder()
+    ///     .pin(Pinning::Strict)
+    ///     .source("none", Source::closure(|_: &mut Emitter<u64>| SourceStep::Done))
+    ///     .stage("work", cpus, Routing::RoundRobin, |_| |_: &[u64], _: &mut Emitter<u64>| {})
+    ///     .build(); // the source and `cpus` workers: one thread more than CPUs
+    /// assert!(matches!(built, Err(PipelineError::Oversubscribed { .. })));
+    /// ```
+    pub fn pin(mut self, pin: impl Into<Pinning>) -> Self {
+        self.config.pin = pin.into();
         self
     }
 
@@ -339,6 +389,12 @@ impl<T: Send + 'static> PipelineBuilder<T> {
                 });
             }
         }
+        let plan = CpuPlan::new();
+        let threads = 1 + stages.iter().map(|s| s.workers).sum::<usize>();
+        let (claims, short) = claim_cpus(&plan, config.pin, threads)?;
+        if let Some(short) = short {
+            warn_oversubscribed(&source_name, short);
+        }
         let shared = Arc::new(Shared::new(config));
         let source_node = Node::new(config.latency);
         let stage_nodes: Vec<Vec<Node<T>>> =
@@ -359,7 +415,9 @@ impl<T: Send + 'static> PipelineBuilder<T> {
             shared: shared.clone(),
             source: SourceState { name: source_name.into(), node: source_node },
             stages: Vec::new(),
-            plan: CpuPlan::new(),
+            plan,
+            claims,
+            warned: short.is_some(),
             started: Instant::now(),
             last_metrics: Mutex::new(Vec::new()),
             scales: 0,
@@ -496,6 +554,10 @@ pub struct Pipeline<T> {
     source: SourceState<T>,
     stages: Vec<StageState<T>>,
     plan: CpuPlan,
+    /// CPUs claimed for threads not started yet (taken from the end).
+    claims: Vec<CpuClaim>,
+    /// The oversubscription warning was given.
+    warned: bool,
     started: Instant,
     last_metrics: Mutex<Vec<(Instant, u64)>>,
     scales: u64,
@@ -507,7 +569,13 @@ impl<T: Send + 'static> Pipeline<T> {
     /// pinned workers, no latency histograms.
     pub fn builder() -> PipelineBuilder<T> {
         PipelineBuilder {
-            config: Config { wait: WaitStrategy::Park, ring_capacity: 1024, batch_max: 256, pin: true, latency: false },
+            config: Config {
+                wait: WaitStrategy::Park,
+                ring_capacity: 1024,
+                batch_max: 256,
+                pin: Pinning::Spread,
+                latency: false,
+            },
             source: None,
             stages: Vec::new(),
         }
@@ -539,8 +607,8 @@ impl<T: Send + 'static> Pipeline<T> {
             .ok_or_else(|| PipelineError::UnknownStage { name: stage.to_string(), known: self.stage_names() })
     }
 
-    fn next_cpu(&mut self) -> Option<usize> {
-        self.shared.config.pin.then(|| self.plan.next_cpu())
+    fn next_cpu(&mut self) -> Option<CpuClaim> {
+        self.claims.pop()
     }
 
     fn parts(
@@ -701,6 +769,15 @@ impl<T: Send + 'static> Pipeline<T> {
         if workers == from {
             return Ok(ScaleReport { stage: stage.to_string(), from, to: workers, pause: Duration::ZERO });
         }
+        if workers > from {
+            let (claims, short) = claim_cpus(&self.plan, self.shared.config.pin, workers - from)?;
+            if let (Some(short), false) = (short, self.warned) {
+                warn_oversubscribed(&self.source.name, short);
+                self.warned = true;
+            }
+            // Taken from the end: the first added worker gets the first claim.
+            self.claims = claims.into_iter().rev().collect();
+        }
         let begun = Instant::now();
         let abort = self.shared.abort.clone();
         let has_next = s + 1 < self.stages.len();
@@ -768,6 +845,7 @@ impl<T: Send + 'static> Pipeline<T> {
         for (i, inputs, outputs) in added {
             self.spawn_stage_worker(s, i, inputs, outputs)?;
         }
+        self.claims.clear();
         let pause = begun.elapsed();
 
         // Removed workers leave at once (their rings are empty): join them, keep their figures.
@@ -858,6 +936,36 @@ impl<T> Drop for Pipeline<T> {
             }
         }
     }
+}
+
+/// Claims CPUs for `threads` threads to be pinned per `pin` (none when off), in the order
+/// they are spawned (the last claim first).
+///
+/// # Errors
+/// [`PipelineError::Oversubscribed`] with [`Pinning::Strict`] when some would share a CPU.
+fn claim_cpus(
+    plan: &CpuPlan,
+    pin: Pinning,
+    threads: usize,
+) -> Result<(Vec<CpuClaim>, Option<crate::affinity::Oversubscribed>), PipelineError> {
+    if pin == Pinning::Off {
+        return Ok((Vec::new(), None));
+    }
+    match plan.claim(threads, pin == Pinning::Strict) {
+        Ok((mut claims, short)) => {
+            claims.reverse();
+            Ok((claims, short))
+        }
+        Err(short) => Err(PipelineError::Oversubscribed { threads: short.threads, cpus: short.cpus, free: short.free }),
+    }
+}
+
+/// The one warning of a pipeline whose pinned threads share CPUs.
+fn warn_oversubscribed(pipeline: &str, short: crate::affinity::Oversubscribed) {
+    tracing::warn!(
+        "pipeline {pipeline:?}: {short}; pinned threads share CPUs (use fewer workers, Pinning::Strict to fail \
+         instead, or pin(false))"
+    );
 }
 
 /// The upstream nodes of stage `s`.

@@ -13,7 +13,7 @@ use super::emit::{Emitter, Input, Output, Routing};
 use super::error::PipelineError;
 use super::source::{Decode, SourceKind, SourceStep};
 use super::{Config, Factory, WorkerId};
-use crate::affinity;
+use crate::affinity::{self, CpuClaim};
 use crate::log::Offset;
 use crate::ring::{PopError, Waiter};
 use crate::sys::histogram::LatencyHistogram;
@@ -286,13 +286,14 @@ pub(crate) struct WorkerParts<T> {
     pub(crate) waiter: Arc<Waiter>,
     pub(crate) stats: Arc<WorkerStats>,
     pub(crate) shared: Arc<Shared<T>>,
-    pub(crate) cpu: Option<usize>,
+    /// The CPU to pin to, held until the thread exits.
+    pub(crate) cpu: Option<CpuClaim>,
 }
 
 impl<T> WorkerParts<T> {
     fn start_thread(&self) {
         affinity::name_current(&format!("shoal-{}-{}", self.stage, self.index));
-        if let Some(cpu) = self.cpu {
+        if let Some(cpu) = self.cpu.as_ref().map(CpuClaim::cpu) {
             if let Err(e) = affinity::pin_current(cpu) {
                 tracing::warn!("shoal-{}-{}: cannot pin to cpu {cpu}: {e}; running unpinned", self.stage, self.index);
             }

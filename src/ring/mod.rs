@@ -9,7 +9,13 @@
 //!   in its [`Waiter`] and the other side wakes it (see [`wait`] for the protocol; the hot
 //!   side pays a compiler fence and one relaxed load);
 //! - **batches in place**: [`Producer::reserve`] and [`Consumer::read`] hand out the ring's
-//!   own slots (rtrb chunks), so a batch is written and read without a copy;
+//!   own slots (rtrb chunks), so a batch is written and read without a copy; a
+//!   [`Reservation`] is filled safely with [`Reservation::push`] and published with
+//!   [`Reservation::commit_written`] (or, unchecked, through its slots and the `unsafe`
+//!   [`Reservation::commit`]);
+//! - **waiting on both sides, in batches too**: [`Producer::push_slice_wait`] and
+//!   [`Producer::wait_writable`] wait for room as [`Consumer::wait_readable`] waits for
+//!   values, each with a `stop` condition and [`Closed`] once the other side is gone;
 //! - **close and drain**: dropping the producer closes the ring; the consumer still drains
 //!   what is in it and then sees [`PopError::Closed`]. Once the consumer is gone,
 //!   [`Producer::is_closed`] says so and a push that would wait (the ring full) fails with
@@ -284,6 +290,74 @@ impl<T> Producer<T> {
         }
     }
 
+    /// Waits per the ring's strategy until `n` slots are free (at most the ring's capacity:
+    /// a larger `n` waits for an empty ring) or `stop()`; returns whether they are. The
+    /// producer's side of [`Consumer::wait_readable`].
+    ///
+    /// # Errors
+    /// [`Closed`] when the consumer is gone.
+    ///
+    /// ```
+    /// use shoal::ring::{channel, Closed, WaitStrategy};
+    ///
+    /// let (mut tx, rx) = channel::<u8>(2, WaitStrategy::Park);
+    /// assert_eq!(tx.wait_writable(2, || false), Ok(true)); // empty: two slots free
+    /// tx.push_slice(&[1, 2]);
+    /// assert_eq!(tx.wait_writable(1, || true), Ok(false)); // full, and told to stop
+    /// drop(rx);
+    /// assert_eq!(tx.wait_writable(1, || false), Err(Closed));
+    /// ```
+    pub fn wait_writable(&mut self, n: usize, stop: impl Fn() -> bool) -> Result<bool, Closed> {
+        let want = n.min(self.capacity());
+        let ring = &self.ring;
+        let ready = self.me.wait_until(self.wait, || ring.slots() >= want || ring.is_abandoned(), stop);
+        if ring.is_abandoned() {
+            return Err(Closed);
+        }
+        Ok(ready && ring.slots() >= want)
+    }
+
+    /// Pushes all of `values` in order, as many at once as there are free slots, waiting per
+    /// the ring's strategy while the ring is full, until all are in or `stop()` turns true
+    /// while it waits. Returns how many went in: `values.len()` unless stopped. The batch
+    /// counterpart of [`Producer::push_wait_or_stop`].
+    ///
+    /// # Errors
+    /// [`Closed`] when the consumer is gone (whatever was pushed before is dropped with the
+    /// ring).
+    ///
+    /// ```
+    /// use shoal::ring::{channel, WaitStrategy};
+    ///
+    /// let (mut tx, mut rx) = channel::<u64>(4, WaitStrategy::Park);
+    /// let consumer = std::thread::spawn(move || std::iter::from_fn(|| rx.pop_wait().ok()).sum::<u64>());
+    /// let values: Vec<u64> = (0..100).collect();
+    /// assert_eq!(tx.push_slice_wait(&values, || false)?, 100); // waits while the ring is full
+    /// drop(tx);
+    /// assert_eq!(consumer.join().unwrap(), 4950);
+    /// # Ok::<(), shoal::ring::Closed>(())
+    /// ```
+    pub fn push_slice_wait(&mut self, values: &[T], stop: impl Fn() -> bool) -> Result<usize, Closed>
+    where
+        T: Copy,
+    {
+        let mut pushed = 0;
+        // Bounded: each pass pushes at least one value, or returns (stopped or closed).
+        while pushed < values.len() {
+            let n = self.push_slice(&values[pushed..]);
+            pushed += n;
+            if n == 0 {
+                if self.ring.is_abandoned() {
+                    return Err(Closed);
+                }
+                if !self.wait_writable(1, &stop)? {
+                    return Ok(pushed);
+                }
+            }
+        }
+        Ok(pushed)
+    }
+
     /// Wakes the consumer if it sleeps (after [`Producer::push_quiet`]s).
     #[inline]
     pub fn notify(&self) {
@@ -299,7 +373,7 @@ impl<T> Producer<T> {
         let n = n.min(self.ring.slots());
         // `n` free slots exist (we are the only producer), so this cannot fail.
         let chunk = self.ring.write_chunk_uninit(n).ok();
-        Reservation { chunk, peer: &self.peer, parks: self.wait.parks() }
+        Reservation { chunk, written: 0, peer: &self.peer, parks: self.wait.parks() }
     }
 
     /// Pushes as much of `values` as fits, without waiting; returns how many went in.
@@ -352,8 +426,32 @@ impl<T> Drop for Producer<T> {
 }
 
 /// Slots reserved in a ring, written in place, then committed.
+///
+/// Two ways to fill them:
+/// - **safe, counted**: [`Reservation::push`] writes the next slot and counts it;
+///   [`Reservation::commit_written`] publishes exactly the slots pushed (and
+///   [`Reservation::fill_from_iter`] does both);
+/// - **in place, unchecked**: write through [`Reservation::slots`], then the `unsafe`
+///   [`Reservation::commit`] with how many were initialised, for callers that fill slots in
+///   any order or from raw memory at no cost per slot.
+///
+/// Dropping a reservation publishes nothing; values pushed into it are dropped.
+///
+/// ```
+/// use shoal::ring::{channel, WaitStrategy};
+///
+/// let (mut tx, mut rx) = channel::<String>(8, WaitStrategy::Park);
+/// let mut r = tx.reserve(3);
+/// r.push("a".to_string()).unwrap();
+/// r.push("b".to_string()).unwrap();
+/// assert_eq!(r.commit_written(), 2); // the third slot was never written: not published
+/// assert_eq!(rx.slots(), 2);
+/// assert_eq!(rx.pop().unwrap(), "a");
+/// ```
 pub struct Reservation<'a, T> {
     chunk: Option<rtrb::chunks::WriteChunkUninit<'a, T>>,
+    /// Slots initialised by `push`, from the first: `written <= len()`.
+    written: usize,
     peer: &'a Waiter,
     parks: bool,
 }
@@ -369,36 +467,112 @@ impl<T> Reservation<'_, T> {
         self.len() == 0
     }
 
-    /// The reserved slots, in two parts where the ring wraps around.
+    /// Slots written by [`Reservation::push`] so far.
+    pub fn written(&self) -> usize {
+        self.written
+    }
+
+    /// The reserved slots not yet written by [`Reservation::push`] (all of them when none
+    /// was), in two parts where the ring wraps around.
     pub fn slots(&mut self) -> (&mut [MaybeUninit<T>], &mut [MaybeUninit<T>]) {
+        let written = self.written;
         match &mut self.chunk {
-            Some(c) => c.as_mut_slices(),
+            Some(c) => {
+                let (a, b) = c.as_mut_slices();
+                if written <= a.len() {
+                    (&mut a[written..], b)
+                } else {
+                    (&mut b[written - a.len()..], &mut [])
+                }
+            }
             None => (&mut [], &mut []),
         }
     }
 
-    /// Fills the slots from an iterator and commits them; returns how many were written.
-    pub fn fill_from_iter(mut self, iter: impl IntoIterator<Item = T>) -> usize {
-        let n = match self.chunk.take() {
-            Some(c) => c.fill_from_iter(iter),
-            None => 0,
-        };
-        if n > 0 && self.parks {
-            self.peer.wake();
+    /// Writes `value` into the next reserved slot and counts it.
+    ///
+    /// # Errors
+    /// The value comes back when every reserved slot is written.
+    #[inline]
+    pub fn push(&mut self, value: T) -> Result<(), T> {
+        let (a, b) = self.slots();
+        // The first part may be used up while the wrapped second part is not.
+        match a.first_mut().or_else(|| b.first_mut()) {
+            Some(slot) => {
+                slot.write(value);
+                self.written += 1;
+                Ok(())
+            }
+            None => Err(value),
         }
+    }
+
+    /// Publishes exactly the slots written by [`Reservation::push`], waking a sleeping
+    /// consumer; returns how many.
+    pub fn commit_written(mut self) -> usize {
+        let n = self.written;
+        self.written = 0;
+        if let Some(c) = self.chunk.take() {
+            // SAFETY: `push` initialised the first `written` slots (first part, then second),
+            // and `slots` never hands them out again, so none was replaced since.
+            unsafe { c.commit(n) };
+            if n > 0 && self.parks {
+                self.peer.wake();
+            }
+        }
+        n
+    }
+
+    /// Fills the slots not yet written from an iterator and commits every written slot;
+    /// returns how many were written by this call.
+    pub fn fill_from_iter(mut self, iter: impl IntoIterator<Item = T>) -> usize {
+        let mut iter = iter.into_iter();
+        let mut n = 0;
+        let (a, b) = self.slots();
+        // Bounded by the reservation's length; takes no value beyond it from `iter`.
+        for slot in a.iter_mut().chain(b) {
+            let Some(v) = iter.next() else { break };
+            slot.write(v);
+            n += 1;
+        }
+        // A panicking iterator leaves `written` short: its values are forgotten, never
+        // published or dropped twice.
+        self.written += n;
+        self.commit_written();
         n
     }
 
     /// Makes the first `n` reserved slots visible to the consumer.
     ///
     /// # Safety
-    /// The first `n` slots (the first part, then the second) must have been initialised.
+    /// The first `n` slots (the first part, then the second) must have been initialised,
+    /// by [`Reservation::push`] or through [`Reservation::slots`]. Pushed values beyond `n`
+    /// are forgotten (never dropped).
     pub unsafe fn commit(mut self, n: usize) {
+        self.written = 0;
         if let Some(c) = self.chunk.take() {
             // SAFETY: the caller initialised the first `n` slots.
             unsafe { c.commit(n) };
             if n > 0 && self.parks {
                 self.peer.wake();
+            }
+        }
+    }
+}
+
+impl<T> Drop for Reservation<'_, T> {
+    fn drop(&mut self) {
+        let written = self.written;
+        if written == 0 {
+            return;
+        }
+        if let Some(c) = &mut self.chunk {
+            let (a, b) = c.as_mut_slices();
+            let in_a = written.min(a.len());
+            for slot in a[..in_a].iter_mut().chain(b[..written - in_a].iter_mut()) {
+                // SAFETY: the first `written` slots were initialised by `push` and are not
+                // published (the chunk was not committed), so each is dropped here once.
+                unsafe { slot.assume_init_drop() };
             }
         }
     }
@@ -781,6 +955,49 @@ mod tests {
             assert_eq!(got.len(), (take as usize).min(expect.len().max(got.len())));
             batch.commit();
         }
+    }
+
+    #[test]
+    fn counted_reservations_publish_and_drop_exactly_what_was_pushed() {
+        // Strings: Miri sees a double drop, a leak, or a read of an uninitialised slot.
+        let (mut tx, mut rx) = channel::<String>(4, WaitStrategy::Park);
+        for round in 0..6 {
+            // The reservation wraps around from round 1 on (three slots used per round).
+            let mut r = tx.reserve(3);
+            assert_eq!(r.len(), 3);
+            for i in 0..3 {
+                r.push(format!("{round}-{i}")).unwrap();
+            }
+            assert_eq!(r.push("spare".to_string()), Err("spare".to_string()));
+            assert_eq!(r.slots().0.len() + r.slots().1.len(), 0);
+            if round % 2 == 0 {
+                assert_eq!(r.commit_written(), 3);
+                let got: Vec<String> = std::iter::from_fn(|| rx.pop().ok()).collect();
+                assert_eq!(got, [0, 1, 2].map(|i| format!("{round}-{i}")));
+            } else {
+                drop(r); // drops the three pushed values, publishes nothing
+                assert_eq!(rx.pop(), Err(PopError::Empty));
+            }
+        }
+        let mut r = tx.reserve(4);
+        r.push("x".to_string()).unwrap();
+        assert_eq!(r.fill_from_iter(["y".to_string(), "z".to_string()]), 2);
+        // Left in the ring: dropped with it.
+        let mut r = tx.reserve(4);
+        r.push("w".to_string()).unwrap();
+        assert_eq!(r.commit_written(), 1);
+        assert_eq!(rx.pop().as_deref(), Ok("x"));
+    }
+
+    #[test]
+    fn push_slice_wait_fills_a_ring_drained_by_another_thread() {
+        let (mut tx, mut rx) = channel::<u64>(3, WaitStrategy::Park);
+        let n = if cfg!(miri) { 40 } else { 10_000 };
+        let consumer = std::thread::spawn(move || std::iter::from_fn(|| rx.pop_wait().ok()).collect::<Vec<u64>>());
+        let values: Vec<u64> = (0..n).collect();
+        assert_eq!(tx.push_slice_wait(&values, || false), Ok(n as usize));
+        drop(tx);
+        assert_eq!(consumer.join().unwrap(), values);
     }
 
     #[test]
