@@ -19,10 +19,10 @@ pub const RING_CAPACITY: usize = 4096;
 /// Largest batch of the batched hops.
 pub const RING_BATCH_MAX: usize = 256;
 
-/// The CPUs the two threads of a pair are pinned to: the first two usable ones, or none when
-/// fewer than two are usable.
+/// The CPUs the two threads of a pair are pinned to: the first two of the process's allowed ones
+/// ([`shoal::affinity::allowed_cpus`]), or none when fewer than two are allowed.
 pub fn cpu_pair() -> Option<(usize, usize)> {
-    let cpus = shoal::affinity::usable_cpus().ok()?;
+    let cpus = shoal::affinity::allowed_cpus();
     match cpus.as_slice() {
         [a, b, ..] => Some((*a, *b)),
         _ => None,

@@ -342,7 +342,7 @@ struct Machine {
 
 impl Machine {
     fn probe(dir: &Path) -> Machine {
-        let usable_cpus = shoal::affinity::usable_cpus().unwrap_or_default();
+        let usable_cpus = shoal::affinity::allowed_cpus();
         let pinned = kring::cpu_pair();
         let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
             .ok()
