@@ -1741,8 +1741,8 @@ fn commit_one(owners: &Dir, p: u32, owned: &mut Owned, sync: bool) -> Result<(),
 /// [`GroupError::Fenced`]). No lock is taken, so a member stopped here never holds up a
 /// takeover (see the module docs).
 fn commit_at(owners: &Dir, p: u32, owned: &mut Owned, offset: u64, sync: bool) -> Result<(), GroupError> {
-    if offset == owned.committed {
-        return Ok(()); // nothing new (and nothing read: the file may stay empty)
+    if offset == owned.committed && owned.generation > 0 {
+        return Ok(()); // nothing new
     }
     let name = owner_file_name(p);
     let fenced = || GroupError::Fenced { partition: p, path: owners.join(&name) };
