@@ -76,8 +76,19 @@ fn check_positions(member: &Member, model: &Model) {
     }
 }
 
+/// A scratch directory, in `/dev/shm` where it exists (cheap file operations).
+fn scratch() -> tempfile::TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(d) = tempfile::Builder::new().prefix("shoal-fuzz").tempdir_in(shm) {
+            return d;
+        }
+    }
+    tempfile::tempdir().expect("tempdir")
+}
+
 fuzz_target!(|ops: Vec<Op>| {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = scratch();
     let bus = Bus::open(dir.path()).expect("bus");
     bus.topic_or_create("t", Some(PARTITIONS)).expect("topic");
     let mut model = Model::default();

@@ -115,7 +115,9 @@
 //!
 //! When a partition leaves a member's assignment, the member, at its next [`Member::poll`],
 //! commits it up to everything it has returned (the records of earlier polls count as
-//! processed: Kafka's commit-on-revoke), closes the lock and bumps the epoch. A member that
+//! processed: Kafka's commit-on-revoke) or, when it has a [`RebalanceListener`], calls its
+//! `on_revoked` with the partition still held and commits only what that commits; then it
+//! closes the lock and bumps the epoch. A member that
 //! gains a partition tries `LOCK_EX|LOCK_NB` each time the epoch moves or the sweep runs,
 //! and once it holds the lock, reads the committed offset and reads on from there: replay
 //! from the log, then live, with no gap and no duplicate. A partition whose owner did not
@@ -128,7 +130,11 @@
 //!
 //! # Delivery
 //! At least once. [`Member::commit`] stores, per owned partition, the offset after the last
-//! record returned. A graceful [`Member::leave`] commits and hands over with no duplicate;
+//! record returned; [`Member::commit_offsets`] stores chosen offsets (each the next offset to
+//! read, at most the member's [`Member::position`]), for consumers that finish records after
+//! they poll them. [`Member::seek`] moves the position (nothing is committed until a
+//! commit). A partition without a committed offset starts where [`GroupOptions::start`]
+//! says; [`reset_offsets`] moves the offsets of a group with no live member. A graceful [`Member::leave`] commits and hands over with no duplicate;
 //! after a crash the next owner re-delivers at most the records the dead member returned
 //! after its last commit. Dropping a `Member` without `leave` releases its partitions and
 //! lease without committing (its uncommitted records are delivered again).
