@@ -402,3 +402,37 @@ fn cli_group_from_latest_prints_only_new_records() {
     let out = run(&["group", path, "x", "--topic", "t", "--from", "middle"], b"");
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn a_listener_hears_of_partitions_lost_to_a_takeover() {
+    struct Lost(Arc<Mutex<Vec<u32>>>);
+    impl RebalanceListener for Lost {
+        fn on_revoked(&mut self, _: &mut Revoked<'_>) {
+            panic!("a takeover revokes nothing: the partitions are already gone");
+        }
+        fn on_lost(&mut self, partitions: &[u32]) {
+            self.0.lock().unwrap().extend_from_slice(partitions);
+        }
+    }
+    let (_dir, bus) = filled(1, 5);
+    let lost = Arc::new(Mutex::new(Vec::new()));
+    let mut a = Member::join_with(&bus, "g", "t", opts(), Lost(lost.clone())).unwrap();
+    assert_eq!(a.assigned(), [0]);
+    // A stops polling (a hung handler); B counts it as stopped after its session timeout
+    // and takes the partition over.
+    let quick = opts().session_timeout(Duration::from_millis(60));
+    let mut b = Member::join(&bus, "g", "t", quick).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while b.assigned().is_empty() && Instant::now() < deadline {
+        b.poll(0, Duration::ZERO).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(b.assigned(), [0]);
+    assert!(lost.lock().unwrap().is_empty());
+    // A's next poll finds it gone, and tells the listener.
+    assert!(a.poll(10, Duration::from_millis(20)).unwrap().is_empty());
+    assert_eq!(*lost.lock().unwrap(), [0]);
+    assert!(a.assigned().is_empty());
+    drop(a);
+    assert_eq!(take(&mut b, 5).len(), 5);
+}
