@@ -1076,7 +1076,7 @@ impl Member {
 
     /// [`Member::poll`] with zero copies: calls `each` with up to `max` records, each
     /// borrowed in place from the mapped log for the length of the call (a
-    /// [`Record`](crate::log::Record), as [`Reader::next`] returns), and returns how many.
+    /// [`Record`], as [`Reader::next`] returns), and returns how many.
     /// Every record passed counts as returned (for [`Member::commit`] and
     /// [`Member::position`]). This is the fastest way to read a group: no allocation, no
     /// reference count, one commit-word load and one checksum per record, as a bare
