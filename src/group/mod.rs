@@ -674,6 +674,16 @@ impl Heartbeat {
     }
 }
 
+/// A partition assigned to this member and not yet held.
+#[derive(Debug)]
+struct Pending {
+    /// When the assignment first named this member.
+    since: Instant,
+    /// The partition's reader, opened as soon as the partition is assigned (a reader needs
+    /// no lock), so that the handover itself only positions it.
+    reader: Option<Reader>,
+}
+
 /// What this member last saw of another member's heartbeat.
 #[derive(Debug)]
 struct Observed {
@@ -740,8 +750,8 @@ pub struct Member {
     stale: Vec<String>,
     target: Vec<u32>,
     owned: BTreeMap<u32, Owned>,
-    /// Assigned partitions not yet held, with since when.
-    pending: BTreeMap<u32, Instant>,
+    /// Assigned partitions not yet held: since when, and a reader opened ahead.
+    pending: BTreeMap<u32, Pending>,
     order: Vec<u32>,
     cursor: usize,
     joined: bool,
@@ -1407,7 +1417,10 @@ impl Member {
         let mut fresh = false;
         for &p in &self.target {
             if !self.owned.contains_key(&p) && !self.pending.contains_key(&p) {
-                self.pending.insert(p, now);
+                // A reader that cannot be opened now is opened (and its error reported) at
+                // the take.
+                let reader = self.topic.partition_dir(p).ok().and_then(|dir| Reader::open(dir).ok());
+                self.pending.insert(p, Pending { since: now, reader });
                 fresh = true;
             }
         }
@@ -1419,9 +1432,14 @@ impl Member {
 
     fn try_acquire(&mut self) -> Result<(), GroupError> {
         let mut gained = Vec::new();
-        let partitions: Vec<(u32, Instant)> = self.pending.iter().map(|(&p, &since)| (p, since)).collect();
+        let partitions: Vec<(u32, Instant)> = self.pending.iter().map(|(&p, pending)| (p, pending.since)).collect();
         for (p, since) in partitions {
-            let Some(owned) = self.take(p)? else { continue };
+            let mut reader = self.pending.get_mut(&p).and_then(|pending| pending.reader.take());
+            let taken = self.take(p, &mut reader);
+            if let (Some(pending), Some(reader)) = (self.pending.get_mut(&p), reader) {
+                pending.reader = Some(reader); // not taken: kept for the next try
+            }
+            let Some(owned) = taken? else { continue };
             self.pending.remove(&p);
             self.owned.insert(p, owned);
             if self.joined {
@@ -1440,7 +1458,7 @@ impl Member {
 
     /// Takes partition `p` under its partition lock: when its owner lock is free, or by a
     /// takeover when the owner it names is stale. `None` when neither (yet).
-    fn take(&self, p: u32) -> Result<Option<Owned>, GroupError> {
+    fn take(&self, p: u32, reader: &mut Option<Reader>) -> Result<Option<Owned>, GroupError> {
         let offsets_name = p.to_string();
         let offsets_path = self.offsets_dir.join(&offsets_name);
         let offsets = self
@@ -1467,7 +1485,7 @@ impl Member {
             }
             None => offsets,
         };
-        self.open_partition(p, lock, lock_id, offsets, offsets_path).map(Some)
+        self.open_partition(p, lock, lock_id, offsets, offsets_path, reader.take()).map(Some)
     }
 
     /// [`Member::take`] once the partition lock on `offsets` is held: the owner lock, its
@@ -1538,11 +1556,22 @@ impl Member {
         lock_id: FileId,
         offsets: File,
         offsets_path: PathBuf,
+        reader: Option<Reader>,
     ) -> Result<Owned, GroupError> {
         let committed = read_committed_at(&offsets, &offsets_path)?;
-        let dir = self.topic.partition_dir(p)?;
-        std::fs::create_dir_all(&dir).map_err(|e| GroupError::io(&dir, "create directory", e))?;
-        let mut reader = Reader::open(&dir)?;
+        let mut reader = match reader {
+            Some(mut reader) => {
+                // Opened when the partition was assigned: re-read its segment list
+                // (retention may have removed some since).
+                reader.first_offset()?;
+                reader
+            }
+            None => {
+                let dir = self.topic.partition_dir(p)?;
+                std::fs::create_dir_all(&dir).map_err(|e| GroupError::io(&dir, "create directory", e))?;
+                Reader::open(&dir)?
+            }
+        };
         let start = match (committed, self.opts.start) {
             (Some(c), _) => c.offset,
             (None, Start::Earliest) => 0,
