@@ -436,3 +436,14 @@ fn a_listener_hears_of_partitions_lost_to_a_takeover() {
     drop(a);
     assert_eq!(take(&mut b, 5).len(), 5);
 }
+
+#[test]
+fn a_commit_at_the_start_is_recorded_and_wins_over_a_later_start_option() {
+    let (_dir, bus) = filled(1, 5);
+    let mut m = Member::join(&bus, "g", "t", opts()).unwrap();
+    assert_eq!(m.position(0).unwrap(), 0);
+    m.commit().unwrap(); // nothing read: the group still commits offset 0
+    drop(m);
+    let m = Member::join(&bus, "g", "t", opts().start(Start::Latest)).unwrap();
+    assert_eq!(m.position(0).unwrap(), 0, "the committed 0 stands, not the end");
+}
