@@ -113,10 +113,34 @@ pub fn import(
     let t = bus.topic_or_create(topic, None)?;
     let dir = positions_dir(bus, "import", topic, &opts.stream);
     create_dir(&dir)?;
-    let mut producer = t.producer(opts.log_options)?;
-    let mut parts = Vec::with_capacity(t.partitions() as usize);
+    let mut stored = Vec::with_capacity(t.partitions() as usize);
     for p in 0..t.partitions() {
-        let (mut file, stored) = PositionFile::open_import(dir.join(p.to_string()))?;
+        stored.push(PositionFile::open_import(dir.join(p.to_string()))?);
+    }
+    // Every message at or below `through` is in the topic (or was never ours).
+    let through = stored.iter().map(|(_, pos)| pos.map_or(0, |pos| pos.stream_seq)).min().unwrap_or(0);
+    let filter_subject = opts.subject_prefix.as_ref().map(|p| format!("{p}.>")).unwrap_or_default();
+    // The partitions open (mostly waiting for the disk) while the consumer is created and
+    // its first batch requested (mostly waiting for the server).
+    let (producer, consumer) = std::thread::scope(|scope| {
+        let open = || t.producer(opts.log_options);
+        let opening = std::thread::Builder::new().name("shoal-import-open".into()).spawn_scoped(scope, open);
+        let consumer = conn.block_on(or_stop(stop, consume(&conn.js, opts, &filter_subject, through + 1)));
+        let producer = match opening {
+            Ok(h) => h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            Err(_) => t.producer(opts.log_options),
+        };
+        (producer, consumer)
+    });
+    // Held before anything can return early: a subscription must be dropped inside its
+    // connection's runtime.
+    let consumer = consumer.map(|c| c.map(|m| conn.hold(m)));
+    let mut producer = producer?;
+    let Some(consumer) = consumer else {
+        return Ok(BridgeStats { elapsed: started.elapsed(), ..Default::default() });
+    };
+    let mut parts = Vec::with_capacity(t.partitions() as usize);
+    for (p, (mut file, stored)) in (0..t.partitions()).zip(stored) {
         let local_next = producer.next_offset(p).map_or(0, |o| o.0);
         let pos = match stored {
             Some(pos) => pos,
@@ -145,7 +169,7 @@ pub fn import(
         parts.push(Part { pos, file, extra, reader, dirty: false });
     }
     let ctx = Ctx { topic, opts, dir: dir.display().to_string(), prefix, partitions: t.partitions() };
-    run(&ctx, conn, &mut producer, &mut parts, stop, status, started)
+    run(&ctx, conn, consumer, &mut producer, &mut parts, stop, status, started)
 }
 
 struct Ctx<'a> {
@@ -355,9 +379,11 @@ async fn fetch(
     (batch_through, None)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run(
     ctx: &Ctx<'_>,
     first: Conn,
+    consumer: Result<Held<pull::Stream>, String>,
     producer: &mut TopicProducer,
     parts: &mut [Part],
     stop: &AtomicBool,
@@ -373,8 +399,16 @@ fn run(
     let mut stats = BridgeStats::default();
     let mut st = BridgeStatus { connected: true, ..Default::default() };
     let mut conn = Some(first);
+    // The first consumer's failure, if it failed, is handled as any later one's.
+    let mut first_failure = None;
     // Declared after `conn`, so dropped before it.
-    let mut messages: Option<Held<pull::Stream>> = None;
+    let mut messages: Option<Held<pull::Stream>> = match consumer {
+        Ok(m) => Some(m),
+        Err(why) => {
+            first_failure = Some(why);
+            None
+        }
+    };
     // The consumer sequence of the last message taken from `messages`.
     let mut consumer_seq = 0u64;
     let mut backoff = BACKOFF_MIN;
@@ -385,10 +419,10 @@ fn run(
     let mut batch: Vec<(u64, async_nats::jetstream::Message)> = Vec::with_capacity(BATCH_MAX);
     let mut unsynced = Unsynced { batches: VecDeque::with_capacity(2), watches: producer.durable_watches() };
     while !stop.load(Ordering::Relaxed) {
-        let mut failure: Option<String> = None;
-        if conn.as_ref().is_some_and(|c| !c.is_up()) {
+        let mut failure: Option<String> = first_failure.take();
+        if failure.is_none() && conn.as_ref().is_some_and(|c| !c.is_up()) {
             failure = Some("connection lost".into());
-        } else if conn.is_none() {
+        } else if failure.is_none() && conn.is_none() {
             let now = Instant::now();
             if now < retry_at {
                 std::thread::sleep(STOP_WAIT.min(retry_at - now));
