@@ -124,6 +124,8 @@ impl BusError {
 /// The most partitions a topic may have.
 pub const PARTITIONS_MAX: u32 = 4096;
 const META_MAGIC: [u8; 8] = *b"SHOALTOP";
+/// Partitions a producer opens side by side.
+const OPEN_AT_ONCE: usize = 8;
 const META_VERSION: u32 = 1;
 const META_BYTES: usize = 40;
 
@@ -526,14 +528,40 @@ impl Topic {
     /// # Errors
     /// Log errors of any partition.
     pub fn producer(&self, opts: LogOptions) -> Result<TopicProducer, BusError> {
-        let mut partitions = Vec::with_capacity(self.partitions as usize);
         let topic_dir = Dir::open(&self.dir).map_err(|e| BusError::io(&self.dir, "open", e))?;
+        let mut dirs = Vec::with_capacity(self.partitions as usize);
         for p in 0..self.partitions {
             // Created through the topic's directory, so a symlink planted as a partition is
             // refused rather than followed by the appender.
             let dir = self.partition_dir(p)?;
             topic_dir.create_subdir(&p.to_string()).map_err(|e| BusError::io(&dir, "create directory", e))?;
-            partitions.push(Appender::open(dir, opts)?);
+            dirs.push(dir);
+        }
+        // Opening a partition mostly waits for the disk (recovery's reads, a first segment
+        // made and synced): the partitions open side by side, a few at a time, so a topic
+        // opens in about the time of its slowest partition rather than the sum of them all.
+        let mut partitions = Vec::with_capacity(dirs.len());
+        for chunk in dirs.chunks(OPEN_AT_ONCE) {
+            let opened: Vec<Result<Appender, LogError>> = std::thread::scope(|scope| {
+                // A thread that cannot be started leaves its partition to this one.
+                let started: Vec<_> = chunk
+                    .iter()
+                    .map(|dir| {
+                        let open = move || Appender::open(dir.as_path(), opts);
+                        std::thread::Builder::new().name("shoal-open".into()).spawn_scoped(scope, open).map_err(|_| dir)
+                    })
+                    .collect();
+                started
+                    .into_iter()
+                    .map(|h| match h {
+                        Ok(h) => h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                        Err(dir) => Appender::open(dir.as_path(), opts),
+                    })
+                    .collect()
+            });
+            for appender in opened {
+                partitions.push(appender?);
+            }
         }
         Ok(TopicProducer { topic: self.clone(), opts: opts.fitted(), partitions })
     }
