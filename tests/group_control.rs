@@ -381,6 +381,13 @@ fn cli_resets_offsets_as_a_dry_run_then_with_execute_and_refuses_live_groups() {
     }
     let out = run(&["groups", path, "g", "--reset-offsets", "--to", "soon"], b"");
     assert!(String::from_utf8_lossy(&out.stderr).contains("give earliest, latest, or an offset"));
+    // `groups <BUS> <GROUP>` shows that group only.
+    Member::join(&bus, "other", "t", opts()).unwrap().leave().unwrap();
+    let out = run(&["groups", path, "g"], b"");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("group g, topic t: 0 members") && !text.contains("group other"), "{text}");
+    let out = run(&["groups", path, "nobody"], b"");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{path}: no consumer group nobody\n"));
     let out = run(&["groups", path, "nobody", "--reset-offsets", "--to", "latest"], b"");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no consumer group nobody"), "{out:?}");
