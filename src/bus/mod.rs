@@ -127,9 +127,9 @@ pub enum BusError {
         /// Its meta file.
         path: PathBuf,
         /// The schema the topic keeps (`None`: created without one).
-        kept: Option<TopicSchema>,
+        kept: Option<Box<TopicSchema>>,
         /// The schema of the type declared.
-        declared: TopicSchema,
+        declared: Box<TopicSchema>,
     },
     /// A [`Schema`] that a topic cannot keep.
     #[error("schema {name:?}: {why}; give the type a Schema::NAME of 1 to 256 bytes")]
@@ -324,7 +324,7 @@ impl Bus {
         let Some(meta) = meta else {
             return Err(BusError::NoTopic { path: dir, topic: name.to_string() });
         };
-        Ok(Topic { dir, name: name.to_string(), partitions: meta.partitions, schema: meta.schema })
+        Ok(Topic { dir, name: name.to_string(), partitions: meta.partitions, schema: meta.schema.map(Box::new) })
     }
 
     /// Opens a topic, creating it with `partitions` partitions if it does not exist.
@@ -368,7 +368,12 @@ impl Bus {
                 return Err(BusError::PartitionMismatch { path: meta, topic: name.to_string(), existing, asked });
             }
         }
-        Ok(Topic { dir, name: name.to_string(), partitions: existing.partitions, schema: existing.schema })
+        Ok(Topic {
+            dir,
+            name: name.to_string(),
+            partitions: existing.partitions,
+            schema: existing.schema.map(Box::new),
+        })
     }
 
     /// Names of the topics, sorted.
@@ -636,7 +641,8 @@ pub struct Topic {
     dir: PathBuf,
     name: String,
     partitions: u32,
-    schema: Option<TopicSchema>,
+    /// Boxed: most topics have none, and a `Topic` sits in every producer and member.
+    schema: Option<Box<TopicSchema>>,
 }
 
 impl Topic {
@@ -653,7 +659,7 @@ impl Topic {
     /// The schema of a typed topic (see [`Schema`]); `None` for a topic created without
     /// one, which takes records of any type.
     pub fn schema(&self) -> Option<&TopicSchema> {
-        self.schema.as_ref()
+        self.schema.as_deref()
     }
 
     /// The log directory of partition `p`.

@@ -364,16 +364,26 @@ impl Topic {
 }
 
 fn schema_mismatch(topic: &Topic, kept: Option<TopicSchema>, declared: TopicSchema) -> BusError {
-    BusError::SchemaMismatch { topic: topic.name().to_string(), path: topic.dir.join("meta"), kept, declared }
+    BusError::SchemaMismatch {
+        topic: topic.name().to_string(),
+        path: topic.dir.join("meta"),
+        kept: kept.map(Box::new),
+        declared: Box::new(declared),
+    }
 }
 
 /// A producer of a typed topic: [`TypedProducer::send`] takes a `&T`, no cast. Made by
 /// [`Topic::producer_typed`]; [`TypedProducer::untyped`] reaches the [`TopicProducer`]
 /// underneath (durable watermarks, syncs, raw payloads).
-#[derive(Debug)]
 pub struct TypedProducer<T: Schema> {
     inner: TopicProducer,
     _type: PhantomData<fn(&T)>,
+}
+
+impl<T: Schema> fmt::Debug for TypedProducer<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TypedProducer").field("schema", &T::NAME).field("inner", &self.inner).finish()
+    }
 }
 
 impl<T: Schema> TypedProducer<T> {
