@@ -213,6 +213,18 @@ const fn fnv_bytes(mut h: u64, bytes: &[u8], skip_whitespace: bool) -> u64 {
 /// struct Tick { instrument: u32, venue: u32, price: f64 }
 /// shoal::schema!(Tick { instrument: u32, price: f64 }); // venue is missing
 /// ```
+/// ```compile_fail
+/// #[repr(C)]
+/// #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+/// struct Tick { instrument: u32, venue: u32, price: f64 }
+/// shoal::schema!(Tick { venue: u32, instrument: u32, price: f64 }); // not the declaration order
+/// ```
+/// ```compile_fail
+/// #[repr(C)]
+/// #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+/// struct Tick { instrument: u32, venue: u32, price: f64 }
+/// shoal::schema!(Tick { instrument: u32, venue: u32, price: u64 }); // price is an f64
+/// ```
 #[macro_export]
 macro_rules! schema {
     ($ty:ident { $($field:ident : $fty:ty),* $(,)? }) => {
