@@ -39,8 +39,11 @@
 //! # Typed topics
 //! A topic may keep the schema of its records (a [`Schema`]'s name, version, size,
 //! alignment and layout fingerprint): [`Bus::topic_or_create_typed`] creates one,
-//! [`Topic::producer_typed`] and the group member's `join_typed` refuse another type. See
-//! [`Schema`] and [`schema!`](crate::schema).
+//! [`Topic::producer_typed`] and the group member's `join_typed` and `expect_schema` refuse
+//! another type with [`BusError::SchemaMismatch`], before they write or read a record. A
+//! topic created without a schema ([`Bus::topic_or_create`], `shoal produce`, `shoal topics
+//! create`, an older shoal) takes any declared type and says nothing; a schema is fixed when
+//! the topic is created. See [`Schema`], [`schema!`](crate::schema) and [`fingerprint`].
 
 use std::io::{Read, Write};
 use std::ops::Range;

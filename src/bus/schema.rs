@@ -106,7 +106,7 @@ pub struct Field {
 /// ```
 pub trait Schema: bytemuck::Pod {
     /// The type's name, kept in the topic (at most [`SCHEMA_NAME_BYTES_MAX`] bytes, not
-    /// empty). [`schema!`](crate::schema) uses the path given to it unless told another.
+    /// empty). [`schema!`](crate::schema) uses the struct's name unless given `name = "..."`.
     const NAME: &'static str;
     /// A version of your choosing: bump it when the meaning of the bytes changes while the
     /// layout does not (cents become tenths of a cent).
@@ -117,10 +117,13 @@ pub trait Schema: bytemuck::Pod {
     const FINGERPRINT: u64 = fingerprint(Self::FIELDS, core::mem::size_of::<Self>(), core::mem::align_of::<Self>());
 }
 
-/// The layout fingerprint of a type (see the module docs): 64-bit FNV-1a over its size and
-/// alignment (each a little-endian u64) and, per field, its name, a `0xFF` byte, its offset
-/// and size (little-endian u64s), its type name without whitespace and another `0xFF`.
-/// Fixed forever.
+/// The layout fingerprint of a type: 64-bit FNV-1a over its size and alignment (each a
+/// little-endian u64) and, per field in declaration order, its name, a `0xFF` byte, its
+/// offset and size (little-endian u64s), its type name without whitespace and another
+/// `0xFF`. Fixed forever, like [`key_hash`](super::key_hash), so that programs built at
+/// different times by different compilers agree on it. Reordering, resizing, retyping or
+/// renaming a field changes it; so does writing a field's type another way (`u64` and
+/// `core::primitive::u64` differ): write the types the same way in every program.
 pub const fn fingerprint(fields: &[Field], size: usize, align: usize) -> u64 {
     let mut h = FNV_OFFSET_BASIS;
     h = fnv_u64(h, size as u64);
@@ -177,7 +180,7 @@ const fn fnv_bytes(mut h: u64, bytes: &[u8], skip_whitespace: bool) -> u64 {
 /// shoal::schema!(Type, name = "orders.Order", version = 2, { field: FieldType, ... });
 /// ```
 ///
-/// `name` defaults to the type's path as written, `version` to 0. The list is checked at
+/// `name` defaults to the struct's name, `version` to 0. The list is checked at
 /// compile time: a field left out, one the struct lacks, a wrong type or another order is an
 /// error. Tuple structs and generic structs are not supported (implement [`Schema`] by
 /// hand). A `macro_rules!` macro rather than a derive: shoal is one package, and a derive
@@ -334,7 +337,7 @@ impl fmt::Display for TopicSchema {
 
 impl Bus {
     /// Opens a typed topic, creating it with `partitions` partitions (the default count for
-    /// `None`) and `T`'s schema if it does not exist. See the [module docs](self).
+    /// `None`) and `T`'s schema if it does not exist. See [`Schema`] and [typed topics](crate::bus#typed-topics).
     ///
     /// # Errors
     /// [`BusError::SchemaMismatch`] when the topic exists with another schema or without one
