@@ -211,6 +211,56 @@ fn per_key_order_and_exactly_once_under_repeated_scaling() {
     eprintln!("{i} scales; pause p50 {:?}, max {:?}", pauses[pauses.len() / 2], pauses[pauses.len() - 1]);
 }
 
+/// `emit_slice` from a closure source into a keyed stage scaled between one worker (where a
+/// slice is copied into the one ring in runs) and several (where each event is routed on its
+/// own), and from that stage's handlers into a keyed sink: every event once, per-key order.
+#[test]
+fn batched_emits_keep_per_key_order_and_exactly_once_across_scales() {
+    let _serial = serial();
+    const TOTAL: usize = 120_000;
+    const KEYS: usize = 31;
+    const BLOCK: usize = 300; // more than a ring holds: each slice waits for room
+    let checker = Checker::new(KEYS, TOTAL);
+    let events: Vec<Ev> = keyed_events(TOTAL, KEYS).collect();
+    let emitted = Arc::new(AtomicUsize::new(0));
+    let at = emitted.clone();
+    let mut pipeline = Pipeline::<Ev>::builder()
+        .pin(false)
+        .ring_capacity(128)
+        .batch_max(64)
+        .source(
+            "blocks",
+            Source::closure(move |out: &mut Emitter<Ev>| {
+                let from = at.load(Ordering::Relaxed);
+                let to = (from + BLOCK).min(TOTAL);
+                out.emit_slice(&events[from..to]);
+                at.store(to, Ordering::Release);
+                if to == TOTAL {
+                    SourceStep::Done
+                } else {
+                    SourceStep::Continue
+                }
+            }),
+        )
+        .stage("mid", 1, Routing::ByKey(key_of), |_| |batch: &[Ev], out: &mut Emitter<Ev>| out.emit_slice(batch))
+        .stage("sink", 2, Routing::ByKey(key_of), checker.sink())
+        .build()
+        .expect("build");
+    let sizes = [3, 1, 2, 1];
+    let mut scales = 0;
+    while emitted.load(Ordering::Acquire) < TOTAL && scales < 40 {
+        let to = sizes[scales % sizes.len()];
+        assert_eq!(pipeline.scale("mid", to).expect("scale mid").to, to);
+        scales += 1;
+    }
+    let stats = pipeline.join().expect("join");
+    assert!(scales >= 4, "only {scales} scales ran while events flowed");
+    assert_eq!(checker.handled.load(Ordering::Relaxed), TOTAL as u64);
+    checker.assert_exactly_once();
+    assert_eq!(stats.stages[0].events, TOTAL as u64, "the source counts every event of its slices");
+    assert_eq!(stats.discarded, 0);
+}
+
 #[test]
 fn round_robin_delivers_exactly_once() {
     let _serial = serial();

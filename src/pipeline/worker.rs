@@ -480,9 +480,25 @@ pub(crate) fn run_source<T: Send + 'static>(mut w: WorkerParts<T>, mut kind: Sou
         }
         let go_on = match &mut kind {
             SourceKind::Closure(f) => {
-                let emitter = &mut w.emitter;
-                match catch_unwind(AssertUnwindSafe(|| f(emitter))) {
-                    Ok(Ok(step)) => step == SourceStep::Continue,
+                let (emitter, control, shared) = (&mut w.emitter, &w.control, &shared);
+                // Up to `batch_max` calls per turn of this loop, each published as it returns
+                // (an event never waits for a later call), with one panic guard and one look
+                // at the stop flags and the control slot per call, not a whole turn.
+                let calls = AssertUnwindSafe(|| -> Result<bool, String> {
+                    for _ in 0..batch_max {
+                        let step = f(emitter)?;
+                        emitter.notify();
+                        if step != SourceStep::Continue {
+                            return Ok(false);
+                        }
+                        if shared.aborted() || shared.stop_source.load(Ordering::Relaxed) || control.pending() {
+                            break;
+                        }
+                    }
+                    Ok(true)
+                });
+                match catch_unwind(calls) {
+                    Ok(Ok(go_on)) => go_on,
                     Ok(Err(message)) => {
                         shared.fail(PipelineError::SourceFailed { name: w.stage.to_string(), message });
                         false
