@@ -261,6 +261,52 @@ fn batched_emits_keep_per_key_order_and_exactly_once_across_scales() {
     assert_eq!(stats.discarded, 0);
 }
 
+/// A source emitting one event per call into a ring of 4 slots whose reader stalls now and
+/// then: single-event publications meet a full ring and wait, and every event arrives once,
+/// in order.
+#[test]
+fn one_event_per_call_into_a_full_ring_waits_and_keeps_order() {
+    let _serial = serial();
+    const TOTAL: u64 = 20_000;
+    let mut next = 0u64;
+    let got = Arc::new(Mutex::new(Vec::with_capacity(TOTAL as usize)));
+    let pipeline = Pipeline::<u64>::builder()
+        .pin(false)
+        .ring_capacity(4)
+        .source(
+            "one",
+            Source::closure(move |out: &mut Emitter<u64>| {
+                out.emit(next);
+                next += 1;
+                if next == TOTAL {
+                    SourceStep::Done
+                } else {
+                    SourceStep::Continue
+                }
+            }),
+        )
+        .stage("slow", 1, Routing::RoundRobin, {
+            let got = got.clone();
+            move |_| {
+                let got = got.clone();
+                move |batch: &[u64], _: &mut Emitter<u64>| {
+                    let mut got = got.lock().unwrap_or_else(PoisonError::into_inner);
+                    got.extend_from_slice(batch);
+                    if got.len() % 1000 < batch.len() {
+                        std::thread::sleep(Duration::from_millis(2)); // the source fills the ring
+                    }
+                }
+            }
+        })
+        .build()
+        .expect("build");
+    let stats = pipeline.join().expect("join");
+    let got = got.lock().unwrap_or_else(PoisonError::into_inner);
+    assert_eq!(got.len() as u64, TOTAL);
+    assert!(got.iter().copied().eq(0..TOTAL), "events out of order");
+    assert_eq!(stats.stages[0].events, TOTAL);
+}
+
 #[test]
 fn round_robin_delivers_exactly_once() {
     let _serial = serial();

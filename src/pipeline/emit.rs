@@ -168,6 +168,20 @@ impl<T> Output<T> {
         // The common case, kept inline: the ring has room for everything staged, which the
         // producer's cached copy of the consumer's position usually shows without a load.
         let len = self.staged.len();
+        if len == 1 {
+            // One event (a source emitting one per call): a plain push, no reservation.
+            if let Some(event) = self.staged.pop() {
+                match self.tx.push_quiet(event) {
+                    Ok(()) => {
+                        self.pushed(1, clock);
+                        return 0;
+                    }
+                    // Full (or the receiver is gone): back in the stage, for the wait below.
+                    Err(e) => self.staged.push(e.into_inner()),
+                }
+            }
+            return self.flush_full(clock, abort);
+        }
         let r = self.tx.reserve(len);
         if r.len() == len {
             let written = r.fill_from_iter(self.staged.drain(..));
