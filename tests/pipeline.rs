@@ -220,10 +220,12 @@ fn batched_emits_keep_per_key_order_and_exactly_once_across_scales() {
     const TOTAL: usize = 120_000;
     const KEYS: usize = 31;
     const BLOCK: usize = 300; // more than a ring holds: each slice waits for room
+    const SCALES: usize = 8;
     let checker = Checker::new(KEYS, TOTAL);
     let events: Vec<Ev> = keyed_events(TOTAL, KEYS).collect();
     let emitted = Arc::new(AtomicUsize::new(0));
-    let at = emitted.clone();
+    let scales_done = Arc::new(AtomicUsize::new(0));
+    let (at, scaled) = (emitted.clone(), scales_done.clone());
     let mut pipeline = Pipeline::<Ev>::builder()
         .pin(false)
         .ring_capacity(128)
@@ -232,6 +234,13 @@ fn batched_emits_keep_per_key_order_and_exactly_once_across_scales() {
             "blocks",
             Source::closure(move |out: &mut Emitter<Ev>| {
                 let from = at.load(Ordering::Relaxed);
+                // The k-th eighth of the events goes out once k scales are done, so that
+                // every scale happens while events flow. Returning (not waiting here) lets
+                // the source thread serve the scale's pause between two calls.
+                if scaled.load(Ordering::Acquire) < from * SCALES / TOTAL {
+                    std::thread::yield_now();
+                    return SourceStep::Continue;
+                }
                 let to = (from + BLOCK).min(TOTAL);
                 out.emit_slice(&events[from..to]);
                 at.store(to, Ordering::Release);
@@ -246,18 +255,18 @@ fn batched_emits_keep_per_key_order_and_exactly_once_across_scales() {
         .stage("sink", 2, Routing::ByKey(key_of), checker.sink())
         .build()
         .expect("build");
+    // One worker (slices copied into one ring) and several (events routed one by one), in turn.
     let sizes = [3, 1, 2, 1];
-    let mut scales = 0;
-    while emitted.load(Ordering::Acquire) < TOTAL && scales < 40 {
-        let to = sizes[scales % sizes.len()];
+    for i in 0..SCALES {
+        let to = sizes[i % sizes.len()];
         assert_eq!(pipeline.scale("mid", to).expect("scale mid").to, to);
-        scales += 1;
+        scales_done.store(i + 1, Ordering::Release);
     }
     let stats = pipeline.join().expect("join");
-    assert!(scales >= 4, "only {scales} scales ran while events flowed");
     assert_eq!(checker.handled.load(Ordering::Relaxed), TOTAL as u64);
     checker.assert_exactly_once();
     assert_eq!(stats.stages[0].events, TOTAL as u64, "the source counts every event of its slices");
+    assert_eq!(stats.scales, SCALES as u64);
     assert_eq!(stats.discarded, 0);
 }
 
