@@ -163,13 +163,11 @@ impl<T> Output<T> {
     /// Moves the staged events into the ring, in order, waiting (with the pipeline's
     /// strategy) while it is full. Returns how many were dropped because the pipeline is
     /// stopping or the receiver is gone.
-    #[inline]
+    #[inline(always)]
     fn flush(&mut self, clock: &quanta::Clock, abort: &AtomicBool) -> u64 {
-        // The common case, kept inline: the ring has room for everything staged, which the
-        // producer's cached copy of the consumer's position usually shows without a load.
-        let len = self.staged.len();
-        if len == 1 {
-            // One event (a source emitting one per call): a plain push, no reservation.
+        // One event (a source emitting one per call), kept inline in the caller: a plain
+        // push, no reservation.
+        if self.staged.len() == 1 {
             if let Some(event) = self.staged.pop() {
                 match self.tx.push_quiet(event) {
                     Ok(()) => {
@@ -182,6 +180,15 @@ impl<T> Output<T> {
             }
             return self.flush_full(clock, abort);
         }
+        self.flush_many(clock, abort)
+    }
+
+    /// [`Output::flush`] of several events: one reservation and one publication when the
+    /// ring has room for all of them, which the producer's cached copy of the consumer's
+    /// position usually shows without a load.
+    #[inline(never)]
+    fn flush_many(&mut self, clock: &quanta::Clock, abort: &AtomicBool) -> u64 {
+        let len = self.staged.len();
         let r = self.tx.reserve(len);
         if r.len() == len {
             let written = r.fill_from_iter(self.staged.drain(..));
@@ -369,7 +376,7 @@ impl<T> Emitter<T> {
         self.outputs.len()
     }
 
-    #[inline]
+    #[inline(always)]
     fn push(&mut self, at: usize, event: T) {
         let out = &mut self.outputs[at];
         out.staged.push(event);
