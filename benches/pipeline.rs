@@ -47,19 +47,19 @@
 //! main thread.
 //!
 //! # One run
-//! 2 vCPUs with a load average of 10-15 from other builds, the bench at nice -10, medians of
+//! 2 vCPUs with a load average of 8-15 from other builds, the bench at nice -10, medians of
 //! one `cargo bench --bench pipeline` (ratio: shoal over its peer; for the ring group, the
 //! ring's events/s over the pipeline's, i.e. the pipeline's time per event over the loop's):
 //!
 //! | group | row | shoal | peer | ratio |
 //! | --- | --- | --- | --- | --- |
-//! | `pipeline_1_stage` | one per call | 1.12 M/s | 9.69 M/s | 0.12x |
-//! | `pipeline_1_stage` | 256 per call | 116 M/s | 88.2 M/s | 1.32x |
-//! | `pipeline_over_ring` | one per call | 1.41 M/s | 3.11 M/s | cost 2.2x |
-//! | `pipeline_over_ring` | 256 per call | 82.7 M/s | 68.5 M/s | cost 0.83x |
-//! | `pipeline_3_stage` | one per call, `BusySpin` / `SpinThenYield` | 0.155 / 12.6 M/s | 0.096 M/s | 1.6x / 131x |
-//! | `pipeline_3_stage` | 256 per call, `BusySpin` / `SpinThenYield` | 0.134 / 26.8 M/s | 0.098 M/s | 1.4x / 272x |
-//! | `pipeline_scale` | 1 -> 2 workers | 0.31 -> 0.70 M/s | | 2.25x |
+//! | `pipeline_1_stage` | one per call | 1.59 M/s | 8.17 M/s | 0.19x |
+//! | `pipeline_1_stage` | 256 per call | 38.0 M/s | 31.4 M/s | 1.21x |
+//! | `pipeline_over_ring` | one per call | 1.76 M/s | 2.93 M/s | cost 1.66x |
+//! | `pipeline_over_ring` | 256 per call | 36.3 M/s | 32.2 M/s | cost 0.89x |
+//! | `pipeline_3_stage` | one per call, `BusySpin` / `SpinThenYield` | 0.215 / 6.09 M/s | 0.128 M/s | 1.68x / 48x |
+//! | `pipeline_3_stage` | 256 per call, `BusySpin` / `SpinThenYield` | 0.191 / 50.3 M/s | 0.232 M/s | 0.82x / 217x |
+//! | `pipeline_scale` | 1 -> 2 workers | 1.88 -> 3.46 M/s | | 1.83x |
 //!
 //! Under that load the one-per-call rows are set by how the scheduler interleaves two
 //! spinning threads more than by either library (the bare ring does 3 M/s there, 350 M/s on a
