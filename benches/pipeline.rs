@@ -64,8 +64,9 @@
 //! Under that load the one-per-call rows are set by how the scheduler interleaves two
 //! spinning threads more than by either library (the bare ring does 3 M/s there, 350 M/s on a
 //! quiet machine). On the source thread's own CPU clock (`CLOCK_THREAD_CPUTIME_ID`, which the
-//! load does not inflate; measured by a throwaway program), the pipeline's source costs 16-20 ns per event emitted one per call and 4-5 ns per event 256 per call,
-//! against 5-7 ns and 3.6-4.6 ns for the bare ring's producer.
+//! load does not inflate; measured by a throwaway program), the pipeline's source costs
+//! 14-15 ns per event emitted one per call and 4-5 ns per event 256 per call, against 5-6 ns
+//! and 3.6-4.6 ns for the bare ring's producer.
 //!
 //! Ratios come from one run: the machines are shared and noisy.
 
