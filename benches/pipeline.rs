@@ -40,11 +40,18 @@
 //! goal are from a machine with at least four free CPUs.
 //!
 //! # Why an earlier version of this bench disagreed with a hand-made setup
-//! It picked the disruptor's CPUs from the *calling thread's* mask (`usable_cpus`): after an
-//! earlier benchmark had pinned the calling thread, both disruptor threads landed on one CPU
-//! (58 M/s), while in a fresh process they got two (307 M/s). The CPUs now come from the
-//! process's allowed set (`allowed_cpus`), the same for both sides, and nothing here pins the
-//! main thread.
+//! Its disruptor measured 58 M/s in one run and 307 M/s in another. That swing was not
+//! reproduced here; three things in the old setup could each cause it, and all are gone:
+//! - the disruptor's CPUs came from the *calling thread's* mask (`usable_cpus`), so a caller
+//!   pinned to one CPU put every disruptor thread on that CPU, while shoal's workers were
+//!   placed by other rules; both sides now take the same CPUs from the process's allowed set
+//!   (`allowed_cpus`), and nothing here pins the main thread;
+//! - it used `BusySpinWithSpinLoopHint`, not the `BusySpin` its README recommends, and timed
+//!   the disruptor from a thread start to a spin on a shared counter while shoal was timed
+//!   from a start flag to `join` (thread exits included); both are now timed the same way;
+//! - these vCPUs move between "near" and "far" host cores (a hop of about 50 ns or 250 ns,
+//!   DESIGN.md), a 5x swing for any two-thread hand-off; only a ratio taken within one run
+//!   means anything.
 //!
 //! # One run
 //! 2 vCPUs with a load average of 8-15 from other builds, the bench at nice -10, medians of
