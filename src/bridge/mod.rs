@@ -150,6 +150,48 @@ pub const HEADER_TIMESTAMP_NS: &str = "Shoal-Timestamp-Ns";
 /// Header of older exports carrying the source topic's partition count.
 pub const HEADER_PARTITIONS: &str = "Shoal-Partitions";
 
+/// Header carrying a record's key text (present only for records that keep one), percent-
+/// encoded: printable ASCII other than `%` and space as itself, every other byte as `%XX`
+/// (upper-case hex), so `alice` travels as `alice`.
+pub const HEADER_KEY_TEXT: &str = "Shoal-Key-Text";
+
+/// Appends the [`HEADER_KEY_TEXT`] value of the key text `bytes` to `out`.
+pub fn encode_key_text(bytes: &[u8], out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in bytes {
+        if b.is_ascii_graphic() && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
+    }
+}
+
+/// Decodes a [`HEADER_KEY_TEXT`] value; `None` unless every `%` is followed by two hex
+/// digits and every other character is printable ASCII other than space.
+pub fn decode_key_text(value: &str) -> Option<Vec<u8>> {
+    let hex = |b: u8| char::from(b).to_digit(16).and_then(|d| u8::try_from(d).ok());
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let (hi, lo) = (hex(*bytes.get(i + 1)?)?, hex(*bytes.get(i + 2)?)?);
+            out.push(hi << 4 | lo);
+            i += 3;
+        } else if b.is_ascii_graphic() {
+            out.push(b);
+            i += 1;
+        } else {
+            return None;
+        }
+    }
+    Some(out)
+}
+
 /// What a [`HEADER_META`] value says about a record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Meta {
@@ -751,6 +793,23 @@ fn positions_dir(bus: &crate::bus::Bus, kind: &str, topic: &str, stream: &str) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_text_round_trips_every_byte_and_keeps_printable_text_readable() {
+        let all: Vec<u8> = (0..=255u8).collect();
+        let mut value = String::new();
+        encode_key_text(&all, &mut value);
+        assert!(value.bytes().all(|b| b.is_ascii_graphic()), "{value}");
+        assert_eq!(decode_key_text(&value), Some(all));
+        let mut value = String::new();
+        encode_key_text(b"alice/42 %", &mut value);
+        assert_eq!(value, "alice/42%20%25");
+        assert_eq!(decode_key_text(&value).as_deref(), Some(&b"alice/42 %"[..]));
+        for bad in ["%", "%4", "%G0", "a b", "\u{e9}"] {
+            assert_eq!(decode_key_text(bad), None, "{bad:?}");
+        }
+        assert_eq!(decode_key_text(""), Some(Vec::new()));
+    }
 
     #[test]
     fn meta_round_trips_and_rejects_anything_else() {
