@@ -194,6 +194,14 @@ pub enum AppendError {
         /// The configured maximum.
         max: usize,
     },
+    /// The record's key text is longer than the format allows.
+    #[error("key text of {len} bytes exceeds the format's maximum of {max} bytes; use a shorter key")]
+    KeyTooLong {
+        /// Bytes of key text given.
+        len: usize,
+        /// The format's maximum ([`KEY_BYTES_MAX`](super::format::KEY_BYTES_MAX)).
+        max: usize,
+    },
     /// The log could not go on (disk full, a failed sync, I/O error); records already
     /// appended are intact.
     #[error(transparent)]

@@ -129,8 +129,9 @@ mod wait;
 
 use std::time::Duration;
 
-pub use appender::Appender;
+pub use appender::{Appender, NewRecord};
 pub use error::{AppendError, LogError};
+pub use format::key_hash;
 pub use io::IoBackend;
 pub use reader::{PodError, Reader, Record, RecordRef};
 pub use recovery::{RecoveryReport, TailCut};
