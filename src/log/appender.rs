@@ -547,17 +547,18 @@ impl Appender {
     /// rest of a segment whose index is full).
     #[cold]
     fn tail_timestamp(&self) -> u64 {
-        let header = self.active.header;
         let region = self.region;
-        let mut position = header.data_start();
+        // The segment's header as this appender mapped it may predate its activation (by
+        // another appender of a shared log): its data start holds, its base offset is ours.
+        let mut position = self.active.header.data_start();
         let mut offset = None;
-        for i in 0..self.index_slot.min(self.index_capacity) {
+        for i in (0..self.index_slot.min(self.index_capacity)).rev() {
             let (relative, at) = format::index_entry_parts(region.load_index(i).unwrap_or(0));
-            if at as usize >= self.position || at == 0 {
+            if at != 0 && (at as usize) < self.position {
+                position = at as usize;
+                offset = self.base_offset.checked_add(relative as u64);
                 break;
             }
-            position = at as usize;
-            offset = Some(header.base_offset + relative as u64);
         }
         let mut last = 0;
         while position < self.position {
