@@ -26,7 +26,7 @@ use std::time::Duration;
 use super::log_args::LogArgs;
 use super::Error;
 use shoal::bus::{Bus, TopicProducer};
-use shoal::log::format::KEY_BYTES_MAX;
+use shoal::log::format::{Extensions, KEY_BYTES_MAX};
 use shoal::log::{AppendError, Appender, Durability, DurableWatch, LogOptions, Offset};
 
 /// Bytes asked of each `read(2)` on stdin: one read, one newline scan and one batch per
@@ -163,8 +163,10 @@ impl LineSink for TopicLines {
                     )));
                 };
                 let (key, payload) = (&line[..tab], &line[tab + 1..]);
-                if payload.len() > max {
-                    return Err(too_long(self.place(), Some(payload.len()), max));
+                // The kept key text counts toward the record's size.
+                let stored = payload.len() + Extensions { key_bytes: Some(key), event_time_ns: None }.encoded_bytes();
+                if stored > max {
+                    return Err(too_long(self.place(), Some(stored), max));
                 }
                 if key.len() > KEY_BYTES_MAX {
                     return Err(Error::new(format!(

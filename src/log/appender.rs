@@ -720,7 +720,7 @@ impl Appender {
         if len > self.opts.max_record_bytes {
             return Err(AppendError::TooLarge { len, max: self.opts.max_record_bytes });
         }
-        let ext_bytes = if ext.is_empty() { 0 } else { check_ext(ext)? };
+        let ext_bytes = if ext.is_empty() { 0 } else { check_ext(ext, len, self.opts.max_record_bytes)? };
         let stride = format::record_stride_ext(ext_bytes, len);
         if self.position + stride > self.limit {
             self.make_room(len, stride)?;
@@ -1053,15 +1053,21 @@ impl Appender {
 const MAX_AHEAD_BYTES: u64 = 8 << 20;
 
 /// A segment in use as retention lists it.
-/// Checks a record's extensions; returns the bytes of its extension block.
+/// Checks a record's extensions (with a `len`-byte payload, against `max_record_bytes`, which
+/// the extension block counts toward, so that any record the options allow fits a segment);
+/// returns the bytes of its extension block.
 #[cold]
-fn check_ext(ext: &Extensions<'_>) -> Result<usize, AppendError> {
+fn check_ext(ext: &Extensions<'_>, len: usize, max: usize) -> Result<usize, AppendError> {
     if let Some(text) = ext.key_bytes {
         if text.len() > format::KEY_BYTES_MAX {
             return Err(AppendError::KeyTooLong { len: text.len(), max: format::KEY_BYTES_MAX });
         }
     }
-    Ok(ext.encoded_bytes())
+    let ext_bytes = ext.encoded_bytes();
+    if len + ext_bytes > max {
+        return Err(AppendError::TooLarge { len: len + ext_bytes, max });
+    }
+    Ok(ext_bytes)
 }
 
 fn in_use_of(seg: &Segment, header: &SegmentHeader) -> InUse {

@@ -186,7 +186,8 @@ impl LogError {
 /// Errors of the append hot path: cheap to match, no allocation.
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
-    /// The record is larger than the log's `max_record_bytes`.
+    /// The record is larger than the log's `max_record_bytes` (its payload, and its
+    /// extension block when it has key text or an event time).
     #[error("record of {len} bytes exceeds the log's maximum of {max} bytes; raise LogOptions::max_record_bytes or split the record")]
     TooLarge {
         /// Bytes asked for.
