@@ -411,6 +411,36 @@ fn append_times_do_not_go_back_across_reopens() {
 }
 
 #[test]
+fn append_times_go_on_from_the_last_record_even_when_it_is_ahead_of_the_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open_log(dir.path(), opts()).unwrap();
+    for i in 0..30u64 {
+        log.append_keyed(i, b"record").unwrap();
+    }
+    log.close().unwrap();
+    // The last record's append time an hour ahead (a clock stepped back since), its
+    // checksum written again.
+    let ahead = shoal::log::now_ns() + 3600 * 1_000_000_000;
+    let seg = segment_files(dir.path())[0].clone();
+    let bytes = std::fs::read(&seg).unwrap();
+    let (position, _) = *strides(&bytes).last().unwrap();
+    let mut tail: [u8; 24] = bytes[position + 8..position + 32].try_into().unwrap();
+    tail[8..16].copy_from_slice(&ahead.to_le_bytes());
+    let crc = format::record_crc(6, &tail, b"record");
+    let file = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    file.write_all_at(&crc.to_le_bytes(), (position + 4) as u64).unwrap();
+    file.write_all_at(&tail, (position + 8) as u64).unwrap();
+    drop(file);
+    assert_eq!(read_all(dir.path())[29].1, ahead);
+    let mut log = open_log(dir.path(), opts()).unwrap();
+    log.append(b"after").unwrap();
+    log.append_batch([&b"more"[..], b"again"]).unwrap();
+    log.close().unwrap();
+    let seen = read_all(dir.path());
+    assert!(seen[30..].iter().all(|s| s.1 == ahead), "{:?}", seen[29..].iter().map(|s| s.1).collect::<Vec<_>>());
+}
+
+#[test]
 fn produce_keyed_keeps_the_text_and_cat_prints_it_with_64_bit_integers_as_strings() {
     let temp = tempfile::tempdir().unwrap();
     let bus = temp.path().join("bus");
