@@ -109,7 +109,8 @@ fn key_text_and_event_time_round_trip_through_appender_reader_and_tailer() {
     assert_eq!(log.next_offset(), Offset(11));
     log.close().unwrap();
 
-    let want: Vec<(u64, Option<Vec<u8>>, Option<u64>, Vec<u8>)> = vec![
+    type Parts = (u64, Option<Vec<u8>>, Option<u64>, Vec<u8>);
+    let want: Vec<Parts> = vec![
         (0, None, None, b"plain".to_vec()),
         (key_hash(b"alice"), Some(b"alice".to_vec()), None, b"with key".to_vec()),
         (0, None, Some(42), b"with time".to_vec()),
