@@ -731,7 +731,13 @@ impl Appender {
         // past every published record, and was zeroed when the segment was prepared or
         // cut; we are the only writer (the lock), and readers only poll its commit word.
         // The key text is at most KEY_BYTES_MAX (`check_ext`).
-        let commit = unsafe { self.region.write_record_ext(position, offset, ts, key, ext, len, fill) };
+        let commit = unsafe {
+            if ext_bytes == 0 {
+                self.region.write_record(position, offset, ts, key, len, fill)
+            } else {
+                self.region.write_record_ext(position, offset, ts, key, ext, len, fill)
+            }
+        };
         self.region.publish(position, commit);
         if position >= self.index_next_position && self.index_slot < self.index_capacity {
             self.region

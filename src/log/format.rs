@@ -719,8 +719,7 @@ impl Region {
     }
 
     /// [`Region::decode`] of a record with an extension block (kept out of line: records
-    /// without one never come here).
-    #[cold]
+    /// without one never come here, and their decode stays small).
     #[inline(never)]
     fn decode_extended(
         &self,
@@ -828,6 +827,7 @@ impl Region {
     /// `[position, position + record_stride_ext(ext.encoded_bytes(), len))`; and
     /// `ext.key_bytes` is at most [`KEY_BYTES_MAX`] long.
     #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
     pub unsafe fn write_record_ext<F: FnOnce(&mut [u8])>(
         &self,
         position: usize,
