@@ -294,7 +294,7 @@ fn top_into_a_pipe_prints_plain_snapshots() {
 fn topics_rows(out: &str) -> Vec<Vec<String>> {
     let mut lines = out.lines();
     let header: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
-    assert_eq!(header, ["TOPIC", "PARTITIONS", "RECORDS", "BYTES"], "{out}");
+    assert_eq!(header, ["TOPIC", "PARTITIONS", "RECORDS", "BYTES", "SCHEMA"], "{out}");
     lines.map(|l| l.split_whitespace().map(str::to_string).collect()).collect()
 }
 

@@ -13,8 +13,8 @@ use futures_util::FutureExt;
 
 use super::positions::{create_dir, PositionFile};
 use super::{
-    check_names, next_backoff, open, or_stop, parse_url, positions_dir, push_u64, runtime, start, BridgeError,
-    BridgeOptions, BridgeStats, BridgeStatus, Conn, Meta, ACK_TIMEOUT, BACKOFF_MIN, HEADER_META, STOP_DRAIN,
+    check_names, next_backoff, open, or_stop, parse_url, positions_dir, push_u64, start, BridgeError, BridgeOptions,
+    BridgeStats, BridgeStatus, Conn, Meta, ACK_TIMEOUT, BACKOFF_MIN, HEADER_META, STOP_DRAIN,
 };
 use crate::bus::Bus;
 use crate::log::{Offset, Reader};
@@ -85,7 +85,7 @@ pub fn export(
             file,
         });
     }
-    runtime()?.block_on(run(opts, &prefix, &mut parts, stop, status, started))
+    run(opts, &prefix, &mut parts, stop, status, started)
 }
 
 fn store(parts: &mut [Part], sync: bool) -> Result<(), BridgeError> {
@@ -120,7 +120,79 @@ fn acked(parts: &mut [Part], st: &mut BridgeStatus, i: usize, offset: u64, dupli
     }
 }
 
-async fn run(
+/// Publishes records to fill the window (one per partition in turn), then collects the
+/// oldest acknowledgement, or sleeps [`IDLE_POLL`] when nothing is in flight; runs on the
+/// connection's runtime. `Ok(Err(why))` when the connection failed, `Ok(Ok(false))` when
+/// stopped meanwhile.
+async fn step(
+    c: &Conn,
+    parts: &mut [Part],
+    in_flight: &mut VecDeque<(usize, u64, PublishAckFuture)>,
+    st: &mut BridgeStatus,
+    next_part: &mut usize,
+    max_in_flight: usize,
+    stop: &AtomicBool,
+) -> Result<Result<bool, String>, BridgeError> {
+    let js = &c.js;
+    let partitions = u32::try_from(parts.len()).unwrap_or(u32::MAX);
+    let mut idle_parts = 0;
+    while in_flight.len() < max_in_flight && idle_parts < parts.len() {
+        let i = *next_part % parts.len();
+        *next_part = next_part.wrapping_add(1);
+        let part = &mut parts[i];
+        let Some(rec) = part.reader.next_ref()? else {
+            idle_parts += 1;
+            continue;
+        };
+        idle_parts = 0;
+        let offset = rec.offset().0;
+        // Two headers; each value is one string the header map keeps (it takes owned
+        // strings), written digit by digit without `format!`.
+        let mut id = String::with_capacity(part.id_prefix.len() + 20);
+        id.push_str(&part.id_prefix);
+        push_u64(&mut id, offset);
+        let mut meta = String::with_capacity(48);
+        Meta { key: rec.key(), timestamp_ns: rec.timestamp_ns(), partitions }.encode_into(&mut meta);
+        let mut headers = HeaderMap::new();
+        headers.insert(NATS_MESSAGE_ID, id);
+        headers.insert(META, meta);
+        let msg = PublishMessage::build().payload(rec.payload().to_vec().into()).headers(headers);
+        let publish = js.send_publish(part.subject.clone(), msg);
+        tokio::pin!(publish);
+        // Most publishes go out at once: no timer (and no clock read) for those.
+        let sent = match publish.as_mut().now_or_never() {
+            Some(sent) => Some(Ok(sent)),
+            None => or_stop(stop, tokio::time::timeout(ACK_TIMEOUT, publish)).await,
+        };
+        match sent {
+            None => return Ok(Ok(false)),
+            Some(Ok(Ok(fut))) => {
+                part.sent = offset + 1;
+                in_flight.push_back((i, offset, fut));
+            }
+            Some(Ok(Err(e))) => return Ok(Err(format!("publish: {e}"))),
+            Some(Err(_)) => return Ok(Err("publish: timed out".into())),
+        }
+    }
+    // Collect the oldest acknowledgement (others resolve meanwhile in the client).
+    let Some((i, offset, fut)) = in_flight.pop_front() else {
+        tokio::time::sleep(IDLE_POLL).await;
+        return Ok(Ok(true));
+    };
+    // The acknowledgement future times out by itself after ACK_TIMEOUT (the context's
+    // timeout): no second timer per record.
+    match or_stop(stop, fut.into_future()).await {
+        None => Ok(Ok(false)),
+        Some(Ok(ack)) => {
+            acked(parts, st, i, offset, ack.duplicate);
+            st.connected = true;
+            Ok(Ok(true))
+        }
+        Some(Err(e)) => Ok(Err(format!("acknowledgement: {e}"))),
+    }
+}
+
+fn run(
     opts: &BridgeOptions,
     prefix: &str,
     parts: &mut [Part],
@@ -129,11 +201,10 @@ async fn run(
     started: Instant,
 ) -> Result<BridgeStats, BridgeError> {
     let addr = parse_url(&opts.nats_url)?;
-    let Some((first, _stream)) = start(opts, prefix, true, stop).await? else {
+    let Some((first, _stream)) = start(opts, prefix, true, stop)? else {
         return Ok(BridgeStats { elapsed: started.elapsed(), ..Default::default() });
     };
     let mut conn: Option<Conn> = Some(first);
-    let partitions = u32::try_from(parts.len()).unwrap_or(u32::MAX);
 
     let mut in_flight: VecDeque<(usize, u64, PublishAckFuture)> = VecDeque::with_capacity(opts.max_in_flight);
     let mut st = BridgeStatus { connected: true, ..Default::default() };
@@ -148,12 +219,16 @@ async fn run(
         if stop.load(Ordering::Relaxed) || opts.max_records.is_some_and(|max| st.records >= max) {
             // Collect what arrives within STOP_DRAIN; the rest is re-sent (and de-duplicated)
             // by the next run.
-            let deadline = tokio::time::Instant::now() + STOP_DRAIN;
-            while let Some((i, offset, fut)) = in_flight.pop_front() {
-                match tokio::time::timeout_at(deadline, fut).await {
-                    Ok(Ok(ack)) => acked(parts, &mut st, i, offset, ack.duplicate),
-                    _ => break,
-                }
+            if let Some(c) = conn.as_ref() {
+                c.block_on(async {
+                    let deadline = tokio::time::Instant::now() + STOP_DRAIN;
+                    while let Some((i, offset, fut)) = in_flight.pop_front() {
+                        match tokio::time::timeout_at(deadline, fut).await {
+                            Ok(Ok(ack)) => acked(parts, &mut st, i, offset, ack.duplicate),
+                            _ => break,
+                        }
+                    }
+                });
             }
             break;
         }
@@ -162,90 +237,34 @@ async fn run(
             failure = Some("connection lost".into());
         }
         if conn.is_none() {
-            if Instant::now() < retry_at {
-                tokio::time::sleep(IDLE_POLL.min(retry_at - Instant::now())).await;
+            let now = Instant::now();
+            if now < retry_at {
+                std::thread::sleep(IDLE_POLL.min(retry_at - now));
             } else {
-                match or_stop(stop, open(&addr, opts.max_in_flight)).await {
-                    None => continue,
-                    Some(Ok(c)) => {
+                match open(&addr, opts.max_in_flight, stop) {
+                    Ok(None) => continue,
+                    Ok(Some(c)) => {
                         conn = Some(c);
                         backoff = BACKOFF_MIN;
                         st.attempt = 0;
                         st.next_attempt_in = None;
                         st.connected = true;
                     }
-                    Some(Err(e)) => failure = Some(format!("reconnect: {e}")),
+                    Err(e) => failure = Some(format!("reconnect: {e}")),
                 }
             }
         }
-        // Fill the window, one record per partition in turn.
         if let (Some(c), None) = (conn.as_ref(), failure.as_ref()) {
-            let js = &c.js;
-            let mut idle_parts = 0;
-            while in_flight.len() < opts.max_in_flight && idle_parts < parts.len() {
-                let i = next_part % parts.len();
-                next_part = next_part.wrapping_add(1);
-                let part = &mut parts[i];
-                let Some(rec) = part.reader.next_ref()? else {
-                    idle_parts += 1;
-                    continue;
-                };
-                idle_parts = 0;
-                let offset = rec.offset().0;
-                // Two headers; each value is one string the header map keeps (it takes
-                // owned strings), written digit by digit without `format!`.
-                let mut id = String::with_capacity(part.id_prefix.len() + 20);
-                id.push_str(&part.id_prefix);
-                push_u64(&mut id, offset);
-                let mut meta = String::with_capacity(48);
-                Meta { key: rec.key(), timestamp_ns: rec.timestamp_ns(), partitions }.encode_into(&mut meta);
-                let mut headers = HeaderMap::new();
-                headers.insert(NATS_MESSAGE_ID, id);
-                headers.insert(META, meta);
-                let msg = PublishMessage::build().payload(rec.payload().to_vec().into()).headers(headers);
-                let publish = js.send_publish(part.subject.clone(), msg);
-                tokio::pin!(publish);
-                // Most publishes go out at once: no timer (and no clock read) for those.
-                let sent = match publish.as_mut().now_or_never() {
-                    Some(sent) => Some(Ok(sent)),
-                    None => or_stop(stop, tokio::time::timeout(ACK_TIMEOUT, publish)).await,
-                };
-                match sent {
-                    None => break,
-                    Some(Ok(Ok(fut))) => {
-                        part.sent = offset + 1;
-                        in_flight.push_back((i, offset, fut));
-                    }
-                    Some(Ok(Err(e))) => {
-                        failure = Some(format!("publish: {e}"));
-                        break;
-                    }
-                    Some(Err(_)) => {
-                        failure = Some("publish: timed out".into());
-                        break;
-                    }
+            let stepped =
+                c.block_on(step(c, parts, &mut in_flight, &mut st, &mut next_part, opts.max_in_flight, stop))?;
+            match stepped {
+                Ok(true) => {}
+                // Stopped while waiting: what is left in flight is re-sent by the next run.
+                Ok(false) => {
+                    in_flight.clear();
+                    break;
                 }
-            }
-        }
-        // Collect the oldest acknowledgement (others resolve meanwhile in the client).
-        if failure.is_none() && conn.is_some() {
-            if let Some((i, offset, fut)) = in_flight.pop_front() {
-                // The acknowledgement future times out by itself after ACK_TIMEOUT (the
-                // context's timeout): no second timer per record.
-                match or_stop(stop, fut.into_future()).await {
-                    // Stopped while waiting: what is left in flight is re-sent by the next run.
-                    None => {
-                        in_flight.clear();
-                        break;
-                    }
-                    Some(Ok(ack)) => {
-                        acked(parts, &mut st, i, offset, ack.duplicate);
-                        st.connected = true;
-                    }
-                    Some(Err(e)) => failure = Some(format!("acknowledgement: {e}")),
-                }
-            } else {
-                tokio::time::sleep(IDLE_POLL).await;
+                Err(why) => failure = Some(why),
             }
         }
         if let Some(why) = failure {

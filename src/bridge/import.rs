@@ -11,8 +11,8 @@ use futures_util::{FutureExt, StreamExt};
 
 use super::positions::{create_dir, ImportPosition, PositionFile};
 use super::{
-    check_names, get_stream, next_backoff, open, or_stop, parse_url, positions_dir, runtime, start, BridgeError,
-    BridgeOptions, BridgeStats, BridgeStatus, Conn, Meta, BACKOFF_MIN, HEADER_KEY, HEADER_META, HEADER_PARTITIONS,
+    check_names, get_stream, next_backoff, open, or_stop, parse_url, positions_dir, start, BridgeError, BridgeOptions,
+    BridgeStats, BridgeStatus, Conn, Held, Meta, BACKOFF_MIN, HEADER_KEY, HEADER_META, HEADER_PARTITIONS,
     HEADER_TIMESTAMP_NS, IMPORT_BATCH, STOP_WAIT,
 };
 use crate::bus::{key_hash, partition_for_key, Bus, TopicProducer};
@@ -106,18 +106,41 @@ pub fn import(
     check_names(topic, opts)?;
     let started = Instant::now();
     let prefix = opts.prefix(topic);
-    let rt = runtime()?;
     // The server and the stream first: a failed start creates nothing.
-    let Some((conn, _stream)) = rt.block_on(start(opts, &prefix, false, stop))? else {
+    let Some((conn, _stream)) = start(opts, &prefix, false, stop)? else {
         return Ok(BridgeStats { elapsed: started.elapsed(), ..Default::default() });
     };
     let t = bus.topic_or_create(topic, None)?;
     let dir = positions_dir(bus, "import", topic, &opts.stream);
     create_dir(&dir)?;
-    let mut producer = t.producer(opts.log_options)?;
-    let mut parts = Vec::with_capacity(t.partitions() as usize);
+    let mut stored = Vec::with_capacity(t.partitions() as usize);
     for p in 0..t.partitions() {
-        let (mut file, stored) = PositionFile::open_import(dir.join(p.to_string()))?;
+        stored.push(PositionFile::open_import(dir.join(p.to_string()))?);
+    }
+    // Every message at or below `through` is in the topic (or was never ours).
+    let through = stored.iter().map(|(_, pos)| pos.map_or(0, |pos| pos.stream_seq)).min().unwrap_or(0);
+    let filter_subject = opts.subject_prefix.as_ref().map(|p| format!("{p}.>")).unwrap_or_default();
+    // The partitions open (mostly waiting for the disk) while the consumer is created and
+    // its first batch requested (mostly waiting for the server).
+    let (producer, consumer) = std::thread::scope(|scope| {
+        let open = || t.producer(opts.log_options);
+        let opening = std::thread::Builder::new().name("shoal-import-open".into()).spawn_scoped(scope, open);
+        let consumer = conn.block_on(or_stop(stop, consume(&conn.js, opts, &filter_subject, through + 1)));
+        let producer = match opening {
+            Ok(h) => h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            Err(_) => t.producer(opts.log_options),
+        };
+        (producer, consumer)
+    });
+    // Held before anything can return early: a subscription must be dropped inside its
+    // connection's runtime.
+    let consumer = consumer.map(|c| c.map(|m| conn.hold(m)));
+    let mut producer = producer?;
+    let Some(consumer) = consumer else {
+        return Ok(BridgeStats { elapsed: started.elapsed(), ..Default::default() });
+    };
+    let mut parts = Vec::with_capacity(t.partitions() as usize);
+    for (p, (mut file, stored)) in (0..t.partitions()).zip(stored) {
         let local_next = producer.next_offset(p).map_or(0, |o| o.0);
         let pos = match stored {
             Some(pos) => pos,
@@ -146,7 +169,7 @@ pub fn import(
         parts.push(Part { pos, file, extra, reader, dirty: false });
     }
     let ctx = Ctx { topic, opts, dir: dir.display().to_string(), prefix, partitions: t.partitions() };
-    rt.block_on(run(&ctx, conn, &mut producer, &mut parts, stop, status, started))
+    run(&ctx, conn, consumer, &mut producer, &mut parts, stop, status, started)
 }
 
 struct Ctx<'a> {
@@ -301,9 +324,66 @@ async fn consume(
         .map_err(|e| format!("consumer: {e}"))
 }
 
-async fn run(
+/// Takes up to [`BATCH_MAX`] messages past `through` from `m` into `batch` (for at most
+/// [`BATCH_TIME`], waiting [`FIRST_WAIT`] for the first and [`NEXT_WAIT`] for each next one);
+/// runs on the connection's runtime. Returns the stream sequence of the last message taken
+/// (`through` when none), and `Err(why)` when the consumer failed (the messages taken before
+/// stay in `batch`).
+async fn fetch(
+    m: &mut pull::Stream,
+    batch: &mut Vec<(u64, async_nats::jetstream::Message)>,
+    through: u64,
+    consumer_seq: &mut u64,
+    st: &mut BridgeStatus,
+    stop: &AtomicBool,
+) -> (u64, Option<String>) {
+    let mut batch_through = through;
+    let batch_started = Instant::now();
+    for n in 0..BATCH_MAX {
+        if n > 0 && (batch_started.elapsed() >= BATCH_TIME || stop.load(Ordering::Relaxed)) {
+            break;
+        }
+        // Most messages are there already: no timer for those.
+        let next = match m.next().now_or_never() {
+            Some(next) => next,
+            None => {
+                let wait = if n == 0 { FIRST_WAIT } else { NEXT_WAIT };
+                match tokio::time::timeout(wait, m.next()).await {
+                    Err(_) => break,
+                    Ok(next) => next,
+                }
+            }
+        };
+        let msg = match next {
+            None => return (batch_through, Some("the consumer ended".to_string())),
+            Some(Err(e)) => return (batch_through, Some(e.to_string())),
+            Some(Ok(msg)) => msg,
+        };
+        let (seq, delivered, pending) = match msg.info() {
+            Ok(info) => (info.stream_sequence, info.consumer_sequence, info.pending),
+            Err(e) => return (batch_through, Some(format!("a message without JetStream metadata: {e}"))),
+        };
+        // A gap in the consumer's sequence is a message lost on the way: start over after
+        // the last one taken.
+        if delivered != *consumer_seq + 1 {
+            return (batch_through, Some(format!("consumer sequence {delivered} after {consumer_seq}")));
+        }
+        *consumer_seq = delivered;
+        st.lag = pending;
+        if seq <= batch_through {
+            continue;
+        }
+        batch_through = seq;
+        batch.push((seq, msg));
+    }
+    (batch_through, None)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
     ctx: &Ctx<'_>,
     first: Conn,
+    consumer: Result<Held<pull::Stream>, String>,
     producer: &mut TopicProducer,
     parts: &mut [Part],
     stop: &AtomicBool,
@@ -319,7 +399,16 @@ async fn run(
     let mut stats = BridgeStats::default();
     let mut st = BridgeStatus { connected: true, ..Default::default() };
     let mut conn = Some(first);
-    let mut messages: Option<pull::Stream> = None;
+    // The first consumer's failure, if it failed, is handled as any later one's.
+    let mut first_failure = None;
+    // Declared after `conn`, so dropped before it.
+    let mut messages: Option<Held<pull::Stream>> = match consumer {
+        Ok(m) => Some(m),
+        Err(why) => {
+            first_failure = Some(why);
+            None
+        }
+    };
     // The consumer sequence of the last message taken from `messages`.
     let mut consumer_seq = 0u64;
     let mut backoff = BACKOFF_MIN;
@@ -330,30 +419,31 @@ async fn run(
     let mut batch: Vec<(u64, async_nats::jetstream::Message)> = Vec::with_capacity(BATCH_MAX);
     let mut unsynced = Unsynced { batches: VecDeque::with_capacity(2), watches: producer.durable_watches() };
     while !stop.load(Ordering::Relaxed) {
-        let mut failure: Option<String> = None;
-        if conn.as_ref().is_some_and(|c| !c.is_up()) {
+        let mut failure: Option<String> = first_failure.take();
+        if failure.is_none() && conn.as_ref().is_some_and(|c| !c.is_up()) {
             failure = Some("connection lost".into());
-        } else if conn.is_none() {
-            if Instant::now() < retry_at {
-                tokio::time::sleep(STOP_WAIT.min(retry_at - Instant::now())).await;
+        } else if failure.is_none() && conn.is_none() {
+            let now = Instant::now();
+            if now < retry_at {
+                std::thread::sleep(STOP_WAIT.min(retry_at - now));
             } else {
-                match or_stop(stop, open(&addr, opts.max_in_flight)).await {
-                    None => break,
-                    Some(Ok(c)) => {
+                match open(&addr, opts.max_in_flight, stop) {
+                    Ok(None) => break,
+                    Ok(Some(c)) => {
                         conn = Some(c);
                         backoff = BACKOFF_MIN;
                         st.attempt = 0;
                         st.next_attempt_in = None;
                     }
-                    Some(Err(e)) => failure = Some(format!("reconnect: {e}")),
+                    Err(e) => failure = Some(format!("reconnect: {e}")),
                 }
             }
         }
         if let (Some(c), None, None) = (conn.as_ref(), messages.as_ref(), failure.as_ref()) {
-            match or_stop(stop, consume(&c.js, opts, &filter_subject, through + 1)).await {
+            match c.block_on(or_stop(stop, consume(&c.js, opts, &filter_subject, through + 1))) {
                 None => break,
                 Some(Ok(m)) => {
-                    messages = Some(m);
+                    messages = Some(c.hold(m));
                     consumer_seq = 0;
                 }
                 Some(Err(why)) => failure = Some(why),
@@ -361,55 +451,10 @@ async fn run(
         }
         let mut batch_through = through;
         batch.clear();
-        if let (Some(m), None) = (messages.as_mut(), failure.as_ref()) {
-            let batch_started = Instant::now();
-            for n in 0..BATCH_MAX {
-                if n > 0 && (batch_started.elapsed() >= BATCH_TIME || stop.load(Ordering::Relaxed)) {
-                    break;
-                }
-                // Most messages are there already: no timer for those.
-                let next = match m.next().now_or_never() {
-                    Some(next) => next,
-                    None => {
-                        let wait = if n == 0 { FIRST_WAIT } else { NEXT_WAIT };
-                        match tokio::time::timeout(wait, m.next()).await {
-                            Err(_) => break,
-                            Ok(next) => next,
-                        }
-                    }
-                };
-                let msg = match next {
-                    None => {
-                        failure = Some("the consumer ended".to_string());
-                        break;
-                    }
-                    Some(Err(e)) => {
-                        failure = Some(e.to_string());
-                        break;
-                    }
-                    Some(Ok(msg)) => msg,
-                };
-                let (seq, delivered, pending) = match msg.info() {
-                    Ok(info) => (info.stream_sequence, info.consumer_sequence, info.pending),
-                    Err(e) => {
-                        failure = Some(format!("a message without JetStream metadata: {e}"));
-                        break;
-                    }
-                };
-                // A gap in the consumer's sequence is a message lost on the way: start over
-                // after the last one taken.
-                if delivered != consumer_seq + 1 {
-                    failure = Some(format!("consumer sequence {delivered} after {consumer_seq}"));
-                    break;
-                }
-                consumer_seq = delivered;
-                st.lag = pending;
-                if seq <= batch_through {
-                    continue;
-                }
-                batch_through = seq;
-                batch.push((seq, msg));
-            }
+        if let (Some(c), Some(m), None) = (conn.as_ref(), messages.as_mut(), failure.as_ref()) {
+            let (last, failed) = c.block_on(fetch(m.get_mut(), &mut batch, through, &mut consumer_seq, &mut st, stop));
+            batch_through = last;
+            failure = failed;
         }
         if batch_through > through {
             let appended = take(ctx, producer, parts, &batch, &mut stats)?;

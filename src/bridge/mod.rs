@@ -113,7 +113,7 @@ pub mod positions;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use export::export;
 pub use import::import;
@@ -455,13 +455,6 @@ pub enum BridgeError {
     Log(#[from] LogError),
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, BridgeError> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| BridgeError::Config(format!("cannot start the bridge's tokio runtime: {e}")))
-}
-
 fn check_names(topic: &str, opts: &BridgeOptions) -> Result<(), BridgeError> {
     validate_name("topic", topic)?;
     if opts.stream.is_empty() || !opts.stream.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
@@ -511,16 +504,20 @@ async fn or_stop<F: std::future::Future>(stop: &AtomicBool, fut: F) -> Option<F:
 
 /// One connection to the server, used until its first failure and then thrown away whole.
 ///
-/// The client's connection handler runs on a runtime of its own, so that discarding the
-/// connection ends that task at once: the client never reconnects on its own and never
-/// sends the publishes it still holds on a later connection (that would let a later offset
-/// of a partition reach the stream before an earlier one lost with the old connection), and
-/// the bridge, not the client, decides when to try again (the documented back-off).
+/// The connection has a current-thread runtime of its own, which the bridge's thread drives
+/// ([`Conn::block_on`]) whenever it talks to the server: the client's connection handler,
+/// its publishes and acknowledgements and the bridge's own calls all run on one thread, as a
+/// plain single-threaded async-nats program does, with no hand-over between threads per
+/// message. Discarding the connection drops that runtime and with it the handler, at once:
+/// the client never reconnects on its own and never sends the publishes it still holds on a
+/// later connection (that would let a later offset of a partition reach the stream before an
+/// earlier one lost with the old connection), and the bridge, not the client, decides when
+/// to try again (the documented back-off).
 struct Conn {
-    /// Dropped to end the thread that drives the connection's runtime.
-    _stop: tokio::sync::oneshot::Sender<()>,
     client: async_nats::Client,
     js: async_nats::jetstream::Context,
+    /// Declared last, so dropped after the client: ends the handler without a flush.
+    rt: tokio::runtime::Runtime,
 }
 
 impl Conn {
@@ -529,24 +526,61 @@ impl Conn {
     fn is_up(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
+
+    /// Keeps `value` so that it is dropped inside this connection's runtime.
+    fn hold<T>(&self, value: T) -> Held<T> {
+        Held { value: Some(value), rt: self.rt.handle().clone() }
+    }
+
+    /// Runs `fut` on the bridge's thread, together with the connection's handler.
+    fn block_on<F: std::future::Future>(&self, fut: F) -> F::Output {
+        self.rt.block_on(fut)
+    }
 }
 
-/// One attempt to open a [`Conn`]. Dropping the [`Conn`] stops its runtime's thread, which
-/// then drops the runtime and with it the connection handler, without a flush.
-async fn open(addr: &async_nats::ServerAddr, max_in_flight: usize) -> Result<Conn, String> {
+/// A value tied to a [`Conn`] (a consumer's subscription) whose drop must run inside the
+/// connection's runtime: async-nats unsubscribes on drop with `tokio::spawn`, which panics
+/// outside a runtime. Once the runtime is gone the drop spawns nothing and sends nothing.
+struct Held<T> {
+    value: Option<T>,
+    rt: tokio::runtime::Handle,
+}
+
+impl<T> Held<T> {
+    fn get_mut(&mut self) -> &mut T {
+        self.value.as_mut().expect("a held value is only taken by its drop")
+    }
+}
+
+impl<T> Drop for Held<T> {
+    fn drop(&mut self) {
+        let _inside = self.rt.enter();
+        self.value.take();
+    }
+}
+
+/// Sleeps on the calling thread for `d`, in slices of [`STOP_WAIT`], until `stop` is set.
+/// `false` when stopped first.
+fn sleep_or_stop(stop: &AtomicBool, d: Duration) -> bool {
+    let until = Instant::now() + d;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        std::thread::sleep(left.min(STOP_WAIT));
+    }
+}
+
+/// One attempt to open a [`Conn`]; `Ok(None)` when `stop` was set first.
+fn open(addr: &async_nats::ServerAddr, max_in_flight: usize, stop: &AtomicBool) -> Result<Option<Conn>, String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start a tokio runtime for the connection: {e}"))?;
-    let handle = rt.handle().clone();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    std::thread::Builder::new()
-        .name("shoal-nats-conn".into())
-        .spawn(move || {
-            let _ = rt.block_on(stop_rx);
-            drop(rt);
-        })
-        .map_err(|e| format!("cannot start the connection's thread: {e}"))?;
     // The delay callback also runs before the first connection attempt: no wait then. After
     // a disconnection the handler's one allowed reconnection attempt waits an hour, long
     // after the bridge has noticed the failure and dropped the runtime that runs it.
@@ -562,33 +596,37 @@ async fn open(addr: &async_nats::ServerAddr, max_in_flight: usize) -> Result<Con
             }
         })
         .connect(addr.clone());
-    let client = match handle.spawn(connect).await {
-        Ok(Ok(client)) => client,
-        Ok(Err(e)) => return Err(e.to_string()),
-        Err(e) => return Err(format!("connection task: {e}")),
+    let client = match rt.block_on(or_stop(stop, connect)) {
+        None => return Ok(None),
+        Some(Ok(client)) => client,
+        Some(Err(e)) => return Err(e.to_string()),
     };
-    let js = async_nats::jetstream::ContextBuilder::new()
-        .timeout(ACK_TIMEOUT)
-        .max_ack_inflight(max_in_flight.max(1))
-        .backpressure_on_inflight(true)
-        .build(client.clone());
-    Ok(Conn { _stop: stop_tx, client, js })
+    // The context spawns a task: it must be built inside the connection's runtime.
+    let js = {
+        let _inside = rt.enter();
+        async_nats::jetstream::ContextBuilder::new()
+            .timeout(ACK_TIMEOUT)
+            .max_ack_inflight(max_in_flight.max(1))
+            .backpressure_on_inflight(true)
+            .build(client.clone())
+    };
+    Ok(Some(Conn { client, js, rt }))
 }
 
 /// The first connection of a run: [`CONNECT_ATTEMPTS`] attempts with the back-off between
 /// them. `Ok(None)` when `stop` was set meanwhile.
-async fn open_first(opts: &BridgeOptions, stop: &AtomicBool) -> Result<Option<Conn>, BridgeError> {
+fn open_first(opts: &BridgeOptions, stop: &AtomicBool) -> Result<Option<Conn>, BridgeError> {
     let addr = parse_url(&opts.nats_url)?;
     let mut delay = BACKOFF_MIN;
     let mut why = String::new();
     for attempt in 1..=CONNECT_ATTEMPTS {
-        match or_stop(stop, open(&addr, opts.max_in_flight)).await {
-            None => return Ok(None),
-            Some(Ok(c)) => return Ok(Some(c)),
-            Some(Err(e)) => why = e,
+        match open(&addr, opts.max_in_flight, stop) {
+            Ok(None) => return Ok(None),
+            Ok(Some(c)) => return Ok(Some(c)),
+            Err(e) => why = e,
         }
         if attempt < CONNECT_ATTEMPTS {
-            if or_stop(stop, tokio::time::sleep(delay)).await.is_none() {
+            if !sleep_or_stop(stop, delay) {
                 return Ok(None);
             }
             delay = next_backoff(delay);
@@ -635,15 +673,15 @@ async fn get_stream(
 
 /// Connects (or `Ok(None)` when stopped meanwhile) and finds the stream; for an export,
 /// checks that it captures `<prefix>.*`.
-async fn start(
+fn start(
     opts: &BridgeOptions,
     prefix: &str,
     export: bool,
     stop: &AtomicBool,
 ) -> Result<Option<(Conn, async_nats::jetstream::stream::Stream)>, BridgeError> {
-    let Some(conn) = open_first(opts, stop).await? else { return Ok(None) };
+    let Some(conn) = open_first(opts, stop)? else { return Ok(None) };
     let lookup = get_stream(&conn.js, opts, format!("{prefix}.>"));
-    let Some(stream) = or_stop(stop, lookup).await.transpose()? else { return Ok(None) };
+    let Some(stream) = conn.block_on(or_stop(stop, lookup)).transpose()? else { return Ok(None) };
     if export {
         let subjects = &stream.cached_info().config.subjects;
         if !subjects.iter().any(|s| covers(s, prefix)) {
@@ -668,7 +706,7 @@ async fn start(
 /// a bad name.
 pub fn check_stream(topic: &str, opts: &BridgeOptions, export: bool, stop: &AtomicBool) -> Result<bool, BridgeError> {
     check_names(topic, opts)?;
-    Ok(runtime()?.block_on(start(opts, &opts.prefix(topic), export, stop))?.is_some())
+    Ok(start(opts, &opts.prefix(topic), export, stop)?.is_some())
 }
 
 /// Creates the stream `opts.stream` on `opts.nats_url` capturing `subjects` (file storage,
@@ -680,8 +718,8 @@ pub fn check_stream(topic: &str, opts: &BridgeOptions, export: bool, stop: &Atom
 pub fn create_stream(opts: &BridgeOptions, subjects: &[String]) -> Result<(), BridgeError> {
     use async_nats::jetstream::context::CreateStreamErrorKind;
     let never = AtomicBool::new(false);
-    runtime()?.block_on(async {
-        let conn = open_first(opts, &never).await?.ok_or_else(|| BridgeError::Config("stopped".into()))?;
+    let conn = open_first(opts, &never)?.ok_or_else(|| BridgeError::Config("stopped".into()))?;
+    conn.block_on(async {
         conn.js
             .get_or_create_stream(async_nats::jetstream::stream::Config {
                 name: opts.stream.clone(),

@@ -7,11 +7,18 @@
 //! <bus>/topics/<topic>/<p>/        partition p's log directory (p = 0, 1, ...)
 //! <bus>/groups/<group>/...         consumer group state (see crate::group)
 //! ```
-//! `meta` (40 bytes, little-endian): magic `b"SHOALTOP"`, format version u32 (1), partition
-//! count u32, created_ns u64, 12 reserved zero bytes, CRC32C of the first 36 bytes. It is
-//! written to a new temporary file and renamed into place without replacing
+//! `meta` is little-endian, in one of two versions:
+//! - version 1, a topic without a schema (40 bytes): magic `b"SHOALTOP"`, format version u32
+//!   (1), partition count u32, created_ns u64, 12 reserved zero bytes, CRC32C of the first 36
+//!   bytes. Topics without a schema are still written in version 1, so older shoal reads them.
+//! - version 2, a typed topic (56 + n bytes; see [Typed topics](self#typed-topics)): magic, format
+//!   version u32 (2), partition count u32, created_ns u64, then the schema: its version u32,
+//!   alignment u32, size u64, fingerprint u64, name length n u16 (1 to 256), 2 reserved zero
+//!   bytes, the name (n bytes of UTF-8), and last the CRC32C of every byte before it.
+//!
+//! It is written to a new temporary file and renamed into place without replacing
 //! (`RENAME_NOREPLACE`), so two processes creating the same topic at once agree on one
-//! partition count (the loser reads the winner's).
+//! partition count and schema (the loser reads the winner's).
 //!
 //! Everything below the bus directory is reached through `crate::sys::fs::Dir`: opened
 //! relative to its parent's descriptor, never through a symlink (one planted as `topics`, a
@@ -28,6 +35,15 @@
 //! of shoal, so every producer of a topic routes a key to the same partition. Keys that are
 //! byte strings (the `shoal produce --keyed` tool's) become a `u64` key with [`key_hash`]
 //! (64-bit FNV-1a), equally fixed.
+//!
+//! # Typed topics
+//! A topic may keep the schema of its records (a [`Schema`]'s name, version, size,
+//! alignment and layout fingerprint): [`Bus::topic_or_create_typed`] creates one,
+//! [`Topic::producer_typed`] and the group member's `join_typed` and `expect_schema` refuse
+//! another type with [`BusError::SchemaMismatch`], before they write or read a record. A
+//! topic created without a schema ([`Bus::topic_or_create`], `shoal produce`, `shoal topics
+//! create`, an older shoal) takes any declared type and says nothing; a schema is fixed when
+//! the topic is created. See [`Schema`], [`schema!`](crate::schema) and [`fingerprint`].
 
 use std::io::{Read, Write};
 use std::ops::Range;
@@ -36,6 +52,10 @@ use std::path::{Path, PathBuf};
 use crate::log::{Appender, DurableWatch, LogError, LogOptions, NewRecord, Offset};
 use crate::sys::fs::{Dir, Open};
 use crate::sys::histogram::LatencyHistogram;
+
+mod schema;
+
+pub use schema::{fingerprint, Field, Schema, TopicSchema, TypedProducer, SCHEMA_NAME_BYTES_MAX};
 
 /// Errors of the bus: names, topics, partitions and their logs. Consumer groups have
 /// their own [`GroupError`](crate::group::GroupError), which wraps this one.
@@ -92,6 +112,36 @@ pub enum BusError {
         /// The limit.
         max: u32,
     },
+    /// A producer, member or creator declared a record type that is not the topic's.
+    #[error(
+        "{path}: topic {topic:?} {}, not {declared} as declared here; {}",
+        kept.as_ref().map_or_else(|| "was created without a schema".to_string(), |k| format!("holds records of schema {k}")),
+        if kept.is_some() {
+            "use the type the topic was created with (same name, version and fields in the same order), \
+             or create a new topic for the new type"
+        } else {
+            "a schema is fixed when a topic is created: open it untyped (producer_typed and join_typed accept \
+             any type on it), or create a new topic with topic_or_create_typed"
+        }
+    )]
+    SchemaMismatch {
+        /// The topic.
+        topic: String,
+        /// Its meta file.
+        path: PathBuf,
+        /// The schema the topic keeps (`None`: created without one).
+        kept: Option<Box<TopicSchema>>,
+        /// The schema of the type declared.
+        declared: Box<TopicSchema>,
+    },
+    /// A [`Schema`] that a topic cannot keep.
+    #[error("schema {name:?}: {why}; give the type a Schema::NAME of 1 to 256 bytes")]
+    BadSchema {
+        /// The schema's name.
+        name: String,
+        /// What is wrong.
+        why: &'static str,
+    },
     /// A damaged or foreign metadata file.
     #[error("{path}: {why}; restore it or remove the topic directory")]
     BadMeta {
@@ -124,8 +174,18 @@ impl BusError {
 /// The most partitions a topic may have.
 pub const PARTITIONS_MAX: u32 = 4096;
 const META_MAGIC: [u8; 8] = *b"SHOALTOP";
+/// Partitions a producer opens side by side.
+const OPEN_AT_ONCE: usize = 8;
+/// The version of a topic without a schema.
 const META_VERSION: u32 = 1;
+/// The version of a typed topic.
+const META_VERSION_TYPED: u32 = 2;
+/// Bytes of a version 1 meta file.
 const META_BYTES: usize = 40;
+/// Bytes of a version 2 meta file without its name.
+const META_TYPED_FIXED_BYTES: usize = 56;
+/// The most bytes a meta file of either version has.
+const META_BYTES_MAX: usize = META_TYPED_FIXED_BYTES + SCHEMA_NAME_BYTES_MAX;
 
 /// Checks a topic or group name.
 ///
@@ -262,14 +322,14 @@ impl Bus {
     pub fn topic(&self, name: &str) -> Result<Topic, BusError> {
         validate_name("topic", name)?;
         let dir = self.dir.join("topics").join(name);
-        let partitions = match self.topic_dir(name, false)? {
+        let meta = match self.topic_dir(name, false)? {
             Some(topic_dir) => read_meta(&topic_dir)?,
             None => None,
         };
-        let Some(partitions) = partitions else {
+        let Some(meta) = meta else {
             return Err(BusError::NoTopic { path: dir, topic: name.to_string() });
         };
-        Ok(Topic { dir, name: name.to_string(), partitions })
+        Ok(Topic { dir, name: name.to_string(), partitions: meta.partitions, schema: meta.schema.map(Box::new) })
     }
 
     /// Opens a topic, creating it with `partitions` partitions if it does not exist.
@@ -278,6 +338,17 @@ impl Bus {
     /// [`BusError::PartitionMismatch`] when it exists with another count (pass `None` to
     /// accept any); name, count and I/O errors.
     pub fn topic_or_create(&self, name: &str, partitions: Option<u32>) -> Result<Topic, BusError> {
+        self.create_topic(name, partitions, None)
+    }
+
+    /// [`Bus::topic_or_create`], writing `schema` into the meta file of a topic it creates
+    /// (an existing topic is returned with the schema it has).
+    fn create_topic(
+        &self,
+        name: &str,
+        partitions: Option<u32>,
+        schema: Option<&TopicSchema>,
+    ) -> Result<Topic, BusError> {
         validate_name("topic", name)?;
         let asked = partitions.unwrap_or(DEFAULT_PARTITIONS);
         if asked == 0 || asked > PARTITIONS_MAX {
@@ -290,18 +361,24 @@ impl Bus {
         let existing = match read_meta(&topic_dir)? {
             Some(existing) => existing,
             None => {
-                write_meta(&topic_dir, asked)?;
+                write_meta(&topic_dir, asked, schema)?;
                 read_meta(&topic_dir)?
                     .ok_or_else(|| BusError::NoTopic { path: dir.clone(), topic: name.to_string() })?
             }
         };
         if let Some(asked) = partitions {
-            if asked != existing {
+            if asked != existing.partitions {
                 let meta = dir.join("meta");
+                let existing = existing.partitions;
                 return Err(BusError::PartitionMismatch { path: meta, topic: name.to_string(), existing, asked });
             }
         }
-        Ok(Topic { dir, name: name.to_string(), partitions: existing })
+        Ok(Topic {
+            dir,
+            name: name.to_string(),
+            partitions: existing.partitions,
+            schema: existing.schema.map(Box::new),
+        })
     }
 
     /// Names of the topics, sorted.
@@ -343,14 +420,41 @@ fn list_names(dir: &Path) -> Result<Vec<String>, BusError> {
     Ok(names)
 }
 
-fn encode_meta(partitions: u32, created_ns: u64) -> [u8; META_BYTES] {
-    let mut b = [0u8; META_BYTES];
-    b[0..8].copy_from_slice(&META_MAGIC);
-    b[8..12].copy_from_slice(&META_VERSION.to_le_bytes());
-    b[12..16].copy_from_slice(&partitions.to_le_bytes());
-    b[16..24].copy_from_slice(&created_ns.to_le_bytes());
-    let crc = crc32c::crc32c(&b[..36]);
-    b[36..40].copy_from_slice(&crc.to_le_bytes());
+/// What a topic's `meta` file says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TopicMeta {
+    /// The partition count.
+    pub partitions: u32,
+    /// When the topic was created, ns since the Unix epoch.
+    pub created_ns: u64,
+    /// The schema of a typed topic; `None` for a topic without one.
+    pub schema: Option<TopicSchema>,
+}
+
+/// Encodes a meta file (see the module docs): version 1 without a schema, version 2 with
+/// one. The schema must pass [`TopicSchema::check`].
+fn encode_meta(partitions: u32, created_ns: u64, schema: Option<&TopicSchema>) -> Vec<u8> {
+    let mut b = Vec::with_capacity(META_BYTES_MAX);
+    b.extend_from_slice(&META_MAGIC);
+    b.extend_from_slice(&if schema.is_some() { META_VERSION_TYPED } else { META_VERSION }.to_le_bytes());
+    b.extend_from_slice(&partitions.to_le_bytes());
+    b.extend_from_slice(&created_ns.to_le_bytes());
+    match schema {
+        None => b.extend_from_slice(&[0; 12]),
+        Some(schema) => {
+            debug_assert!(schema.check().is_ok());
+            b.extend_from_slice(&schema.version.to_le_bytes());
+            b.extend_from_slice(&schema.align.to_le_bytes());
+            b.extend_from_slice(&schema.size.to_le_bytes());
+            b.extend_from_slice(&schema.fingerprint.to_le_bytes());
+            b.extend_from_slice(&(schema.name.len() as u16).to_le_bytes());
+            b.extend_from_slice(&[0; 2]);
+            b.extend_from_slice(schema.name.as_bytes());
+        }
+    }
+    let crc = crc32c::crc32c(&b);
+    b.extend_from_slice(&crc.to_le_bytes());
     b
 }
 
@@ -358,7 +462,8 @@ fn encode_meta(partitions: u32, created_ns: u64) -> [u8; META_BYTES] {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum MetaError {
-    /// The file is not 40 bytes long.
+    /// The file is not as long as its version says (40 bytes in version 1; 56 plus the
+    /// schema name's length in version 2).
     #[error("topic meta is {len} bytes, expected {need}")]
     BadLength {
         /// Bytes given.
@@ -370,11 +475,11 @@ pub enum MetaError {
     #[error("not a shoal topic meta file")]
     BadMagic,
     /// A version this build does not read.
-    #[error("topic meta version {found} is not the {supported} this shoal reads")]
+    #[error("topic meta version {found} is newer than the {supported} this shoal reads; use a newer shoal")]
     UnsupportedVersion {
         /// The version in the file.
         found: u32,
-        /// The version this build reads.
+        /// The newest version this build reads.
         supported: u32,
     },
     /// The checksum does not match the bytes.
@@ -386,55 +491,102 @@ pub enum MetaError {
         /// The count in the file.
         partitions: u32,
     },
+    /// A typed topic's schema that cannot be (a name that is not UTF-8, an alignment that
+    /// is not a power of two, reserved bytes that are not zero).
+    #[error("topic meta has a bad schema: {why}")]
+    BadSchema {
+        /// What is wrong.
+        why: &'static str,
+    },
 }
 
-/// Decodes a topic meta file's bytes into its partition count.
+/// Decodes a topic meta file's bytes, of either version (see the module docs).
 ///
 /// # Errors
 /// A [`MetaError`] when the bytes are not a valid meta file.
-pub fn decode_meta(bytes: &[u8]) -> Result<u32, MetaError> {
-    if bytes.len() != META_BYTES {
+pub fn decode_meta(bytes: &[u8]) -> Result<TopicMeta, MetaError> {
+    if bytes.len() < 12 {
         return Err(MetaError::BadLength { len: bytes.len(), need: META_BYTES });
     }
     if bytes[0..8] != META_MAGIC {
         return Err(MetaError::BadMagic);
     }
     let u32_at = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    let u64_at = |at: usize| u64::from(u32_at(at)) | u64::from(u32_at(at + 4)) << 32;
     let found = u32_at(8);
-    if found != META_VERSION {
-        return Err(MetaError::UnsupportedVersion { found, supported: META_VERSION });
+    let need = match found {
+        META_VERSION => META_BYTES,
+        META_VERSION_TYPED => {
+            // The name's length is only known from the bytes: check the checksum over
+            // whatever length the file has first, then that the length agrees.
+            if bytes.len() < META_TYPED_FIXED_BYTES || bytes.len() > META_BYTES_MAX {
+                let need = if bytes.len() < META_TYPED_FIXED_BYTES { META_TYPED_FIXED_BYTES } else { META_BYTES_MAX };
+                return Err(MetaError::BadLength { len: bytes.len(), need });
+            }
+            bytes.len()
+        }
+        _ => return Err(MetaError::UnsupportedVersion { found, supported: META_VERSION_TYPED }),
+    };
+    if bytes.len() != need {
+        return Err(MetaError::BadLength { len: bytes.len(), need });
     }
-    if crc32c::crc32c(&bytes[..36]) != u32_at(36) {
+    if crc32c::crc32c(&bytes[..need - 4]) != u32_at(need - 4) {
         return Err(MetaError::Checksum);
     }
     let partitions = u32_at(12);
     if partitions == 0 || partitions > PARTITIONS_MAX {
         return Err(MetaError::BadPartitionCount { partitions });
     }
-    Ok(partitions)
+    let created_ns = u64_at(16);
+    if found == META_VERSION {
+        return Ok(TopicMeta { partitions, created_ns, schema: None });
+    }
+    let name_len = u16::from_le_bytes([bytes[48], bytes[49]]) as usize;
+    if name_len != need - META_TYPED_FIXED_BYTES {
+        let need = META_TYPED_FIXED_BYTES + name_len;
+        return Err(MetaError::BadLength { len: bytes.len(), need });
+    }
+    let bad = |why| Err(MetaError::BadSchema { why });
+    if bytes[50..52] != [0, 0] {
+        return bad("reserved bytes are not zero");
+    }
+    let Ok(name) = std::str::from_utf8(&bytes[52..52 + name_len]) else {
+        return bad("the name is not UTF-8");
+    };
+    let schema = TopicSchema {
+        name: name.to_string(),
+        version: u32_at(24),
+        align: u32_at(28),
+        size: u64_at(32),
+        fingerprint: u64_at(40),
+    };
+    if let Err(why) = schema.check() {
+        return bad(why);
+    }
+    Ok(TopicMeta { partitions, created_ns, schema: Some(schema) })
 }
 
-/// The partition count in the topic's `meta` file, `None` when there is none yet.
-fn read_meta(dir: &Dir) -> Result<Option<u32>, BusError> {
+/// The topic's `meta` file, `None` when there is none yet.
+fn read_meta(dir: &Dir) -> Result<Option<TopicMeta>, BusError> {
     let path = dir.join("meta");
     let file = match dir.open_file("meta", Open::Read) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(BusError::io(&path, "open", e)),
     };
-    let mut bytes = Vec::with_capacity(META_BYTES);
-    file.take(META_BYTES as u64 + 1).read_to_end(&mut bytes).map_err(|e| BusError::io(&path, "read", e))?;
+    let mut bytes = Vec::with_capacity(META_BYTES_MAX);
+    file.take(META_BYTES_MAX as u64 + 1).read_to_end(&mut bytes).map_err(|e| BusError::io(&path, "read", e))?;
     decode_meta(&bytes).map(Some).map_err(|why| BusError::BadMeta { path, why })
 }
 
 /// Writes the topic's `meta` file: a new temporary file, synced, renamed into place unless
 /// another creator's is there first (then theirs stands), and the directory synced.
-fn write_meta(dir: &Dir, partitions: u32) -> Result<(), BusError> {
+fn write_meta(dir: &Dir, partitions: u32, schema: Option<&TopicSchema>) -> Result<(), BusError> {
     let temp = format!(".meta.{}.{}", std::process::id(), crate::log::now_ns());
     let temp_path = dir.join(&temp);
     let mut file = dir.open_file(&temp, Open::CreateNew).map_err(|e| BusError::io(&temp_path, "create", e))?;
     let written = file
-        .write_all(&encode_meta(partitions, crate::log::now_ns()))
+        .write_all(&encode_meta(partitions, crate::log::now_ns(), schema))
         .and_then(|()| file.sync_all())
         .map_err(|e| BusError::io(&temp_path, "write", e));
     let renamed = written.and_then(|()| match dir.rename_noreplace(&temp, "meta") {
@@ -494,6 +646,8 @@ pub struct Topic {
     dir: PathBuf,
     name: String,
     partitions: u32,
+    /// Boxed: most topics have none, and a `Topic` sits in every producer and member.
+    schema: Option<Box<TopicSchema>>,
 }
 
 impl Topic {
@@ -505,6 +659,12 @@ impl Topic {
     /// Its partition count.
     pub fn partitions(&self) -> u32 {
         self.partitions
+    }
+
+    /// The schema of a typed topic (see [`Schema`]); `None` for a topic created without
+    /// one, which takes records of any type.
+    pub fn schema(&self) -> Option<&TopicSchema> {
+        self.schema.as_deref()
     }
 
     /// The log directory of partition `p`.
@@ -526,14 +686,40 @@ impl Topic {
     /// # Errors
     /// Log errors of any partition.
     pub fn producer(&self, opts: LogOptions) -> Result<TopicProducer, BusError> {
-        let mut partitions = Vec::with_capacity(self.partitions as usize);
         let topic_dir = Dir::open(&self.dir).map_err(|e| BusError::io(&self.dir, "open", e))?;
+        let mut dirs = Vec::with_capacity(self.partitions as usize);
         for p in 0..self.partitions {
             // Created through the topic's directory, so a symlink planted as a partition is
             // refused rather than followed by the appender.
             let dir = self.partition_dir(p)?;
             topic_dir.create_subdir(&p.to_string()).map_err(|e| BusError::io(&dir, "create directory", e))?;
-            partitions.push(Appender::open(dir, opts)?);
+            dirs.push(dir);
+        }
+        // Opening a partition mostly waits for the disk (recovery's reads, a first segment
+        // made and synced): the partitions open side by side, a few at a time, so a topic
+        // opens in about the time of its slowest partition rather than the sum of them all.
+        let mut partitions = Vec::with_capacity(dirs.len());
+        for chunk in dirs.chunks(OPEN_AT_ONCE) {
+            let opened: Vec<Result<Appender, LogError>> = std::thread::scope(|scope| {
+                // A thread that cannot be started leaves its partition to this one.
+                let started: Vec<_> = chunk
+                    .iter()
+                    .map(|dir| {
+                        let open = move || Appender::open(dir.as_path(), opts);
+                        std::thread::Builder::new().name("shoal-open".into()).spawn_scoped(scope, open).map_err(|_| dir)
+                    })
+                    .collect();
+                started
+                    .into_iter()
+                    .map(|h| match h {
+                        Ok(h) => h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                        Err(dir) => Appender::open(dir.as_path(), opts),
+                    })
+                    .collect()
+            });
+            for appender in opened {
+                partitions.push(appender?);
+            }
         }
         Ok(TopicProducer { topic: self.clone(), opts: opts.fitted(), partitions })
     }
@@ -893,8 +1079,8 @@ mod tests {
 
     #[test]
     fn meta_decoding_rejects_damage() {
-        let good = encode_meta(8, 1);
-        assert_eq!(decode_meta(&good), Ok(8));
+        let good: [u8; META_BYTES] = encode_meta(8, 1, None).try_into().expect("a version 1 meta file");
+        assert_eq!(decode_meta(&good), Ok(TopicMeta { partitions: 8, created_ns: 1, schema: None }));
         for i in 0..good.len() {
             let mut bad = good;
             bad[i] ^= 1;
@@ -904,10 +1090,56 @@ mod tests {
         assert_eq!(decode_meta(&good[..10]), Err(MetaError::BadLength { len: 10, need: META_BYTES }));
         assert_eq!(decode_meta(&good[..10]).unwrap_err().to_string(), "topic meta is 10 bytes, expected 40");
         let mut newer = good;
-        newer[8] = 2;
-        assert_eq!(decode_meta(&newer), Err(MetaError::UnsupportedVersion { found: 2, supported: META_VERSION }));
+        newer[8] = 3;
+        assert_eq!(decode_meta(&newer), Err(MetaError::UnsupportedVersion { found: 3, supported: META_VERSION_TYPED }));
         let mut flipped = good;
         flipped[20] ^= 1;
         assert_eq!(decode_meta(&flipped).unwrap_err().to_string(), "topic meta checksum mismatch");
+    }
+
+    #[test]
+    fn typed_meta_round_trips_and_rejects_damage() {
+        let schema =
+            TopicSchema { name: "Order".into(), version: 3, size: 24, align: 8, fingerprint: 0x0123_4567_89ab_cdef };
+        let good = encode_meta(4, 7, Some(&schema));
+        assert_eq!(good.len(), META_TYPED_FIXED_BYTES + 5);
+        assert_eq!(&good[8..12], &META_VERSION_TYPED.to_le_bytes());
+        let meta = decode_meta(&good).expect("decodes");
+        assert_eq!(meta, TopicMeta { partitions: 4, created_ns: 7, schema: Some(schema.clone()) });
+        for i in 0..good.len() {
+            for bit in [0x01, 0x80] {
+                let mut bad = good.clone();
+                bad[i] ^= bit;
+                assert!(decode_meta(&bad).is_err(), "flip {bit:#x} at {i} accepted");
+            }
+        }
+        for len in 0..good.len() {
+            assert!(decode_meta(&good[..len]).is_err(), "cut at {len} accepted");
+        }
+        let mut longer = good.clone();
+        longer.push(0);
+        assert!(decode_meta(&longer).is_err());
+        // A name length that disagrees with the file's, under a valid checksum.
+        let mut lying = good[..good.len() - 4].to_vec();
+        lying[48] = 6;
+        let crc = crc32c::crc32c(&lying);
+        lying.extend_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            decode_meta(&lying),
+            Err(MetaError::BadLength { len: good.len(), need: META_TYPED_FIXED_BYTES + 6 })
+        );
+        // A name that is not UTF-8, and an alignment that is not a power of two.
+        for (at, byte, why) in [(52, 0xFF, "the name is not UTF-8"), (28, 3, "the alignment is not a power of two")] {
+            let mut bad = good[..good.len() - 4].to_vec();
+            bad[at] = byte;
+            let crc = crc32c::crc32c(&bad);
+            bad.extend_from_slice(&crc.to_le_bytes());
+            assert_eq!(decode_meta(&bad), Err(MetaError::BadSchema { why }));
+        }
+        // The longest name fits; the bytes of the longest file are accepted, one more is not.
+        let long = TopicSchema { name: "n".repeat(SCHEMA_NAME_BYTES_MAX), ..schema };
+        let longest = encode_meta(1, 0, Some(&long));
+        assert_eq!(longest.len(), META_BYTES_MAX);
+        assert_eq!(decode_meta(&longest).expect("decodes").schema, Some(long));
     }
 }

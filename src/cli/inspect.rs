@@ -1,10 +1,17 @@
 //! `shoal verify` and `shoal stats`: read-only looks at a log, and the one repair.
+//!
+//! `stats` on the log of a topic's partition (`<BUS>/topics/<T>/<P>`) also shows the topic
+//! (`orders (partition 2 of 4)`) and its schema (`Order v1 (24 B, align 8, fingerprint
+//! 0x...)`, or `-` for a topic without one), read through the library's `Bus::topic`. A
+//! damaged topic `meta` file leaves the log's figures printed, the schema shown as
+//! `unreadable`, and is reported on stderr with exit 1.
 
 use std::io::{self, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
 use super::Error;
+use shoal::bus::Bus;
 use shoal::log::{self, Problem};
 
 pub(super) fn verify(dir: &Path, repair: bool) -> Result<ExitCode, Error> {
@@ -72,7 +79,7 @@ fn print_stdout(text: &str, code: ExitCode) -> Result<ExitCode, Error> {
 pub(super) fn stats(dir: &Path) -> Result<ExitCode, Error> {
     let stats = log::stats(dir)?;
     let show = |o: Option<u64>| o.map_or_else(|| "-".to_string(), |o| o.to_string());
-    let rows = [
+    let mut rows = vec![
         ("segments", stats.segments.to_string()),
         ("records", stats.records.to_string()),
         ("bytes", format!("{} ({})", stats.bytes, human_bytes(stats.bytes))),
@@ -84,7 +91,39 @@ pub(super) fn stats(dir: &Path) -> Result<ExitCode, Error> {
         ("durable below", stats.durable_offset.to_string()),
         ("producers", producers(&stats.producers)),
     ];
-    print_stdout(&table(&rows), ExitCode::SUCCESS)
+    let mut meta_error = None;
+    if let Some((bus, topic, partition)) = partition_of_topic(dir) {
+        match Bus::open_existing(&bus).and_then(|bus| bus.topic(&topic)) {
+            Ok(handle) => {
+                rows.push(("topic", format!("{topic} (partition {partition} of {})", handle.partitions())));
+                rows.push(("schema", super::topics::schema_cell(handle.schema())));
+            }
+            Err(e) => {
+                rows.push(("topic", topic));
+                rows.push(("schema", "unreadable (see the error below)".to_string()));
+                meta_error = Some(e);
+            }
+        }
+    }
+    let Some(e) = meta_error else {
+        return print_stdout(&table(&rows), ExitCode::SUCCESS);
+    };
+    print_stdout(&table(&rows), ExitCode::FAILURE)?;
+    Err(e.into())
+}
+
+/// `(bus, topic, partition)` when `dir` is the log of a topic's partition,
+/// `<bus>/topics/<topic>/<partition>` with a `meta` file in the topic's directory.
+fn partition_of_topic(dir: &Path) -> Option<(std::path::PathBuf, String, u32)> {
+    let dir = std::fs::canonicalize(dir).ok()?;
+    let partition = dir.file_name()?.to_str()?.parse::<u32>().ok()?;
+    let topic_dir = dir.parent()?;
+    let topics = topic_dir.parent()?;
+    if topics.file_name()? != "topics" || !topic_dir.join("meta").is_file() {
+        return None;
+    }
+    let topic = topic_dir.file_name()?.to_str()?.to_string();
+    Some((topics.parent()?.to_path_buf(), topic, partition))
 }
 
 /// `0`, or the count and the pids (`3 (pids 812, 812, 904)`).

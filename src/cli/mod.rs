@@ -48,7 +48,8 @@
 //!   byte position, what is wrong, whether a repair fixes it) and exit 1. `--repair` cuts the
 //!   log at the first damaged record and says where and how many records that drops.
 //! - `shoal stats <DIR>`: segments, records, bytes, `first offset`, `last offset`, `next
-//!   offset` and `durable below` (the exclusive watermark).
+//!   offset` and `durable below` (the exclusive watermark); for a topic's partition also
+//!   `topic` and `schema`.
 //! - `shoal demo [--dir <DIR>] [--events <N>] [--segment-size <SIZE>] [--prealloc <SIZE>]`: typed orders through a pipeline whose
 //!   middle stage scales up and down, into a 4-partition topic with `Batch` durability,
 //!   consumed by a group whose members (threads and a child process) join and leave
@@ -67,7 +68,8 @@
 //!   error (the lines before it are appended, synced and acked). `--ack` prints
 //!   `partition <P> durable below <N>` lines.
 //! - `shoal topics <BUS>` (also `shoal topics list <BUS>`): a header line, then one line per
-//!   topic: name, partitions, records, bytes of segment files. Creates nothing.
+//!   topic: name, partitions, records, bytes of segment files, schema (`-` for an untyped
+//!   topic). Creates nothing.
 //! - `shoal topics create <BUS> <T> [--partitions <P>] [--segment-size <SIZE>] [--prealloc
 //!   <SIZE>]` creates the topic with P partitions (default 4; the bus too if missing); with a
 //!   size flag it also creates each partition's log with those sizes. A topic that exists

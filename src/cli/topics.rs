@@ -7,9 +7,15 @@
 //! by whichever of several racing creators comes first; the others see it as existing.
 //!
 //! ```text
-//! TOPIC   PARTITIONS  RECORDS  BYTES
-//! orders  4           2380     268435456
+//! TOPIC   PARTITIONS  RECORDS  BYTES      SCHEMA
+//! orders  4           2380     268435456  Order v1 (24 B, align 8, fingerprint 0x9f3c2a1b7d4e6f80)
+//! lines   4           12       1048576    -
 //! ```
+//!
+//! SCHEMA is a typed topic's schema (`shoal::bus::Schema`: name, version, size, alignment,
+//! layout fingerprint), `-` for a topic without one. Typed topics are created from Rust
+//! (`Bus::topic_or_create_typed`), since a schema is a Rust type; `topics create` makes
+//! untyped ones.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -19,7 +25,7 @@ use clap::Subcommand;
 
 use super::log_args::LogArgs;
 use super::Error;
-use shoal::bus::{Bus, BusError, DEFAULT_PARTITIONS, PARTITIONS_MAX};
+use shoal::bus::{Bus, BusError, TopicSchema, DEFAULT_PARTITIONS, PARTITIONS_MAX};
 use shoal::log::LogOptions;
 use shoal::metrics::BusSnapshot;
 
@@ -61,22 +67,40 @@ pub(super) fn run(bus: Option<PathBuf>, action: Option<TopicsCommand>) -> Result
 
 /// `shoal topics <BUS>`.
 fn list(bus: &Path) -> Result<ExitCode, Error> {
-    let snap = BusSnapshot::take(&super::open_bus(bus)?)?;
+    let handle = super::open_bus(bus)?;
+    let snap = BusSnapshot::take(&handle)?;
     let text = if snap.topics.is_empty() {
         format!("{}: no topics; create one with `shoal topics create {} <TOPIC>`\n", bus.display(), bus.display())
     } else {
-        let rows: Vec<[String; 4]> = snap
-            .topics
-            .iter()
-            .map(|t| [t.name.clone(), t.partitions.len().to_string(), t.records().to_string(), t.bytes().to_string()])
-            .collect();
-        table(&["TOPIC", "PARTITIONS", "RECORDS", "BYTES"], &rows)
+        let mut rows: Vec<[String; 5]> = Vec::with_capacity(snap.topics.len());
+        for t in &snap.topics {
+            let schema = match handle.topic(&t.name) {
+                Ok(topic) => schema_cell(topic.schema()),
+                // Removed since the snapshot: its row stays as the snapshot saw it.
+                Err(BusError::NoTopic { .. }) => schema_cell(None),
+                Err(e) => return Err(e.into()),
+            };
+            rows.push([
+                t.name.clone(),
+                t.partitions.len().to_string(),
+                t.records().to_string(),
+                t.bytes().to_string(),
+                schema,
+            ]);
+        }
+        table(&["TOPIC", "PARTITIONS", "RECORDS", "BYTES", "SCHEMA"], &rows)
     };
     let mut out = io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => super::stdout_failed(e),
     }
+}
+
+/// A topic's schema as `topics` and `stats` show it: `Order v1 (24 B, align 8, fingerprint
+/// 0x...)`, or `-` for a topic without one.
+pub(super) fn schema_cell(schema: Option<&TopicSchema>) -> String {
+    schema.map_or_else(|| "-".to_string(), TopicSchema::to_string)
 }
 
 /// `shoal topics create <BUS> <TOPIC> [--partitions N] [--segment-size ..] [--prealloc ..]`.
@@ -94,7 +118,12 @@ fn create(bus: &Path, name: &str, partitions: Option<u32>, log: &LogArgs) -> Res
                     topic.partitions()
                 )));
             }
-            format!("{}: topic {name} exists with {} partitions; left as it is", bus.display(), topic.partitions())
+            let schema = topic.schema().map_or_else(String::new, |schema| format!(" and schema {schema}"));
+            format!(
+                "{}: topic {name} exists with {} partitions{schema}; left as it is",
+                bus.display(),
+                topic.partitions()
+            )
         }
         Err(BusError::NoTopic { .. }) => {
             let topic = handle.topic_or_create(name, Some(partitions.unwrap_or(DEFAULT_PARTITIONS)))?;

@@ -142,6 +142,7 @@
 pub mod assign;
 mod error;
 pub mod format;
+mod typed;
 
 use std::collections::BTreeMap;
 use std::fs::File;
