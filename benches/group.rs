@@ -3,7 +3,7 @@
 //!
 //! | group | what | shoal | peer |
 //! | --- | --- | --- | --- |
-//! | `group_throughput` | drain a 4-partition topic of N 100-byte records, every payload touched | `Member`s of a fresh group: 1, 2, 4 threads (`members_threads/k`) and 1, 2, 4 processes (`members_processes/k`), committing after every poll | one thread reading the 4 partition logs with `shoal::log::Reader` (`single_reader`) |
+//! | `group_throughput` | drain a 4-partition topic of N 100-byte records, every payload touched | one `Member` of a fresh group in this thread by each poll: `member_poll_with` (records lent in place), `member_poll_with_commit_at_leave` (the same, committing only when it leaves: what the commits cost), `member_poll_into` (the caller's vector reused), `member_poll` (a new vector per poll); and 1, 2, 4 threads (`members_threads/k`, `poll`) and 1, 2, 4 processes (`members_processes/k`), committing after every poll | one thread reading the 4 partition logs with `shoal::log::Reader` (`single_reader`) |
 //! | `rebalance` | a third member joins and leaves (gracefully) a group of two while a producer writes 8 partitions | the time of one join (until the newcomer holds its share) plus one `leave` | none: the figures are the latencies printed at the end of the group |
 //!
 //! `group_throughput`: each measured run starts members (threads or processes) in a fresh
@@ -125,6 +125,19 @@ fn touch(payload: &[u8]) -> u64 {
 // ---------------------------------------------------------------------------------------------
 // group_throughput
 
+/// Which poll `one_member` uses.
+#[derive(Clone, Copy, Debug)]
+enum Poll {
+    /// `Member::poll_with`: records lent in place.
+    With,
+    /// `Member::poll_with`, committing only at the end (`leave`): what the commits cost.
+    WithoutCommits,
+    /// `Member::poll_into`: the caller's vector, reused.
+    Into,
+    /// `Member::poll`: a new vector each time.
+    Vec,
+}
+
 /// A bus holding the throughput topic, filled once.
 struct FilledTopic {
     _dir: tempfile::TempDir,
@@ -191,6 +204,52 @@ impl FilledTopic {
                     .map_or(0, |slot| slot.offset)
             })
             .sum()
+    }
+
+    /// One member in this thread joins a fresh group, drains the topic by `how`, committing
+    /// after every poll (but for `Poll::WithoutCommits`), and leaves; the time from join to
+    /// leave, both included.
+    fn one_member(&mut self, how: Poll) -> Duration {
+        let group = self.fresh_group("one");
+        let total = self.records;
+        let start = Instant::now();
+        let mut member = Member::join(&self.bus, &group, THROUGHPUT_TOPIC, member_options("one")).expect("join");
+        let (mut delivered, mut fold) = (0u64, 0u64);
+        let mut batch = Vec::with_capacity(POLL_MAX);
+        while delivered < total {
+            let n = match how {
+                Poll::With | Poll::WithoutCommits => member
+                    .poll_with(POLL_MAX, Duration::from_millis(1), |_, record| {
+                        fold = fold.wrapping_add(touch(record.payload()));
+                    })
+                    .expect("poll_with"),
+                Poll::Into => {
+                    let n = member.poll_into(&mut batch, POLL_MAX, Duration::from_millis(1)).expect("poll_into");
+                    for d in &batch {
+                        fold = fold.wrapping_add(touch(d.record.payload()));
+                    }
+                    n
+                }
+                Poll::Vec => {
+                    let batch = member.poll(POLL_MAX, Duration::from_millis(1)).expect("poll");
+                    for d in &batch {
+                        fold = fold.wrapping_add(touch(d.record.payload()));
+                    }
+                    batch.len()
+                }
+            };
+            if n > 0 && !matches!(how, Poll::WithoutCommits) {
+                member.commit().expect("commit");
+            }
+            delivered += n as u64;
+        }
+        member.leave().expect("leave");
+        let elapsed = start.elapsed();
+        black_box(fold);
+        assert_eq!(delivered, total, "records delivered by one member");
+        assert_eq!(self.committed_total(&group), total);
+        self.remove_group(&group);
+        elapsed
     }
 
     /// `members` threads join a fresh group and drain the topic; the time from the first
@@ -359,6 +418,20 @@ fn group_throughput(c: &mut Criterion, scale: &Scale) {
             tally("single_reader", iters, start.elapsed())
         })
     });
+    for (name, how) in [
+        ("member_poll_with", Poll::With),
+        ("member_poll_with_commit_at_leave", Poll::WithoutCommits),
+        ("member_poll_into", Poll::Into),
+        ("member_poll", Poll::Vec),
+    ] {
+        group.bench_function(name, |b| {
+            let topic = topic.get_or_insert_with(|| FilledTopic::new(records));
+            b.iter_custom(|iters| {
+                let elapsed = (0..iters).map(|_| topic.one_member(how)).sum();
+                tally(name, iters, elapsed)
+            })
+        });
+    }
     for members in [1usize, 2, 4] {
         let name = format!("members_threads/{members}");
         group.bench_function(&name, |b| {

@@ -211,6 +211,111 @@ fn per_key_order_and_exactly_once_under_repeated_scaling() {
     eprintln!("{i} scales; pause p50 {:?}, max {:?}", pauses[pauses.len() / 2], pauses[pauses.len() - 1]);
 }
 
+/// `emit_slice` from a closure source into a keyed stage scaled between one worker (where a
+/// slice is copied into the one ring in runs) and several (where each event is routed on its
+/// own), and from that stage's handlers into a keyed sink: every event once, per-key order.
+#[test]
+fn batched_emits_keep_per_key_order_and_exactly_once_across_scales() {
+    let _serial = serial();
+    const TOTAL: usize = 120_000;
+    const KEYS: usize = 31;
+    const BLOCK: usize = 300; // more than a ring holds: each slice waits for room
+    const SCALES: usize = 8;
+    let checker = Checker::new(KEYS, TOTAL);
+    let events: Vec<Ev> = keyed_events(TOTAL, KEYS).collect();
+    let emitted = Arc::new(AtomicUsize::new(0));
+    let scales_done = Arc::new(AtomicUsize::new(0));
+    let (at, scaled) = (emitted.clone(), scales_done.clone());
+    let mut pipeline = Pipeline::<Ev>::builder()
+        .pin(false)
+        .ring_capacity(128)
+        .batch_max(64)
+        .source(
+            "blocks",
+            Source::closure(move |out: &mut Emitter<Ev>| {
+                let from = at.load(Ordering::Relaxed);
+                // The k-th eighth of the events goes out once k scales are done, so that
+                // every scale happens while events flow. Returning (not waiting here) lets
+                // the source thread serve the scale's pause between two calls.
+                if scaled.load(Ordering::Acquire) < from * SCALES / TOTAL {
+                    std::thread::yield_now();
+                    return SourceStep::Continue;
+                }
+                let to = (from + BLOCK).min(TOTAL);
+                out.emit_slice(&events[from..to]);
+                at.store(to, Ordering::Release);
+                if to == TOTAL {
+                    SourceStep::Done
+                } else {
+                    SourceStep::Continue
+                }
+            }),
+        )
+        .stage("mid", 1, Routing::ByKey(key_of), |_| |batch: &[Ev], out: &mut Emitter<Ev>| out.emit_slice(batch))
+        .stage("sink", 2, Routing::ByKey(key_of), checker.sink())
+        .build()
+        .expect("build");
+    // One worker (slices copied into one ring) and several (events routed one by one), in turn.
+    let sizes = [3, 1, 2, 1];
+    for i in 0..SCALES {
+        let to = sizes[i % sizes.len()];
+        assert_eq!(pipeline.scale("mid", to).expect("scale mid").to, to);
+        scales_done.store(i + 1, Ordering::Release);
+    }
+    let stats = pipeline.join().expect("join");
+    assert_eq!(checker.handled.load(Ordering::Relaxed), TOTAL as u64);
+    checker.assert_exactly_once();
+    assert_eq!(stats.stages[0].events, TOTAL as u64, "the source counts every event of its slices");
+    assert_eq!(stats.scales, SCALES as u64);
+    assert_eq!(stats.discarded, 0);
+}
+
+/// A source emitting one event per call into a ring of 4 slots whose reader stalls now and
+/// then: single-event publications meet a full ring and wait, and every event arrives once,
+/// in order.
+#[test]
+fn one_event_per_call_into_a_full_ring_waits_and_keeps_order() {
+    let _serial = serial();
+    const TOTAL: u64 = 20_000;
+    let mut next = 0u64;
+    let got = Arc::new(Mutex::new(Vec::with_capacity(TOTAL as usize)));
+    let pipeline = Pipeline::<u64>::builder()
+        .pin(false)
+        .ring_capacity(4)
+        .source(
+            "one",
+            Source::closure(move |out: &mut Emitter<u64>| {
+                out.emit(next);
+                next += 1;
+                if next == TOTAL {
+                    SourceStep::Done
+                } else {
+                    SourceStep::Continue
+                }
+            }),
+        )
+        .stage("slow", 1, Routing::RoundRobin, {
+            let got = got.clone();
+            move |_| {
+                let got = got.clone();
+                move |batch: &[u64], _: &mut Emitter<u64>| {
+                    let mut got = got.lock().unwrap_or_else(PoisonError::into_inner);
+                    got.extend_from_slice(batch);
+                    if got.len() % 1000 < batch.len() {
+                        std::thread::sleep(Duration::from_millis(2)); // the source fills the ring
+                    }
+                }
+            }
+        })
+        .build()
+        .expect("build");
+    let stats = pipeline.join().expect("join");
+    let got = got.lock().unwrap_or_else(PoisonError::into_inner);
+    assert_eq!(got.len() as u64, TOTAL);
+    assert!(got.iter().copied().eq(0..TOTAL), "events out of order");
+    assert_eq!(stats.stages[0].events, TOTAL);
+}
+
 #[test]
 fn round_robin_delivers_exactly_once() {
     let _serial = serial();

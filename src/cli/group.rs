@@ -1,6 +1,15 @@
 //! `shoal group` and `shoal groups`: a consumer group member on the command line, and the
 //! state of every group.
 //!
+//! `--from latest` starts partitions the group has no committed offset for at their end
+//! ([`Start::Latest`]); partitions with one always start there.
+//!
+//! `shoal groups <BUS> <GROUP> --reset-offsets --to <target>` is Kafka's
+//! `kafka-consumer-groups --reset-offsets`: a dry run by default that prints, per partition,
+//! the committed offset now and where it would go; `--execute` writes it. It is refused while
+//! the group has live members (they would overwrite it at their next commit): the error
+//! names them. The target is parsed into [`ResetTo`], one variant per form.
+//!
 //! A member polls with a short timeout ([`POLL_WAIT`]) so that it sees a stop request soon:
 //! SIGTERM and SIGINT only set a flag (through `signal-hook`), which the loop checks between
 //! polls. Each batch is written, flushed, and only then committed; because a batch is
@@ -26,22 +35,63 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Error;
-use shoal::group::{describe, Delivery, GroupError, GroupInfo, GroupOptions, Member};
+use shoal::group::{
+    describe, group_topics, reset_offsets, Delivery, GroupError, GroupInfo, GroupOptions, Member, OffsetReset, ResetTo,
+    Start,
+};
 
 /// Longest wait of one poll: how soon a member notices SIGTERM or SIGINT.
 const POLL_WAIT: Duration = Duration::from_millis(50);
 /// Most records a member takes (and prints, then commits) per batch.
 const BATCH_RECORDS: usize = 4096;
 
-/// `shoal group <BUS> <GROUP> --topic <T> [--exit-when-idle <ms>]`.
-pub(super) fn run(bus: &Path, group: &str, topic: &str, exit_when_idle: Option<Duration>) -> Result<ExitCode, Error> {
+/// What `groups --help` adds about resets.
+pub(super) const GROUPS_HELP: &str = "\
+--reset-offsets --to earliest|latest|OFFSET moves GROUP's committed offsets (every topic it \
+consumed, or only --topic): earliest is the first record each partition still holds, latest its \
+end, OFFSET the same offset in every partition (kept within the first record and the end). \
+Without --execute it only prints the plan. Refused while the group has live members: stop them \
+first (they leave on SIGTERM).";
+
+/// `group --from`: where a partition without a committed offset starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(super) enum From {
+    /// The first record the partition holds.
+    Earliest,
+    /// Its end: only records appended from now on.
+    Latest,
+}
+
+/// Parses `--to`: `earliest`, `latest`, or an offset.
+pub(super) fn parse_reset_to(text: &str) -> Result<ResetTo, String> {
+    match text {
+        "earliest" => Ok(ResetTo::Earliest),
+        "latest" => Ok(ResetTo::Latest),
+        _ => text.parse::<u64>().map(ResetTo::Offset).map_err(|_| {
+            format!("`{text}` is not a reset target: give earliest, latest, or an offset (a whole number)")
+        }),
+    }
+}
+
+/// `shoal group <BUS> <GROUP> --topic <T> [--exit-when-idle <ms>] [--from earliest|latest]`.
+pub(super) fn run(
+    bus: &Path,
+    group: &str,
+    topic: &str,
+    exit_when_idle: Option<Duration>,
+    from: From,
+) -> Result<ExitCode, Error> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone())
             .map_err(|e| Error::new(format!("installing the handler of signal {signal} failed: {e}")))?;
     }
     let bus = super::open_bus(bus)?;
-    let opts = GroupOptions::default().label(format!("shoal group, pid {}", std::process::id()));
+    let start = match from {
+        From::Earliest => Start::Earliest,
+        From::Latest => Start::Latest,
+    };
+    let opts = GroupOptions::default().label(format!("shoal group, pid {}", std::process::id())).start(start);
     let mut member = Member::join(&bus, group, topic, opts)?;
     let mut out = BufWriter::with_capacity(64 << 10, io::stdout().lock());
     let mut last_record = Instant::now();
@@ -89,15 +139,97 @@ fn write_batch(out: &mut impl Write, batch: &[Delivery]) -> io::Result<()> {
     out.flush()
 }
 
-/// `shoal groups <BUS>`.
-pub(super) fn list(bus: &Path) -> Result<ExitCode, Error> {
-    let groups = describe(&super::open_bus(bus)?)?;
-    let text = if groups.is_empty() { format!("{}: no consumer groups\n", bus.display()) } else { table(&groups) };
+/// `shoal groups <BUS> [<GROUP>]`.
+pub(super) fn list(bus: &Path, only: Option<&str>) -> Result<ExitCode, Error> {
+    let mut groups = describe(&super::open_bus(bus)?)?;
+    if let Some(only) = only {
+        groups.retain(|g| g.group == only);
+    }
+    let text = match (groups.is_empty(), only) {
+        (true, None) => format!("{}: no consumer groups\n", bus.display()),
+        (true, Some(group)) => format!("{}: no consumer group {group}\n", bus.display()),
+        (false, _) => table(&groups),
+    };
+    print(&text)
+}
+
+fn print(text: &str) -> Result<ExitCode, Error> {
     let mut stdout = io::stdout().lock();
     match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => super::stdout_failed(e),
     }
+}
+
+/// `shoal groups <BUS> <GROUP> --reset-offsets --to <target> [--topic <T>] [--execute]`.
+pub(super) fn reset(
+    bus: &Path,
+    group: &str,
+    topic: Option<&str>,
+    to: ResetTo,
+    execute: bool,
+) -> Result<ExitCode, Error> {
+    let bus_handle = super::open_bus(bus)?;
+    let topics = match topic {
+        Some(topic) => vec![topic.to_string()],
+        None => group_topics(&bus_handle, group)?,
+    };
+    if topics.is_empty() {
+        return Err(Error::new(format!(
+            "{}: no consumer group {group}: nothing to reset (see `shoal groups {}`)",
+            bus.display(),
+            bus.display()
+        )));
+    }
+    // Every topic is checked (and planned) before any is written.
+    let mut plans = Vec::with_capacity(topics.len());
+    for topic in &topics {
+        plans.push(reset_offsets(&bus_handle, group, topic, to, false)?);
+    }
+    if execute {
+        plans.clear();
+        for topic in &topics {
+            plans.push(reset_offsets(&bus_handle, group, topic, to, true)?);
+        }
+    }
+    let mut text = String::new();
+    for (topic, plan) in topics.iter().zip(&plans) {
+        text.push_str(&reset_table(group, topic, to, plan, execute));
+    }
+    print(&text)
+}
+
+/// The plan of one topic's reset.
+///
+/// ```text
+/// group g, topic t: offsets reset to earliest (dry run: nothing written; add --execute to apply)
+///   PARTITION  COMMITTED  NEW  FIRST  END
+///   0          10         0    0      12
+/// ```
+fn reset_table(group: &str, topic: &str, to: ResetTo, plan: &[OffsetReset], execute: bool) -> String {
+    let target = match to {
+        ResetTo::Earliest => "earliest".to_string(),
+        ResetTo::Latest => "latest".to_string(),
+        ResetTo::Offset(o) => format!("offset {o}"),
+        other => format!("{other:?}"),
+    };
+    let how = if execute { "" } else { " (dry run: nothing written; add --execute to apply)" };
+    let verb = if execute { "reset" } else { "would be reset" };
+    let mut text = format!("group {group}, topic {topic}: offsets {verb} to {target}{how}\n");
+    let rows: Vec<Vec<String>> = plan
+        .iter()
+        .map(|r| {
+            vec![
+                r.partition.to_string(),
+                r.committed.map_or_else(|| "-".to_string(), |c| c.to_string()),
+                r.new.to_string(),
+                r.first.to_string(),
+                r.end.to_string(),
+            ]
+        })
+        .collect();
+    push_rows(&mut text, &["PARTITION", "COMMITTED", "NEW", "FIRST", "END"], &rows);
+    text
 }
 
 /// The `groups` report: per group and topic, a members table and a partitions table, with

@@ -78,8 +78,9 @@
 //!   [--follow] [--format ..]`: as for a log, over one partition or all of them (partition by
 //!   partition, or round-robin when following; `--from` applies to each, `latest` per
 //!   partition); JSON objects start with `partition`.
-//! - `shoal group <BUS> <GROUP> --topic <T> [--exit-when-idle <ms>]`: a member of the
-//!   consumer group; prints `<partition> <offset> <payload>` for each record of the
+//! - `shoal group <BUS> <GROUP> --topic <T> [--exit-when-idle <ms>] [--from earliest|latest]`:
+//!   a member of the consumer group (`--from`: where partitions without a committed offset
+//!   start); prints `<partition> <offset> <payload>` for each record of the
 //!   partitions it owns, flushed per batch, and commits offsets only after their lines are
 //!   written. SIGTERM, SIGINT and `--exit-when-idle` leave gracefully (commit, hand over,
 //!   exit 0); a closed stdout hands over and exits 0 without committing the batch it could
@@ -87,8 +88,11 @@
 //! - `shoal bench [--quick] [--json] [--dir <DIR>]`: measures shoal on this machine next to
 //!   baselines measured in the same run (raw rtrb, a `BufWriter`, fdatasync, O_DIRECT, memcpy)
 //!   and prints each figure, its baseline and their ratio; `--json` prints one JSON object.
-//! - `shoal groups <BUS>`: each group with its members, their partitions, committed offsets
-//!   and lag.
+//! - `shoal groups <BUS> [<GROUP>]`: each group (or one) with its members, their partitions,
+//!   committed offsets and lag. `shoal groups <BUS> <GROUP> --reset-offsets --to
+//!   earliest|latest|<offset> [--topic <T>] [--execute]` prints where the group's committed
+//!   offsets would move, and moves them with `--execute`; refused while the group has live
+//!   members.
 //! - `shoal top <BUS> [--interval <ms>] [--once]`: per topic and partition records, bytes,
 //!   first, last and durable offsets and appends per second; per group and partition the
 //!   owner, committed offset, end, lag and commits per second; redrawn every interval
@@ -241,6 +245,10 @@ enum Command {
         /// Leave the group (committing) after this many ms with nothing new to read.
         #[arg(long, value_name = "MS")]
         exit_when_idle: Option<u64>,
+        /// Where the group starts a partition it has no committed offset for: its first
+        /// record, or only records appended from now on.
+        #[arg(long, value_enum, default_value_t = group::From::Earliest)]
+        from: group::From,
     },
     /// List the topics of the bus in BUS (`topics <BUS>`), or create one (`topics create`).
     #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -251,11 +259,27 @@ enum Command {
         #[command(subcommand)]
         action: Option<topics::TopicsCommand>,
     },
-    /// Print each consumer group of the bus in BUS: members, their partitions, committed
-    /// offsets and lag.
+    /// Print each consumer group of the bus in BUS (or only GROUP): members, their
+    /// partitions, committed offsets and lag; or reset GROUP's committed offsets.
+    #[command(after_help = group::GROUPS_HELP)]
     Groups {
         /// The bus directory.
         bus: PathBuf,
+        /// Only this group.
+        group: Option<String>,
+        /// Move GROUP's committed offsets to --to (a dry run unless --execute); refused
+        /// while the group has live members.
+        #[arg(long, requires_all = ["group", "to"])]
+        reset_offsets: bool,
+        /// Where --reset-offsets moves the committed offsets.
+        #[arg(long, value_name = "earliest|latest|OFFSET", value_parser = group::parse_reset_to, requires = "reset_offsets")]
+        to: Option<shoal::group::ResetTo>,
+        /// Reset only this topic (default: every topic the group consumed).
+        #[arg(long, requires = "reset_offsets")]
+        topic: Option<String>,
+        /// Write the reset (without it, --reset-offsets only prints the plan).
+        #[arg(long, requires = "reset_offsets")]
+        execute: bool,
     },
     /// Show rates and lag per topic, partition and consumer group of the bus in BUS,
     /// refreshed every interval.
@@ -626,11 +650,14 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Cat { dir, topic: Some(topic), partition, from, since, follow, format } => {
             cat::run_topic(&dir, &topic, partition, from, since, follow, format)
         }
-        Command::Group { bus, group, topic, exit_when_idle } => {
-            group::run(&bus, &group, &topic, exit_when_idle.map(Duration::from_millis))
+        Command::Group { bus, group, topic, exit_when_idle, from } => {
+            group::run(&bus, &group, &topic, exit_when_idle.map(Duration::from_millis), from)
         }
         Command::Topics { bus, action } => topics::run(bus, action),
-        Command::Groups { bus } => group::list(&bus),
+        Command::Groups { bus, group, reset_offsets, to, topic, execute } => match (reset_offsets, group, to) {
+            (true, Some(group), Some(to)) => group::reset(&bus, &group, topic.as_deref(), to, execute),
+            (_, group, _) => group::list(&bus, group.as_deref()),
+        },
         Command::Top { bus, interval, once } => top::run(&bus, Duration::from_millis(interval), once),
         #[cfg(feature = "nats")]
         Command::Bridge(command) => bridge::run(command),

@@ -1,5 +1,5 @@
-//! The one error enum of the consumer-group API (cold path: join, poll, commit, leave,
-//! describe).
+//! The one error enum of the consumer-group API (cold path: join, poll, seek, commit, leave,
+//! describe, reset).
 
 use std::path::PathBuf;
 
@@ -47,6 +47,56 @@ pub enum GroupError {
         partition: u32,
         /// Its owner file.
         path: PathBuf,
+    },
+    /// A seek, position or chosen-offsets commit named a partition this member does not
+    /// hold now (it was never assigned to it, is still held by its previous owner, or was
+    /// revoked); in a revocation callback, a partition that is not being revoked.
+    #[error(
+        "partition {partition} is not held here (held: {held:?}); seek and commit only the partitions \
+         Member::assigned lists (in a revocation callback, only those being revoked)"
+    )]
+    NotAssigned {
+        /// The partition named.
+        partition: u32,
+        /// The partitions held where the call was made.
+        held: Vec<u32>,
+    },
+    /// A chosen-offsets commit asked for an offset past the member's position in that
+    /// partition: it would skip records never returned.
+    #[error(
+        "cannot commit offset {offset} of partition {partition}: the member's position there is {position} \
+         (the committed offset is the next one to read, at most the position; seek first to skip records)"
+    )]
+    CommitAhead {
+        /// The partition.
+        partition: u32,
+        /// The offset asked for.
+        offset: u64,
+        /// [`Member::position`](super::Member::position) of that partition.
+        position: u64,
+    },
+    /// A reset of a group's committed offsets while members of the group are live: they
+    /// would overwrite the reset with their next commit.
+    #[error(
+        "group {group} on topic {topic} has live members ({}); stop them (they leave on SIGTERM), \
+         or wait for their session to end, then reset again",
+        members.join(", ")
+    )]
+    GroupActive {
+        /// The group.
+        group: String,
+        /// The topic.
+        topic: String,
+        /// Ids of the live members (those holding a partition included).
+        members: Vec<String>,
+    },
+    /// A reset of a group that has no state on the topic (no member ever joined it there).
+    #[error("group {group} has never consumed topic {topic}: nothing to reset (see `shoal groups <BUS>`)")]
+    NoGroup {
+        /// The group.
+        group: String,
+        /// The topic.
+        topic: String,
     },
     /// An error of the bus: an invalid group or topic name, a missing topic, a damaged
     /// topic `meta` file.

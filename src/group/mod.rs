@@ -115,7 +115,9 @@
 //!
 //! When a partition leaves a member's assignment, the member, at its next [`Member::poll`],
 //! commits it up to everything it has returned (the records of earlier polls count as
-//! processed: Kafka's commit-on-revoke), closes the lock and bumps the epoch. A member that
+//! processed: Kafka's commit-on-revoke) or, when it has a [`RebalanceListener`], calls its
+//! `on_revoked` with the partition still held and commits only what that commits; then it
+//! closes the lock and bumps the epoch. A member that
 //! gains a partition tries `LOCK_EX|LOCK_NB` each time the epoch moves or the sweep runs,
 //! and once it holds the lock, reads the committed offset and reads on from there: replay
 //! from the log, then live, with no gap and no duplicate. A partition whose owner did not
@@ -128,7 +130,11 @@
 //!
 //! # Delivery
 //! At least once. [`Member::commit`] stores, per owned partition, the offset after the last
-//! record returned. A graceful [`Member::leave`] commits and hands over with no duplicate;
+//! record returned; [`Member::commit_offsets`] stores chosen offsets (each the next offset to
+//! read, at most the member's [`Member::position`]), for consumers that finish records after
+//! they poll them. [`Member::seek`] moves the position (nothing is committed until a
+//! commit). A partition without a committed offset starts where [`GroupOptions::start`]
+//! says; [`reset_offsets`] moves the offsets of a group with no live member. A graceful [`Member::leave`] commits and hands over with no duplicate;
 //! after a crash the next owner re-delivers at most the records the dead member returned
 //! after its last commit. Dropping a `Member` without `leave` releases its partitions and
 //! lease without committing (its uncommitted records are delivered again).
@@ -156,7 +162,7 @@ use std::time::{Duration, Instant};
 use memmap2::MmapRaw;
 
 use crate::bus::{validate_name, Bus, BusError, Topic};
-use crate::log::{wait_any_with, LogError, Offset, Reader, RecordRef, TailWait};
+use crate::log::{wait_any_with, LogError, Offset, Reader, Record, RecordRef, TailWait};
 use crate::sys::file::{try_flock, Flock};
 use crate::sys::fs::{Dir, Open};
 use crate::sys::futex;
@@ -194,6 +200,27 @@ pub struct GroupOptions {
     /// group's epoch), or the one and then the other. A spin ends where a sleep would, at the
     /// liveness check, so the heartbeat keeps moving.
     pub tail_wait: TailWait,
+    /// Where a member starts a partition for which the group has no committed offset
+    /// (default [`Start::Earliest`]; Kafka's `auto.offset.reset`). A partition with a
+    /// committed offset always starts there.
+    pub start: Start,
+}
+
+/// Where a group starts reading a partition it has no committed offset for
+/// ([`GroupOptions::start`]).
+///
+/// With [`Start::Latest`], the member that first takes such a partition commits the end
+/// it found at once (one write of the offsets file), so a partition that moves to another
+/// member before anything was read goes on from that end, not from a later one: no record
+/// appended after the group started is skipped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Start {
+    /// At the first record the log still holds.
+    #[default]
+    Earliest,
+    /// At the end of the log when the partition is first taken: only records appended
+    /// after that are delivered.
+    Latest,
 }
 
 impl Default for GroupOptions {
@@ -204,6 +231,7 @@ impl Default for GroupOptions {
             label: format!("pid {}", std::process::id()),
             session_timeout: Duration::from_secs(3),
             tail_wait: TailWait::default(),
+            start: Start::Earliest,
         }
     }
 }
@@ -237,6 +265,13 @@ impl GroupOptions {
         self
     }
 
+    /// Sets [`GroupOptions::start`].
+    #[must_use]
+    pub fn start(mut self, start: Start) -> GroupOptions {
+        self.start = start;
+        self
+    }
+
     /// Sets [`GroupOptions::label`].
     #[must_use]
     pub fn label(mut self, label: impl Into<String>) -> GroupOptions {
@@ -252,6 +287,252 @@ pub struct Delivery {
     pub partition: u32,
     /// The record, in place in the mapped log.
     pub record: RecordRef,
+}
+
+/// Called when partitions come to a member and before they leave it: to load or flush
+/// per-partition state, to choose where reading starts, and to commit exactly what was
+/// processed before a handover. Give it to [`Member::join_with`]; every method has a default
+/// that does nothing.
+///
+/// How it meets the rebalance protocol (see the module docs): partitions move one by one
+/// as their previous owner lets go, so [`on_assigned`](RebalanceListener::on_assigned) may
+/// be called several times after one membership change, each time with the partitions just
+/// taken (Kafka's cooperative protocol: incremental, never stop-the-world). It runs inside
+/// [`Member::join_with`] for the first share, and inside a poll for later ones, before that
+/// poll reads a record of them. [`on_revoked`](RebalanceListener::on_revoked) runs inside a
+/// poll (or [`Member::leave`]) while the member still holds the partitions' locks, so no
+/// other member reads them yet; they are released when it returns. **A member with a
+/// listener never commits revoked partitions on its own**: it commits what `on_revoked`
+/// commits ([`Revoked::commit`] for every record returned, or [`Revoked::commit_offsets`]),
+/// and the next owner starts from there. A member without one commits every record
+/// returned (commit-on-revoke). [`on_lost`](RebalanceListener::on_lost) reports partitions
+/// taken over after the session timeout: they are already gone, nothing can be committed.
+/// Dropping a member without [`Member::leave`] calls nothing (as a crash would not).
+///
+/// ```
+/// use shoal::bus::Bus;
+/// use shoal::group::{Assigned, GroupOptions, Member, RebalanceListener, Revoked};
+/// use std::time::Duration;
+///
+/// /// Commits on revoke only what the application finished.
+/// struct Flush { done: Vec<(u32, u64)> }
+/// impl RebalanceListener for Flush {
+///     fn on_assigned(&mut self, assigned: &mut Assigned<'_>) {
+///         println!("now reading {:?}", assigned.partitions());
+///     }
+///     fn on_revoked(&mut self, revoked: &mut Revoked<'_>) {
+///         let done: Vec<(u32, u64)> =
+///             self.done.iter().copied().filter(|(p, _)| revoked.partitions().contains(p)).collect();
+///         if let Err(e) = revoked.commit_offsets(&done) {
+///             eprintln!("commit on revoke: {e}");
+///         }
+///     }
+/// }
+///
+/// let dir = tempfile::tempdir()?;
+/// let bus = Bus::open(dir.path())?;
+/// bus.topic_or_create("orders", Some(2))?;
+/// let listener = Flush { done: Vec::new() };
+/// let member = Member::join_with(&bus, "billing", "orders", GroupOptions::default(), listener)?;
+/// member.leave()?; // calls on_revoked with both partitions
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub trait RebalanceListener {
+    /// Partitions just taken by this member, positioned at the group's committed offsets
+    /// (or by [`GroupOptions::start`]); [`Assigned::seek`] moves them before the first read.
+    fn on_assigned(&mut self, assigned: &mut Assigned<'_>) {
+        let _ = assigned;
+    }
+
+    /// Partitions about to be handed over (a rebalance, or [`Member::leave`]), still held:
+    /// commit what was processed through `revoked`. Nothing is committed otherwise.
+    fn on_revoked(&mut self, revoked: &mut Revoked<'_>) {
+        let _ = revoked;
+    }
+
+    /// Partitions another member took over after this one's session timed out (it was
+    /// stopped, or did not poll): already gone, their records since the last commit are
+    /// delivered again by the new owner.
+    fn on_lost(&mut self, partitions: &[u32]) {
+        let _ = partitions;
+    }
+}
+
+/// The listener a member calls (a box so that [`Member`] stays one type).
+struct Listener(Box<dyn RebalanceListener + Send>);
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RebalanceListener")
+    }
+}
+
+/// The member's partitions as [`RebalanceListener::on_assigned`] sees them: which were just
+/// taken, and where each is positioned.
+#[derive(Debug)]
+pub struct Assigned<'a> {
+    owned: &'a mut BTreeMap<u32, Owned>,
+    partitions: &'a [u32],
+}
+
+impl Assigned<'_> {
+    /// The partitions just taken, ascending.
+    pub fn partitions(&self) -> &[u32] {
+        self.partitions
+    }
+
+    /// The next offset a poll returns from `partition` (any partition held).
+    ///
+    /// # Errors
+    /// [`GroupError::NotAssigned`].
+    pub fn position(&self, partition: u32) -> Result<u64, GroupError> {
+        position_in(self.owned, partition)
+    }
+
+    /// Where the next poll reads `partition` (any partition held): as [`Member::seek`].
+    ///
+    /// # Errors
+    /// As [`Member::seek`].
+    pub fn seek(&mut self, partition: u32, offset: u64) -> Result<(), GroupError> {
+        seek_in(self.owned, partition, SeekTo::Offset(offset))
+    }
+
+    /// As [`Member::seek_to_beginning`].
+    ///
+    /// # Errors
+    /// As [`Member::seek_to_beginning`].
+    pub fn seek_to_beginning(&mut self, partitions: &[u32]) -> Result<(), GroupError> {
+        seek_all(self.owned, partitions, SeekTo::Beginning)
+    }
+
+    /// As [`Member::seek_to_end`].
+    ///
+    /// # Errors
+    /// As [`Member::seek_to_end`].
+    pub fn seek_to_end(&mut self, partitions: &[u32]) -> Result<(), GroupError> {
+        seek_all(self.owned, partitions, SeekTo::End)
+    }
+}
+
+/// The partitions being revoked, as [`RebalanceListener::on_revoked`] sees them: still
+/// held, so commits of them count.
+#[derive(Debug)]
+pub struct Revoked<'a> {
+    owners: &'a Dir,
+    owned: &'a mut BTreeMap<u32, Owned>,
+    partitions: &'a [u32],
+    sync: bool,
+    lost: &'a mut Vec<u32>,
+}
+
+impl Revoked<'_> {
+    /// The partitions about to go, ascending.
+    pub fn partitions(&self) -> &[u32] {
+        self.partitions
+    }
+
+    /// The next offset a poll would have returned from `partition` (one being revoked).
+    ///
+    /// # Errors
+    /// [`GroupError::NotAssigned`] for a partition not being revoked.
+    pub fn position(&self, partition: u32) -> Result<u64, GroupError> {
+        position_in(self.owned, partition)
+    }
+
+    /// Commits every record returned from the revoked partitions (what a member without a
+    /// listener does on its own).
+    ///
+    /// # Errors
+    /// As [`Member::commit`].
+    pub fn commit(&mut self) -> Result<(), GroupError> {
+        let chosen: Vec<(u32, u64)> = self.owned.iter().map(|(&p, o)| (p, o.delivered)).collect();
+        commit_chosen(self.owners, self.owned, &chosen, self.sync, self.lost)
+    }
+
+    /// Commits the chosen offsets of revoked partitions: as [`Member::commit_offsets`].
+    ///
+    /// # Errors
+    /// As [`Member::commit_offsets`]; a partition that is not being revoked is
+    /// [`GroupError::NotAssigned`] (nothing is written then).
+    pub fn commit_offsets(&mut self, offsets: &[(u32, u64)]) -> Result<(), GroupError> {
+        commit_chosen(self.owners, self.owned, offsets, self.sync, self.lost)
+    }
+}
+
+/// Where a seek goes.
+#[derive(Clone, Copy, Debug)]
+enum SeekTo {
+    Beginning,
+    End,
+    Offset(u64),
+}
+
+fn not_assigned(owned: &BTreeMap<u32, Owned>, partition: u32) -> GroupError {
+    GroupError::NotAssigned { partition, held: owned.keys().copied().collect() }
+}
+
+fn position_in(owned: &BTreeMap<u32, Owned>, partition: u32) -> Result<u64, GroupError> {
+    owned.get(&partition).map(|o| o.delivered).ok_or_else(|| not_assigned(owned, partition))
+}
+
+/// Positions one held partition: the next poll returns `to` (records below an offset past
+/// the end are skipped as they arrive).
+fn seek_in(owned: &mut BTreeMap<u32, Owned>, partition: u32, to: SeekTo) -> Result<(), GroupError> {
+    let Some(o) = owned.get_mut(&partition) else { return Err(not_assigned(owned, partition)) };
+    let offset = match to {
+        SeekTo::Offset(offset) => {
+            o.reader.seek(Offset(offset))?;
+            offset
+        }
+        SeekTo::Beginning => {
+            let first = o.reader.first_offset()?;
+            o.reader.seek(first)?;
+            first.0
+        }
+        SeekTo::End => {
+            o.reader.seek(Offset(u64::MAX))?;
+            o.reader.next_offset().0
+        }
+    };
+    o.delivered = offset;
+    Ok(())
+}
+
+/// Seeks each of `partitions`, after checking that every one is held.
+fn seek_all(owned: &mut BTreeMap<u32, Owned>, partitions: &[u32], to: SeekTo) -> Result<(), GroupError> {
+    if let Some(&p) = partitions.iter().find(|p| !owned.contains_key(p)) {
+        return Err(not_assigned(owned, p));
+    }
+    partitions.iter().try_for_each(|&p| seek_in(owned, p, to))
+}
+
+/// Commits the chosen `(partition, next offset)` pairs of `owned`, after checking every pair
+/// (a partition not held, an offset past the position: nothing is written). Partitions
+/// found taken over are added to `lost`; the first error is returned after trying all.
+fn commit_chosen(
+    owners: &Dir,
+    owned: &mut BTreeMap<u32, Owned>,
+    offsets: &[(u32, u64)],
+    sync: bool,
+    lost: &mut Vec<u32>,
+) -> Result<(), GroupError> {
+    for &(p, offset) in offsets {
+        let position = position_in(owned, p)?;
+        if offset > position {
+            return Err(GroupError::CommitAhead { partition: p, offset, position });
+        }
+    }
+    let mut first_err = None;
+    for &(p, offset) in offsets {
+        let Some(o) = owned.get_mut(&p) else { continue };
+        if let Err(e) = commit_at(owners, p, o, offset, sync) {
+            if matches!(e, GroupError::Fenced { .. }) {
+                lost.push(p);
+            }
+            first_err.get_or_insert(e);
+        }
+    }
+    first_err.map_or(Ok(()), Err)
 }
 
 /// What a member has seen.
@@ -394,6 +675,16 @@ impl Heartbeat {
     }
 }
 
+/// A partition assigned to this member and not yet held.
+#[derive(Debug)]
+struct Pending {
+    /// When the assignment first named this member.
+    since: Instant,
+    /// The partition's reader, opened as soon as the partition is assigned (a reader needs
+    /// no lock), so that the handover itself only positions it.
+    reader: Option<Reader>,
+}
+
 /// What this member last saw of another member's heartbeat.
 #[derive(Debug)]
 struct Observed {
@@ -460,12 +751,13 @@ pub struct Member {
     stale: Vec<String>,
     target: Vec<u32>,
     owned: BTreeMap<u32, Owned>,
-    /// Assigned partitions not yet held, with since when.
-    pending: BTreeMap<u32, Instant>,
+    /// Assigned partitions not yet held: since when, and a reader opened ahead.
+    pending: BTreeMap<u32, Pending>,
     order: Vec<u32>,
     cursor: usize,
     joined: bool,
     stats: MemberStats,
+    listener: Option<Listener>,
 }
 
 static ID_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -609,6 +901,33 @@ impl Member {
     /// or a non-regular file planted in the group's directory among them, named), and a
     /// damaged offsets file of a partition it gains ([`GroupError::BadGroupFile`]).
     pub fn join(bus: &Bus, group: &str, topic: &str, opts: GroupOptions) -> Result<Member, GroupError> {
+        Member::join_listening(bus, group, topic, opts, None)
+    }
+
+    /// Joins as [`Member::join`] does, with a listener that is told of partitions assigned
+    /// and revoked (and commits on revoke what it chooses; see [`RebalanceListener`]). Its
+    /// [`on_assigned`](RebalanceListener::on_assigned) is called for the first share before
+    /// this returns.
+    ///
+    /// # Errors
+    /// As [`Member::join`].
+    pub fn join_with(
+        bus: &Bus,
+        group: &str,
+        topic: &str,
+        opts: GroupOptions,
+        listener: impl RebalanceListener + Send + 'static,
+    ) -> Result<Member, GroupError> {
+        Member::join_listening(bus, group, topic, opts, Some(Listener(Box::new(listener))))
+    }
+
+    fn join_listening(
+        bus: &Bus,
+        group: &str,
+        topic: &str,
+        opts: GroupOptions,
+        listener: Option<Listener>,
+    ) -> Result<Member, GroupError> {
         bus.group_dir(group)?;
         validate_name("topic", topic)?;
         let topic_handle = bus.topic(topic)?;
@@ -678,6 +997,7 @@ impl Member {
             cursor: 0,
             joined: false,
             stats: MemberStats::default(),
+            listener,
         };
         member.maintain()?;
         member.joined = true;
@@ -717,24 +1037,184 @@ impl Member {
     /// Log errors of a partition (corruption, [`LogError::OffsetGone`]), a damaged offsets
     /// file ([`GroupError::BadGroupFile`]), I/O errors on the group's files.
     pub fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Delivery>, GroupError> {
+        let mut out = Vec::new();
+        self.poll_into(&mut out, max, timeout)?;
+        Ok(out)
+    }
+
+    /// [`Member::poll`] into the caller's vector: clears `out`, then fills it with up to
+    /// `max` records, reusing its capacity (no allocation once it has grown to `max`).
+    /// Returns how many records it holds now. The records are [`RecordRef`]s, one `Arc`
+    /// clone each; [`Member::poll_with`] lends them instead, with no clone at all.
+    ///
+    /// ```
+    /// # use shoal::bus::Bus;
+    /// # use shoal::group::{GroupOptions, Member};
+    /// # use shoal::log::LogOptions;
+    /// # use std::time::Duration;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let bus = Bus::open(dir.path())?;
+    /// # let mut producer = bus.topic_or_create("orders", Some(2))?.producer(LogOptions::default())?;
+    /// # for key in 0..10u64 { producer.send(key, b"order")?; }
+    /// let mut member = Member::join(&bus, "billing", "orders", GroupOptions::default())?;
+    /// let mut batch = Vec::with_capacity(64);
+    /// let mut seen = 0;
+    /// while seen < 10 {
+    ///     seen += member.poll_into(&mut batch, 64, Duration::from_secs(1))?;
+    /// }
+    /// member.commit()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Member::poll`]; `out` then holds the records read before the error (all of them
+    /// count as returned).
+    pub fn poll_into(&mut self, out: &mut Vec<Delivery>, max: usize, timeout: Duration) -> Result<usize, GroupError> {
+        out.clear();
+        self.poll_loop(max, timeout, |member, max| {
+            member.read_records(max, |partition, reader, delivered| {
+                let Some(record) = reader.next_ref()? else { return Ok(Step::End) };
+                let offset = record.offset().0;
+                if offset < *delivered {
+                    return Ok(Step::Skipped); // below the position (it was past the end at seek)
+                }
+                *delivered = offset + 1;
+                out.push(Delivery { partition, record });
+                Ok(Step::Taken)
+            })
+        })
+    }
+
+    /// [`Member::poll`] with zero copies: calls `each` with up to `max` records, each
+    /// borrowed in place from the mapped log for the length of the call (a
+    /// [`Record`], as [`Reader::next`] returns), and returns how many.
+    /// Every record passed counts as returned (for [`Member::commit`] and
+    /// [`Member::position`]). This is the fastest way to read a group: no allocation, no
+    /// reference count, one commit-word load and one checksum per record, as a bare
+    /// [`Reader`].
+    ///
+    /// ```
+    /// # use shoal::bus::Bus;
+    /// # use shoal::group::{GroupOptions, Member};
+    /// # use shoal::log::LogOptions;
+    /// # use std::time::Duration;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let bus = Bus::open(dir.path())?;
+    /// # let mut producer = bus.topic_or_create("orders", Some(2))?.producer(LogOptions::default())?;
+    /// # for key in 0..10u64 { producer.send(key, b"order")?; }
+    /// let mut member = Member::join(&bus, "billing", "orders", GroupOptions::default())?;
+    /// let mut bytes = 0;
+    /// let mut seen = 0;
+    /// while seen < 10 {
+    ///     seen += member.poll_with(64, Duration::from_secs(1), |_partition, record| {
+    ///         bytes += record.payload().len();
+    ///     })?;
+    /// }
+    /// assert_eq!(bytes, 50);
+    /// member.commit()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Member::poll`].
+    pub fn poll_with<F>(&mut self, max: usize, timeout: Duration, mut each: F) -> Result<usize, GroupError>
+    where
+        F: FnMut(u32, Record<'_>),
+    {
+        self.poll_loop(max, timeout, |member, max| {
+            member.read_records(max, |partition, reader, delivered| {
+                let Some(record) = reader.next()? else { return Ok(Step::End) };
+                let offset = record.offset().0;
+                if offset < *delivered {
+                    return Ok(Step::Skipped);
+                }
+                *delivered = offset + 1;
+                each(partition, record);
+                Ok(Step::Taken)
+            })
+        })
+    }
+
+    /// The loop of every poll: membership upkeep, one read, and a wait when nothing came.
+    fn poll_loop(
+        &mut self,
+        max: usize,
+        timeout: Duration,
+        mut read: impl FnMut(&mut Member, usize) -> Result<usize, GroupError>,
+    ) -> Result<usize, GroupError> {
         let start = Instant::now();
         let deadline = start + timeout;
-        let mut out = Vec::new();
         // Bounded by the deadline: every pass sleeps (or returns) when nothing is read.
         loop {
             self.maintain()?;
-            self.read_into(&mut out, max)?;
-            if !out.is_empty() || max == 0 {
-                return Ok(out);
+            let n = read(self, max)?;
+            if n > 0 || max == 0 {
+                return Ok(n);
             }
             let now = Instant::now();
             if now >= deadline {
-                return Ok(out);
+                return Ok(0);
             }
             // Wakes often enough that the heartbeat moves well within the session timeout.
             let nap = self.opts.liveness_check.min(self.session_timeout() / 4);
             self.sleep((deadline - now).min(nap), now - start)?;
         }
+    }
+
+    /// The next offset a poll returns from `partition`: the offset after the last record
+    /// returned, or where the partition was taken or last sought.
+    ///
+    /// # Errors
+    /// [`GroupError::NotAssigned`] when this member does not hold `partition` now.
+    pub fn position(&self, partition: u32) -> Result<u64, GroupError> {
+        position_in(&self.owned, partition)
+    }
+
+    /// Makes the next poll read `partition` from `offset`, backwards (records are delivered
+    /// again) or forwards (records are skipped). An offset past the end is waited for: the
+    /// records below it are skipped as they arrive. Nothing is committed:
+    /// [`Member::commit`] after a seek stores the new position.
+    ///
+    /// ```
+    /// # use shoal::bus::Bus;
+    /// # use shoal::group::{GroupOptions, Member};
+    /// # use shoal::log::LogOptions;
+    /// # use std::time::Duration;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let bus = Bus::open(dir.path())?;
+    /// # let mut producer = bus.topic_or_create("orders", Some(1))?.producer(LogOptions::default())?;
+    /// # for key in 0..10u64 { producer.send(key, b"order")?; }
+    /// let mut member = Member::join(&bus, "audit", "orders", GroupOptions::default())?;
+    /// member.seek(0, 7)?;
+    /// let batch = member.poll(64, Duration::from_secs(1))?;
+    /// assert_eq!(batch[0].record.offset().0, 7);
+    /// assert_eq!(member.position(0)?, 10);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`GroupError::NotAssigned`] when this member does not hold `partition` now;
+    /// [`LogError::OffsetGone`] when retention removed `offset` (the position is unchanged).
+    pub fn seek(&mut self, partition: u32, offset: u64) -> Result<(), GroupError> {
+        seek_in(&mut self.owned, partition, SeekTo::Offset(offset))
+    }
+
+    /// Seeks each of `partitions` to the first record its log still holds.
+    ///
+    /// # Errors
+    /// [`GroupError::NotAssigned`] when one of them is not held (none is moved then); log
+    /// errors reading a partition.
+    pub fn seek_to_beginning(&mut self, partitions: &[u32]) -> Result<(), GroupError> {
+        seek_all(&mut self.owned, partitions, SeekTo::Beginning)
+    }
+
+    /// Seeks each of `partitions` to its end: the next poll returns only records appended
+    /// after this call.
+    ///
+    /// # Errors
+    /// As [`Member::seek_to_beginning`].
+    pub fn seek_to_end(&mut self, partitions: &[u32]) -> Result<(), GroupError> {
+        seek_all(&mut self.owned, partitions, SeekTo::End)
     }
 
     /// Commits every record returned by [`Member::poll`] so far, for every partition held.
@@ -762,15 +1242,102 @@ impl Member {
         first_err.map_or(Ok(()), Err)
     }
 
-    /// Leaves gracefully: commits, releases every partition and removes the lease, so the
-    /// other members take over at once with no duplicate.
+    /// Commits chosen offsets: for each `(partition, offset)`, `offset` is the next record
+    /// the group reads there (as [`Member::commit`] stores it: one past the last record
+    /// processed), at most [`Member::position`]. Only the partitions named are written, so
+    /// a consumer that processes records after handing them on (a pipeline, a batch
+    /// writer) commits what is done, and a restart delivers the rest again. A lower offset
+    /// than the committed one moves the group back.
+    ///
+    /// ```
+    /// # use shoal::bus::Bus;
+    /// # use shoal::group::{GroupOptions, Member};
+    /// # use shoal::log::LogOptions;
+    /// # use std::time::Duration;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let bus = Bus::open(dir.path())?;
+    /// # let mut producer = bus.topic_or_create("orders", Some(1))?.producer(LogOptions::default())?;
+    /// # for key in 0..10u64 { producer.send(key, b"order")?; }
+    /// let mut member = Member::join(&bus, "billing", "orders", GroupOptions::default())?;
+    /// let batch = member.poll(64, Duration::from_secs(1))?;
+    /// assert_eq!(batch.len(), 10);
+    /// member.commit_offsets(&[(0, 4)])?; // records 0..4 are done, 4.. are not
+    /// drop(member); // a crash: no commit of the rest
+    /// let mut next = Member::join(&bus, "billing", "orders", GroupOptions::default())?;
+    /// assert_eq!(next.poll(64, Duration::from_secs(1))?[0].record.offset().0, 4);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// Nothing is written when a partition is not held ([`GroupError::NotAssigned`]) or an
+    /// offset is past the position ([`GroupError::CommitAhead`]). Otherwise as
+    /// [`Member::commit`].
+    pub fn commit_offsets(&mut self, offsets: &[(u32, u64)]) -> Result<(), GroupError> {
+        let mut lost = Vec::new();
+        let result = commit_chosen(&self.owners_dir, &mut self.owned, offsets, self.opts.sync_commits, &mut lost);
+        self.drop_lost(&lost);
+        result
+    }
+
+    /// Leaves gracefully: hands every partition over (committing every record returned, or,
+    /// with a [`RebalanceListener`], what its `on_revoked` commits), releases them and
+    /// removes the lease, so the other members take over at once with no duplicate.
     ///
     /// # Errors
     /// As [`Member::commit`]; the partitions and lease are released even then.
     pub fn leave(mut self) -> Result<(), GroupError> {
-        let committed = self.commit();
+        let going = std::mem::take(&mut self.owned);
+        let committed = self.hand_over(going, true);
         self.release_all();
         committed
+    }
+
+    /// Commits partitions about to be released: through the listener when there is one,
+    /// else every record returned. Partitions found taken over count as fenced; their error
+    /// is returned only when `report_fenced`.
+    fn hand_over(&mut self, mut going: BTreeMap<u32, Owned>, report_fenced: bool) -> Result<(), GroupError> {
+        if going.is_empty() {
+            return Ok(());
+        }
+        let sync = self.opts.sync_commits;
+        let mut lost = Vec::new();
+        let mut result = Ok(());
+        match self.listener.as_mut() {
+            Some(listener) => {
+                let partitions: Vec<u32> = going.keys().copied().collect();
+                let mut revoked = Revoked {
+                    owners: &self.owners_dir,
+                    owned: &mut going,
+                    partitions: &partitions,
+                    sync,
+                    lost: &mut lost,
+                };
+                listener.0.on_revoked(&mut revoked);
+            }
+            None => {
+                for (&p, owned) in going.iter_mut() {
+                    match commit_one(&self.owners_dir, p, owned, sync) {
+                        Ok(()) => {}
+                        Err(e @ GroupError::Fenced { .. }) => {
+                            lost.push(p);
+                            if report_fenced && result.is_ok() {
+                                result = Err(e);
+                            }
+                        }
+                        Err(e) => {
+                            if result.is_ok() {
+                                result = Err(e);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        lost.sort_unstable();
+        lost.dedup();
+        self.stats.fenced += lost.len() as u64;
+        drop(going); // closes the locks
+        result
     }
 
     fn release_all(&mut self) {
@@ -790,14 +1357,19 @@ impl Member {
         if lost.is_empty() {
             return;
         }
-        for p in lost {
-            if self.owned.remove(p).is_some() {
+        let mut gone = Vec::new();
+        for &p in lost {
+            if self.owned.remove(&p).is_some() {
                 self.stats.fenced += 1;
+                gone.push(p);
                 tracing::warn!(partition = p, member = %self.id, "partition taken over after the session timeout");
             }
         }
         self.order = self.owned.keys().copied().collect();
         self.cursor = 0;
+        if let (Some(listener), false) = (self.listener.as_mut(), gone.is_empty()) {
+            listener.0.on_lost(&gone);
+        }
     }
 
     /// Rescans members when due, recomputes the assignment, drops partitions taken over,
@@ -830,39 +1402,26 @@ impl Member {
                 }
             }
         }
-        // Release what is no longer ours (commit-on-revoke).
-        let mut released = false;
+        // Release what is no longer ours (commit-on-revoke, or the listener's commits; a
+        // partition taken over meanwhile has nothing to hand over).
         let revoked: Vec<u32> = self.owned.keys().copied().filter(|p| !self.target.contains(p)).collect();
-        let mut result = Ok(());
-        for p in revoked {
-            if let Some(mut owned) = self.owned.remove(&p) {
-                let committed = commit_one(&self.owners_dir, p, &mut owned, self.opts.sync_commits);
-                drop(owned); // closes the lock
-                released = true;
-                match committed {
-                    // Taken over meanwhile: nothing to hand over.
-                    Err(GroupError::Fenced { .. }) => self.stats.fenced += 1,
-                    Err(e) => {
-                        if result.is_ok() {
-                            result = Err(e);
-                        }
-                    }
-                    Ok(()) => {}
-                }
-            }
-        }
-        if released {
+        if !revoked.is_empty() {
+            let going: BTreeMap<u32, Owned> = revoked.iter().filter_map(|p| self.owned.remove_entry(p)).collect();
+            let result = self.hand_over(going, false);
             self.order = self.owned.keys().copied().collect();
             self.cursor = 0;
             self.epoch.bump();
+            result?;
         }
-        result?;
         // Take what is ours once its previous owner lets go.
         self.pending.retain(|p, _| self.target.contains(p));
         let mut fresh = false;
         for &p in &self.target {
             if !self.owned.contains_key(&p) && !self.pending.contains_key(&p) {
-                self.pending.insert(p, now);
+                // A reader that cannot be opened now is opened (and its error reported) at
+                // the take.
+                let reader = self.topic.partition_dir(p).ok().and_then(|dir| Reader::open(dir).ok());
+                self.pending.insert(p, Pending { since: now, reader });
                 fresh = true;
             }
         }
@@ -873,26 +1432,34 @@ impl Member {
     }
 
     fn try_acquire(&mut self) -> Result<(), GroupError> {
-        let mut gained = false;
-        let partitions: Vec<(u32, Instant)> = self.pending.iter().map(|(&p, &since)| (p, since)).collect();
+        let mut gained = Vec::new();
+        let partitions: Vec<(u32, Instant)> = self.pending.iter().map(|(&p, pending)| (p, pending.since)).collect();
         for (p, since) in partitions {
-            let Some(owned) = self.take(p)? else { continue };
+            let mut reader = self.pending.get_mut(&p).and_then(|pending| pending.reader.take());
+            let taken = self.take(p, &mut reader);
+            if let (Some(pending), Some(reader)) = (self.pending.get_mut(&p), reader) {
+                pending.reader = Some(reader); // not taken: kept for the next try
+            }
+            let Some(owned) = taken? else { continue };
             self.pending.remove(&p);
             self.owned.insert(p, owned);
             if self.joined {
                 self.stats.pause.record(since.elapsed().as_nanos() as u64);
             }
-            gained = true;
+            gained.push(p);
         }
-        if gained {
+        if !gained.is_empty() {
             self.order = self.owned.keys().copied().collect();
+            if let Some(listener) = self.listener.as_mut() {
+                listener.0.on_assigned(&mut Assigned { owned: &mut self.owned, partitions: &gained });
+            }
         }
         Ok(())
     }
 
     /// Takes partition `p` under its partition lock: when its owner lock is free, or by a
     /// takeover when the owner it names is stale. `None` when neither (yet).
-    fn take(&self, p: u32) -> Result<Option<Owned>, GroupError> {
+    fn take(&self, p: u32, reader: &mut Option<Reader>) -> Result<Option<Owned>, GroupError> {
         let offsets_name = p.to_string();
         let offsets_path = self.offsets_dir.join(&offsets_name);
         let offsets = self
@@ -919,7 +1486,7 @@ impl Member {
             }
             None => offsets,
         };
-        self.open_partition(p, lock, lock_id, offsets, offsets_path).map(Some)
+        self.open_partition(p, lock, lock_id, offsets, offsets_path, reader.take()).map(Some)
     }
 
     /// [`Member::take`] once the partition lock on `offsets` is held: the owner lock, its
@@ -990,12 +1557,30 @@ impl Member {
         lock_id: FileId,
         offsets: File,
         offsets_path: PathBuf,
+        reader: Option<Reader>,
     ) -> Result<Owned, GroupError> {
         let committed = read_committed_at(&offsets, &offsets_path)?;
-        let dir = self.topic.partition_dir(p)?;
-        std::fs::create_dir_all(&dir).map_err(|e| GroupError::io(&dir, "create directory", e))?;
-        let mut reader = Reader::open(&dir)?;
-        let start = committed.map_or(0, |c| c.offset);
+        let mut reader = match reader {
+            Some(mut reader) => {
+                // Opened when the partition was assigned: re-read its segment list
+                // (retention may have removed some since).
+                reader.first_offset()?;
+                reader
+            }
+            None => {
+                let dir = self.topic.partition_dir(p)?;
+                std::fs::create_dir_all(&dir).map_err(|e| GroupError::io(&dir, "create directory", e))?;
+                Reader::open(&dir)?
+            }
+        };
+        let start = match (committed, self.opts.start) {
+            (Some(c), _) => c.offset,
+            (None, Start::Earliest) => 0,
+            (None, Start::Latest) => {
+                reader.seek(Offset(u64::MAX))?;
+                reader.next_offset().0
+            }
+        };
         match reader.seek(Offset(start)) {
             Ok(()) => {}
             Err(LogError::OffsetGone { first, .. }) => {
@@ -1005,7 +1590,7 @@ impl Member {
             Err(e) => return Err(e.into()),
         }
         let generation = committed.map_or(0, |c| c.generation);
-        Ok(Owned {
+        let mut owned = Owned {
             _lock: lock,
             lock_id,
             offsets,
@@ -1014,7 +1599,14 @@ impl Member {
             delivered: start,
             committed: start,
             generation,
-        })
+        };
+        if committed.is_none() && start > 0 {
+            // Start::Latest: fix the group's start now, so that a handover before the first
+            // commit does not move it later (see `Start`).
+            owned.committed = 0;
+            commit_one(&self.owners_dir, p, &mut owned, self.opts.sync_commits)?;
+        }
+        Ok(owned)
     }
 
     /// Live member ids, sorted; removes the leases of dead members and notes stale ones
@@ -1103,41 +1695,50 @@ impl Member {
         self.opts.session_timeout.max(SESSION_TIMEOUT_MIN)
     }
 
-    fn read_into(&mut self, out: &mut Vec<Delivery>, max: usize) -> Result<(), GroupError> {
+    /// Reads up to `max` records round-robin over the held partitions, `take` handing out
+    /// one record of a partition's reader (given the partition's position, which it
+    /// advances); the records handed out.
+    fn read_records(
+        &mut self,
+        max: usize,
+        mut take: impl FnMut(u32, &mut Reader, &mut u64) -> Result<Step, LogError>,
+    ) -> Result<usize, GroupError> {
         let n = self.order.len();
         if n == 0 || max == 0 {
-            return Ok(());
+            return Ok(0);
         }
         let quota = (max / n).max(1);
+        let mut total = 0;
         // Passes over the partitions, `quota` records from each per pass: bounded because
         // each pass that does not add a record ends the loop.
         loop {
-            let before = out.len();
+            let before = total;
             for i in 0..n {
-                if out.len() >= max {
+                if total >= max {
                     break;
                 }
                 let p = self.order[(self.cursor + i) % n];
                 let Some(owned) = self.owned.get_mut(&p) else { continue };
                 let mut taken = 0;
-                while taken < quota && out.len() < max {
-                    let Some(record) = owned.reader.next_ref()? else { break };
-                    let offset = record.offset().0;
-                    if offset < owned.delivered {
-                        continue; // below the committed offset (the log was empty at seek)
+                // Bounded: every step takes a record, skips one (the reader moves on), or ends.
+                while taken < quota && total < max {
+                    match take(p, &mut owned.reader, &mut owned.delivered)? {
+                        Step::Taken => {
+                            taken += 1;
+                            total += 1;
+                        }
+                        Step::Skipped => {}
+                        Step::End => break,
                     }
-                    owned.delivered = offset + 1;
-                    out.push(Delivery { partition: p, record });
-                    taken += 1;
                 }
             }
-            if out.len() >= max || out.len() == before {
+            if total >= max || total == before {
                 break;
             }
         }
         self.cursor = (self.cursor + 1) % n;
-        self.stats.delivered += out.len() as u64;
-        Ok(())
+        self.stats.delivered += total as u64;
+        Ok(total)
     }
 
     /// Waits (by [`GroupOptions::tail_wait`], `spent` of its spin budget already used) until a
@@ -1155,12 +1756,29 @@ impl Member {
     }
 }
 
-/// Commits partition `p`: checks that its owner file is still the one this member locked,
-/// writes the offsets slot, and checks again (else [`GroupError::Fenced`]). No lock is
-/// taken, so a member stopped here never holds up a takeover (see the module docs).
+/// What one step of a read did.
+enum Step {
+    /// Handed a record out.
+    Taken,
+    /// Passed over a record below the position.
+    Skipped,
+    /// The partition has nothing more now.
+    End,
+}
+
+/// Commits partition `p` up to every record returned (see [`commit_at`]).
 fn commit_one(owners: &Dir, p: u32, owned: &mut Owned, sync: bool) -> Result<(), GroupError> {
-    if owned.delivered == owned.committed {
-        return Ok(()); // nothing new (and nothing read: the file may stay empty)
+    let offset = owned.delivered;
+    commit_at(owners, p, owned, offset, sync)
+}
+
+/// Commits `offset` (the next to read) for partition `p`: checks that its owner file is
+/// still the one this member locked, writes the offsets slot, and checks again (else
+/// [`GroupError::Fenced`]). No lock is taken, so a member stopped here never holds up a
+/// takeover (see the module docs).
+fn commit_at(owners: &Dir, p: u32, owned: &mut Owned, offset: u64, sync: bool) -> Result<(), GroupError> {
+    if offset == owned.committed && owned.generation > 0 {
+        return Ok(()); // nothing new
     }
     let name = owner_file_name(p);
     let fenced = || GroupError::Fenced { partition: p, path: owners.join(&name) };
@@ -1169,14 +1787,14 @@ fn commit_one(owners: &Dir, p: u32, owned: &mut Owned, sync: bool) -> Result<(),
     }
     stop_point("group-commit-checked");
     let generation = owned.generation + 1;
-    write_offsets_slot(&owned.offsets, &owned.offsets_path, generation, owned.delivered, sync)?;
+    write_offsets_slot(&owned.offsets, &owned.offsets_path, generation, offset, sync)?;
     owned.generation = generation;
     // Taken over between the two checks: the new owner may have read the committed offset
     // before this slot was written, so this commit is not promised to count.
     if entry_id(owners, &name)? != Some(owned.lock_id) {
         return Err(fenced());
     }
-    owned.committed = owned.delivered;
+    owned.committed = offset;
     Ok(())
 }
 
@@ -1296,6 +1914,197 @@ pub fn describe(bus: &Bus) -> Result<Vec<GroupInfo>, GroupError> {
         }
     }
     Ok(out)
+}
+
+/// Where [`reset_offsets`] moves a group's committed offsets. Non-exhaustive: more targets
+/// (a time) may come.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ResetTo {
+    /// The first offset each partition's log still holds.
+    Earliest,
+    /// The end of each partition: the group skips everything appended so far.
+    Latest,
+    /// This offset in every partition, kept within the partition's first offset and its
+    /// end (Kafka's `--to-offset` does the same).
+    Offset(u64),
+}
+
+/// One partition of a [`reset_offsets`] plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OffsetReset {
+    /// The partition.
+    pub partition: u32,
+    /// Its committed offset before the reset (`None`: nothing committed).
+    pub committed: Option<u64>,
+    /// The first offset its log holds.
+    pub first: u64,
+    /// Its end (the next offset to be appended).
+    pub end: u64,
+    /// The committed offset after the reset.
+    pub new: u64,
+}
+
+/// The topics a group has state for (it joined them once), sorted.
+///
+/// # Errors
+/// [`GroupError::Bus`] for an invalid group name; I/O errors listing its directory.
+pub fn group_topics(bus: &Bus, group: &str) -> Result<Vec<String>, GroupError> {
+    let dir = bus.group_dir(group)?;
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(GroupError::io(&dir, "list", e)),
+    };
+    let mut topics: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|n| validate_name("topic", n).is_ok())
+        .collect();
+    topics.sort();
+    Ok(topics)
+}
+
+/// Moves the committed offsets of `group` on `topic` to `to` (Kafka's
+/// `kafka-consumer-groups --reset-offsets`), or with `execute` false only says where they
+/// would go (a dry run: nothing is written). Returns the plan, one row per partition.
+///
+/// Refused while the group has live members on the topic: a member would overwrite the
+/// reset with its next commit. While it writes, the reset holds every partition's owner
+/// lock, so a member that joins meanwhile takes its partitions only afterwards, and
+/// starts from the new offsets. Each offsets file is written as a commit is (a new slot,
+/// the previous one kept) and synced.
+///
+/// ```
+/// use shoal::bus::Bus;
+/// use shoal::group::{reset_offsets, GroupOptions, Member, ResetTo};
+/// use shoal::log::LogOptions;
+/// use std::time::Duration;
+///
+/// let dir = tempfile::tempdir()?;
+/// let bus = Bus::open(dir.path())?;
+/// let mut producer = bus.topic_or_create("orders", Some(1))?.producer(LogOptions::default())?;
+/// for key in 0..10u64 {
+///     producer.send(key, b"order")?;
+/// }
+/// let mut member = Member::join(&bus, "billing", "orders", GroupOptions::default())?;
+/// while member.poll(64, Duration::from_secs(1))?.len() < 10 {}
+/// member.leave()?; // commits offset 10
+/// let plan = reset_offsets(&bus, "billing", "orders", ResetTo::Offset(3), true)?;
+/// assert_eq!((plan[0].committed, plan[0].new), (Some(10), 3));
+/// let mut member = Member::join(&bus, "billing", "orders", GroupOptions::default())?;
+/// assert_eq!(member.position(0)?, 3);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+/// [`GroupError::GroupActive`] naming the live members; [`GroupError::NoGroup`] when the
+/// group never joined the topic; a missing topic ([`GroupError::Bus`]); damaged offsets
+/// files ([`GroupError::BadGroupFile`]); log and I/O errors.
+pub fn reset_offsets(
+    bus: &Bus,
+    group: &str,
+    topic: &str,
+    to: ResetTo,
+    execute: bool,
+) -> Result<Vec<OffsetReset>, GroupError> {
+    let topic_handle = bus.topic(topic)?;
+    let no_group = || GroupError::NoGroup { group: group.to_string(), topic: topic.to_string() };
+    let Some(base) = group_topic_dir(bus, group, topic, false)? else { return Err(no_group()) };
+    let active =
+        |members: Vec<String>| GroupError::GroupActive { group: group.to_string(), topic: topic.to_string(), members };
+    let live = match read_subdir(&base, "members")? {
+        Some(dir) => live_member_ids(&dir)?,
+        None => Vec::new(),
+    };
+    if !live.is_empty() {
+        return Err(active(live));
+    }
+    let sub = |name: &str| -> Result<Option<Dir>, GroupError> {
+        if execute {
+            base.create_subdir(name).map(Some).map_err(|e| GroupError::io(base.join(name), "create directory", e))
+        } else {
+            read_subdir(&base, name)
+        }
+    };
+    let (owners, offsets) = (sub("owners")?, sub("offsets")?);
+    // With `execute`, every owner lock is held until every offsets file is written.
+    let mut held = Vec::new();
+    let mut plan = Vec::with_capacity(topic_handle.partitions() as usize);
+    for p in 0..topic_handle.partitions() {
+        if let (true, Some(owners)) = (execute, owners.as_ref()) {
+            let name = owner_file_name(p);
+            let path = owners.join(&name);
+            let lock = owners.open_file(&name, Open::ReadWriteCreate).map_err(|e| GroupError::io(&path, "open", e))?;
+            if !try_flock(&lock, Flock::Exclusive).map_err(|e| GroupError::io(&path, "lock", e))? {
+                let holder = read_owner_at(&lock).map_or_else(|| format!("the owner of partition {p}"), |o| o.id);
+                return Err(active(vec![holder]));
+            }
+            held.push(lock);
+        }
+        let committed = match offsets.as_ref() {
+            Some(dir) => read_committed(dir, &p.to_string())?,
+            None => None,
+        };
+        let dir = topic_handle.partition_dir(p)?;
+        let (first, end) = if dir.is_dir() {
+            let mut reader = Reader::open(&dir)?;
+            let first = reader.first_offset()?.0;
+            reader.seek(Offset(u64::MAX))?;
+            (first, reader.next_offset().0)
+        } else {
+            (0, 0)
+        };
+        let new = match to {
+            ResetTo::Earliest => first,
+            ResetTo::Latest => end,
+            ResetTo::Offset(o) => o.clamp(first, end.max(first)),
+        };
+        plan.push(OffsetReset { partition: p, committed: committed.map(|c| c.offset), first, end, new });
+    }
+    if let (true, Some(dir)) = (execute, offsets.as_ref()) {
+        for row in &plan {
+            let name = row.partition.to_string();
+            let path = dir.join(&name);
+            let file = dir.open_file(&name, Open::ReadWriteCreate).map_err(|e| GroupError::io(&path, "open", e))?;
+            if !lock_partition(&file, &path, TAKE_LOCK_TRIES)? {
+                return Err(active(vec![format!("a member taking partition {}", row.partition)]));
+            }
+            let generation = read_committed_at(&file, &path)?.map_or(0, |c| c.generation) + 1;
+            let written = write_offsets_slot(&file, &path, generation, row.new, true);
+            unlock(&file);
+            written?;
+        }
+        dir.sync().map_err(|e| GroupError::io(dir.path(), "fsync", e))?;
+    }
+    drop(held);
+    Ok(plan)
+}
+
+/// Ids of the members whose lease is locked (live, or stopped but not yet gone), sorted.
+fn live_member_ids(dir: &Dir) -> Result<Vec<String>, GroupError> {
+    let mut ids = Vec::new();
+    let entries = std::fs::read_dir(dir.path()).map_err(|e| GroupError::io(dir.path(), "list", e))?;
+    for entry in entries.filter_map(|e| e.ok()) {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(id) = name.strip_suffix(".lease") else { continue };
+        if format::check_member_id(id.as_bytes()).is_err() {
+            continue;
+        }
+        let path = dir.join(name);
+        let file = match dir.open_file(name, Open::Read) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(GroupError::io(&path, "open", e)),
+        };
+        if !try_flock(&file, Flock::Shared).map_err(|e| GroupError::io(&path, "lock", e))? {
+            ids.push(id.to_string());
+        }
+    }
+    ids.sort();
+    Ok(ids)
 }
 
 /// Opens the subdirectory `name` of `base` for reading; `None` when it does not exist.

@@ -135,10 +135,75 @@ impl<T> Output<T> {
         self.touched = true;
     }
 
+    /// Copies `events` into the ring after what is in it, in runs as long as the ring has
+    /// room, waiting (with the pipeline's strategy) while it is full. Returns how many were
+    /// dropped because the pipeline is stopping or the receiver is gone.
+    fn push_slice(&mut self, events: &[T], clock: &quanta::Clock, abort: &AtomicBool) -> u64
+    where
+        T: Copy,
+    {
+        let mut rest = events;
+        // Bounded: each pass publishes at least one event, or waits and then returns when
+        // the pipeline stops or the receiver is gone.
+        while !rest.is_empty() {
+            let n = self.tx.push_slice(rest);
+            if n > 0 {
+                self.pushed(n, clock);
+                rest = &rest[n..];
+                continue;
+            }
+            match self.tx.wait_writable(1, || abort.load(Ordering::Relaxed)) {
+                Ok(true) => {}
+                Ok(false) | Err(_) => return rest.len() as u64,
+            }
+        }
+        0
+    }
+
     /// Moves the staged events into the ring, in order, waiting (with the pipeline's
     /// strategy) while it is full. Returns how many were dropped because the pipeline is
     /// stopping or the receiver is gone.
+    #[inline(always)]
     fn flush(&mut self, clock: &quanta::Clock, abort: &AtomicBool) -> u64 {
+        // One event (a source emitting one per call), kept inline in the caller: a plain
+        // push, no reservation.
+        if self.staged.len() == 1 {
+            if let Some(event) = self.staged.pop() {
+                match self.tx.push_quiet(event) {
+                    Ok(()) => {
+                        self.pushed(1, clock);
+                        return 0;
+                    }
+                    // Full (or the receiver is gone): back in the stage, for the wait below.
+                    Err(e) => self.staged.push(e.into_inner()),
+                }
+            }
+            return self.flush_full(clock, abort);
+        }
+        self.flush_many(clock, abort)
+    }
+
+    /// [`Output::flush`] of several events: one reservation and one publication when the
+    /// ring has room for all of them, which the producer's cached copy of the consumer's
+    /// position usually shows without a load.
+    #[inline(never)]
+    fn flush_many(&mut self, clock: &quanta::Clock, abort: &AtomicBool) -> u64 {
+        let len = self.staged.len();
+        let r = self.tx.reserve(len);
+        if r.len() == len {
+            let written = r.fill_from_iter(self.staged.drain(..));
+            debug_assert_eq!(written, len);
+            self.pushed(len, clock);
+            return 0;
+        }
+        drop(r);
+        self.flush_full(clock, abort)
+    }
+
+    /// [`Output::flush`] when the ring has too little room: publishes what fits, waits for
+    /// the rest.
+    #[inline(never)]
+    fn flush_full(&mut self, clock: &quanta::Clock, abort: &AtomicBool) -> u64 {
         let mut dropped = 0;
         while !self.staged.is_empty() {
             let n = {
@@ -247,12 +312,71 @@ impl<T> Emitter<T> {
         }
     }
 
+    /// Sends every event of `events`, in order, as [`emit`](Emitter::emit) would one by one,
+    /// and waits as it would while a ring is full.
+    ///
+    /// Where every event goes to one ring (a next stage of one worker, routed by key or
+    /// round robin) the events are copied into that ring's slots in runs as long as it has
+    /// room, with one publication per run: the batch counterpart of `emit`, at the cost of
+    /// a copy into the ring. Otherwise each event is routed on its own.
+    ///
+    /// ```
+    /// use shoal::pipeline::{Emitter, Pipeline, Routing, Source, SourceStep};
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::sync::Arc;
+    ///
+    /// let sum = Arc::new(AtomicU64::new(0));
+    /// let out = sum.clone();
+    /// let pipeline = Pipeline::<u64>::builder()
+    ///     .pin(false)
+    ///     .source("numbers", Source::closure(|e: &mut Emitter<u64>| {
+    ///         let block: Vec<u64> = (0..1000).collect();
+    ///         e.emit_slice(&block); // 1000 events, published in runs
+    ///         SourceStep::Done
+    ///     }))
+    ///     .stage("sum", 1, Routing::RoundRobin, move |_| {
+    ///         let out = out.clone();
+    ///         move |batch: &[u64], _: &mut Emitter<u64>| {
+    ///             out.fetch_add(batch.iter().sum::<u64>(), Ordering::Relaxed);
+    ///         }
+    ///     })
+    ///     .build()?;
+    /// pipeline.join()?;
+    /// assert_eq!(sum.load(Ordering::Relaxed), 999 * 1000 / 2);
+    /// # Ok::<(), shoal::pipeline::PipelineError>(())
+    /// ```
+    pub fn emit_slice(&mut self, events: &[T])
+    where
+        T: Copy,
+    {
+        match (self.outputs.len(), self.routing) {
+            (0, _) => {
+                self.emitted += events.len() as u64;
+                self.discarded += events.len() as u64;
+            }
+            (1, Routing::ByKey(_) | Routing::RoundRobin) => {
+                self.emitted += events.len() as u64;
+                let out = &mut self.outputs[0];
+                // What is staged was emitted first: it goes in first.
+                if !out.staged.is_empty() {
+                    self.discarded += out.flush(&self.clock, &self.abort);
+                }
+                self.discarded += out.push_slice(events, &self.clock, &self.abort);
+            }
+            _ => {
+                for event in events {
+                    self.emit(*event);
+                }
+            }
+        }
+    }
+
     /// Workers in the next stage (0 in the last stage).
     pub fn downstream_workers(&self) -> usize {
         self.outputs.len()
     }
 
-    #[inline]
+    #[inline(always)]
     fn push(&mut self, at: usize, event: T) {
         let out = &mut self.outputs[at];
         out.staged.push(event);

@@ -27,6 +27,16 @@
 //! once. A full ring holds the pusher with the pipeline's [`WaitStrategy`] (backpressure):
 //! the memory in flight is bounded by the rings plus 64 staged events per ring. With
 //! nothing to read a worker waits (spin, yield, or park at about 0% CPU).
+//! [`Emitter::emit_slice`] is the batch form of `emit`: where every event goes to one ring
+//! (a next stage of one worker) it copies the slice into that ring's slots in runs, one
+//! publication per run, without staging.
+//!
+//! The source's thread calls a closure source up to `batch_max` times per turn of its loop,
+//! publishing what each call emitted as the call returns (so an event never waits for a
+//! later call), and looks at the stop flags and its control slot between calls; the
+//! producer side of a ring reads the consumer's position only when its cached copy shows
+//! too little room, so publishing one event per call costs one release store, as the
+//! disruptor's `publish` does.
 //!
 //! # Pinning
 //! With [`Pinning::Spread`] (the default) the source and every worker are pinned, each to

@@ -28,6 +28,7 @@ pub enum SourceStep {
 type DecodeRecord<T> = Box<dyn FnMut(&Record<'_>) -> Option<T> + Send>;
 type DecodeRef<T> = Box<dyn FnMut(RecordRef) -> Option<T> + Send>;
 type SourceFn<T> = Box<dyn FnMut(&mut Emitter<T>) -> Result<SourceStep, String> + Send>;
+type StepFn<T> = Box<dyn FnMut(&mut Emitter<T>) -> SourceStep + Send>;
 
 /// Decodes a log record into an event.
 pub(crate) enum Decode<T> {
@@ -38,9 +39,18 @@ pub(crate) enum Decode<T> {
 }
 
 pub(crate) enum SourceKind<T> {
+    /// A user's closure, which cannot fail (its step comes back in a register: no
+    /// `Result` to write and read back through memory on every call).
+    Steps(StepFn<T>),
+    /// A closure that may fail the pipeline (the group source).
     Closure(SourceFn<T>),
     Ring(Consumer<T>),
-    Log { tailer: Box<Tailer>, follow: bool, decode: Decode<T>, dir: PathBuf },
+    Log {
+        tailer: Box<Tailer>,
+        follow: bool,
+        decode: Decode<T>,
+        dir: PathBuf,
+    },
 }
 
 /// Where a pipeline's events come from. The source runs on its own thread
@@ -82,8 +92,8 @@ impl<T: Send + 'static> Source<T> {
     ///
     /// Shutdown, and pausing the source for a [`scale`](super::Pipeline::scale) of the
     /// first stage, happen between two calls: `f` should return regularly.
-    pub fn closure(mut f: impl FnMut(&mut Emitter<T>) -> SourceStep + Send + 'static) -> Source<T> {
-        Source { kind: SourceKind::Closure(Box::new(move |emitter: &mut Emitter<T>| Ok(f(emitter)))) }
+    pub fn closure(f: impl FnMut(&mut Emitter<T>) -> SourceStep + Send + 'static) -> Source<T> {
+        Source { kind: SourceKind::Steps(Box::new(f)) }
     }
 
     /// Forwards what arrives on a ring (built with [`crate::ring::channel`]); ends when its

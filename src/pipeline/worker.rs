@@ -323,6 +323,22 @@ impl<T> WorkerParts<T> {
         self.stats.capacity.store(capacity, Ordering::Relaxed);
     }
 
+    /// Turns what [`closure_calls`] came to into whether the source goes on, failing the
+    /// pipeline on an error or a panic.
+    fn source_result(&self, result: std::thread::Result<Result<bool, String>>) -> bool {
+        match result {
+            Ok(Ok(go_on)) => go_on,
+            Ok(Err(message)) => {
+                self.shared.fail(PipelineError::SourceFailed { name: self.stage.to_string(), message });
+                false
+            }
+            Err(payload) => {
+                self.panicked(payload.as_ref());
+                false
+            }
+        }
+    }
+
     fn finish(&mut self) {
         self.emitter.notify();
         self.stats.discarded.store(self.emitter.discarded, Ordering::Relaxed);
@@ -452,6 +468,33 @@ pub(crate) fn run_stage_worker<T: Send + 'static>(mut w: WorkerParts<T>, factory
     w.finish();
 }
 
+/// Calls a closure source up to `batch_max` times, publishing what each call emitted as it
+/// returns (an event never waits for a later call), with one panic guard for all the calls
+/// and one look at the stop flags and the control slot between two calls. Says whether the
+/// source goes on.
+#[inline]
+fn closure_calls<T>(
+    emitter: &mut Emitter<T>,
+    control: &Control<T>,
+    shared: &Shared<T>,
+    batch_max: usize,
+    mut f: impl FnMut(&mut Emitter<T>) -> Result<SourceStep, String>,
+) -> std::thread::Result<Result<bool, String>> {
+    catch_unwind(AssertUnwindSafe(|| {
+        for _ in 0..batch_max {
+            let step = f(emitter)?;
+            emitter.notify();
+            if step != SourceStep::Continue {
+                return Ok(false);
+            }
+            if shared.aborted() || shared.stop_source.load(Ordering::Relaxed) || control.pending() {
+                break;
+            }
+        }
+        Ok(true)
+    }))
+}
+
 /// The source's thread: produce events, serve pause requests between two batches, stop on
 /// shutdown or abort, or when the source ends.
 pub(crate) fn run_source<T: Send + 'static>(mut w: WorkerParts<T>, mut kind: SourceKind<T>) {
@@ -479,19 +522,13 @@ pub(crate) fn run_source<T: Send + 'static>(mut w: WorkerParts<T>, mut kind: Sou
             }
         }
         let go_on = match &mut kind {
+            SourceKind::Steps(f) => {
+                let result = closure_calls(&mut w.emitter, &w.control, &shared, batch_max, |e| Ok(f(e)));
+                w.source_result(result)
+            }
             SourceKind::Closure(f) => {
-                let emitter = &mut w.emitter;
-                match catch_unwind(AssertUnwindSafe(|| f(emitter))) {
-                    Ok(Ok(step)) => step == SourceStep::Continue,
-                    Ok(Err(message)) => {
-                        shared.fail(PipelineError::SourceFailed { name: w.stage.to_string(), message });
-                        false
-                    }
-                    Err(payload) => {
-                        w.panicked(payload.as_ref());
-                        false
-                    }
-                }
+                let result = closure_calls(&mut w.emitter, &w.control, &shared, batch_max, f);
+                w.source_result(result)
             }
             SourceKind::Ring(rx) => {
                 let mut got = 0;

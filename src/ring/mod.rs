@@ -370,8 +370,13 @@ impl<T> Producer<T> {
     /// zero). Values become visible to the consumer at [`Reservation::commit`].
     #[inline]
     pub fn reserve(&mut self, n: usize) -> Reservation<'_, T> {
-        let n = n.min(self.ring.slots());
-        // `n` free slots exist (we are the only producer), so this cannot fail.
+        // The consumer's position is read only when the copy this side keeps of it shows
+        // fewer than `n` free slots: a reservation that fits costs no load of the consumer's
+        // cache line (loading it on every call made a one-event-per-call pipeline source
+        // wait for that line on every event).
+        let n = if self.ring.cached_slots() >= n { n } else { n.min(self.ring.slots()) };
+        // `n` free slots exist (we are the only producer, and the cached position or the
+        // one just loaded shows them), so this cannot fail.
         let chunk = self.ring.write_chunk_uninit(n).ok();
         Reservation { chunk, written: 0, peer: &self.peer, parks: self.wait.parks() }
     }
@@ -458,6 +463,7 @@ pub struct Reservation<'a, T> {
 
 impl<T> Reservation<'_, T> {
     /// Slots reserved.
+    #[inline]
     pub fn len(&self) -> usize {
         self.chunk.as_ref().map_or(0, |c| c.len())
     }
@@ -474,6 +480,7 @@ impl<T> Reservation<'_, T> {
 
     /// The reserved slots not yet written by [`Reservation::push`] (all of them when none
     /// was), in two parts where the ring wraps around.
+    #[inline]
     pub fn slots(&mut self) -> (&mut [MaybeUninit<T>], &mut [MaybeUninit<T>]) {
         let written = self.written;
         match &mut self.chunk {
@@ -509,6 +516,7 @@ impl<T> Reservation<'_, T> {
 
     /// Publishes exactly the slots written by [`Reservation::push`], waking a sleeping
     /// consumer; returns how many.
+    #[inline]
     pub fn commit_written(mut self) -> usize {
         let n = self.written;
         self.written = 0;
@@ -525,6 +533,7 @@ impl<T> Reservation<'_, T> {
 
     /// Fills the slots not yet written from an iterator and commits every written slot;
     /// returns how many were written by this call.
+    #[inline]
     pub fn fill_from_iter(mut self, iter: impl IntoIterator<Item = T>) -> usize {
         let mut iter = iter.into_iter();
         let mut n = 0;
@@ -548,6 +557,7 @@ impl<T> Reservation<'_, T> {
     /// The first `n` slots (the first part, then the second) must have been initialised,
     /// by [`Reservation::push`] or through [`Reservation::slots`]. Pushed values beyond `n`
     /// are forgotten (never dropped).
+    #[inline]
     pub unsafe fn commit(mut self, n: usize) {
         self.written = 0;
         if let Some(c) = self.chunk.take() {
@@ -987,6 +997,25 @@ mod tests {
         r.push("w".to_string()).unwrap();
         assert_eq!(r.commit_written(), 1);
         assert_eq!(rx.pop().as_deref(), Ok("x"));
+    }
+
+    #[test]
+    fn reservations_see_slots_freed_after_the_cached_position() {
+        // A reservation that fits the producer's cached copy of the consumer's position does
+        // not load the position; one that does not fit must load it and see what was freed.
+        let (mut tx, mut rx) = channel::<u64>(8, WaitStrategy::BusySpin);
+        for round in 0..5u64 {
+            assert_eq!(tx.push_slice(&[round; 8]), 8, "round {round}: an empty ring takes 8");
+            assert_eq!(tx.reserve(1).len(), 0, "full");
+            let batch = rx.read(5);
+            assert_eq!(batch.len(), 5);
+            batch.commit();
+            assert_eq!(tx.reserve(3).len(), 3, "three of the five freed slots");
+            assert_eq!(tx.reserve(8).len(), 5, "all five, not more");
+            assert_eq!(tx.push_slice(&[round; 2]), 2);
+            let got: Vec<u64> = std::iter::from_fn(|| rx.pop().ok()).collect();
+            assert_eq!(got, [round; 5]);
+        }
     }
 
     #[test]

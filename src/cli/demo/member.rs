@@ -161,13 +161,16 @@ pub(super) fn consume(
     control: &Control,
     mut say: impl FnMut(Said<'_>),
 ) -> Result<MemberReport, Error> {
+    // Made before joining: from the join on, this member holds partitions that a member
+    // joining next waits for until this one polls, and the id set of a long run is
+    // megabytes of fresh pages (milliseconds on a VM that reclaims freed pages).
+    let mut latency = latency_histogram()?;
+    let mut seen = IdSet::new(events);
     let opts = GroupOptions::default().label(label);
     let mut member = Member::join(bus, group, topic, opts)?;
     let joined_at = Instant::now();
     let mut first_delivery_ns = 0;
     say(Said::Joined(member.id()));
-    let mut latency = latency_histogram()?;
-    let mut seen = IdSet::new(events);
     let (mut delivered, mut redelivered, mut bad) = (0u64, 0u64, 0u64);
     // Bounded: ends when told to stop or leave; each pass waits in `poll` when there is
     // nothing to read.
