@@ -639,7 +639,11 @@ fn import_into_another_partition_count_routes_by_key_and_keeps_timestamps() {
                 let (key, source_p) = (rec.key(), if payload.starts_with(b"p0-") { 0 } else { 1 });
                 let wanted = if partitions == PARTITIONS { source_p } else { partition_for_key(key, partitions) };
                 assert_eq!(p, wanted, "{partitions} partitions: key {key} from partition {source_p}");
-                assert_eq!(Some(&rec.timestamp_ns()), stamps.get(&(key, payload)), "original timestamp of key {key}");
+                assert_eq!(
+                    rec.event_time_ns().as_ref(),
+                    stamps.get(&(key, payload)),
+                    "original timestamp of key {key}"
+                );
             }
         }
         assert_eq!(local_count(dst.path()), total);

@@ -25,7 +25,8 @@ fn records(bus: &str, topic: &str) -> Vec<(u64, u64, String)> {
         .iter()
         .map(|r| {
             let p = r["partition"].as_u64().unwrap_or_else(|| panic!("no partition: {r}"));
-            let o = r["offset"].as_u64().unwrap_or_else(|| panic!("no offset: {r}"));
+            let o =
+                r["offset"].as_str().and_then(|o| o.parse::<u64>().ok()).unwrap_or_else(|| panic!("no offset: {r}"));
             (p, o, r["payload"].as_str().unwrap_or_else(|| panic!("no payload: {r}")).to_string())
         })
         .collect()
@@ -47,16 +48,17 @@ fn keyed_lines_go_to_their_key_partition_and_json_names_it() {
         assert!(p >= last_partition, "partition order: {record}");
         last_partition = p;
         let want = next_offset.entry(p).or_insert(0u64);
-        assert_eq!(record["offset"], *want, "{record}");
+        assert_eq!(record["offset"], want.to_string(), "{record}");
         *want += 1;
         let payload = record["payload"].as_str().expect("payload");
         let i: usize = payload.strip_prefix("value ").and_then(|n| n.parse().ok()).expect("value <i>");
         let key = format!("key-{}", i % 13);
         let hash = key_hash(key.as_bytes());
-        assert_eq!(record["key"], hash, "the record's key is the hash of the key bytes: {record}");
+        assert_eq!(record["key"], key.as_str(), "the key text is kept: {record}");
+        assert_eq!(record["routing_key"], hash.to_string(), "the routing key is the hash of the key bytes: {record}");
         assert_eq!(p, u64::from(partition_for_key(hash, 8)), "{record}");
         assert_eq!(*partition_of_key.entry(key).or_insert(p), p, "one key, one partition");
-        assert!(record["timestamp_ns"].as_u64().is_some_and(|t| t > 0));
+        assert!(record["timestamp_ns"].as_str().and_then(|t| t.parse::<u64>().ok()).is_some_and(|t| t > 0));
     }
     assert!(partition_of_key.values().collect::<BTreeSet<_>>().len() > 1, "keys spread: {partition_of_key:?}");
     // Within a key, order holds (a key lives in one partition).
@@ -72,8 +74,10 @@ fn keyed_lines_go_to_their_key_partition_and_json_names_it() {
     ok(&["produce", &bus, "--topic", "orders", "--keyed"], b"\tempty key\nk\ta\tb\n");
     let json = json_lines(&ok(&["cat", &bus, "--topic", "orders", "--format", "json"], b""));
     let find = |payload: &str| json.iter().find(|r| r["payload"] == payload).unwrap_or_else(|| panic!("{payload}"));
-    assert_eq!(find("empty key")["key"], key_hash(b""));
-    assert_eq!(find("a\tb")["key"], key_hash(b"k"));
+    assert_eq!(find("empty key")["routing_key"], key_hash(b"").to_string());
+    assert_eq!(find("empty key")["key"], "");
+    assert_eq!(find("a\tb")["routing_key"], key_hash(b"k").to_string());
+    assert_eq!(find("a\tb")["key"], "k");
 }
 
 #[test]
@@ -92,7 +96,9 @@ fn unkeyed_lines_go_round_robin_and_offsets_continue_across_runs() {
     assert_eq!(ok(&["cat", &bus, "--topic", "events", "--partition", "2", "--from", "1"], b""), b"l6\nm2\n");
     let from_2: Vec<_> = json_lines(&ok(&["cat", &bus, "--topic", "events", "--from", "2", "--format", "json"], b""))
         .iter()
-        .map(|r| (r["partition"].as_u64().expect("p"), r["offset"].as_u64().expect("o")))
+        .map(|r| {
+            (r["partition"].as_u64().expect("p"), r["offset"].as_str().and_then(|o| o.parse::<u64>().ok()).expect("o"))
+        })
         .collect();
     assert_eq!(from_2, vec![(0, 2), (1, 2), (2, 2)]);
     // The partition count is fixed at creation.
@@ -158,7 +164,11 @@ fn cat_follow_of_a_topic_sees_new_records_of_every_partition() {
     for _ in 0..3 {
         let r: serde_json::Value = serde_json::from_str(&next_line(&lines, "a new record")).expect("JSON");
         let payload = r["payload"].as_str().expect("payload").to_string();
-        seen.insert((r["partition"].as_u64().expect("p"), r["offset"].as_u64().expect("o"), payload));
+        seen.insert((
+            r["partition"].as_u64().expect("p"),
+            r["offset"].as_str().and_then(|o| o.parse::<u64>().ok()).expect("o"),
+            payload,
+        ));
     }
     let want: BTreeSet<_> =
         [(0, 1, "n0"), (1, 0, "n1"), (2, 0, "n2")].into_iter().map(|(p, o, s)| (p, o, s.to_string())).collect();

@@ -26,7 +26,7 @@ fn payloads(log: &str) -> Vec<String> {
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            assert_eq!(r["offset"], i as u64, "{r}");
+            assert_eq!(r["offset"], i.to_string(), "{r}");
             r["payload"].as_str().unwrap_or_else(|| panic!("no UTF-8 payload: {r}")).to_string()
         })
         .collect()
@@ -126,8 +126,10 @@ fn a_topic_takes_the_segment_size_for_every_partition() {
     for r in &json {
         let payload = r["payload"].as_str().unwrap_or_else(|| panic!("payload: {r}"));
         let i: usize = payload["value ".len().."value ".len() + 6].parse().unwrap_or_else(|_| panic!("{r}"));
-        let key = key_hash(format!("key-{}", i % 7).as_bytes());
-        assert_eq!(r["key"], key, "{r}");
+        let text = format!("key-{}", i % 7);
+        let key = key_hash(text.as_bytes());
+        assert_eq!(r["key"], text.as_str(), "{r}");
+        assert_eq!(r["routing_key"], key.to_string(), "{r}");
         assert_eq!(r["partition"], u64::from(partition_for_key(key, 3)), "{r}");
         got.push((i as u64, payload.to_string()));
     }

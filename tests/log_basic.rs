@@ -311,9 +311,10 @@ fn closed_appenders_leave_no_open_segment_behind() {
 }
 
 #[test]
-fn records_appended_with_a_given_timestamp_keep_it() {
+fn records_appended_with_a_given_timestamp_keep_it_as_their_event_time() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = Appender::open(dir.path(), opts(IoBackend::Syscalls)).unwrap();
+    let before = shoal::log::now_ns();
     assert_eq!(log.append_keyed_at(5, 1_000, b"first").unwrap(), Offset(0));
     let batch = [(6, 3_000, &b"second"[..]), (7, 2_000, b"third")];
     assert_eq!(log.append_batch_at(batch).unwrap(), Offset(1)..Offset(3));
@@ -322,14 +323,23 @@ fn records_appended_with_a_given_timestamp_keep_it() {
     let mut r = Reader::open(dir.path()).unwrap();
     let mut seen = Vec::new();
     while let Some(rec) = r.next().unwrap() {
-        seen.push((rec.key(), rec.timestamp_ns(), rec.payload().to_vec()));
+        seen.push((rec.key(), rec.event_time_ns(), rec.payload().to_vec(), rec.timestamp_ns()));
     }
+    let given: Vec<_> = seen.iter().map(|s| (s.0, s.1, s.2.clone())).collect();
     assert_eq!(
-        seen[..3],
-        [(5, 1_000, b"first".to_vec()), (6, 3_000, b"second".to_vec()), (7, 2_000, b"third".to_vec())]
+        given,
+        [
+            (5, Some(1_000), b"first".to_vec()),
+            (6, Some(3_000), b"second".to_vec()),
+            (7, Some(2_000), b"third".to_vec()),
+            (8, None, b"now".to_vec())
+        ]
     );
-    // The clock's records keep the clock's time.
-    assert!(seen[3].1 > 1_600_000_000_000_000_000, "{seen:?}");
+    // The append time is the log's clock, non-decreasing, whatever the event times.
+    for pair in seen.windows(2) {
+        assert!(pair[0].3 <= pair[1].3, "{seen:?}");
+    }
+    assert!(seen[0].3 >= before.saturating_sub(1_000_000_000), "{seen:?}");
 }
 
 /// Every entry below `dir`, as relative paths, sorted.

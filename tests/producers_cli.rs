@@ -125,7 +125,8 @@ fn two_log_producers_at_once() {
     let records: Vec<(u64, String)> = json_lines(&ok(&["cat", &dir, "--format", "json"], b""))
         .iter()
         .map(|r| {
-            let o = r["offset"].as_u64().unwrap_or_else(|| panic!("no offset: {r}"));
+            let o =
+                r["offset"].as_str().and_then(|o| o.parse::<u64>().ok()).unwrap_or_else(|| panic!("no offset: {r}"));
             (o, r["payload"].as_str().unwrap_or_else(|| panic!("no payload: {r}")).to_string())
         })
         .collect();
@@ -158,7 +159,7 @@ fn two_topic_producers(bus: &str) {
     let mut partitions: BTreeMap<u64, Vec<(u64, String)>> = BTreeMap::new();
     for r in json_lines(&ok(&["cat", bus, "--topic", "t", "--format", "json"], b"")) {
         let p = r["partition"].as_u64().unwrap_or_else(|| panic!("no partition: {r}"));
-        let o = r["offset"].as_u64().unwrap_or_else(|| panic!("no offset: {r}"));
+        let o = r["offset"].as_str().and_then(|o| o.parse::<u64>().ok()).unwrap_or_else(|| panic!("no offset: {r}"));
         let payload = r["payload"].as_str().unwrap_or_else(|| panic!("no payload: {r}")).to_string();
         partitions.entry(p).or_default().push((o, payload));
     }

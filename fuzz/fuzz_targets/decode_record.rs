@@ -1,10 +1,12 @@
-//! Record and header decoding over arbitrary bytes.
+//! Record and header decoding over arbitrary bytes, format versions 1 and 2 (records with
+//! and without an extension block: key text, event time).
 //!
 //! The bytes go into an [`AlignedBuf`] and [`Region::decode`] runs at every 8-aligned
 //! position (and a few bad ones) with expected offsets and payload limits taken from the
 //! input. Nothing may panic or read out of bounds (run under ASan by cargo-fuzz), every
 //! answer must agree with the bytes, and every record that decodes must re-encode, through
-//! [`Region::write_record`], to exactly the bytes it came from. `SegmentHeader::decode`,
+//! [`Region::write_record_ext`], to exactly the bytes it came from (extension block
+//! included). `SegmentHeader::decode`,
 //! `Region::read_header` and `Region::load_index` get the same bytes.
 //!
 //! To reach the record path without guessing CRCs, the input can name positions whose CRC
@@ -15,8 +17,10 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use shoal::log::format::{
-    record_crc, record_stride, AlignedBuf, HeaderError, RecordError, SegmentHeader, Slot, COMMIT_BIT, END_OF_SEGMENT,
-    PAYLOAD_BYTES_FORMAT_MAX, RECORD_ALIGN, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, SEGMENT_HEADER_USED_BYTES,
+    align_up, commit_payload_len, record_crc_in_place, record_stride, record_stride_ext, AlignedBuf, Extensions,
+    HeaderError, RecordError, SegmentHeader, Slot, COMMIT_BIT, END_OF_SEGMENT, EXTENDED_BIT, EXT_EVENT_TIME,
+    EXT_HEADER_BYTES, FORMAT_VERSION, PAYLOAD_BYTES_FORMAT_MAX, RECORD_ALIGN, RECORD_HEADER_BYTES,
+    SEGMENT_HEADER_BYTES, SEGMENT_HEADER_USED_BYTES,
 };
 
 #[derive(Arbitrary, Debug)]
@@ -47,6 +51,17 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(w)
 }
 
+/// Bytes of the extension block of the record at `at` as its fixed part states them (0
+/// without [`EXTENDED_BIT`]); `None` when that part runs past the bytes.
+fn ext_bytes_at(bytes: &[u8], at: usize, commit: u32) -> Option<usize> {
+    if commit & EXTENDED_BIT == 0 {
+        return Some(0);
+    }
+    let ext = bytes.get(at + RECORD_HEADER_BYTES..at + RECORD_HEADER_BYTES + EXT_HEADER_BYTES)?;
+    let key_len = u16::from_le_bytes([ext[2], ext[3]]) as usize;
+    Some(EXT_HEADER_BYTES + if ext[0] & EXT_EVENT_TIME != 0 { 8 } else { 0 } + align_up(key_len, RECORD_ALIGN))
+}
+
 /// Writes a correct CRC into the record at `at`, when its commit word claims a record whose
 /// bytes fit.
 fn fix_crc(bytes: &mut [u8], at: usize) {
@@ -57,13 +72,12 @@ fn fix_crc(bytes: &mut [u8], at: usize) {
     if commit & COMMIT_BIT == 0 || commit == END_OF_SEGMENT {
         return;
     }
-    let len = (commit & !COMMIT_BIT) as usize;
-    if at + RECORD_HEADER_BYTES + len > bytes.len() {
+    let Some(ext) = ext_bytes_at(bytes, at, commit) else { return };
+    let stride = record_stride_ext(ext, commit_payload_len(commit));
+    if at + stride > bytes.len() {
         return;
     }
-    let mut tail = [0u8; 24];
-    tail.copy_from_slice(&bytes[at + 8..at + 32]);
-    let crc = record_crc(len as u32, &tail, &bytes[at + 32..at + 32 + len]);
+    let crc = record_crc_in_place(commit & !COMMIT_BIT, &bytes[at + 8..at + stride]);
     bytes[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
@@ -81,9 +95,16 @@ fuzz_target!(|input: Input| {
     // Headers: decode of the raw bytes, and through the region.
     let decoded = SegmentHeader::decode(&bytes);
     if let Ok(h) = decoded {
-        // The only accepted version is the current one, and the CRC covers all 64 bytes,
-        // so a header that decodes re-encodes to exactly its bytes.
-        assert_eq!(&h.encode()[..], &bytes[..SEGMENT_HEADER_USED_BYTES]);
+        // The CRC covers all 64 bytes, so a header of the current version that decodes
+        // re-encodes to exactly its bytes; one of an older version to the same fields.
+        let encoded = h.encode();
+        let version = u32_at(&bytes, 8);
+        assert!((1..=FORMAT_VERSION).contains(&version));
+        if version == FORMAT_VERSION {
+            assert_eq!(&encoded[..], &bytes[..SEGMENT_HEADER_USED_BYTES]);
+        } else {
+            assert_eq!(&encoded[16..], &bytes[16..SEGMENT_HEADER_USED_BYTES]);
+        }
         assert!(h.data_start() + RECORD_HEADER_BYTES <= h.segment_bytes as usize);
     }
     let through_region = region.read_header();
@@ -137,35 +158,56 @@ fuzz_target!(|input: Input| {
             Ok(Slot::Record(r)) => {
                 let commit = u32_at(&bytes, position);
                 let plen = r.payload.len();
-                assert_eq!(commit, COMMIT_BIT | plen as u32);
+                let ext = Extensions { event_time_ns: r.event_time_ns, key_bytes: r.key_bytes };
+                assert_eq!(commit & EXTENDED_BIT != 0, !ext.is_empty());
+                assert_eq!(commit, COMMIT_BIT | (commit & EXTENDED_BIT) | plen as u32);
                 assert_eq!(r.position, position);
                 assert!(plen <= payload_max);
-                assert_eq!(r.next_position(), position + record_stride(plen));
+                let ext_bytes = ext.encoded_bytes();
+                assert_eq!(Some(ext_bytes), ext_bytes_at(&bytes, position, commit));
+                let stride = record_stride_ext(ext_bytes, plen);
+                assert_eq!((r.stride, r.next_position()), (stride, position + stride));
                 assert!(r.next_position() <= len);
                 if let Some(e) = expected {
                     assert_eq!(r.offset, e);
                 }
-                assert_eq!(r.payload, &bytes[position + 32..position + 32 + plen]);
+                let payload_at = position + RECORD_HEADER_BYTES + ext_bytes;
+                assert_eq!(r.payload_position(), payload_at);
+                assert_eq!(r.payload, &bytes[payload_at..payload_at + plen]);
+                if let Some(key) = r.key_bytes {
+                    assert!(key.as_ptr() as usize >= r.payload.as_ptr() as usize - ext_bytes + EXT_HEADER_BYTES);
+                    assert!(key.as_ptr() as usize + key.len() <= r.payload.as_ptr() as usize);
+                }
                 // Round trip: encoding the decoded fields gives back the same bytes (the
-                // padding is not covered by the CRC and is written as zeros).
-                let mut out = AlignedBuf::zeroed(record_stride(plen));
+                // padding after the key text and the payload is written as zeros).
+                let mut out = AlignedBuf::zeroed(stride);
                 let out_region = out.region();
-                // SAFETY: `out` is ours alone, zeroed and exactly one record long.
+                // SAFETY: `out` is ours alone, zeroed and exactly one record long; the key
+                // text decoded is at most u16::MAX bytes.
                 let c = unsafe {
-                    out_region.write_record(0, r.offset, r.timestamp_ns, r.key, plen, |b| b.copy_from_slice(r.payload))
+                    out_region.write_record_ext(0, r.offset, r.timestamp_ns, r.key, &ext, plen, |b| {
+                        b.copy_from_slice(r.payload)
+                    })
                 };
                 assert_eq!(c, commit);
                 assert!(out_region.publish(0, c));
                 match out_region.decode(0, Some(r.offset), plen) {
                     Ok(Slot::Record(again)) => {
                         assert_eq!((again.offset, again.timestamp_ns, again.key), (r.offset, r.timestamp_ns, r.key));
+                        assert_eq!((again.event_time_ns, again.key_bytes), (r.event_time_ns, r.key_bytes));
                         assert_eq!(again.payload, r.payload);
                     }
                     other => panic!("re-encoded record does not decode: {other:?}"),
                 }
                 let encoded = out.as_mut_bytes();
-                assert_eq!(&encoded[..32 + plen], &bytes[position..position + 32 + plen]);
-                assert!(encoded[32 + plen..].iter().all(|&b| b == 0));
+                let fixed = RECORD_HEADER_BYTES
+                    + if ext.is_empty() { 0 } else { EXT_HEADER_BYTES + if r.event_time_ns.is_some() { 8 } else { 0 } };
+                assert_eq!(&encoded[..fixed], &bytes[position..position + fixed]);
+                let key_len = r.key_bytes.map_or(0, <[u8]>::len);
+                assert_eq!(&encoded[fixed..fixed + key_len], &bytes[position + fixed..position + fixed + key_len]);
+                assert!(encoded[fixed + key_len..payload_at - position].iter().all(|&b| b == 0));
+                assert_eq!(&encoded[payload_at - position..][..plen], r.payload);
+                assert!(encoded[payload_at - position + plen..].iter().all(|&b| b == 0));
             }
             Err(RecordError::BadPosition) => {
                 assert!(position % RECORD_ALIGN != 0 || position.checked_add(4).is_none_or(|e| e > len));
@@ -176,9 +218,15 @@ fuzz_target!(|input: Input| {
             }
             Err(RecordError::TooLong { payload_len }) => assert!(payload_len as usize > payload_max),
             Err(RecordError::LengthPastEnd { payload_len }) => {
-                assert!(position + record_stride(payload_len as usize) > len);
+                let commit = u32_at(&bytes, position);
+                match ext_bytes_at(&bytes, position, commit) {
+                    Some(ext) => assert!(position + record_stride_ext(ext, payload_len as usize) > len),
+                    None => assert!(commit & EXTENDED_BIT != 0),
+                }
+                assert!(commit & EXTENDED_BIT != 0 || position + record_stride(payload_len as usize) > len);
             }
             Err(RecordError::BadChecksum) => {}
+            Err(RecordError::BadExtension) => assert!(u32_at(&bytes, position) & EXTENDED_BIT != 0),
             Err(RecordError::WrongOffset { expected: e, found }) => {
                 assert_eq!(Some(e), expected);
                 assert_ne!(e, found);

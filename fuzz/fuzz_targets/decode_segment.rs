@@ -1,4 +1,5 @@
-//! Whole log directories built from arbitrary bytes.
+//! Whole log directories built from arbitrary bytes, in format versions 1 and 2 (records
+//! with and without an extension block: key text, event time).
 //!
 //! The input describes up to three segment files and an optional `HEAD` page. Each segment
 //! is either raw bytes or a valid header (built from the input, so the fuzzer gets past the
@@ -19,10 +20,10 @@ use std::path::Path;
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use shoal::log::format::{
-    data_start, record_crc, record_stride, SegmentHeader, BASE_OFFSET_UNSET, COMMIT_BIT, END_OF_SEGMENT, PAGE_BYTES,
-    RECORD_HEADER_BYTES,
+    align_up, data_start, record_crc_in_place, record_stride_ext, SegmentHeader, BASE_OFFSET_UNSET, COMMIT_BIT,
+    END_OF_SEGMENT, EXTENDED_BIT, EXT_EVENT_TIME, EXT_HEADER_BYTES, EXT_KEY_BYTES, PAGE_BYTES, RECORD_HEADER_BYTES,
 };
-use shoal::log::{Appender, Durability, IoBackend, LogOptions, Offset, Reader, RecoveryMode};
+use shoal::log::{Appender, Durability, IoBackend, LogOptions, NewRecord, Offset, Reader, RecoveryMode};
 
 #[derive(Arbitrary, Debug)]
 struct SegSpec {
@@ -46,6 +47,8 @@ struct SegSpec {
     fix_records: u8,
     /// Cut the file to this many bytes (from the end), when set.
     truncate_by: Option<u16>,
+    /// Write the header as format version 1 did (its records are laid out alike).
+    version_1: bool,
     /// Bytes of the record area (or the whole file with `raw_file`).
     raw: Vec<u8>,
 }
@@ -63,6 +66,8 @@ struct Input {
     /// A repair journal left by an interrupted repair.
     journal: Option<JournalSpec>,
     seeks: Vec<u16>,
+    /// Times to seek to (`Reader::seek_time`), as small numbers around the records' times.
+    seek_times: Vec<u64>,
     backend_uring: bool,
 }
 
@@ -115,6 +120,12 @@ fn build_segment(i: usize, spec: &SegSpec, base_default: u64) -> (Vec<u8>, u64) 
     };
     let mut file = vec![0u8; segment_bytes];
     file[..64].copy_from_slice(&header.encode());
+    if spec.version_1 {
+        file[8..12].copy_from_slice(&1u32.to_le_bytes());
+        file[12..16].fill(0);
+        let crc = crc32c::crc32c(&file[..64]);
+        file[12..16].copy_from_slice(&crc.to_le_bytes());
+    }
     for (k, e) in spec.index.iter().take(entries as usize).enumerate() {
         let at = 4096 + k * 8;
         file[at..at + 8].copy_from_slice(&e.to_le_bytes());
@@ -133,17 +144,34 @@ fn build_segment(i: usize, spec: &SegSpec, base_default: u64) -> (Vec<u8>, u64) 
         if commit == END_OF_SEGMENT || commit == 0 {
             break;
         }
-        let len = ((commit & !COMMIT_BIT) as usize) % 512;
-        let stride = record_stride(len);
+        let len = ((commit & !(COMMIT_BIT | EXTENDED_BIT)) as usize) % 512;
+        // An extension block when the commit word asks for one: its flags and key length
+        // from the bytes there, made valid.
+        let extended = commit & EXTENDED_BIT != 0 && position + RECORD_HEADER_BYTES + EXT_HEADER_BYTES <= segment_bytes;
+        let ext = if extended {
+            let at = position + RECORD_HEADER_BYTES;
+            let flags = match file[at] & (EXT_EVENT_TIME | EXT_KEY_BYTES) {
+                0 => EXT_KEY_BYTES,
+                f => f,
+            };
+            let key_len = if flags & EXT_KEY_BYTES != 0 { usize::from(file[at + 2]) % 64 } else { 0 };
+            file[at] = flags;
+            file[at + 1] = 0;
+            file[at + 2..at + 4].copy_from_slice(&(key_len as u16).to_le_bytes());
+            file[at + 4..at + 8].fill(0);
+            EXT_HEADER_BYTES + if flags & EXT_EVENT_TIME != 0 { 8 } else { 0 } + align_up(key_len, 8)
+        } else {
+            0
+        };
+        let stride = record_stride_ext(ext, len);
         if position + stride > segment_bytes {
             break;
         }
-        file[position..position + 4].copy_from_slice(&(COMMIT_BIT | len as u32).to_le_bytes());
+        let seed = if extended { EXTENDED_BIT | len as u32 } else { len as u32 };
+        file[position..position + 4].copy_from_slice(&(COMMIT_BIT | seed).to_le_bytes());
         file[position + 8..position + 16].copy_from_slice(&offset.to_le_bytes());
-        file[position + 32 + len..position + stride].fill(0);
-        let mut tail = [0u8; 24];
-        tail.copy_from_slice(&file[position + 8..position + 32]);
-        let crc = record_crc(len as u32, &tail, &file[position + 32..position + 32 + len]);
+        file[position + stride - (align_up(len, 8) - len)..position + stride].fill(0);
+        let crc = record_crc_in_place(seed, &file[position + 8..position + stride]);
         file[position + 4..position + 8].copy_from_slice(&crc.to_le_bytes());
         position += stride;
         offset = offset.wrapping_add(1);
@@ -219,10 +247,22 @@ fuzz_target!(|input: Input| {
         let mut n = 0;
         while let Ok(Some(record)) = reader.next() {
             let _ = (record.offset(), record.timestamp_ns(), record.key(), record.payload_as::<u64>());
+            let _ = (record.key_bytes().map(<[u8]>::len), record.event_time_ns());
             n += 1;
             if n > 20_000 {
                 break;
             }
+        }
+        // Seeking by time never panics, and where it lands the record is at or after the time
+        // (whatever order the times of these records are in).
+        for &ns in input.seek_times.iter().take(4) {
+            if let Ok(at) = reader.seek_time(ns) {
+                if let Ok(Some(record)) = reader.next() {
+                    assert_eq!(record.offset(), at);
+                    assert!(record.timestamp_ns() >= ns);
+                }
+            }
+            let _ = reader.offset_for_time(ns);
         }
         for &s in input.seeks.iter().take(8) {
             let base = reader.first_offset().map_or(0, |o| o.0);
@@ -276,7 +316,7 @@ fuzz_target!(|input: Input| {
         let Ok(mut log) = Appender::open(dir.path(), opts) else { continue };
         let _ = log.recovery();
         let next = log.next_offset();
-        let offset = match log.append_keyed(7, b"fuzz") {
+        let offset = match log.append_record(&NewRecord::new(b"fuzz").key(b"key").event_time(7)) {
             Ok(offset) => offset,
             Err(_) => continue,
         };
@@ -292,6 +332,7 @@ fuzz_target!(|input: Input| {
                     Ok(Some(record)) => {
                         assert_eq!(record.offset(), offset, "{mode:?}");
                         assert_eq!(record.payload(), b"fuzz", "{mode:?}");
+                        assert_eq!((record.key_bytes(), record.event_time_ns()), (Some(&b"key"[..]), Some(7)));
                     }
                     Ok(None) => panic!("{mode:?}: record {offset} appended and synced but not found"),
                     Err(_) => {}

@@ -1,6 +1,9 @@
 //! Model-based fuzzing of the log (after sled's `fuzz_model.rs`): an [`Appender`] in a
 //! temporary directory against a `Vec<Vec<u8>>`, with appends, syncs, reopens, reads, seeks
-//! and a crash that tears the tail.
+//! and a crash that tears the tail. Records may carry key text and an event time (format
+//! version 2's extension block); the model holds them next to each payload, and `SeekTime`
+//! checks [`Reader::seek_time`] against the append times read back (which must never go
+//! down).
 //!
 //! `TearTail` simulates a crash: it copies the log directory while the appender is still
 //! running (what the page cache holds at that instant, with the `HEAD` watermark as it
@@ -24,8 +27,8 @@ use std::path::Path;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use shoal::log::format::{record_stride, AlignedBuf, SegmentHeader, Slot, BASE_OFFSET_UNSET};
-use shoal::log::{AppendError, Appender, Durability, IoBackend, LogOptions, Offset, Reader, RecoveryMode};
+use shoal::log::format::{AlignedBuf, Extensions, SegmentHeader, Slot, BASE_OFFSET_UNSET};
+use shoal::log::{AppendError, Appender, Durability, IoBackend, LogOptions, NewRecord, Offset, Reader, RecoveryMode};
 
 #[derive(Arbitrary, Debug)]
 enum Where {
@@ -81,6 +84,14 @@ enum Op {
         seed: u8,
     },
     AppendBatch(Vec<Vec<u8>>),
+    /// A record with key text (cut to 40 bytes) and maybe an event time.
+    AppendKeyed {
+        key: Vec<u8>,
+        event_time: Option<u64>,
+        payload: Vec<u8>,
+    },
+    /// Seek to the append time of record `i` (modulo the records held), and past the last.
+    SeekTime(u16),
     Sync,
     Reopen,
     TearTail(Tear),
@@ -106,8 +117,13 @@ fn temp_dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("a temporary directory")
 }
 
+/// The key text and event time of a record.
+type Extra = (Option<Vec<u8>>, Option<u64>);
+
 struct Model {
     records: Vec<Vec<u8>>,
+    /// `extras[i]`: record i's key text and event time (as long as `records`).
+    extras: Vec<Extra>,
     /// Records below this were acknowledged durable.
     durable: u64,
 }
@@ -120,7 +136,13 @@ fn open(dir: &Path, opts: LogOptions) -> Appender {
 }
 
 fn check_append(model: &mut Model, result: Result<Offset, AppendError>, payload: &[u8]) {
-    if payload.len() > MAX_RECORD_BYTES {
+    check_append_ext(model, result, payload, (None, None));
+}
+
+/// As [`check_append`] for a record with extensions (which count toward the largest record).
+fn check_append_ext(model: &mut Model, result: Result<Offset, AppendError>, payload: &[u8], extra: Extra) {
+    let ext = Extensions { key_bytes: extra.0.as_deref(), event_time_ns: extra.1 };
+    if payload.len() + ext.encoded_bytes() > MAX_RECORD_BYTES {
         assert!(matches!(result, Err(AppendError::TooLarge { .. })), "{result:?}");
         return;
     }
@@ -129,6 +151,7 @@ fn check_append(model: &mut Model, result: Result<Offset, AppendError>, payload:
         Err(e) => panic!("append failed: {e}"),
     }
     model.records.push(payload.to_vec());
+    model.extras.push(extra);
 }
 
 fn read_all(dir: &Path, model: &Model) {
@@ -140,6 +163,8 @@ fn read_all(dir: &Path, model: &Model) {
                 assert!(i < model.records.len(), "reader returned extra record {i}");
                 assert_eq!(record.offset().0, i as u64);
                 assert_eq!(record.payload(), &model.records[i][..], "record {i}");
+                let (key, time) = &model.extras[i];
+                assert_eq!((record.key_bytes(), record.event_time_ns()), (key.as_deref(), *time), "record {i}");
                 i += 1;
             }
             Ok(None) => break,
@@ -149,9 +174,18 @@ fn read_all(dir: &Path, model: &Model) {
     assert_eq!(i, model.records.len(), "reader stopped early");
 }
 
-/// Where the record with offset `want` lies: (file, position, payload length, whether its
-/// segment is the last one in use).
-fn locate(dir: &Path, want: u64) -> Option<(std::path::PathBuf, usize, usize, bool)> {
+/// Where the record with offset `want` lies and its size.
+struct Located {
+    path: std::path::PathBuf,
+    position: usize,
+    payload_len: usize,
+    /// Bytes from the record's start to its payload's end (what its CRC covers, less padding).
+    covered: usize,
+    stride: usize,
+}
+
+/// Where the record with offset `want` lies.
+fn locate(dir: &Path, want: u64) -> Option<Located> {
     let mut names: Vec<_> = std::fs::read_dir(dir)
         .ok()?
         .filter_map(|e| e.ok())
@@ -171,8 +205,7 @@ fn locate(dir: &Path, want: u64) -> Option<(std::path::PathBuf, usize, usize, bo
         }
         in_use.push((path, bytes, header));
     }
-    let count = in_use.len();
-    for (k, (path, bytes, header)) in in_use.into_iter().enumerate() {
+    for (path, bytes, header) in in_use {
         if header.base_offset > want {
             break;
         }
@@ -182,7 +215,8 @@ fn locate(dir: &Path, want: u64) -> Option<(std::path::PathBuf, usize, usize, bo
         let mut offset = header.base_offset;
         while let Ok(Slot::Record(r)) = region.decode(position, Some(offset), usize::MAX) {
             if offset == want {
-                return Some((path, position, r.payload.len(), k + 1 == count));
+                let covered = r.payload_position() - position + r.payload.len();
+                return Some(Located { path, position, payload_len: r.payload.len(), covered, stride: r.stride });
             }
             position = r.next_position();
             offset += 1;
@@ -210,10 +244,8 @@ fn snapshot(from: &Path) -> tempfile::TempDir {
 }
 
 /// Damages the record at `position` of `path`; returns whether it must be gone.
-fn damage(path: &Path, position: usize, payload_len: usize, tear: &Tear) -> bool {
+fn damage(path: &Path, position: usize, covered: usize, stride: usize, tear: &Tear) -> bool {
     let mut bytes = std::fs::read(path).expect("read the segment");
-    let covered = 32 + payload_len;
-    let stride = record_stride(payload_len);
     match *tear {
         Tear::Flip { at, mask } => {
             bytes[position + usize::from(at) % covered] ^= mask | 1;
@@ -272,8 +304,8 @@ fn apply_damage(dir: &Path, model: &Model, damage: &Damage) -> Option<String> {
                 return None;
             }
             let k = usize::from(record) % model.records.len();
-            let (path, position, _, _) = locate(dir, k as u64)?;
-            (path, position + usize::from(delta))
+            let at = locate(dir, k as u64)?;
+            (at.path, at.position + usize::from(delta))
         }
     };
     let mut bytes = std::fs::read(&path).ok()?;
@@ -358,6 +390,7 @@ fn damage_op(dir: &Path, opts: LogOptions, model: &mut Model, damage: &Damage) -
         assert!(report.as_ref().map_or(true, |r| !r.is_sound()), "{what}: a repair dropped durable records silently");
     }
     model.records.truncate(kept);
+    model.extras.truncate(kept);
     model.durable = model.durable.min(kept as u64);
     let log = match Appender::open(dir, opts) {
         Ok(log) => log,
@@ -378,7 +411,7 @@ fuzz_target!(|input: Input| {
         .prefault(false);
     let mut dir = temp_dir();
     let mut log = Some(open(dir.path(), opts));
-    let mut model = Model { records: Vec::new(), durable: 0 };
+    let mut model = Model { records: Vec::new(), extras: Vec::new(), durable: 0 };
 
     for op in input.ops.iter().take(OPS_MAX) {
         let appender = log.as_mut().expect("the appender is open between operations");
@@ -411,7 +444,42 @@ fuzz_target!(|input: Input| {
                     Err(e) => panic!("append_batch failed: {e}"),
                 }
                 model.records.extend(payloads[..fitting].iter().map(|p| p.to_vec()));
+                model.extras.resize(model.records.len(), (None, None));
                 assert_eq!(appender.next_offset().0, model.records.len() as u64);
+            }
+            Op::AppendKeyed { key, event_time, payload } => {
+                let key = &key[..key.len().min(40)];
+                let payload = &payload[..payload.len().min(MAX_RECORD_BYTES + 64)];
+                let mut record = NewRecord::new(payload).key(key);
+                if let Some(t) = *event_time {
+                    record = record.event_time(t);
+                }
+                let result = appender.append_record(&record);
+                check_append_ext(&mut model, result, payload, (Some(key.to_vec()), *event_time));
+            }
+            Op::SeekTime(i) => {
+                let mut reader = Reader::open(dir.path()).expect("open a reader");
+                let mut times = Vec::with_capacity(model.records.len());
+                while let Some(record) = reader.next().expect("read") {
+                    times.push(record.timestamp_ns());
+                }
+                assert_eq!(times.len(), model.records.len());
+                assert!(times.windows(2).all(|w| w[0] <= w[1]), "append times went down: {times:?}");
+                let probes = match times.len() {
+                    0 => vec![0, u64::MAX],
+                    n => {
+                        let t = times[usize::from(*i) % n];
+                        vec![t, t.saturating_sub(1), t.saturating_add(1), times[n - 1].saturating_add(1), 0]
+                    }
+                };
+                for ns in probes {
+                    let want = times.iter().position(|&t| t >= ns).unwrap_or(times.len()) as u64;
+                    assert_eq!(reader.seek_time(ns).expect("seek_time").0, want, "seek_time({ns}) over {times:?}");
+                    match reader.next().expect("read after seek_time") {
+                        Some(record) => assert_eq!(record.offset().0, want),
+                        None => assert_eq!(want, times.len() as u64),
+                    }
+                }
             }
             Op::Sync => {
                 let durable = appender.sync().expect("sync");
@@ -437,10 +505,10 @@ fuzz_target!(|input: Input| {
                 let mut gone = false;
                 if len > durable {
                     let last = len - 1;
-                    let (path, position, payload_len, _in_last_segment) = locate(dir.path(), last)
+                    let at = locate(dir.path(), last)
                         .unwrap_or_else(|| panic!("record {last} not found in the crash image"));
-                    assert_eq!(payload_len, model.records[last as usize].len());
-                    gone = damage(&path, position, payload_len, tear);
+                    assert_eq!(at.payload_len, model.records[last as usize].len());
+                    gone = damage(&at.path, at.position, at.covered, at.stride, tear);
                 }
                 let reopened = match Appender::open(dir.path(), opts) {
                     Ok(log) => log,
@@ -451,6 +519,7 @@ fuzz_target!(|input: Input| {
                 };
                 if gone {
                     model.records.pop();
+                    model.extras.pop();
                 }
                 assert_eq!(reopened.next_offset().0, model.records.len() as u64, "{:?}", reopened.recovery());
                 model.durable = model.records.len() as u64;
@@ -475,6 +544,7 @@ fuzz_target!(|input: Input| {
                         assert!(target < len, "a record past the end at {target}");
                         assert_eq!(record.offset().0, target as u64);
                         assert_eq!(record.payload(), &model.records[target][..]);
+                        assert_eq!(record.key_bytes(), model.extras[target].0.as_deref());
                     }
                     None => assert_eq!(target, len, "seek to {target} of {len} found nothing"),
                 }

@@ -49,7 +49,7 @@ use std::io::{Read, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use crate::log::{Appender, DurableWatch, LogError, LogOptions, Offset};
+use crate::log::{Appender, DurableWatch, LogError, LogOptions, NewRecord, Offset};
 use crate::sys::fs::{Dir, Open};
 use crate::sys::histogram::LatencyHistogram;
 
@@ -223,7 +223,7 @@ pub fn partition_for_key(key: u64, partitions: u32) -> u32 {
 /// `shoal produce --keyed` and library producers route the same key to the same partition.
 #[inline]
 pub fn key_hash(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+    crate::log::key_hash(bytes)
 }
 
 /// A bus directory: its topics (each partition a log) and its consumer groups' state.
@@ -785,9 +785,9 @@ impl TopicProducer {
         self.appender(p)?.append_keyed(key, payload).map_err(append_error)
     }
 
-    /// Appends to partition `p` a record with the timestamp given (for records that keep
-    /// the time they were first appended elsewhere, as an import does); see
-    /// [`Appender::append_keyed_at`].
+    /// Appends to partition `p` a record with the event time given (for records that keep
+    /// the time they were first appended elsewhere, as an import does); its append time is
+    /// the partition's clock. See [`Appender::append_keyed_at`].
     ///
     /// # Errors
     /// [`BusError::NoPartition`] or the partition's append error.
@@ -795,7 +795,7 @@ impl TopicProducer {
         self.appender(p)?.append_keyed_at(key, timestamp_ns, payload).map_err(append_error)
     }
 
-    /// Appends to partition `p` several `(key, timestamp_ns, payload)` records with one
+    /// Appends to partition `p` several `(key, event time, payload)` records with one
     /// publication; see [`Appender::append_batch_at`].
     ///
     /// # Errors
@@ -947,6 +947,67 @@ impl TopicProducer {
             }
         }
         result
+    }
+}
+
+/// Records with key text and event time: keys route as [`key_hash`] of their text, so a
+/// record sent with its key text goes to the same partition as one sent with the hash alone.
+impl TopicProducer {
+    /// Appends `payload` with the key text `key` (kept in the record, readable with
+    /// [`Record::key_bytes`](crate::log::Record::key_bytes)) to the partition of
+    /// [`key_hash`]`(key)`. Returns (partition, offset).
+    ///
+    /// # Errors
+    /// The partition's append error ([`crate::log::AppendError::KeyTooLong`] over
+    /// [`KEY_BYTES_MAX`](crate::log::format::KEY_BYTES_MAX)).
+    ///
+    /// # Examples
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let bus = shoal::bus::Bus::open(dir.path()).unwrap();
+    /// let topic = bus.topic_or_create("orders", Some(4)).unwrap();
+    /// let mut producer = topic.producer(shoal::log::LogOptions::default()).unwrap();
+    /// let (p, offset) = producer.send_keyed(b"alice", b"paid").unwrap();
+    /// assert_eq!(p, shoal::bus::partition_for_key(shoal::bus::key_hash(b"alice"), 4));
+    /// producer.close().unwrap();
+    /// let mut reader = shoal::log::Reader::open(topic.partition_dir(p).unwrap()).unwrap();
+    /// reader.seek(offset).unwrap();
+    /// assert_eq!(reader.next().unwrap().unwrap().key_bytes(), Some(&b"alice"[..]));
+    /// ```
+    pub fn send_keyed(&mut self, key: &[u8], payload: &[u8]) -> Result<(u32, Offset), crate::log::AppendError> {
+        self.send_record(&NewRecord::new(payload).key(key))
+    }
+
+    /// Appends a record with its optional parts (key text, event time) to the partition
+    /// of its routing key ([`NewRecord::routing_key`]). Returns (partition, offset).
+    ///
+    /// # Errors
+    /// The partition's append error.
+    pub fn send_record(&mut self, record: &NewRecord<'_>) -> Result<(u32, Offset), crate::log::AppendError> {
+        let p = partition_for_key(record.routing_key(), self.topic.partitions);
+        let offset = self.partitions[p as usize].append_record(record)?;
+        Ok((p, offset))
+    }
+
+    /// Appends a record with its optional parts to partition `p`.
+    ///
+    /// # Errors
+    /// [`BusError::NoPartition`] or the partition's append error.
+    pub fn send_record_to(&mut self, p: u32, record: &NewRecord<'_>) -> Result<Offset, BusError> {
+        self.appender(p)?.append_record(record).map_err(append_error)
+    }
+
+    /// Appends several records with their optional parts to partition `p`, with one
+    /// publication; see [`Appender::append_records`].
+    ///
+    /// # Errors
+    /// [`BusError::NoPartition`] or the partition's append error; the records before the
+    /// failing one are appended.
+    pub fn send_records_to<'p, I>(&mut self, p: u32, records: I) -> Result<Range<Offset>, BusError>
+    where
+        I: IntoIterator<Item = NewRecord<'p>>,
+    {
+        self.appender(p)?.append_records(records).map_err(append_error)
     }
 }
 

@@ -8,7 +8,23 @@
 //! `--from` is resolved to an offset once, when `cat` starts: `earliest` is no seek at all
 //! (the first record held), `latest` the reader's next offset after a seek past the end
 //! (in each partition that has a log then; one created later starts at 0), so records
-//! appended after the start are the only ones a `--follow` prints.
+//! appended after the start are the only ones a `--follow` prints. `--since <TIME>` is
+//! resolved the same way, per partition, through [`Reader::seek_time`]: the first record
+//! whose append time is at or after TIME ([`parse_since`] reads TIME).
+//!
+//! The JSON shape (one object per line; integers that can exceed 2^53 are strings, so
+//! JavaScript and older jq read them exactly):
+//! ```text
+//! {"partition":2,                       only with --topic (a number)
+//!  "offset":"41",                       decimal string
+//!  "timestamp_ns":"1796175567140910967", append time, decimal string
+//!  "event_time_ns":"1700000000000000000", only when the record carries one
+//!  "key":"alice",                       only when the record carries key text (UTF-8);
+//!  "key_base64":"/w==",                 instead of "key" when the text is not UTF-8
+//!  "routing_key":"5803779529149266183", the u64 routing key (the hash of the key text;
+//!                                       "0" when none), decimal string
+//!  "payload":"..."}                     or "payload_base64" when not UTF-8
+//! ```
 
 // Option structs are filled field by field: that keeps compiling once they are
 // `#[non_exhaustive]`, where a struct literal outside the library does not.
@@ -42,12 +58,19 @@ impl From<io::Error> for Stop {
     }
 }
 
-pub(super) fn run(dir: &Path, start: Start, follow: bool, format: Format) -> Result<ExitCode, Error> {
+pub(super) fn run(
+    dir: &Path,
+    start: Start,
+    since: Option<u64>,
+    follow: bool,
+    format: Format,
+) -> Result<ExitCode, Error> {
     let mut reader = Reader::open(dir)?;
-    let from = match start {
-        Start::Earliest => None,
-        Start::Offset(from) => Some(from),
-        Start::Latest => Some(latest(&mut reader)?),
+    let from = match (since, start) {
+        (Some(ns), _) => Some(reader.seek_time(ns)?.0),
+        (None, Start::Earliest) => None,
+        (None, Start::Offset(from)) => Some(from),
+        (None, Start::Latest) => Some(latest(&mut reader)?),
     };
     if let Some(from) = from {
         reader.seek(Offset(from))?;
@@ -83,6 +106,7 @@ pub(super) fn run_topic(
     topic: &str,
     partition: Option<u32>,
     start: Start,
+    since: Option<u64>,
     follow: bool,
     format: Format,
 ) -> Result<ExitCode, Error> {
@@ -98,11 +122,14 @@ pub(super) fn run_topic(
     // Where each partition starts, fixed now (see the module docs).
     let mut from = Vec::with_capacity(partitions.len());
     for &p in &partitions {
-        from.push(match start {
-            Start::Earliest => None,
-            Start::Offset(offset) => Some(offset),
-            Start::Latest => match Reader::open(topic.partition_dir(p)?) {
-                Ok(mut reader) => Some(latest(&mut reader)?),
+        from.push(match (since, start) {
+            (None, Start::Earliest) => None,
+            (None, Start::Offset(offset)) => Some(offset),
+            (since, _) => match Reader::open(topic.partition_dir(p)?) {
+                Ok(mut reader) => Some(match since {
+                    Some(ns) => reader.seek_time(ns)?.0,
+                    None => latest(&mut reader)?,
+                }),
                 Err(LogError::NoLog { .. }) => None,
                 Err(e) => return Err(e.into()),
             },
@@ -257,33 +284,148 @@ fn print(out: &mut impl Write, record: &Record<'_>, format: Format, partition: O
     }
 }
 
-/// `{"offset":..,"timestamp_ns":..,"key":..,"payload":"..."}`, or `"payload_base64"` when
-/// the payload is not UTF-8; records of a topic start with `"partition":..,`. serde_json
-/// does the string escaping.
-fn write_json(out: &mut impl Write, record: &Record<'_>, partition: Option<u32>) -> io::Result<()> {
+/// Writes one record as a JSON object and a newline, in the shape of the module docs
+/// (records of a topic start with `"partition":..,`). serde_json does the string escaping.
+/// Shared by every command that prints records as JSON.
+pub(super) fn write_json(out: &mut impl Write, record: &Record<'_>, partition: Option<u32>) -> io::Result<()> {
     if let Some(p) = partition {
         write!(out, "{{\"partition\":{p},")?;
     } else {
         out.write_all(b"{")?;
     }
-    write!(out, "\"offset\":{},\"timestamp_ns\":{},\"key\":{},", record.offset(), record.timestamp_ns(), record.key())?;
-    match std::str::from_utf8(record.payload()) {
+    write!(out, "\"offset\":\"{}\",\"timestamp_ns\":\"{}\",", record.offset(), record.timestamp_ns())?;
+    if let Some(t) = record.event_time_ns() {
+        write!(out, "\"event_time_ns\":\"{t}\",")?;
+    }
+    if let Some(key) = record.key_bytes() {
+        write_text(out, "key", key)?;
+        out.write_all(b",")?;
+    }
+    write!(out, "\"routing_key\":\"{}\",", record.key())?;
+    write_text(out, "payload", record.payload())?;
+    out.write_all(b"}\n")
+}
+
+/// `"name":"<text>"` when `bytes` are UTF-8, else `"name_base64":"<base64>"`.
+fn write_text(out: &mut impl Write, name: &str, bytes: &[u8]) -> io::Result<()> {
+    match std::str::from_utf8(bytes) {
         Ok(text) => {
-            out.write_all(b"\"payload\":")?;
-            serde_json::to_writer(&mut *out, text).map_err(io::Error::from)?;
+            write!(out, "\"{name}\":")?;
+            serde_json::to_writer(&mut *out, text).map_err(io::Error::from)
         }
         Err(_) => {
-            let encoded = base64::engine::general_purpose::STANDARD.encode(record.payload());
-            write!(out, "\"payload_base64\":\"{encoded}\"")?;
+            let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+            write!(out, "\"{name}_base64\":\"{encoded}\"")
         }
     }
-    out.write_all(b"}\n")
+}
+
+/// Parses `--since`: an RFC 3339 time (`2026-12-02T10:00:00Z`, `2026-12-02T10:00:00.5+01:00`),
+/// a Unix time with its unit (`1764669600s`, `1764669600000ms`, `..us`, `..ns`), or a time
+/// relative to now (`-5m`, `-90s`, `-1h`, `-2d`, `-500ms`). Returns ns since the Unix epoch.
+///
+/// # Errors
+/// A message naming the text and the forms accepted.
+pub(super) fn parse_since(s: &str) -> Result<u64, String> {
+    parse_time(s, shoal::log::now_ns()).ok_or_else(|| {
+        format!(
+            "`{s}` is not a time: give an RFC 3339 time (2026-12-02T10:00:00Z), a Unix time with its unit \
+             (1764669600s, 1764669600000ms, ..us, ..ns) or a time before now (-5m, -1h, -30s, -2d)"
+        )
+    })
+}
+
+/// [`parse_since`] with `now_ns` as now; `None` when `s` is none of the forms.
+fn parse_time(s: &str, now_ns: u64) -> Option<u64> {
+    if let Some(ago) = s.strip_prefix('-') {
+        return now_ns.checked_sub(duration_ns(
+            ago,
+            &[("ms", 1_000_000), ("s", SEC), ("m", 60 * SEC), ("h", 3600 * SEC), ("d", 86_400 * SEC)],
+        )?);
+    }
+    if s.contains('T') || s.contains('t') {
+        return rfc3339_ns(s);
+    }
+    duration_ns(s, &[("ns", 1), ("us", 1_000), ("ms", 1_000_000), ("s", SEC)])
+}
+
+const SEC: u64 = 1_000_000_000;
+
+/// `<digits><unit>` in ns, for the first unit of `units` that `s` ends with (longest
+/// first where one ends another: `ms` before `s`).
+fn duration_ns(s: &str, units: &[(&str, u64)]) -> Option<u64> {
+    let mut sorted: Vec<&(&str, u64)> = units.iter().collect();
+    sorted.sort_by_key(|(u, _)| std::cmp::Reverse(u.len()));
+    let (number, scale) = sorted.iter().find_map(|(unit, scale)| Some((s.strip_suffix(unit)?, *scale)))?;
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    number.parse::<u64>().ok()?.checked_mul(scale)
+}
+
+/// An RFC 3339 date-time (`YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)`) in ns since the
+/// Unix epoch; `None` when malformed or before the epoch.
+fn rfc3339_ns(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    let digits = |from: usize, n: usize| -> Option<i64> {
+        let part = b.get(from..from + n)?;
+        part.iter().all(u8::is_ascii_digit).then(|| part.iter().fold(0i64, |v, d| v * 10 + i64::from(d - b'0')))
+    };
+    let sep = |at: usize, c: &[u8]| b.get(at).is_some_and(|x| c.contains(x));
+    if !(sep(4, b"-") && sep(7, b"-") && sep(10, b"Tt") && sep(13, b":") && sep(16, b":")) {
+        return None;
+    }
+    let (year, month, day) = (digits(0, 4)?, digits(5, 2)?, digits(8, 2)?);
+    let (hour, minute, second) = (digits(11, 2)?, digits(14, 2)?, digits(17, 2)?);
+    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    let month_days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    if !(1..=12).contains(&month) || day < 1 || day > month_days[(month - 1) as usize] {
+        return None;
+    }
+    if hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let mut at = 19;
+    let mut fraction_ns = 0i64;
+    if sep(at, b".") {
+        let start = at + 1;
+        let end = start + b[start..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if end == start {
+            return None;
+        }
+        for (i, d) in b[start..end].iter().enumerate().take(9) {
+            fraction_ns += i64::from(d - b'0') * 10i64.pow(8 - i as u32);
+        }
+        at = end;
+    }
+    let offset_s = match b.get(at..)? {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+            let (h, m) = (digits(at + 1, 2)?, digits(at + 4, 2)?);
+            if h > 23 || m > 59 {
+                return None;
+            }
+            (h * 3600 + m * 60) * if *sign == b'+' { 1 } else { -1 }
+        }
+        _ => return None,
+    };
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset_s;
+    let ns = i128::from(seconds) * 1_000_000_000 + i128::from(fraction_ns);
+    u64::try_from(ns).ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal::log::{Appender, Durability, LogOptions};
+    use shoal::log::{Appender, Durability, LogOptions, NewRecord};
 
     #[test]
     fn json_escapes_text_and_encodes_binary() {
@@ -293,6 +435,8 @@ mod tests {
         let mut log = Appender::open(dir.path(), opts).expect("open");
         log.append_keyed(7, "quote \" back\\slash tab\t é".as_bytes()).expect("append");
         log.append(b"\xff\x00bin").expect("append");
+        log.append_record(&NewRecord::new(b"text").key(b"al\"ice").event_time(u64::MAX)).expect("append");
+        log.append_record(&NewRecord::new(b"text").key(b"\xff")).expect("append");
         log.close().expect("close");
         let mut reader = Reader::open(dir.path()).expect("reader");
         let mut out = Vec::new();
@@ -300,13 +444,52 @@ mod tests {
         let text = String::from_utf8(out).expect("utf-8 output");
         let lines: Vec<serde_json::Value> =
             text.lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
-        assert_eq!(lines.len(), 2);
-        assert_eq!(lines[0]["offset"], 0);
-        assert_eq!(lines[0]["key"], 7);
+        assert_eq!(lines.len(), 4);
+        assert_eq!(lines[0]["offset"], "0");
+        assert_eq!(lines[0]["routing_key"], "7");
+        assert!(lines[0].get("key").is_none(), "no key text: {}", lines[0]);
         assert_eq!(lines[0]["payload"], "quote \" back\\slash tab\t é");
-        assert!(lines[0]["timestamp_ns"].as_u64().is_some_and(|t| t > 0));
-        assert_eq!(lines[1]["offset"], 1);
+        let ts = lines[0]["timestamp_ns"].as_str().expect("a string");
+        assert!(ts.parse::<u64>().is_ok_and(|t| t > 1 << 53), "{ts}");
+        assert_eq!(lines[1]["offset"], "1");
         assert_eq!(lines[1]["payload_base64"], "/wBiaW4=");
         assert!(lines[1].get("payload").is_none());
+        assert!(lines[1].get("event_time_ns").is_none());
+        assert_eq!(lines[2]["key"], "al\"ice");
+        assert_eq!(lines[2]["routing_key"], shoal::log::key_hash(b"al\"ice").to_string());
+        assert_eq!(lines[2]["event_time_ns"], u64::MAX.to_string());
+        assert_eq!(lines[3]["key_base64"], "/w==");
+        assert!(lines[3].get("key").is_none());
+    }
+
+    #[test]
+    fn since_reads_rfc3339_unix_times_with_units_and_relative_times() {
+        let now = 1_764_669_600 * SEC;
+        let cases: [(&str, Option<u64>); 20] = [
+            ("2025-12-02T10:00:00Z", Some(1_764_669_600 * SEC)),
+            ("2025-12-02t10:00:00z", Some(1_764_669_600 * SEC)),
+            ("2025-12-02T11:00:00+01:00", Some(1_764_669_600 * SEC)),
+            ("2025-12-02T09:30:00-00:30", Some(1_764_669_600 * SEC)),
+            ("2025-12-02T10:00:00.5Z", Some(1_764_669_600 * SEC + 500_000_000)),
+            ("2025-12-02T10:00:00.123456789123Z", Some(1_764_669_600 * SEC + 123_456_789)),
+            ("1970-01-01T00:00:00Z", Some(0)),
+            ("2024-02-29T00:00:00Z", Some(1_709_164_800 * SEC)),
+            ("1764669600s", Some(1_764_669_600 * SEC)),
+            ("1764669600000ms", Some(1_764_669_600 * SEC)),
+            ("1764669600000000us", Some(1_764_669_600 * SEC)),
+            ("1764669600000000000ns", Some(1_764_669_600 * SEC)),
+            ("-5m", Some(now - 300 * SEC)),
+            ("-1h", Some(now - 3600 * SEC)),
+            ("-250ms", Some(now - 250_000_000)),
+            ("1764669600", None),
+            ("2025-02-29T00:00:00Z", None),
+            ("2025-12-02T10:00:00", None),
+            ("1969-12-31T23:59:59Z", None),
+            ("-5x", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_time(text, now), want, "{text}");
+        }
+        assert!(parse_since("yesterday").unwrap_err().contains("`yesterday` is not a time"));
     }
 }

@@ -32,11 +32,14 @@
 //!   a size the log refuses is an error naming the flag, and the largest record shrinks to
 //!   fit a segment. DIR must not be a bus or a topic directory (an error that names
 //!   `--topic`; nothing is created).
-//! - `shoal cat <DIR> [--from earliest|latest|<offset>] [--follow] [--format lines|json]`:
-//!   `--from` is the first offset printed (default `earliest`); `latest` starts after the
-//!   last record present when `cat` starts (without `--follow` it prints nothing). `lines` prints
-//!   each payload and a newline; `json` prints one object per line with `offset`,
-//!   `timestamp_ns`, `key` and `payload` (UTF-8) or `payload_base64` (anything else). A
+//! - `shoal cat <DIR> [--from earliest|latest|<offset> | --since <time>] [--follow] [--format
+//!   lines|json]`: `--from` is the first offset printed (default `earliest`); `latest` starts
+//!   after the last record present when `cat` starts (without `--follow` it prints nothing);
+//!   `--since` starts at the first record appended at or after a time (RFC 3339, a Unix time
+//!   with `s`/`ms`/`us`/`ns`, or `-5m`/`-1h` before now). `lines` prints each payload and a
+//!   newline; `json` prints one object per line with `offset`, `timestamp_ns` (strings),
+//!   `event_time_ns` (when the record has one), `key` (the key text, when kept),
+//!   `routing_key` (a string) and `payload` (UTF-8) or `payload_base64` (anything else). A
 //!   record that fails its checksum is never printed: `cat` stops there with an error.
 //!   A closed stdout (`| head`) ends `cat` quietly with exit 0. `cat`, `stats` and `verify`
 //!   on a path that holds no log (missing, a file, a bus, a topic directory, an empty
@@ -58,8 +61,9 @@
 //!   appends to a topic of the bus in BUS, created with P partitions (default 4) if missing
 //!   (an existing topic with another count is an error). Lines go round-robin over the
 //!   partitions; with `--keyed` each line is `<key>\t<payload>` (the first tab splits), the
-//!   key bytes become the record's u64 key through [`key_hash`](shoal::bus::key_hash)
-//!   (FNV-1a) and pick its partition through
+//!   key bytes are kept in the record (at most 65535) and their hash, through
+//!   [`key_hash`](shoal::bus::key_hash) (FNV-1a), is its u64 routing key and picks its
+//!   partition through
 //!   [`partition_for_key`](shoal::bus::partition_for_key); a keyed line without a tab is an
 //!   error (the lines before it are appended, synced and acked). `--ack` prints
 //!   `partition <P> durable below <N>` lines.
@@ -215,6 +219,11 @@ enum Command {
         /// record present now), or an offset.
         #[arg(long, value_name = "earliest|latest|OFFSET", default_value = "earliest", value_parser = parse_start)]
         from: Start,
+        /// Start (in each partition, with --topic) at the first record appended at or after
+        /// TIME: RFC 3339 (2026-12-02T10:00:00Z), a Unix time with its unit (1764669600s,
+        /// ..ms, ..us, ..ns), or a time before now (-5m, -1h, -30s, -2d).
+        #[arg(long, value_name = "TIME", conflicts_with = "from", allow_hyphen_values = true, value_parser = cat::parse_since)]
+        since: Option<u64>,
         /// Keep printing records as they are appended.
         #[arg(long)]
         follow: bool,
@@ -635,11 +644,11 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Produce { dir, topic: Some(topic), partitions, keyed, durability, ack, log } => {
             produce::run_topic(&dir, &topic, partitions, keyed, durability, ack, &log)
         }
-        Command::Cat { dir, topic: None, from, follow, format, .. } => {
-            require_log(&dir, "cat").and_then(|()| cat::run(&dir, from, follow, format))
+        Command::Cat { dir, topic: None, from, since, follow, format, .. } => {
+            require_log(&dir, "cat").and_then(|()| cat::run(&dir, from, since, follow, format))
         }
-        Command::Cat { dir, topic: Some(topic), partition, from, follow, format } => {
-            cat::run_topic(&dir, &topic, partition, from, follow, format)
+        Command::Cat { dir, topic: Some(topic), partition, from, since, follow, format } => {
+            cat::run_topic(&dir, &topic, partition, from, since, follow, format)
         }
         Command::Group { bus, group, topic, exit_when_idle, from } => {
             group::run(&bus, &group, &topic, exit_when_idle.map(Duration::from_millis), from)

@@ -25,7 +25,8 @@ use std::time::Duration;
 
 use super::log_args::LogArgs;
 use super::Error;
-use shoal::bus::{key_hash, Bus, TopicProducer};
+use shoal::bus::{Bus, TopicProducer};
+use shoal::log::format::{Extensions, KEY_BYTES_MAX};
 use shoal::log::{AppendError, Appender, Durability, DurableWatch, LogOptions, Offset};
 
 /// Bytes asked of each `read(2)` on stdin: one read, one newline scan and one batch per
@@ -161,11 +162,22 @@ impl LineSink for TopicLines {
                         self.line
                     )));
                 };
-                let payload = &line[tab + 1..];
-                if payload.len() > max {
-                    return Err(too_long(self.place(), Some(payload.len()), max));
+                let (key, payload) = (&line[..tab], &line[tab + 1..]);
+                // The kept key text counts toward the record's size.
+                let stored = payload.len() + Extensions { key_bytes: Some(key), event_time_ns: None }.encoded_bytes();
+                if stored > max {
+                    return Err(too_long(self.place(), Some(stored), max));
                 }
-                self.producer.send(key_hash(&line[..tab]), payload)?;
+                if key.len() > KEY_BYTES_MAX {
+                    return Err(Error::new(format!(
+                        "{}: the key is {} bytes, longer than the {KEY_BYTES_MAX} a record keeps; shorten the text before \
+                         the first tab",
+                        self.place(),
+                        key.len()
+                    )));
+                }
+                // The text is kept in the record; its hash routes it (`key_hash`).
+                self.producer.send_keyed(key, payload)?;
                 self.line += 1;
             }
             return Ok(());

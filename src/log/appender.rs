@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::error::{AppendError, LogError};
-use super::format::{self, record_stride, Region, SegmentHeader, END_OF_SEGMENT};
+use super::format::{self, Extensions, Region, SegmentHeader, Slot, END_OF_SEGMENT};
 use super::head::Head;
 use super::io::IoDriver;
 use super::lock::DirLock;
@@ -85,6 +85,85 @@ pub struct Appender {
     role_since: u64,
     /// Set by [`Appender::abandon`]: closing leaves everything as a killed process would.
     abandoned: bool,
+    /// The append time of the last record written (ns): append times never go below it.
+    last_ts: u64,
+}
+
+/// A record to append with its optional parts: a routing key, the key's text, and a
+/// producer's event time ([`Appender::append_record`]).
+///
+/// ```
+/// use shoal::log::{Appender, LogOptions, NewRecord, Reader};
+/// let dir = tempfile::tempdir()?;
+/// let mut log = Appender::open(dir.path(), LogOptions::default())?;
+/// log.append_record(&NewRecord::new(b"paid").key(b"alice").event_time(1_700_000_000_000_000_000))?;
+/// let mut reader = Reader::open(dir.path())?;
+/// let record = reader.next()?.expect("a record");
+/// assert_eq!(record.key_bytes(), Some(&b"alice"[..]));
+/// assert_eq!(record.key(), shoal::log::key_hash(b"alice"));
+/// assert_eq!(record.event_time_ns(), Some(1_700_000_000_000_000_000));
+/// assert_eq!(record.payload(), b"paid");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NewRecord<'a> {
+    payload: &'a [u8],
+    key: u64,
+    ext: Extensions<'a>,
+}
+
+impl<'a> NewRecord<'a> {
+    /// A record with `payload`, key 0, no key text and no event time.
+    #[inline]
+    pub fn new(payload: &'a [u8]) -> NewRecord<'a> {
+        NewRecord { payload, key: 0, ext: Extensions::default() }
+    }
+
+    /// Keeps `text` as the record's key bytes (at most [`format::KEY_BYTES_MAX`]) and sets
+    /// its routing key to their hash ([`format::key_hash`]), as a text-less keyed append of
+    /// the same text would.
+    #[inline]
+    pub fn key(mut self, text: &'a [u8]) -> NewRecord<'a> {
+        self.key = format::key_hash(text);
+        self.ext.key_bytes = Some(text);
+        self
+    }
+
+    /// Sets the routing key alone (no key text stored); replaces the hash a [`NewRecord::key`]
+    /// set, keeping its text.
+    #[inline]
+    pub fn key_hash(mut self, key: u64) -> NewRecord<'a> {
+        self.key = key;
+        self
+    }
+
+    /// Sets the producer's event time (ns since the Unix epoch), stored next to the log's
+    /// own append time.
+    #[inline]
+    pub fn event_time(mut self, ns: u64) -> NewRecord<'a> {
+        self.ext.event_time_ns = Some(ns);
+        self
+    }
+
+    /// The payload.
+    pub fn payload(&self) -> &'a [u8] {
+        self.payload
+    }
+
+    /// The routing key.
+    pub fn routing_key(&self) -> u64 {
+        self.key
+    }
+
+    /// The key text, when set.
+    pub fn key_bytes(&self) -> Option<&'a [u8]> {
+        self.ext.key_bytes
+    }
+
+    /// The event time, when set.
+    pub fn event_time_ns(&self) -> Option<u64> {
+        self.ext.event_time_ns
+    }
 }
 
 impl Appender {
@@ -187,6 +266,7 @@ impl Appender {
             role,
             role_since: 0,
             abandoned: false,
+            last_ts: 0,
         };
         appender.role_since = appender.clock.now_ns();
         if empty {
@@ -195,6 +275,14 @@ impl Appender {
             appender.activate(seg)?;
         } else {
             appender.shared.pending.lock().unwrap_or_else(|p| p.into_inner()).push(appender.pending.clone());
+        }
+        if !empty {
+            appender.last_ts = appender.tail_timestamp();
+            if appender.region.header_version() < format::FORMAT_VERSION {
+                // A segment of an older format: records of this one go into a new segment,
+                // so that every segment holds the records of its own header's version.
+                appender.roll()?;
+            }
         }
         appender.apply_retention_held();
         appender.store_tail();
@@ -289,34 +377,48 @@ impl Appender {
         len: usize,
         fill: F,
     ) -> Result<Offset, AppendError> {
-        self.append_one(key, len, None, fill)
+        self.append_one(key, len, &Extensions::default(), fill)
     }
 
-    /// [`Appender::append_keyed`] with the record's timestamp given instead of read from
-    /// the clock: for records that keep the time they were first appended elsewhere (an
-    /// import from another log or another machine). Timestamps are not checked for order:
-    /// shoal orders records by offset only.
+    /// [`Appender::append_keyed`] with an event time: `timestamp_ns` is stored as the
+    /// record's event time (format version 2), for records that keep the time they were
+    /// first appended elsewhere (an import from another log or another machine). The
+    /// record's append time is the log's clock, as for every append (so seeking by time
+    /// stays exact); the event time is any value, not checked for order.
     ///
     /// # Errors
     /// As [`Appender::append`].
     pub fn append_keyed_at(&mut self, key: u64, timestamp_ns: u64, payload: &[u8]) -> Result<Offset, AppendError> {
-        self.append_one(key, payload.len(), Some(timestamp_ns), |buf| buf.copy_from_slice(payload))
+        self.append_record(&NewRecord::new(payload).key_hash(key).event_time(timestamp_ns))
     }
 
-    /// One append call of one record: its timestamp is `at`, or the clock's.
+    /// Appends one record with its optional parts: key text, event time (see
+    /// [`NewRecord`]). A record with neither is written as [`Appender::append_keyed`] writes
+    /// it, without an extension block.
+    ///
+    /// # Errors
+    /// As [`Appender::append`]; [`AppendError::KeyTooLong`] when the key text is longer
+    /// than [`format::KEY_BYTES_MAX`].
+    #[inline]
+    pub fn append_record(&mut self, record: &NewRecord<'_>) -> Result<Offset, AppendError> {
+        let payload = record.payload;
+        self.append_one(record.key, payload.len(), &record.ext, |buf| buf.copy_from_slice(payload))
+    }
+
+    /// One append call of one record with extensions `ext`.
     #[inline]
     fn append_one<F: FnOnce(&mut [u8])>(
         &mut self,
         key: u64,
         len: usize,
-        at: Option<u64>,
+        ext: &Extensions<'_>,
         fill: F,
     ) -> Result<Offset, AppendError> {
         self.enter()?;
-        let ts = self.clock.now_ns();
-        let result =
-            self.check_live().map_err(AppendError::Log).and_then(|()| self.write_one(key, len, at.unwrap_or(ts), fill));
+        let ts = self.clock.now_ns().max(self.last_ts);
+        let result = self.check_live().map_err(AppendError::Log).and_then(|()| self.write_one(key, len, ts, ext, fill));
         if result.is_ok() {
+            self.last_ts = ts;
             self.publish();
         }
         self.leave(ts);
@@ -342,12 +444,13 @@ impl Appender {
     where
         I: IntoIterator<Item = &'p [u8]>,
     {
-        self.append_many(payloads.into_iter().map(|payload| (0, None, payload)))
+        self.append_many(payloads.into_iter().map(NewRecord::new))
     }
 
-    /// Appends several records, each with its own key and timestamp (`(key, timestamp_ns,
-    /// payload)`), with one publication: the batch twin of [`Appender::append_keyed_at`].
-    /// Returns their offsets.
+    /// Appends several records, each with its own key and event time (`(key,
+    /// timestamp_ns, payload)`), with one publication: the batch twin of
+    /// [`Appender::append_keyed_at`] (`timestamp_ns` is each record's event time; their
+    /// append time is the call's). Returns their offsets.
     ///
     /// # Errors
     /// As [`Appender::append`]; records before the failing one are appended.
@@ -355,23 +458,37 @@ impl Appender {
     where
         I: IntoIterator<Item = (u64, u64, &'p [u8])>,
     {
-        self.append_many(records.into_iter().map(|(key, timestamp_ns, payload)| (key, Some(timestamp_ns), payload)))
+        self.append_many(
+            records
+                .into_iter()
+                .map(|(key, timestamp_ns, payload)| NewRecord::new(payload).key_hash(key).event_time(timestamp_ns)),
+        )
     }
 
-    /// One append call of several `(key, timestamp or the call's, payload)` records, with
-    /// one publication.
+    /// Appends several records with their optional parts (see [`NewRecord`]), with one
+    /// append time and one publication. Returns their offsets.
+    ///
+    /// # Errors
+    /// As [`Appender::append_record`]; records before the failing one are appended.
+    pub fn append_records<'p, I>(&mut self, records: I) -> Result<Range<Offset>, AppendError>
+    where
+        I: IntoIterator<Item = NewRecord<'p>>,
+    {
+        self.append_many(records.into_iter())
+    }
+
+    /// One append call of several records, with one append time and one publication.
     #[inline]
-    fn append_many<'p>(
-        &mut self,
-        records: impl Iterator<Item = (u64, Option<u64>, &'p [u8])>,
-    ) -> Result<Range<Offset>, AppendError> {
+    fn append_many<'p>(&mut self, records: impl Iterator<Item = NewRecord<'p>>) -> Result<Range<Offset>, AppendError> {
         self.enter()?;
         let first = self.next_offset;
-        let ts = self.clock.now_ns();
+        let ts = self.clock.now_ns().max(self.last_ts);
         let mut result = self.check_live().map_err(AppendError::Log);
         if result.is_ok() {
-            for (key, at, payload) in records {
-                if let Err(e) = self.write_one(key, payload.len(), at.unwrap_or(ts), |buf| buf.copy_from_slice(payload))
+            for record in records {
+                let payload = record.payload;
+                if let Err(e) =
+                    self.write_one(record.key, payload.len(), ts, &record.ext, |buf| buf.copy_from_slice(payload))
                 {
                     result = Err(e);
                     break;
@@ -379,6 +496,7 @@ impl Appender {
             }
         }
         if self.next_offset != first {
+            self.last_ts = ts;
             self.publish();
         }
         self.leave(ts);
@@ -414,10 +532,46 @@ impl Appender {
             Taken::Moved => self.catch_up(),
             Taken::Dead => self.repair_dead(),
         };
-        if result.is_err() {
-            abort_role(&self.role);
+        match result {
+            // Other appenders' records came meanwhile: append times go on from theirs.
+            Ok(()) if !matches!(taken, Taken::Current) => self.last_ts = self.last_ts.max(self.tail_timestamp()),
+            Ok(()) => {}
+            Err(_) => abort_role(&self.role),
         }
         result
+    }
+
+    /// The append time of the record just before the write position in the active
+    /// segment (0 when it holds none): found from the last sparse index entry below the
+    /// position, then record by record (at most one index interval of records, or the
+    /// rest of a segment whose index is full).
+    #[cold]
+    fn tail_timestamp(&self) -> u64 {
+        let region = self.region;
+        // The segment's header as this appender mapped it may predate its activation (by
+        // another appender of a shared log): its data start holds, its base offset is ours.
+        let mut position = self.active.header.data_start();
+        let mut offset = None;
+        for i in (0..self.index_slot.min(self.index_capacity)).rev() {
+            let (relative, at) = format::index_entry_parts(region.load_index(i).unwrap_or(0));
+            if at != 0 && (at as usize) < self.position {
+                position = at as usize;
+                offset = self.base_offset.checked_add(relative as u64);
+                break;
+            }
+        }
+        let mut last = 0;
+        while position < self.position {
+            match region.decode(position, offset, format::PAYLOAD_BYTES_FORMAT_MAX) {
+                Ok(Slot::Record(r)) => {
+                    last = r.timestamp_ns;
+                    offset = Some(r.offset + 1);
+                    position = r.next_position();
+                }
+                _ => break,
+            }
+        }
+        last
     }
 
     /// Catches up with the tail other appenders left (`HEAD`'s tail words). A tail that
@@ -560,12 +714,14 @@ impl Appender {
         key: u64,
         len: usize,
         ts: u64,
+        ext: &Extensions<'_>,
         fill: F,
     ) -> Result<Offset, AppendError> {
         if len > self.opts.max_record_bytes {
             return Err(AppendError::TooLarge { len, max: self.opts.max_record_bytes });
         }
-        let stride = record_stride(len);
+        let ext_bytes = if ext.is_empty() { 0 } else { check_ext(ext, len, self.opts.max_record_bytes)? };
+        let stride = format::record_stride_ext(ext_bytes, len);
         if self.position + stride > self.limit {
             self.make_room(len, stride)?;
         }
@@ -574,7 +730,14 @@ impl Appender {
         // SAFETY: `position..position + stride` lies in the active segment (checked above),
         // past every published record, and was zeroed when the segment was prepared or
         // cut; we are the only writer (the lock), and readers only poll its commit word.
-        let commit = unsafe { self.region.write_record(position, offset, ts, key, len, fill) };
+        // The key text is at most KEY_BYTES_MAX (`check_ext`).
+        let commit = unsafe {
+            if ext_bytes == 0 {
+                self.region.write_record(position, offset, ts, key, len, fill)
+            } else {
+                self.region.write_record_ext(position, offset, ts, key, ext, len, fill)
+            }
+        };
         self.region.publish(position, commit);
         if position >= self.index_next_position && self.index_slot < self.index_capacity {
             self.region
@@ -896,6 +1059,23 @@ impl Appender {
 const MAX_AHEAD_BYTES: u64 = 8 << 20;
 
 /// A segment in use as retention lists it.
+/// Checks a record's extensions (with a `len`-byte payload, against `max_record_bytes`, which
+/// the extension block counts toward, so that any record the options allow fits a segment);
+/// returns the bytes of its extension block.
+#[cold]
+fn check_ext(ext: &Extensions<'_>, len: usize, max: usize) -> Result<usize, AppendError> {
+    if let Some(text) = ext.key_bytes {
+        if text.len() > format::KEY_BYTES_MAX {
+            return Err(AppendError::KeyTooLong { len: text.len(), max: format::KEY_BYTES_MAX });
+        }
+    }
+    let ext_bytes = ext.encoded_bytes();
+    if len + ext_bytes > max {
+        return Err(AppendError::TooLarge { len: len + ext_bytes, max });
+    }
+    Ok(ext_bytes)
+}
+
 fn in_use_of(seg: &Segment, header: &SegmentHeader) -> InUse {
     (seg.id, seg.path.clone(), header.base_offset, header.segment_bytes, header.activated_ns)
 }
@@ -1078,7 +1258,7 @@ mod tests {
         log.sync().expect("sync");
         drop(log);
         let entries = format::index_entries_for(opts.segment_bytes, opts.index_interval_bytes);
-        let end = format::data_start(entries) + 10 * record_stride(8);
+        let end = format::data_start(entries) + 10 * format::record_stride(8);
         let path = dir.path().join(super::super::segment::segment_file_name(SegmentId(0)));
         OpenOptions::new().write(true).open(&path).expect("open segment").set_len(end as u64).expect("cut");
         let mut log = Appender::open(dir.path(), opts).expect("reopen after the cut");

@@ -186,12 +186,21 @@ impl LogError {
 /// Errors of the append hot path: cheap to match, no allocation.
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
-    /// The record is larger than the log's `max_record_bytes`.
+    /// The record is larger than the log's `max_record_bytes` (its payload, and its
+    /// extension block when it has key text or an event time).
     #[error("record of {len} bytes exceeds the log's maximum of {max} bytes; raise LogOptions::max_record_bytes or split the record")]
     TooLarge {
         /// Bytes asked for.
         len: usize,
         /// The configured maximum.
+        max: usize,
+    },
+    /// The record's key text is longer than the format allows.
+    #[error("key text of {len} bytes exceeds the format's maximum of {max} bytes; use a shorter key")]
+    KeyTooLong {
+        /// Bytes of key text given.
+        len: usize,
+        /// The format's maximum ([`KEY_BYTES_MAX`](super::format::KEY_BYTES_MAX)).
         max: usize,
     },
     /// The log could not go on (disk full, a failed sync, I/O error); records already

@@ -1,4 +1,4 @@
-//! The on-disk format of a shoal log, **format version 1**.
+//! The on-disk format of a shoal log, **format version 2** (reads version 1).
 //!
 //! This file is the single description of the format; the code that writes and reads it is
 //! below. Every integer is little-endian. Changing any layout here means bumping
@@ -45,24 +45,51 @@
 //! each time the records pass another `index_interval` bytes. The index is a hint: a reader
 //! verifies the record an entry points at and falls back to scanning.
 //!
-//! Record (a 32-byte header, then the payload, padded with zeros to a multiple of 8):
+//! Record (a 32-byte header, the optional extension block, then the payload, padded with
+//! zeros to a multiple of 8):
 //! ```text
-//!  0  commit        u32  0 = nothing here yet; COMMIT_BIT | payload_len = a record;
-//!                        END_OF_SEGMENT = the segment is sealed, records go on in the next
-//!  4  crc           u32  checksum of bytes 8..stride (the rest of this header, the payload
-//!                        and its zero padding) seeded with payload_len: CRC32C in three
-//!                        interleaved lanes, see `record_crc_in_place`
+//!  0  commit        u32  0 = nothing here yet; COMMIT_BIT | [EXTENDED_BIT] | payload_len =
+//!                        a record; END_OF_SEGMENT = the segment is sealed, records go on in
+//!                        the next
+//!  4  crc           u32  checksum of bytes 8..stride (the rest of this header, the extension
+//!                        block, the payload and its zero padding) seeded with the commit
+//!                        word less COMMIT_BIT (payload_len, and EXTENDED_BIT when set):
+//!                        CRC32C in three interleaved lanes, see `record_crc_in_place`
 //!  8  offset        u64  the record's offset
-//! 16  timestamp_ns  u64  wall clock at append, ns since the Unix epoch
-//! 24  key           u64  user key (routing, compaction); 0 when none was given
-//! 32  payload       payload_len bytes, then zeros up to the next multiple of 8
+//! 16  timestamp_ns  u64  append time: the log's wall clock at append, ns since the Unix
+//!                        epoch, non-decreasing within a log (the appender stores
+//!                        max(previous, now))
+//! 24  key           u64  routing key (partitioning, compaction); 0 when none was given; with
+//!                        key text, the FNV-1a hash of the text (`key_hash`)
+//! 32  extensions    only when EXTENDED_BIT is set, see below
+//!  .  payload       payload_len bytes, then zeros up to the next multiple of 8
 //! ```
+//! Extension block (version 2; present only when the commit word has [`EXTENDED_BIT`], so a
+//! record without key text or event time is laid out exactly as in version 1 and costs
+//! nothing more to write or read):
+//! ```text
+//!  0  ext_flags     u8   EXT_EVENT_TIME (1): an event time follows; EXT_KEY_BYTES (2): key
+//!                        bytes follow; every other bit 0
+//!  1  reserved      u8   0
+//!  2  key_len       u16  bytes of key text (0 unless EXT_KEY_BYTES; at most KEY_BYTES_MAX)
+//!  4  reserved      u32  0
+//!  8  event_time_ns u64  only with EXT_EVENT_TIME: the producer's event time, ns since the
+//!                        Unix epoch (any value: shoal does not order by it)
+//!  .  key bytes     key_len bytes, then zeros up to the next multiple of 8 (only with
+//!                        EXT_KEY_BYTES)
+//! ```
+//! The payload therefore stays 8-byte aligned and contiguous, and the key bytes are one
+//! contiguous slice too. payload_len has 30 bits in version 2 (a segment is at most 1 GiB);
+//! in a version 1 segment EXTENDED_BIT is never set by a valid record (its length would run
+//! past the end of any segment), so one decoder reads both versions: a version 1 record is a
+//! version 2 record without extensions. The appender writes into version 2 segments only:
+//! a version 1 segment found at the tail on open is sealed and the log goes on in a new one.
 //! What recovers a sealed segment's end when its end marker is lost: the next segment's
 //! `base_offset` (in its checksummed header) is the offset after the last record, and the
 //! records themselves (checksummed, offsets included) lead to the position; so a lost marker,
 //! or a file cut right after its last record, is written back without losing a record. These
 //! additions (the `HEAD` copies, the journal) use space that was reserved or files that were
-//! not there: the format version stays 1, and files of older builds open unchanged.
+//! not there: they came with version 1, and files of older builds open unchanged.
 //!
 //! The commit word is stored last, with `Release` ordering; a reader loads it with `Acquire`
 //! and only then reads the rest, so no reader in this or another process sees a partial record.
@@ -73,8 +100,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// The first 8 bytes of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"SHOALSEG";
-/// The format version this build writes, and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this build writes, and the newest it reads (it reads every older one:
+/// version 1 lacks only the extension block).
+pub const FORMAT_VERSION: u32 = 2;
 /// Bytes reserved for the segment header (one page).
 pub const SEGMENT_HEADER_BYTES: usize = 4096;
 /// Bytes of the header fields that are used and covered by the header CRC.
@@ -85,11 +113,57 @@ pub const RECORD_HEADER_BYTES: usize = 32;
 pub const RECORD_ALIGN: usize = 8;
 /// Set in the commit word of every record.
 pub const COMMIT_BIT: u32 = 1 << 31;
+/// Set in the commit word of a record that has an extension block (format version 2).
+pub const EXTENDED_BIT: u32 = 1 << 30;
 /// The commit word that seals a segment.
 pub const END_OF_SEGMENT: u32 = u32::MAX;
-/// The largest payload the format can describe (the commit word's 31 bits, less the
-/// end-of-segment pattern).
-pub const PAYLOAD_BYTES_FORMAT_MAX: usize = (COMMIT_BIT - 2) as usize;
+/// The largest payload the format can describe (the commit word's low 30 bits).
+pub const PAYLOAD_BYTES_FORMAT_MAX: usize = (EXTENDED_BIT - 1) as usize;
+/// Extension flag: the record carries a producer's event time.
+pub const EXT_EVENT_TIME: u8 = 1;
+/// Extension flag: the record carries its key's bytes (the key text).
+pub const EXT_KEY_BYTES: u8 = 2;
+/// The longest key text a record can carry, in bytes.
+pub const KEY_BYTES_MAX: usize = u16::MAX as usize;
+/// Bytes of the fixed part of an extension block.
+pub const EXT_HEADER_BYTES: usize = 8;
+
+/// The routing key of a key text: 64-bit FNV-1a of its bytes. Records appended with key
+/// text store this as their `u64` key, so partitioning by key is the same with or without
+/// the text (`shoal::bus::key_hash` is this function).
+#[inline]
+pub fn key_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+/// The optional parts of a record stored in its extension block: the event time and the
+/// key text. Both `None` is a record without an extension block.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Extensions<'a> {
+    /// The producer's event time, ns since the Unix epoch.
+    pub event_time_ns: Option<u64>,
+    /// The key's bytes (at most [`KEY_BYTES_MAX`]).
+    pub key_bytes: Option<&'a [u8]>,
+}
+
+impl Extensions<'_> {
+    /// True when there is nothing to store (no extension block).
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.event_time_ns.is_none() && self.key_bytes.is_none()
+    }
+
+    /// Bytes of the extension block (0 when empty).
+    #[inline]
+    pub fn encoded_bytes(&self) -> usize {
+        if self.is_empty() {
+            return 0;
+        }
+        EXT_HEADER_BYTES
+            + if self.event_time_ns.is_some() { 8 } else { 0 }
+            + self.key_bytes.map_or(0, |k| align_up(k.len(), RECORD_ALIGN))
+    }
+}
 /// `base_offset` of a segment that is prepared but holds no record yet.
 pub const BASE_OFFSET_UNSET: u64 = u64::MAX;
 /// Page size assumed by the layout.
@@ -105,6 +179,19 @@ pub const fn align_up(n: usize, align: usize) -> usize {
 #[inline]
 pub const fn record_stride(payload_len: usize) -> usize {
     RECORD_HEADER_BYTES + align_up(payload_len, RECORD_ALIGN)
+}
+
+/// Bytes a record with an extension block of `ext_bytes` (see
+/// [`Extensions::encoded_bytes`]) and `payload_len` bytes of payload takes in a segment.
+#[inline]
+pub const fn record_stride_ext(ext_bytes: usize, payload_len: usize) -> usize {
+    RECORD_HEADER_BYTES + ext_bytes + align_up(payload_len, RECORD_ALIGN)
+}
+
+/// The payload length a record's commit word states (without the flag bits).
+#[inline]
+pub const fn commit_payload_len(commit: u32) -> usize {
+    (commit & !(COMMIT_BIT | EXTENDED_BIT)) as usize
 }
 
 /// The checksum stored in a record, computed from its parts (for tools and tests; the
@@ -413,6 +500,9 @@ pub enum RecordError {
     },
     /// The checksum does not match: a torn write or damaged bytes.
     BadChecksum,
+    /// The extension block has unknown flags, non-zero reserved bytes or a key length that
+    /// runs past the end of the segment.
+    BadExtension,
     /// A whole record, but not the offset expected here.
     WrongOffset {
         /// Offset expected at this position.
@@ -434,6 +524,7 @@ impl std::fmt::Display for RecordError {
                 write!(f, "record length {payload_len} exceeds the log's maximum")
             }
             RecordError::BadChecksum => write!(f, "checksum mismatch (torn or damaged record)"),
+            RecordError::BadExtension => write!(f, "invalid extension block (torn or damaged record)"),
             RecordError::WrongOffset { expected, found } => {
                 write!(f, "record holds offset {found} where offset {expected} belongs")
             }
@@ -454,12 +545,31 @@ pub struct RecordView<'a> {
     pub key: u64,
     /// The payload, borrowed from the mapping.
     pub payload: &'a [u8],
+    /// The producer's event time, when the record carries one.
+    pub event_time_ns: Option<u64>,
+    /// The key's bytes, when the record carries them, borrowed from the mapping.
+    pub key_bytes: Option<&'a [u8]>,
+    /// Bytes the record takes in the segment.
+    pub stride: usize,
 }
 
-impl RecordView<'_> {
+impl<'a> RecordView<'a> {
     /// Position of the next record.
+    #[inline]
     pub fn next_position(&self) -> usize {
-        self.position + record_stride(self.payload.len())
+        self.position + self.stride
+    }
+
+    /// The key's bytes, when the record carries them.
+    #[inline]
+    pub fn key_bytes(&self) -> Option<&'a [u8]> {
+        self.key_bytes
+    }
+
+    /// Byte position of the payload in the segment.
+    #[inline]
+    pub fn payload_position(&self) -> usize {
+        self.position + self.stride - align_up(self.payload.len(), RECORD_ALIGN)
     }
 }
 
@@ -569,6 +679,9 @@ impl Region {
         if commit & COMMIT_BIT == 0 {
             return Err(RecordError::BadCommitWord(commit));
         }
+        if commit & EXTENDED_BIT != 0 {
+            return self.decode_extended(position, commit, expected_offset, payload_max);
+        }
         let payload_len = commit & !COMMIT_BIT;
         let len = payload_len as usize;
         if len > payload_max {
@@ -593,7 +706,76 @@ impl Region {
                 return Err(RecordError::WrongOffset { expected, found: offset });
             }
         }
-        Ok(Slot::Record(RecordView { position, offset, timestamp_ns: word(8), key: word(16), payload }))
+        Ok(Slot::Record(RecordView {
+            position,
+            offset,
+            timestamp_ns: word(8),
+            key: word(16),
+            payload,
+            event_time_ns: None,
+            key_bytes: None,
+            stride,
+        }))
+    }
+
+    /// [`Region::decode`] of a record with an extension block (kept out of line: records
+    /// without one never come here, and their decode stays small).
+    #[inline(never)]
+    fn decode_extended(
+        &self,
+        position: usize,
+        commit: u32,
+        expected_offset: Option<u64>,
+        payload_max: usize,
+    ) -> Result<Slot<'_>, RecordError> {
+        let seed = commit & !COMMIT_BIT;
+        let len = commit_payload_len(commit);
+        let payload_len = len as u32;
+        if len > payload_max {
+            return Err(RecordError::TooLong { payload_len });
+        }
+        let fixed = RECORD_HEADER_BYTES + EXT_HEADER_BYTES;
+        let head = self.committed_bytes(position, fixed).ok_or(RecordError::LengthPastEnd { payload_len })?;
+        let ext = &head[RECORD_HEADER_BYTES..];
+        let flags = ext[0];
+        let key_len = u16::from_le_bytes([ext[2], ext[3]]) as usize;
+        let reserved_clear = ext[1] == 0 && ext[4..8] == [0; 4];
+        let known = flags & !(EXT_EVENT_TIME | EXT_KEY_BYTES) == 0 && flags != 0;
+        if !reserved_clear || !known || (flags & EXT_KEY_BYTES == 0 && key_len != 0) {
+            return Err(RecordError::BadExtension);
+        }
+        let time_bytes = if flags & EXT_EVENT_TIME != 0 { 8 } else { 0 };
+        let ext_bytes = EXT_HEADER_BYTES + time_bytes + align_up(key_len, RECORD_ALIGN);
+        let stride = record_stride_ext(ext_bytes, len);
+        if position.checked_add(stride).is_none_or(|end| end > self.len) {
+            return Err(RecordError::LengthPastEnd { payload_len });
+        }
+        let bytes = self.committed_bytes(position, stride).ok_or(RecordError::LengthPastEnd { payload_len })?;
+        let stored_crc = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+        if record_crc_in_place(seed, &bytes[8..]) != stored_crc {
+            return Err(RecordError::BadChecksum);
+        }
+        let word = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap_or([0; 8]));
+        let offset = word(8);
+        if let Some(expected) = expected_offset {
+            if offset != expected {
+                return Err(RecordError::WrongOffset { expected, found: offset });
+            }
+        }
+        let event_time_ns = (time_bytes != 0).then(|| word(fixed));
+        let key_at = fixed + time_bytes;
+        let key_bytes = (flags & EXT_KEY_BYTES != 0).then(|| &bytes[key_at..key_at + key_len]);
+        let payload_at = RECORD_HEADER_BYTES + ext_bytes;
+        Ok(Slot::Record(RecordView {
+            position,
+            offset,
+            timestamp_ns: word(16),
+            key: word(24),
+            payload: &bytes[payload_at..payload_at + len],
+            event_time_ns,
+            key_bytes,
+            stride,
+        }))
     }
 
     /// Writes a record's header (all but the commit word) and lets `fill` write the payload
@@ -634,6 +816,79 @@ impl Region {
         // SAFETY: as above.
         unsafe { std::ptr::copy_nonoverlapping(crc.to_le_bytes().as_ptr(), self.ptr.add(position + 4), 4) };
         COMMIT_BIT | payload_len
+    }
+
+    /// [`Region::write_record`] with an extension block: writes the header, `ext` (its
+    /// event time and key bytes) and lets `fill` write the payload in place; does not publish
+    /// it. Returns the commit word to publish. With `ext` empty this is `write_record`.
+    ///
+    /// # Safety
+    /// As [`Region::write_record`], for the range
+    /// `[position, position + record_stride_ext(ext.encoded_bytes(), len))`; and
+    /// `ext.key_bytes` is at most [`KEY_BYTES_MAX`] long.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    pub unsafe fn write_record_ext<F: FnOnce(&mut [u8])>(
+        &self,
+        position: usize,
+        offset: u64,
+        timestamp_ns: u64,
+        key: u64,
+        ext: &Extensions<'_>,
+        len: usize,
+        fill: F,
+    ) -> u32 {
+        if ext.is_empty() {
+            // SAFETY: the caller's contract is write_record's for this range.
+            return unsafe { self.write_record(position, offset, timestamp_ns, key, len, fill) };
+        }
+        let ext_bytes = ext.encoded_bytes();
+        let stride = record_stride_ext(ext_bytes, len);
+        debug_assert!(position % RECORD_ALIGN == 0);
+        debug_assert!(position + stride <= self.len);
+        let key_text = ext.key_bytes.unwrap_or(&[]);
+        debug_assert!(key_text.len() <= KEY_BYTES_MAX);
+        let mut head = [0u8; 24 + EXT_HEADER_BYTES + 8];
+        head[0..8].copy_from_slice(&offset.to_le_bytes());
+        head[8..16].copy_from_slice(&timestamp_ns.to_le_bytes());
+        head[16..24].copy_from_slice(&key.to_le_bytes());
+        head[24] = if ext.event_time_ns.is_some() { EXT_EVENT_TIME } else { 0 }
+            | if ext.key_bytes.is_some() { EXT_KEY_BYTES } else { 0 };
+        head[26..28].copy_from_slice(&(key_text.len() as u16).to_le_bytes());
+        let mut head_len = 24 + EXT_HEADER_BYTES;
+        if let Some(t) = ext.event_time_ns {
+            head[head_len..head_len + 8].copy_from_slice(&t.to_le_bytes());
+            head_len += 8;
+        }
+        let key_at = position + 8 + head_len;
+        let payload_at = position + RECORD_HEADER_BYTES + ext_bytes;
+        // SAFETY: the caller owns this unpublished, in-bounds range exclusively (stride
+        // bytes from `position`); the key bytes end before `payload_at`, the payload before
+        // `position + stride`; readers only load the commit word, untouched here.
+        let payload = unsafe {
+            std::ptr::copy_nonoverlapping(head.as_ptr(), self.ptr.add(position + 8), head_len);
+            std::ptr::copy_nonoverlapping(key_text.as_ptr(), self.ptr.add(key_at), key_text.len());
+            std::slice::from_raw_parts_mut(self.ptr.add(payload_at), len)
+        };
+        fill(payload);
+        let seed = EXTENDED_BIT | len as u32;
+        // SAFETY: as above; `payload`'s borrow ended with `fill`.
+        let body = unsafe { std::slice::from_raw_parts(self.ptr.add(position + 8), stride - 8) };
+        let crc = record_crc_in_place(seed, body);
+        // SAFETY: as above.
+        unsafe { std::ptr::copy_nonoverlapping(crc.to_le_bytes().as_ptr(), self.ptr.add(position + 4), 4) };
+        COMMIT_BIT | seed
+    }
+
+    /// The format version in the segment header at the start of the region (0 when the
+    /// region is shorter than a header). Not checked: use [`Region::read_header`] first.
+    pub fn header_version(&self) -> u32 {
+        let mut b = [0u8; 4];
+        if self.copy_out(8, &mut b) {
+            u32::from_le_bytes(b)
+        } else {
+            0
+        }
     }
 
     /// Publishes a commit word (Release; pairs with the Acquire load in
@@ -788,8 +1043,15 @@ mod tests {
             assert!(SegmentHeader::decode(&damaged).is_err(), "flip at byte {i} accepted");
         }
         let mut newer = bytes;
-        newer[8..12].copy_from_slice(&2u32.to_le_bytes());
-        assert_eq!(SegmentHeader::decode(&newer), Err(HeaderError::NewerVersion(2)));
+        newer[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
+        assert_eq!(SegmentHeader::decode(&newer), Err(HeaderError::NewerVersion(FORMAT_VERSION + 1)));
+        // A version 1 header (as written before the extension block existed) still decodes.
+        let mut v1 = bytes;
+        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+        v1[12..16].fill(0);
+        let crc = crc32c::crc32c(&v1);
+        v1[12..16].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(SegmentHeader::decode(&v1), Ok(h));
         assert_eq!(
             SegmentHeader::decode(b"not a segment at all, not at all......................."),
             Err(HeaderError::BadMagic)
@@ -832,6 +1094,122 @@ mod tests {
             let r = b.region();
             assert!(r.decode(64, Some(7), 1 << 20).is_err(), "torn at {cut} accepted");
         }
+    }
+
+    /// Writes a record with extensions at 64 of a fresh buffer; returns the buffer's bytes
+    /// and the commit word (not published).
+    fn extended(ext: &Extensions<'_>, payload: &[u8]) -> (Vec<u8>, u32, usize) {
+        let stride = record_stride_ext(ext.encoded_bytes(), payload.len());
+        let mut buf = AlignedBuf::zeroed(64 + stride);
+        let region = buf.region();
+        // SAFETY: the buffer is ours alone and zeroed; the key is short.
+        let commit =
+            unsafe { region.write_record_ext(64, 7, 11, 13, ext, payload.len(), |b| b.copy_from_slice(payload)) };
+        (buf.as_mut_bytes().to_vec(), commit, stride)
+    }
+
+    #[test]
+    fn extended_records_round_trip_in_every_combination() {
+        let payload = b"hello, shoal";
+        for (time, key) in [
+            (None, None),
+            (Some(99u64), None),
+            (None, Some(&b"alice"[..])),
+            (Some(5), Some(b"")),
+            (Some(u64::MAX), Some(b"12345678")),
+        ] {
+            let ext = Extensions { event_time_ns: time, key_bytes: key };
+            let (bytes, commit, stride) = extended(&ext, payload);
+            assert_eq!(commit & EXTENDED_BIT != 0, !ext.is_empty(), "{ext:?}");
+            assert_eq!(commit_payload_len(commit), payload.len());
+            let mut b = AlignedBuf::from_bytes(&bytes);
+            let region = b.region();
+            assert!(region.publish(64, commit));
+            match region.decode(64, Some(7), 1 << 20) {
+                Ok(Slot::Record(r)) => {
+                    assert_eq!((r.offset, r.timestamp_ns, r.key, r.payload), (7, 11, 13, &payload[..]));
+                    assert_eq!((r.event_time_ns, r.key_bytes()), (time, key), "{ext:?}");
+                    assert_eq!(r.next_position(), 64 + stride);
+                    assert_eq!(r.payload_position() % RECORD_ALIGN, 0);
+                    assert_eq!(r.payload.as_ptr() as usize - region.as_ptr() as usize, r.payload_position());
+                }
+                other => panic!("unexpected {other:?} for {ext:?}"),
+            }
+            assert_eq!(region.decode(64, Some(7), 4).err(), Some(RecordError::TooLong { payload_len: 12 }));
+        }
+    }
+
+    #[test]
+    fn a_record_without_extensions_is_laid_out_as_in_version_1() {
+        let payload = b"same bytes";
+        let (v2, commit2, _) = extended(&Extensions::default(), payload);
+        // Version 1's writer: header, payload, CRC seeded with the length.
+        let mut tail = [0u8; 24];
+        tail[0..8].copy_from_slice(&7u64.to_le_bytes());
+        tail[8..16].copy_from_slice(&11u64.to_le_bytes());
+        tail[16..24].copy_from_slice(&13u64.to_le_bytes());
+        let mut v1 = vec![0u8; 64];
+        v1.extend_from_slice(&[0; 4]);
+        v1.extend_from_slice(&record_crc(payload.len() as u32, &tail, payload).to_le_bytes());
+        v1.extend_from_slice(&tail);
+        v1.extend_from_slice(payload);
+        v1.resize(v2.len(), 0);
+        assert_eq!(v1, v2);
+        assert_eq!(commit2, COMMIT_BIT | payload.len() as u32);
+    }
+
+    #[test]
+    fn torn_or_damaged_extended_records_are_rejected() {
+        let payload = b"payload bytes";
+        let ext = Extensions { event_time_ns: Some(1234), key_bytes: Some(b"a key of some length") };
+        let (full, commit, stride) = extended(&ext, payload);
+        let end = 64 + stride;
+        let padding = align_up(payload.len(), 8) - payload.len();
+        for cut in 68..end - padding {
+            let mut torn = full.clone();
+            torn[cut..].fill(0);
+            torn[64..68].copy_from_slice(&commit.to_le_bytes());
+            let mut b = AlignedBuf::from_bytes(&torn);
+            assert!(b.region().decode(64, Some(7), 1 << 20).is_err(), "torn at {cut} accepted");
+        }
+        for i in 68..end - padding {
+            for bit in [0x01u8, 0x80] {
+                let mut damaged = full.clone();
+                damaged[i] ^= bit;
+                damaged[64..68].copy_from_slice(&commit.to_le_bytes());
+                let mut b = AlignedBuf::from_bytes(&damaged);
+                assert!(b.region().decode(64, Some(7), 1 << 20).is_err(), "flip {bit:#x} at {i} accepted");
+            }
+        }
+        // Unknown flags, reserved bytes, or a key length without its flag.
+        for (at, value) in [(96usize, 4u8), (96, 0), (97, 1), (100, 1)] {
+            let mut bad = full.clone();
+            bad[at] = value;
+            bad[64..68].copy_from_slice(&commit.to_le_bytes());
+            let mut b = AlignedBuf::from_bytes(&bad);
+            assert_eq!(b.region().decode(64, Some(7), 1 << 20).err(), Some(RecordError::BadExtension), "byte {at}");
+        }
+        let mut no_key_flag = full.clone();
+        no_key_flag[96] = EXT_EVENT_TIME;
+        no_key_flag[64..68].copy_from_slice(&commit.to_le_bytes());
+        let mut b = AlignedBuf::from_bytes(&no_key_flag);
+        assert_eq!(b.region().decode(64, Some(7), 1 << 20).err(), Some(RecordError::BadExtension));
+        // A key length that runs past the end of the segment.
+        let mut long_key = full.clone();
+        long_key[98..100].copy_from_slice(&u16::MAX.to_le_bytes());
+        long_key[64..68].copy_from_slice(&commit.to_le_bytes());
+        let mut b = AlignedBuf::from_bytes(&long_key);
+        assert!(matches!(b.region().decode(64, Some(7), 1 << 20), Err(RecordError::LengthPastEnd { .. })));
+        // The extension block's header needs 8 bytes past the record header.
+        let mut short = AlignedBuf::zeroed(36);
+        short.as_mut_bytes()[0..4].copy_from_slice(&(COMMIT_BIT | EXTENDED_BIT).to_le_bytes());
+        assert!(matches!(short.region().decode(0, None, usize::MAX), Err(RecordError::LengthPastEnd { .. })));
+    }
+
+    #[test]
+    fn key_hash_is_fnv1a() {
+        assert_eq!(key_hash(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(key_hash(b"a"), 0xaf63_dc4c_8601_ec8c);
     }
 
     #[test]

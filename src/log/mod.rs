@@ -2,9 +2,13 @@
 //!
 //! # Design
 //! A log is a directory of segment files (see [`format`](mod@format) for the on-disk format,
-//! version 1). [`Appender`]s write records straight into the mapped segment: header fields and
-//! payload first, the commit word last with `Release` ordering, so readers in any process
-//! that load it with `Acquire` never see a partial record. Offsets are dense: 0, 1, 2, ...
+//! version 2, which reads version 1). [`Appender`]s write records straight into the mapped
+//! segment: header fields and payload first, the commit word last with `Release` ordering, so
+//! readers in any process that load it with `Acquire` never see a partial record. Offsets are
+//! dense: 0, 1, 2, ... A record's append time is the log's clock, never below the record
+//! before it (the appender stores max(previous, now)), so [`Reader::seek_time`] binary
+//! searches by time; a record may also carry its key's text and a producer's event time
+//! ([`NewRecord`]), in an extension block that records without them do not have.
 //!
 //! Any number of appenders, in any threads and processes, append to one log at once
 //! ([`Writers::Shared`], the default). They take turns holding the *writer role* (an
@@ -129,8 +133,9 @@ mod wait;
 
 use std::time::Duration;
 
-pub use appender::Appender;
+pub use appender::{Appender, NewRecord};
 pub use error::{AppendError, LogError};
+pub use format::key_hash;
 pub use io::IoBackend;
 pub use reader::{PodError, Reader, Record, RecordRef};
 pub use recovery::{RecoveryReport, TailCut};

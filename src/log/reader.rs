@@ -17,6 +17,8 @@ pub struct Record<'a> {
     timestamp_ns: u64,
     key: u64,
     payload: &'a [u8],
+    event_time_ns: Option<u64>,
+    key_bytes: Option<&'a [u8]>,
 }
 
 /// An owned handle on a record in a mapped segment: cloning it clones an `Arc`, never the
@@ -25,11 +27,15 @@ pub struct Record<'a> {
 #[derive(Clone, Debug)]
 pub struct RecordRef {
     segment: Arc<Segment>,
-    position: usize,
+    /// Byte position of the payload in the segment.
+    payload_at: usize,
     len: usize,
     offset: Offset,
     timestamp_ns: u64,
     key: u64,
+    event_time_ns: Option<u64>,
+    /// (byte position, length) of the key text in the segment.
+    key_at: Option<(usize, usize)>,
 }
 
 impl RecordRef {
@@ -38,20 +44,36 @@ impl RecordRef {
         self.offset
     }
 
-    /// Wall clock at append, ns since the Unix epoch.
+    /// The append time: the log's wall clock at append, ns since the Unix epoch
+    /// (non-decreasing in offset order in segments of format version 2).
     pub fn timestamp_ns(&self) -> u64 {
         self.timestamp_ns
     }
 
-    /// The key given at append.
+    /// The routing key given at append (with key text, its hash).
     pub fn key(&self) -> u64 {
         self.key
     }
 
+    /// The producer's event time, when the record carries one.
+    pub fn event_time_ns(&self) -> Option<u64> {
+        self.event_time_ns
+    }
+
+    /// The key's bytes, when the record carries them, in place in the mapped segment.
+    pub fn key_bytes(&self) -> Option<&[u8]> {
+        let (at, len) = self.key_at?;
+        Some(self.bytes_at(at, len))
+    }
+
     /// The payload, in place in the mapped segment.
     pub fn payload(&self) -> &[u8] {
+        self.bytes_at(self.payload_at, self.len)
+    }
+
+    fn bytes_at(&self, at: usize, len: usize) -> &[u8] {
         let region = self.segment.region();
-        match region.committed_bytes(self.position + format::RECORD_HEADER_BYTES, self.len) {
+        match region.committed_bytes(at, len) {
             // SAFETY: the bytes lie in the mapping owned by `self.segment`, which lives as
             // long as `self`; they are a committed record's, hence never written again.
             Some(bytes) => unsafe { std::slice::from_raw_parts(bytes.as_ptr(), bytes.len()) },
@@ -64,8 +86,15 @@ impl RecordRef {
     /// # Errors
     /// [`PodError`] when the size or alignment does not fit `T`.
     pub fn payload_as<T: bytemuck::Pod>(&self) -> Result<&T, PodError> {
-        Record { offset: self.offset, timestamp_ns: self.timestamp_ns, key: self.key, payload: self.payload() }
-            .payload_as::<T>()
+        Record {
+            offset: self.offset,
+            timestamp_ns: self.timestamp_ns,
+            key: self.key,
+            payload: self.payload(),
+            event_time_ns: None,
+            key_bytes: None,
+        }
+        .payload_as::<T>()
     }
 }
 
@@ -94,14 +123,26 @@ impl<'a> Record<'a> {
         self.offset
     }
 
-    /// Wall clock at append, ns since the Unix epoch.
+    /// The append time: the log's wall clock at append, ns since the Unix epoch
+    /// (non-decreasing in offset order in segments of format version 2).
     pub fn timestamp_ns(&self) -> u64 {
         self.timestamp_ns
     }
 
-    /// The key given at append (0 when none).
+    /// The routing key given at append (0 when none; with key text, its hash).
     pub fn key(&self) -> u64 {
         self.key
+    }
+
+    /// The key's bytes (the key text), when the record carries them, in place in the
+    /// mapped segment.
+    pub fn key_bytes(&self) -> Option<&'a [u8]> {
+        self.key_bytes
+    }
+
+    /// The producer's event time (ns since the Unix epoch), when the record carries one.
+    pub fn event_time_ns(&self) -> Option<u64> {
+        self.event_time_ns
     }
 
     /// The payload, in place in the mapped segment.
@@ -317,16 +358,11 @@ impl Reader {
             {
                 self.position = r.next_position();
                 self.next_offset += 1;
-                // SAFETY: the payload lies in the mapping owned by `self.current`, which is only
-                // replaced or dropped through `&mut self`; the returned record borrows `self`,
-                // so the mapping outlives it. The bytes are committed, hence immutable.
-                let payload = unsafe { std::slice::from_raw_parts(r.payload.as_ptr(), r.payload.len()) };
-                return Ok(Some(Record {
-                    offset: Offset(r.offset),
-                    timestamp_ns: r.timestamp_ns,
-                    key: r.key,
-                    payload,
-                }));
+                // SAFETY: the payload and key bytes lie in the mapping owned by
+                // `self.current`, which is only replaced or dropped through `&mut self`; the
+                // returned record borrows `self`, so the mapping outlives it. The bytes are
+                // committed, hence immutable.
+                return Ok(Some(unsafe { record_of(&r) }));
             }
         }
         // Slow path: the end of a segment, the tail, or damage to report.
@@ -339,16 +375,10 @@ impl Reader {
             Ok(Slot::Record(r)) => {
                 self.position = r.next_position();
                 self.next_offset += 1;
-                // SAFETY: as in the fast path above: the payload lies in the mapping owned by
+                // SAFETY: as in the fast path above: the bytes lie in the mapping owned by
                 // `self.current`, which is only replaced or dropped through `&mut self`, and
                 // the returned record borrows `self`; committed bytes are immutable.
-                let payload = unsafe { std::slice::from_raw_parts(r.payload.as_ptr(), r.payload.len()) };
-                return Ok(Some(Record {
-                    offset: Offset(r.offset),
-                    timestamp_ns: r.timestamp_ns,
-                    key: r.key,
-                    payload,
-                }));
+                return Ok(Some(unsafe { record_of(&r) }));
             }
             Ok(_) => return Ok(None),
             Err(e) => e,
@@ -381,11 +411,16 @@ impl Reader {
     /// As [`Reader::next`].
     pub fn next_ref(&mut self) -> Result<Option<RecordRef>, LogError> {
         let Some(record) = self.next()? else { return Ok(None) };
-        let (offset, timestamp_ns, key, len) = (record.offset, record.timestamp_ns, record.key, record.payload.len());
+        let (offset, timestamp_ns, key, event_time_ns) =
+            (record.offset, record.timestamp_ns, record.key, record.event_time_ns);
+        let (payload_ptr, len) = (record.payload.as_ptr() as usize, record.payload.len());
+        let key_ptr = record.key_bytes.map(|k| (k.as_ptr() as usize, k.len()));
         // `next` leaves the reader just past the record, in the record's segment.
         let segment = self.current.clone().ok_or(LogError::Closed)?;
-        let position = self.position - format::record_stride(len);
-        Ok(Some(RecordRef { segment, position, len, offset, timestamp_ns, key }))
+        let base = segment.region().as_ptr() as usize;
+        let payload_at = payload_ptr - base;
+        let key_at = key_ptr.map(|(p, l)| (p - base, l));
+        Ok(Some(RecordRef { segment, payload_at, len, offset, timestamp_ns, key, event_time_ns, key_at }))
     }
 
     fn corruption(&self, position: usize, why: String) -> LogError {
@@ -609,6 +644,164 @@ impl Reader {
             }
         }
         Ok(())
+    }
+
+    /// Positions the reader at the first record whose append time
+    /// ([`Record::timestamp_ns`]) is at or after `ns` (ns since the Unix epoch), or at the
+    /// tail when there is none, and returns its offset: Kafka's `offsetsForTimes`. O(log n):
+    /// a binary search over the segments (their first records), then over the sparse index
+    /// of one segment (the records its entries point at), then a scan of at most one index
+    /// interval.
+    ///
+    /// Append times are non-decreasing in segments of format version 2; in older segments
+    /// (whose records could be given any timestamp) the result is a record at or after `ns`
+    /// found by the same search, not necessarily the first.
+    ///
+    /// ```
+    /// use shoal::log::{Appender, LogOptions, Reader};
+    /// let dir = tempfile::tempdir()?;
+    /// let mut log = Appender::open(dir.path(), LogOptions::default())?;
+    /// log.append(b"early")?;
+    /// let cut = shoal::log::now_ns();
+    /// std::thread::sleep(std::time::Duration::from_millis(2));
+    /// log.append(b"late")?;
+    /// let mut reader = Reader::open(dir.path())?;
+    /// let at = reader.seek_time(cut + 1_000_000)?;
+    /// assert_eq!(at.0, 1);
+    /// assert_eq!(reader.next()?.expect("a record").payload(), b"late");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Reader::seek`]: a segment removed by retention meanwhile, corruption met while
+    /// scanning.
+    pub fn seek_time(&mut self, ns: u64) -> Result<Offset, LogError> {
+        self.refresh()?;
+        let Some(&(_, first_base)) = self.known.first() else { return Ok(Offset(self.next_offset)) };
+        // Segments whose first record is earlier than `ns`: a prefix of `known`.
+        let (mut lo, mut hi) = (0usize, self.known.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let (id, base) = self.known[mid];
+            if self.first_time(id, base)?.is_some_and(|t| t < ns) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        let start = if lo == 0 {
+            first_base
+        } else {
+            let (id, base) = self.known[lo - 1];
+            self.index_start_before(id, base, ns)?
+        };
+        self.seek(Offset(start))?;
+        // Bounded: at most one index interval of records (or to the next segment's first
+        // record, which is at or after `ns`), then the tail.
+        loop {
+            let at = self.next_offset;
+            let (position, current) = (self.position, self.current.clone());
+            let region = self.region;
+            match self.next()? {
+                Some(r) if r.timestamp_ns >= ns => {
+                    // Step back onto it: the reader stands at the record it returns.
+                    if let (Some(seg), Some(region)) = (current, region) {
+                        if self.current.as_ref().is_some_and(|c| c.id == seg.id) {
+                            self.position = position;
+                            self.next_offset = at;
+                            self.region = Some(region);
+                            return Ok(Offset(at));
+                        }
+                    }
+                    self.seek(Offset(at))?;
+                    return Ok(Offset(at));
+                }
+                Some(_) => {}
+                None => return Ok(Offset(self.next_offset)),
+            }
+        }
+    }
+
+    /// The offset of the first record whose append time is at or after `ns`, or the
+    /// offset the next record will get when there is none (see [`Reader::seek_time`]);
+    /// leaves the reader where it was. For resetting a consumer's position to a time.
+    ///
+    /// # Errors
+    /// As [`Reader::seek_time`].
+    pub fn offset_for_time(&mut self, ns: u64) -> Result<Offset, LogError> {
+        let saved = (self.current.clone(), self.region, self.position, self.next_offset);
+        let found = self.seek_time(ns);
+        (self.current, self.region, self.position, self.next_offset) = saved;
+        found
+    }
+
+    /// The append time of the first record of segment `id` (`None` when it holds none or
+    /// it is not a record).
+    fn first_time(&self, id: SegmentId, base: u64) -> Result<Option<u64>, LogError> {
+        let seg = self.segment_for(id)?;
+        let region = seg.region();
+        Ok(match region.decode(seg.header.data_start(), Some(base), format::PAYLOAD_BYTES_FORMAT_MAX) {
+            Ok(Slot::Record(r)) => Some(r.timestamp_ns),
+            _ => None,
+        })
+    }
+
+    /// The offset of the last record named by segment `id`'s sparse index whose append
+    /// time is before `ns` (the segment's first offset when none is).
+    fn index_start_before(&self, id: SegmentId, base: u64, ns: u64) -> Result<u64, LogError> {
+        let seg = self.segment_for(id)?;
+        let region = seg.region();
+        let entries = seg.header.index_entries as usize;
+        let earlier = |i: usize| -> Option<u64> {
+            let entry = region.load_index(i).filter(|e| *e != 0)?;
+            let (rel, pos) = format::index_entry_parts(entry);
+            match region.decode(pos as usize, Some(base + rel as u64), format::PAYLOAD_BYTES_FORMAT_MAX) {
+                Ok(Slot::Record(r)) if r.timestamp_ns < ns => Some(r.offset),
+                _ => None,
+            }
+        };
+        // Entries are filled in order, and their records' times are non-decreasing: the
+        // entries before `ns` are a prefix. An entry that is empty or does not point at its
+        // record ends the prefix (the scan then starts earlier: slower, still exact).
+        let (mut lo, mut hi) = (0usize, entries);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if earlier(mid).is_some() {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(if lo == 0 { base } else { earlier(lo - 1).unwrap_or(base) })
+    }
+
+    /// Segment `id`: the current one, or mapped for a look.
+    fn segment_for(&self, id: SegmentId) -> Result<Arc<Segment>, LogError> {
+        if let Some(current) = self.current.as_ref().filter(|c| c.id == id) {
+            return Ok(current.clone());
+        }
+        let path = self.dir.join(super::segment::segment_file_name(id));
+        Ok(Arc::new(Segment::open(&path, id, false)?))
+    }
+}
+
+/// A [`Record`] of a decoded record view, with the lifetime the caller gives it.
+///
+/// # Safety
+/// The bytes `r` borrows stay mapped and unchanged for the lifetime `'b` (the caller's
+/// borrow of the reader that owns the mapping).
+#[inline]
+unsafe fn record_of<'b>(r: &format::RecordView<'_>) -> Record<'b> {
+    // SAFETY: per the caller's contract.
+    let payload = unsafe { std::slice::from_raw_parts(r.payload.as_ptr(), r.payload.len()) };
+    Record {
+        offset: Offset(r.offset),
+        timestamp_ns: r.timestamp_ns,
+        key: r.key,
+        payload,
+        event_time_ns: r.event_time_ns,
+        // SAFETY: per the caller's contract.
+        key_bytes: r.key_bytes.map(|k| unsafe { std::slice::from_raw_parts(k.as_ptr(), k.len()) }),
     }
 }
 

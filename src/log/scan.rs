@@ -101,7 +101,7 @@ pub fn records_after(seg: &Segment, from: usize, min_offset: u64, payload_max: u
         while position < stop && position + format::RECORD_HEADER_BYTES <= region.len() && budget_bytes > 0 {
             let commit = region.load_commit(position).unwrap_or(0);
             if commit & format::COMMIT_BIT != 0 && commit != format::END_OF_SEGMENT {
-                let len = (commit & !format::COMMIT_BIT) as usize;
+                let len = format::commit_payload_len(commit);
                 // Only a length that fits costs a checksum; stray bits (a timestamp word with
                 // the top bit set) must not use up the budget, which would hide the records
                 // after it.
