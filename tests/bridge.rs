@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use shoal::bridge::{self, BridgeError, BridgeOptions, BridgeStats, BridgeStatus};
-use shoal::bus::{partition_for_key, Bus};
-use shoal::log::{LogOptions, Reader};
+use shoal::bus::{key_hash, partition_for_key, Bus};
+use shoal::log::{LogOptions, NewRecord, Reader};
 
 const TOPIC: &str = "t";
 const PARTITIONS: u32 = 2;
@@ -648,6 +648,59 @@ fn import_into_another_partition_count_routes_by_key_and_keeps_timestamps() {
         }
         assert_eq!(local_count(dst.path()), total);
     }
+}
+
+#[test]
+fn key_text_and_event_time_survive_an_export_and_an_import() {
+    let server = Server::start();
+    let url = server.url();
+    let src = tempfile::tempdir().unwrap();
+    let t = Bus::open(src.path()).unwrap().topic_or_create(TOPIC, Some(PARTITIONS)).unwrap();
+    let mut prod = t.producer(LogOptions::default()).unwrap();
+    // Printable text, text that must be escaped, binary text, and a record with neither.
+    let keys: [&[u8]; 4] = [b"alice", b"50% off", &[0, 0xff, b'\n', b' '], b""];
+    let n = 40u64;
+    for i in 0..n {
+        let payload = format!("record {i}");
+        let mut record = NewRecord::new(payload.as_bytes());
+        let key = keys[(i % 4) as usize];
+        if !key.is_empty() {
+            record = record.key(key).event_time(1_000_000 + i);
+        }
+        prod.send_record(&record).unwrap();
+    }
+    prod.close().unwrap();
+    create_stream(&url, "KT");
+    run_until(export_thread(src.path().into(), url.clone(), "KT".into()), Duration::from_secs(30), || {
+        stream_count(&url, "KT") >= n
+    });
+    let dst = tempfile::tempdir().unwrap();
+    run_until(import_thread(dst.path().into(), url.clone(), "KT".into()), Duration::from_secs(30), || {
+        local_count(dst.path()) >= n
+    });
+    let imported = Bus::open(dst.path()).unwrap().topic(TOPIC).unwrap();
+    let mut seen = 0;
+    for p in 0..imported.partitions() {
+        let Ok(mut r) = Reader::open(imported.partition_dir(p).unwrap()) else { continue };
+        while let Some(rec) = r.next_ref().unwrap() {
+            let text = std::str::from_utf8(rec.payload()).unwrap();
+            let i: u64 = text.trim_start_matches("record ").parse().unwrap();
+            let key = keys[(i % 4) as usize];
+            if key.is_empty() {
+                assert_eq!(rec.key_bytes(), None, "{text}");
+                // A record without event time travels with its append time, which becomes
+                // the imported record's event time.
+                assert!(rec.event_time_ns().is_some(), "{text}");
+            } else {
+                assert_eq!(rec.key_bytes(), Some(key), "{text}");
+                assert_eq!(rec.key(), key_hash(key), "{text}");
+                assert_eq!(rec.event_time_ns(), Some(1_000_000 + i), "{text}");
+                assert_eq!(p, partition_for_key(key_hash(key), imported.partitions()), "{text}");
+            }
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, n);
 }
 
 #[test]

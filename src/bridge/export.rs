@@ -13,8 +13,9 @@ use futures_util::FutureExt;
 
 use super::positions::{create_dir, PositionFile};
 use super::{
-    check_names, next_backoff, open, or_stop, parse_url, positions_dir, push_u64, start, BridgeError, BridgeOptions,
-    BridgeStats, BridgeStatus, Conn, Meta, ACK_TIMEOUT, BACKOFF_MIN, HEADER_META, STOP_DRAIN,
+    check_names, encode_key_text, next_backoff, open, or_stop, parse_url, positions_dir, push_u64, start, BridgeError,
+    BridgeOptions, BridgeStats, BridgeStatus, Conn, Meta, ACK_TIMEOUT, BACKOFF_MIN, HEADER_KEY_TEXT, HEADER_META,
+    STOP_DRAIN,
 };
 use crate::bus::Bus;
 use crate::log::{Offset, Reader};
@@ -26,6 +27,7 @@ const STORE_EVERY: Duration = Duration::from_millis(100);
 
 /// The name of [`HEADER_META`], built once.
 const META: HeaderName = HeaderName::from_static(HEADER_META);
+const KEY_TEXT: HeaderName = HeaderName::from_static(HEADER_KEY_TEXT);
 
 struct Part {
     /// `<prefix>.<p>`; a clone shares its bytes.
@@ -152,10 +154,18 @@ async fn step(
         id.push_str(&part.id_prefix);
         push_u64(&mut id, offset);
         let mut meta = String::with_capacity(48);
-        Meta { key: rec.key(), timestamp_ns: rec.timestamp_ns(), partitions }.encode_into(&mut meta);
+        // The record's original time: its event time when it has one (an imported record's),
+        // else its append time.
+        let timestamp_ns = rec.event_time_ns().unwrap_or(rec.timestamp_ns());
+        Meta { key: rec.key(), timestamp_ns, partitions }.encode_into(&mut meta);
         let mut headers = HeaderMap::new();
         headers.insert(NATS_MESSAGE_ID, id);
         headers.insert(META, meta);
+        if let Some(text) = rec.key_bytes() {
+            let mut value = String::with_capacity(text.len());
+            encode_key_text(text, &mut value);
+            headers.insert(KEY_TEXT, value);
+        }
         let msg = PublishMessage::build().payload(rec.payload().to_vec().into()).headers(headers);
         let publish = js.send_publish(part.subject.clone(), msg);
         tokio::pin!(publish);

@@ -1,6 +1,7 @@
 //! The importer: JetStream stream -> topic (see the module docs of [`super`] for why a
 //! restart neither skips nor duplicates).
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -11,15 +12,16 @@ use futures_util::{FutureExt, StreamExt};
 
 use super::positions::{create_dir, ImportPosition, PositionFile};
 use super::{
-    check_names, get_stream, next_backoff, open, or_stop, parse_url, positions_dir, start, BridgeError, BridgeOptions,
-    BridgeStats, BridgeStatus, Conn, Held, Meta, BACKOFF_MIN, HEADER_KEY, HEADER_META, HEADER_PARTITIONS,
-    HEADER_TIMESTAMP_NS, IMPORT_BATCH, STOP_WAIT,
+    check_names, decode_key_text, get_stream, next_backoff, open, or_stop, parse_url, positions_dir, start,
+    BridgeError, BridgeOptions, BridgeStats, BridgeStatus, Conn, Held, Meta, BACKOFF_MIN, HEADER_KEY, HEADER_KEY_TEXT,
+    HEADER_META, HEADER_PARTITIONS, HEADER_TIMESTAMP_NS, IMPORT_BATCH, STOP_WAIT,
 };
 use crate::bus::{key_hash, partition_for_key, Bus, TopicProducer};
-use crate::log::{now_ns, DurableWatch, Offset, Reader};
+use crate::log::{DurableWatch, NewRecord, Offset, Reader};
 
 /// The header names, built once (a name given as `&str` is copied at every lookup).
 const META: HeaderName = HeaderName::from_static(HEADER_META);
+const KEY_TEXT: HeaderName = HeaderName::from_static(HEADER_KEY_TEXT);
 const KEY: HeaderName = HeaderName::from_static(HEADER_KEY);
 const TIMESTAMP_NS: HeaderName = HeaderName::from_static(HEADER_TIMESTAMP_NS);
 const PARTITIONS: HeaderName = HeaderName::from_static(HEADER_PARTITIONS);
@@ -54,6 +56,7 @@ struct Part {
 fn route(
     subject: &str,
     headers: Option<&async_nats::HeaderMap>,
+    key_text: Option<&[u8]>,
     prefix: &str,
     partitions: u32,
 ) -> (u32, u64, Option<u64>) {
@@ -67,7 +70,9 @@ fn route(
             (number(KEY), number(TIMESTAMP_NS), number(PARTITIONS))
         }
     };
-    let Some(key) = key else {
+    // A message with key text and no key (another client's): the key is the text's hash, as
+    // `produce --keyed` makes it.
+    let Some(key) = key.or_else(|| key_text.map(key_hash)) else {
         let key = key_hash(subject.as_bytes());
         return (partition_for_key(key, partitions), key, timestamp_ns);
     };
@@ -196,12 +201,18 @@ fn take(
     batch: &[(u64, async_nats::jetstream::Message)],
     stats: &mut BridgeStats,
 ) -> Result<u64, BridgeError> {
-    // The import's own time, for the messages that carry none.
-    let now = now_ns();
-    let mut appends: Vec<Vec<(u64, u64, &[u8])>> = parts.iter().map(|_| Vec::new()).collect();
-    for (seq, msg) in batch {
+    // Key texts first (borrowed from their headers unless percent-escaped), so that the
+    // records below can borrow them.
+    let texts: Vec<Option<Cow<'_, [u8]>>> = batch
+        .iter()
+        .map(|(_, msg)| msg.headers.as_ref().and_then(|h| h.get(KEY_TEXT)).and_then(|v| decode_key_text(v.as_str())))
+        .collect();
+    let mut appends: Vec<Vec<NewRecord<'_>>> = parts.iter().map(|_| Vec::new()).collect();
+    for ((seq, msg), text) in batch.iter().zip(&texts) {
         let seq = *seq;
-        let (p, key, timestamp_ns) = route(msg.subject.as_str(), msg.headers.as_ref(), &ctx.prefix, ctx.partitions);
+        let text = text.as_deref();
+        let (p, key, timestamp_ns) =
+            route(msg.subject.as_str(), msg.headers.as_ref(), text, &ctx.prefix, ctx.partitions);
         let part = &mut parts[p as usize];
         if seq <= part.pos.stream_seq {
             continue;
@@ -222,7 +233,16 @@ fn take(
             stats.recovered += 1;
             continue;
         }
-        appends[p as usize].push((key, timestamp_ns.unwrap_or(now), &msg.payload[..]));
+        // The original time becomes the event time; the append time is this log's.
+        let mut record = NewRecord::new(&msg.payload[..]);
+        if let Some(text) = text {
+            record = record.key(text);
+        }
+        record = record.key_hash(key);
+        if let Some(ns) = timestamp_ns {
+            record = record.event_time(ns);
+        }
+        appends[p as usize].push(record);
     }
     let mut appended = 0;
     for (p, records) in appends.into_iter().enumerate() {
@@ -231,7 +251,7 @@ fn take(
         }
         let n = records.len() as u64;
         let part = &mut parts[p];
-        let offsets = producer.send_batch_to_at(p as u32, records)?;
+        let offsets = producer.send_records_to(p as u32, records)?;
         debug_assert_eq!(offsets.start.0, part.pos.local_next);
         debug_assert_eq!(offsets.end.0 - offsets.start.0, n);
         part.pos.local_next = offsets.end.0;
@@ -508,36 +528,56 @@ fn run(
 mod tests {
     use super::*;
 
+    /// [`route`] of a message without key text.
+    fn route_(
+        subject: &str,
+        headers: Option<&async_nats::HeaderMap>,
+        prefix: &str,
+        partitions: u32,
+    ) -> (u32, u64, Option<u64>) {
+        route(subject, headers, None, prefix, partitions)
+    }
+
+    #[test]
+    fn key_text_without_a_key_routes_by_its_hash_as_produce_keyed_does() {
+        let k = key_hash(b"alice");
+        assert_eq!(route("other.subject", None, Some(b"alice"), "shoal.t", 4), (partition_for_key(k, 4), k, None));
+        // A key given beside the text is the one kept.
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(HEADER_META, "77 123 4");
+        assert_eq!(route("shoal.t.3", Some(&h), Some(b"alice"), "shoal.t", 4), (3, 77, Some(123)));
+    }
+
     #[test]
     fn routing_keeps_the_partition_only_for_an_equal_count_else_follows_the_key() {
         let mut h = async_nats::HeaderMap::new();
         h.insert(HEADER_META, "77 123 4");
-        assert_eq!(route("shoal.t.3", Some(&h), "shoal.t", 4), (3, 77, Some(123)));
+        assert_eq!(route_("shoal.t.3", Some(&h), "shoal.t", 4), (3, 77, Some(123)));
         // Another count: the key decides, below the count too.
         for partitions in [2, 3, 8] {
-            assert_eq!(route("shoal.t.1", Some(&h), "shoal.t", partitions).0, partition_for_key(77, partitions));
+            assert_eq!(route_("shoal.t.1", Some(&h), "shoal.t", partitions).0, partition_for_key(77, partitions));
         }
         // An older export, one header each, reads the same.
         let mut old = async_nats::HeaderMap::new();
         old.insert(HEADER_KEY, "77");
         old.insert(HEADER_TIMESTAMP_NS, "123");
         old.insert(HEADER_PARTITIONS, "4");
-        assert_eq!(route("shoal.t.3", Some(&old), "shoal.t", 4), (3, 77, Some(123)));
+        assert_eq!(route_("shoal.t.3", Some(&old), "shoal.t", 4), (3, 77, Some(123)));
         // No count: the key decides.
         let mut key_only = async_nats::HeaderMap::new();
         key_only.insert(HEADER_KEY, "77");
-        assert_eq!(route("shoal.t.3", Some(&key_only), "shoal.t", 4), (partition_for_key(77, 4), 77, None));
+        assert_eq!(route_("shoal.t.3", Some(&key_only), "shoal.t", 4), (partition_for_key(77, 4), 77, None));
         // A foreign message: the subject's hash decides, the import's time stands.
         let k = key_hash(b"other.subject");
-        assert_eq!(route("other.subject", None, "shoal.t", 4), (partition_for_key(k, 4), k, None));
+        assert_eq!(route_("other.subject", None, "shoal.t", 4), (partition_for_key(k, 4), k, None));
         let mut bad = async_nats::HeaderMap::new();
         bad.insert(HEADER_KEY, "not a number");
-        assert_eq!(route("shoal.t.1", Some(&bad), "shoal.t", 4).1, key_hash(b"shoal.t.1"));
+        assert_eq!(route_("shoal.t.1", Some(&bad), "shoal.t", 4).1, key_hash(b"shoal.t.1"));
         // A damaged meta value counts as none.
         let mut damaged = async_nats::HeaderMap::new();
         damaged.insert(HEADER_META, "77 123");
         assert_eq!(
-            route("shoal.t.1", Some(&damaged), "shoal.t", 4),
+            route_("shoal.t.1", Some(&damaged), "shoal.t", 4),
             (partition_for_key(key_hash(b"shoal.t.1"), 4), key_hash(b"shoal.t.1"), None)
         );
     }

@@ -169,11 +169,15 @@ pub fn encode_key_text(bytes: &[u8], out: &mut String) {
     }
 }
 
-/// Decodes a [`HEADER_KEY_TEXT`] value; `None` unless every `%` is followed by two hex
-/// digits and every other character is printable ASCII other than space.
-pub fn decode_key_text(value: &str) -> Option<Vec<u8>> {
-    let hex = |b: u8| char::from(b).to_digit(16).and_then(|d| u8::try_from(d).ok());
+/// Decodes a [`HEADER_KEY_TEXT`] value (borrowed when it holds no `%`); `None` unless every
+/// `%` is followed by two hex digits and every other character is printable ASCII other than
+/// space.
+pub fn decode_key_text(value: &str) -> Option<std::borrow::Cow<'_, [u8]>> {
     let bytes = value.as_bytes();
+    if !bytes.contains(&b'%') {
+        return bytes.iter().all(u8::is_ascii_graphic).then_some(std::borrow::Cow::Borrowed(bytes));
+    }
+    let hex = |b: u8| char::from(b).to_digit(16).and_then(|d| u8::try_from(d).ok());
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -189,7 +193,7 @@ pub fn decode_key_text(value: &str) -> Option<Vec<u8>> {
             return None;
         }
     }
-    Some(out)
+    Some(std::borrow::Cow::Owned(out))
 }
 
 /// What a [`HEADER_META`] value says about a record.
@@ -800,7 +804,7 @@ mod tests {
         let mut value = String::new();
         encode_key_text(&all, &mut value);
         assert!(value.bytes().all(|b| b.is_ascii_graphic()), "{value}");
-        assert_eq!(decode_key_text(&value), Some(all));
+        assert_eq!(decode_key_text(&value).as_deref(), Some(&all[..]));
         let mut value = String::new();
         encode_key_text(b"alice/42 %", &mut value);
         assert_eq!(value, "alice/42%20%25");
@@ -808,7 +812,8 @@ mod tests {
         for bad in ["%", "%4", "%G0", "a b", "\u{e9}"] {
             assert_eq!(decode_key_text(bad), None, "{bad:?}");
         }
-        assert_eq!(decode_key_text(""), Some(Vec::new()));
+        assert_eq!(decode_key_text("").as_deref(), Some(&b""[..]));
+        assert!(matches!(decode_key_text("alice"), Some(std::borrow::Cow::Borrowed(b"alice"))));
     }
 
     #[test]
