@@ -62,14 +62,21 @@ pub(super) enum From {
     Latest,
 }
 
-/// Parses `--to`: `earliest`, `latest`, or an offset.
+/// Parses `--to`: `earliest`, `latest`, an offset (a whole number), or a time in any form
+/// `cat --since` reads (RFC 3339, a Unix time with its unit, or relative to now).
 pub(super) fn parse_reset_to(text: &str) -> Result<ResetTo, String> {
     match text {
         "earliest" => Ok(ResetTo::Earliest),
         "latest" => Ok(ResetTo::Latest),
-        _ => text.parse::<u64>().map(ResetTo::Offset).map_err(|_| {
-            format!("`{text}` is not a reset target: give earliest, latest, or an offset (a whole number)")
-        }),
+        _ => match text.parse::<u64>() {
+            Ok(offset) => Ok(ResetTo::Offset(offset)),
+            Err(_) => super::cat::parse_since(text).map(ResetTo::Time).map_err(|_| {
+                format!(
+                    "`{text}` is not a reset target: give earliest, latest, an offset (a whole number), or a time \
+                     (2026-12-02T10:00:00Z, 1764669600s, -1h)"
+                )
+            }),
+        },
     }
 }
 
@@ -211,6 +218,7 @@ fn reset_table(group: &str, topic: &str, to: ResetTo, plan: &[OffsetReset], exec
         ResetTo::Earliest => "earliest".to_string(),
         ResetTo::Latest => "latest".to_string(),
         ResetTo::Offset(o) => format!("offset {o}"),
+        ResetTo::Time(ns) => format!("the first record appended at or after {ns} ns since the Unix epoch"),
         other => format!("{other:?}"),
     };
     let how = if execute { "" } else { " (dry run: nothing written; add --execute to apply)" };

@@ -90,7 +90,7 @@
 //!   and prints each figure, its baseline and their ratio; `--json` prints one JSON object.
 //! - `shoal groups <BUS> [<GROUP>]`: each group (or one) with its members, their partitions,
 //!   committed offsets and lag. `shoal groups <BUS> <GROUP> --reset-offsets --to
-//!   earliest|latest|<offset> [--topic <T>] [--execute]` prints where the group's committed
+//!   earliest|latest|<offset>|<time> [--topic <T>] [--execute]` prints where the group's committed
 //!   offsets would move, and moves them with `--execute`; refused while the group has live
 //!   members.
 //! - `shoal top <BUS> [--interval <ms>] [--once]`: per topic and partition records, bytes,
@@ -271,8 +271,9 @@ enum Command {
         /// while the group has live members.
         #[arg(long, requires_all = ["group", "to"])]
         reset_offsets: bool,
-        /// Where --reset-offsets moves the committed offsets.
-        #[arg(long, value_name = "earliest|latest|OFFSET", value_parser = group::parse_reset_to, requires = "reset_offsets")]
+        /// Where --reset-offsets moves the committed offsets: earliest, latest, an offset, or a
+        /// time as `cat --since` takes it (the first record appended at or after it).
+        #[arg(long, value_name = "earliest|latest|OFFSET|TIME", value_parser = group::parse_reset_to, requires = "reset_offsets")]
         to: Option<shoal::group::ResetTo>,
         /// Reset only this topic (default: every topic the group consumed).
         #[arg(long, requires = "reset_offsets")]
