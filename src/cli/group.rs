@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::Error;
+use super::{Error, Format};
 use shoal::group::{
     describe, group_topics, reset_offsets, Delivery, GroupError, GroupInfo, GroupOptions, Member, OffsetReset, ResetTo,
     Start,
@@ -87,6 +87,7 @@ pub(super) fn run(
     topic: &str,
     exit_when_idle: Option<Duration>,
     from: From,
+    format: Format,
 ) -> Result<ExitCode, Error> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -113,7 +114,7 @@ pub(super) fn run(
             continue;
         }
         last_record = Instant::now();
-        if let Err(e) = write_batch(&mut out, &batch) {
+        if let Err(e) = write_batch(&mut out, &batch, format) {
             // Not committed: dropping the member hands its partitions over as they were
             // last committed (see the module docs).
             drop(member);
@@ -136,12 +137,18 @@ fn warn_if_fenced(result: Result<(), GroupError>) -> Result<(), GroupError> {
     }
 }
 
-/// Writes `<partition> <offset> <payload>` lines and flushes them.
-fn write_batch(out: &mut impl Write, batch: &[Delivery]) -> io::Result<()> {
+/// Writes `<partition> <offset> <payload>` lines, or `cat`'s JSON objects with their
+/// partition, and flushes them.
+fn write_batch(out: &mut impl Write, batch: &[Delivery], format: Format) -> io::Result<()> {
     for delivery in batch {
-        write!(out, "{} {} ", delivery.partition, delivery.record.offset())?;
-        out.write_all(delivery.record.payload())?;
-        out.write_all(b"\n")?;
+        match format {
+            Format::Lines => {
+                write!(out, "{} {} ", delivery.partition, delivery.record.offset())?;
+                out.write_all(delivery.record.payload())?;
+                out.write_all(b"\n")?;
+            }
+            Format::Json => super::cat::write_json(out, &delivery.record.record(), Some(delivery.partition))?,
+        }
     }
     out.flush()
 }

@@ -78,9 +78,10 @@
 //!   [--follow] [--format ..]`: as for a log, over one partition or all of them (partition by
 //!   partition, or round-robin when following; `--from` applies to each, `latest` per
 //!   partition); JSON objects start with `partition`.
-//! - `shoal group <BUS> <GROUP> --topic <T> [--exit-when-idle <ms>] [--from earliest|latest]`:
-//!   a member of the consumer group (`--from`: where partitions without a committed offset
-//!   start); prints `<partition> <offset> <payload>` for each record of the
+//! - `shoal group <BUS> <GROUP> --topic <T> [--exit-when-idle <ms>] [--from earliest|latest]
+//!   [--format lines|json]`: a member of the consumer group (`--from`: where partitions
+//!   without a committed offset start); prints `<partition> <offset> <payload>` (or `cat`'s
+//!   JSON objects) for each record of the
 //!   partitions it owns, flushed per batch, and commits offsets only after their lines are
 //!   written. SIGTERM, SIGINT and `--exit-when-idle` leave gracefully (commit, hand over,
 //!   exit 0); a closed stdout hands over and exits 0 without committing the batch it could
@@ -249,6 +250,10 @@ enum Command {
         /// record, or only records appended from now on.
         #[arg(long, value_enum, default_value_t = group::From::Earliest)]
         from: group::From,
+        /// `lines`: `<partition> <offset> <payload>` per record; `json`: one object per record,
+        /// as `cat --format json` prints it with its partition.
+        #[arg(long, value_enum, default_value_t = Format::Lines)]
+        format: Format,
     },
     /// List the topics of the bus in BUS (`topics <BUS>`), or create one (`topics create`).
     #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -365,7 +370,7 @@ enum Command {
     },
 }
 
-/// How `cat` prints records.
+/// How `cat` and `group` print records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Format {
     /// The payload and a newline.
@@ -651,8 +656,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Cat { dir, topic: Some(topic), partition, from, since, follow, format } => {
             cat::run_topic(&dir, &topic, partition, from, since, follow, format)
         }
-        Command::Group { bus, group, topic, exit_when_idle, from } => {
-            group::run(&bus, &group, &topic, exit_when_idle.map(Duration::from_millis), from)
+        Command::Group { bus, group, topic, exit_when_idle, from, format } => {
+            group::run(&bus, &group, &topic, exit_when_idle.map(Duration::from_millis), from, format)
         }
         Command::Topics { bus, action } => topics::run(bus, action),
         Command::Groups { bus, group, reset_offsets, to, topic, execute } => match (reset_offsets, group, to) {
