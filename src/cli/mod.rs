@@ -484,33 +484,36 @@ fn open_bus(dir: &Path) -> Result<Bus, Error> {
 /// one line saying what the command expected; `None` for any other path.
 fn bus_or_topic_dir(dir: &Path, command: &str) -> Option<Error> {
     let shown = dir.display();
-    if dir.join("topics").is_dir() {
-        let what = match command {
-            "stats" | "verify" => {
-                format!("`shoal {command}` takes the log of one partition, {}/topics/<T>/<P>", dir.display())
-            }
-            _ => format!("name a topic with --topic <T> (`shoal {command} {shown} --topic <T>`)"),
-        };
-        return Some(Error::new(format!(
-            "{shown} is a bus directory, not a log; {what}; `shoal topics {shown}` lists its topics"
-        )));
+    // What the directory is, the library says (as its own refusal does); here only the
+    // command to type instead.
+    match shoal::log::directory_kind(dir)? {
+        shoal::log::DirKind::Bus => {
+            let what = match command {
+                "stats" | "verify" => {
+                    format!("`shoal {command}` takes the log of one partition, {}/topics/<T>/<P>", dir.display())
+                }
+                _ => format!("name a topic with --topic <T> (`shoal {command} {shown} --topic <T>`)"),
+            };
+            Some(Error::new(format!(
+                "{shown} is a bus directory, not a log; {what}; `shoal topics {shown}` lists its topics"
+            )))
+        }
+        shoal::log::DirKind::Topic => {
+            let topic = dir.file_name().map_or_else(|| "<T>".into(), |n| n.to_string_lossy().into_owned());
+            let bus = dir
+                .parent()
+                .filter(|topics| topics.file_name().is_some_and(|n| n == "topics"))
+                .and_then(Path::parent)
+                .map_or_else(|| "<BUS>".into(), |bus| bus.display().to_string());
+            let what = match command {
+                "stats" | "verify" => {
+                    format!("`shoal {command}` takes the log of one partition, {}/<P>", dir.display())
+                }
+                _ => format!("use `shoal {command} {bus} --topic {topic}`"),
+            };
+            Some(Error::new(format!("{shown} is the directory of topic {topic}, not a log; {what}")))
+        }
     }
-    if dir.join("meta").is_file() {
-        let topic = dir.file_name().map_or_else(|| "<T>".into(), |n| n.to_string_lossy().into_owned());
-        let bus = dir
-            .parent()
-            .filter(|topics| topics.file_name().is_some_and(|n| n == "topics"))
-            .and_then(Path::parent)
-            .map_or_else(|| "<BUS>".into(), |bus| bus.display().to_string());
-        let what = match command {
-            "stats" | "verify" => {
-                format!("`shoal {command}` takes the log of one partition, {}/<P>", dir.display())
-            }
-            _ => format!("use `shoal {command} {bus} --topic {topic}`"),
-        };
-        return Some(Error::new(format!("{shown} is the directory of topic {topic}, not a log; {what}")));
-    }
-    None
 }
 
 /// Checks, before `produce` opens the log in `dir` (creating it), that `dir` is not a bus or
