@@ -588,6 +588,19 @@ impl<T> Drop for Reservation<'_, T> {
     }
 }
 
+/// Whether the producer is gone and every value it pushed has been read. Abandonment is
+/// looked at first, then emptiness: a value pushed just before the producer left must still
+/// be read. The abandonment check is a relaxed load of the buffer's reference count; the
+/// acquire fence after it pairs with the release decrement of the producer's drop, so the
+/// producer's last position store (made before that drop) is visible to the emptiness check.
+fn drained<T>(ring: &rtrb::Consumer<T>) -> bool {
+    if !ring.is_abandoned() {
+        return false;
+    }
+    std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+    ring.is_empty()
+}
+
 impl<T> Consumer<T> {
     /// Pops one value without waiting.
     ///
@@ -606,7 +619,7 @@ impl<T> Consumer<T> {
             Err(rtrb::PopError::Empty) => {
                 // Check abandonment, then emptiness again: a value pushed just before the
                 // producer left must still be drained.
-                if self.ring.is_abandoned() && self.ring.is_empty() {
+                if drained(&self.ring) {
                     Err(PopError::Closed)
                 } else {
                     Err(PopError::Empty)
@@ -641,7 +654,7 @@ impl<T> Consumer<T> {
     pub fn wait_readable(&mut self, stop: impl Fn() -> bool) -> Result<bool, Closed> {
         let ring = &self.ring;
         let ready = self.me.wait_until(self.wait, || !ring.is_empty() || ring.is_abandoned(), stop);
-        if ring.is_empty() && ring.is_abandoned() {
+        if drained(ring) {
             return Err(Closed);
         }
         Ok(ready && !ring.is_empty())
@@ -668,7 +681,7 @@ impl<T> Consumer<T> {
 
     /// True when the producer is gone and the ring is drained.
     pub fn is_closed(&self) -> bool {
-        self.ring.is_abandoned() && self.ring.is_empty()
+        drained(&self.ring)
     }
 
     /// The ring's capacity.
