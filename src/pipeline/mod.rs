@@ -83,6 +83,20 @@
 //! drained, never after an abort. Dropping a pipeline without `shutdown` aborts it the same
 //! way (events in flight are dropped) and joins its threads.
 //!
+//! # At least once from a consumer group
+//! A pipeline whose source is [`Source::group`] commits a partition's offset only once every
+//! event made from the records below it has left the last stage. Each ring then also counts
+//! the events pushed into it and the events its consumer *finished* (the batch's handler
+//! returned and what it emitted was pushed downstream), each stored once per batch, never
+//! per event; pipelines with another source keep no counts. After each poll the source
+//! snapshots the pushed counts of the rings into the first stage; once their finished counts
+//! reach it, it snapshots the rings into the next stage, and so on: when the rings into the
+//! last stage have finished their snapshot, the poll's offsets are committed. The source
+//! checks these frontiers on every turn without blocking, a scale keeps them (rings are
+//! replaced only once drained, and the new ones are installed before anything is pushed into
+//! them), and shutdown commits what completed once the stages have drained, then leaves the
+//! group. A failed or panicking batch never counts as finished.
+//!
 //! # Metrics
 //! [`Pipeline::metrics`] gives per stage: events handled, events/s since the last call,
 //! ring occupancy (the stage's input rings), and, with [`PipelineBuilder::latency_metrics`],
