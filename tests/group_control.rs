@@ -380,7 +380,9 @@ fn cli_resets_offsets_as_a_dry_run_then_with_execute_and_refuses_live_groups() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
     }
     let out = run(&["groups", path, "g", "--reset-offsets", "--to", "soon"], b"");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("give earliest, latest, or an offset"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("give earliest, latest, an offset (a whole number), or a time")
+    );
     // `groups <BUS> <GROUP>` shows that group only.
     Member::join(&bus, "other", "t", opts()).unwrap().leave().unwrap();
     let out = run(&["groups", path, "g"], b"");
@@ -391,6 +393,48 @@ fn cli_resets_offsets_as_a_dry_run_then_with_execute_and_refuses_live_groups() {
     let out = run(&["groups", path, "nobody", "--reset-offsets", "--to", "latest"], b"");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no consumer group nobody"), "{out:?}");
+}
+
+#[test]
+fn seek_to_time_and_a_reset_to_a_time_find_the_first_record_appended_at_or_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::open(dir.path()).unwrap();
+    let topic = bus.topic_or_create("t", Some(1)).unwrap();
+    let mut producer = topic.producer(log_opts()).unwrap();
+    for i in 0..6u64 {
+        producer.send_to(0, i, i.to_string().as_bytes()).unwrap();
+        // Distinct append times, so each record is the only one at its time.
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    producer.close().unwrap();
+    let mut reader = shoal::log::Reader::open(topic.partition_dir(0).unwrap()).unwrap();
+    let mut times = Vec::new();
+    while let Some(r) = reader.next().unwrap() {
+        times.push(r.timestamp_ns());
+    }
+    assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
+    let mut m = Member::join(&bus, "g", "t", opts()).unwrap();
+    m.seek_to_time(&[0], times[3]).unwrap();
+    assert_eq!(m.position(0).unwrap(), 3);
+    assert_eq!(offsets_of(&take(&mut m, 3), 0), [3, 4, 5]);
+    m.seek_to_time(&[0], times[3] - 1).unwrap();
+    assert_eq!(m.position(0).unwrap(), 3, "a time between two records: the later one");
+    m.seek_to_time(&[0], times[5] + 1).unwrap();
+    assert_eq!(m.position(0).unwrap(), 6, "after the last record: the end");
+    m.seek_to_time(&[0], 0).unwrap();
+    assert_eq!(m.position(0).unwrap(), 0);
+    assert!(matches!(m.seek_to_time(&[1], 0), Err(GroupError::NotAssigned { .. })));
+    m.leave().unwrap();
+    let plan = reset_offsets(&bus, "g", "t", ResetTo::Time(times[4]), false).unwrap();
+    assert_eq!(plan.iter().map(|r| r.new).collect::<Vec<_>>(), [4]);
+    let plan = reset_offsets(&bus, "g", "t", ResetTo::Time(u64::MAX), false).unwrap();
+    assert_eq!(plan.iter().map(|r| r.new).collect::<Vec<_>>(), [6]);
+    let path = dir.path().to_str().unwrap();
+    let at = format!("{}ns", times[2]);
+    let out = run(&["groups", path, "g", "--reset-offsets", "--to", &at, "--execute"], b"");
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("at or after"), "{out:?}");
+    assert_eq!(Member::join(&bus, "g", "t", opts()).unwrap().position(0).unwrap(), 2);
 }
 
 #[test]

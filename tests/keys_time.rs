@@ -467,6 +467,13 @@ fn produce_keyed_keeps_the_text_and_cat_prints_it_with_64_bit_integers_as_string
     assert!(err.contains("stdin line 2") && err.contains("longer than the 65535"), "{err}");
     let json = json_lines(&ok(&["cat", bus, "--topic", "orders", "--format", "json"], b""));
     assert!(json.iter().any(|r| r["key"] == "ok" && r["payload"] == "first"));
+    // A group member prints the same objects.
+    let grouped =
+        json_lines(&ok(&["group", bus, "g", "--topic", "orders", "--format", "json", "--exit-when-idle", "200"], b""));
+    assert_eq!(grouped.len(), json.len());
+    for r in &json {
+        assert!(grouped.contains(r), "{r} not printed by group: {grouped:?}");
+    }
 }
 
 #[test]

@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::Error;
+use super::{Error, Format};
 use shoal::group::{
     describe, group_topics, reset_offsets, Delivery, GroupError, GroupInfo, GroupOptions, Member, OffsetReset, ResetTo,
     Start,
@@ -62,14 +62,21 @@ pub(super) enum From {
     Latest,
 }
 
-/// Parses `--to`: `earliest`, `latest`, or an offset.
+/// Parses `--to`: `earliest`, `latest`, an offset (a whole number), or a time in any form
+/// `cat --since` reads (RFC 3339, a Unix time with its unit, or relative to now).
 pub(super) fn parse_reset_to(text: &str) -> Result<ResetTo, String> {
     match text {
         "earliest" => Ok(ResetTo::Earliest),
         "latest" => Ok(ResetTo::Latest),
-        _ => text.parse::<u64>().map(ResetTo::Offset).map_err(|_| {
-            format!("`{text}` is not a reset target: give earliest, latest, or an offset (a whole number)")
-        }),
+        _ => match text.parse::<u64>() {
+            Ok(offset) => Ok(ResetTo::Offset(offset)),
+            Err(_) => super::cat::parse_since(text).map(ResetTo::Time).map_err(|_| {
+                format!(
+                    "`{text}` is not a reset target: give earliest, latest, an offset (a whole number), or a time \
+                     (2026-12-02T10:00:00Z, 1764669600s, -1h)"
+                )
+            }),
+        },
     }
 }
 
@@ -80,6 +87,7 @@ pub(super) fn run(
     topic: &str,
     exit_when_idle: Option<Duration>,
     from: From,
+    format: Format,
 ) -> Result<ExitCode, Error> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -106,7 +114,7 @@ pub(super) fn run(
             continue;
         }
         last_record = Instant::now();
-        if let Err(e) = write_batch(&mut out, &batch) {
+        if let Err(e) = write_batch(&mut out, &batch, format) {
             // Not committed: dropping the member hands its partitions over as they were
             // last committed (see the module docs).
             drop(member);
@@ -129,12 +137,18 @@ fn warn_if_fenced(result: Result<(), GroupError>) -> Result<(), GroupError> {
     }
 }
 
-/// Writes `<partition> <offset> <payload>` lines and flushes them.
-fn write_batch(out: &mut impl Write, batch: &[Delivery]) -> io::Result<()> {
+/// Writes `<partition> <offset> <payload>` lines, or `cat`'s JSON objects with their
+/// partition, and flushes them.
+fn write_batch(out: &mut impl Write, batch: &[Delivery], format: Format) -> io::Result<()> {
     for delivery in batch {
-        write!(out, "{} {} ", delivery.partition, delivery.record.offset())?;
-        out.write_all(delivery.record.payload())?;
-        out.write_all(b"\n")?;
+        match format {
+            Format::Lines => {
+                write!(out, "{} {} ", delivery.partition, delivery.record.offset())?;
+                out.write_all(delivery.record.payload())?;
+                out.write_all(b"\n")?;
+            }
+            Format::Json => super::cat::write_json(out, &delivery.record.record(), Some(delivery.partition))?,
+        }
     }
     out.flush()
 }
@@ -211,6 +225,7 @@ fn reset_table(group: &str, topic: &str, to: ResetTo, plan: &[OffsetReset], exec
         ResetTo::Earliest => "earliest".to_string(),
         ResetTo::Latest => "latest".to_string(),
         ResetTo::Offset(o) => format!("offset {o}"),
+        ResetTo::Time(ns) => format!("the first record appended at or after {ns} ns since the Unix epoch"),
         other => format!("{other:?}"),
     };
     let how = if execute { "" } else { " (dry run: nothing written; add --execute to apply)" };

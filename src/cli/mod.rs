@@ -78,9 +78,10 @@
 //!   [--follow] [--format ..]`: as for a log, over one partition or all of them (partition by
 //!   partition, or round-robin when following; `--from` applies to each, `latest` per
 //!   partition); JSON objects start with `partition`.
-//! - `shoal group <BUS> <GROUP> --topic <T> [--exit-when-idle <ms>] [--from earliest|latest]`:
-//!   a member of the consumer group (`--from`: where partitions without a committed offset
-//!   start); prints `<partition> <offset> <payload>` for each record of the
+//! - `shoal group <BUS> <GROUP> --topic <T> [--exit-when-idle <ms>] [--from earliest|latest]
+//!   [--format lines|json]`: a member of the consumer group (`--from`: where partitions
+//!   without a committed offset start); prints `<partition> <offset> <payload>` (or `cat`'s
+//!   JSON objects) for each record of the
 //!   partitions it owns, flushed per batch, and commits offsets only after their lines are
 //!   written. SIGTERM, SIGINT and `--exit-when-idle` leave gracefully (commit, hand over,
 //!   exit 0); a closed stdout hands over and exits 0 without committing the batch it could
@@ -90,7 +91,7 @@
 //!   and prints each figure, its baseline and their ratio; `--json` prints one JSON object.
 //! - `shoal groups <BUS> [<GROUP>]`: each group (or one) with its members, their partitions,
 //!   committed offsets and lag. `shoal groups <BUS> <GROUP> --reset-offsets --to
-//!   earliest|latest|<offset> [--topic <T>] [--execute]` prints where the group's committed
+//!   earliest|latest|<offset>|<time> [--topic <T>] [--execute]` prints where the group's committed
 //!   offsets would move, and moves them with `--execute`; refused while the group has live
 //!   members.
 //! - `shoal top <BUS> [--interval <ms>] [--once]`: per topic and partition records, bytes,
@@ -249,6 +250,10 @@ enum Command {
         /// record, or only records appended from now on.
         #[arg(long, value_enum, default_value_t = group::From::Earliest)]
         from: group::From,
+        /// `lines`: `<partition> <offset> <payload>` per record; `json`: one object per record,
+        /// as `cat --format json` prints it with its partition.
+        #[arg(long, value_enum, default_value_t = Format::Lines)]
+        format: Format,
     },
     /// List the topics of the bus in BUS (`topics <BUS>`), or create one (`topics create`).
     #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -271,8 +276,9 @@ enum Command {
         /// while the group has live members.
         #[arg(long, requires_all = ["group", "to"])]
         reset_offsets: bool,
-        /// Where --reset-offsets moves the committed offsets.
-        #[arg(long, value_name = "earliest|latest|OFFSET", value_parser = group::parse_reset_to, requires = "reset_offsets")]
+        /// Where --reset-offsets moves the committed offsets: earliest, latest, an offset, or a
+        /// time as `cat --since` takes it (the first record appended at or after it).
+        #[arg(long, value_name = "earliest|latest|OFFSET|TIME", value_parser = group::parse_reset_to, requires = "reset_offsets")]
         to: Option<shoal::group::ResetTo>,
         /// Reset only this topic (default: every topic the group consumed).
         #[arg(long, requires = "reset_offsets")]
@@ -364,7 +370,7 @@ enum Command {
     },
 }
 
-/// How `cat` prints records.
+/// How `cat` and `group` print records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Format {
     /// The payload and a newline.
@@ -478,33 +484,36 @@ fn open_bus(dir: &Path) -> Result<Bus, Error> {
 /// one line saying what the command expected; `None` for any other path.
 fn bus_or_topic_dir(dir: &Path, command: &str) -> Option<Error> {
     let shown = dir.display();
-    if dir.join("topics").is_dir() {
-        let what = match command {
-            "stats" | "verify" => {
-                format!("`shoal {command}` takes the log of one partition, {}/topics/<T>/<P>", dir.display())
-            }
-            _ => format!("name a topic with --topic <T> (`shoal {command} {shown} --topic <T>`)"),
-        };
-        return Some(Error::new(format!(
-            "{shown} is a bus directory, not a log; {what}; `shoal topics {shown}` lists its topics"
-        )));
+    // What the directory is, the library says (as its own refusal does); here only the
+    // command to type instead.
+    match shoal::log::directory_kind(dir)? {
+        shoal::log::DirKind::Bus => {
+            let what = match command {
+                "stats" | "verify" => {
+                    format!("`shoal {command}` takes the log of one partition, {}/topics/<T>/<P>", dir.display())
+                }
+                _ => format!("name a topic with --topic <T> (`shoal {command} {shown} --topic <T>`)"),
+            };
+            Some(Error::new(format!(
+                "{shown} is a bus directory, not a log; {what}; `shoal topics {shown}` lists its topics"
+            )))
+        }
+        shoal::log::DirKind::Topic => {
+            let topic = dir.file_name().map_or_else(|| "<T>".into(), |n| n.to_string_lossy().into_owned());
+            let bus = dir
+                .parent()
+                .filter(|topics| topics.file_name().is_some_and(|n| n == "topics"))
+                .and_then(Path::parent)
+                .map_or_else(|| "<BUS>".into(), |bus| bus.display().to_string());
+            let what = match command {
+                "stats" | "verify" => {
+                    format!("`shoal {command}` takes the log of one partition, {}/<P>", dir.display())
+                }
+                _ => format!("use `shoal {command} {bus} --topic {topic}`"),
+            };
+            Some(Error::new(format!("{shown} is the directory of topic {topic}, not a log; {what}")))
+        }
     }
-    if dir.join("meta").is_file() {
-        let topic = dir.file_name().map_or_else(|| "<T>".into(), |n| n.to_string_lossy().into_owned());
-        let bus = dir
-            .parent()
-            .filter(|topics| topics.file_name().is_some_and(|n| n == "topics"))
-            .and_then(Path::parent)
-            .map_or_else(|| "<BUS>".into(), |bus| bus.display().to_string());
-        let what = match command {
-            "stats" | "verify" => {
-                format!("`shoal {command}` takes the log of one partition, {}/<P>", dir.display())
-            }
-            _ => format!("use `shoal {command} {bus} --topic {topic}`"),
-        };
-        return Some(Error::new(format!("{shown} is the directory of topic {topic}, not a log; {what}")));
-    }
-    None
 }
 
 /// Checks, before `produce` opens the log in `dir` (creating it), that `dir` is not a bus or
@@ -650,8 +659,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Cat { dir, topic: Some(topic), partition, from, since, follow, format } => {
             cat::run_topic(&dir, &topic, partition, from, since, follow, format)
         }
-        Command::Group { bus, group, topic, exit_when_idle, from } => {
-            group::run(&bus, &group, &topic, exit_when_idle.map(Duration::from_millis), from)
+        Command::Group { bus, group, topic, exit_when_idle, from, format } => {
+            group::run(&bus, &group, &topic, exit_when_idle.map(Duration::from_millis), from, format)
         }
         Command::Topics { bus, action } => topics::run(bus, action),
         Command::Groups { bus, group, reset_offsets, to, topic, execute } => match (reset_offsets, group, to) {

@@ -412,6 +412,14 @@ impl Assigned<'_> {
     pub fn seek_to_end(&mut self, partitions: &[u32]) -> Result<(), GroupError> {
         seek_all(self.owned, partitions, SeekTo::End)
     }
+
+    /// As [`Member::seek_to_time`].
+    ///
+    /// # Errors
+    /// As [`Member::seek_to_time`].
+    pub fn seek_to_time(&mut self, partitions: &[u32], ns: u64) -> Result<(), GroupError> {
+        seek_all(self.owned, partitions, SeekTo::Time(ns))
+    }
 }
 
 /// The partitions being revoked, as [`RebalanceListener::on_revoked`] sees them: still
@@ -465,6 +473,8 @@ enum SeekTo {
     Beginning,
     End,
     Offset(u64),
+    /// The first record appended at or after this time (ns since the Unix epoch).
+    Time(u64),
 }
 
 fn not_assigned(owned: &BTreeMap<u32, Owned>, partition: u32) -> GroupError {
@@ -493,6 +503,7 @@ fn seek_in(owned: &mut BTreeMap<u32, Owned>, partition: u32, to: SeekTo) -> Resu
             o.reader.seek(Offset(u64::MAX))?;
             o.reader.next_offset().0
         }
+        SeekTo::Time(ns) => o.reader.seek_time(ns)?.0,
     };
     o.delivered = offset;
     Ok(())
@@ -1217,6 +1228,17 @@ impl Member {
         seek_all(&mut self.owned, partitions, SeekTo::End)
     }
 
+    /// Seeks each of `partitions` to its first record appended at or after `ns` (ns since
+    /// the Unix epoch; a record's append time, never its event time), or to its end when
+    /// there is none, as Kafka's `offsetsForTimes` then `seek`. O(log n) in the partition's
+    /// records ([`Reader::seek_time`]).
+    ///
+    /// # Errors
+    /// As [`Member::seek_to_beginning`].
+    pub fn seek_to_time(&mut self, partitions: &[u32], ns: u64) -> Result<(), GroupError> {
+        seek_all(&mut self.owned, partitions, SeekTo::Time(ns))
+    }
+
     /// Commits every record returned by [`Member::poll`] so far, for every partition held.
     ///
     /// # Errors
@@ -1928,6 +1950,9 @@ pub enum ResetTo {
     /// This offset in every partition, kept within the partition's first offset and its
     /// end (Kafka's `--to-offset` does the same).
     Offset(u64),
+    /// In every partition, the first record appended at or after this time (ns since the
+    /// Unix epoch), or the end when there is none (Kafka's `--to-datetime`).
+    Time(u64),
 }
 
 /// One partition of a [`reset_offsets`] plan.
@@ -2048,18 +2073,23 @@ pub fn reset_offsets(
             None => None,
         };
         let dir = topic_handle.partition_dir(p)?;
-        let (first, end) = if dir.is_dir() {
+        let (first, end, at_time) = if dir.is_dir() {
             let mut reader = Reader::open(&dir)?;
             let first = reader.first_offset()?.0;
+            let at_time = match to {
+                ResetTo::Time(ns) => Some(reader.offset_for_time(ns)?.0),
+                _ => None,
+            };
             reader.seek(Offset(u64::MAX))?;
-            (first, reader.next_offset().0)
+            (first, reader.next_offset().0, at_time)
         } else {
-            (0, 0)
+            (0, 0, None)
         };
         let new = match to {
             ResetTo::Earliest => first,
             ResetTo::Latest => end,
             ResetTo::Offset(o) => o.clamp(first, end.max(first)),
+            ResetTo::Time(_) => at_time.unwrap_or(end).clamp(first, end.max(first)),
         };
         plan.push(OffsetReset { partition: p, committed: committed.map(|c| c.offset), first, end, new });
     }

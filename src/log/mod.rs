@@ -139,7 +139,7 @@ pub use format::key_hash;
 pub use io::IoBackend;
 pub use reader::{PodError, Reader, Record, RecordRef};
 pub use recovery::{RecoveryReport, TailCut};
-pub use segment::SegmentId;
+pub use segment::{directory_kind, DirKind, SegmentId};
 pub use sync::DurableWatch;
 pub use tailer::Tailer;
 pub use verify::{producers, repair, stats, verify, LogStats, Problem, RepairReport, VerifyReport};

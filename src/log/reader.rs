@@ -71,6 +71,18 @@ impl RecordRef {
         self.bytes_at(self.payload_at, self.len)
     }
 
+    /// The record borrowed from this handle, as a [`Reader`] returns it.
+    pub fn record(&self) -> Record<'_> {
+        Record {
+            offset: self.offset,
+            timestamp_ns: self.timestamp_ns,
+            key: self.key,
+            payload: self.payload(),
+            event_time_ns: self.event_time_ns,
+            key_bytes: self.key_bytes(),
+        }
+    }
+
     fn bytes_at(&self, at: usize, len: usize) -> &[u8] {
         let region = self.segment.region();
         match region.committed_bytes(at, len) {

@@ -135,26 +135,45 @@ fn not_a_directory(path: &Path) -> LogError {
 /// # Errors
 /// [`LogError::WrongDirectory`] saying what the directory is and what to name instead.
 pub fn refuse_bus_dir(path: &Path) -> Result<(), LogError> {
-    let is = |name: &str, dir: bool| {
-        std::fs::symlink_metadata(path.join(name)).is_ok_and(|m| if dir { m.is_dir() } else { m.is_file() })
-    };
-    if is("topics", true) {
-        return Err(LogError::WrongDirectory {
+    match directory_kind(path) {
+        Some(DirKind::Bus) => Err(LogError::WrongDirectory {
             path: path.to_path_buf(),
             what: "a bus directory",
             hint: "name a topic (`--topic <TOPIC>` on the command line, `Bus::topic` in the library), or a \
                    partition's log directory (`<bus>/topics/<topic>/<partition>`)",
-        });
-    }
-    if is("meta", false) {
-        return Err(LogError::WrongDirectory {
+        }),
+        Some(DirKind::Topic) => Err(LogError::WrongDirectory {
             path: path.to_path_buf(),
             what: "a topic directory",
             hint: "pass the bus directory with `--topic <TOPIC>` (`Bus::topic` in the library), or one \
                    partition's log directory (`<topic>/<partition>`)",
-        });
+        }),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// A shoal directory that is not a log, as [`directory_kind`] recognises it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DirKind {
+    /// A bus root: it holds a `topics/` directory.
+    Bus,
+    /// A topic's directory: it holds a `meta` file.
+    Topic,
+}
+
+/// Whether `path` is a bus root or a topic directory (looked at without following a
+/// symlink planted in it), which no log command may treat as a log; `None` for anything else.
+pub fn directory_kind(path: &Path) -> Option<DirKind> {
+    let is = |name: &str, dir: bool| {
+        std::fs::symlink_metadata(path.join(name)).is_ok_and(|m| if dir { m.is_dir() } else { m.is_file() })
+    };
+    if is("topics", true) {
+        Some(DirKind::Bus)
+    } else if is("meta", false) {
+        Some(DirKind::Topic)
+    } else {
+        None
+    }
 }
 
 /// Opens the existing log directory at `path`.
