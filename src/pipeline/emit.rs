@@ -64,17 +64,34 @@ pub(crate) struct Probe {
     stamp: AtomicU64,
 }
 
+/// How far one ring's events have gone, for the at-least-once frontiers of a group source
+/// (see [`super::frontier`]); only pipelines fed by a consumer group have them.
+///
+/// The producer publishes how many events it pushed, the consumer how many it *finished*:
+/// their batch's handler returned and everything it emitted was pushed downstream (the
+/// consumer stores its downstream rings' `pushed` first, then `done` with Release). Each is
+/// stored once per batch, never per event.
+#[derive(Debug, Default)]
+pub(crate) struct RingCounts {
+    /// Events pushed into the ring so far (monotonic).
+    pub(crate) pushed: CachePadded<AtomicU64>,
+    /// Events taken from the ring and finished (monotonic).
+    pub(crate) done: CachePadded<AtomicU64>,
+}
+
 /// The reading end of one ring into a worker.
 pub(crate) struct Input<T> {
     pub(crate) rx: Consumer<T>,
     pub(crate) probe: Option<Arc<Probe>>,
     /// Events read from this ring so far.
     pub(crate) taken: u64,
+    /// The ring's counts, when the pipeline keeps frontiers.
+    pub(crate) counts: Option<Arc<RingCounts>>,
 }
 
 impl<T> Input<T> {
-    pub(crate) fn new(rx: Consumer<T>, probe: Option<Arc<Probe>>) -> Input<T> {
-        Input { rx, probe, taken: 0 }
+    pub(crate) fn new(rx: Consumer<T>, probe: Option<Arc<Probe>>, counts: Option<Arc<RingCounts>>) -> Input<T> {
+        Input { rx, probe, taken: 0, counts }
     }
 }
 
@@ -113,11 +130,13 @@ pub(crate) struct Output<T> {
     touched: bool,
     /// Events routed here and not yet in the ring (at most [`STAGE_MAX`]; allocated once).
     staged: Vec<T>,
+    /// The ring's counts, when the pipeline keeps frontiers.
+    counts: Option<Arc<RingCounts>>,
 }
 
 impl<T> Output<T> {
-    pub(crate) fn new(tx: Producer<T>, probe: Option<Arc<Probe>>) -> Output<T> {
-        Output { tx, probe, pushed: 0, touched: false, staged: Vec::with_capacity(STAGE_MAX) }
+    pub(crate) fn new(tx: Producer<T>, probe: Option<Arc<Probe>>, counts: Option<Arc<RingCounts>>) -> Output<T> {
+        Output { tx, probe, pushed: 0, touched: false, staged: Vec::with_capacity(STAGE_MAX), counts }
     }
 
     #[inline]
@@ -367,6 +386,21 @@ impl<T> Emitter<T> {
                 for event in events {
                     self.emit(*event);
                 }
+            }
+        }
+    }
+
+    /// Publishes, for frontiers, how many events were pushed into each downstream ring (one
+    /// relaxed store per ring; the caller's Release store of its `done` count orders them).
+    /// Call after [`Emitter::notify`], when nothing is staged.
+    #[inline]
+    pub(crate) fn publish_pushed(&self) {
+        for out in &self.outputs {
+            if let Some(counts) = &out.counts {
+                debug_assert!(out.staged.is_empty());
+                // Relaxed: ordered before the Release store of the caller's `done` count
+                // (or, for the source, read on this same thread).
+                counts.pushed.store(out.pushed, Ordering::Relaxed);
             }
         }
     }

@@ -83,6 +83,20 @@
 //! drained, never after an abort. Dropping a pipeline without `shutdown` aborts it the same
 //! way (events in flight are dropped) and joins its threads.
 //!
+//! # At least once from a consumer group
+//! A pipeline whose source is [`Source::group`] commits a partition's offset only once every
+//! event made from the records below it has left the last stage. Each ring then also counts
+//! the events pushed into it and the events its consumer *finished* (the batch's handler
+//! returned and what it emitted was pushed downstream), each stored once per batch, never
+//! per event; pipelines with another source keep no counts. After each poll the source
+//! snapshots the pushed counts of the rings into the first stage; once their finished counts
+//! reach it, it snapshots the rings into the next stage, and so on: when the rings into the
+//! last stage have finished their snapshot, the poll's offsets are committed. The source
+//! checks these frontiers on every turn without blocking, a scale keeps them (rings are
+//! replaced only once drained, and the new ones are installed before anything is pushed into
+//! them), and shutdown commits what completed once the stages have drained, then leaves the
+//! group. A failed or panicking batch never counts as finished.
+//!
 //! # Metrics
 //! [`Pipeline::metrics`] gives per stage: events handled, events/s since the last call,
 //! ring occupancy (the stage's input rings), and, with [`PipelineBuilder::latency_metrics`],
@@ -128,6 +142,7 @@
 
 mod emit;
 mod error;
+mod frontier;
 mod source;
 mod worker;
 
@@ -143,7 +158,7 @@ pub use source::{Sink, SinkStats, Source, SourceStep};
 use crate::affinity::{CpuClaim, CpuPlan};
 use crate::ring::{channel_between, WaitStrategy, Waiter};
 use crate::sys::histogram::LatencyHistogram;
-use emit::{Input, Output, Probe};
+use emit::{Input, Output, Probe, RingCounts};
 use source::SourceKind;
 use worker::{lock, Control, Pause, Rewire, Shared, WorkerParts, WorkerStats};
 
@@ -192,6 +207,8 @@ pub(crate) struct Config {
     pub(crate) batch_max: usize,
     pub(crate) pin: Pinning,
     pub(crate) latency: bool,
+    /// Every ring keeps [`RingCounts`] for the at-least-once frontiers of a group source.
+    pub(crate) frontier: bool,
 }
 
 /// Whether and how a pipeline pins its threads (the source and every worker) to CPUs; see
@@ -382,6 +399,8 @@ impl<T: Send + 'static> PipelineBuilder<T> {
             return Err(PipelineError::Config("batch_max must be at least 1".into()));
         }
         let (source_name, source) = source.ok_or(PipelineError::NoSource)?;
+        let mut config = config;
+        config.frontier = matches!(source.kind, SourceKind::Group(_));
         if stages.is_empty() {
             return Err(PipelineError::NoStages);
         }
@@ -416,9 +435,10 @@ impl<T: Send + 'static> PipelineBuilder<T> {
         for b in 0..stages.len() {
             let up: Vec<&Node<T>> = if b == 0 { vec![&source_node] } else { stage_nodes[b - 1].iter().collect() };
             let down: Vec<&Node<T>> = stage_nodes[b].iter().collect();
-            let (o, i) = wire(&config, &up, &down);
+            let (o, i, counts) = wire(&config, &up, &down);
             outputs.push(o);
             inputs.push(i);
+            lock(&shared.topology).push(counts);
         }
 
         let mut pipeline = Pipeline {
@@ -461,23 +481,29 @@ impl<T: Send + 'static> PipelineBuilder<T> {
     }
 }
 
-/// One boundary's rings: each upstream worker's outputs, each downstream worker's inputs.
-type Wiring<T> = (Vec<Vec<Output<T>>>, Vec<Vec<Input<T>>>);
+/// One boundary's rings: each upstream worker's outputs, each downstream worker's inputs,
+/// and every ring's counts (empty unless the pipeline keeps frontiers).
+type Wiring<T> = (Vec<Vec<Output<T>>>, Vec<Vec<Input<T>>>, Vec<Arc<RingCounts>>);
 
 /// Builds the `up x down` rings of one boundary: the outputs of each upstream worker
 /// (indexed by downstream worker) and the inputs of each downstream worker.
 fn wire<T>(config: &Config, up: &[&Node<T>], down: &[&Node<T>]) -> Wiring<T> {
     let mut outputs: Vec<Vec<Output<T>>> = up.iter().map(|_| Vec::with_capacity(down.len())).collect();
     let mut inputs: Vec<Vec<Input<T>>> = down.iter().map(|_| Vec::with_capacity(up.len())).collect();
+    let mut all_counts = Vec::new();
     for (j, u) in up.iter().enumerate() {
         for (i, d) in down.iter().enumerate() {
             let (tx, rx) = channel_between(config.ring_capacity, config.wait, u.waiter.clone(), d.waiter.clone());
             let probe = config.latency.then(|| Arc::new(Probe::default()));
-            outputs[j].push(Output::new(tx, probe.clone()));
-            inputs[i].push(Input::new(rx, probe));
+            let counts = config.frontier.then(|| Arc::new(RingCounts::default()));
+            if let Some(c) = &counts {
+                all_counts.push(c.clone());
+            }
+            outputs[j].push(Output::new(tx, probe.clone(), counts.clone()));
+            inputs[i].push(Input::new(rx, probe, counts));
         }
     }
-    (outputs, inputs)
+    (outputs, inputs, all_counts)
 }
 
 /// A worker as the pipeline sees it.
@@ -585,6 +611,7 @@ impl<T: Send + 'static> Pipeline<T> {
                 batch_max: 256,
                 pin: Pinning::Spread,
                 latency: false,
+                frontier: false,
             },
             source: None,
             stages: Vec::new(),
@@ -821,13 +848,23 @@ impl<T: Send + 'static> Pipeline<T> {
             .filter_map(|(n, &alive)| alive.then_some(n))
             .collect();
         let mine: Vec<&Node<T>> = self.stages[s].workers.iter().collect();
-        let (up_outputs, my_inputs) = wire(&config, &live_ups, &mine);
-        let (my_outputs, next_inputs) = if has_next {
+        let (up_outputs, my_inputs, counts_in) = wire(&config, &live_ups, &mine);
+        let (my_outputs, next_inputs, counts_out) = if has_next {
             let next: Vec<&Node<T>> = self.stages[s + 1].workers.iter().collect();
             wire(&config, &mine, &next)
         } else {
-            (mine.iter().map(|_| Vec::new()).collect(), Vec::new())
+            (mine.iter().map(|_| Vec::new()).collect(), Vec::new(), Vec::new())
         };
+        if config.frontier {
+            // Installed while every ring being replaced is drained and before anyone
+            // pushes into the new ones: a frontier snapshot taken from here on sees the
+            // new rings, one taken before waits on the old ones, whose counts are final.
+            let mut topology = lock(&self.shared.topology);
+            topology[s] = counts_in;
+            if has_next {
+                topology[s + 1] = counts_out;
+            }
+        }
         let routing_in = self.stages[s].routing;
         let routing_out = self.stages.get(s + 1).map_or(Routing::RoundRobin, |n| n.routing);
 

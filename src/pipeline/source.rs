@@ -3,10 +3,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::emit::Emitter;
 use super::error::PipelineError;
+use super::frontier::GroupSource;
 use super::{Handle, Handler};
 use crate::bus::TopicProducer;
 use crate::group::{Delivery, Member};
@@ -27,7 +28,6 @@ pub enum SourceStep {
 
 type DecodeRecord<T> = Box<dyn FnMut(&Record<'_>) -> Option<T> + Send>;
 type DecodeRef<T> = Box<dyn FnMut(RecordRef) -> Option<T> + Send>;
-type SourceFn<T> = Box<dyn FnMut(&mut Emitter<T>) -> Result<SourceStep, String> + Send>;
 type StepFn<T> = Box<dyn FnMut(&mut Emitter<T>) -> SourceStep + Send>;
 
 /// Decodes a log record into an event.
@@ -42,8 +42,8 @@ pub(crate) enum SourceKind<T> {
     /// A user's closure, which cannot fail (its step comes back in a register: no
     /// `Result` to write and read back through memory on every call).
     Steps(StepFn<T>),
-    /// A closure that may fail the pipeline (the group source).
-    Closure(SourceFn<T>),
+    /// A consumer-group member, committing what left the last stage.
+    Group(Box<GroupSource<T>>),
     Ring(Consumer<T>),
     Log {
         tailer: Box<Tailer>,
@@ -152,36 +152,77 @@ impl<T: Send + 'static> Source<T> {
     }
 
     /// Reads the partitions a consumer-group [`Member`] owns, decoding each delivery into
-    /// an event (`None` skips it), until the pipeline shuts down.
+    /// an event (`None` skips it), until the pipeline shuts down; **at least once**: a
+    /// partition's offset is committed only after every event made from the records below
+    /// it has left the last stage.
     ///
-    /// Each poll's records are emitted to the first stage, then committed: a commit means
-    /// "handed downstream", not "handled by every stage". After a crash, the next owner of
-    /// a partition re-delivers at most the last batch (at least once); on shutdown the
-    /// member is dropped after its last commit, so its partitions move on with no
-    /// duplicate as long as the stages drain what is in flight. Rebalances happen inside
-    /// the polls, so the source keeps up with members joining and leaving.
+    /// "Left the last stage" means: the last stage's handler returned for each event derived
+    /// from the record (by every stage on the way, including events a stage emitted for it,
+    /// and none for a record decoded to `None` or dropped by a stage). For
+    /// [`Sink::appender`] and [`Sink::topic`] that is "appended", not "synced": the record is
+    /// in the page cache, safe from a crash of the process, and durable within about one
+    /// sync per the log's [`Durability`]; a crash of the machine (power loss) just after
+    /// the commit can lose records appended since the last sync. A closure sink that must
+    /// not lose them syncs before it returns.
+    /// The source tracks this with per-ring counts published once per batch (see the
+    /// module docs), commits on its own thread without blocking the stages, and commits
+    /// the rest at shutdown, once the stages have drained, before leaving the group.
     ///
-    /// A failed poll or commit (an I/O error, a damaged group file) stops the pipeline with
-    /// [`PipelineError::SourceFailed`] naming the source and the error.
-    pub fn group(mut member: Member, mut decode: impl FnMut(Delivery) -> Option<T> + Send + 'static) -> Source<T> {
-        const BATCH: usize = 256;
-        const WAIT: Duration = Duration::from_millis(50);
-        let poll = move |emitter: &mut Emitter<T>| {
-            let batch = member
-                .poll(BATCH, WAIT)
-                .map_err(|e| format!("consumer group member {} failed to poll: {e}", member.id()))?;
-            if batch.is_empty() {
-                return Ok(SourceStep::Continue);
-            }
-            for delivery in batch {
-                if let Some(event) = decode(delivery) {
-                    emitter.emit(event);
-                }
-            }
-            member.commit().map_err(|e| format!("consumer group member {} failed to commit: {e}", member.id()))?;
-            Ok(SourceStep::Continue)
-        };
-        Source { kind: SourceKind::Closure(Box::new(poll)) }
+    /// What a crash (or an abort of the pipeline) redelivers: the next owner of each
+    /// partition starts at its committed offset, so every record whose events had not all
+    /// left the last stage is delivered again, and some that had may be too (the commit
+    /// follows the last stage by a few batches): duplicates are possible, losses are not.
+    /// Order per key is kept as far as the stages keep it (a partition's records are
+    /// emitted in order, [`Routing::ByKey`](super::Routing::ByKey) keeps a key on one
+    /// worker).
+    ///
+    /// A partition revoked from the member meanwhile is not committed by the source (its
+    /// next owner delivers again from the committed offset). **Join the member with a
+    /// listener** ([`Member::join_with`], even one that does nothing, as below) for that
+    /// to hold across rebalances: a member without one commits every record it returned
+    /// when a partition leaves it, including those still in the pipeline. A failed poll
+    /// or commit (an I/O error, a damaged group file) stops the pipeline with
+    /// [`PipelineError::SourceFailed`] naming the source and the error; a partition fenced
+    /// (taken over after the session timeout) is skipped.
+    ///
+    /// ```
+    /// use shoal::bus::Bus;
+    /// use shoal::group::{describe, GroupOptions, Member, RebalanceListener};
+    /// use shoal::log::LogOptions;
+    /// use shoal::pipeline::{Pipeline, Sink, Source};
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::sync::Arc;
+    /// use std::time::{Duration, Instant};
+    ///
+    /// /// Commits nothing on a handover: the pipeline's commits are the only ones.
+    /// struct CommitNothing;
+    /// impl RebalanceListener for CommitNothing {}
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let bus = Bus::open(dir.path())?;
+    /// let mut producer = bus.topic_or_create("orders", Some(2))?.producer(LogOptions::default())?;
+    /// for n in 0..100u64 {
+    ///     producer.send(n, &n.to_le_bytes())?;
+    /// }
+    /// let member = Member::join_with(&bus, "billing", "orders", GroupOptions::default(), CommitNothing)?;
+    /// let handled = Arc::new(AtomicU64::new(0));
+    /// let count = handled.clone();
+    /// let source = Source::group(member, |d| d.record.payload_as::<u64>().ok().copied());
+    /// let sink = Sink::closure(move |batch: &[u64]| {
+    ///     count.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    /// });
+    /// let pipeline = Pipeline::builder().pin(false).source("orders", source).sink("bill", sink).build()?;
+    /// let deadline = Instant::now() + Duration::from_secs(10);
+    /// while handled.load(Ordering::Relaxed) < 100 && Instant::now() < deadline {
+    ///     std::thread::sleep(Duration::from_millis(5));
+    /// }
+    /// pipeline.shutdown()?; // drains, commits, leaves
+    /// let lag: u64 = describe(&bus)?[0].partitions.iter().map(|p| p.lag).sum();
+    /// assert_eq!(lag, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn group(member: Member, decode: impl FnMut(Delivery) -> Option<T> + Send + 'static) -> Source<T> {
+        Source { kind: SourceKind::Group(Box::new(GroupSource::new(member, Box::new(decode)))) }
     }
 
     fn log(dir: &Path, follow: bool, decode: Decode<T>) -> Result<Source<T>, PipelineError> {

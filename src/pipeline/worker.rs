@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 
-use super::emit::{Emitter, Input, Output, Routing};
+use super::emit::{Emitter, Input, Output, RingCounts, Routing};
 use super::error::PipelineError;
 use super::source::{Decode, SourceKind, SourceStep};
 use super::{Config, Factory, WorkerId};
@@ -44,6 +44,10 @@ pub(crate) struct Shared<T> {
     pub(crate) controls: Mutex<Vec<Arc<Control<T>>>>,
     pub(crate) clock: quanta::Clock,
     pub(crate) config: Config,
+    /// Per boundary (boundary `b` feeds stage `b`, from the source for `b = 0`), the counts
+    /// of its rings now: the map a group source's frontiers walk. Empty unless
+    /// `config.frontier`; replaced by a scale while the rings it replaces are drained.
+    pub(crate) topology: Mutex<Vec<Vec<Arc<RingCounts>>>>,
 }
 
 impl<T> Shared<T> {
@@ -55,6 +59,7 @@ impl<T> Shared<T> {
             controls: Mutex::new(Vec::new()),
             clock: quanta::Clock::new(),
             config,
+            topology: Mutex::new(Vec::new()),
         }
     }
 
@@ -403,7 +408,7 @@ pub(crate) fn run_stage_worker<T: Send + 'static>(mut w: WorkerParts<T>, factory
         let mut closed = false;
         for k in 0..n {
             let at = if start + k >= n { start + k - n } else { start + k };
-            let Input { rx, probe, taken } = &mut w.inputs[at];
+            let Input { rx, probe, taken, counts } = &mut w.inputs[at];
             let batch = rx.read(batch_max);
             let len = batch.len();
             if len == 0 {
@@ -433,7 +438,15 @@ pub(crate) fn run_stage_worker<T: Send + 'static>(mut w: WorkerParts<T>, factory
             events += len as u64;
             w.stats.events.store(events, Ordering::Relaxed);
             match result {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => {
+                    if let Some(counts) = counts {
+                        // Finished: what the batch made is pushed downstream (the stores
+                        // of `publish_pushed` come first). Pairs with the Acquire load in
+                        // `frontier::Pending::reached`. A failed batch never counts.
+                        w.emitter.publish_pushed();
+                        counts.done.store(*taken, Ordering::Release);
+                    }
+                }
                 Ok(Err(message)) => {
                     w.sink_failed(message);
                     break 'run;
@@ -526,8 +539,8 @@ pub(crate) fn run_source<T: Send + 'static>(mut w: WorkerParts<T>, mut kind: Sou
                 let result = closure_calls(&mut w.emitter, &w.control, &shared, batch_max, |e| Ok(f(e)));
                 w.source_result(result)
             }
-            SourceKind::Closure(f) => {
-                let result = closure_calls(&mut w.emitter, &w.control, &shared, batch_max, f);
+            SourceKind::Group(g) => {
+                let result = catch_unwind(AssertUnwindSafe(|| g.turn(&mut w.emitter, &shared).map(|()| true)));
                 w.source_result(result)
             }
             SourceKind::Ring(rx) => {
@@ -612,6 +625,12 @@ pub(crate) fn run_source<T: Send + 'static>(mut w: WorkerParts<T>, mut kind: Sou
         if !go_on {
             break;
         }
+    }
+    if let (SourceKind::Group(g), false) = (&mut kind, shared.aborted()) {
+        // Shutdown: the stages drain while the source still holds its rings; what left
+        // the last stage is committed, then the member leaves.
+        let result = catch_unwind(AssertUnwindSafe(|| g.finish(&shared).map(|()| false)));
+        w.source_result(result);
     }
     w.finish();
 }
