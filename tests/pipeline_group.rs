@@ -377,3 +377,49 @@ fn sigkill_mid_stream_loses_nothing() {
     );
     eprintln!("killed at {at_kill} lines; {duplicates} duplicates (bound {bound})");
 }
+
+#[test]
+fn a_rebalance_commits_nothing_still_in_the_pipeline_for_a_member_joined_without_a_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = bus_with(dir.path(), 2, 200);
+    // A plain join: the source itself must keep the member from committing on revoke.
+    let member = Member::join(&bus, GROUP, TOPIC, group_opts()).unwrap();
+    let gate = Arc::new(Gate::default());
+    let g = gate.clone();
+    let pipeline = Pipeline::<Event>::builder()
+        .pin(false)
+        .ring_capacity(256)
+        .batch_max(4)
+        .source("group", Source::group(member, decode))
+        .stage("hold", 1, Routing::RoundRobin, move |_| {
+            let g = g.clone();
+            move |batch: &[Event], _: &mut Emitter<Event>| {
+                for _ in batch {
+                    g.take();
+                }
+            }
+        })
+        .build()
+        .unwrap();
+    let _open = OpenOnDrop(gate.clone());
+    wait_until("the source to emit every record", Duration::from_secs(10), || pipeline.metrics()[0].events >= 200);
+    // A second member takes a partition over while nothing has left the last stage: it
+    // must read that partition from its start.
+    let mut second = Member::join(&bus, GROUP, TOPIC, group_opts()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while second.assigned().is_empty() && Instant::now() < deadline {
+        let _ = second.poll(0, Duration::from_millis(20)).unwrap();
+    }
+    let taken = second.assigned();
+    assert!(!taken.is_empty(), "the second member got no partition");
+    for p in taken {
+        assert_eq!(
+            second.position(p).unwrap(),
+            0,
+            "partition {p} was committed on revoke past records still in the pipeline"
+        );
+    }
+    drop(second);
+    gate.give(u64::MAX / 2);
+    pipeline.shutdown().unwrap();
+}

@@ -1015,6 +1015,17 @@ impl Member {
         Ok(member)
     }
 
+    /// Makes a member without a listener commit nothing when partitions leave it (as a
+    /// listener that does nothing would), for a caller that commits only what it finished:
+    /// the pipeline's group source. A member with a listener keeps it.
+    pub(crate) fn commit_nothing_on_revoke(&mut self) {
+        struct CommitNothing;
+        impl RebalanceListener for CommitNothing {}
+        if self.listener.is_none() {
+            self.listener = Some(Listener(Box::new(CommitNothing)));
+        }
+    }
+
     /// This member's id: `<join time ns, 20 digits>-<pid>-<n>`, unique on the box and
     /// sorted by join time.
     pub fn id(&self) -> &str {

@@ -80,7 +80,10 @@ pub(crate) struct GroupSource<T> {
 }
 
 impl<T> GroupSource<T> {
-    pub(crate) fn new(member: Member, decode: Box<dyn FnMut(Delivery) -> Option<T> + Send>) -> GroupSource<T> {
+    pub(crate) fn new(mut member: Member, decode: Box<dyn FnMut(Delivery) -> Option<T> + Send>) -> GroupSource<T> {
+        // A partition leaving the member must not be committed past what left the last
+        // stage: the source's own commits are the only ones.
+        member.commit_nothing_on_revoke();
         GroupSource { member: Some(member), decode, batch: Vec::with_capacity(POLL_MAX), pending: VecDeque::new() }
     }
 

@@ -176,27 +176,23 @@ impl<T: Send + 'static> Source<T> {
     /// emitted in order, [`Routing::ByKey`](super::Routing::ByKey) keeps a key on one
     /// worker).
     ///
-    /// A partition revoked from the member meanwhile is not committed by the source (its
-    /// next owner delivers again from the committed offset). **Join the member with a
-    /// listener** ([`Member::join_with`], even one that does nothing, as below) for that
-    /// to hold across rebalances: a member without one commits every record it returned
-    /// when a partition leaves it, including those still in the pipeline. A failed poll
+    /// A partition revoked from the member meanwhile is not committed past what left the
+    /// last stage (its next owner delivers again from the committed offset): the source
+    /// turns off the commit of every returned record that a member without a listener makes
+    /// when a partition leaves it. A member joined with a listener ([`Member::join_with`])
+    /// keeps it, and what that listener commits on revoke is its own choice. A failed poll
     /// or commit (an I/O error, a damaged group file) stops the pipeline with
     /// [`PipelineError::SourceFailed`] naming the source and the error; a partition fenced
     /// (taken over after the session timeout) is skipped.
     ///
     /// ```
     /// use shoal::bus::Bus;
-    /// use shoal::group::{describe, GroupOptions, Member, RebalanceListener};
+    /// use shoal::group::{describe, GroupOptions, Member};
     /// use shoal::log::LogOptions;
     /// use shoal::pipeline::{Pipeline, Sink, Source};
     /// use std::sync::atomic::{AtomicU64, Ordering};
     /// use std::sync::Arc;
     /// use std::time::{Duration, Instant};
-    ///
-    /// /// Commits nothing on a handover: the pipeline's commits are the only ones.
-    /// struct CommitNothing;
-    /// impl RebalanceListener for CommitNothing {}
     ///
     /// let dir = tempfile::tempdir()?;
     /// let bus = Bus::open(dir.path())?;
@@ -204,7 +200,7 @@ impl<T: Send + 'static> Source<T> {
     /// for n in 0..100u64 {
     ///     producer.send(n, &n.to_le_bytes())?;
     /// }
-    /// let member = Member::join_with(&bus, "billing", "orders", GroupOptions::default(), CommitNothing)?;
+    /// let member = Member::join(&bus, "billing", "orders", GroupOptions::default())?;
     /// let handled = Arc::new(AtomicU64::new(0));
     /// let count = handled.clone();
     /// let source = Source::group(member, |d| d.record.payload_as::<u64>().ok().copied());
