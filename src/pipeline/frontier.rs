@@ -21,12 +21,28 @@
 //! each turn without blocking, and keeps at most [`PENDING_MAX`] polls in flight.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::emit::{Emitter, RingCounts};
-use super::worker::{lock, Shared};
+
+/// The rings of each stage boundary, with their counts (the pipeline's shared topology).
+pub(crate) type Topology = Mutex<Vec<Vec<Arc<RingCounts>>>>;
+
+/// What the source's frontiers read of the pipeline's shared state.
+pub(crate) struct Progress<'a> {
+    /// The rings of each boundary.
+    pub(crate) topology: &'a Topology,
+    /// Set when the pipeline aborts: nothing more is committed, as in a crash.
+    pub(crate) abort: &'a AtomicBool,
+}
+
+impl Progress<'_> {
+    fn aborted(&self) -> bool {
+        self.abort.load(Ordering::Relaxed)
+    }
+}
 use crate::group::{Delivery, GroupError, Member};
 
 /// Records read per poll.
@@ -62,8 +78,8 @@ impl Pending {
 }
 
 /// The rings of `boundary` and their `pushed` counts now; `None` past the last one.
-fn snapshot(topology: &Mutex<Vec<Vec<Arc<RingCounts>>>>, boundary: usize) -> Option<Vec<(Arc<RingCounts>, u64)>> {
-    let topology = lock(topology);
+fn snapshot(topology: &Topology, boundary: usize) -> Option<Vec<(Arc<RingCounts>, u64)>> {
+    let topology = topology.lock().unwrap_or_else(PoisonError::into_inner);
     let rings = topology.get(boundary)?;
     // Relaxed: the Acquire load of the upstream `done` (or, at boundary 0, this thread's
     // own stores) orders these after the pushes they count.
@@ -93,7 +109,7 @@ impl<T> GroupSource<T> {
 
     /// One turn of the source thread: commits what completed, polls, emits, and starts the
     /// poll's frontier.
-    pub(crate) fn turn(&mut self, emitter: &mut Emitter<T>, shared: &Shared<T>) -> Result<(), String> {
+    pub(crate) fn turn(&mut self, emitter: &mut Emitter<T>, shared: &Progress<'_>) -> Result<(), String> {
         self.commit_completed(shared)?;
         if self.pending.len() >= PENDING_MAX {
             std::thread::sleep(DRAIN_NAP);
@@ -121,14 +137,14 @@ impl<T> GroupSource<T> {
         }
         emitter.notify();
         emitter.publish_pushed();
-        let wait = snapshot(&shared.topology, 0).unwrap_or_default();
+        let wait = snapshot(shared.topology, 0).unwrap_or_default();
         self.pending.push_back(Pending { offsets, level: 0, wait });
         Ok(())
     }
 
     /// Moves the frontiers on, oldest first, and returns the offsets of the polls done
     /// (the oldest ones, in order; per partition the highest).
-    fn completed(&mut self, shared: &Shared<T>) -> Vec<(u32, u64)> {
+    fn completed(&mut self, shared: &Progress<'_>) -> Vec<(u32, u64)> {
         let mut done: Vec<(u32, u64)> = Vec::new();
         while let Some(front) = self.pending.front_mut() {
             // Bounded by the number of boundaries: each pass moves one level on or stops.
@@ -137,7 +153,7 @@ impl<T> GroupSource<T> {
                     return done;
                 }
                 front.level += 1;
-                match snapshot(&shared.topology, front.level) {
+                match snapshot(shared.topology, front.level) {
                     Some(wait) => front.wait = wait,
                     None => break,
                 }
@@ -156,7 +172,7 @@ impl<T> GroupSource<T> {
     /// Commits the polls whose events all left the last stage. A partition no longer held
     /// (revoked or taken over meanwhile) is skipped: its next owner delivers it again from
     /// the group's committed offset.
-    fn commit_completed(&mut self, shared: &Shared<T>) -> Result<(), String> {
+    fn commit_completed(&mut self, shared: &Progress<'_>) -> Result<(), String> {
         let done = self.completed(shared);
         if done.is_empty() || shared.aborted() {
             return Ok(());
@@ -180,7 +196,7 @@ impl<T> GroupSource<T> {
     /// commits them, and leaves the group so that the partitions move on at once. Gives up
     /// waiting when the pipeline aborts; the member is then dropped without a commit, as a
     /// crash would.
-    pub(crate) fn finish(&mut self, shared: &Shared<T>) -> Result<(), String> {
+    pub(crate) fn finish(&mut self, shared: &Progress<'_>) -> Result<(), String> {
         // Bounded by the stages draining (shutdown waits for that anyway) or an abort.
         while !self.pending.is_empty() && !shared.aborted() {
             self.commit_completed(shared)?;

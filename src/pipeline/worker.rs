@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 
-use super::emit::{Emitter, Input, Output, RingCounts, Routing};
+use super::emit::{Emitter, Input, Output, Routing};
 use super::error::PipelineError;
+use super::frontier::{Progress, Topology};
 use super::source::{Decode, SourceKind, SourceStep};
 use super::{Config, Factory, WorkerId};
 use crate::affinity::{self, CpuClaim};
@@ -47,7 +48,7 @@ pub(crate) struct Shared<T> {
     /// Per boundary (boundary `b` feeds stage `b`, from the source for `b = 0`), the counts
     /// of its rings now: the map a group source's frontiers walk. Empty unless
     /// `config.frontier`; replaced by a scale while the rings it replaces are drained.
-    pub(crate) topology: Mutex<Vec<Vec<Arc<RingCounts>>>>,
+    pub(crate) topology: Topology,
 }
 
 impl<T> Shared<T> {
@@ -66,6 +67,11 @@ impl<T> Shared<T> {
     #[inline]
     pub(crate) fn aborted(&self) -> bool {
         self.abort.load(Ordering::Relaxed)
+    }
+
+    /// What a group source's frontiers read.
+    pub(crate) fn progress(&self) -> Progress<'_> {
+        Progress { topology: &self.topology, abort: &self.abort }
     }
 
     /// Records `error` (the first one wins) and stops every thread.
@@ -540,7 +546,8 @@ pub(crate) fn run_source<T: Send + 'static>(mut w: WorkerParts<T>, mut kind: Sou
                 w.source_result(result)
             }
             SourceKind::Group(g) => {
-                let result = catch_unwind(AssertUnwindSafe(|| g.turn(&mut w.emitter, &shared).map(|()| true)));
+                let result =
+                    catch_unwind(AssertUnwindSafe(|| g.turn(&mut w.emitter, &shared.progress()).map(|()| true)));
                 w.source_result(result)
             }
             SourceKind::Ring(rx) => {
@@ -629,7 +636,7 @@ pub(crate) fn run_source<T: Send + 'static>(mut w: WorkerParts<T>, mut kind: Sou
     if let (SourceKind::Group(g), false) = (&mut kind, shared.aborted()) {
         // Shutdown: the stages drain while the source still holds its rings; what left
         // the last stage is committed, then the member leaves.
-        let result = catch_unwind(AssertUnwindSafe(|| g.finish(&shared).map(|()| false)));
+        let result = catch_unwind(AssertUnwindSafe(|| g.finish(&shared.progress()).map(|()| false)));
         w.source_result(result);
     }
     w.finish();
