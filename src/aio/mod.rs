@@ -42,5 +42,7 @@
 //! ends at most about 1 ms after its word moves and an idle registration costs a wake-up per
 //! millisecond. With nothing registered a helper still sleeps without ticking.
 
-#[cfg_attr(not(test), allow(dead_code))]
+mod tailer;
 pub(crate) mod wake;
+
+pub use tailer::{AsyncTailer, Next};
