@@ -1,20 +1,23 @@
 //! Async waits (`shoal::aio`, feature `tokio`) under tokio's multi-thread runtime: a thousand
 //! tailer streams in one process each get every record; a `next()` cancelled mid-wait loses
 //! and duplicates nothing and leaves no sleeper registered; futures waiting when the appender
-//! closes or the runtime shuts down neither hang nor panic.
+//! closes or the runtime shuts down neither hang nor panic; durable futures (of a watch, of
+//! appends) resolve once covered, at every durability level, and with the error when every
+//! sync fails.
 #![cfg(feature = "tokio")]
 
 mod common;
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use shoal::aio::AsyncTailer;
-use shoal::log::{Appender, IoBackend, LogOptions, TailWait};
+use shoal::aio::{AppendDurable, AsyncDurable, AsyncTailer};
+use shoal::log::{AppendError, Appender, Durability, IoBackend, LogError, LogOptions, Offset, TailWait};
 
-use common::small_opts;
+use common::{child_command, child_mode, small_opts};
 
 /// Longest any single record may take to reach a waiting future before the test calls it
 /// lost: far above any wake-up, so only a lost wake-up or a hang trips it.
@@ -235,4 +238,103 @@ fn waiting_futures_survive_the_appender_closing_and_the_runtime_shutting_down() 
     assert_eq!(waiters(dir.path()), 0, "futures dropped at shutdown left sleepers registered");
     log.append(b"after").expect("append after the runtime is gone");
     log.close().expect("close");
+}
+
+/// In a child whose every data sync fails (`SHOAL_FAIL_POINT=sync`): durable futures, those
+/// of appends and those of a watch, resolve with the sync's error, none hangs, and an
+/// append after the failure resolves with it at once.
+fn child_durable_futures_see_the_sync_error(dir: &Path, durability: Durability) {
+    let rt = runtime();
+    rt.block_on(async {
+        let mut log = Appender::open(dir, opts().durability(durability)).expect("open");
+        let watch = log.durable_watch();
+        let mut acks = Vec::new();
+        for i in 0..20u64 {
+            let ack = log.append_durable(format!("record {i}").as_bytes());
+            acks.push(tokio::spawn(ack));
+        }
+        let waits: Vec<_> = (0..5).map(|o| tokio::spawn(watch.wait(Offset(o)))).collect();
+        for (i, ack) in acks.into_iter().enumerate() {
+            match tokio::time::timeout(RECORD_WAIT, ack).await.expect("an append's durable future hung").expect("task")
+            {
+                Err(AppendError::Log(LogError::SyncFailed { .. })) => {}
+                // In Batch mode the sync thread's first round may fail before the appends
+                // end: later appends fail at once with the same error.
+                other => panic!("{durability:?}: append {i} resolved to {other:?}, not the sync failure"),
+            }
+        }
+        for (o, wait) in waits.into_iter().enumerate() {
+            match tokio::time::timeout(RECORD_WAIT, wait).await.expect("a watch's durable future hung").expect("task") {
+                Err(LogError::SyncFailed { .. }) => {}
+                other => panic!("{durability:?}: wait for {o} resolved to {other:?}, not the sync failure"),
+            }
+        }
+        match log.append_durable(b"after").await {
+            Err(AppendError::Log(LogError::SyncFailed { .. })) => {}
+            other => panic!("{durability:?}: an append after the failure resolved to {other:?}"),
+        }
+        assert_eq!(log.durable_offset(), Offset(0), "{durability:?}: the watermark moved with every sync failing");
+    });
+}
+
+#[test]
+fn durable_futures_resolve_with_a_sync_error() {
+    const TEST: &str = "durable_futures_resolve_with_a_sync_error";
+    if let Some(mode) = child_mode() {
+        let (dir, durability) = mode.split_once(' ').expect("child mode: dir durability");
+        let durability = if durability == "batch" { Durability::Batch } else { Durability::Never };
+        child_durable_futures_see_the_sync_error(Path::new(dir), durability);
+        std::process::exit(0);
+    }
+    for durability in ["never", "batch"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = child_command(TEST, &format!("{} {durability}", dir.path().display()))
+            .env("SHOAL_FAIL_POINT", "sync")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run child");
+        assert!(
+            out.status.success(),
+            "{durability}: child failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn durable_futures_resolve_once_covered_and_cancel_cleanly() {
+    let rt = runtime();
+    for durability in [Durability::Never, Durability::Interval(Duration::from_secs(3600)), Durability::Batch] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = Appender::open(dir.path(), opts().durability(durability)).expect("open");
+        let watch = log.durable_watch();
+        rt.block_on(async {
+            // A passive wait is not a request: at these levels nothing syncs, and it stays
+            // pending; dropping it (cancelled by the timeout) unregisters it.
+            let first = log.append(b"first").expect("append");
+            if durability != Durability::Batch {
+                let passive = tokio::time::timeout(Duration::from_millis(50), watch.wait_passive(first)).await;
+                assert!(passive.is_err(), "{durability:?}: a passive wait resolved with nothing syncing");
+            }
+            // Each append's future resolves once it is covered, in any order of awaiting,
+            // from other tasks, while the appender goes on.
+            let acks: Vec<_> =
+                (0..50u64).map(|i| tokio::spawn(log.append_durable(format!("record {i}").as_bytes()))).collect();
+            for (i, ack) in acks.into_iter().enumerate().rev() {
+                let offset =
+                    tokio::time::timeout(RECORD_WAIT, ack).await.expect("hung").expect("task").expect("durable");
+                assert_eq!(offset, Offset(i as u64 + 1));
+                assert!(watch.durable_offset() > offset, "{durability:?}: resolved before the watermark passed");
+            }
+            // The passive wait on the first record is over now, at once.
+            assert_eq!(watch.wait_passive(first).await.expect("durable"), first);
+        });
+        log.close().expect("close");
+        // A wait for a record never appended ends when the appender closes.
+        let closed = rt.block_on(async { tokio::time::timeout(RECORD_WAIT, watch.wait(Offset(1_000))).await });
+        assert!(matches!(closed, Ok(Err(LogError::Closed))), "{durability:?}: {closed:?}");
+    }
 }

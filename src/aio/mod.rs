@@ -42,7 +42,9 @@
 //! ends at most about 1 ms after its word moves and an idle registration costs a wake-up per
 //! millisecond. With nothing registered a helper still sleeps without ticking.
 
+mod durable;
 mod tailer;
 pub(crate) mod wake;
 
+pub use durable::{AppendDurable, AppendedDurable, AsyncDurable, SendDurable, WaitDurable};
 pub use tailer::{AsyncTailer, Next};
