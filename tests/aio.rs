@@ -3,7 +3,8 @@
 //! and duplicates nothing and leaves no sleeper registered; futures waiting when the appender
 //! closes or the runtime shuts down neither hang nor panic; durable futures (of a watch, of
 //! appends) resolve once covered, at every durability level, and with the error when every
-//! sync fails.
+//! sync fails; an async ring consumer gets every value a producer thread pushes, in order,
+//! one at a time, in batches and as a stream, with pops cancelled mid-wait.
 #![cfg(feature = "tokio")]
 
 mod common;
@@ -14,8 +15,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use shoal::aio::{AppendDurable, AsyncDurable, AsyncTailer};
+use shoal::aio::{AppendDurable, AsyncConsumer, AsyncDurable, AsyncTailer};
 use shoal::log::{AppendError, Appender, Durability, IoBackend, LogError, LogOptions, Offset, TailWait};
+use shoal::ring::{channel, Closed, WaitStrategy};
 
 use common::{child_command, child_mode, small_opts};
 
@@ -337,4 +339,83 @@ fn durable_futures_resolve_once_covered_and_cancel_cleanly() {
         let closed = rt.block_on(async { tokio::time::timeout(RECORD_WAIT, watch.wait(Offset(1_000))).await });
         assert!(matches!(closed, Ok(Err(LogError::Closed))), "{durability:?}: {closed:?}");
     }
+}
+
+#[test]
+fn an_async_ring_consumer_gets_every_value_from_a_producer_thread() {
+    const VALUES: u64 = 100_000;
+    let rt = runtime();
+    for wait in [WaitStrategy::Park, WaitStrategy::SpinThenYield] {
+        let (mut tx, rx) = channel::<u64>(256, wait);
+        let mut rx = AsyncConsumer::new(rx);
+        let producer = std::thread::spawn(move || {
+            for i in 0..VALUES {
+                tx.push_wait(i).expect("the consumer is there");
+                // Pauses now and then, so the consumer runs dry and sleeps.
+                if i % 5_000 == 0 {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        });
+        let consume = async move {
+            let (mut next, mut cancelled, mut i) = (0u64, 0u64, 0u64);
+            loop {
+                i += 1;
+                match i % 3 {
+                    // One at a time.
+                    0 => match rx.pop().await {
+                        Ok(v) => {
+                            assert_eq!(v, next, "{wait:?}");
+                            next += 1;
+                        }
+                        Err(Closed) => break,
+                    },
+                    // A batch in place.
+                    1 => match rx.read(64).await {
+                        Ok(batch) => {
+                            let (a, b) = batch.as_slices();
+                            for &v in a.iter().chain(b) {
+                                assert_eq!(v, next, "{wait:?}");
+                                next += 1;
+                            }
+                            batch.commit();
+                        }
+                        Err(Closed) => break,
+                    },
+                    // A pop cancelled mid-wait now and then: it takes nothing.
+                    _ => tokio::select! {
+                        v = rx.pop() => match v {
+                            Ok(v) => {
+                                assert_eq!(v, next, "{wait:?}");
+                                next += 1;
+                            }
+                            Err(Closed) => break,
+                        },
+                        _ = tokio::time::sleep(Duration::from_micros(100)) => cancelled += 1,
+                    },
+                }
+            }
+            assert!(cancelled > 0, "{wait:?}: no pop was cancelled; that part tested nothing");
+            next
+        };
+        let got = rt.block_on(async { tokio::time::timeout(RECORD_WAIT, consume).await.expect("the consumer hung") });
+        producer.join().expect("producer");
+        assert_eq!(got, VALUES, "{wait:?}: the consumer saw Closed before the last value");
+    }
+}
+
+#[test]
+fn an_async_ring_consumer_as_a_stream_ends_when_the_producer_goes() {
+    let rt = runtime();
+    let (mut tx, rx) = channel::<String>(4, WaitStrategy::Park);
+    let producer = std::thread::spawn(move || {
+        for i in 0..100 {
+            tx.push_wait(format!("value {i}")).expect("push");
+        }
+    });
+    let values: Vec<String> = rt.block_on(async {
+        tokio::time::timeout(RECORD_WAIT, AsyncConsumer::new(rx).collect::<Vec<_>>()).await.expect("the stream hung")
+    });
+    producer.join().expect("producer");
+    assert_eq!(values, (0..100).map(|i| format!("value {i}")).collect::<Vec<_>>());
 }
