@@ -76,6 +76,8 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod affinity;
+#[cfg(feature = "tokio")]
+pub mod aio;
 #[cfg(feature = "nats")]
 pub mod bridge;
 pub mod bus;

@@ -448,7 +448,7 @@ impl Reader {
     }
 
     /// The log's control page, mapped on first use once an appender has created it.
-    pub(super) fn head(&mut self) -> Option<&Head> {
+    pub(crate) fn head(&mut self) -> Option<&Head> {
         if self.head.is_none() {
             self.head = Head::open_existing(&self.dir).ok().flatten();
         }
@@ -460,7 +460,7 @@ impl Reader {
     /// entered or at the end of the mapping. For spinning waiters (`wait::spin_until`): a
     /// word other than 0 and the end marker is a record that [`Reader::ready`] reports at once.
     #[inline]
-    pub(super) fn commit_word(&self) -> Option<u32> {
+    pub(crate) fn commit_word(&self) -> Option<u32> {
         self.region.as_ref()?.load_commit(self.position)
     }
 
@@ -468,7 +468,7 @@ impl Reader {
     /// waiting tailer takes their page faults (mapping the page-cache pages the appender
     /// writes) before the records in them arrive, not as it reads them. Reads only; the
     /// values are ignored, and words past the mapping are skipped.
-    pub(super) fn touch_ahead(&self, pages: usize) {
+    pub(crate) fn touch_ahead(&self, pages: usize) {
         let Some(region) = self.region.as_ref() else { return };
         let first = (self.position / format::PAGE_BYTES + 1) * format::PAGE_BYTES;
         for page in 0..pages {

@@ -36,7 +36,7 @@
 
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -116,6 +116,9 @@ pub(crate) struct Shared {
     waiters: AtomicUsize,
     durable_lock: Mutex<()>,
     durable_changed: Condvar,
+    /// Futex word bumped (and woken, process-private) wherever `durable_changed` is
+    /// notified, for async waiters (`aio`), which cannot wait on the condition variable.
+    durable_word: AtomicU32,
     pub(crate) failed: AtomicBool,
     failure: Mutex<Option<Failure>>,
     shutdown: AtomicBool,
@@ -164,6 +167,7 @@ impl Shared {
             waiters: AtomicUsize::new(0),
             durable_lock: Mutex::new(()),
             durable_changed: Condvar::new(),
+            durable_word: AtomicU32::new(0),
             failed: AtomicBool::new(false),
             failure: Mutex::new(None),
             shutdown: AtomicBool::new(false),
@@ -217,7 +221,15 @@ impl Shared {
         if self.waiters.load(Ordering::SeqCst) > 0 {
             let _guard = self.durable_lock.lock().unwrap_or_else(|p| p.into_inner());
             self.durable_changed.notify_all();
+            self.bump_durable_word();
         }
+    }
+
+    /// Moves the async waiters' futex word and wakes it.
+    fn bump_durable_word(&self) {
+        // pairs with the SeqCst load in `watch_begin`
+        self.durable_word.fetch_add(1, Ordering::SeqCst);
+        crate::sys::futex::wake_all_private(&self.durable_word);
     }
 
     /// The error of the failed sync (or [`LogError::Closed`]).
@@ -411,6 +423,8 @@ impl Shared {
     /// Stops the sync thread (after the round in progress) and waits for it.
     pub(crate) fn stop_syncer(&self, thread: JoinHandle<()>) {
         self.shutdown.store(true, Ordering::SeqCst);
+        // Async waiters re-check for the shutdown (blocking ones do within PARK_MAX).
+        self.bump_durable_word();
         self.syncer_parked.store(true, Ordering::SeqCst);
         self.wake_syncer();
         let _ = thread.join();
@@ -488,6 +502,56 @@ impl DurableWatch {
     /// As [`DurableWatch::wait_durable`].
     pub fn wait_durable_passive(&self, offset: Offset, timeout: Option<Duration>) -> Result<bool, LogError> {
         self.shared.wait_durable(offset.0, timeout, false)
+    }
+
+    /// For an async waiter (`aio`): whether the wait for `offset` is over: `Some(Ok)` once
+    /// it is durable, `Some(Err)` after a failed sync or a close before it was appended,
+    /// `None` while it is still to come. The checks of [`Shared::wait_durable`]'s loop.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn settled(&self, offset: Offset) -> Option<Result<(), LogError>> {
+        let shared = &self.shared;
+        // pairs with the SeqCst store of `durable` in round_done
+        if shared.durable_now() > offset.0 {
+            return Some(Ok(()));
+        }
+        if shared.failed.load(Ordering::Acquire) {
+            return Some(Err(shared.failure()));
+        }
+        let appended = shared.written.load(Ordering::Acquire) > offset.0;
+        if shared.shutdown.load(Ordering::Acquire) && !appended {
+            return Some(Err(LogError::Closed));
+        }
+        None
+    }
+
+    /// For an async waiter: asks for a sync that covers `offset` where the durability level
+    /// would not run one on its own, handing the round to the sync thread (an async waiter
+    /// never runs a data sync on its runtime's thread).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn ask_sync(&self, offset: Offset) {
+        let shared = &self.shared;
+        if shared.durability != Durability::Batch {
+            shared.sync_target.fetch_max(offset.0 + 1, Ordering::SeqCst);
+            shared.syncer_parked.store(true, Ordering::SeqCst);
+            shared.wake_syncer();
+        }
+    }
+
+    /// For an async waiter: registers it as one the waking side must bump the futex word
+    /// for (Dekker's pattern, with the SeqCst store of the watermark) and returns the word
+    /// and its value, read after registering. The caller re-checks [`DurableWatch::settled`]
+    /// before it sleeps on the word, and calls [`DurableWatch::watch_end`] once done.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn watch_begin(&self) -> (&AtomicU32, u32) {
+        self.shared.waiters.fetch_add(1, Ordering::SeqCst);
+        // pairs with the SeqCst bump in `bump_durable_word`
+        (&self.shared.durable_word, self.shared.durable_word.load(Ordering::SeqCst))
+    }
+
+    /// Ends an async waiter's registration ([`DurableWatch::watch_begin`]).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn watch_end(&self) {
+        self.shared.waiters.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -689,4 +753,5 @@ fn fail(shared: &Shared, failure: Failure) {
     shared.failed.store(true, Ordering::Release);
     let _guard = shared.durable_lock.lock().unwrap_or_else(|p| p.into_inner());
     shared.durable_changed.notify_all();
+    shared.bump_durable_word();
 }

@@ -95,6 +95,13 @@ impl Tailer {
         &mut self.reader
     }
 
+    /// The reader, for a waiter of another kind (`aio::AsyncTailer`) that continues where
+    /// this tailer stands.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn into_reader(self) -> Reader {
+        self.reader
+    }
+
     /// The next record, waiting up to `timeout` (forever with `None`) for one to be
     /// appended, by this tailer's [`TailWait`]. A spin budget counts from when the tailer
     /// first found nothing to read at its offset, across calls: a caller that waits in short

@@ -688,6 +688,19 @@ impl<T> Consumer<T> {
     pub fn capacity(&self) -> usize {
         self.ring.buffer().capacity()
     }
+
+    /// For an async consumer (`aio`): where it sleeps, and whether the producer wakes it
+    /// (only under [`WaitStrategy::Park`]).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn waiter(&self) -> (&Waiter, bool) {
+        (&self.me, self.wait.parks())
+    }
+
+    /// For an async consumer's re-check: a value is readable, or the producer is gone.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn readable_or_abandoned(&self) -> bool {
+        !self.ring.is_empty() || self.ring.is_abandoned()
+    }
 }
 
 impl<T> Drop for Consumer<T> {

@@ -12,8 +12,13 @@
 //! `membarrier(2)` that makes every running thread of the process execute a full barrier,
 //! which is what the pattern needs on the hot side. Sleeps are also bounded
 //! ([`PARK_TIMEOUT`]) as a second line of defence.
+//!
+//! A waiter that is a future (feature `tokio`, `aio`) follows the same protocol but has no
+//! thread to unpark: the waking side, finding no thread recorded, bumps the waiter's futex
+//! word and wakes it (process-private), and the future sleeps on that word through the
+//! wake-up helper.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::thread::Thread;
 use std::time::Duration;
@@ -56,6 +61,9 @@ pub const PARK_TIMEOUT: Duration = Duration::from_millis(50);
 pub struct Waiter {
     waiting: CachePadded<AtomicBool>,
     thread: OnceLock<Thread>,
+    /// Bumped and woken (private futex) in place of an unpark when no thread ever waited
+    /// here: the sleeping place of an async waiter.
+    word: AtomicU32,
 }
 
 impl Waiter {
@@ -113,17 +121,44 @@ impl Waiter {
     #[cold]
     fn wake_now(&self) {
         if self.waiting.swap(false, Ordering::SeqCst) {
-            if let Some(thread) = self.thread.get() {
-                thread.unpark();
-            }
+            self.unpark();
         }
     }
 
     /// Wakes the thread whether or not it is known to sleep (for stop requests).
     pub fn wake_unconditionally(&self) {
         self.waiting.store(false, Ordering::SeqCst);
-        if let Some(thread) = self.thread.get() {
-            thread.unpark();
+        self.unpark();
+    }
+
+    /// Unparks the waiting thread, or, where no thread ever waited here, moves and wakes the
+    /// futex word an async waiter sleeps on.
+    fn unpark(&self) {
+        match self.thread.get() {
+            Some(thread) => thread.unpark(),
+            None => {
+                // pairs with the SeqCst load in `prepare_async_wait`
+                self.word.fetch_add(1, Ordering::SeqCst);
+                crate::sys::futex::wake_all_private(&self.word);
+            }
         }
+    }
+
+    /// For an async waiter (`aio`): raises the sleeper flag, issues the heavy fence (pairing
+    /// with the light one in [`Waiter::wake`]) and returns the futex word with its value,
+    /// read after both. The caller re-checks its condition, sleeps on the word while it holds
+    /// that value, and calls [`Waiter::finish_async_wait`] afterwards. A waiter used this way
+    /// must never be waited on by a thread (it would then unpark the thread instead).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn prepare_async_wait(&self) -> (&AtomicU32, u32) {
+        self.waiting.store(true, Ordering::SeqCst);
+        AsymmetricFence::heavy();
+        (&self.word, self.word.load(Ordering::SeqCst))
+    }
+
+    /// Lowers the sleeper flag after an async wait (the waking side lowers it too).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn finish_async_wait(&self) {
+        self.waiting.store(false, Ordering::Relaxed);
     }
 }

@@ -14,6 +14,9 @@ use std::time::Duration;
 pub const WAITV_MAX: usize = 128;
 /// `FUTEX2_SIZE_U32`; the words are shared (no `FUTEX2_PRIVATE`), so other processes wake us.
 const FUTEX2_SIZE_U32: u32 = 2;
+/// `FUTEX2_PRIVATE`: the word is waited on with the process-private key, as `FUTEX_WAKE`
+/// with `FUTEX_PRIVATE_FLAG` wakes it.
+const FUTEX2_PRIVATE: u32 = 128;
 
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "riscv64"))]
 const SYS_FUTEX_WAITV: libc::c_long = 449;
@@ -70,6 +73,115 @@ impl FutexWaitv {
     /// [`wait_any`] for how long the word must live.
     pub fn new(word: &AtomicU32, seen: u32) -> FutexWaitv {
         FutexWaitv { val: seen as u64, uaddr: word.as_ptr() as u64, flags: FUTEX2_SIZE_U32, reserved: 0 }
+    }
+
+    /// Waits while the u32 at `addr` holds `seen`, with the private futex key when `private`
+    /// (the word is then woken only by [`wake_all_private`]). The address is only handed to
+    /// the kernel, which validates it: see [`waitv`].
+    pub fn at(addr: usize, seen: u32, private: bool) -> FutexWaitv {
+        let flags = if private { FUTEX2_SIZE_U32 | FUTEX2_PRIVATE } else { FUTEX2_SIZE_U32 };
+        FutexWaitv { val: seen as u64, uaddr: addr as u64, flags, reserved: 0 }
+    }
+}
+
+/// How a [`waitv`] call ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Waitv {
+    /// The word at this index of the list was woken.
+    Woken(usize),
+    /// Some word already differed from its value, or could not be read (`EAGAIN`, `EFAULT`):
+    /// [`differs`] tells which.
+    Moved,
+    /// A signal or a spurious return: nothing is known; wait again.
+    Interrupted,
+    /// `futex_waitv` is unavailable (Linux < 5.16, or a list of more than [`WAITV_MAX`]).
+    Unsupported,
+}
+
+/// Sleeps, with no timeout, until one of the words of `list` is woken or differs from its
+/// value: `futex_waitv(2)` for a caller that must know which word ended the wait.
+///
+/// Safe for any addresses: the kernel only reads the words, through its own checked
+/// user-memory accessors, and fails the call with `EFAULT` (reported as [`Waitv::Moved`]) for
+/// one that is not mapped; nothing of this process is written.
+pub fn waitv(list: &[FutexWaitv]) -> Waitv {
+    if SYS_FUTEX_WAITV < 0 || list.len() > WAITV_MAX || list.is_empty() || WAITV_UNSUPPORTED.load(Ordering::Relaxed) {
+        return Waitv::Unsupported;
+    }
+    // SAFETY: the kernel reads `list` (a valid array of `list.len()` entries, borrowed for
+    // the call) and the u32 words it names through checked accessors (an unmapped one fails
+    // the call with EFAULT); a null timeout means no deadline. Nothing of ours is written.
+    let rc = unsafe {
+        libc::syscall(
+            SYS_FUTEX_WAITV,
+            list.as_ptr(),
+            list.len() as libc::c_uint,
+            0 as libc::c_uint,
+            std::ptr::null::<libc::timespec>(),
+            libc::CLOCK_MONOTONIC,
+        )
+    };
+    if rc >= 0 {
+        return Waitv::Woken(rc as usize);
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EFAULT) => Waitv::Moved,
+        Some(libc::ENOSYS) => {
+            WAITV_UNSUPPORTED.store(true, Ordering::Relaxed);
+            tracing::info!("futex_waitv is unavailable (Linux < 5.16); async waits re-check every 1 ms");
+            Waitv::Unsupported
+        }
+        _ => Waitv::Interrupted,
+    }
+}
+
+/// True when the u32 at `addr` no longer holds `seen` (or cannot be read), as the kernel
+/// sees it: a `FUTEX_WAIT` with a zero timeout, which compares the word and returns at once.
+/// Safe for any address, for the reasons given in [`waitv`].
+pub fn differs(addr: usize, seen: u32, private: bool) -> bool {
+    let op = if private { libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG } else { libc::FUTEX_WAIT };
+    let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: FUTEX_WAIT reads the u32 at `addr` through the kernel's checked accessors (an
+    // unmapped address fails with EFAULT) and the timespec on our stack; it writes nothing.
+    let rc = unsafe { libc::syscall(libc::SYS_futex, addr, op, seen, &zero as *const libc::timespec, 0usize, 0u32) };
+    rc < 0 && matches!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EAGAIN) | Some(libc::EFAULT))
+}
+
+/// Sleeps while `word` holds `seen`, until a private wake-up ([`wake_all_private`]) or
+/// `timeout`. Spurious returns happen: callers re-check and loop.
+pub fn wait_private(word: &AtomicU32, seen: u32, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: as in `wait`, with the private key.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            seen,
+            &ts as *const libc::timespec,
+            0usize,
+            0u32,
+        );
+    }
+}
+
+/// Wakes every sleeper on `word` that waits with the private key (this process only).
+pub fn wake_all_private(word: &AtomicU32) {
+    // SAFETY: FUTEX_WAKE on the aligned u32 behind `word` (borrowed for the call); nothing of
+    // ours is written by the kernel.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            i32::MAX,
+            0usize,
+            0usize,
+            0u32,
+        );
     }
 }
 
