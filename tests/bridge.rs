@@ -784,3 +784,135 @@ fn max_records_ends_each_direction_by_itself_once_every_record_moved() {
     assert_eq!((again.records, again.recovered), (0, 0), "{again:?}");
     assert_eq!(local_count(dst.path()), total);
 }
+
+/// Exports then imports `total` records with the blocking API, from the thread this runs on.
+fn blocking_round_trip(src: &Path, dst: &Path, url: &str, stream: &str, total: u64) {
+    let never = AtomicBool::new(false);
+    create_stream(url, stream);
+    let bus = Bus::open(src).unwrap();
+    let o = opts(url, stream).max_records(Some(total));
+    let mut statuses = 0;
+    let exported = bridge::export(&bus, TOPIC, &o, &never, &mut |_| statuses += 1).unwrap();
+    assert_eq!(exported.records, total);
+    let dbus = Bus::open(dst).unwrap();
+    dbus.topic_or_create(TOPIC, Some(PARTITIONS)).unwrap();
+    assert!(bridge::check_stream(TOPIC, &o, false, &never).unwrap());
+    let imported = bridge::import(&dbus, TOPIC, &o, &never, &mut |_| statuses += 1).unwrap();
+    assert_eq!(imported.records, total);
+}
+
+#[test]
+fn the_blocking_bridge_called_inside_a_runtime_does_not_panic_and_moves_the_records() {
+    const LIMIT: Duration = Duration::from_secs(60);
+    let src = tempfile::tempdir().unwrap();
+    produce(&Bus::open(src.path()).unwrap(), 0, 40);
+    let total = 40 * PARTITIONS as u64;
+    let want = local_records(&Bus::open(src.path()).unwrap());
+    for multi_thread in [true, false] {
+        // A server each (two streams cannot capture the same subjects), and a stream name
+        // each (the source's export positions are kept per stream).
+        let stream = if multi_thread { "RM" } else { "RC" };
+        let server = Server::start();
+        let url = server.url();
+        let dst = tempfile::tempdir().unwrap();
+        let (s, d, u) = (src.path().to_path_buf(), dst.path().to_path_buf(), url.clone());
+        returns_within(LIMIT, move || {
+            if multi_thread {
+                // On a worker thread of a multi-thread runtime, inside a task.
+                let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+                let task = rt.spawn(async move { blocking_round_trip(&s, &d, &u, stream, total) });
+                rt.block_on(task).unwrap();
+            } else {
+                // Inside a current-thread runtime's `block_on`.
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(async move { blocking_round_trip(&s, &d, &u, stream, total) });
+            }
+        });
+        assert_eq!(local_records(&Bus::open(dst.path()).unwrap()), want, "multi_thread: {multi_thread}");
+        assert_stream_is_topic(&url, stream, 40, true);
+    }
+}
+
+#[test]
+fn the_async_bridge_runs_on_the_callers_runtime_and_a_dropped_future_stops_it() {
+    use futures_util::FutureExt;
+    const LIMIT: Duration = Duration::from_secs(60);
+    let server = Server::start();
+    let url = server.url();
+    let src = tempfile::tempdir().unwrap();
+    produce(&Bus::open(src.path()).unwrap(), 0, 60);
+    let total = 60 * PARTITIONS as u64;
+    create_stream(&url, "A");
+    // Polled outside any runtime: an error that says what to do, no panic.
+    let outside = bridge::export_async(
+        Bus::open(src.path()).unwrap(),
+        TOPIC,
+        opts(&url, "A"),
+        Arc::new(AtomicBool::new(false)),
+        |_| {},
+    )
+    .now_or_never();
+    assert!(matches!(outside, Some(Err(BridgeError::NoRuntime(_)))), "{outside:?}");
+
+    let dst = tempfile::tempdir().unwrap();
+    let cancelled = tempfile::tempdir().unwrap();
+    let (s, d, c, u) =
+        (src.path().to_path_buf(), dst.path().to_path_buf(), cancelled.path().to_path_buf(), url.clone());
+    let stop_of_cancelled = returns_within(LIMIT, move || {
+        // One thread for every task: the export can only end if the runtime keeps running the
+        // watcher below while it moves the records.
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let stop_of_cancelled = rt.block_on(async move {
+            let stop = Arc::new(AtomicBool::new(false));
+            let export = bridge::export_async(Bus::open(&s).unwrap(), TOPIC, opts(&u, "A"), stop.clone(), |_| {});
+            let watch = async {
+                // The caller's own NATS client, on the same runtime as the awaiting task.
+                let js = async_nats::jetstream::new(async_nats::connect(u.as_str()).await.unwrap());
+                let mut stream = js.get_stream("A").await.unwrap();
+                while stream.info().await.unwrap().state.messages < total {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                stop.store(true, Ordering::Relaxed);
+            };
+            let (exported, ()) = tokio::join!(export, watch);
+            assert_eq!(exported.unwrap().records, total);
+
+            Bus::open(&d).unwrap().topic_or_create(TOPIC, Some(PARTITIONS)).unwrap();
+            let o = opts(&u, "A").max_records(Some(total));
+            let imported =
+                bridge::import_async(Bus::open(&d).unwrap(), TOPIC, o, Arc::new(AtomicBool::new(false)), |_| {});
+            assert_eq!(imported.await.unwrap().records, total);
+
+            // An import that runs until its future is dropped, once every record is in.
+            Bus::open(&c).unwrap().topic_or_create(TOPIC, Some(PARTITIONS)).unwrap();
+            let stop = Arc::new(AtomicBool::new(false));
+            let import = bridge::import_async(Bus::open(&c).unwrap(), TOPIC, opts(&u, "A"), stop.clone(), |_| {});
+            tokio::select! {
+                out = import => panic!("the import ended by itself: {out:?}"),
+                () = async {
+                    while local_count(&c) < total {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                } => {}
+            }
+            stop
+        });
+        // Dropping the runtime waits for the cancelled bridge's blocking task to end.
+        drop(rt);
+        stop_of_cancelled
+    });
+    assert!(stop_of_cancelled.load(Ordering::Relaxed), "dropping the future did not set stop");
+    assert_stream_is_topic(&url, "A", 60, true);
+    let want = local_records(&Bus::open(src.path()).unwrap());
+    assert_eq!(local_records(&Bus::open(dst.path()).unwrap()), want);
+    assert_eq!(local_records(&Bus::open(cancelled.path()).unwrap()), want);
+    // The cancelled import stored its positions: a new run finds nothing left to import.
+    let again = {
+        let (c, u) = (cancelled.path().to_path_buf(), url.clone());
+        run_until(move |stop| bridge::import(&Bus::open(&c)?, TOPIC, &opts(&u, "A"), stop, &mut |_| {}), LIMIT, {
+            let started = Instant::now();
+            move || started.elapsed() >= Duration::from_millis(500)
+        })
+    };
+    assert_eq!((again.records, again.recovered), (0, 0), "{again:?}");
+}

@@ -50,11 +50,70 @@ struct Part {
 /// `opts.stream`, resuming from the stored positions, and follows the topic until `stop` is
 /// set. `status` is called about once per second.
 ///
+/// Called on a thread inside a tokio runtime, it runs the bridge on a thread of its own and
+/// blocks until it ends (see the module docs, "In a tokio service"); from async code, await
+/// [`export_async`] instead.
+///
 /// # Errors
 /// [`BridgeError::BadUrl`], [`BridgeError::Unreachable`] (at start, after
 /// [`super::CONNECT_ATTEMPTS`] tries), [`BridgeError::NoStream`], bus and log errors, a
 /// damaged positions file. Once running, NATS failures are retried, not returned.
 pub fn export(
+    bus: &Bus,
+    topic: &str,
+    opts: &BridgeOptions,
+    stop: &AtomicBool,
+    status: &mut dyn FnMut(&BridgeStatus),
+) -> Result<BridgeStats, BridgeError> {
+    super::off_runtime(status, |status| export_here(bus, topic, opts, stop, status))
+}
+
+/// [`export`] for async code: runs the bridge on the current tokio runtime's blocking pool
+/// (`spawn_blocking`: it blocks on the disk and on its connection's own runtime) and resolves
+/// with its [`BridgeStats`] once it stops: when `stop` is set, or by itself after
+/// [`BridgeOptions::max_records`]. `status` is called on that blocking thread about once
+/// per second.
+///
+/// Cancellation safe: dropping the future sets `stop`; the bridge then stops as it does for
+/// any stop (within [`super::STOP_WAIT`], positions stored), so nothing is lost and a later
+/// run resumes where it ended.
+///
+/// # Errors
+/// Those of [`export`], and [`BridgeError::NoRuntime`] when polled outside a tokio runtime.
+///
+/// # Examples
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::{atomic::AtomicBool, Arc};
+/// use shoal::bridge::{BridgeOptions, export_async};
+///
+/// let bus = shoal::bus::Bus::open("/var/lib/app/bus")?;
+/// let opts = BridgeOptions::default().nats_url("nats://127.0.0.1:4222").stream("ORDERS");
+/// let stop = Arc::new(AtomicBool::new(false));
+/// let export = export_async(bus, "orders", opts, stop, |status| eprintln!("{status:?}"));
+/// // Runs until Ctrl-C: dropping the future stops the bridge, positions stored.
+/// tokio::select! {
+///     stats = export => println!("{} records", stats?.records),
+///     _ = tokio::signal::ctrl_c() => println!("stopped"),
+/// }
+/// # Ok(())
+/// # }
+/// ```
+pub async fn export_async(
+    bus: Bus,
+    topic: impl Into<String>,
+    opts: BridgeOptions,
+    stop: std::sync::Arc<AtomicBool>,
+    mut status: impl FnMut(&BridgeStatus) + Send + 'static,
+) -> Result<BridgeStats, BridgeError> {
+    let topic = topic.into();
+    super::on_blocking_pool("shoal::bridge::export_async", stop, move |stop| {
+        export_here(&bus, &topic, &opts, stop, &mut status)
+    })
+    .await
+}
+
+fn export_here(
     bus: &Bus,
     topic: &str,
     opts: &BridgeOptions,

@@ -1,8 +1,27 @@
 //! Bridges between a topic and a NATS JetStream stream, so that a topic can leave the box
 //! without shoal growing a cluster of its own (cargo feature `nats`).
 //!
-//! The API is blocking: [`export`] and [`import`] each own a small single-threaded tokio
-//! runtime and run until `stop` is set, calling `status` about once per second.
+//! [`export`] and [`import`] block the calling thread until `stop` is set, calling `status`
+//! about once per second; each connection to the server has a small single-threaded tokio
+//! runtime of its own (see "Order across an outage" below for why).
+//!
+//! # In a tokio service
+//! From async code, await [`export_async`] or [`import_async`]: the bridge runs on a thread
+//! of the caller's runtime's blocking pool (`tokio::task::spawn_blocking`: its appends,
+//! syncs and position writes block, and must not stall the runtime's workers), and the
+//! caller's task only awaits its end. The future is cancellation safe: dropping it sets
+//! `stop`, and the bridge stops within [`STOP_WAIT`] (plus [`STOP_DRAIN`] for an export's
+//! acknowledgements in flight) with its positions stored, as after any stop; nothing is lost
+//! or moved twice. A runtime being shut down waits for that end (as it waits for every
+//! blocking task).
+//!
+//! The blocking calls ([`export`], [`import`], [`check_stream`], [`create_stream`]) also work
+//! when called on a thread inside a runtime (a `#[tokio::main]` function, a task, a
+//! current-thread runtime's `block_on`), where starting the connection's runtime on that
+//! thread would panic: they notice the runtime (`Handle::try_current`) and then run the
+//! bridge on a thread of their own, which they join, calling `status` from the calling
+//! thread. They still block that thread (on a current-thread runtime, every task of that
+//! runtime waits meanwhile): async code should await the `_async` forms instead.
 //!
 //! # Export: topic -> stream
 //! Every partition `p` of the topic is published to subject `<prefix>.<p>` (prefix
@@ -115,8 +134,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-pub use export::export;
-pub use import::import;
+pub use export::{export, export_async};
+pub use import::{import, import_async};
 
 use crate::bus::{validate_name, BusError};
 use crate::log::{LogError, LogOptions};
@@ -499,6 +518,76 @@ pub enum BridgeError {
     /// A log error.
     #[error(transparent)]
     Log(#[from] LogError),
+    /// The thread that runs a bridge called inside a tokio runtime could not be started.
+    #[error("cannot start a thread to run the bridge on: {0}; raise the process's thread or memory limit")]
+    Thread(std::io::Error),
+    /// An `_async` bridge call was polled outside a tokio runtime.
+    #[error("{0} must be awaited on a tokio runtime (it runs the bridge with spawn_blocking); call the blocking form instead")]
+    NoRuntime(&'static str),
+}
+
+/// Runs the blocking bridge call `f` so that it works on any thread. Outside a tokio runtime
+/// it runs here. Inside one (where the connection's own runtime could neither be driven nor
+/// dropped on this thread: tokio panics), it runs on a thread of its own, joined before
+/// returning, while this thread hands it its `status` calls; a panic of that thread resumes
+/// here.
+fn off_runtime<T: Send>(
+    status: &mut dyn FnMut(&BridgeStatus),
+    f: impl FnOnce(&mut dyn FnMut(&BridgeStatus)) -> Result<T, BridgeError> + Send,
+) -> Result<T, BridgeError> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f(status);
+    }
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::channel::<BridgeStatus>();
+        let worker = std::thread::Builder::new()
+            .name("shoal-bridge".into())
+            .spawn_scoped(scope, move || {
+                // The receiver lives until this thread is joined: a send cannot fail.
+                f(&mut |st: &BridgeStatus| drop(tx.send(st.clone())))
+            })
+            .map_err(BridgeError::Thread)?;
+        // Ends when the worker returns (and drops its sender).
+        for st in rx {
+            status(&st);
+        }
+        worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// Sets its `stop` when dropped, unless disarmed: what cancels a bridge whose `_async`
+/// future is dropped.
+struct StopOnDrop {
+    stop: std::sync::Arc<AtomicBool>,
+    armed: bool,
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            self.stop.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Runs the blocking bridge call `f` on the current runtime's blocking pool and awaits it;
+/// dropping the returned future sets `stop` (see the module docs, "In a tokio service").
+async fn on_blocking_pool<T: Send + 'static>(
+    what: &'static str,
+    stop: std::sync::Arc<AtomicBool>,
+    f: impl FnOnce(&AtomicBool) -> Result<T, BridgeError> + Send + 'static,
+) -> Result<T, BridgeError> {
+    let handle = tokio::runtime::Handle::try_current().map_err(|_| BridgeError::NoRuntime(what))?;
+    let mut guard = StopOnDrop { stop: stop.clone(), armed: true };
+    let task = handle.spawn_blocking(move || f(&stop));
+    let out = task.await;
+    guard.armed = false;
+    match out {
+        Ok(out) => out,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // A blocking task is only cancelled by a runtime shutting down before it started.
+        Err(e) => Err(BridgeError::Config(format!("{what} did not run: {e}"))),
+    }
 }
 
 fn check_names(topic: &str, opts: &BridgeOptions) -> Result<(), BridgeError> {
@@ -752,7 +841,7 @@ fn start(
 /// a bad name.
 pub fn check_stream(topic: &str, opts: &BridgeOptions, export: bool, stop: &AtomicBool) -> Result<bool, BridgeError> {
     check_names(topic, opts)?;
-    Ok(start(opts, &opts.prefix(topic), export, stop)?.is_some())
+    off_runtime(&mut |_| {}, |_| Ok(start(opts, &opts.prefix(topic), export, stop)?.is_some()))
 }
 
 /// Creates the stream `opts.stream` on `opts.nats_url` capturing `subjects` (file storage,
@@ -762,6 +851,10 @@ pub fn check_stream(topic: &str, opts: &BridgeOptions, export: bool, stop: &Atom
 /// [`BridgeError::BadUrl`], [`BridgeError::Unreachable`], [`BridgeError::Overlap`] when
 /// another stream captures these subjects, [`BridgeError::JetStream`].
 pub fn create_stream(opts: &BridgeOptions, subjects: &[String]) -> Result<(), BridgeError> {
+    off_runtime(&mut |_| {}, |_| create_stream_here(opts, subjects))
+}
+
+fn create_stream_here(opts: &BridgeOptions, subjects: &[String]) -> Result<(), BridgeError> {
     use async_nats::jetstream::context::CreateStreamErrorKind;
     let never = AtomicBool::new(false);
     let conn = open_first(opts, &never)?.ok_or_else(|| BridgeError::Config("stopped".into()))?;
