@@ -43,10 +43,12 @@
 //! millisecond. With nothing registered a helper still sleeps without ticking.
 
 mod durable;
+mod member;
 mod ring;
 mod tailer;
 pub(crate) mod wake;
 
 pub use durable::{AppendDurable, AppendedDurable, AsyncDurable, SendDurable, WaitDurable};
+pub use member::AsyncMember;
 pub use ring::{AsyncConsumer, Pop, Read};
 pub use tailer::{AsyncTailer, Next};

@@ -1728,6 +1728,16 @@ impl Member {
         self.opts.session_timeout.max(SESSION_TIMEOUT_MIN)
     }
 
+    /// What an async wait of this member sleeps on (`aio::member`), as [`Member::sleep`]
+    /// does: the group's epoch word with the value this member last acted on, each held
+    /// partition with its reader, and how long it may sleep before its heartbeat must move.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn wait_set(&mut self) -> (&AtomicU32, u32, Vec<(u32, &mut Reader)>, Duration) {
+        let nap = self.opts.liveness_check.min(self.session_timeout() / 4);
+        let readers = self.owned.iter_mut().map(|(&p, owned)| (p, &mut owned.reader)).collect();
+        (self.epoch.word(), self.seen_epoch, readers, nap)
+    }
+
     /// Reads up to `max` records round-robin over the held partitions, `take` handing out
     /// one record of a partition's reader (given the partition's position, which it
     /// advances); the records handed out.
