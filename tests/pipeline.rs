@@ -85,8 +85,9 @@ fn key_of(e: &Ev) -> u64 {
     e.key
 }
 
-fn forward(_: WorkerId) -> impl FnMut(&[Ev], &mut Emitter<Ev>) + Send {
-    |batch: &[Ev], out: &mut Emitter<Ev>| {
+/// A stage handler that passes every event on.
+fn forward<T: Copy + Send + 'static>(_: WorkerId) -> impl FnMut(&[T], &mut Emitter<T>) + Send {
+    |batch: &[T], out: &mut Emitter<T>| {
         for e in batch {
             out.emit(*e);
         }
@@ -431,13 +432,7 @@ fn backpressure_holds_memory_flat() {
                 }
             }),
         )
-        .stage("pass", 1, Routing::RoundRobin, |_| {
-            |batch: &[u64], out: &mut Emitter<u64>| {
-                for v in batch {
-                    out.emit(*v);
-                }
-            }
-        })
+        .stage("pass", 1, Routing::RoundRobin, forward)
         .stage("slow", 1, Routing::RoundRobin, {
             let handled = handled.clone();
             move |_| {
@@ -499,13 +494,7 @@ fn panic_in_a_handler_stops_the_pipeline() {
                 SourceStep::Continue
             }),
         )
-        .stage("fan", 2, Routing::ByKey(|v| *v), |_| {
-            |batch: &[u64], out: &mut Emitter<u64>| {
-                for v in batch {
-                    out.emit(*v);
-                }
-            }
-        })
+        .stage("fan", 2, Routing::ByKey(|v| *v), forward)
         .stage("boom", 2, Routing::ByKey(|v| *v), {
             let armed = armed.clone();
             move |_| {
@@ -649,13 +638,7 @@ fn idle_pipeline_uses_almost_no_cpu_with_park() {
         .pin(false)
         .wait(WaitStrategy::Park)
         .source("quiet", Source::ring(rx))
-        .stage("a", 2, Routing::RoundRobin, |_| {
-            |batch: &[u64], out: &mut Emitter<u64>| {
-                for v in batch {
-                    out.emit(*v);
-                }
-            }
-        })
+        .stage("a", 2, Routing::RoundRobin, forward)
         .stage("b", 2, Routing::ByKey(|v| *v), {
             let handled = handled.clone();
             move |_| {

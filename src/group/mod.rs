@@ -2160,32 +2160,16 @@ fn read_subdir(base: &Dir, name: &str) -> Result<Option<Dir>, GroupError> {
 fn describe_one(base: &Dir, group: &str, topic: &Topic) -> Result<GroupInfo, GroupError> {
     let mut members = Vec::new();
     if let Some(dir) = read_subdir(base, "members")? {
-        if let Ok(entries) = std::fs::read_dir(dir.path()) {
-            for entry in entries.filter_map(|e| e.ok()) {
-                let name = entry.file_name();
-                let Some(name) = name.to_str() else { continue };
-                let Some(id) = name.strip_suffix(".lease") else { continue };
-                if format::check_member_id(id.as_bytes()).is_err() {
-                    continue;
-                }
-                let path = dir.join(name);
-                let file = match dir.open_file(name, Open::Read) {
-                    Ok(f) => f,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(GroupError::io(&path, "open", e)),
-                };
-                if try_flock(&file, Flock::Shared).map_err(|e| GroupError::io(&path, "lock", e))? {
-                    continue; // not held: a dead member's lease
-                }
-                let label = read_small(&dir, name, 4096)?
-                    .and_then(|b| decode_lease(&b).ok())
-                    .filter(|l| l.id == id)
-                    .map_or_else(String::new, |l| l.label);
-                members.push(MemberInfo { id: id.to_string(), label, partitions: Vec::new() });
-            }
+        // Sorted by id, live leases only (a dead member's lease is not held).
+        for id in live_member_ids(&dir)? {
+            let name = format!("{id}.lease");
+            let label = read_small(&dir, &name, 4096)?
+                .and_then(|b| decode_lease(&b).ok())
+                .filter(|l| l.id == id)
+                .map_or_else(String::new, |l| l.label);
+            members.push(MemberInfo { id, label, partitions: Vec::new() });
         }
     }
-    members.sort_by(|a, b| a.id.cmp(&b.id));
     let owners = read_subdir(base, "owners")?;
     let offsets = read_subdir(base, "offsets")?;
     let mut partitions = Vec::with_capacity(topic.partitions() as usize);

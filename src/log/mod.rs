@@ -142,7 +142,7 @@ pub use recovery::{RecoveryReport, TailCut};
 pub use segment::{directory_kind, DirKind, SegmentId};
 pub use sync::DurableWatch;
 pub use tailer::Tailer;
-pub use verify::{producers, repair, stats, verify, LogStats, Problem, RepairReport, VerifyReport};
+pub use verify::{disk_bytes, producers, repair, stats, verify, LogStats, Problem, RepairReport, VerifyReport};
 pub use wait::{wait_any, wait_any_with, TailWait};
 
 /// The position of a record in a log: dense, starting at 0.

@@ -454,6 +454,29 @@ fn reset_head(dir: &Dir, offset: u64) -> Result<(), LogError> {
     }
 }
 
+/// Disk space the segment files of the log in `dir` take: their allocated blocks (segments
+/// are sparse, so this is what they hold, not their length). A segment removed by retention
+/// between the listing and its `stat` is not counted.
+///
+/// # Errors
+/// [`LogError::NoLog`] when `dir` is not a directory; I/O errors listing it or reading a
+/// segment's metadata.
+pub fn disk_bytes(dir: &Path) -> Result<u64, LogError> {
+    segments_disk_bytes(&list_segments(dir)?.0)
+}
+
+fn segments_disk_bytes(segments: &[(SegmentId, PathBuf)]) -> Result<u64, LogError> {
+    let mut bytes = 0;
+    for (_, path) in segments {
+        match std::fs::metadata(path) {
+            Ok(meta) => bytes += std::os::unix::fs::MetadataExt::blocks(&meta) * 512,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(LogError::io(path, "stat", e)),
+        }
+    }
+    Ok(bytes)
+}
+
 /// Figures of the log in `dir` (scans the last segment in use; trusts older ones' headers).
 ///
 /// # Errors
@@ -471,10 +494,9 @@ pub fn stats(dir: &Path) -> Result<LogStats, LogError> {
         producers: producers(dir)?,
         ..LogStats::default()
     };
+    out.bytes = segments_disk_bytes(&segments)?;
     let mut last_in_use: Option<Segment> = None;
     for (id, path) in &segments {
-        let meta = std::fs::metadata(path).map_err(|e| LogError::io(path, "stat", e))?;
-        out.bytes += std::os::unix::fs::MetadataExt::blocks(&meta) * 512;
         let seg = Segment::open(path, *id, false)?;
         if seg.header.base_offset != BASE_OFFSET_UNSET {
             out.first_offset.get_or_insert(seg.header.base_offset);

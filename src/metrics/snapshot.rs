@@ -252,32 +252,10 @@ fn partition_snapshot(partition: u32, dir: &Path) -> Result<PartitionSnapshot, B
         out.first_offset = Some(first);
         out.last_offset = Some(end - 1);
     }
-    out.bytes = segment_bytes(dir)?;
+    out.bytes = crate::log::disk_bytes(dir)?;
     out.durable_offset = reader.durable_offset().0.min(end);
     out.producers = crate::log::producers(dir)?.len() as u32;
     Ok(out)
-}
-
-/// The suffix of segment file names (private to `log::segment`; the unit tests check that
-/// the bytes counted here equal `shoal::log::stats`'s).
-const SEGMENT_SUFFIX: &str = ".seg";
-
-/// Bytes of the segment files in `dir` (temporary files left by a crash excluded).
-fn segment_bytes(dir: &Path) -> Result<u64, BusError> {
-    let entries = std::fs::read_dir(dir).map_err(|e| BusError::io(dir, "list", e))?;
-    let mut bytes = 0;
-    for entry in entries.filter_map(|e| e.ok()) {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if name.starts_with('.') || !name.ends_with(SEGMENT_SUFFIX) {
-            continue;
-        }
-        // A segment removed by retention between listing and stat is simply not counted.
-        if let Ok(meta) = entry.metadata() {
-            bytes += std::os::unix::fs::MetadataExt::blocks(&meta) * 512;
-        }
-    }
-    Ok(bytes)
 }
 
 /// One pipeline stage at one instant, from [`StageMetrics`].
