@@ -16,6 +16,7 @@ pub const WAITV_MAX: usize = 128;
 const FUTEX2_SIZE_U32: u32 = 2;
 /// `FUTEX2_PRIVATE`: the word is waited on with the process-private key, as `FUTEX_WAKE`
 /// with `FUTEX_PRIVATE_FLAG` wakes it.
+#[cfg(feature = "tokio")]
 const FUTEX2_PRIVATE: u32 = 128;
 
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "riscv64"))]
@@ -78,12 +79,14 @@ impl FutexWaitv {
     /// Waits while the u32 at `addr` holds `seen`, with the private futex key when `private`
     /// (the word is then woken only by [`wake_all_private`]). The address is only handed to
     /// the kernel, which validates it: see [`waitv`].
+    #[cfg(feature = "tokio")]
     pub fn at(addr: usize, seen: u32, private: bool) -> FutexWaitv {
         let flags = if private { FUTEX2_SIZE_U32 | FUTEX2_PRIVATE } else { FUTEX2_SIZE_U32 };
         FutexWaitv { val: seen as u64, uaddr: addr as u64, flags, reserved: 0 }
     }
 }
 
+#[cfg(feature = "tokio")]
 /// How a [`waitv`] call ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Waitv {
@@ -98,6 +101,7 @@ pub enum Waitv {
     Unsupported,
 }
 
+#[cfg(feature = "tokio")]
 /// Sleeps, with no timeout, until one of the words of `list` is woken or differs from its
 /// value: `futex_waitv(2)` for a caller that must know which word ended the wait.
 ///
@@ -135,6 +139,7 @@ pub fn waitv(list: &[FutexWaitv]) -> Waitv {
     }
 }
 
+#[cfg(feature = "tokio")]
 /// True when the u32 at `addr` no longer holds `seen` (or cannot be read), as the kernel
 /// sees it: a `FUTEX_WAIT` with a zero timeout, which compares the word and returns at once.
 /// Safe for any address, for the reasons given in [`waitv`].
@@ -147,6 +152,7 @@ pub fn differs(addr: usize, seen: u32, private: bool) -> bool {
     rc < 0 && matches!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EAGAIN) | Some(libc::EFAULT))
 }
 
+#[cfg(feature = "tokio")]
 /// Sleeps while `word` holds `seen`, until a private wake-up ([`wake_all_private`]) or
 /// `timeout`. Spurious returns happen: callers re-check and loop.
 pub fn wait_private(word: &AtomicU32, seen: u32, timeout: Duration) {
