@@ -26,6 +26,14 @@ const SYS_FUTEX_WAITV: libc::c_long = -1;
 
 static WAITV_UNSUPPORTED: AtomicBool = AtomicBool::new(false);
 
+/// True once `futex_waitv` answered `ENOSYS`, or when `SHOAL_FAIL_POINT=no_futex_waitv` asks
+/// this process to behave as on a kernel without it (for tests of the fallbacks).
+fn waitv_unsupported() -> bool {
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    WAITV_UNSUPPORTED.load(Ordering::Relaxed)
+        || *FORCED.get_or_init(|| std::env::var_os("SHOAL_FAIL_POINT").is_some_and(|v| v == "no_futex_waitv"))
+}
+
 /// Sleeps while `word` holds `seen`, until a wake-up or `timeout`. Spurious returns happen
 /// (a signal, the word already moved): callers re-check their condition and loop.
 pub fn wait(word: &AtomicU32, seen: u32, timeout: Duration) {
@@ -109,7 +117,7 @@ pub enum Waitv {
 /// user-memory accessors, and fails the call with `EFAULT` (reported as [`Waitv::Moved`]) for
 /// one that is not mapped; nothing of this process is written.
 pub fn waitv(list: &[FutexWaitv]) -> Waitv {
-    if SYS_FUTEX_WAITV < 0 || list.len() > WAITV_MAX || list.is_empty() || WAITV_UNSUPPORTED.load(Ordering::Relaxed) {
+    if SYS_FUTEX_WAITV < 0 || list.len() > WAITV_MAX || list.is_empty() || waitv_unsupported() {
         return Waitv::Unsupported;
     }
     // SAFETY: the kernel reads `list` (a valid array of `list.len()` entries, borrowed for
@@ -198,11 +206,7 @@ pub fn wake_all_private(word: &AtomicU32) {
 /// # Safety
 /// Every word in `waiters` must stay mapped (and be a valid, 4-aligned u32) for the call.
 pub unsafe fn wait_any(waiters: &[FutexWaitv], timeout: Duration) -> bool {
-    if SYS_FUTEX_WAITV < 0
-        || waiters.len() > WAITV_MAX
-        || waiters.is_empty()
-        || WAITV_UNSUPPORTED.load(Ordering::Relaxed)
-    {
+    if SYS_FUTEX_WAITV < 0 || waiters.len() > WAITV_MAX || waiters.is_empty() || waitv_unsupported() {
         std::thread::sleep(timeout.min(Duration::from_millis(1)));
         return false;
     }
