@@ -207,8 +207,9 @@ fn idle_streams(root: &Path) {
                 let _ = tailer.next().await;
             });
         }
-        // Past every spin budget, with the registrations settled.
-        std::thread::sleep(Duration::from_millis(200));
+        // Past every spin budget, with the registrations and the new logs' background work
+        // (segment preparation) settled.
+        std::thread::sleep(if full_run() { Duration::from_secs(1) } else { Duration::from_millis(500) });
         let (cpu0, t0) = (process_cpu(), Instant::now());
         std::thread::sleep(window);
         let (cpu, wall) = (process_cpu() - cpu0, t0.elapsed());
