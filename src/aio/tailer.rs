@@ -346,6 +346,10 @@ impl Stream for AsyncTailer {
     /// The next record, waiting by the tailer's [`TailWait`]. The stream never ends: a log
     /// may always get more records. An error is yielded each time it is met (the tailer stays
     /// at a damaged record, as [`Reader::next`] does).
+    ///
+    /// A `StreamExt::next` future dropped mid-wait loses nothing either, but the tailer stays
+    /// registered as a sleeper until it is polled again or dropped (the appender meanwhile
+    /// wakes it on each append, as it would a sleeping tailer).
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         // Bounded: a ready reader returns a record, or (a segment changed under it) loops.
