@@ -105,7 +105,8 @@ pub enum Waitv {
     Moved,
     /// A signal or a spurious return: nothing is known; wait again.
     Interrupted,
-    /// `futex_waitv` is unavailable (Linux < 5.16, or a list of more than [`WAITV_MAX`]).
+    /// `futex_waitv` is unavailable (Linux < 5.16, or a list of more than [`WAITV_MAX`]), or
+    /// the call failed in a way that would recur: re-check on a timer instead.
     Unsupported,
 }
 
@@ -143,7 +144,10 @@ pub fn waitv(list: &[FutexWaitv]) -> Waitv {
             tracing::info!("futex_waitv is unavailable (Linux < 5.16); async waits re-check every 1 ms");
             Waitv::Unsupported
         }
-        _ => Waitv::Interrupted,
+        Some(libc::EINTR) | Some(libc::ETIMEDOUT) => Waitv::Interrupted,
+        // Anything else (EINVAL, ENOMEM) would recur at once: the caller falls back to its
+        // tick for this call rather than spin on it.
+        _ => Waitv::Unsupported,
     }
 }
 
