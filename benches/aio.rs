@@ -170,7 +170,13 @@ fn async_tail_latency(c: &mut Criterion) {
             continue;
         }
         let ratio = async_.quantile_ns(0.5) as f64 / blocking.quantile_ns(0.5).max(1) as f64;
-        let verdict = if ratio <= 2.0 { "met" } else { "MISSED" };
+        let verdict = if !full_run() {
+            "a smoke run of a few records, not a measurement"
+        } else if ratio <= 2.0 {
+            "met"
+        } else {
+            "MISSED"
+        };
         println!(
             "  p50 {} / {}: {ratio:.2}x  (goal <= 2.00x: {verdict}); p99 ratio {:.2}x",
             READERS[pair.1].0,
@@ -214,7 +220,13 @@ fn idle_streams(root: &Path) {
         std::thread::sleep(window);
         let (cpu, wall) = (process_cpu() - cpu0, t0.elapsed());
         let percent = cpu.as_secs_f64() / wall.as_secs_f64() * 100.0;
-        let verdict = if percent <= 1.0 { "met" } else { "MISSED" };
+        let verdict = if !full_run() {
+            "a smoke run, not a measurement"
+        } else if percent <= 1.0 {
+            "met"
+        } else {
+            "MISSED"
+        };
         println!(
             "idle_streams: {STREAMS} AsyncTailers ({name}) on {LOGS} quiet logs: {:.3} ms CPU in {:.2} s = {percent:.3}% of one core  (goal <= 1%: {verdict})",
             cpu.as_secs_f64() * 1e3,
