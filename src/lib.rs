@@ -15,6 +15,7 @@
 //! | [`group`] | consumer groups whose members (threads or processes) join, leave or die at any time; committed offsets; replay-then-live |
 //! | [`metrics`] | latency histograms and snapshots for the CLI |
 //! | `bridge` | export and import of topics to NATS JetStream (cargo feature `nats`) |
+//! | `aio` | async waits on tokio (cargo feature `tokio`): tailer streams, durable futures, async ring pops, without a thread per waiter |
 //!
 //! The `shoal` command line is the crate's binary, behind the default cargo feature `cli`;
 //! a library user who turns default features off compiles none of it.

@@ -4,7 +4,8 @@
 //! closes or the runtime shuts down neither hang nor panic; durable futures (of a watch, of
 //! appends) resolve once covered, at every durability level, and with the error when every
 //! sync fails; an async ring consumer gets every value a producer thread pushes, in order,
-//! one at a time, in batches and as a stream, with pops cancelled mid-wait.
+//! one at a time, in batches and as a stream, with pops cancelled mid-wait; and all of it
+//! still works where `futex_waitv` is missing (the helpers' 1 ms re-check).
 #![cfg(feature = "tokio")]
 
 mod common;
@@ -418,4 +419,73 @@ fn an_async_ring_consumer_as_a_stream_ends_when_the_producer_goes() {
     });
     producer.join().expect("producer");
     assert_eq!(values, (0..100).map(|i| format!("value {i}")).collect::<Vec<_>>());
+}
+
+/// In a child that behaves as on a kernel without `futex_waitv` (Linux < 5.16): the wake
+/// helpers re-check every 1 ms instead, and every kind of future still gets its record,
+/// value or watermark.
+fn child_without_futex_waitv(dir: &Path) {
+    let rt = runtime();
+    let mut log = Appender::open(dir, opts()).expect("open");
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let mut tailer = AsyncTailer::open_with(dir, TailWait::Park).expect("tailer");
+            rt.spawn(async move {
+                let mut offsets = Vec::new();
+                while offsets.len() < 20 {
+                    offsets.push(tailer.next().await.expect("read").offset().0);
+                }
+                offsets
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(20));
+    for i in 0..20 {
+        log.append(&payload(0, i)).expect("append");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (mut tx, rx) = channel::<u64>(8, WaitStrategy::Park);
+    let producer = std::thread::spawn(move || {
+        for i in 0..1_000 {
+            tx.push_wait(i).expect("push");
+        }
+    });
+    rt.block_on(async {
+        tokio::time::timeout(RECORD_WAIT, async {
+            for task in tasks {
+                assert_eq!(task.await.expect("task"), (0..20).collect::<Vec<u64>>());
+            }
+            let values: Vec<u64> = AsyncConsumer::new(rx).collect().await;
+            assert_eq!(values, (0..1_000).collect::<Vec<u64>>());
+            let offset = log.append_durable(b"durable").await.expect("durable");
+            assert!(log.durable_offset() > offset);
+        })
+        .await
+        .expect("a future hung without futex_waitv");
+    });
+    producer.join().expect("producer");
+    log.close().expect("close");
+}
+
+#[test]
+fn without_futex_waitv_every_future_still_completes() {
+    const TEST: &str = "without_futex_waitv_every_future_still_completes";
+    if let Some(dir) = child_mode() {
+        child_without_futex_waitv(Path::new(&dir));
+        std::process::exit(0);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = child_command(TEST, &dir.path().display().to_string())
+        .env("SHOAL_FAIL_POINT", "no_futex_waitv")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run child");
+    assert!(
+        out.status.success(),
+        "child failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

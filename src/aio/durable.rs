@@ -57,7 +57,7 @@ pub trait AsyncDurable {
     /// closed before the record was appended.
     ///
     /// # Panics
-    /// When polled in a runtime built without its time driver.
+    /// When polled in a runtime built without its time driver, or again after it completed.
     fn wait(&self, offset: Offset) -> WaitDurable;
 
     /// Like [`AsyncDurable::wait`], but never asks for a sync: it only watches the watermark
@@ -182,6 +182,7 @@ impl Drop for WaitDurable {
 ///
 /// The record is appended when the call returns this future, not when it is awaited:
 /// dropping the future (cancelling it) does not undo the append, it only stops waiting.
+/// Polling it again after it completed panics.
 #[derive(Debug)]
 #[must_use = "the record is appended already; await this to know it is durable"]
 pub struct AppendedDurable<T> {

@@ -233,6 +233,9 @@ impl<T> Stream for AsyncConsumer<T> {
     type Item = T;
 
     /// The next value; the stream ends when the producer is gone and the ring is drained.
+    ///
+    /// A `StreamExt::next` future dropped mid-wait takes nothing, but leaves the sleeper flag
+    /// up until the consumer is polled again (the producer meanwhile wakes it on each push).
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
         poll_pop(self.get_mut(), cx).map(Result::ok)
     }

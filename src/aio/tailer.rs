@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use futures_core::Stream;
 
 use super::wake::{wait_words, Scope, WordWait};
-use crate::log::format::END_OF_SEGMENT;
 use crate::log::{LogError, Offset, Reader, Record, RecordRef, TailWait, Tailer};
 
 /// Re-checks of a spinning tailer between two full checks of its reader (rollovers, damage,
@@ -90,8 +89,10 @@ pub struct AsyncTailer {
     /// Since when, and at which offset, the tailer has found nothing to read (the spin
     /// budget counts from there, as in `Tailer`).
     dry_since: Option<(Instant, Offset)>,
-    /// Re-checks since the last full one, while spinning.
+    /// Passes while spinning (every `FULL_CHECK_POLLS`-th runs the full check).
     polls: u32,
+    /// True while the tailer spends its spin budget (it yielded and comes back to re-check).
+    spinning: bool,
     /// The registered sleep on `HEAD`'s `notify` word, while one is in flight.
     sleep: Option<WordWait>,
     /// True while this tailer counts in `HEAD`'s `waiters`.
@@ -119,7 +120,16 @@ impl AsyncTailer {
 
     /// A tailer continuing where `reader` stands, waiting by `wait`.
     pub fn from_reader(reader: Reader, wait: TailWait) -> AsyncTailer {
-        AsyncTailer { reader, wait, dry_since: None, polls: 0, sleep: None, registered: false, timer: None }
+        AsyncTailer {
+            reader,
+            wait,
+            dry_since: None,
+            polls: 0,
+            spinning: false,
+            sleep: None,
+            registered: false,
+            timer: None,
+        }
     }
 
     /// How this tailer waits.
@@ -170,10 +180,21 @@ impl AsyncTailer {
                 }
                 self.timer = None;
             }
-            match self.reader.ready() {
+            // While spinning, a pass loads only the next record's commit word, and every
+            // FULL_CHECK_POLLS-th runs the reader's full check (rollovers, damage).
+            let quick = self.spinning && self.polls % FULL_CHECK_POLLS != 0;
+            let ready = match self.reader.commit_word() {
+                Some(0) if quick => Ok(false),
+                _ => self.reader.ready(),
+            };
+            match ready {
                 Ok(true) => return Poll::Ready(self.found()),
+                Ok(false) if self.spinning && !quick => self.reader.touch_ahead(TOUCH_AHEAD_PAGES),
                 Ok(false) => {}
-                Err(e) => return Poll::Ready(Err(e)),
+                Err(e) => {
+                    self.spinning = false;
+                    return Poll::Ready(Err(e));
+                }
             }
             let now = Instant::now();
             let at = self.reader.next_offset();
@@ -191,8 +212,13 @@ impl AsyncTailer {
                 TailWait::Park => false,
             };
             if spinning && self.reader.head().is_some_and(|head| head.appender_pid() != 0) {
-                return self.spin(cx);
+                // Come back through the scheduler: the runtime runs what else is ready first.
+                self.spinning = true;
+                self.polls = self.polls.wrapping_add(1);
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
             }
+            self.spinning = false;
             self.reader.touch_ahead(TOUCH_AHEAD_PAGES);
             let seen = match self.reader.head() {
                 Some(head) if head.is_writable() => {
@@ -234,33 +260,8 @@ impl AsyncTailer {
     /// A record is at the reader's position: the dry spell is over.
     fn found(&mut self) -> Result<(), LogError> {
         self.dry_since = None;
+        self.spinning = false;
         Ok(())
-    }
-
-    /// One re-check of a spinning tailer, then a yield: the task is woken at once and comes
-    /// back after the runtime ran what else was ready.
-    fn spin(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), LogError>> {
-        self.polls += 1;
-        let full = self.polls >= FULL_CHECK_POLLS;
-        match self.reader.commit_word() {
-            Some(0) if !full => {}
-            Some(word) if word != END_OF_SEGMENT && word != 0 => {
-                return Poll::Ready(self.reader.ready().and_then(|ready| {
-                    debug_assert!(ready, "a published commit word is a ready record");
-                    self.found()
-                }))
-            }
-            _ => {
-                self.polls = 0;
-                match self.reader.ready() {
-                    Ok(true) => return Poll::Ready(self.found()),
-                    Ok(false) => self.reader.touch_ahead(TOUCH_AHEAD_PAGES),
-                    Err(e) => return Poll::Ready(Err(e)),
-                }
-            }
-        }
-        cx.waker().wake_by_ref();
-        Poll::Pending
     }
 
     /// Drops a registered sleep (its registration with the helper) and leaves `waiters`.
@@ -346,6 +347,10 @@ impl Stream for AsyncTailer {
     /// The next record, waiting by the tailer's [`TailWait`]. The stream never ends: a log
     /// may always get more records. An error is yielded each time it is met (the tailer stays
     /// at a damaged record, as [`Reader::next`] does).
+    ///
+    /// A `StreamExt::next` future dropped mid-wait loses nothing either, but the tailer stays
+    /// registered as a sleeper until it is polled again or dropped (the appender meanwhile
+    /// wakes it on each append, as it would a sleeping tailer).
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         // Bounded: a ready reader returns a record, or (a segment changed under it) loops.

@@ -467,6 +467,62 @@ mod tests {
         assert!(helpers >= 1);
     }
 
+    /// Polls `wait` to its end on this thread, parking between polls; false when it did not
+    /// end within `bound`.
+    fn block_on(wait: &mut WordWait, bound: Duration) -> bool {
+        struct Unpark(std::thread::Thread);
+        impl Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+        let start = Instant::now();
+        while Pin::new(&mut *wait).poll(&mut Context::from_waker(&waker)).is_pending() {
+            if start.elapsed() > bound {
+                return false;
+            }
+            std::thread::park_timeout(Duration::from_millis(100));
+        }
+        true
+    }
+
+    /// The registration races a single bump of its word, from another thread, at every
+    /// moment: before the wait is registered, while its helper re-reads its list, while it
+    /// sleeps. Each round's one wake-up must end the wait (a lost one hangs it).
+    #[test]
+    fn a_single_bump_at_any_moment_ends_the_wait() {
+        const ROUNDS: u32 = 2_000;
+        for scope in [Scope::Private, Scope::Shared] {
+            let word = Arc::new(AtomicU32::new(0));
+            let asked = Arc::new(AtomicU32::new(0));
+            let (w, a) = (word.clone(), asked.clone());
+            let bumper = std::thread::spawn(move || {
+                for round in 1..=ROUNDS {
+                    while a.load(Ordering::SeqCst) < round {
+                        std::hint::spin_loop();
+                    }
+                    // 0 to ~40 us after the waiter read the word.
+                    for _ in 0..(round % 8) * 500 {
+                        std::hint::spin_loop();
+                    }
+                    bump(&w, scope);
+                }
+            });
+            for round in 1..=ROUNDS {
+                let seen = word.load(Ordering::SeqCst);
+                asked.store(round, Ordering::SeqCst);
+                let mut wait = wait_words(&[(&word, seen, scope)]);
+                assert!(block_on(&mut wait, Duration::from_secs(10)), "{scope:?}: round {round}: the wake-up was lost");
+                // The next round reads the word after this bump.
+                while word.load(Ordering::SeqCst) == seen {
+                    std::hint::spin_loop();
+                }
+            }
+            bumper.join().expect("bumper");
+        }
+    }
+
     #[test]
     fn waits_on_one_word_share_a_slot() {
         let word = Box::new(AtomicU32::new(0));

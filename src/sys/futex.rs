@@ -16,6 +16,7 @@ pub const WAITV_MAX: usize = 128;
 const FUTEX2_SIZE_U32: u32 = 2;
 /// `FUTEX2_PRIVATE`: the word is waited on with the process-private key, as `FUTEX_WAKE`
 /// with `FUTEX_PRIVATE_FLAG` wakes it.
+#[cfg(feature = "tokio")]
 const FUTEX2_PRIVATE: u32 = 128;
 
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "riscv64"))]
@@ -24,6 +25,14 @@ const SYS_FUTEX_WAITV: libc::c_long = 449;
 const SYS_FUTEX_WAITV: libc::c_long = -1;
 
 static WAITV_UNSUPPORTED: AtomicBool = AtomicBool::new(false);
+
+/// True once `futex_waitv` answered `ENOSYS`, or when `SHOAL_FAIL_POINT=no_futex_waitv` asks
+/// this process to behave as on a kernel without it (for tests of the fallbacks).
+fn waitv_unsupported() -> bool {
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    WAITV_UNSUPPORTED.load(Ordering::Relaxed)
+        || *FORCED.get_or_init(|| std::env::var_os("SHOAL_FAIL_POINT").is_some_and(|v| v == "no_futex_waitv"))
+}
 
 /// Sleeps while `word` holds `seen`, until a wake-up or `timeout`. Spurious returns happen
 /// (a signal, the word already moved): callers re-check their condition and loop.
@@ -78,12 +87,14 @@ impl FutexWaitv {
     /// Waits while the u32 at `addr` holds `seen`, with the private futex key when `private`
     /// (the word is then woken only by [`wake_all_private`]). The address is only handed to
     /// the kernel, which validates it: see [`waitv`].
+    #[cfg(feature = "tokio")]
     pub fn at(addr: usize, seen: u32, private: bool) -> FutexWaitv {
         let flags = if private { FUTEX2_SIZE_U32 | FUTEX2_PRIVATE } else { FUTEX2_SIZE_U32 };
         FutexWaitv { val: seen as u64, uaddr: addr as u64, flags, reserved: 0 }
     }
 }
 
+#[cfg(feature = "tokio")]
 /// How a [`waitv`] call ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Waitv {
@@ -94,10 +105,12 @@ pub enum Waitv {
     Moved,
     /// A signal or a spurious return: nothing is known; wait again.
     Interrupted,
-    /// `futex_waitv` is unavailable (Linux < 5.16, or a list of more than [`WAITV_MAX`]).
+    /// `futex_waitv` is unavailable (Linux < 5.16, or a list of more than [`WAITV_MAX`]), or
+    /// the call failed in a way that would recur: re-check on a timer instead.
     Unsupported,
 }
 
+#[cfg(feature = "tokio")]
 /// Sleeps, with no timeout, until one of the words of `list` is woken or differs from its
 /// value: `futex_waitv(2)` for a caller that must know which word ended the wait.
 ///
@@ -105,7 +118,7 @@ pub enum Waitv {
 /// user-memory accessors, and fails the call with `EFAULT` (reported as [`Waitv::Moved`]) for
 /// one that is not mapped; nothing of this process is written.
 pub fn waitv(list: &[FutexWaitv]) -> Waitv {
-    if SYS_FUTEX_WAITV < 0 || list.len() > WAITV_MAX || list.is_empty() || WAITV_UNSUPPORTED.load(Ordering::Relaxed) {
+    if SYS_FUTEX_WAITV < 0 || list.len() > WAITV_MAX || list.is_empty() || waitv_unsupported() {
         return Waitv::Unsupported;
     }
     // SAFETY: the kernel reads `list` (a valid array of `list.len()` entries, borrowed for
@@ -131,10 +144,14 @@ pub fn waitv(list: &[FutexWaitv]) -> Waitv {
             tracing::info!("futex_waitv is unavailable (Linux < 5.16); async waits re-check every 1 ms");
             Waitv::Unsupported
         }
-        _ => Waitv::Interrupted,
+        Some(libc::EINTR) | Some(libc::ETIMEDOUT) => Waitv::Interrupted,
+        // Anything else (EINVAL, ENOMEM) would recur at once: the caller falls back to its
+        // tick for this call rather than spin on it.
+        _ => Waitv::Unsupported,
     }
 }
 
+#[cfg(feature = "tokio")]
 /// True when the u32 at `addr` no longer holds `seen` (or cannot be read), as the kernel
 /// sees it: a `FUTEX_WAIT` with a zero timeout, which compares the word and returns at once.
 /// Safe for any address, for the reasons given in [`waitv`].
@@ -147,6 +164,7 @@ pub fn differs(addr: usize, seen: u32, private: bool) -> bool {
     rc < 0 && matches!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EAGAIN) | Some(libc::EFAULT))
 }
 
+#[cfg(feature = "tokio")]
 /// Sleeps while `word` holds `seen`, until a private wake-up ([`wake_all_private`]) or
 /// `timeout`. Spurious returns happen: callers re-check and loop.
 pub fn wait_private(word: &AtomicU32, seen: u32, timeout: Duration) {
@@ -192,11 +210,7 @@ pub fn wake_all_private(word: &AtomicU32) {
 /// # Safety
 /// Every word in `waiters` must stay mapped (and be a valid, 4-aligned u32) for the call.
 pub unsafe fn wait_any(waiters: &[FutexWaitv], timeout: Duration) -> bool {
-    if SYS_FUTEX_WAITV < 0
-        || waiters.len() > WAITV_MAX
-        || waiters.is_empty()
-        || WAITV_UNSUPPORTED.load(Ordering::Relaxed)
-    {
+    if SYS_FUTEX_WAITV < 0 || waiters.len() > WAITV_MAX || waiters.is_empty() || waitv_unsupported() {
         std::thread::sleep(timeout.min(Duration::from_millis(1)));
         return false;
     }
