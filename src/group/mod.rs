@@ -619,6 +619,10 @@ struct Owned {
     committed: u64,
     /// The generation of the newest slot in `offsets` (0: none yet).
     generation: u64,
+    /// `offsets` has its full length (this member wrote a slot to it): commits skip the
+    /// length check. Nobody else writes or truncates this inode while it is ours (a
+    /// takeover copies it to a new one).
+    sized: bool,
 }
 
 /// The group's shared `epoch` page.
@@ -1632,6 +1636,7 @@ impl Member {
             delivered: start,
             committed: start,
             generation,
+            sized: false,
         };
         if committed.is_none() && start > 0 {
             // Start::Latest: fix the group's start now, so that a handover before the first
@@ -1830,8 +1835,9 @@ fn commit_at(owners: &Dir, p: u32, owned: &mut Owned, offset: u64, sync: bool) -
     }
     stop_point("group-commit-checked");
     let generation = owned.generation + 1;
-    write_offsets_slot(&owned.offsets, &owned.offsets_path, generation, offset, sync)?;
+    write_offsets_slot(&owned.offsets, &owned.offsets_path, generation, offset, sync, owned.sized)?;
     owned.generation = generation;
+    owned.sized = true;
     // Taken over between the two checks: the new owner may have read the committed offset
     // before this slot was written, so this commit is not promised to count.
     if entry_id(owners, &name)? != Some(owned.lock_id) {
@@ -1904,13 +1910,22 @@ fn stop_point(step: &str) {
 }
 
 /// Writes the committed-offsets slot of `generation` (at `generation % 2`), first giving a
-/// new file its full length.
-fn write_offsets_slot(file: &File, path: &Path, generation: u64, offset: u64, sync: bool) -> Result<(), GroupError> {
+/// new file its full length (unless the caller knows it has it: `sized`).
+fn write_offsets_slot(
+    file: &File,
+    path: &Path,
+    generation: u64,
+    offset: u64,
+    sync: bool,
+    sized: bool,
+) -> Result<(), GroupError> {
     let slot = format::encode_offsets_slot(generation, offset);
     let at = (generation % 2) * format::OFFSETS_SLOT_STRIDE as u64;
-    let len = file.metadata().map_err(|e| GroupError::io(path, "stat", e))?.len();
-    if len < format::OFFSETS_FILE_BYTES as u64 {
-        file.set_len(format::OFFSETS_FILE_BYTES as u64).map_err(|e| GroupError::io(path, "extend", e))?;
+    if !sized {
+        let len = file.metadata().map_err(|e| GroupError::io(path, "stat", e))?.len();
+        if len < format::OFFSETS_FILE_BYTES as u64 {
+            file.set_len(format::OFFSETS_FILE_BYTES as u64).map_err(|e| GroupError::io(path, "extend", e))?;
+        }
     }
     file.write_all_at(&slot, at).map_err(|e| GroupError::io(path, "write", e))?;
     if sync {
@@ -2123,7 +2138,7 @@ pub fn reset_offsets(
                 return Err(active(vec![format!("a member taking partition {}", row.partition)]));
             }
             let generation = read_committed_at(&file, &path)?.map_or(0, |c| c.generation) + 1;
-            let written = write_offsets_slot(&file, &path, generation, row.new, true);
+            let written = write_offsets_slot(&file, &path, generation, row.new, true, false);
             unlock(&file);
             written?;
         }
