@@ -37,6 +37,11 @@ fn waitv_unsupported() -> bool {
 /// Sleeps while `word` holds `seen`, until a wake-up or `timeout`. Spurious returns happen
 /// (a signal, the word already moved): callers re-check their condition and loop.
 pub fn wait(word: &AtomicU32, seen: u32, timeout: Duration) {
+    wait_op(word, seen, timeout, libc::FUTEX_WAIT);
+}
+
+/// `FUTEX_WAIT` (with or without the private flag, as `op` says) for up to `timeout`.
+fn wait_op(word: &AtomicU32, seen: u32, timeout: Duration, op: libc::c_int) {
     let ts = libc::timespec {
         tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
         tv_nsec: timeout.subsec_nanos() as libc::c_long,
@@ -45,24 +50,21 @@ pub fn wait(word: &AtomicU32, seen: u32, timeout: Duration) {
     // timespec on our stack; it writes nothing of ours. EAGAIN/EINTR/ETIMEDOUT are all fine:
     // callers loop.
     unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT,
-            seen,
-            &ts as *const libc::timespec,
-            0usize,
-            0u32,
-        );
+        libc::syscall(libc::SYS_futex, word.as_ptr(), op, seen, &ts as *const libc::timespec, 0usize, 0u32);
     }
 }
 
 /// Wakes every sleeper on `word` (in any process).
 pub fn wake_all(word: &AtomicU32) {
+    wake_op(word, libc::FUTEX_WAKE);
+}
+
+/// `FUTEX_WAKE` of every sleeper (with or without the private flag, as `op` says).
+fn wake_op(word: &AtomicU32, op: libc::c_int) {
     // SAFETY: FUTEX_WAKE on the aligned u32 behind `word` (borrowed for the call); nothing of
     // ours is written by the kernel.
     unsafe {
-        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX, 0usize, 0usize, 0u32);
+        libc::syscall(libc::SYS_futex, word.as_ptr(), op, i32::MAX, 0usize, 0usize, 0u32);
     }
 }
 
@@ -168,39 +170,12 @@ pub fn differs(addr: usize, seen: u32, private: bool) -> bool {
 /// Sleeps while `word` holds `seen`, until a private wake-up ([`wake_all_private`]) or
 /// `timeout`. Spurious returns happen: callers re-check and loop.
 pub fn wait_private(word: &AtomicU32, seen: u32, timeout: Duration) {
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
-    };
-    // SAFETY: as in `wait`, with the private key.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-            seen,
-            &ts as *const libc::timespec,
-            0usize,
-            0u32,
-        );
-    }
+    wait_op(word, seen, timeout, libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG);
 }
 
 /// Wakes every sleeper on `word` that waits with the private key (this process only).
 pub fn wake_all_private(word: &AtomicU32) {
-    // SAFETY: FUTEX_WAKE on the aligned u32 behind `word` (borrowed for the call); nothing of
-    // ours is written by the kernel.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            i32::MAX,
-            0usize,
-            0usize,
-            0u32,
-        );
-    }
+    wake_op(word, libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG);
 }
 
 /// Sleeps until one of the words differs from its value, a wake-up, or `timeout`. Returns
