@@ -12,7 +12,6 @@ mod common;
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -20,7 +19,7 @@ use shoal::aio::{AppendDurable, AsyncConsumer, AsyncDurable, AsyncTailer};
 use shoal::log::{AppendError, Appender, Durability, IoBackend, LogError, LogOptions, Offset, TailWait};
 use shoal::ring::{channel, Closed, WaitStrategy};
 
-use common::{child_command, child_mode, small_opts};
+use common::{child_mode, run_child_with_fail_point, small_opts};
 
 /// Longest any single record may take to reach a waiting future before the test calls it
 /// lost: far above any wake-up, so only a lost wake-up or a hang trips it.
@@ -291,19 +290,7 @@ fn durable_futures_resolve_with_a_sync_error() {
     }
     for durability in ["never", "batch"] {
         let dir = tempfile::tempdir().expect("tempdir");
-        let out = child_command(TEST, &format!("{} {durability}", dir.path().display()))
-            .env("SHOAL_FAIL_POINT", "sync")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .expect("run child");
-        assert!(
-            out.status.success(),
-            "{durability}: child failed ({}):\n{}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_child_with_fail_point(TEST, &format!("{} {durability}", dir.path().display()), "sync", durability);
     }
 }
 
@@ -475,17 +462,5 @@ fn without_futex_waitv_every_future_still_completes() {
         std::process::exit(0);
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = child_command(TEST, &dir.path().display().to_string())
-        .env("SHOAL_FAIL_POINT", "no_futex_waitv")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .expect("run child");
-    assert!(
-        out.status.success(),
-        "child failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_child_with_fail_point(TEST, &dir.path().display().to_string(), "no_futex_waitv", "no futex_waitv");
 }

@@ -14,13 +14,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
 use shoal::log::{AppendError, Appender, Durability, IoBackend, LogError, LogOptions, Offset, Writers};
 
-use common::{backend_from_name, backend_name, child_command, child_mode, small_opts, BACKENDS};
+use common::{backend_from_name, backend_name, child_mode, run_child_with_fail_point, small_opts, BACKENDS};
 
 /// How long a wait for durability may take before the test calls it a hang: no performance
 /// bound, only room for a loaded 2-core CI machine whose disk syncs take milliseconds each.
@@ -249,19 +248,7 @@ fn a_failed_sync_reaches_every_waiter() {
         for durability in [Durability::Never, Durability::Batch] {
             let dir = tempfile::tempdir().expect("tempdir");
             let mode = format!("{} {} {}", dir.path().display(), backend_name(backend), durability_name(durability));
-            let out = child_command(TEST, &mode)
-                .env("SHOAL_FAIL_POINT", "sync")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .output()
-                .expect("run child");
-            assert!(
-                out.status.success(),
-                "{backend:?} {durability:?}: child failed ({}):\n{}\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            run_child_with_fail_point(TEST, &mode, "sync", &format!("{backend:?} {durability:?}"));
         }
     }
 }

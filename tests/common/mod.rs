@@ -34,6 +34,24 @@ pub fn child_command(test_name: &str, mode: &str) -> Command {
     cmd
 }
 
+/// Runs test `test_name` of this binary as a child in `mode` with the fail point
+/// `SHOAL_FAIL_POINT=fail_point`, and fails (showing its output) unless the child succeeds.
+pub fn run_child_with_fail_point(test_name: &str, mode: &str, fail_point: &str, context: &str) {
+    let out = child_command(test_name, mode)
+        .env("SHOAL_FAIL_POINT", fail_point)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run child");
+    assert!(
+        out.status.success(),
+        "{context}: child failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Prints one report line from a child, flushed.
 pub fn report(line: &str) {
     use std::io::Write;
