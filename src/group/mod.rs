@@ -1951,15 +1951,9 @@ impl Drop for Member {
 pub fn describe(bus: &Bus) -> Result<Vec<GroupInfo>, GroupError> {
     let mut out = Vec::new();
     for group in bus.groups()? {
-        let gdir = bus.group_dir(&group)?;
-        let Ok(entries) = std::fs::read_dir(&gdir) else { continue };
-        let mut topics: Vec<String> = entries
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .filter_map(|e| e.file_name().to_str().map(str::to_string))
-            .filter(|n| validate_name("topic", n).is_ok())
-            .collect();
-        topics.sort();
+        bus.group_dir(&group)?; // an invalid name is an error, as before
+                                // A group directory that cannot be listed is left out, as one with no topics.
+        let Ok(topics) = group_topics(bus, &group) else { continue };
         for topic_name in topics {
             let topic = match bus.topic(&topic_name) {
                 Ok(topic) => topic,
