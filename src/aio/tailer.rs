@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use futures_core::Stream;
 
 use super::wake::{wait_words, Scope, WordWait};
-use crate::log::{LogError, Offset, Reader, Record, RecordRef, TailWait, Tailer};
+use crate::log::{DrySpell, LogError, Reader, Record, RecordRef, TailWait, Tailer};
 
 /// Re-checks of a spinning tailer between two full checks of its reader (rollovers, damage,
 /// a live appender): the other re-checks load only the next record's commit word.
@@ -86,9 +86,9 @@ const POLL_WITHOUT_HEAD: Duration = Duration::from_millis(1);
 pub struct AsyncTailer {
     reader: Reader,
     wait: TailWait,
-    /// Since when, and at which offset, the tailer has found nothing to read (the spin
-    /// budget counts from there, as in `Tailer`).
-    dry_since: Option<(Instant, Offset)>,
+    /// Since when the tailer has found nothing to read (the spin budget counts from there,
+    /// as in `Tailer`).
+    dry: DrySpell,
     /// Passes while spinning (every `FULL_CHECK_POLLS`-th runs the full check).
     polls: u32,
     /// True while the tailer spends its spin budget (it yielded and comes back to re-check).
@@ -123,7 +123,7 @@ impl AsyncTailer {
         AsyncTailer {
             reader,
             wait,
-            dry_since: None,
+            dry: DrySpell::default(),
             polls: 0,
             spinning: false,
             sleep: None,
@@ -196,17 +196,11 @@ impl AsyncTailer {
                     return Poll::Ready(Err(e));
                 }
             }
-            let now = Instant::now();
-            let at = self.reader.next_offset();
-            let dry_since = match self.dry_since {
-                Some((since, offset)) if offset == at => since,
-                _ => {
-                    self.dry_since = Some((now, at));
-                    self.polls = 0;
-                    now
-                }
-            };
-            let spinning = match self.wait.after(now - dry_since) {
+            let (left, fresh) = self.dry.wait_left(self.wait, Instant::now(), self.reader.next_offset());
+            if fresh {
+                self.polls = 0;
+            }
+            let spinning = match left {
                 TailWait::BusySpin => true,
                 TailWait::SpinThenPark(left) => !left.is_zero(),
                 TailWait::Park => false,
@@ -259,7 +253,7 @@ impl AsyncTailer {
 
     /// A record is at the reader's position: the dry spell is over.
     fn found(&mut self) -> Result<(), LogError> {
-        self.dry_since = None;
+        self.dry.end();
         self.spinning = false;
         Ok(())
     }

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::error::LogError;
 use super::reader::{Reader, Record};
-use super::wait::{wait_any_with, TailWait};
-use super::Offset;
+use super::wait::{wait_any_with, DrySpell, TailWait};
 
 /// Follows a log: returns records as they are appended, waiting when caught up.
 ///
@@ -50,9 +49,8 @@ use super::Offset;
 pub struct Tailer {
     reader: Reader,
     wait: TailWait,
-    /// Since when, and at which offset, the tailer has found nothing to read: a spin budget
-    /// counts from there, so callers that wait in short slices spin once per dry spell.
-    dry_since: Option<(Instant, Offset)>,
+    /// Since when the tailer has found nothing to read (its spin budget counts from there).
+    dry: DrySpell,
 }
 
 impl Tailer {
@@ -75,7 +73,7 @@ impl Tailer {
 
     /// A tailer continuing from where `reader` stands, waiting by the default [`TailWait`].
     pub fn from_reader(reader: Reader) -> Tailer {
-        Tailer { reader, wait: TailWait::default(), dry_since: None }
+        Tailer { reader, wait: TailWait::default(), dry: DrySpell::default() }
     }
 
     /// This tailer, waiting by `wait` from now on.
@@ -116,18 +114,11 @@ impl Tailer {
         // Bounded by the deadline: each pass waits (spins or sleeps) up to MAX_SLEEP.
         loop {
             if self.reader.ready()? {
-                self.dry_since = None;
+                self.dry.end();
                 return self.reader.next();
             }
             let now = Instant::now();
-            let at = self.reader.next_offset();
-            let dry_since = match self.dry_since {
-                Some((since, offset)) if offset == at => since,
-                _ => {
-                    self.dry_since = Some((now, at));
-                    now
-                }
-            };
+            let (left, _) = self.dry.wait_left(self.wait, now, self.reader.next_offset());
             let wait = match deadline {
                 Some(Some(d)) => {
                     if now >= d {
@@ -138,7 +129,7 @@ impl Tailer {
                 // No timeout, or one too long for the clock to reach.
                 Some(None) | None => MAX_SLEEP,
             };
-            wait_any_with(&mut [&mut self.reader], &[], self.wait.after(now - dry_since), wait)?;
+            wait_any_with(&mut [&mut self.reader], &[], left, wait)?;
         }
     }
 }

@@ -161,6 +161,31 @@ impl TailWait {
     }
 }
 
+/// Since when, and at which offset, a tailer has found nothing to read: a spin budget counts
+/// from there, across calls, so a caller that waits in short slices spins once per dry spell
+/// (the blocking [`Tailer`](super::Tailer) and the async one keep one each).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct DrySpell(Option<(Instant, super::Offset)>);
+
+impl DrySpell {
+    /// What is left of `wait` at `now` for a reader standing at `at`, and whether a new dry
+    /// spell started here (the reader moved since the last call, or none was running).
+    pub(crate) fn wait_left(&mut self, wait: TailWait, now: Instant, at: super::Offset) -> (TailWait, bool) {
+        match self.0 {
+            Some((since, offset)) if offset == at => (wait.after(now - since), false),
+            _ => {
+                self.0 = Some((now, at));
+                (wait, true)
+            }
+        }
+    }
+
+    /// A record was found: the spell is over.
+    pub(crate) fn end(&mut self) {
+        self.0 = None;
+    }
+}
+
 impl Default for TailWait {
     /// [`TailWait::SpinThenPark`] with [`TailWait::DEFAULT_SPIN`].
     fn default() -> TailWait {
