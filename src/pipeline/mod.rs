@@ -20,12 +20,13 @@
 //! Poll the inputs round robin (starting after the one served last), read a batch of up to
 //! `batch_max` values in place, hand it to the handler as one slice (two where the ring
 //! wraps), commit it. The handler emits through an [`Emitter`], which routes each event to
-//! its downstream ring ([`Routing`] of the *next* stage) and stages it there: up to 64
-//! events per ring are published in one commit (one release store of the ring's tail, so
-//! the index's cache line crosses cores once per group, not once per event), when the
-//! stage is full and when the handler returns; then each touched ring's consumer is woken
-//! once. A full ring holds the pusher with the pipeline's [`WaitStrategy`] (backpressure):
-//! the memory in flight is bounded by the rings plus 64 staged events per ring. With
+//! its downstream ring ([`Routing`] of the *next* stage) and stages it there, written
+//! straight into the ring's next free slot but not yet visible: up to 64 events per ring
+//! are published in one commit (one release store of the ring's tail, so the index's cache
+//! line crosses cores once per group, not once per event), when the stage is full and when
+//! the handler returns; then each touched ring's consumer is woken once. A full ring holds
+//! the pusher with the pipeline's [`WaitStrategy`] (backpressure): staged events sit in the
+//! rings' own slots, so the memory in flight is bounded by the rings. With
 //! nothing to read a worker waits (spin, yield, or park at about 0% CPU).
 //! [`Emitter::emit_slice`] is the batch form of `emit`: where every event goes to one ring
 //! (a next stage of one worker) it copies the slice into that ring's slots in runs, one
