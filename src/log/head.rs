@@ -352,9 +352,9 @@ impl Head {
     }
 
     /// Registers a sleeper; returns the futex value to pass to [`Head::wait`]. The caller
-    /// re-checks for new records before waiting and calls [`Head::finish_wait`] afterwards
-    /// (the protocol is written once, in `wait::Sleepers`).
-    pub fn prepare_wait(&self) -> u32 {
+    /// re-checks for new records before waiting and calls [`Head::finish_wait`] afterwards:
+    /// the protocol is written once, in `wait::Sleepers`, the only caller.
+    pub(super) fn prepare_wait(&self) -> u32 {
         if self.writable {
             self.u32_at(WAITERS).fetch_add(1, Ordering::SeqCst);
         }
@@ -376,7 +376,7 @@ impl Head {
 
     /// The futex word the appender bumps (for waiting on several logs at once with
     /// `futex_waitv`; follow the protocol of [`Head::prepare_wait`]).
-    pub(crate) fn notify_word(&self) -> &AtomicU32 {
+    pub(super) fn notify_word(&self) -> &AtomicU32 {
         self.u32_at(NOTIFY)
     }
 
@@ -424,8 +424,8 @@ impl Head {
         }
     }
 
-    /// Unregisters a sleeper.
-    pub fn finish_wait(&self) {
+    /// Unregisters a sleeper (`wait::Sleepers`, the only caller).
+    pub(super) fn finish_wait(&self) {
         if !self.writable {
             return;
         }
