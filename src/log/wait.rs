@@ -408,6 +408,14 @@ mod tests {
     use super::*;
     use crate::log::{Appender, LogOptions};
 
+    /// A log with an appender (so a `HEAD` page) and a reader of it.
+    fn a_log() -> (tempfile::TempDir, Appender, Reader) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let appender = Appender::open(dir.path(), LogOptions::default()).expect("open the log");
+        let reader = Reader::open(dir.path()).expect("open a reader");
+        (dir, appender, reader)
+    }
+
     /// The sleepers counted in the `HEAD` page of `reader`'s log now.
     fn waiters(reader: &mut Reader) -> u32 {
         reader.head().expect("the log has a HEAD page").waiters()
@@ -415,9 +423,7 @@ mod tests {
 
     #[test]
     fn registering_raises_waiters_and_finishing_or_dropping_lowers_them_once() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let _appender = Appender::open(dir.path(), LogOptions::default()).expect("open the log");
-        let mut reader = Reader::open(dir.path()).expect("open a reader");
+        let (_dir, _appender, mut reader) = a_log();
         let mut sleepers = Sleepers::default();
         sleepers.register([&mut reader]);
         assert_eq!((sleepers.skipped(), waiters(&mut reader)), (0, 1));
@@ -456,9 +462,7 @@ mod tests {
 
     #[test]
     fn a_record_published_after_registering_is_seen_by_the_recheck_and_moves_the_word() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut appender = Appender::open(dir.path(), LogOptions::default()).expect("open the log");
-        let mut reader = Reader::open(dir.path()).expect("open a reader");
+        let (_dir, mut appender, mut reader) = a_log();
         let mut sleepers = Sleepers::default();
         sleepers.register([&mut reader]);
         assert!(!sleepers.recheck([&mut reader]).expect("re-check"), "nothing published yet");
@@ -470,9 +474,7 @@ mod tests {
 
     #[test]
     fn a_registration_outlives_its_reader_and_ends_on_its_page() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let _appender = Appender::open(dir.path(), LogOptions::default()).expect("open the log");
-        let mut reader = Reader::open(dir.path()).expect("open a reader");
+        let (dir, _appender, mut reader) = a_log();
         let mut sleepers = Sleepers::default();
         sleepers.register([&mut reader]);
         drop(reader);
