@@ -100,11 +100,11 @@ impl Probe {
     /// frees the probe and returns the hop latency in ns when it is.
     #[inline]
     pub(crate) fn took(&self, taken: u64, n: usize, clock: &quanta::Clock) -> Option<u64> {
-        // pairs with the Release store in `Output::pushed`
+        // pairs with the Release store in `Output::stamp`
         let armed = self.armed.load(Ordering::Acquire);
         if armed != 0 && armed <= taken + n as u64 {
             let sent = self.stamp.load(Ordering::Relaxed);
-            // pairs with the Acquire load in `Output::pushed`
+            // pairs with the Acquire load in `Output::stamp`
             self.armed.store(0, Ordering::Release);
             return Some(clock.delta_as_nanos(sent, clock.raw()));
         }
@@ -118,40 +118,111 @@ impl Probe {
 /// bounce between the two cores once per event whenever the consumer keeps up; one commit
 /// per group of events pays that once per group. The stage is flushed when full and
 /// whenever the handler (or the source step) returns, so an event waits at most one batch.
+///
+/// Events are staged in the ring itself (see `ring::stage`): written into its free slots
+/// past the tail and published with one store of the tail.
 pub(crate) const STAGE_MAX: usize = 64;
 
 /// The writing end of one ring out of a worker.
 pub(crate) struct Output<T> {
     pub(crate) tx: Producer<T>,
     pub(crate) probe: Option<Arc<Probe>>,
-    /// Events pushed into this ring so far.
-    pushed: u64,
-    /// Pushed to since the last notify.
+    /// Events published into this ring other than from its stage (which the ring counts:
+    /// see [`Output::pushed`]).
+    pushed_other: u64,
+    /// Published to since the last notify, and not woken yet.
     touched: bool,
-    /// Events routed here and not yet in the ring (at most [`STAGE_MAX`]; allocated once).
-    staged: Vec<T>,
     /// The ring's counts, when the pipeline keeps frontiers.
     counts: Option<Arc<RingCounts>>,
 }
 
 impl<T> Output<T> {
     pub(crate) fn new(tx: Producer<T>, probe: Option<Arc<Probe>>, counts: Option<Arc<RingCounts>>) -> Output<T> {
-        Output { tx, probe, pushed: 0, touched: false, staged: Vec::with_capacity(STAGE_MAX), counts }
+        Output { tx, probe, pushed_other: 0, touched: false, counts }
     }
 
+    /// Events published into this ring so far.
     #[inline]
-    fn pushed(&mut self, n: usize, clock: &quanta::Clock) {
+    fn pushed(&self) -> u64 {
+        self.pushed_other + self.tx.published_staged()
+    }
+
+    /// Stamps the probe, when it is free, for the first of `n` events just published.
+    #[inline]
+    fn stamp(&self, n: usize, clock: &quanta::Clock) {
         if let Some(probe) = &self.probe {
             // pairs with the Release store in `Probe::took`: the receiver is done with the
             // last stamp before we write a new one.
             if probe.armed.load(Ordering::Acquire) == 0 {
                 probe.stamp.store(clock.raw(), Ordering::Relaxed);
                 // pairs with the Acquire load in `Probe::took`
-                probe.armed.store(self.pushed + 1, Ordering::Release);
+                probe.armed.store(self.pushed() - n as u64 + 1, Ordering::Release);
             }
         }
-        self.pushed += n as u64;
-        self.touched = true;
+    }
+
+    /// Counts `n` events just published other than from the stage, and stamps the probe.
+    #[inline]
+    fn published(&mut self, n: usize, clock: &quanta::Clock) {
+        self.pushed_other += n as u64;
+        self.stamp(n, clock);
+    }
+
+    /// Publishes the staged events, if any; returns how many. The ring counts them.
+    #[inline(always)]
+    fn flush(&mut self, clock: &quanta::Clock) -> usize {
+        let n = self.tx.publish_staged();
+        if n > 0 {
+            self.stamp(n, clock);
+        }
+        n
+    }
+
+    /// Publishes the staged events and wakes the receiver if anything was published since
+    /// the last wake.
+    #[inline(always)]
+    fn notify(&mut self, clock: &quanta::Clock) {
+        let n = self.flush(clock);
+        if n > 0 || self.touched {
+            if self.touched {
+                self.touched = false;
+            }
+            self.tx.notify();
+        }
+    }
+
+    /// Stages `event` once the open window is used up: publishes the staged events and opens
+    /// a new window, waiting (with the pipeline's strategy) while the ring is full. Returns
+    /// 1 when the event was dropped because the pipeline is stopping or the receiver is
+    /// gone, else 0.
+    #[inline(never)]
+    fn stage_cold(&mut self, mut event: T, clock: &quanta::Clock, abort: &AtomicBool) -> u64 {
+        if self.flush(clock) > 0 {
+            self.touched = true;
+        }
+        // Bounded: each pass stages the event, or waits and then returns when the pipeline
+        // stops or the receiver is gone.
+        loop {
+            if self.tx.open_stage(STAGE_MAX) > 0 {
+                match self.tx.stage(event) {
+                    Ok(()) => return 0,
+                    Err(e) => event = e,
+                }
+                continue;
+            }
+            // Full (or `T` has no size, which never stages): push it through the ring as
+            // a value, waiting for room. The receiver may sleep on a ring filled quietly,
+            // so it is woken first.
+            self.tx.notify();
+            self.touched = false;
+            return match self.tx.push_wait_or_stop(event, || abort.load(Ordering::Relaxed)) {
+                Ok(()) => {
+                    self.published(1, clock);
+                    0
+                }
+                Err(_) => 1,
+            };
+        }
     }
 
     /// Copies `events` into the ring after what is in it, in runs as long as the ring has
@@ -161,105 +232,29 @@ impl<T> Output<T> {
     where
         T: Copy,
     {
+        // What is staged was emitted first: it goes in first.
+        if self.flush(clock) > 0 {
+            self.touched = true;
+        }
         let mut rest = events;
         // Bounded: each pass publishes at least one event, or waits and then returns when
         // the pipeline stops or the receiver is gone.
         while !rest.is_empty() {
             let n = self.tx.push_slice(rest);
             if n > 0 {
-                self.pushed(n, clock);
+                self.published(n, clock);
+                self.touched = true;
                 rest = &rest[n..];
                 continue;
             }
+            self.tx.notify();
+            self.touched = false;
             match self.tx.wait_writable(1, || abort.load(Ordering::Relaxed)) {
                 Ok(true) => {}
                 Ok(false) | Err(_) => return rest.len() as u64,
             }
         }
         0
-    }
-
-    /// Moves the staged events into the ring, in order, waiting (with the pipeline's
-    /// strategy) while it is full. Returns how many were dropped because the pipeline is
-    /// stopping or the receiver is gone.
-    #[inline(always)]
-    fn flush(&mut self, clock: &quanta::Clock, abort: &AtomicBool) -> u64 {
-        // One event (a source emitting one per call), kept inline in the caller: a plain
-        // push, no reservation.
-        if self.staged.len() == 1 {
-            if let Some(event) = self.staged.pop() {
-                match self.tx.push_quiet(event) {
-                    Ok(()) => {
-                        self.pushed(1, clock);
-                        return 0;
-                    }
-                    // Full (or the receiver is gone): back in the stage, for the wait below.
-                    Err(e) => self.staged.push(e.into_inner()),
-                }
-            }
-            return self.flush_full(clock, abort);
-        }
-        self.flush_many(clock, abort)
-    }
-
-    /// [`Output::flush`] of several events: one reservation and one publication when the
-    /// ring has room for all of them, which the producer's cached copy of the consumer's
-    /// position usually shows without a load.
-    #[inline(never)]
-    fn flush_many(&mut self, clock: &quanta::Clock, abort: &AtomicBool) -> u64 {
-        let len = self.staged.len();
-        let r = self.tx.reserve(len);
-        if r.len() == len {
-            let written = r.fill_from_iter(self.staged.drain(..));
-            debug_assert_eq!(written, len);
-            self.pushed(len, clock);
-            return 0;
-        }
-        drop(r);
-        self.flush_full(clock, abort)
-    }
-
-    /// [`Output::flush`] when the ring has too little room: publishes what fits, waits for
-    /// the rest.
-    #[inline(never)]
-    fn flush_full(&mut self, clock: &quanta::Clock, abort: &AtomicBool) -> u64 {
-        let mut dropped = 0;
-        while !self.staged.is_empty() {
-            let n = {
-                let mut r = self.tx.reserve(self.staged.len());
-                let n = r.len();
-                if n > 0 {
-                    let (a, b) = r.slots();
-                    let mut events = self.staged.drain(..n);
-                    for slot in a.iter_mut().chain(b.iter_mut()) {
-                        if let Some(event) = events.next() {
-                            slot.write(event);
-                        }
-                    }
-                    drop(events);
-                    // SAFETY: the loop above wrote the `n` reserved slots (a, then b), one
-                    // drained event each: exactly `n` events were drained.
-                    unsafe { r.commit(n) };
-                }
-                n
-            };
-            if n > 0 {
-                self.pushed(n, clock);
-                continue;
-            }
-            // Full: the receiver may sleep on a ring we filled quietly, so wake it, then
-            // wait for room (or for the pipeline to stop) with one event.
-            self.tx.notify();
-            let event = self.staged.remove(0);
-            match self.tx.push_wait_or_stop(event, || abort.load(Ordering::Relaxed)) {
-                Ok(()) => self.pushed(1, clock),
-                Err(_) => {
-                    dropped += 1 + self.staged.len() as u64;
-                    self.staged.clear();
-                }
-            }
-        }
-        dropped
     }
 }
 
@@ -283,21 +278,44 @@ pub struct Emitter<T> {
     pub(crate) clock: quanta::Clock,
     /// Events emitted where there is no downstream, or dropped because the pipeline stopped.
     pub(crate) discarded: u64,
-    /// Events emitted in all.
-    pub(crate) emitted: u64,
+    /// Events emitted and not counted by the one output's `pushed` (see [`Emitter::emitted`]).
+    emitted: u64,
+    /// One downstream ring, routed by key or round robin: every event goes to it, staged
+    /// without routing and counted by its `pushed`.
+    single: bool,
 }
 
 impl<T> Emitter<T> {
     pub(crate) fn new(abort: Arc<AtomicBool>, clock: quanta::Clock) -> Emitter<T> {
-        Emitter { outputs: Vec::new(), routing: Routing::RoundRobin, next: 0, abort, clock, discarded: 0, emitted: 0 }
+        Emitter {
+            outputs: Vec::new(),
+            routing: Routing::RoundRobin,
+            next: 0,
+            abort,
+            clock,
+            discarded: 0,
+            emitted: 0,
+            single: false,
+        }
     }
 
     /// Replaces the downstream rings (on a scale).
     pub(crate) fn rewire(&mut self, outputs: Vec<Output<T>>, routing: Routing<T>) {
         self.notify();
+        self.emitted = self.emitted();
+        self.single = outputs.len() == 1 && !matches!(routing, Routing::Broadcast(_));
         self.outputs = outputs;
         self.routing = routing;
         self.next = 0;
+    }
+
+    /// Events emitted so far. With one downstream ring the count is that ring's (what was
+    /// published plus what is staged), so emitting costs no counter store.
+    pub(crate) fn emitted(&self) -> u64 {
+        match (self.single, self.outputs.first()) {
+            (true, Some(out)) => self.emitted + out.pushed() + out.tx.staged() as u64,
+            _ => self.emitted,
+        }
     }
 
     /// Sends `event` to the next stage, per that stage's [`Routing`]; waits while the chosen
@@ -305,6 +323,31 @@ impl<T> Emitter<T> {
     /// stopping after a panic.
     #[inline]
     pub fn emit(&mut self, event: T) {
+        if self.single {
+            if let Some(out) = self.outputs.first_mut() {
+                // The hot path: one slot store and one pointer store.
+                if let Err(event) = out.tx.stage(event) {
+                    self.emit_cold(event);
+                }
+                return;
+            }
+        }
+        self.emit_routed(event);
+    }
+
+    /// [`Emitter::emit`] to the one output once its window is used up.
+    #[inline(never)]
+    fn emit_cold(&mut self, event: T) {
+        if let Some(out) = self.outputs.first_mut() {
+            let dropped = out.stage_cold(event, &self.clock, &self.abort);
+            // A dropped event is counted here, not by the output.
+            self.emitted += dropped;
+            self.discarded += dropped;
+        }
+    }
+
+    /// [`Emitter::emit`] with no downstream, or several rings to route between.
+    fn emit_routed(&mut self, event: T) {
         self.emitted += 1;
         let n = self.outputs.len();
         if n == 0 {
@@ -374,13 +417,11 @@ impl<T> Emitter<T> {
                 self.discarded += events.len() as u64;
             }
             (1, Routing::ByKey(_) | Routing::RoundRobin) => {
-                self.emitted += events.len() as u64;
                 let out = &mut self.outputs[0];
-                // What is staged was emitted first: it goes in first.
-                if !out.staged.is_empty() {
-                    self.discarded += out.flush(&self.clock, &self.abort);
-                }
-                self.discarded += out.push_slice(events, &self.clock, &self.abort);
+                // Pushed events count as the output's; dropped ones here.
+                let dropped = out.push_slice(events, &self.clock, &self.abort);
+                self.emitted += dropped;
+                self.discarded += dropped;
             }
             _ => {
                 for event in events {
@@ -397,10 +438,10 @@ impl<T> Emitter<T> {
     pub(crate) fn publish_pushed(&self) {
         for out in &self.outputs {
             if let Some(counts) = &out.counts {
-                debug_assert!(out.staged.is_empty());
+                debug_assert_eq!(out.tx.staged(), 0);
                 // Relaxed: ordered before the Release store of the caller's `done` count
                 // (or, for the source, read on this same thread).
-                counts.pushed.store(out.pushed, Ordering::Relaxed);
+                counts.pushed.store(out.pushed(), Ordering::Relaxed);
             }
         }
     }
@@ -413,23 +454,26 @@ impl<T> Emitter<T> {
     #[inline(always)]
     fn push(&mut self, at: usize, event: T) {
         let out = &mut self.outputs[at];
-        out.staged.push(event);
-        if out.staged.len() >= STAGE_MAX {
-            self.discarded += out.flush(&self.clock, &self.abort);
+        if let Err(event) = out.tx.stage(event) {
+            self.discarded += out.stage_cold(event, &self.clock, &self.abort);
         }
     }
 
-    /// Publishes every staged event and wakes every receiver pushed to since the last call.
-    #[inline]
+    /// Publishes every staged event and wakes every receiver published to since the last
+    /// call. Inline for one downstream ring (a source calling it after every step).
+    #[inline(always)]
     pub(crate) fn notify(&mut self) {
+        if let [out] = &mut self.outputs[..] {
+            out.notify(&self.clock);
+        } else {
+            self.notify_all();
+        }
+    }
+
+    #[inline(never)]
+    fn notify_all(&mut self) {
         for out in &mut self.outputs {
-            if !out.staged.is_empty() {
-                self.discarded += out.flush(&self.clock, &self.abort);
-            }
-            if out.touched {
-                out.touched = false;
-                out.tx.notify();
-            }
+            out.notify(&self.clock);
         }
     }
 }

@@ -12,7 +12,7 @@ use crossbeam_utils::CachePadded;
 use super::emit::{Emitter, Input, Output, Routing};
 use super::error::PipelineError;
 use super::frontier::{Progress, Topology};
-use super::source::{Decode, SourceKind, SourceStep};
+use super::source::{Decode, SourceKind, Stops};
 use super::{Config, Factory, WorkerId};
 use crate::affinity::{self, CpuClaim};
 use crate::log::Offset;
@@ -152,7 +152,7 @@ pub(crate) struct Slot<T> {
 /// resumes. The worker checks `pending` once per loop (one relaxed load); everything else
 /// is behind the mutex, off the hot path.
 pub(crate) struct Control<T> {
-    pending: CachePadded<AtomicBool>,
+    pub(crate) pending: CachePadded<AtomicBool>,
     slot: Mutex<Slot<T>>,
     cond: Condvar,
     /// The worker's thread, to unpark it wherever it sleeps (set right after spawn).
@@ -334,7 +334,7 @@ impl<T> WorkerParts<T> {
         self.stats.capacity.store(capacity, Ordering::Relaxed);
     }
 
-    /// Turns what [`closure_calls`] came to into whether the source goes on, failing the
+    /// Turns what a source's run of calls came to into whether the source goes on, failing the
     /// pipeline on an error or a panic.
     fn source_result(&self, result: std::thread::Result<Result<bool, String>>) -> bool {
         match result {
@@ -487,33 +487,6 @@ pub(crate) fn run_stage_worker<T: Send + 'static>(mut w: WorkerParts<T>, factory
     w.finish();
 }
 
-/// Calls a closure source up to `batch_max` times, publishing what each call emitted as it
-/// returns (an event never waits for a later call), with one panic guard for all the calls
-/// and one look at the stop flags and the control slot between two calls. Says whether the
-/// source goes on.
-#[inline]
-fn closure_calls<T>(
-    emitter: &mut Emitter<T>,
-    control: &Control<T>,
-    shared: &Shared<T>,
-    batch_max: usize,
-    mut f: impl FnMut(&mut Emitter<T>) -> Result<SourceStep, String>,
-) -> std::thread::Result<Result<bool, String>> {
-    catch_unwind(AssertUnwindSafe(|| {
-        for _ in 0..batch_max {
-            let step = f(emitter)?;
-            emitter.notify();
-            if step != SourceStep::Continue {
-                return Ok(false);
-            }
-            if shared.aborted() || shared.stop_source.load(Ordering::Relaxed) || control.pending() {
-                break;
-            }
-        }
-        Ok(true)
-    }))
-}
-
 /// The source's thread: produce events, serve pause requests between two batches, stop on
 /// shutdown or abort, or when the source ends.
 pub(crate) fn run_source<T: Send + 'static>(mut w: WorkerParts<T>, mut kind: SourceKind<T>) {
@@ -542,7 +515,9 @@ pub(crate) fn run_source<T: Send + 'static>(mut w: WorkerParts<T>, mut kind: Sou
         }
         let go_on = match &mut kind {
             SourceKind::Steps(f) => {
-                let result = closure_calls(&mut w.emitter, &w.control, &shared, batch_max, |e| Ok(f(e)));
+                let stops =
+                    Stops { abort: &shared.abort, stop_source: &shared.stop_source, pending: &w.control.pending };
+                let result = f(&mut w.emitter, &stops, batch_max).map(Ok);
                 w.source_result(result)
             }
             SourceKind::Group(g) => {
@@ -628,7 +603,7 @@ pub(crate) fn run_source<T: Send + 'static>(mut w: WorkerParts<T>, mut kind: Sou
             }
         };
         w.emitter.notify();
-        w.stats.events.store(w.emitter.emitted, Ordering::Relaxed);
+        w.stats.events.store(w.emitter.emitted(), Ordering::Relaxed);
         if !go_on {
             break;
         }

@@ -42,6 +42,7 @@
 //! assert_eq!(consumer.join().unwrap(), (0..10_000).sum::<u64>());
 //! ```
 
+mod stage;
 pub mod wait;
 
 use std::mem::{ManuallyDrop, MaybeUninit};
@@ -151,6 +152,8 @@ pub struct Producer<T> {
     me: Arc<Waiter>,
     /// Where the consumer sleeps when the ring is empty.
     peer: Arc<Waiter>,
+    /// Slots written past the tail and not yet published (see [`stage`]).
+    stage: stage::Window<T>,
 }
 
 /// The reading end of a ring.
@@ -203,7 +206,13 @@ pub fn channel_between<T>(
     // Registering early keeps the first push off the slow path.
     let _ = AsymmetricFence::registered();
     (
-        Producer { ring: ManuallyDrop::new(p), wait, me: producer_waiter.clone(), peer: consumer_waiter.clone() },
+        Producer {
+            ring: ManuallyDrop::new(p),
+            wait,
+            me: producer_waiter.clone(),
+            peer: consumer_waiter.clone(),
+            stage: stage::Window::closed(),
+        },
         Consumer { ring: ManuallyDrop::new(c), wait, me: consumer_waiter, peer: producer_waiter },
     )
 }
@@ -213,20 +222,30 @@ impl<T> Producer<T> {
     ///
     /// # Errors
     /// [`PushError::Full`] or [`PushError::Closed`], with the value.
-    #[inline]
+    #[inline(always)]
     pub fn push(&mut self, value: T) -> Result<(), PushError<T>> {
+        // Always inline, the refusal out of line: a call per push costs a frame of saved
+        // registers, stores that on x86 wait in order behind the tail's store whose cache
+        // line the polling consumer keeps taking back (it halved `ring_one` in
+        // benches/pipeline.rs).
+        self.close_stage();
         match self.ring.push(value) {
             Ok(()) => {
                 self.notify();
                 Ok(())
             }
-            Err(rtrb::PushError::Full(v)) => {
-                if self.ring.is_abandoned() {
-                    Err(PushError::Closed(v))
-                } else {
-                    Err(PushError::Full(v))
-                }
-            }
+            Err(rtrb::PushError::Full(v)) => Err(self.refused(v)),
+        }
+    }
+
+    /// Why a push found no free slot: the ring is full, or the consumer is gone.
+    #[cold]
+    #[inline(never)]
+    fn refused(&self, value: T) -> PushError<T> {
+        if self.ring.is_abandoned() {
+            PushError::Closed(value)
+        } else {
+            PushError::Full(value)
         }
     }
 
@@ -235,24 +254,20 @@ impl<T> Producer<T> {
     ///
     /// # Errors
     /// As [`Producer::push`].
-    #[inline]
+    #[inline(always)]
     pub fn push_quiet(&mut self, value: T) -> Result<(), PushError<T>> {
-        self.ring.push(value).map_err(
-            |rtrb::PushError::Full(v)| {
-                if self.ring.is_abandoned() {
-                    PushError::Closed(v)
-                } else {
-                    PushError::Full(v)
-                }
-            },
-        )
+        self.close_stage();
+        match self.ring.push(value) {
+            Ok(()) => Ok(()),
+            Err(rtrb::PushError::Full(v)) => Err(self.refused(v)),
+        }
     }
 
     /// Pushes one value, waiting per the ring's strategy while it is full.
     ///
     /// # Errors
     /// [`Closed`] when the consumer is gone (the value is dropped).
-    #[inline]
+    #[inline(always)]
     pub fn push_wait(&mut self, value: T) -> Result<(), Closed> {
         self.push_wait_or_stop(value, || false).map_err(|_| Closed)
     }
@@ -262,7 +277,7 @@ impl<T> Producer<T> {
     ///
     /// # Errors
     /// [`PushError::Closed`] when the consumer is gone, [`PushError::Full`] when stopped.
-    #[inline]
+    #[inline(always)]
     pub fn push_wait_or_stop(&mut self, value: T, stop: impl Fn() -> bool) -> Result<(), PushError<T>> {
         // The fast path stays inline in the caller's loop; waiting is out of line. A call per
         // push slowed the producer enough that the consumer kept catching up, and both sides
@@ -359,7 +374,7 @@ impl<T> Producer<T> {
     }
 
     /// Wakes the consumer if it sleeps (after [`Producer::push_quiet`]s).
-    #[inline]
+    #[inline(always)]
     pub fn notify(&self) {
         if self.wait.parks() {
             self.peer.wake();
@@ -370,6 +385,7 @@ impl<T> Producer<T> {
     /// zero). Values become visible to the consumer at [`Reservation::commit`].
     #[inline]
     pub fn reserve(&mut self, n: usize) -> Reservation<'_, T> {
+        self.close_stage();
         // The consumer's position is read only when the copy this side keeps of it shows
         // fewer than `n` free slots: a reservation that fits costs no load of the consumer's
         // cache line (loading it on every call made a one-event-per-call pipeline source
@@ -404,7 +420,7 @@ impl<T> Producer<T> {
 
     /// Free slots now.
     pub fn slots(&self) -> usize {
-        self.ring.slots()
+        self.ring.slots() - self.stage.staged()
     }
 
     /// The ring's capacity.
@@ -423,6 +439,8 @@ impl<T> Producer<T> {
 
 impl<T> Drop for Producer<T> {
     fn drop(&mut self) {
+        // Staged values are published: the consumer drains them, or the ring drops them.
+        self.close_stage();
         // SAFETY: dropped exactly once, here, and never used again.
         unsafe { ManuallyDrop::drop(&mut self.ring) };
         // The ring is marked abandoned now: a consumer woken here sees it.
