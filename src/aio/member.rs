@@ -10,10 +10,10 @@
 //! [`GroupOptions::liveness_check`] and a quarter of the session timeout), so an idle member
 //! keeps its heartbeat moving, notices members that died, and keeps its partitions.
 //!
-//! Registration follows the blocking waits' protocol: raise each held partition's `waiters`
-//! count (which fences), re-check every reader, and only then hand the words and the values
-//! read to the helper; a record published after the re-check finds the registration and
-//! wakes the word. The counts are lowered when the wait ends or is dropped.
+//! Registration follows the blocking waits' protocol (`log::Sleepers`): raise each held
+//! partition's `waiters` count (which fences), re-check every reader, and only then hand the
+//! words and the values read to the helper; a record published after the re-check finds the
+//! registration and wakes the word. The counts are lowered when the wait ends or is dropped.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -29,7 +29,7 @@ use crate::bus::Bus;
 use crate::group::{Delivery, GroupError, GroupOptions, Member, MemberStats};
 #[cfg(doc)]
 use crate::log::TailWait;
-use crate::log::{LogError, Record};
+use crate::log::{LogError, Record, Sleepers};
 
 /// How long a wait lasts when a held partition has no writable `HEAD` page to register on
 /// (no appender has opened it yet): the member then re-checks it this often.
@@ -101,8 +101,8 @@ pub struct AsyncMember {
     sleep: Option<WordWait>,
     /// The heartbeat timer (or the re-check of a partition without a `HEAD` page).
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Partitions whose `waiters` count the pending wait raised.
-    registered: Vec<u32>,
+    /// The pending wait's registration as a sleeper on the held partitions' `HEAD` pages.
+    sleepers: Sleepers,
     /// The stream's one-record buffer, reused.
     one: Vec<Delivery>,
 }
@@ -136,7 +136,7 @@ impl AsyncMember {
             id,
             sleep: None,
             timer: None,
-            registered: Vec::new(),
+            sleepers: Sleepers::default(),
             one: Vec::with_capacity(1),
         }
     }
@@ -286,9 +286,9 @@ impl AsyncMember {
             match self.register(member) {
                 Ok(true) => {}
                 // A record arrived (or the epoch moved) while registering: step again.
-                Ok(false) => self.cancel_wait_on(member),
+                Ok(false) => self.cancel_wait(),
                 Err(e) => {
-                    self.cancel_wait_on(member);
+                    self.cancel_wait();
                     return Poll::Ready(Err(e.into()));
                 }
             }
@@ -302,73 +302,26 @@ impl AsyncMember {
     /// `Ok(false)` when the re-check found a reader ready, which the caller then cancels.
     fn register(&mut self, member: &mut Member) -> Result<bool, LogError> {
         let (epoch, epoch_seen, mut readers, nap) = member.wait_set();
-        let mut seen = Vec::with_capacity(readers.len());
-        let mut every_head = true;
-        for (p, reader) in readers.iter_mut() {
-            match reader.head() {
-                // A page mapped read-only cannot register a sleeper: re-check that log.
-                Some(head) if head.is_writable() => {
-                    seen.push(Some(head.prepare_wait()));
-                    self.registered.push(*p);
-                }
-                _ => {
-                    seen.push(None);
-                    every_head = false;
-                }
-            }
+        self.sleepers.register(readers.iter_mut().map(|(_, reader)| &mut **reader));
+        if self.sleepers.recheck(readers.iter_mut().map(|(_, reader)| &mut **reader))? {
+            return Ok(false);
         }
-        // Re-check after registering (pairs with the appender's fence after publishing).
-        for (_, reader) in readers.iter_mut() {
-            if reader.ready()? {
-                return Ok(false);
-            }
-        }
-        let mut words = Vec::with_capacity(readers.len() + 1);
+        let mut words = Vec::with_capacity(self.sleepers.words().len() + 1);
         words.push((epoch, epoch_seen, Scope::Shared));
-        for ((_, reader), seen) in readers.iter_mut().zip(&seen) {
-            if let (Some(seen), Some(head)) = (seen, reader.head()) {
-                words.push((head.notify_word(), *seen, Scope::Shared));
-            }
-        }
+        words.extend(self.sleepers.words().map(|(word, seen)| (word, seen, Scope::Shared)));
         self.sleep = Some(wait_words(&words));
-        let wait = if every_head { nap } else { nap.min(NO_HEAD_RECHECK) };
+        let wait = if self.sleepers.skipped() == 0 { nap } else { nap.min(NO_HEAD_RECHECK) };
         self.timer = Some(Box::pin(tokio::time::sleep(wait)));
         Ok(true)
     }
 
     /// Ends a pending wait: drops its registration and timer and lowers the `waiters` count
-    /// of each partition it raised.
+    /// of each partition it raised (on the pages the registration holds: the member's lock
+    /// is not needed).
     fn cancel_wait(&mut self) {
-        if self.sleep.is_none() && self.timer.is_none() && self.registered.is_empty() {
-            return;
-        }
-        let shared = self.member.clone();
-        let mut guard = lock(&shared);
-        match guard.as_mut() {
-            Some(member) => self.cancel_wait_on(member),
-            None => {
-                self.sleep = None;
-                self.timer = None;
-                self.registered.clear();
-            }
-        }
-    }
-
-    fn cancel_wait_on(&mut self, member: &mut Member) {
         self.sleep = None;
         self.timer = None;
-        if self.registered.is_empty() {
-            return;
-        }
-        let (_, _, readers, _) = member.wait_set();
-        for (p, reader) in readers {
-            if self.registered.contains(&p) {
-                if let Some(head) = reader.head() {
-                    head.finish_wait();
-                }
-            }
-        }
-        self.registered.clear();
+        self.sleepers.finish();
     }
 }
 
@@ -420,5 +373,59 @@ fn not_run(what: &'static str, id: &str, why: impl std::fmt::Display) -> GroupEr
         path: PathBuf::from(format!("group member {id}")),
         op: what,
         source: std::io::Error::other(format!("did not run: {why}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::LogOptions;
+    use std::os::unix::fs::FileExt;
+    use std::path::Path;
+
+    /// Offset of the `waiters` word in the `HEAD` page (see `src/log/head.rs`).
+    const HEAD_WAITERS_AT: u64 = 68;
+
+    /// The sleepers registered in the `HEAD` page of each of the two partitions of `events`.
+    fn waiters(bus: &Path) -> [u32; 2] {
+        [0, 1].map(|p| {
+            let head = bus.join("topics").join("events").join(p.to_string()).join("HEAD");
+            let mut word = [0u8; 4];
+            let file = std::fs::File::open(&head).expect("open HEAD");
+            file.read_exact_at(&mut word, HEAD_WAITERS_AT).expect("read waiters");
+            u32::from_ne_bytes(word)
+        })
+    }
+
+    #[test]
+    fn a_waiting_poll_is_a_sleeper_on_every_held_partition_until_it_ends_or_the_member_goes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let bus = Bus::open(dir.path()).expect("open the bus");
+        let topic = bus.topic_or_create("events", Some(2)).expect("create the topic");
+        let mut producer = topic.producer(LogOptions::default()).expect("open a producer");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        rt.block_on(async {
+            // The heartbeat timer comes after the test: only a record ends the first wait.
+            let opts = GroupOptions::default()
+                .liveness_check(Duration::from_secs(240))
+                .session_timeout(Duration::from_secs(240));
+            let mut member = AsyncMember::join(&bus, "g", "events", opts).await.expect("join");
+            {
+                let mut poll = std::pin::pin!(member.poll(8));
+                assert!(futures_util::poll!(poll.as_mut()).is_pending(), "nothing to read yet");
+                assert_eq!(waiters(dir.path()), [1, 1], "a waiting poll sleeps on both partitions");
+                producer.send_to(1, 7, b"wake").expect("send");
+                let got = tokio::time::timeout(Duration::from_secs(30), poll).await.expect("woken").expect("poll");
+                assert_eq!(got.len(), 1);
+            }
+            assert_eq!(waiters(dir.path()), [0, 0], "a poll that returned left sleepers registered");
+            {
+                let mut poll = std::pin::pin!(member.poll(8));
+                assert!(futures_util::poll!(poll.as_mut()).is_pending(), "nothing more to read");
+                assert_eq!(waiters(dir.path()), [1, 1]);
+            }
+            drop(member);
+            assert_eq!(waiters(dir.path()), [0, 0], "a member dropped mid-wait left sleepers registered");
+        });
     }
 }

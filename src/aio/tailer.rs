@@ -4,8 +4,8 @@
 //! It waits the way [`Tailer`] does, by its [`TailWait`]: a spin budget first (spent as
 //! re-checks between which the task yields to the runtime, so no runtime thread is blocked),
 //! then a sleep registered on the log's `HEAD` futex word by the blocking tailer's protocol
-//! (raise `waiters`, fence, read `notify`, re-check) and handed to the process's wake-up
-//! helper (`super::wake`).
+//! (`log::Sleepers`: raise `waiters`, fence, read `notify`, re-check) and handed to the
+//! process's wake-up helper (`super::wake`).
 
 use std::future::Future;
 use std::path::Path;
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use futures_core::Stream;
 
 use super::wake::{wait_words, Scope, WordWait};
-use crate::log::{DrySpell, LogError, Reader, Record, RecordRef, TailWait, Tailer};
+use crate::log::{DrySpell, LogError, Reader, Record, RecordRef, Sleepers, TailWait, Tailer};
 
 /// Re-checks of a spinning tailer between two full checks of its reader (rollovers, damage,
 /// a live appender): the other re-checks load only the next record's commit word.
@@ -95,8 +95,9 @@ pub struct AsyncTailer {
     spinning: bool,
     /// The registered sleep on `HEAD`'s `notify` word, while one is in flight.
     sleep: Option<WordWait>,
-    /// True while this tailer counts in `HEAD`'s `waiters`.
-    registered: bool,
+    /// This tailer's registration as a sleeper on `HEAD` (counted in its `waiters`), while
+    /// one is held.
+    sleepers: Sleepers,
     /// The re-check timer of a log without a writable `HEAD` page.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
@@ -127,7 +128,7 @@ impl AsyncTailer {
             polls: 0,
             spinning: false,
             sleep: None,
-            registered: false,
+            sleepers: Sleepers::with_capacity(1),
             timer: None,
         }
     }
@@ -214,24 +215,17 @@ impl AsyncTailer {
             }
             self.spinning = false;
             self.reader.touch_ahead(TOUCH_AHEAD_PAGES);
-            let seen = match self.reader.head() {
-                Some(head) if head.is_writable() => {
-                    self.registered = true;
-                    head.prepare_wait()
+            self.sleepers.register([&mut self.reader]);
+            if self.sleepers.skipped() != 0 {
+                // No writable `HEAD` page: nothing registered, nothing would wake a sleep.
+                let mut timer = Box::pin(tokio::time::sleep(POLL_WITHOUT_HEAD));
+                if timer.as_mut().poll(cx).is_pending() {
+                    self.timer = Some(timer);
+                    return Poll::Pending;
                 }
-                _ => {
-                    let mut timer = Box::pin(tokio::time::sleep(POLL_WITHOUT_HEAD));
-                    if timer.as_mut().poll(cx).is_pending() {
-                        self.timer = Some(timer);
-                        return Poll::Pending;
-                    }
-                    continue;
-                }
-            };
-            // Re-check after registering (pairs with the appender's fence after publishing):
-            // a record published before this is seen here, one published after it finds the
-            // registration and bumps `notify`, so the wait below ends.
-            match self.reader.ready() {
+                continue;
+            }
+            match self.sleepers.recheck([&mut self.reader]) {
                 Ok(false) => {}
                 Ok(true) => {
                     self.cancel_wait();
@@ -242,8 +236,8 @@ impl AsyncTailer {
                     return Poll::Ready(Err(e));
                 }
             }
-            let Some(head) = self.reader.head() else { continue };
-            self.sleep = Some(wait_words(&[(head.notify_word(), seen, Scope::Shared)]));
+            let Some((word, seen)) = self.sleepers.words().next() else { continue };
+            self.sleep = Some(wait_words(&[(word, seen, Scope::Shared)]));
         }
         // Four passes without a record or a pending wait: a run of spurious wake-ups. Come
         // back through the scheduler rather than loop here.
@@ -262,12 +256,7 @@ impl AsyncTailer {
     fn cancel_wait(&mut self) {
         self.sleep = None;
         self.timer = None;
-        if self.registered {
-            self.registered = false;
-            if let Some(head) = self.reader.head() {
-                head.finish_wait();
-            }
-        }
+        self.sleepers.finish();
     }
 }
 

@@ -41,10 +41,10 @@
 //!
 //! Wake-up protocol (Dekker style, so a wake-up is never missed): a tailer increments
 //! `waiters` (SeqCst), issues a full fence, reads `notify`, re-checks the log for a record,
-//! and only then sleeps in `FUTEX_WAIT` on `notify` with the value it read. The appender
-//! publishes a record, fences, and when `waiters` is non-zero bumps `notify` and calls
-//! `FUTEX_WAKE`. The futex is not process-private, so it works across processes sharing the
-//! file.
+//! and only then sleeps in `FUTEX_WAIT` on `notify` with the value it read (the tailer's side
+//! is written once, as `wait::Sleepers`). The appender publishes a record, fences, and when
+//! `waiters` is non-zero bumps `notify` and calls `FUTEX_WAKE`. The futex is not
+//! process-private, so it works across processes sharing the file.
 //!
 //! The fence is asymmetric where the kernel allows (see [`AsymmetricFence`]): the appender's
 //! side is a compiler fence only, and the rare side (a tailer about to sleep) pays for a
@@ -352,8 +352,9 @@ impl Head {
     }
 
     /// Registers a sleeper; returns the futex value to pass to [`Head::wait`]. The caller
-    /// re-checks for new records before waiting and calls [`Head::finish_wait`] afterwards.
-    pub fn prepare_wait(&self) -> u32 {
+    /// re-checks for new records before waiting and calls [`Head::finish_wait`] afterwards:
+    /// the protocol is written once, in `wait::Sleepers`, the only caller.
+    pub(super) fn prepare_wait(&self) -> u32 {
         if self.writable {
             self.u32_at(WAITERS).fetch_add(1, Ordering::SeqCst);
         }
@@ -375,7 +376,7 @@ impl Head {
 
     /// The futex word the appender bumps (for waiting on several logs at once with
     /// `futex_waitv`; follow the protocol of [`Head::prepare_wait`]).
-    pub(crate) fn notify_word(&self) -> &AtomicU32 {
+    pub(super) fn notify_word(&self) -> &AtomicU32 {
         self.u32_at(NOTIFY)
     }
 
@@ -423,12 +424,27 @@ impl Head {
         }
     }
 
-    /// Unregisters a sleeper.
-    pub fn finish_wait(&self) {
+    /// Unregisters a sleeper (`wait::Sleepers`, the only caller).
+    pub(super) fn finish_wait(&self) {
         if !self.writable {
             return;
         }
         self.u32_at(WAITERS).fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// The sleepers registered on this page now.
+    #[cfg(test)]
+    pub(super) fn waiters(&self) -> u32 {
+        self.u32_at(WAITERS).load(Ordering::SeqCst)
+    }
+
+    /// The existing page of the log in `dir` mapped read-only, as a reader on a read-only
+    /// file system maps it (where root could write the file anyway).
+    #[cfg(test)]
+    pub(super) fn open_read_only(dir: &Path) -> Head {
+        let path = dir.join(HEAD_FILE);
+        let file = open_file_at(&path, Open::Read).expect("open HEAD");
+        Head::existing(&file, &path, false).expect("map HEAD read-only")
     }
 }
 

@@ -143,9 +143,9 @@ pub use segment::{directory_kind, DirKind, SegmentId};
 pub use sync::DurableWatch;
 pub use tailer::Tailer;
 pub use verify::{disk_bytes, producers, repair, stats, verify, LogStats, Problem, RepairReport, VerifyReport};
-#[cfg(feature = "tokio")]
-pub(crate) use wait::DrySpell;
 pub use wait::{wait_any, wait_any_with, TailWait};
+#[cfg(feature = "tokio")]
+pub(crate) use wait::{DrySpell, Sleepers};
 
 /// The position of a record in a log: dense, starting at 0.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -202,8 +202,10 @@ pub struct Reader {
     region: Option<Region>,
     position: usize,
     next_offset: u64,
-    /// The log's `HEAD` page, mapped on first need once it exists (an appender creates it).
-    head: Option<Head>,
+    /// The log's `HEAD` page, mapped on first need once it exists (an appender creates it);
+    /// shared with a sleeper registration on it (`wait::Sleepers`), which may outlive the
+    /// reader.
+    head: Option<Arc<Head>>,
     /// The slot (segment, position) where a stopped log was last found to end cleanly, so
     /// that a follower polling it does not look past it again.
     checked_end: Option<(SegmentId, usize)>,
@@ -449,8 +451,14 @@ impl Reader {
 
     /// The log's control page, mapped on first use once an appender has created it.
     pub(crate) fn head(&mut self) -> Option<&Head> {
+        self.shared_head().map(|head| &**head)
+    }
+
+    /// The log's control page as [`Reader::head`] opens it, shared: a sleeper registration
+    /// (`wait::Sleepers`) holds it so that it lowers the count on the page it raised it on.
+    pub(super) fn shared_head(&mut self) -> Option<&Arc<Head>> {
         if self.head.is_none() {
-            self.head = Head::open_existing(&self.dir).ok().flatten();
+            self.head = Head::open_existing(&self.dir).ok().flatten().map(Arc::new);
         }
         self.head.as_ref()
     }

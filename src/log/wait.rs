@@ -9,8 +9,10 @@
 //! every log (which issues the heavy fence), re-check every reader, and only then sleep on the
 //! words read while registering. An appender that publishes after our re-check sees the
 //! registration and bumps the word, so the sleep returns at once; one that published before
-//! it is seen by the re-check. A log with no `HEAD` page yet (no appender has opened it) has
-//! no word to wait on: the sleep is then cut to 1 ms and the caller polls.
+//! it is seen by the re-check. `Sleepers` is that protocol, written once for every wait that
+//! sleeps on a log ([`wait_any`] here, the async tailer and group member in `aio`). A log
+//! with no `HEAD` page yet (no appender has opened it), or one mapped read-only, has no word
+//! to wait on: the sleep is then cut to 1 ms and the caller polls.
 //!
 //! Spinning registers nothing: an appender pays a futex wake only for waiters that sleep
 //! (`Head::notify_after_fence` reads the `waiters` count, which a spinner never raises). A
@@ -25,10 +27,12 @@
 //! record wakes it. A waiter about to sleep touches those pages too.
 
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::error::LogError;
 use super::format::END_OF_SEGMENT;
+use super::head::Head;
 use super::reader::Reader;
 use crate::sys::futex::{self, FutexWaitv, WAITV_MAX};
 
@@ -62,51 +66,126 @@ use crate::sys::futex::{self, FutexWaitv, WAITV_MAX};
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn wait_any(readers: &mut [&mut Reader], words: &[(&AtomicU32, u32)], timeout: Duration) -> Result<bool, LogError> {
-    let mut list: Vec<FutexWaitv> = Vec::with_capacity(words.len() + readers.len());
+    let mut sleepers = Sleepers::with_capacity(readers.len());
+    sleepers.register(readers.iter_mut().map(|reader| &mut **reader));
+    if sleepers.recheck(readers.iter_mut().map(|reader| &mut **reader))? {
+        return Ok(true);
+    }
+    let mut list: Vec<FutexWaitv> = Vec::with_capacity(words.len() + sleepers.heads.len());
     list.extend(words.iter().map(|&(word, seen)| FutexWaitv::new(word, seen)));
-    let mut every_head = true;
-    let mut registered = Vec::with_capacity(readers.len());
-    let mut last_seen = 0;
-    for (i, reader) in readers.iter_mut().enumerate() {
-        match reader.head() {
+    list.extend(sleepers.words().map(|(word, seen)| FutexWaitv::new(word, seen)));
+    let timeout = if sleepers.skipped() == 0 && list.len() <= WAITV_MAX {
+        timeout
+    } else {
+        timeout.min(Duration::from_millis(1))
+    };
+    if let ([(head, seen)], true) = (sleepers.heads.as_slice(), words.is_empty()) {
+        // One log: a plain FUTEX_WAIT, available on every kernel.
+        head.wait(*seen, timeout);
+    } else {
+        // SAFETY: the words live in the `HEAD` pages that `sleepers` holds (until it is
+        // dropped at the end of this call, which also ends the registration) and in `words`
+        // (borrowed for the whole call).
+        unsafe { futex::wait_any(&list, timeout) };
+    }
+    Ok(false)
+}
+
+/// A waiter's registration as a sleeper on the `HEAD` pages of the logs it waits on: the
+/// protocol of the module docs, written once for every wait that sleeps ([`wait_any`], the
+/// async tailer and the async group member).
+///
+/// [`Sleepers::register`] raises each page's `waiters` count and reads its `notify` word,
+/// with the heavy fence between; the caller then re-checks its readers
+/// ([`Sleepers::recheck`]) and only then sleeps on [`Sleepers::words`], the words and the
+/// values read. The counts go down in [`Sleepers::finish`] or on drop, so a future dropped
+/// mid-wait leaves no sleeper behind. Each page registered on is held (shared with its
+/// reader), so its count goes down on that page even when the reader went meanwhile.
+#[derive(Debug, Default)]
+pub(crate) struct Sleepers {
+    /// Each page registered on, with the `notify` value read while registering.
+    heads: Vec<(Arc<Head>, u32)>,
+    /// Readers of the last registration that registered nothing (no `HEAD` page yet, or one
+    /// mapped read-only): their logs must be polled.
+    skipped: usize,
+}
+
+impl Sleepers {
+    /// No registration yet, with room for `readers` without allocating.
+    pub(crate) fn with_capacity(readers: usize) -> Sleepers {
+        Sleepers { heads: Vec::with_capacity(readers), skipped: 0 }
+    }
+
+    /// Registers as a sleeper on the `HEAD` page of each of `readers` (ending any earlier
+    /// registration first). A reader whose log has no page yet, or whose page is mapped
+    /// read-only, registers nothing and counts in [`Sleepers::skipped`]. Next: re-check the
+    /// readers ([`Sleepers::recheck`]), and sleep on [`Sleepers::words`] only if none is ready.
+    pub(crate) fn register<'r>(&mut self, readers: impl IntoIterator<Item = &'r mut Reader>) {
+        self.finish();
+        for reader in readers {
+            self.add(reader.shared_head());
+        }
+    }
+
+    /// Registers on one reader's page, or counts it as skipped.
+    fn add(&mut self, head: Option<&Arc<Head>>) {
+        match head {
             // A page mapped read-only cannot register a sleeper: poll that log.
             Some(head) if head.is_writable() => {
+                // Raises `waiters` (SeqCst), then the heavy fence, then reads `notify`: pairs
+                // with the appender's fence after publishing (`Head::notify_after_fence`), so
+                // either the re-check sees its record or it sees this sleeper and bumps
+                // `notify` away from the value read here.
                 let seen = head.prepare_wait();
-                last_seen = seen;
-                list.push(FutexWaitv::new(head.notify_word(), seen));
-                registered.push(i);
+                self.heads.push((Arc::clone(head), seen));
             }
-            _ => every_head = false,
+            _ => self.skipped += 1,
         }
     }
-    // Re-check after registering (pairs with the appender's fence after publishing).
-    let mut ready = Ok(false);
-    for reader in readers.iter_mut() {
-        ready = reader.ready();
-        if !matches!(ready, Ok(false)) {
-            break;
-        }
-    }
-    if matches!(ready, Ok(false)) {
-        let timeout =
-            if every_head && list.len() <= WAITV_MAX { timeout } else { timeout.min(Duration::from_millis(1)) };
-        if list.len() == 1 && words.is_empty() {
-            // One log: a plain FUTEX_WAIT, available on every kernel.
-            if let Some(head) = readers.iter_mut().find_map(|r| r.head()) {
-                head.wait(last_seen, timeout);
+
+    /// The re-check after registering: true when one of `readers` (those just registered)
+    /// has a record (or damage) at its position; the sleep must not start then.
+    ///
+    /// # Errors
+    /// The first error of [`Reader::ready`].
+    pub(crate) fn recheck<'r>(&self, readers: impl IntoIterator<Item = &'r mut Reader>) -> Result<bool, LogError> {
+        // Re-check after registering (pairs with the appender's fence after publishing): a
+        // record published before the registration is seen here; one published after it
+        // finds the registration and bumps `notify`, so the sleep on `words` ends at once.
+        for reader in readers {
+            if reader.ready()? {
+                return Ok(true);
             }
-        } else {
-            // SAFETY: the words live in the `HEAD` pages mapped by `readers` (borrowed
-            // mutably for the whole call, so none is unmapped) and in `words` (borrowed).
-            unsafe { futex::wait_any(&list, timeout) };
         }
+        Ok(false)
     }
-    for &i in &registered {
-        if let Some(head) = readers[i].head() {
+
+    /// What the futex wait needs: the `notify` word of each page registered on and the value
+    /// read from it while registering.
+    pub(crate) fn words(&self) -> impl ExactSizeIterator<Item = (&AtomicU32, u32)> + '_ {
+        self.heads.iter().map(|(head, seen)| (head.notify_word(), *seen))
+    }
+
+    /// Readers of the last registration that registered nothing: while not 0, a sleep must be
+    /// cut short so that their logs are polled (no appender would wake them).
+    pub(crate) fn skipped(&self) -> usize {
+        self.skipped
+    }
+
+    /// Ends the registration: lowers the `waiters` count of every page registered on. Does
+    /// nothing when there is none; keeps the room allocated.
+    pub(crate) fn finish(&mut self) {
+        for (head, _) in self.heads.drain(..) {
             head.finish_wait();
         }
+        self.skipped = 0;
     }
-    ready
+}
+
+impl Drop for Sleepers {
+    fn drop(&mut self) {
+        self.finish();
+    }
 }
 
 /// How a reader that has caught up waits for the next record: the log's counterpart of the
@@ -321,5 +400,87 @@ fn spin_until(
             }
         }
         std::hint::spin_loop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::{Appender, LogOptions};
+
+    /// A log with an appender (so a `HEAD` page) and a reader of it.
+    fn a_log() -> (tempfile::TempDir, Appender, Reader) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let appender = Appender::open(dir.path(), LogOptions::default()).expect("open the log");
+        let reader = Reader::open(dir.path()).expect("open a reader");
+        (dir, appender, reader)
+    }
+
+    /// The sleepers counted in the `HEAD` page of `reader`'s log now.
+    fn waiters(reader: &mut Reader) -> u32 {
+        reader.head().expect("the log has a HEAD page").waiters()
+    }
+
+    #[test]
+    fn registering_raises_waiters_and_finishing_or_dropping_lowers_them_once() {
+        let (_dir, _appender, mut reader) = a_log();
+        let mut sleepers = Sleepers::default();
+        sleepers.register([&mut reader]);
+        assert_eq!((sleepers.skipped(), waiters(&mut reader)), (0, 1));
+        let head = reader.head().expect("a HEAD page");
+        let notify = head.notify_word();
+        let words: Vec<_> = sleepers.words().map(|(word, seen)| (word.as_ptr(), seen)).collect();
+        assert_eq!(words, [(notify.as_ptr(), notify.load(Ordering::SeqCst))], "the word to wait on");
+        sleepers.finish();
+        sleepers.finish();
+        assert_eq!(waiters(&mut reader), 0, "finishing twice lowers the count once");
+        assert_eq!(sleepers.words().len(), 0);
+        sleepers.register([&mut reader]);
+        sleepers.register([&mut reader]);
+        assert_eq!(waiters(&mut reader), 1, "registering again ends the earlier registration");
+        drop(sleepers);
+        assert_eq!(waiters(&mut reader), 0, "dropping the registration ends it");
+    }
+
+    #[test]
+    fn a_log_without_a_head_page_or_with_a_read_only_one_is_skipped() {
+        let (bare, live) = (tempfile::tempdir().expect("temp dir"), tempfile::tempdir().expect("temp dir"));
+        let _appender = Appender::open(live.path(), LogOptions::default()).expect("open the log");
+        let mut without_head = Reader::open(bare.path()).expect("open a reader");
+        let mut with_head = Reader::open(live.path()).expect("open a reader");
+        let mut sleepers = Sleepers::default();
+        sleepers.register([&mut without_head, &mut with_head]);
+        assert_eq!((sleepers.skipped(), sleepers.words().len()), (1, 1));
+        assert_eq!(waiters(&mut with_head), 1);
+        sleepers.finish();
+        assert_eq!(sleepers.skipped(), 0, "finishing forgets the skipped readers too");
+
+        sleepers.add(Some(&Arc::new(Head::open_read_only(live.path()))));
+        assert_eq!((sleepers.skipped(), sleepers.words().len()), (1, 0), "a read-only page registers nothing");
+        assert_eq!(waiters(&mut with_head), 0);
+    }
+
+    #[test]
+    fn a_record_published_after_registering_is_seen_by_the_recheck_and_moves_the_word() {
+        let (_dir, mut appender, mut reader) = a_log();
+        let mut sleepers = Sleepers::default();
+        sleepers.register([&mut reader]);
+        assert!(!sleepers.recheck([&mut reader]).expect("re-check"), "nothing published yet");
+        appender.append(b"wake").expect("append");
+        assert!(sleepers.recheck([&mut reader]).expect("re-check"));
+        let moved = sleepers.words().all(|(word, seen)| word.load(Ordering::SeqCst) != seen);
+        assert!(moved, "the appender saw the sleeper and bumped notify");
+    }
+
+    #[test]
+    fn a_registration_outlives_its_reader_and_ends_on_its_page() {
+        let (dir, _appender, mut reader) = a_log();
+        let mut sleepers = Sleepers::default();
+        sleepers.register([&mut reader]);
+        drop(reader);
+        let mut other = Reader::open(dir.path()).expect("open a reader");
+        assert_eq!(waiters(&mut other), 1);
+        drop(sleepers);
+        assert_eq!(waiters(&mut other), 0);
     }
 }
