@@ -166,8 +166,9 @@ impl AsyncMember {
     /// As [`Member::poll`].
     pub async fn poll(&mut self, max: usize) -> Result<Vec<Delivery>, GroupError> {
         let mut out = Vec::new();
+        let read = EndsWait(self);
         std::future::poll_fn(|cx| {
-            self.poll_step(cx, max == 0, |member| member.poll_into(&mut out, max, Duration::ZERO))
+            read.0.poll_step(cx, max == 0, |member| member.poll_into(&mut out, max, Duration::ZERO))
         })
         .await?;
         Ok(out)
@@ -185,8 +186,9 @@ impl AsyncMember {
     where
         F: FnMut(u32, Record<'_>),
     {
+        let read = EndsWait(self);
         std::future::poll_fn(|cx| {
-            self.poll_step(cx, max == 0, |member| member.poll_with(max, Duration::ZERO, &mut each))
+            read.0.poll_step(cx, max == 0, |member| member.poll_with(max, Duration::ZERO, &mut each))
         })
         .await
     }
@@ -325,6 +327,17 @@ impl AsyncMember {
     }
 }
 
+/// Held by a read's future: when the future is dropped mid-wait, the wait ends with it, so
+/// no sleeper stays registered (appenders would pay a futex wake per publish until the
+/// member's next read).
+struct EndsWait<'a>(&'a mut AsyncMember);
+
+impl Drop for EndsWait<'_> {
+    fn drop(&mut self) {
+        self.0.cancel_wait();
+    }
+}
+
 impl From<Member> for AsyncMember {
     fn from(member: Member) -> AsyncMember {
         AsyncMember::new(member)
@@ -398,7 +411,7 @@ mod tests {
     }
 
     #[test]
-    fn a_waiting_poll_is_a_sleeper_on_every_held_partition_until_it_ends_or_the_member_goes() {
+    fn a_waiting_poll_is_a_sleeper_on_every_held_partition_until_it_ends_is_dropped_or_the_member_goes() {
         let dir = tempfile::tempdir().expect("temp dir");
         let bus = Bus::open(dir.path()).expect("open the bus");
         let topic = bus.topic_or_create("events", Some(2)).expect("create the topic");
@@ -424,6 +437,17 @@ mod tests {
                 assert!(futures_util::poll!(poll.as_mut()).is_pending(), "nothing more to read");
                 assert_eq!(waiters(dir.path()), [1, 1]);
             }
+            assert_eq!(waiters(dir.path()), [0, 0], "a poll dropped mid-wait left sleepers registered");
+            {
+                let mut poll = std::pin::pin!(member.poll_with(8, |_, _| {}));
+                assert!(futures_util::poll!(poll.as_mut()).is_pending(), "nothing more to read");
+                assert_eq!(waiters(dir.path()), [1, 1]);
+            }
+            assert_eq!(waiters(dir.path()), [0, 0], "a poll_with dropped mid-wait left sleepers registered");
+            let mut poll = Box::pin(member.poll(8));
+            assert!(futures_util::poll!(poll.as_mut()).is_pending(), "nothing more to read");
+            std::mem::forget(poll);
+            assert_eq!(waiters(dir.path()), [1, 1], "a forgotten poll keeps its wait");
             drop(member);
             assert_eq!(waiters(dir.path()), [0, 0], "a member dropped mid-wait left sleepers registered");
         });

@@ -276,7 +276,7 @@ impl Drop for AsyncTailer {
 
 /// The future of [`AsyncTailer::next`]: the next record, borrowed from the mapping.
 ///
-/// Cancellation safe: dropping it before it completes consumes nothing and leaves the
+/// Cancellation safe: dropping it before it completes consumes nothing and ends the
 /// tailer's registration with the log.
 #[derive(Debug)]
 #[must_use = "futures do nothing unless awaited"]
