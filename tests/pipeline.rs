@@ -805,6 +805,57 @@ fn record_refs_carry_large_payloads_without_copying() {
     }
 }
 
+/// A worker's slip after small batches (one event per source call keeps every batch
+/// small) loses and reorders nothing, off, at its default and long; a slip past the bound
+/// is refused naming the option.
+#[test]
+fn the_slip_after_small_batches_loses_nothing_and_is_bounded() {
+    let _serial = serial();
+    const TOTAL: u64 = 5_000;
+    for slip in [Duration::ZERO, shoal::pipeline::SLIP_DEFAULT, Duration::from_micros(50)] {
+        let mut next = 0u64;
+        let seen = Arc::new(Mutex::new(Vec::with_capacity(TOTAL as usize)));
+        let sink_seen = seen.clone();
+        let p = Pipeline::<u64>::builder()
+            .pin(false)
+            .wait(WaitStrategy::SpinThenYield)
+            .slip(slip)
+            .source(
+                "one-per-call",
+                Source::closure(move |e: &mut Emitter<u64>| {
+                    e.emit(next);
+                    next += 1;
+                    if next == TOTAL {
+                        SourceStep::Done
+                    } else {
+                        SourceStep::Continue
+                    }
+                }),
+            )
+            .stage("double", 1, Routing::RoundRobin, |_| {
+                |batch: &[u64], out: &mut Emitter<u64>| {
+                    for v in batch {
+                        out.emit(v * 2);
+                    }
+                }
+            })
+            .sink("keep", Sink::closure(move |batch: &[u64]| sink_seen.lock().unwrap().extend_from_slice(batch)))
+            .build()
+            .expect("build");
+        p.join().expect("join");
+        let seen = seen.lock().unwrap();
+        assert_eq!(*seen, (0..TOTAL).map(|v| v * 2).collect::<Vec<_>>(), "slip {slip:?}");
+    }
+    let err = Pipeline::<u64>::builder()
+        .slip(Duration::from_millis(2))
+        .source("s", Source::closure(|_: &mut Emitter<u64>| SourceStep::Done))
+        .stage("a", 1, Routing::RoundRobin, |_| |_: &[u64], _: &mut Emitter<u64>| {})
+        .build()
+        .err()
+        .expect("a 2 ms slip is refused");
+    assert!(matches!(err, PipelineError::Config(_)) && err.to_string().contains("slip"), "{err}");
+}
+
 #[test]
 fn builder_and_scale_errors_say_what_to_do() {
     let _serial = serial();
