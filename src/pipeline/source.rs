@@ -42,8 +42,9 @@ pub(crate) struct Stops<'a> {
 }
 
 impl Stops<'_> {
+    /// Whether the source should stop calling (or waiting) and look at its loop.
     #[inline(always)]
-    fn any(&self) -> bool {
+    pub(crate) fn any(&self) -> bool {
         self.abort.load(Ordering::Relaxed)
             || self.stop_source.load(Ordering::Relaxed)
             || self.pending.load(Ordering::Acquire)

@@ -595,10 +595,9 @@ pub(crate) fn run_source<T: Send + 'static>(mut w: WorkerParts<T>, mut kind: Sou
                 }
                 if got == 0 && open {
                     w.emitter.notify();
-                    let control = &w.control;
-                    let shared = &shared;
-                    let stop = || shared.aborted() || shared.stop_source.load(Ordering::Relaxed) || control.pending();
-                    open = rx.wait_readable(stop).is_ok();
+                    let stops =
+                        Stops { abort: &shared.abort, stop_source: &shared.stop_source, pending: &w.control.pending };
+                    open = rx.wait_readable(|| stops.any()).is_ok();
                 }
                 open
             }
