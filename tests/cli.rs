@@ -504,6 +504,37 @@ fn head_damage_is_reported_and_repaired() {
     ok(&["verify", &log], b"");
 }
 
+/// One flipped bit in either checksummed copy of the watermark cannot lower it. After one
+/// `--ack` run the older copy still holds the watermark written at open (0), which recovery
+/// used to trust alone when the newer copy was damaged: with the last acknowledged record
+/// damaged too, `produce` then cut that record as a torn tail and reused its offset. Now
+/// `verify` calls it corrupt (not torn) and `produce` refuses.
+#[test]
+fn a_flip_in_either_watermark_copy_keeps_the_records_below_it_acknowledged() {
+    for slot in [192usize, 224] {
+        let (_temp, dir, log) = log_dir();
+        assert_eq!(acks(&ok(&["produce", &log, "--ack"], b"a\nb\nc\nd\ne\n")).last(), Some(&5));
+        let head = dir.join("HEAD");
+        let mut bytes = std::fs::read(&head).expect("read HEAD");
+        bytes[slot + 3] ^= 0x02;
+        std::fs::write(&head, &bytes).expect("write HEAD");
+        let segment = dir.join("00000000000000000000.seg");
+        set_commit_word(&segment, record_positions(&segment)[4], 0);
+        let context = format!("HEAD byte {}", slot + 3);
+
+        let out = run(&["verify", &log], b"");
+        assert_eq!(out.status.code(), Some(1), "{context}");
+        let err = text(&out.stderr);
+        assert!(err.contains("corrupt") && !err.contains("torn") && err.contains("offset 4"), "{context}: {err}");
+        let out = run(&["produce", &log, "--ack"], b"NEW\n");
+        assert_ne!(out.status.code(), Some(0), "{context}: produce cut an acknowledged record: {}", text(&out.stdout));
+        assert!(text(&out.stderr).contains("verify --repair"), "{context}: {}", text(&out.stderr));
+        let out = run(&["cat", &log], b"");
+        assert_ne!(out.status.code(), Some(0), "{context}");
+        assert_eq!(text(&out.stdout), "a\nb\nc\nd\n", "{context}");
+    }
+}
+
 /// Damage in a sealed (older) segment: `cat` fails naming it instead of printing the records
 /// before it and exiting 0, `cat --follow` fails instead of hanging there, and
 /// `verify --repair` cuts there (it used to answer "nothing to repair"), after which

@@ -34,9 +34,11 @@
 //! 20  zero   u32
 //! ```
 //! Recovery, `verify` and the readers' cold checks use the valid slot with the highest
-//! `seq` ([`Head::durable_checked`]); a slot that fails its checksum is ignored (and reported
-//! by `verify`); a page whose slots are both zero (written by an older build) falls back to
-//! the plain word. Resetting the watermark (open, repair) writes both slots. Older builds
+//! `seq` while both slots are valid. When one fails its checksum (reported by `verify`),
+//! they use the higher of the other slot and the plain word: the older slot holds the
+//! previous watermark, so trusting it alone would let one flipped bit in the newer slot
+//! lower the watermark ([`Head::durable_checked`]). A page whose slots are both zero
+//! (written by an older build) falls back to the plain word. Resetting the watermark (open, repair) writes both slots. Older builds
 //! read the same page and only ignore the slots: the version stays 1.
 //!
 //! Wake-up protocol (Dekker style, so a wake-up is never missed): a tailer increments
@@ -268,8 +270,9 @@ impl Head {
         self.u64_at(DURABLE).store(next, Ordering::Release);
     }
 
-    /// The watermark as recovery trusts it: the newest slot that passes its checksum, or the
-    /// plain word when no slot was ever written (a page of an older build).
+    /// The watermark as recovery trusts it: the newer slot while both pass their checksum,
+    /// the higher of a lone valid slot and the plain word, or the plain word when no slot is
+    /// valid (a page of an older build).
     pub fn durable_checked(&self) -> u64 {
         durable_from(&self.slots(), self.durable_offset())
     }
@@ -484,18 +487,25 @@ fn slot_crc(value: u64, seq: u64) -> u32 {
     crc32c::crc32c(&bytes)
 }
 
-/// The trusted watermark from the slots, falling back to the plain word when neither slot
-/// was ever written.
+/// The trusted watermark from the slots and the plain word, such that one damaged field
+/// (a flipped bit, a torn write) cannot lower it:
+/// - both slots valid: the newer one (the plain word, written after it, may be the damage);
+/// - one slot valid, the other damaged or unwritten: the higher of the valid one and the
+///   plain word. The damaged slot may have held the newest watermark, which the plain word
+///   (written after every slot) still holds; or it was torn mid-write, when the plain word
+///   and the valid slot both hold the watermark before that write;
+/// - no slot valid (a page of an older build, or both damaged): the plain word.
 fn durable_from(slots: &[SlotState; 2], plain: u64) -> u64 {
-    let newest = slots
-        .iter()
-        .filter_map(|s| if let SlotState::Valid { value, seq } = s { Some((*seq, *value)) } else { None })
-        .max();
-    match newest {
-        Some((_, value)) => value,
-        None if slots.iter().all(|s| *s == SlotState::Unwritten) => plain,
-        // Every written slot is damaged: the plain word is all that is left.
-        None => plain,
+    match slots {
+        [SlotState::Valid { value: a, seq: sa }, SlotState::Valid { value: b, seq: sb }] => {
+            if sa > sb {
+                *a
+            } else {
+                *b
+            }
+        }
+        [SlotState::Valid { value, .. }, _] | [_, SlotState::Valid { value, .. }] => (*value).max(plain),
+        _ => plain,
     }
 }
 
@@ -630,20 +640,41 @@ mod tests {
         let bytes = page_with(dir.path(), 20);
         let snap = HeadSnapshot::decode(&bytes).expect("a control page");
         assert_eq!((snap.durable(), snap.durable_plain), (20, 20));
-        // The plain word flipped high: the copies win.
-        let mut flipped = bytes.clone();
-        flipped[DURABLE + 6] ^= 0x01;
-        assert_eq!(HeadSnapshot::decode(&flipped).expect("page").durable(), 20);
-        // Every single-bit flip in a slot: that slot is ignored and the other one is used.
+        // The older slot still holds the previous watermark: the case where trusting the
+        // slots alone would lower it.
+        assert!(snap.slots.iter().any(|s| matches!(s, SlotState::Valid { value: 10, .. })), "{snap:?}");
+        // The plain word flipped, high or low: the copies win.
+        for (at, bit) in [(DURABLE + 6, 0x01), (DURABLE, 0x04)] {
+            let mut flipped = bytes.clone();
+            flipped[at] ^= bit;
+            assert_eq!(HeadSnapshot::decode(&flipped).expect("page").durable(), 20);
+        }
+        // Every single-bit flip in a slot: that slot is ignored, and the watermark stays.
         for at in DURABLE_SLOTS.iter().flat_map(|&s| s..s + 20) {
             for bit in 0..8 {
                 let mut flipped = bytes.clone();
                 flipped[at] ^= 1 << bit;
                 let snap = HeadSnapshot::decode(&flipped).expect("page");
                 assert!(snap.slots.contains(&SlotState::Damaged), "byte {at} bit {bit}");
-                assert!([10, 20].contains(&snap.durable()), "byte {at} bit {bit}: {}", snap.durable());
+                assert_eq!(snap.durable(), 20, "byte {at} bit {bit}");
             }
         }
+    }
+
+    #[test]
+    fn a_slot_torn_mid_write_keeps_the_watermark_before_that_write() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        page_with(dir.path(), 10);
+        let bytes = page_with(dir.path(), 20);
+        let snap = HeadSnapshot::decode(&bytes).expect("a control page");
+        // The next write goes to the older slot (value 10): tear it as a crash would, before
+        // the plain word moved.
+        let older = DURABLE_SLOTS[usize::from(matches!(snap.slots[1], SlotState::Valid { value: 10, .. }))];
+        let mut torn = bytes.clone();
+        torn[older..older + 8].copy_from_slice(&30u64.to_le_bytes());
+        let snap = HeadSnapshot::decode(&torn).expect("page");
+        assert!(snap.slots.contains(&SlotState::Damaged), "{snap:?}");
+        assert_eq!(snap.durable(), 20);
     }
 
     #[test]

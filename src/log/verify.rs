@@ -247,7 +247,7 @@ fn check_head(report: &mut VerifyReport, dir: &Path) -> u64 {
                         path: path.clone(),
                         position: [192, 224][i],
                         what: format!(
-                            "durable-watermark copy {i} fails its checksum (ignored; the other copy is used)"
+                            "durable-watermark copy {i} fails its checksum (ignored; the higher of the other copy and the plain word is used)"
                         ),
                         repairable: true,
                     });
