@@ -414,3 +414,103 @@ fn a_small_segment_shrinks_the_default_record_limit_and_refuses_an_explicit_one(
     }
     assert!(e.contains(&other.path().display().to_string()), "{e}");
 }
+
+/// Reads every record of the log in `dir` as `(offset, payload)`, failing on any error.
+fn read_all(dir: &std::path::Path) -> Vec<(u64, Vec<u8>)> {
+    let mut reader = Reader::open(dir).unwrap();
+    let mut out = Vec::new();
+    while let Some(rec) = reader.next().unwrap() {
+        out.push((rec.offset().0, rec.payload().to_vec()));
+    }
+    out
+}
+
+/// A `fill` closure that panics appends nothing and leaves nothing behind: the next
+/// `append_with` gets a zeroed buffer (its bytes used to be the panicking closure's), a
+/// live reader and tailer read every record (they used to stop with a false `Corruption` at
+/// the leftover bytes), and the closed log is sound. With a shared log, another appender
+/// is not left waiting for the writer role the panicking call held.
+#[test]
+fn a_panicking_fill_appends_nothing_and_leaves_the_log_usable() {
+    use shoal::log::{TailWait, Writers};
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    for writers in [Writers::Exclusive, Writers::Shared] {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = LogOptions::default().writers(writers);
+        let mut log = Appender::open(dir.path(), opts.clone()).unwrap();
+        let mut tailer = Tailer::open_with(dir.path(), TailWait::Park).unwrap();
+        log.append(b"first").unwrap();
+        let panicked = catch_unwind(AssertUnwindSafe(|| {
+            log.append_with(200, |buf| {
+                buf.fill(0xAB);
+                panic!("fill panics");
+            })
+        }));
+        assert!(panicked.is_err());
+        let mut nonzero = usize::MAX;
+        let second = log
+            .append_with(16, |buf| {
+                nonzero = buf.iter().filter(|b| **b != 0).count();
+                buf.copy_from_slice(b"sixteen bytes!!!");
+            })
+            .unwrap();
+        assert_eq!((second, nonzero), (Offset(1), 0), "{writers:?}: the buffer after a panic is zeroed");
+        log.append(b"third").unwrap();
+        if writers == Writers::Shared {
+            let other_dir = dir.path().to_path_buf();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let mut other = Appender::open(&other_dir, LogOptions::default()).unwrap();
+                tx.send(other.append(b"other").unwrap()).unwrap();
+            });
+            let got = rx.recv_timeout(Duration::from_secs(60));
+            assert_eq!(got, Ok(Offset(3)), "another appender waited on the role the panicking call held");
+        }
+        log.sync().unwrap();
+        let mut expected: Vec<&[u8]> = vec![b"first", b"sixteen bytes!!!", b"third"];
+        if writers == Writers::Shared {
+            expected.push(b"other");
+        }
+        for (i, payload) in expected.iter().enumerate() {
+            let rec = tailer.next(Some(Duration::from_secs(10))).unwrap().expect("a record");
+            assert_eq!((rec.offset(), rec.payload()), (Offset(i as u64), *payload), "{writers:?}");
+        }
+        let records = read_all(dir.path());
+        let payloads: Vec<&[u8]> = records.iter().map(|(_, p)| p.as_slice()).collect();
+        assert_eq!(payloads, expected, "{writers:?}");
+        log.close().unwrap();
+        let report = shoal::log::verify(dir.path()).unwrap();
+        assert!(report.is_sound(), "{writers:?}: {report:?}");
+    }
+}
+
+/// A record iterator that panics part way through `append_batch`: the records before the
+/// panic are published (a shared log's next appender continues after them instead of
+/// writing over them), and the call ends.
+#[test]
+fn a_panicking_batch_iterator_publishes_what_it_wrote() {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Appender::open(dir.path(), LogOptions::default()).unwrap();
+    log.append(b"zero").unwrap();
+    let payloads: [&[u8]; 3] = [b"one", b"two", b"three"];
+    let panicked = catch_unwind(AssertUnwindSafe(|| {
+        log.append_batch(payloads.iter().enumerate().map(|(i, p)| {
+            assert!(i < 2, "the iterator panics at its third item");
+            *p
+        }))
+    }));
+    assert!(panicked.is_err());
+    let other_dir = dir.path().to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut other = Appender::open(&other_dir, LogOptions::default()).unwrap();
+        tx.send(other.append(b"other").unwrap()).unwrap();
+    });
+    assert_eq!(rx.recv_timeout(Duration::from_secs(60)), Ok(Offset(3)));
+    log.append(b"after").unwrap();
+    log.close().unwrap();
+    let records = read_all(dir.path());
+    let payloads: Vec<&[u8]> = records.iter().map(|(_, p)| p.as_slice()).collect();
+    assert_eq!(payloads, [&b"zero"[..], b"one", b"two", b"other", b"after"]);
+}

@@ -357,7 +357,9 @@ impl Appender {
     }
 
     /// Appends a `len`-byte record by letting `fill` write it in place, in the mapped
-    /// segment: no copy. `fill` gets a zeroed buffer.
+    /// segment: no copy. `fill` gets a zeroed buffer. If `fill` panics, nothing is appended:
+    /// what it wrote is zeroed again as the panic passes, and the appender stays usable
+    /// (another appender of a shared log is not kept waiting).
     ///
     /// # Errors
     /// As [`Appender::append`].
@@ -416,13 +418,8 @@ impl Appender {
     ) -> Result<Offset, AppendError> {
         self.enter()?;
         let ts = self.clock.now_ns().max(self.last_ts);
-        let result = self.check_live().map_err(AppendError::Log).and_then(|()| self.write_one(key, len, ts, ext, fill));
-        if result.is_ok() {
-            self.last_ts = ts;
-            self.publish();
-        }
-        self.leave(ts);
-        result
+        let mut call = Call::new(self, ts);
+        call.check_live().map_err(AppendError::Log).and_then(|()| call.write_one(key, len, ts, ext, fill))
     }
 
     /// Appends a `bytemuck::Pod` value as the payload, readable in place with
@@ -481,26 +478,22 @@ impl Appender {
     #[inline]
     fn append_many<'p>(&mut self, records: impl Iterator<Item = NewRecord<'p>>) -> Result<Range<Offset>, AppendError> {
         self.enter()?;
-        let first = self.next_offset;
         let ts = self.clock.now_ns().max(self.last_ts);
-        let mut result = self.check_live().map_err(AppendError::Log);
+        let mut call = Call::new(self, ts);
+        let first = call.first;
+        let mut result = call.check_live().map_err(AppendError::Log);
         if result.is_ok() {
             for record in records {
                 let payload = record.payload;
                 if let Err(e) =
-                    self.write_one(record.key, payload.len(), ts, &record.ext, |buf| buf.copy_from_slice(payload))
+                    call.write_one(record.key, payload.len(), ts, &record.ext, |buf| buf.copy_from_slice(payload))
                 {
                     result = Err(e);
                     break;
                 }
             }
         }
-        if self.next_offset != first {
-            self.last_ts = ts;
-            self.publish();
-        }
-        self.leave(ts);
-        result.map(|()| Offset(first)..Offset(self.next_offset))
+        result.map(|()| Offset(first)..Offset(call.next_offset))
     }
 
     /// Starts an append call: with a shared log, takes the writer role unless this
@@ -1089,6 +1082,55 @@ fn peer_opts(opts: &LogOptions, alone: bool) -> LogOptions {
         opts.recovery_mode = RecoveryMode::TruncateTail;
     }
     opts
+}
+
+/// One append call after [`Appender::enter`]: when it ends, normally or by unwinding out
+/// of a caller's `fill` closure or record iterator, it publishes every record written (so
+/// the next holder of the writer role, which trusts the published tail, never writes over
+/// one) and ends the call ([`Appender::leave`]), so a panic caught by the caller leaves
+/// neither unpublished records nor a writer role that other appenders wait on forever.
+struct Call<'a> {
+    log: &'a mut Appender,
+    /// The call's append time.
+    ts: u64,
+    /// The next offset when the call began.
+    first: u64,
+}
+
+impl<'a> Call<'a> {
+    #[inline(always)]
+    fn new(log: &'a mut Appender, ts: u64) -> Call<'a> {
+        let first = log.next_offset;
+        Call { log, ts, first }
+    }
+}
+
+impl std::ops::Deref for Call<'_> {
+    type Target = Appender;
+
+    #[inline(always)]
+    fn deref(&self) -> &Appender {
+        self.log
+    }
+}
+
+impl std::ops::DerefMut for Call<'_> {
+    #[inline(always)]
+    fn deref_mut(&mut self) -> &mut Appender {
+        self.log
+    }
+}
+
+impl Drop for Call<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        let ts = self.ts;
+        if self.log.next_offset != self.first {
+            self.log.last_ts = ts;
+            self.log.publish();
+        }
+        self.log.leave(ts);
+    }
 }
 
 /// Lets go of the writer role after a failed repair or catch-up, leaving it marked as held

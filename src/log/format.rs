@@ -807,7 +807,10 @@ impl Region {
             std::ptr::copy_nonoverlapping(tail.as_ptr(), self.ptr.add(position + 8), 24);
             std::slice::from_raw_parts_mut(self.ptr.add(position + RECORD_HEADER_BYTES), len)
         };
+        // SAFETY: the range is ours and in bounds (as above).
+        let unwound = unsafe { ZeroOnUnwind::new(self.ptr.add(position + 8), record_stride(len) - 8) };
         fill(payload);
+        unwound.disarm();
         let payload_len = len as u32;
         // SAFETY: as above; the range (header tail, payload, zero padding) is ours and in
         // bounds, and `payload`'s borrow ended with `fill`.
@@ -870,7 +873,10 @@ impl Region {
             std::ptr::copy_nonoverlapping(key_text.as_ptr(), self.ptr.add(key_at), key_text.len());
             std::slice::from_raw_parts_mut(self.ptr.add(payload_at), len)
         };
+        // SAFETY: the range is ours and in bounds (as above).
+        let unwound = unsafe { ZeroOnUnwind::new(self.ptr.add(position + 8), stride - 8) };
         fill(payload);
+        unwound.disarm();
         let seed = EXTENDED_BIT | len as u32;
         // SAFETY: as above; `payload`'s borrow ended with `fill`.
         let body = unsafe { std::slice::from_raw_parts(self.ptr.add(position + 8), stride - 8) };
@@ -1013,6 +1019,37 @@ impl AlignedBuf {
         // states the lifetime and aliasing duties, which every caller in this crate meets by
         // keeping the buffer alive and unborrowed while using the region.
         unsafe { Region::new(self.words.as_mut_ptr().cast(), self.len) }
+    }
+}
+
+/// Zeroes an unpublished record's bytes when the caller's `fill` unwinds, leaving the slot
+/// as it was prepared (zero): the next record written there gets a zeroed buffer, and no
+/// reader or later record ever meets what a panicking `fill` wrote.
+struct ZeroOnUnwind {
+    at: *mut u8,
+    len: usize,
+}
+
+impl ZeroOnUnwind {
+    /// # Safety
+    /// `at..at + len` is writable and owned by the caller until the guard is disarmed or
+    /// dropped, and no reference into it is alive when the guard drops.
+    unsafe fn new(at: *mut u8, len: usize) -> ZeroOnUnwind {
+        ZeroOnUnwind { at, len }
+    }
+
+    /// `fill` returned: keep what it wrote.
+    #[inline(always)]
+    fn disarm(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for ZeroOnUnwind {
+    #[cold]
+    fn drop(&mut self) {
+        // SAFETY: `new`'s contract; `fill`'s borrow of the payload ended as it unwound.
+        unsafe { std::ptr::write_bytes(self.at, 0, self.len) };
     }
 }
 
