@@ -1133,6 +1133,32 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_fill_that_panics_leaves_the_slot_zeroed() {
+        let ext = Extensions { event_time_ns: Some(5), key_bytes: Some(b"key") };
+        for with_ext in [false, true] {
+            let stride = record_stride_ext(if with_ext { ext.encoded_bytes() } else { 0 }, 40);
+            let mut buf = AlignedBuf::zeroed(64 + stride + 64);
+            let region = buf.region();
+            let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let fill = |b: &mut [u8]| {
+                    b.fill(0xAB);
+                    panic!("fill panics");
+                };
+                // SAFETY: the buffer is ours alone and zeroed.
+                unsafe {
+                    if with_ext {
+                        region.write_record_ext(64, 1, 2, 3, &ext, 40, fill);
+                    } else {
+                        region.write_record(64, 1, 2, 3, 40, fill);
+                    }
+                }
+            }));
+            assert!(panicked.is_err());
+            assert!(buf.as_mut_bytes().iter().all(|b| *b == 0), "with_ext {with_ext}");
+        }
+    }
+
     /// Writes a record with extensions at 64 of a fresh buffer; returns the buffer's bytes
     /// and the commit word (not published).
     fn extended(ext: &Extensions<'_>, payload: &[u8]) -> (Vec<u8>, u32, usize) {
