@@ -308,8 +308,11 @@ pub enum HeaderError {
     Short,
     /// The magic is not `SHOALSEG`: not a shoal segment.
     BadMagic,
-    /// Written by a newer shoal.
+    /// Written by a newer shoal (the header passes this build's checksum).
     NewerVersion(u32),
+    /// A version newer than this build's whose header fails this build's checksum: a newer
+    /// format, or a damaged header.
+    NewerOrDamaged(u32),
     /// Version 0 or otherwise impossible.
     BadVersion(u32),
     /// The header's checksum does not match.
@@ -326,6 +329,10 @@ impl std::fmt::Display for HeaderError {
             HeaderError::NewerVersion(v) => {
                 write!(f, "format version {v} is newer than the {FORMAT_VERSION} this build reads")
             }
+            HeaderError::NewerOrDamaged(v) => write!(
+                f,
+                "format version {v} is newer than the {FORMAT_VERSION} this build reads, or the header is damaged (its checksum does not match); `shoal verify` from a shoal that reads version {v} tells which"
+            ),
             HeaderError::BadVersion(v) => write!(f, "format version {v} is invalid"),
             HeaderError::BadChecksum => write!(f, "segment header checksum mismatch"),
             HeaderError::Inconsistent(why) => write!(f, "segment header is inconsistent: {why}"),
@@ -378,17 +385,25 @@ impl SegmentHeader {
         let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or([0; 4]));
         let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
         let version = u32_at(8);
-        if version > FORMAT_VERSION {
-            return Err(HeaderError::NewerVersion(version));
-        }
-        if version == 0 {
-            return Err(HeaderError::BadVersion(version));
-        }
         let mut copy = [0u8; SEGMENT_HEADER_USED_BYTES];
         copy.copy_from_slice(&bytes[..SEGMENT_HEADER_USED_BYTES]);
         copy[12..16].fill(0);
-        if crc32c::crc32c(&copy) != u32_at(12) {
+        let checksum_ok = crc32c::crc32c(&copy) == u32_at(12);
+        // The checksum before the version: one flipped bit in the version field is damage,
+        // not a newer format. A newer format may checksum its header differently, so a
+        // higher version with a mismatch stays undecided rather than called damaged.
+        if version > FORMAT_VERSION {
+            return Err(if checksum_ok {
+                HeaderError::NewerVersion(version)
+            } else {
+                HeaderError::NewerOrDamaged(version)
+            });
+        }
+        if !checksum_ok {
             return Err(HeaderError::BadChecksum);
+        }
+        if version == 0 {
+            return Err(HeaderError::BadVersion(version));
         }
         let header = SegmentHeader {
             seq: u64_at(16),
@@ -1079,9 +1094,18 @@ mod tests {
             damaged[i] ^= 0x10;
             assert!(SegmentHeader::decode(&damaged).is_err(), "flip at byte {i} accepted");
         }
+        // A newer version under a valid checksum is a newer format; with a mismatch (one
+        // flipped bit in the version field, say) it is undecided, never "upgrade".
         let mut newer = bytes;
         newer[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
+        assert_eq!(SegmentHeader::decode(&newer), Err(HeaderError::NewerOrDamaged(FORMAT_VERSION + 1)));
+        newer[12..16].fill(0);
+        let crc = crc32c::crc32c(&newer[..SEGMENT_HEADER_USED_BYTES]);
+        newer[12..16].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(SegmentHeader::decode(&newer), Err(HeaderError::NewerVersion(FORMAT_VERSION + 1)));
+        let mut flipped = bytes;
+        flipped[8] ^= 0x08;
+        assert_eq!(SegmentHeader::decode(&flipped), Err(HeaderError::NewerOrDamaged(FORMAT_VERSION ^ 0x08)));
         // A version 1 header (as written before the extension block existed) still decodes.
         let mut v1 = bytes;
         v1[8..12].copy_from_slice(&1u32.to_le_bytes());
