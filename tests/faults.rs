@@ -557,6 +557,54 @@ fn newer_format_version_is_unsupported() {
     }
 }
 
+/// `repair` never removes a segment file it cannot read. A cut removes every segment after
+/// it, and it used to remove a newer-format segment (then tell the user to upgrade) or a
+/// segment under another segment's name (which `verify` had said to move out), intact
+/// records and all. Now the cut is refused, naming the file, and every file stays as it was.
+#[test]
+fn repair_never_removes_a_segment_it_cannot_read() {
+    let make = |dir: &Path| {
+        let payloads = write_log(dir, IoBackend::Syscalls, 3000);
+        let segs = segment_files(dir);
+        assert!(segs.len() >= 4, "several segments: {segs:?}");
+        (payloads, segs)
+    };
+    let snapshot = |dir: &Path| -> Vec<(PathBuf, Vec<u8>)> {
+        segment_files(dir).into_iter().map(|p| (p.clone(), std::fs::read(&p).expect("read segment"))).collect()
+    };
+    // A newer format (valid checksum) in the last segment in use, and the same segment
+    // moved under a later name.
+    for case in ["newer", "renamed"] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (_, segs) = make(dir.path());
+        let target = segs[segs.len() - 2].clone(); // the last in use (the last is prepared)
+        let unreadable = if case == "newer" {
+            let file = OpenOptions::new().read(true).write(true).open(&target).expect("open");
+            let mut header = [0u8; format::SEGMENT_HEADER_USED_BYTES];
+            file.read_exact_at(&mut header, 0).expect("read header");
+            header[8..12].copy_from_slice(&(format::FORMAT_VERSION + 1).to_le_bytes());
+            header[12..16].fill(0);
+            let crc = crc32c::crc32c(&header);
+            header[12..16].copy_from_slice(&crc.to_le_bytes());
+            file.write_all_at(&header, 0).expect("write header");
+            target
+        } else {
+            let renamed = dir.path().join("00000000000000000099.seg");
+            std::fs::rename(&target, &renamed).expect("rename");
+            renamed
+        };
+        let before = snapshot(dir.path());
+        let report = repair(dir.path()).expect("repair runs");
+        assert_eq!(report.cut, None, "{case}: {report:?}");
+        assert!(
+            report.unrepairable.iter().any(|p| p.path == unreadable && p.what.contains("not cut")),
+            "{case}: {:?}",
+            report.unrepairable
+        );
+        assert_eq!(snapshot(dir.path()), before, "{case}: repair changed segment files");
+    }
+}
+
 /// An exclusive appender is the only one within a process: a second (exclusive or shared)
 /// is refused, and a shared one keeps an exclusive one out.
 #[test]

@@ -51,8 +51,10 @@ fn run_repair(dir: &Path) -> Result<ExitCode, Error> {
     if report.head_rewritten {
         lines.push(format!("repaired: rewrote the damaged control page {}", dir.join("HEAD").display()));
     }
-    if report.is_noop() {
+    if report.is_noop() && report.unrepairable.is_empty() {
         lines.push(format!("{}: nothing to repair", dir.display()));
+    } else if report.is_noop() {
+        lines.push(format!("{}: nothing repaired (see below)", dir.display()));
     }
     let code = if report.unrepairable.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
     let printed = print_stdout(&lines.join("\n"), code);

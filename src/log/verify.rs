@@ -414,7 +414,26 @@ pub fn repair(dir: &Path) -> Result<RepairReport, LogError> {
         restore_seal(&lock, &seg, *position)?;
         out.seals_restored.push(path.clone());
     }
-    if let Some((id, path, position, offset)) = report.cut.clone() {
+    let unreadable = match &report.cut {
+        Some((id, ..)) => unreadable_after(dir, *id)?,
+        None => Vec::new(),
+    };
+    if let (Some((_, path, position, offset)), false) = (&report.cut, unreadable.is_empty()) {
+        // A cut removes every segment after it: never one this build cannot read (a newer
+        // format, a file of another log, a damaged header), whose records it cannot count
+        // and may not be damaged at all.
+        for (later, why) in unreadable {
+            out.unrepairable.push(Problem {
+                what: format!(
+                    "not cut: a repair would cut {} at byte {position} (offset {offset} onward) and remove this file, which this shoal cannot read ({why}); move it out of the log directory if it does not belong to this log, or use a shoal that reads it, then repair again",
+                    path.display()
+                ),
+                path: later,
+                position: 0,
+                repairable: false,
+            });
+        }
+    } else if let Some((id, path, position, offset)) = report.cut.clone() {
         let journal =
             Journal { segment: id, position: position as u64, offset, records_dropped: report.records_after_cut };
         write_journal(&lock, dir, &journal)?;
@@ -436,6 +455,17 @@ pub fn repair(dir: &Path) -> Result<RepairReport, LogError> {
         out.head_rewritten = true;
     }
     Ok(out)
+}
+
+/// The segment files after segment `id` that cannot be opened as segments of this log, with
+/// why.
+fn unreadable_after(dir: &Path, id: SegmentId) -> Result<Vec<(PathBuf, String)>, LogError> {
+    let (segments, _) = list_segments(dir)?;
+    Ok(segments
+        .iter()
+        .filter(|(later, _)| *later > id)
+        .filter_map(|(later, path)| Segment::open(path, *later, false).err().map(|e| (path.clone(), e.to_string())))
+        .collect())
 }
 
 /// Sets the watermark after a cut; a page that cannot be mapped as a control page is
