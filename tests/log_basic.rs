@@ -514,3 +514,39 @@ fn a_panicking_batch_iterator_publishes_what_it_wrote() {
     let payloads: Vec<&[u8]> = records.iter().map(|(_, p)| p.as_slice()).collect();
     assert_eq!(payloads, [&b"zero"[..], b"one", b"two", b"other", b"after"]);
 }
+
+/// Options are an appender's, not the log's: a log written with large segments and records
+/// opens with smaller `segment_bytes` (and `max_record_bytes`), after a clean close or a
+/// kill, synced or not, and keeps every record. Recovery used to bound records by the
+/// opener's options: it refused the healthy log as corrupt, or, for records not yet synced,
+/// cut all of them as a torn tail and reused their offsets.
+#[test]
+fn a_log_reopens_with_smaller_segments_and_keeps_its_records() {
+    for (durability, clean) in [(Durability::Batch, true), (Durability::Batch, false), (Durability::Never, false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let context = format!("{durability:?}, clean close {clean}");
+        let mut log = Appender::open(dir.path(), LogOptions::default().durability(durability)).unwrap();
+        for i in 0..5u8 {
+            log.append(&vec![i; 1 << 20]).unwrap();
+        }
+        if durability != Durability::Never {
+            log.sync().unwrap();
+        }
+        if clean {
+            log.close().unwrap();
+        } else {
+            log.abandon();
+        }
+        let small = LogOptions::default().segment_bytes(64 << 10).prealloc_bytes(64 << 10).max_record_bytes(1024);
+        let mut log = Appender::open(dir.path(), small).unwrap_or_else(|e| panic!("{context}: {e}"));
+        assert_eq!(log.next_offset(), Offset(5), "{context}");
+        assert_eq!(log.recovery().cut, None, "{context}");
+        assert_eq!(log.append(b"small").unwrap(), Offset(5), "{context}");
+        log.close().unwrap();
+        let records = read_all(dir.path());
+        assert_eq!(records.len(), 6, "{context}");
+        for (i, (offset, payload)) in records.iter().take(5).enumerate() {
+            assert_eq!((*offset, payload.len(), payload[0]), (i as u64, 1 << 20, i as u8), "{context}");
+        }
+    }
+}

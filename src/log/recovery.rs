@@ -209,7 +209,10 @@ fn recover_tail(
     durable_recorded: u64,
     io: &mut IoDriver,
 ) -> Result<(Tail, Scan, Option<TailCut>), LogError> {
-    let payload_max = opts.max_record_bytes.max(format::PAYLOAD_BYTES_FORMAT_MAX.min(opts.segment_bytes as usize));
+    // The format's bound, as readers and `verify` use: never this appender's options, which
+    // may be smaller than those the records were written with (a record still has to fit
+    // in its segment, which decoding checks).
+    let payload_max = format::PAYLOAD_BYTES_FORMAT_MAX;
     let last = in_use.len() - 1;
     let (last_id, last_path) = in_use[last].clone();
     let seg = Segment::open(&last_path, last_id, true)?;
