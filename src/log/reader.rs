@@ -570,6 +570,12 @@ impl Reader {
             if base == n {
                 return Ok(Stop::Next);
             }
+            // Retention deletes from the oldest segment on: this one is gone from the
+            // directory (the reader still maps it) and so are its successors up to `base`.
+            // Not damage: the records in between were removed.
+            if self.known.first().is_some_and(|k| k.0 > seg.id) {
+                return Err(LogError::OffsetGone { path: self.dir.clone(), offset: n, first: base });
+            }
             return Err(self.corruption(
                 position,
                 format!("{what} at offset {n} inside a sealed segment, whose successor starts at offset {base}"),
