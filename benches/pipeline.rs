@@ -9,6 +9,7 @@
 //! | `pipeline_3_stage` | source -> A (`v * 3`) -> B (`^ 0x55`) -> summing sink, one worker each (four threads each side) | `Pipeline` with `BusySpin` and with `SpinThenYield`, one and 256 events per call | `disruptor` single producer, three chained handlers (`and_then`) computing the same |
 //! | `pipeline_over_ring` | the one-stage topology | `Pipeline`, `BusySpin`, one and 256 events per call | a hand-written two-thread loop over `shoal::ring` (`push_wait` / `push_slice_wait`, `read` + `commit` of up to 256) |
 //! | `pipeline_scale` | source -> a CPU-heavy round-robin stage of 1..N workers -> sink | `Pipeline`, `N = min(8, allowed CPUs)` | the 1-worker row |
+//! | `pipeline_paced_latency` | one `u64` due every 100 ns or 1 us, from a source to one stage; each event's latency from when it was due to when the stage handled it (p50/p99/p99.9 printed at the end) | `Pipeline`, `BusySpin`, one event per call, with the default slip (200 ns) and with the slip off | `disruptor` single producer, `publish` per event, one handler |
 //!
 //! # How the peers are set up
 //! The disruptor is set up as its README recommends: the `BusySpin` wait strategy, every
@@ -77,13 +78,16 @@
 //!
 //! Ratios come from one run: the machines are shared and noisy.
 
+use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use disruptor::ProcessorSettings as _;
+use disruptor::Producer as _;
+use shoal::metrics::{format_ns, LatencyHistogram};
 use shoal::pipeline::{Emitter, Pipeline, Routing, Source, SourceStep};
 use shoal::ring::WaitStrategy;
 
@@ -474,6 +478,142 @@ fn shoal_scaled(total: u64, workers: usize) -> Duration {
     clock.took()
 }
 
+/// Events per paced run of the latency group (64x fewer under `cargo test --benches`).
+const PACED_EVENTS: u64 = 1 << 15;
+
+/// When each paced event is due: `i * gap` after the source's first call (so that opening
+/// the pipeline or the disruptor makes no event late).
+struct Pace {
+    base: OnceLock<Instant>,
+    gap_ns: u64,
+}
+
+impl Pace {
+    fn new(gap_ns: u64) -> Pace {
+        Pace { base: OnceLock::new(), gap_ns }
+    }
+
+    /// Nanoseconds since the source's first call (which every event follows).
+    fn now_ns(&self) -> u64 {
+        self.base.get_or_init(Instant::now).elapsed().as_nanos() as u64
+    }
+
+    /// Spins until event `i` is due and returns when it was due: the latency of an event is
+    /// taken from then, so a late source (or a full ring) counts against the run, not only
+    /// the hand-off (no coordinated omission).
+    fn due(&self, i: u64) -> u64 {
+        let due = i * self.gap_ns;
+        while self.now_ns() < due {
+            std::hint::spin_loop();
+        }
+        due
+    }
+}
+
+/// How the paced rows hand events over.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Paced {
+    /// A pipeline with its default slip (200 ns).
+    ShoalSlipDefault,
+    /// A pipeline with `slip(Duration::ZERO)`.
+    ShoalSlipOff,
+    /// The disruptor, busy spin, `publish` per event.
+    Disruptor,
+}
+
+impl Paced {
+    fn name(self) -> &'static str {
+        match self {
+            Paced::ShoalSlipDefault => "shoal_slip_200ns",
+            Paced::ShoalSlipOff => "shoal_slip_off",
+            Paced::Disruptor => "disruptor",
+        }
+    }
+}
+
+/// `total` events, one due every `gap_ns`, each carrying when it was due, from a source to
+/// one stage that records each event's latency (due -> handled) in `hist`.
+fn paced_run(total: u64, gap_ns: u64, how: Paced, hist: &Arc<Mutex<LatencyHistogram>>) -> Duration {
+    let cpus = cpus();
+    let pace = Arc::new(Pace::new(gap_ns));
+    let clock = Arc::new(Clock::default());
+    let record = {
+        let (pace, clock, hist) = (pace.clone(), clock.clone(), hist.clone());
+        let mut local = LatencyHistogram::new();
+        let mut count = 0u64;
+        move |due: u64| {
+            local.record(pace.now_ns().saturating_sub(due));
+            count += 1;
+            if count == total {
+                let _ = clock.end.set(Instant::now());
+                hist.lock().expect("histogram").merge(&local);
+            }
+        }
+    };
+    match how {
+        Paced::ShoalSlipDefault | Paced::ShoalSlipOff => {
+            let source_pace = pace.clone();
+            let source_clock = clock.clone();
+            let mut next = 0u64;
+            let builder = Pipeline::<u64>::builder().wait(WaitStrategy::BusySpin).ring_capacity(CAPACITY).pin(true);
+            let builder = if how == Paced::ShoalSlipOff { builder.slip(Duration::ZERO) } else { builder };
+            let sink_cpu = cpu_of(&cpus, 0);
+            let record = Mutex::new(Some(record));
+            let pipeline = builder
+                .source(
+                    "src",
+                    Source::closure(move |out: &mut Emitter<u64>| {
+                        if next == 0 {
+                            let _ = source_clock.start.set(Instant::now());
+                        }
+                        out.emit(source_pace.due(next));
+                        next += 1;
+                        if next == total {
+                            SourceStep::Done
+                        } else {
+                            SourceStep::Continue
+                        }
+                    }),
+                )
+                .stage("sink", 1, Routing::RoundRobin, move |_| {
+                    check_cpu(sink_cpu, "the sink");
+                    let mut record = record.lock().expect("record").take().expect("one sink worker");
+                    move |batch: &[u64], _: &mut Emitter<u64>| {
+                        for due in batch {
+                            record(*due);
+                        }
+                    }
+                })
+                .build()
+                .expect("build the pipeline");
+            pipeline.join().expect("pipeline run");
+        }
+        Paced::Disruptor => {
+            let mut record = record;
+            let producer = disruptor::build_single_producer(CAPACITY, || 0u64, disruptor::BusySpin)
+                .pin_at_core(cpu_of(&cpus, 0))
+                .handle_events_with(move |due: &u64, _, _| record(*due))
+                .build();
+            let producer_cpu = cpu_of(&cpus, 1);
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    let mut producer = producer;
+                    shoal::affinity::pin_current(producer_cpu).expect("pin the disruptor's producer");
+                    let _ = clock.start.set(Instant::now());
+                    for i in 0..total {
+                        let due = pace.due(i);
+                        producer.publish(|e| *e = due);
+                    }
+                    drop(producer);
+                })
+                .join()
+                .expect("disruptor producer thread");
+            });
+        }
+    }
+    clock.took()
+}
+
 /// Runs `run(events)` for `iters` rounds of `per_iter` events each, one run per round, and
 /// sums the times.
 fn rounds(iters: u64, per_iter: u64, run: impl Fn(u64) -> Duration) -> Duration {
@@ -550,5 +690,44 @@ fn scaling(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, one_stage, over_ring, three_stage, scaling);
+/// The slip's cost in latency: events paced at a fixed gap through one stage, each event's
+/// latency taken from when it was due to when the stage handled it. A gap of 100 ns is the
+/// worst case for the slip (events land during every slip); at 1 us a worker has read each
+/// event long before the next is due.
+fn paced_latency(c: &mut Criterion) {
+    let events = sized(PACED_EVENTS);
+    let hists: Mutex<BTreeMap<(u64, Paced), LatencyHistogram>> = Mutex::default();
+    let mut g = c.benchmark_group("pipeline_paced_latency");
+    g.throughput(Throughput::Elements(events));
+    g.sample_size(10).warm_up_time(Duration::from_millis(200)).measurement_time(Duration::from_secs(2));
+    for gap_ns in [100u64, 1_000] {
+        for how in [Paced::ShoalSlipDefault, Paced::ShoalSlipOff, Paced::Disruptor] {
+            let hist = Arc::new(Mutex::new(LatencyHistogram::new()));
+            g.bench_with_input(BenchmarkId::new(how.name(), format!("gap_{gap_ns}ns")), &gap_ns, |b, &gap| {
+                b.iter_custom(|iters| rounds(iters, events, |n| paced_run(n, gap, how, &hist)))
+            });
+            let hist = std::mem::take(&mut *hist.lock().expect("histogram"));
+            hists.lock().expect("histograms").insert((gap_ns, how), hist);
+        }
+    }
+    g.finish();
+    let hists = hists.into_inner().expect("histograms");
+    println!("pipeline_paced_latency: due -> handled, every event of every run");
+    for ((gap_ns, how), h) in &hists {
+        let peer = hists.get(&(*gap_ns, Paced::Disruptor)).map(|p| p.quantile_ns(0.5).max(1));
+        let ratio =
+            peer.map_or(String::new(), |p| format!("   p50 x disruptor {:.2}", h.quantile_ns(0.5) as f64 / p as f64));
+        println!(
+            "  gap {:>6} {:<18} p50 {:>8}  p99 {:>8}  p99.9 {:>8}  events {}{ratio}",
+            format_ns(*gap_ns),
+            how.name(),
+            format_ns(h.quantile_ns(0.5)),
+            format_ns(h.quantile_ns(0.99)),
+            format_ns(h.quantile_ns(0.999)),
+            h.count(),
+        );
+    }
+}
+
+criterion_group!(benches, one_stage, over_ring, three_stage, scaling, paced_latency);
 criterion_main!(benches);
