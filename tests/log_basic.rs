@@ -564,3 +564,17 @@ fn a_log_reopens_with_smaller_segments_and_keeps_its_records() {
         }
     }
 }
+
+/// `Duration::MAX`, the usual "no timeout", waits without a deadline instead of panicking
+/// on the overflow of `now + timeout`.
+#[test]
+fn a_timeout_of_duration_max_waits_without_a_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Appender::open(dir.path(), LogOptions::default().durability(Durability::Never)).unwrap();
+    let offset = log.append(b"one").unwrap();
+    assert_eq!(log.durable_offset(), Offset(0), "nothing synced yet");
+    assert!(log.wait_durable(offset, Some(Duration::MAX)).unwrap());
+    let watch = log.durable_watch();
+    let offset = log.append(b"two").unwrap();
+    assert!(watch.wait_durable(offset, Some(Duration::MAX)).unwrap());
+}

@@ -337,7 +337,8 @@ impl Shared {
         if self.durable_now() > offset {
             return Ok(true);
         }
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout too long for the clock to reach (`Duration::MAX`) waits without one.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let inline_fits = timeout.is_none_or(|t| t > Duration::from_nanos(self.sync_max_ns.load(Ordering::Relaxed)));
         if request_sync
             && self.durability != Durability::Batch
@@ -345,7 +346,7 @@ impl Shared {
             && (self.written.load(Ordering::Acquire) <= offset || !inline_fits)
         {
             // Not appended yet (or no time to sync inline): the sync thread covers it.
-            self.sync_target.fetch_max(offset + 1, Ordering::SeqCst);
+            self.sync_target.fetch_max(offset.saturating_add(1), Ordering::SeqCst);
             self.syncer_parked.store(true, Ordering::SeqCst);
             self.wake_syncer();
         }
