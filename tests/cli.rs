@@ -486,7 +486,18 @@ fn head_damage_is_reported_and_repaired() {
     let out = run(&["verify", &log], b"");
     assert_eq!(out.status.code(), Some(1), "verify must not call a log with a broken HEAD sound");
     assert!(text(&out.stderr).contains("HEAD"), "{}", text(&out.stderr));
-    fails(&["produce", &log], b"e\n");
+    // `produce` names the page and the repair, not "move it out" or "upgrade".
+    let out = run(&["produce", &log], b"e\n");
+    assert_ne!(out.status.code(), Some(0));
+    let err = text(&out.stderr);
+    assert!(err.contains("HEAD") && err.contains("verify --repair") && !err.contains("move it out"), "{err}");
+    // A flipped bit in the version word: not "upgrade" alone, but newer or damaged.
+    let mut version = std::fs::read(&head).expect("read HEAD");
+    version[..8].copy_from_slice(&pristine[..8]);
+    version[8] ^= 0x10;
+    std::fs::write(&head, &version).expect("write HEAD");
+    let err = text(&run(&["produce", &log], b"e\n").stderr);
+    assert!(err.contains("or the page is damaged") && err.contains("verify --repair"), "{err}");
     let repaired = text(&ok(&["verify", &log, "--repair"], b""));
     assert!(repaired.contains("HEAD"), "{repaired}");
     ok(&["verify", &log], b"");

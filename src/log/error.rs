@@ -38,6 +38,15 @@ pub enum LogError {
         /// What is wrong with it.
         why: String,
     },
+    /// The `HEAD` control page is damaged (or, for a version this build does not know,
+    /// written by a newer shoal: the page has no checksum to tell). It holds no records.
+    #[error("{path}: {why}; `shoal verify --repair` rewrites the control page (it holds no records)")]
+    DamagedHead {
+        /// The `HEAD` file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
     /// A segment written by a newer shoal.
     #[error(
         "{path}: segment format version {found} is newer than version {supported} that this shoal reads; upgrade shoal"

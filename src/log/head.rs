@@ -183,9 +183,9 @@ impl Head {
     fn existing(file: &File, path: &Path, writable: bool) -> Result<Head, LogError> {
         let len = file.metadata().map_err(|e| LogError::io(path, "stat", e))?.len();
         if len < HEAD_BYTES {
-            return Err(LogError::NotASegment {
+            return Err(LogError::DamagedHead {
                 path: path.to_path_buf(),
-                why: format!("HEAD is {len} bytes, a control page is {HEAD_BYTES}"),
+                why: format!("{len} bytes, a control page is {HEAD_BYTES}"),
             });
         }
         let head = Head::map(file, path, writable)?;
@@ -211,18 +211,14 @@ impl Head {
     fn check(&self, path: &Path) -> Result<(), LogError> {
         let magic_word = self.u64_at(0).load(Ordering::Acquire);
         if magic_word != 0 && magic_word != u64::from_le_bytes(HEAD_MAGIC) {
-            return Err(LogError::NotASegment {
+            return Err(LogError::DamagedHead {
                 path: path.to_path_buf(),
-                why: "HEAD is not a shoal control page".into(),
+                why: "not a shoal control page (bad magic)".into(),
             });
         }
         let version = self.u32_at(8).load(Ordering::Relaxed);
         if version > HEAD_VERSION {
-            return Err(LogError::UnsupportedVersion {
-                path: path.to_path_buf(),
-                found: version,
-                supported: HEAD_VERSION,
-            });
+            return Err(LogError::DamagedHead { path: path.to_path_buf(), why: newer_or_damaged(version) });
         }
         Ok(())
     }
@@ -540,8 +536,8 @@ impl HeadSnapshot {
             Err(e) => return Err(LogError::io(&path, "open", e)),
         }
         HeadSnapshot::decode(&bytes).map(Some).map_err(|why| match why {
-            HeadError::Version(found) => LogError::UnsupportedVersion { path, found, supported: HEAD_VERSION },
-            HeadError::Bad(why) => LogError::NotASegment { path, why: why.into() },
+            HeadError::Version(found) => LogError::DamagedHead { path, why: newer_or_damaged(found) },
+            HeadError::Bad(why) => LogError::DamagedHead { path, why: why.into() },
         })
     }
 
@@ -551,16 +547,12 @@ impl HeadSnapshot {
     /// What makes them no control page.
     pub fn decode(bytes: &[u8]) -> Result<HeadSnapshot, HeadError> {
         if bytes.len() < HEAD_BYTES as usize {
-            return Err(HeadError::Bad(
-                "HEAD is shorter than a control page (4096 bytes); `shoal verify --repair` rewrites it",
-            ));
+            return Err(HeadError::Bad("shorter than a control page (4096 bytes)"));
         }
         let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
         let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or([0; 4]));
         if bytes[0..8] != HEAD_MAGIC {
-            return Err(HeadError::Bad(
-                "HEAD is not a shoal control page (bad magic); `shoal verify --repair` rewrites it",
-            ));
+            return Err(HeadError::Bad("not a shoal control page (bad magic)"));
         }
         let version = u32_at(8);
         if version > HEAD_VERSION {
@@ -583,6 +575,14 @@ pub enum HeadError {
     Bad(&'static str),
     /// A newer version than this build reads.
     Version(u32),
+}
+
+/// Why a page whose version this build does not know is refused: the page has no checksum,
+/// so a newer shoal's page and a damaged version word look alike.
+fn newer_or_damaged(version: u32) -> String {
+    format!(
+        "control page format version {version} is newer than the {HEAD_VERSION} this shoal reads, or the page is damaged; if a newer shoal wrote it, upgrade"
+    )
 }
 
 /// Writes a fresh control page over the `HEAD` of the log in `dir` (after `verify` found it
