@@ -108,3 +108,41 @@ fn cat_from_past_the_end_waits_for_that_offset_when_following() {
     assert_eq!(got, (15..20).map(|i| format!("r{i}")).collect::<Vec<_>>());
     drop(cat);
 }
+
+/// Reads of a topic refuse a partition directory that is a symbolic link, as `produce` does:
+/// shoal never follows a link inside a bus, whichever command meets it.
+#[test]
+fn cat_of_a_topic_refuses_a_partition_that_is_a_symbolic_link() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let bus = temp.path().join("bus");
+    let bus_arg = bus.to_str().expect("UTF-8");
+    ok(&["produce", bus_arg, "--topic", "t", "--partitions", "2"], b"a\nb\nc\nd\n");
+    let outside = temp.path().join("outside");
+    ok(&["produce", outside.to_str().expect("UTF-8")], b"planted 1\nplanted 2\n");
+    let partition = bus.join("topics").join("t").join("1");
+    std::fs::remove_dir_all(&partition).expect("remove partition 1");
+    std::os::unix::fs::symlink(&outside, &partition).expect("plant the link");
+
+    let shown = partition.display().to_string();
+    let produced = fails(&["produce", bus_arg, "--topic", "t"], b"e\n");
+    assert!(produced.contains(&shown) && produced.contains("is a symbolic link"), "{produced}");
+    for args in [
+        &["cat", bus_arg, "--topic", "t"][..],
+        &["cat", bus_arg, "--topic", "t", "--partition", "1"],
+        &["cat", bus_arg, "--topic", "t", "--from", "latest"],
+        &["cat", bus_arg, "--topic", "t", "--since", "-1h"],
+        &["cat", bus_arg, "--topic", "t", "--follow"],
+        &["cat", bus_arg, "--topic", "t", "--partition", "1", "--follow", "--format", "json"],
+    ] {
+        let out = run(args, b"");
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(&shown) && err.contains("is a symbolic link; shoal never follows links"),
+            "{args:?}: {err}"
+        );
+        assert!(!text(&out.stdout).contains("planted"), "{args:?} read through the link: {}", text(&out.stdout));
+    }
+    // The partition that is a directory still reads.
+    assert_eq!(text(&ok(&["cat", bus_arg, "--topic", "t", "--partition", "0"], b"")), "a\nc\n");
+}

@@ -74,10 +74,12 @@
 //!   <SIZE>]` creates the topic with P partitions (default 4; the bus too if missing); with a
 //!   size flag it also creates each partition's log with those sizes. A topic that exists
 //!   with P partitions is said so, exit 0; with another count it is an error, exit 1.
-//! - `shoal cat <BUS> --topic <T> [--partition <P>] [--from earliest|latest|<offset>]
-//!   [--follow] [--format ..]`: as for a log, over one partition or all of them (partition by
-//!   partition, or round-robin when following; `--from` applies to each, `latest` per
-//!   partition); JSON objects start with `partition`.
+//! - `shoal cat <BUS> --topic <T> [--partition <P>] [--from earliest|latest|<offset> | --since
+//!   <time>] [--follow] [--format ..]`: as for a log, over one partition or all of them
+//!   (partition by partition, or round-robin when following; `--from` and `--since` apply to
+//!   each, `latest` per partition); JSON objects start with `partition`. A partition directory
+//!   that is a symbolic link is an error, as for `produce` (shoal never follows links inside a
+//!   bus).
 //! - `shoal group <BUS> <GROUP> --topic <T> [--exit-when-idle <ms>] [--from earliest|latest]
 //!   [--format lines|json]`: a member of the consumer group (`--from`: where partitions
 //!   without a committed offset start); prints `<partition> <offset> <payload>` (or `cat`'s
