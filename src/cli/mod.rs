@@ -48,8 +48,10 @@
 //!   byte position, what is wrong, whether a repair fixes it) and exit 1. `--repair` cuts the
 //!   log at the first damaged record and says where and how many records that drops.
 //! - `shoal stats <DIR>`: segments, records, bytes, `first offset`, `last offset`, `next
-//!   offset` and `durable below` (the exclusive watermark); for a topic's partition also
-//!   `topic` and `schema`.
+//!   offset` and `durable below` (the exclusive watermark), `producers`, and `checked`: it
+//!   reads the records of the last segment only (damage there is an error, exit 1; damage in
+//!   an older segment is not looked for: `verify` checks every record); for a topic's
+//!   partition also `topic` and `schema`.
 //! - `shoal demo [--dir <DIR>] [--events <N>] [--segment-size <SIZE>] [--prealloc <SIZE>]`: typed orders through a pipeline whose
 //!   middle stage scales up and down, into a 4-partition topic with `Batch` durability,
 //!   consumed by a group whose members (threads and a child process) join and leave
@@ -322,7 +324,8 @@ enum Command {
         #[arg(long)]
         repair: bool,
     },
-    /// Print figures of the log in DIR.
+    /// Print figures of the log in DIR. Not a check: it reads the records of the last segment
+    /// only (damage there is an error); `shoal verify` checks every record.
     Stats {
         /// The log directory.
         dir: PathBuf,
