@@ -227,7 +227,7 @@ enum Command {
         /// Start (in each partition, with --topic) at the first record appended at or after
         /// TIME: RFC 3339 (2026-12-02T10:00:00Z), a Unix time with its unit (1764669600s,
         /// ..ms, ..us, ..ns), or a time before now (-5m, -1h, -30s, -2d).
-        #[arg(long, value_name = "TIME", conflicts_with = "from", allow_hyphen_values = true, value_parser = cat::parse_since)]
+        #[arg(long, value_name = "TIME", conflicts_with = "from", allow_hyphen_values = true, value_parser = parse_since_arg)]
         since: Option<u64>,
         /// Keep printing records as they are appended.
         #[arg(long)]
@@ -282,7 +282,7 @@ enum Command {
         reset_offsets: bool,
         /// Where --reset-offsets moves the committed offsets: earliest, latest, an offset, or a
         /// time as `cat --since` takes it (the first record appended at or after it).
-        #[arg(long, value_name = "earliest|latest|OFFSET|TIME", value_parser = group::parse_reset_to, requires = "reset_offsets")]
+        #[arg(long, value_name = "earliest|latest|OFFSET|TIME", allow_hyphen_values = true, value_parser = parse_reset_to_arg, requires = "reset_offsets")]
         to: Option<shoal::group::ResetTo>,
         /// Reset only this topic (default: every topic the group consumed).
         #[arg(long, requires = "reset_offsets")]
@@ -405,6 +405,26 @@ fn parse_start(s: &str) -> Result<Start, String> {
             .map(Start::Offset)
             .map_err(|_| format!("`{s}` is not earliest, latest or an offset (a number from 0)")),
     }
+}
+
+/// Parses the value of an option that takes a time (`cat --since`, `groups --to`): such an
+/// option takes a value that starts with `-` (`-1h`: a time before now) as written, so a
+/// value that starts with `--` is an option given where the value belongs.
+fn time_value(s: &str) -> Result<&str, String> {
+    if s.starts_with("--") {
+        return Err(format!("`{s}` is an option, not a value; give the value right after the option"));
+    }
+    Ok(s)
+}
+
+/// `cat --since`: [`cat::parse_since`], after [`time_value`].
+fn parse_since_arg(s: &str) -> Result<u64, String> {
+    time_value(s).and_then(cat::parse_since)
+}
+
+/// `groups --to`: [`group::parse_reset_to`], after [`time_value`].
+fn parse_reset_to_arg(s: &str) -> Result<shoal::group::ResetTo, String> {
+    time_value(s).and_then(group::parse_reset_to)
 }
 
 /// Parses `never`, `batch` or `interval=<ms>` (ms > 0).
@@ -735,6 +755,54 @@ mod tests {
         let cli = Cli::try_parse_from(["shoal", "bridge", "export", "bus", "--topic", "t", "--help"]);
         assert!(matches!(cli.map(|c| c.command), Ok(Command::Bridge { .. })));
         assert!(WITHOUT_NATS.contains("--features nats"));
+    }
+
+    /// Every subcommand of `command`, itself included, with its path (`shoal topics create`).
+    fn every_command(command: &clap::Command, path: String, out: &mut Vec<(String, clap::Command)>) {
+        // `help` is clap's, and its subcommands only echo the others' names and abouts.
+        for sub in command.get_subcommands().filter(|sub| sub.get_name() != "help") {
+            every_command(sub, format!("{path} {}", sub.get_name()), out);
+        }
+        out.push((path, command.clone()));
+    }
+
+    fn commands() -> Vec<(String, clap::Command)> {
+        use clap::CommandFactory;
+        let mut cli = Cli::command();
+        cli.build();
+        let mut out = Vec::new();
+        every_command(&cli, "shoal".into(), &mut out);
+        out
+    }
+
+    #[test]
+    fn every_option_that_takes_a_time_takes_one_before_now() {
+        let mut times = Vec::new();
+        for (path, command) in commands() {
+            for arg in command.get_arguments() {
+                let names = arg.get_value_names().unwrap_or_default();
+                if names.iter().any(|n| n.as_str().contains("TIME")) {
+                    assert!(arg.is_allow_hyphen_values_set(), "{path} --{}: -1h must be a value", arg.get_id());
+                    times.push(format!("{path} --{}", arg.get_id()));
+                }
+            }
+        }
+        assert_eq!(times, ["shoal cat --since", "shoal groups --to"]);
+        for args in [
+            &["shoal", "cat", "log", "--since", "-1h", "--follow"][..],
+            &["shoal", "cat", "bus", "--topic", "t", "--since", "-90s"],
+            &["shoal", "groups", "bus", "g", "--reset-offsets", "--to", "-1h", "--execute"],
+            &["shoal", "groups", "bus", "g", "--to", "-2d", "--reset-offsets"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_ok(), "{args:?}");
+        }
+        for args in [
+            &["shoal", "cat", "log", "--since", "--follow"][..],
+            &["shoal", "groups", "b", "g", "--reset-offsets", "--to", "--execute"],
+        ] {
+            let e = Cli::try_parse_from(args).expect_err("an option is no time");
+            assert!(e.to_string().contains("is an option, not a value"), "{args:?}: {e}");
+        }
     }
 
     #[test]

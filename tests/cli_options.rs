@@ -1,0 +1,68 @@
+//! The `shoal` binary's options against the README's "Command line": every option that takes
+//! a time takes a time before now as written (`--since -1h`, `--to -1h`).
+
+mod cli_support;
+use cli_support::*;
+
+use std::path::PathBuf;
+
+fn temp_dir(name: &str) -> (tempfile::TempDir, PathBuf, String) {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let dir = temp.path().join(name);
+    let arg = dir.to_str().expect("UTF-8 temp path").to_string();
+    (temp, dir, arg)
+}
+
+/// Runs a command that must be refused as a usage error: exit 2, clap's `error: ...` on
+/// stderr, nothing on stdout; returns stderr.
+fn usage_error(args: &[&str]) -> String {
+    let out = run(args, b"");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "shoal {args:?}: {err}");
+    assert!(err.starts_with("error: "), "shoal {args:?}: {err}");
+    assert!(out.stdout.is_empty(), "shoal {args:?} printed {}", text(&out.stdout));
+    err
+}
+
+#[test]
+fn every_option_that_takes_a_time_takes_one_before_now_as_written() {
+    let (_temp, dir, bus) = temp_dir("bus");
+    let log = dir.with_file_name("log");
+    let log = log.to_str().expect("UTF-8 temp path");
+    ok(&["produce", log], b"a\nb\n");
+    ok(&["produce", &bus, "--topic", "t", "--partitions", "2"], b"a\nb\nc\n");
+
+    // cat --since, of a log and of a topic: every record was appended within the hour.
+    for form in [&["--since", "-1h"][..], &["--since=-1h"]] {
+        assert_eq!(text(&ok(&[&["cat", log][..], form].concat(), b"")), "a\nb\n", "{form:?}");
+        let topic = text(&ok(&[&["cat", &bus, "--topic", "t"][..], form].concat(), b""));
+        assert_eq!(topic.lines().count(), 3, "{form:?}: {topic}");
+    }
+
+    // groups --reset-offsets --to: a dry run, then written, after the flags or before them.
+    ok(&["group", &bus, "g", "--topic", "t", "--exit-when-idle", "100"], b"");
+    for args in [
+        &["groups", &bus, "g", "--reset-offsets", "--to", "-1h"][..],
+        &["groups", &bus, "g", "--reset-offsets", "--to=-1h"],
+        &["groups", &bus, "g", "--to", "-90s", "--reset-offsets"],
+    ] {
+        let plan = text(&ok(args, b""));
+        assert!(plan.contains("dry run"), "{args:?}: {plan}");
+    }
+    let moved = text(&ok(&["groups", &bus, "g", "--reset-offsets", "--to", "-2d", "--execute"], b""));
+    assert!(!moved.contains("dry run"), "{moved}");
+    // Moved back to the first record: the group prints every record again.
+    let again = text(&ok(&["group", &bus, "g", "--topic", "t", "--exit-when-idle", "100"], b""));
+    assert_eq!(again.lines().count(), 3, "{again}");
+
+    // An option where a value belongs is said to be one, not read as a time.
+    for args in
+        [&["cat", log, "--since", "--follow"][..], &["groups", &bus, "g", "--reset-offsets", "--to", "--execute"]]
+    {
+        let err = usage_error(args);
+        assert!(err.contains("is an option, not a value"), "{args:?}: {err}");
+    }
+    // A time that is no time is still refused naming it.
+    let err = usage_error(&["groups", &bus, "g", "--reset-offsets", "--to", "-1y"]);
+    assert!(err.contains("`-1y` is not a reset target"), "{err}");
+}
