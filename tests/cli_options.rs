@@ -1,10 +1,11 @@
 //! The `shoal` binary's options against the README's "Command line": every option that takes
-//! a time takes a time before now as written (`--since -1h`, `--to -1h`).
+//! a time takes a time before now as written (`--since -1h`, `--to -1h`); a value out of its
+//! range is a usage error (exit 2) with the same message whatever the command.
 
 mod cli_support;
 use cli_support::*;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 fn temp_dir(name: &str) -> (tempfile::TempDir, PathBuf, String) {
     let temp = tempfile::tempdir().expect("tempdir");
@@ -22,6 +23,24 @@ fn usage_error(args: &[&str]) -> String {
     assert!(err.starts_with("error: "), "shoal {args:?}: {err}");
     assert!(out.stdout.is_empty(), "shoal {args:?} printed {}", text(&out.stdout));
     err
+}
+
+/// Every path under `dir`, sorted (empty when `dir` does not exist).
+fn tree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for entry in entries {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                todo.push(path.clone());
+            }
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
 }
 
 #[test]
@@ -65,4 +84,55 @@ fn every_option_that_takes_a_time_takes_one_before_now_as_written() {
     // A time that is no time is still refused naming it.
     let err = usage_error(&["groups", &bus, "g", "--reset-offsets", "--to", "-1y"]);
     assert!(err.contains("`-1y` is not a reset target"), "{err}");
+}
+
+#[test]
+fn sizes_the_log_refuses_are_usage_errors_that_name_the_flag_and_create_nothing() {
+    let (temp, dir, target) = temp_dir("target");
+    let commands: [&[&str]; 5] = [
+        &["produce", &target],
+        &["produce", &target, "--topic", "t"],
+        &["topics", "create", &target, "t"],
+        &["demo", "--dir", &target, "--events", "10"],
+        // Options come before the positional arguments as well.
+        &["produce", "--durability", "never", &target],
+    ];
+    for command in commands {
+        for size in ["0", "4096", "63K", "2G", "65537"] {
+            let err = usage_error(&[command, &["--segment-size", size]].concat());
+            assert!(
+                err.contains("segment_bytes") && err.contains("choose another --segment-size"),
+                "{command:?} --segment-size {size}: {err}"
+            );
+        }
+        for size in ["0", "4K", "65537"] {
+            let err = usage_error(&[command, &["--prealloc", size]].concat());
+            assert!(
+                err.contains("prealloc_bytes") && err.contains("choose another --prealloc"),
+                "{command:?} --prealloc {size}: {err}"
+            );
+        }
+    }
+    assert!(!dir.exists(), "a refused size created {:?}", tree(&dir));
+    assert_eq!(tree(temp.path()), Vec::<PathBuf>::new());
+    // The edges are taken.
+    ok(&["produce", &target, "--segment-size", "64K", "--prealloc", "64K"], b"a\n");
+    ok(&["produce", &target, "--segment-size", "1G"], b"b\n");
+}
+
+#[test]
+fn other_values_out_of_range_are_usage_errors_too() {
+    let (_temp, _dir, bus) = temp_dir("bus");
+    for (args, names) in [
+        (&["produce", &bus, "--topic", "t", "--partitions", "0"][..], "--partitions"),
+        (&["topics", "create", &bus, "t", "--partitions", "0"], "--partitions"),
+        (&["cat", &bus, "--topic", "t", "--partition", "4096"], "--partition"),
+        (&["top", &bus, "--interval", "0"], "--interval"),
+        (&["demo", "--events", "0"], "--events"),
+        (&["produce", &bus, "--durability", "interval=0"], "--durability"),
+        (&["cat", &bus, "--from", "x"], "--from"),
+    ] {
+        let err = usage_error(args);
+        assert!(err.contains(names), "{args:?}: {err}");
+    }
 }

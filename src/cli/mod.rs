@@ -108,7 +108,10 @@
 //!   [--segment-size <SIZE>] [--prealloc <SIZE>]` appends a stream to a topic (the bus is created if missing); both run until SIGTERM or
 //!   SIGINT (then exit 0) and print a status line per second on stderr. Only with the `nats`
 //!   feature; a build without it answers `shoal bridge ...` with one line saying so and exit 2.
-//! - Usage errors exit 2 (clap's convention); runtime errors exit 1 with one line on stderr.
+//! - Usage errors exit 2 (clap's convention), an option value out of its range included
+//!   (`--segment-size 4K`, `--prealloc 0`, `--partitions 0`, `--interval 0`); runtime errors
+//!   exit 1 with one line on stderr. An option that takes a time (`cat --since`, `groups
+//!   --to`) takes a time before now as written: `--since -1h`, `--to -90s`.
 //!   Commands that only read a bus (`topics`, `cat --topic`, `group`, `groups`, `top`) never
 //!   create one.
 //!
@@ -218,7 +221,7 @@ enum Command {
         #[arg(long)]
         topic: Option<String>,
         /// Only this partition of the topic.
-        #[arg(long, requires = "topic")]
+        #[arg(long, value_name = "P", requires = "topic", value_parser = clap::value_parser!(u32).range(0..PARTITIONS_MAX as i64))]
         partition: Option<u32>,
         /// Where to start (in each partition, with --topic): earliest, latest (after the last
         /// record present now), or an offset.
