@@ -1,6 +1,7 @@
 //! The `shoal` binary's options against the README's "Command line": every option that takes
 //! a time takes a time before now as written (`--since -1h`, `--to -1h`); a value out of its
-//! range is a usage error (exit 2) with the same message whatever the command.
+//! range is a usage error (exit 2) with the same message whatever the command; each
+//! command's `--help` describes that command's own output and options.
 
 mod cli_support;
 use cli_support::*;
@@ -135,4 +136,50 @@ fn other_values_out_of_range_are_usage_errors_too() {
         let err = usage_error(args);
         assert!(err.contains(names), "{args:?}: {err}");
     }
+}
+
+/// The long help of `shoal <command...> --help`.
+fn help(command: &[&str]) -> String {
+    text(&ok(&[command, &["--help"]].concat(), b""))
+}
+
+#[test]
+fn each_help_describes_its_own_command() {
+    // group's lines are `<partition> <offset> <payload>`, not cat's bare payload.
+    let group = help(&["group"]);
+    assert!(!group.contains("The payload and a newline"), "{group}");
+    let lines = group.lines().find(|l| l.trim_start().starts_with("- lines:")).expect("the lines value");
+    assert!(lines.contains("<partition> <offset> <payload>"), "{lines}");
+    let cat = help(&["cat"]);
+    let lines = cat.lines().find(|l| l.trim_start().starts_with("- lines:")).expect("the lines value");
+    assert!(lines.contains("The payload and a newline"), "{lines}");
+
+    // Only produce has --topic among the commands that take --segment-size; each says of
+    // which logs, and its own default.
+    for (command, of, default) in [
+        (&["produce"][..], "of the log (with --topic: of each partition's log)", "Default: 64M"),
+        (&["topics", "create"], "of each partition's log", "Default: 64M"),
+        (&["demo"], "of each partition's log of the demo's topic", "Default: sized to --events"),
+    ] {
+        let text = help(command);
+        let line = text
+            .lines()
+            .skip_while(|l| !l.contains("--segment-size"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("{command:?}: no --segment-size: {text}"));
+        assert!(line.contains(&format!("Largest size of each segment file {of}:")), "{command:?}: {line}");
+        assert!(line.contains(default), "{command:?}: {line}");
+    }
+    for command in [&["demo"][..], &["topics", "create"]] {
+        let text = help(command);
+        assert!(!text.contains("--topic"), "{command:?} has no --topic: {text}");
+    }
+
+    // The README's synopsis names these values; the help shows them the same way.
+    assert!(help(&["produce"]).contains("--durability <never|batch|interval=MS>"));
+    assert!(help(&["cat"]).contains("--partition <P>"));
+    assert!(help(&["demo"]).contains("--events <N>"));
+    assert!(help(&["top"]).contains("at least 50"));
+    let stats = help(&["stats"]);
+    assert!(stats.contains("shoal verify") && stats.contains("last segment"), "{stats}");
 }

@@ -18,9 +18,9 @@ use shoal::log::{LogError, LogOptions};
 /// each).
 #[derive(Debug, Clone, Default, Args)]
 pub(super) struct LogArgs {
-    /// Largest size of each segment file of the log (of each partition, with --topic): bytes,
-    /// or a number with K, M or G (binary: 64K = 65536); a multiple of 4K between 64K and 1G.
-    /// Default 64M (demo: sized to its events). Records no larger than one segment holds.
+    // Each command replaces this help with `segment_size_help`'s, which says of which logs
+    // and the command's default.
+    /// Largest size of each segment file: bytes or K, M, G; a multiple of 4K between 64K and 1G.
     #[arg(long, value_name = "SIZE", value_parser = parse_segment_size)]
     segment_size: Option<u64>,
     /// Disk space allocated, and pages faulted in, ahead of the writer in a segment (segment
@@ -36,6 +36,17 @@ fn prealloc_help() -> String {
         "Disk space allocated ahead of the writer in each segment (files are sparse past it): bytes or K, M, G; \
          a multiple of 4K, at least 64K. Default {}",
         show_size(LogOptions::default().prealloc_bytes)
+    )
+}
+
+/// `--segment-size`'s help for a command whose segment files are `files` (`of the log`, `of
+/// each partition's log`), by default `default` (`None`: the library's default size).
+/// Each command that flattens [`LogArgs`] sets it with `mut_arg("segment_size", ..)`.
+pub(super) fn segment_size_help(files: &str, default: Option<&str>) -> String {
+    let default = default.map_or_else(|| show_size(LogOptions::default().segment_bytes), str::to_string);
+    format!(
+        "Largest size of each segment file {files}: bytes, or a number with K, M or G (binary: 64K = 65536); \
+         a multiple of 4K between 64K and 1G. Default: {default}. Records no larger than one segment holds"
     )
 }
 

@@ -189,7 +189,10 @@ pub struct Cli {
 enum Command {
     /// Append one record per stdin line to the log in DIR (created if missing), or with
     /// --topic to a topic of the bus in DIR.
-    #[command(after_help = PRODUCE_HELP)]
+    #[command(
+        after_help = PRODUCE_HELP,
+        mut_arg("segment_size", |a| a.help(log_args::segment_size_help("of the log (with --topic: of each partition's log)", None)))
+    )]
     Produce {
         /// The log directory, or with --topic the bus directory.
         dir: PathBuf,
@@ -198,13 +201,13 @@ enum Command {
         topic: Option<String>,
         /// Partitions of the topic when it is created (default 4); an existing topic must
         /// have this many.
-        #[arg(long, requires = "topic", value_parser = clap::value_parser!(u32).range(1..=PARTITIONS_MAX as i64))]
+        #[arg(long, value_name = "P", requires = "topic", value_parser = clap::value_parser!(u32).range(1..=PARTITIONS_MAX as i64))]
         partitions: Option<u32>,
         /// Each line is <key><TAB><payload>; the key picks the partition.
         #[arg(long, requires = "topic")]
         keyed: bool,
         /// When records become durable: never, batch, or interval=<ms>.
-        #[arg(long, default_value = "batch", value_parser = parse_durability)]
+        #[arg(long, value_name = "never|batch|interval=MS", default_value = "batch", value_parser = parse_durability)]
         durability: Durability,
         /// Print `durable below <N>` (with --topic: `partition <P> durable below <N>`) each
         /// time the durable watermark advances: every record below offset N is durable.
@@ -257,10 +260,9 @@ enum Command {
         /// record, or only records appended from now on.
         #[arg(long, value_enum, default_value_t = group::From::Earliest)]
         from: group::From,
-        /// `lines`: `<partition> <offset> <payload>` per record; `json`: one object per record,
-        /// as `cat --format json` prints it with its partition.
-        #[arg(long, value_enum, default_value_t = Format::Lines)]
-        format: Format,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = GroupFormat::Lines)]
+        format: GroupFormat,
     },
     /// List the topics of the bus in BUS (`topics <BUS>`), or create one (`topics create`).
     #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -299,7 +301,7 @@ enum Command {
     Top {
         /// The bus directory.
         bus: PathBuf,
-        /// Refresh interval in ms.
+        /// Refresh interval in ms (at least 50).
         #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(top::INTERVAL_MS_MIN..))]
         interval: u64,
         /// Print one snapshot (rates shown as `-`) and exit.
@@ -349,13 +351,17 @@ enum Command {
     },
     /// Run orders through a scaling pipeline into a topic, consume them with a consumer
     /// group whose members join and leave, verify every one; print what was measured.
+    #[command(mut_arg("segment_size", |a| a.help(log_args::segment_size_help(
+        "of each partition's log of the demo's topic",
+        Some("sized to --events (1M to 64M)"),
+    ))))]
     Demo {
         /// Keep the bus here instead of in a temporary directory.
         #[arg(long)]
         dir: Option<PathBuf>,
         /// Number of 48-byte orders (80 bytes each in the topic; the default takes about 0.8 GB
         /// of disk while it runs, and about ten seconds on two cores).
-        #[arg(long, default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, value_name = "N", default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..))]
         events: u64,
         #[command(flatten)]
         log: log_args::LogArgs,
@@ -378,13 +384,31 @@ enum Command {
     },
 }
 
-/// How `cat` and `group` print records.
+/// How `cat` and `group` print records (`cat --format`; `group --format` is [`GroupFormat`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Format {
     /// The payload and a newline.
     Lines,
     /// One JSON object per line.
     Json,
+}
+
+/// `group --format`: [`Format`] with the help of what `group` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum GroupFormat {
+    /// `<partition> <offset> <payload>` and a newline.
+    Lines,
+    /// One JSON object per line, as `cat --format json` prints it, with its partition.
+    Json,
+}
+
+impl From<GroupFormat> for Format {
+    fn from(format: GroupFormat) -> Format {
+        match format {
+            GroupFormat::Lines => Format::Lines,
+            GroupFormat::Json => Format::Json,
+        }
+    }
 }
 
 /// Where `cat` starts: `--from earliest|latest|<offset>`.
@@ -688,7 +712,7 @@ pub fn run(cli: Cli) -> ExitCode {
             cat::run_topic(&dir, &topic, partition, from, since, follow, format)
         }
         Command::Group { bus, group, topic, exit_when_idle, from, format } => {
-            group::run(&bus, &group, &topic, exit_when_idle.map(Duration::from_millis), from, format)
+            group::run(&bus, &group, &topic, exit_when_idle.map(Duration::from_millis), from, format.into())
         }
         Command::Topics { bus, action } => topics::run(bus, action),
         Command::Groups { bus, group, reset_offsets, to, topic, execute } => match (reset_offsets, group, to) {
@@ -805,6 +829,49 @@ mod tests {
         ] {
             let e = Cli::try_parse_from(args).expect_err("an option is no time");
             assert!(e.to_string().contains("is an option, not a value"), "{args:?}: {e}");
+        }
+    }
+
+    /// The options a help text names outside backticks (`cat --since` names another command's).
+    fn flags_named(help: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, part) in help.split('`').enumerate() {
+            if i % 2 == 1 {
+                continue;
+            }
+            for word in part.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-')) {
+                if let Some(name) = word.strip_prefix("--").filter(|n| !n.is_empty()) {
+                    out.push(name.trim_end_matches('-').to_string());
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_help_names_only_options_of_its_own_command() {
+        for (path, command) in commands() {
+            let longs: Vec<&str> = command.get_arguments().filter_map(clap::Arg::get_long).collect();
+            let mut texts: Vec<String> = Vec::new();
+            for text in
+                [command.get_about(), command.get_long_about(), command.get_after_help(), command.get_after_long_help()]
+            {
+                texts.extend(text.map(ToString::to_string));
+            }
+            for arg in command.get_arguments() {
+                texts.extend([arg.get_help(), arg.get_long_help()].into_iter().flatten().map(ToString::to_string));
+                for value in arg.get_possible_values() {
+                    texts.extend(value.get_help().map(ToString::to_string));
+                }
+            }
+            for text in &texts {
+                for flag in flags_named(text) {
+                    assert!(
+                        longs.contains(&flag.as_str()),
+                        "{path}: its help names --{flag}, which it has not: {text}"
+                    );
+                }
+            }
         }
     }
 
