@@ -108,3 +108,89 @@ fn cat_from_past_the_end_waits_for_that_offset_when_following() {
     assert_eq!(got, (15..20).map(|i| format!("r{i}")).collect::<Vec<_>>());
     drop(cat);
 }
+
+/// Reads of a topic refuse a partition directory that is a symbolic link, as `produce` does:
+/// shoal never follows a link inside a bus, whichever command meets it.
+#[test]
+fn cat_of_a_topic_refuses_a_partition_that_is_a_symbolic_link() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let bus = temp.path().join("bus");
+    let bus_arg = bus.to_str().expect("UTF-8");
+    ok(&["produce", bus_arg, "--topic", "t", "--partitions", "2"], b"a\nb\nc\nd\n");
+    let outside = temp.path().join("outside");
+    ok(&["produce", outside.to_str().expect("UTF-8")], b"planted 1\nplanted 2\n");
+    let partition = bus.join("topics").join("t").join("1");
+    std::fs::remove_dir_all(&partition).expect("remove partition 1");
+    std::os::unix::fs::symlink(&outside, &partition).expect("plant the link");
+
+    let shown = partition.display().to_string();
+    let produced = fails(&["produce", bus_arg, "--topic", "t"], b"e\n");
+    assert!(produced.contains(&shown) && produced.contains("is a symbolic link"), "{produced}");
+    for args in [
+        &["cat", bus_arg, "--topic", "t"][..],
+        &["cat", bus_arg, "--topic", "t", "--partition", "1"],
+        &["cat", bus_arg, "--topic", "t", "--from", "latest"],
+        &["cat", bus_arg, "--topic", "t", "--since", "-1h"],
+        &["cat", bus_arg, "--topic", "t", "--follow"],
+        &["cat", bus_arg, "--topic", "t", "--partition", "1", "--follow", "--format", "json"],
+    ] {
+        let out = run(args, b"");
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(&shown) && err.contains("is a symbolic link; shoal never follows links"),
+            "{args:?}: {err}"
+        );
+        assert!(!text(&out.stdout).contains("planted"), "{args:?} read through the link: {}", text(&out.stdout));
+    }
+    // The partition that is a directory still reads.
+    assert_eq!(text(&ok(&["cat", bus_arg, "--topic", "t", "--partition", "0"], b"")), "a\nc\n");
+}
+
+/// Flips one payload byte of the record whose payload starts with `needle`; returns the
+/// segment file it is in.
+fn damage_record(log: &Path, needle: &[u8]) -> std::path::PathBuf {
+    for entry in std::fs::read_dir(log).expect("list log") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "seg") {
+            continue;
+        }
+        let mut bytes = std::fs::read(&path).expect("read segment");
+        if let Some(at) = bytes.windows(needle.len()).position(|w| w == needle) {
+            bytes[at + needle.len()] ^= 0x01;
+            std::fs::write(&path, &bytes).expect("write segment");
+            return path;
+        }
+    }
+    panic!("no record {} in {}", String::from_utf8_lossy(needle), log.display());
+}
+
+/// `stats` reads the records of the last segment only: damage there is an error, damage in an
+/// older segment is not looked for; its output says so (`checked`), and `verify` finds both.
+#[test]
+fn stats_says_what_it_checked_and_verify_finds_the_damage_it_does_not() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let input: String = (0..3000).map(|i| format!("record-{i:04}-with-some-padding-to-fill-segments\n")).collect();
+    let [sealed, tail] = ["sealed", "tail"].map(|name| {
+        let log = temp.path().join(name);
+        ok(&["produce", log.to_str().expect("UTF-8"), "--segment-size", "64K"], input.as_bytes());
+        log
+    });
+    let first_segment = damage_record(&sealed, b"record-0100-");
+    let last_segment = damage_record(&tail, b"record-2990-");
+    assert_ne!(first_segment.file_name(), last_segment.file_name(), "the damage is in two different segments");
+
+    // Damage in a sealed segment: the figures, and a row saying that only the last segment's
+    // records were read, so exit 0 does not claim the log is sound.
+    let out = text(&ok(&["stats", sealed.to_str().expect("UTF-8")], b""));
+    let checked = out.lines().find(|l| l.starts_with("checked")).unwrap_or_else(|| panic!("no checked row: {out}"));
+    assert!(checked.contains("last segment only") && checked.contains("shoal verify"), "{checked}");
+    let err = text(&run(&["verify", sealed.to_str().expect("UTF-8")], b"").stderr);
+    assert!(err.contains(&first_segment.display().to_string()), "{err}");
+
+    // Damage in the last segment: stats meets it, and says which command lists it.
+    let err = fails(&["stats", tail.to_str().expect("UTF-8")], b"");
+    assert!(err.contains(&last_segment.display().to_string()) && err.contains("shoal verify"), "{err}");
+    let verified = run(&["verify", tail.to_str().expect("UTF-8")], b"");
+    assert_eq!(verified.status.code(), Some(1), "{}", text(&verified.stderr));
+}

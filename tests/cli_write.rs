@@ -12,6 +12,17 @@ use shoal::bus::{key_hash, partition_for_key};
 /// `produce` reads stdin in blocks of this many bytes (1 MiB); lines here run past it.
 const READ_BLOCK_BYTES: usize = 1 << 20;
 
+/// Runs a command that must be refused as a usage error: exit 2, clap's `error: ...` on
+/// stderr, nothing on stdout; returns stderr.
+fn usage_error(args: &[&str], stdin: &[u8]) -> String {
+    let out = run(args, stdin);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "shoal {args:?}: {err}");
+    assert!(err.starts_with("error: "), "shoal {args:?}: {err}");
+    assert!(out.stdout.is_empty(), "shoal {args:?} printed {}", text(&out.stdout));
+    err
+}
+
 fn temp_dir(name: &str) -> (tempfile::TempDir, PathBuf, String) {
     let temp = tempfile::tempdir().expect("tempdir");
     let dir = temp.path().join(name);
@@ -153,7 +164,7 @@ fn a_topic_takes_the_segment_size_for_every_partition() {
 }
 
 #[test]
-fn sizes_that_do_not_parse_are_usage_errors_and_sizes_the_log_refuses_name_the_flag() {
+fn sizes_that_do_not_parse_and_sizes_the_log_refuses_are_usage_errors_that_name_the_flag() {
     let (_temp, dir, log) = temp_dir("log");
     for bad in ["64X", "lots", "1.5M", "64 K", "64KB"] {
         let out = run(&["produce", &log, "--segment-size", bad], b"a\n");
@@ -162,9 +173,9 @@ fn sizes_that_do_not_parse_are_usage_errors_and_sizes_the_log_refuses_name_the_f
         assert!(err.contains(&format!("`{bad}` is not a size")), "--segment-size {bad}: {err}");
     }
     for refused in ["4K", "65537", "2G"] {
-        let err = fails(&["produce", &log, "--segment-size", refused], b"a\n");
+        let err = usage_error(&["produce", &log, "--segment-size", refused], b"a\n");
         assert!(err.contains("segment_bytes") && err.contains("--segment-size"), "--segment-size {refused}: {err}");
-        let err = fails(&["produce", &log, "--topic", "t", "--segment-size", refused], b"a\n");
+        let err = usage_error(&["produce", &log, "--topic", "t", "--segment-size", refused], b"a\n");
         assert!(err.contains("--segment-size"), "--topic --segment-size {refused}: {err}");
     }
     // Nothing was created by a refused size.
@@ -194,7 +205,7 @@ fn never_without_ack_leaves_records_in_the_page_cache_and_with_ack_syncs_them() 
 fn bridge_import_refuses_a_segment_size_before_touching_the_bus() {
     let (_temp, dir, bus) = temp_dir("bus");
     let args = ["bridge", "import", &bus, "--topic", "t", "--nats", "nats://127.0.0.1:1", "--stream", "S"];
-    let err = fails(&[&args[..], &["--segment-size", "4K"]].concat(), b"");
+    let err = usage_error(&[&args[..], &["--segment-size", "4K"]].concat(), b"");
     assert!(err.contains("segment_bytes") && err.contains("choose another --segment-size"), "{err}");
     assert!(!dir.exists());
     let out = run(&[&args[..], &["--segment-size", "4X"]].concat(), b"");
@@ -226,7 +237,7 @@ fn prealloc_sets_the_disk_space_a_quiet_log_takes() {
     assert_eq!(payloads(&log), vec!["one".to_string()]);
 
     for refused in ["4K", "65537", "0"] {
-        let err = fails(&["produce", &log, "--prealloc", refused], b"a\n");
+        let err = usage_error(&["produce", &log, "--prealloc", refused], b"a\n");
         assert!(err.contains("prealloc_bytes") && err.contains("choose another --prealloc"), "{refused}: {err}");
     }
     let out = run(&["produce", &log, "--prealloc", "lots"], b"a\n");
@@ -250,9 +261,9 @@ fn the_disk_full_message_names_what_to_do_on_the_command_line_and_in_the_library
 #[test]
 fn demo_takes_the_sizes_and_refuses_a_bad_one_before_creating_its_bus() {
     let (_temp, dir, bus) = temp_dir("bus");
-    let err = fails(&["demo", "--dir", &bus, "--events", "10", "--segment-size", "4K"], b"");
+    let err = usage_error(&["demo", "--dir", &bus, "--events", "10", "--segment-size", "4K"], b"");
     assert!(err.contains("choose another --segment-size"), "{err}");
-    let err = fails(&["demo", "--dir", &bus, "--events", "10", "--prealloc", "4K"], b"");
+    let err = usage_error(&["demo", "--dir", &bus, "--events", "10", "--prealloc", "4K"], b"");
     assert!(err.contains("choose another --prealloc"), "{err}");
     assert!(!dir.exists());
 }

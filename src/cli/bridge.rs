@@ -54,6 +54,7 @@ pub(super) enum BridgeCommand {
     Export(BridgeArgs),
     /// Append every message of a JetStream stream to a topic of the bus (created if missing),
     /// resuming after the last stream sequence stored with the topic.
+    #[command(mut_arg("segment_size", |a| a.help(super::log_args::segment_size_help("of each partition's log", None))))]
     Import(ImportArgs),
 }
 

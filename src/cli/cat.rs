@@ -30,7 +30,7 @@
 // `#[non_exhaustive]`, where a struct literal outside the library does not.
 
 use std::io::{self, BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -125,7 +125,7 @@ pub(super) fn run_topic(
         from.push(match (since, start) {
             (None, Start::Earliest) => None,
             (None, Start::Offset(offset)) => Some(offset),
-            (since, _) => match Reader::open(topic.partition_dir(p)?) {
+            (since, _) => match Reader::open(partition_dir(&topic, p)?) {
                 Ok(mut reader) => Some(match since {
                     Some(ns) => reader.seek_time(ns)?.0,
                     None => latest(&mut reader)?,
@@ -149,10 +149,25 @@ pub(super) fn run_topic(
     }
 }
 
+/// The log directory of partition `p` of `topic`, refused when it is a symbolic link: shoal
+/// never follows a link inside a bus (`produce` refuses the same link when it opens the
+/// partition). The user names the bus directory; what lies below it is the bus's own.
+fn partition_dir(topic: &Topic, p: u32) -> Result<PathBuf, Error> {
+    let dir = topic.partition_dir(p)?;
+    // Anything else (missing, not a directory, unreadable) is for `Reader::open` to report.
+    if std::fs::symlink_metadata(&dir).is_ok_and(|meta| meta.file_type().is_symlink()) {
+        return Err(Error::new(format!(
+            "{} is a symbolic link; shoal never follows links inside its directories (remove it)",
+            dir.display()
+        )));
+    }
+    Ok(dir)
+}
+
 /// A reader of partition `p` positioned at `from`, or `None` while the partition has no log
 /// yet (a topic whose partition was never written).
 fn open_partition(topic: &Topic, p: u32, from: Option<u64>) -> Result<Option<Reader>, Stop> {
-    let dir = topic.partition_dir(p).map_err(|e| Stop::Log(e.into()))?;
+    let dir = partition_dir(topic, p).map_err(Stop::Log)?;
     let mut reader = match Reader::open(&dir) {
         Ok(reader) => reader,
         Err(LogError::NoLog { .. }) => return Ok(None),

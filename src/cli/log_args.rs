@@ -1,10 +1,11 @@
 //! The options of every command that creates or appends to a log (`produce`, `produce
-//! --topic`, `bridge import`, `demo`): the size of segment files and the disk space allocated ahead
+//! --topic`, `topics create`, `bridge import`, `demo`): the size of segment files and the disk space allocated ahead
 //! of the writer, turned into [`LogOptions`].
 //!
 //! Sizes are bytes, or a number with a binary suffix: `K` (KiB), `M` (MiB), `G` (GiB), also
 //! written `KiB`, `MiB`, `GiB`, in either case (`64K` = 65536, `1g` = 1073741824). A size the
-//! log refuses is the log's own message plus the flag to change; a segment too small for the
+//! log refuses is a usage error (exit 2, before anything runs or is created): the log's own
+//! message ([`LogOptions::validate`]) plus the flag to change. A segment too small for the
 //! default largest record (4 MiB) lowers the largest record to what one segment holds, so
 //! `--segment-size 64K` works on its own.
 
@@ -17,15 +18,15 @@ use shoal::log::{LogError, LogOptions};
 /// each).
 #[derive(Debug, Clone, Default, Args)]
 pub(super) struct LogArgs {
-    /// Largest size of each segment file of the log (of each partition, with --topic): bytes,
-    /// or a number with K, M or G (binary: 64K = 65536); a multiple of 4K between 64K and 1G.
-    /// Default 64M (demo: sized to its events). Records no larger than one segment holds.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    // Each command replaces this help with `segment_size_help`'s, which says of which logs
+    // and the command's default.
+    /// Largest size of each segment file: bytes or K, M, G; a multiple of 4K between 64K and 1G.
+    #[arg(long, value_name = "SIZE", value_parser = parse_segment_size)]
     segment_size: Option<u64>,
     /// Disk space allocated, and pages faulted in, ahead of the writer in a segment (segment
     /// files are sparse past it): bytes or K, M, G; a multiple of 4K, at least 64K. A log with
     /// few records costs about this much disk.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, help = prealloc_help(), long_help = prealloc_help())]
+    #[arg(long, value_name = "SIZE", value_parser = parse_prealloc, help = prealloc_help(), long_help = prealloc_help())]
     prealloc: Option<u64>,
 }
 
@@ -35,6 +36,17 @@ fn prealloc_help() -> String {
         "Disk space allocated ahead of the writer in each segment (files are sparse past it): bytes or K, M, G; \
          a multiple of 4K, at least 64K. Default {}",
         show_size(LogOptions::default().prealloc_bytes)
+    )
+}
+
+/// `--segment-size`'s help for a command whose segment files are `files` (`of the log`, `of
+/// each partition's log`), by default `default` (`None`: the library's default size).
+/// Each command that flattens [`LogArgs`] sets it with `mut_arg("segment_size", ..)`.
+pub(super) fn segment_size_help(files: &str, default: Option<&str>) -> String {
+    let default = default.map_or_else(|| show_size(LogOptions::default().segment_bytes), str::to_string);
+    format!(
+        "Largest size of each segment file {files}: bytes, or a number with K, M or G (binary: 64K = 65536); \
+         a multiple of 4K between 64K and 1G. Default: {default}. Records no larger than one segment holds"
     )
 }
 
@@ -98,6 +110,36 @@ fn fit_max_record_bytes(opts: LogOptions) -> LogOptions {
         }
     }
     opts.max_record_bytes(fits)
+}
+
+/// Parses `--segment-size`: a size ([`parse_size`]) that the log takes as its segment size,
+/// so that a refused one is a usage error (exit 2) before anything runs.
+///
+/// # Errors
+/// A malformed size, or [`LogOptions::validate`]'s message and the flag to change.
+fn parse_segment_size(s: &str) -> Result<u64, String> {
+    let bytes = parse_size(s)?;
+    // The smallest largest-record, so that the message is about the segment.
+    LogOptions::default()
+        .segment_bytes(bytes)
+        .max_record_bytes(0)
+        .validate()
+        .map_err(|e| refused(&e, "--segment-size").to_string())?;
+    Ok(bytes)
+}
+
+/// Parses `--prealloc` as [`parse_segment_size`] does `--segment-size`.
+///
+/// # Errors
+/// A malformed size, or [`LogOptions::validate`]'s message and the flag to change.
+fn parse_prealloc(s: &str) -> Result<u64, String> {
+    let bytes = parse_size(s)?;
+    LogOptions::default()
+        .prealloc_bytes(bytes)
+        .max_record_bytes(0)
+        .validate()
+        .map_err(|e| refused(&e, "--prealloc").to_string())?;
+    Ok(bytes)
 }
 
 /// Parses a size: bytes, or a number with `K`, `M`, `G` (or `KiB`, `MiB`, `GiB`; any case).

@@ -48,8 +48,10 @@
 //!   byte position, what is wrong, whether a repair fixes it) and exit 1. `--repair` cuts the
 //!   log at the first damaged record and says where and how many records that drops.
 //! - `shoal stats <DIR>`: segments, records, bytes, `first offset`, `last offset`, `next
-//!   offset` and `durable below` (the exclusive watermark); for a topic's partition also
-//!   `topic` and `schema`.
+//!   offset` and `durable below` (the exclusive watermark), `producers`, and `checked`: it
+//!   reads the records of the last segment only (damage there is an error, exit 1; damage in
+//!   an older segment is not looked for: `verify` checks every record); for a topic's
+//!   partition also `topic` and `schema`.
 //! - `shoal demo [--dir <DIR>] [--events <N>] [--segment-size <SIZE>] [--prealloc <SIZE>]`: typed orders through a pipeline whose
 //!   middle stage scales up and down, into a 4-partition topic with `Batch` durability,
 //!   consumed by a group whose members (threads and a child process) join and leave
@@ -74,10 +76,12 @@
 //!   <SIZE>]` creates the topic with P partitions (default 4; the bus too if missing); with a
 //!   size flag it also creates each partition's log with those sizes. A topic that exists
 //!   with P partitions is said so, exit 0; with another count it is an error, exit 1.
-//! - `shoal cat <BUS> --topic <T> [--partition <P>] [--from earliest|latest|<offset>]
-//!   [--follow] [--format ..]`: as for a log, over one partition or all of them (partition by
-//!   partition, or round-robin when following; `--from` applies to each, `latest` per
-//!   partition); JSON objects start with `partition`.
+//! - `shoal cat <BUS> --topic <T> [--partition <P>] [--from earliest|latest|<offset> | --since
+//!   <time>] [--follow] [--format ..]`: as for a log, over one partition or all of them
+//!   (partition by partition, or round-robin when following; `--from` and `--since` apply to
+//!   each, `latest` per partition); JSON objects start with `partition`. A partition directory
+//!   that is a symbolic link is an error, as for `produce` (shoal never follows links inside a
+//!   bus).
 //! - `shoal group <BUS> <GROUP> --topic <T> [--exit-when-idle <ms>] [--from earliest|latest]
 //!   [--format lines|json]`: a member of the consumer group (`--from`: where partitions
 //!   without a committed offset start); prints `<partition> <offset> <payload>` (or `cat`'s
@@ -104,7 +108,10 @@
 //!   [--segment-size <SIZE>] [--prealloc <SIZE>]` appends a stream to a topic (the bus is created if missing); both run until SIGTERM or
 //!   SIGINT (then exit 0) and print a status line per second on stderr. Only with the `nats`
 //!   feature; a build without it answers `shoal bridge ...` with one line saying so and exit 2.
-//! - Usage errors exit 2 (clap's convention); runtime errors exit 1 with one line on stderr.
+//! - Usage errors exit 2 (clap's convention), an option value out of its range included
+//!   (`--segment-size 4K`, `--prealloc 0`, `--partitions 0`, `--interval 0`); runtime errors
+//!   exit 1 with one line on stderr. An option that takes a time (`cat --since`, `groups
+//!   --to`) takes a time before now as written: `--since -1h`, `--to -90s`.
 //!   Commands that only read a bus (`topics`, `cat --topic`, `group`, `groups`, `top`) never
 //!   create one.
 //!
@@ -182,7 +189,10 @@ pub struct Cli {
 enum Command {
     /// Append one record per stdin line to the log in DIR (created if missing), or with
     /// --topic to a topic of the bus in DIR.
-    #[command(after_help = PRODUCE_HELP)]
+    #[command(
+        after_help = PRODUCE_HELP,
+        mut_arg("segment_size", |a| a.help(log_args::segment_size_help("of the log (with --topic: of each partition's log)", None)))
+    )]
     Produce {
         /// The log directory, or with --topic the bus directory.
         dir: PathBuf,
@@ -191,13 +201,13 @@ enum Command {
         topic: Option<String>,
         /// Partitions of the topic when it is created (default 4); an existing topic must
         /// have this many.
-        #[arg(long, requires = "topic", value_parser = clap::value_parser!(u32).range(1..=PARTITIONS_MAX as i64))]
+        #[arg(long, value_name = "P", requires = "topic", value_parser = clap::value_parser!(u32).range(1..=PARTITIONS_MAX as i64))]
         partitions: Option<u32>,
         /// Each line is <key><TAB><payload>; the key picks the partition.
         #[arg(long, requires = "topic")]
         keyed: bool,
         /// When records become durable: never, batch, or interval=<ms>.
-        #[arg(long, default_value = "batch", value_parser = parse_durability)]
+        #[arg(long, value_name = "never|batch|interval=MS", default_value = "batch", value_parser = parse_durability)]
         durability: Durability,
         /// Print `durable below <N>` (with --topic: `partition <P> durable below <N>`) each
         /// time the durable watermark advances: every record below offset N is durable.
@@ -214,7 +224,7 @@ enum Command {
         #[arg(long)]
         topic: Option<String>,
         /// Only this partition of the topic.
-        #[arg(long, requires = "topic")]
+        #[arg(long, value_name = "P", requires = "topic", value_parser = clap::value_parser!(u32).range(0..PARTITIONS_MAX as i64))]
         partition: Option<u32>,
         /// Where to start (in each partition, with --topic): earliest, latest (after the last
         /// record present now), or an offset.
@@ -223,7 +233,7 @@ enum Command {
         /// Start (in each partition, with --topic) at the first record appended at or after
         /// TIME: RFC 3339 (2026-12-02T10:00:00Z), a Unix time with its unit (1764669600s,
         /// ..ms, ..us, ..ns), or a time before now (-5m, -1h, -30s, -2d).
-        #[arg(long, value_name = "TIME", conflicts_with = "from", allow_hyphen_values = true, value_parser = cat::parse_since)]
+        #[arg(long, value_name = "TIME", conflicts_with = "from", allow_hyphen_values = true, value_parser = parse_since_arg)]
         since: Option<u64>,
         /// Keep printing records as they are appended.
         #[arg(long)]
@@ -250,10 +260,9 @@ enum Command {
         /// record, or only records appended from now on.
         #[arg(long, value_enum, default_value_t = group::From::Earliest)]
         from: group::From,
-        /// `lines`: `<partition> <offset> <payload>` per record; `json`: one object per record,
-        /// as `cat --format json` prints it with its partition.
-        #[arg(long, value_enum, default_value_t = Format::Lines)]
-        format: Format,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = GroupFormat::Lines)]
+        format: GroupFormat,
     },
     /// List the topics of the bus in BUS (`topics <BUS>`), or create one (`topics create`).
     #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -278,7 +287,7 @@ enum Command {
         reset_offsets: bool,
         /// Where --reset-offsets moves the committed offsets: earliest, latest, an offset, or a
         /// time as `cat --since` takes it (the first record appended at or after it).
-        #[arg(long, value_name = "earliest|latest|OFFSET|TIME", value_parser = group::parse_reset_to, requires = "reset_offsets")]
+        #[arg(long, value_name = "earliest|latest|OFFSET|TIME", allow_hyphen_values = true, value_parser = parse_reset_to_arg, requires = "reset_offsets")]
         to: Option<shoal::group::ResetTo>,
         /// Reset only this topic (default: every topic the group consumed).
         #[arg(long, requires = "reset_offsets")]
@@ -292,7 +301,7 @@ enum Command {
     Top {
         /// The bus directory.
         bus: PathBuf,
-        /// Refresh interval in ms.
+        /// Refresh interval in ms (at least 50).
         #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(top::INTERVAL_MS_MIN..))]
         interval: u64,
         /// Print one snapshot (rates shown as `-`) and exit.
@@ -320,7 +329,8 @@ enum Command {
         #[arg(long)]
         repair: bool,
     },
-    /// Print figures of the log in DIR.
+    /// Print figures of the log in DIR. Not a check: it reads the records of the last segment
+    /// only (damage there is an error); `shoal verify` checks every record.
     Stats {
         /// The log directory.
         dir: PathBuf,
@@ -341,13 +351,17 @@ enum Command {
     },
     /// Run orders through a scaling pipeline into a topic, consume them with a consumer
     /// group whose members join and leave, verify every one; print what was measured.
+    #[command(mut_arg("segment_size", |a| a.help(log_args::segment_size_help(
+        "of each partition's log of the demo's topic",
+        Some("sized to --events (1M to 64M)"),
+    ))))]
     Demo {
         /// Keep the bus here instead of in a temporary directory.
         #[arg(long)]
         dir: Option<PathBuf>,
         /// Number of 48-byte orders (80 bytes each in the topic; the default takes about 0.8 GB
         /// of disk while it runs, and about ten seconds on two cores).
-        #[arg(long, default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, value_name = "N", default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..))]
         events: u64,
         #[command(flatten)]
         log: log_args::LogArgs,
@@ -370,13 +384,31 @@ enum Command {
     },
 }
 
-/// How `cat` and `group` print records.
+/// How `cat` and `group` print records (`cat --format`; `group --format` is [`GroupFormat`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Format {
     /// The payload and a newline.
     Lines,
     /// One JSON object per line.
     Json,
+}
+
+/// `group --format`: [`Format`] with the help of what `group` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum GroupFormat {
+    /// `<partition> <offset> <payload>` and a newline.
+    Lines,
+    /// One JSON object per line, as `cat --format json` prints it, with its partition.
+    Json,
+}
+
+impl From<GroupFormat> for Format {
+    fn from(format: GroupFormat) -> Format {
+        match format {
+            GroupFormat::Lines => Format::Lines,
+            GroupFormat::Json => Format::Json,
+        }
+    }
 }
 
 /// Where `cat` starts: `--from earliest|latest|<offset>`.
@@ -400,6 +432,26 @@ fn parse_start(s: &str) -> Result<Start, String> {
             .map(Start::Offset)
             .map_err(|_| format!("`{s}` is not earliest, latest or an offset (a number from 0)")),
     }
+}
+
+/// Parses the value of an option that takes a time (`cat --since`, `groups --to`): such an
+/// option takes a value that starts with `-` (`-1h`: a time before now) as written, so a
+/// value that starts with `--` is an option given where the value belongs.
+fn time_value(s: &str) -> Result<&str, String> {
+    if s.starts_with("--") {
+        return Err(format!("`{s}` is an option, not a value; give the value right after the option"));
+    }
+    Ok(s)
+}
+
+/// `cat --since`: [`cat::parse_since`], after [`time_value`].
+fn parse_since_arg(s: &str) -> Result<u64, String> {
+    time_value(s).and_then(cat::parse_since)
+}
+
+/// `groups --to`: [`group::parse_reset_to`], after [`time_value`].
+fn parse_reset_to_arg(s: &str) -> Result<shoal::group::ResetTo, String> {
+    time_value(s).and_then(group::parse_reset_to)
 }
 
 /// Parses `never`, `batch` or `interval=<ms>` (ms > 0).
@@ -660,7 +712,7 @@ pub fn run(cli: Cli) -> ExitCode {
             cat::run_topic(&dir, &topic, partition, from, since, follow, format)
         }
         Command::Group { bus, group, topic, exit_when_idle, from, format } => {
-            group::run(&bus, &group, &topic, exit_when_idle.map(Duration::from_millis), from, format)
+            group::run(&bus, &group, &topic, exit_when_idle.map(Duration::from_millis), from, format.into())
         }
         Command::Topics { bus, action } => topics::run(bus, action),
         Command::Groups { bus, group, reset_offsets, to, topic, execute } => match (reset_offsets, group, to) {
@@ -730,6 +782,97 @@ mod tests {
         let cli = Cli::try_parse_from(["shoal", "bridge", "export", "bus", "--topic", "t", "--help"]);
         assert!(matches!(cli.map(|c| c.command), Ok(Command::Bridge { .. })));
         assert!(WITHOUT_NATS.contains("--features nats"));
+    }
+
+    /// Every subcommand of `command`, itself included, with its path (`shoal topics create`).
+    fn every_command(command: &clap::Command, path: String, out: &mut Vec<(String, clap::Command)>) {
+        // `help` is clap's, and its subcommands only echo the others' names and abouts.
+        for sub in command.get_subcommands().filter(|sub| sub.get_name() != "help") {
+            every_command(sub, format!("{path} {}", sub.get_name()), out);
+        }
+        out.push((path, command.clone()));
+    }
+
+    fn commands() -> Vec<(String, clap::Command)> {
+        use clap::CommandFactory;
+        let mut cli = Cli::command();
+        cli.build();
+        let mut out = Vec::new();
+        every_command(&cli, "shoal".into(), &mut out);
+        out
+    }
+
+    #[test]
+    fn every_option_that_takes_a_time_takes_one_before_now() {
+        let mut times = Vec::new();
+        for (path, command) in commands() {
+            for arg in command.get_arguments() {
+                let names = arg.get_value_names().unwrap_or_default();
+                if names.iter().any(|n| n.as_str().contains("TIME")) {
+                    assert!(arg.is_allow_hyphen_values_set(), "{path} --{}: -1h must be a value", arg.get_id());
+                    times.push(format!("{path} --{}", arg.get_id()));
+                }
+            }
+        }
+        assert_eq!(times, ["shoal cat --since", "shoal groups --to"]);
+        for args in [
+            &["shoal", "cat", "log", "--since", "-1h", "--follow"][..],
+            &["shoal", "cat", "bus", "--topic", "t", "--since", "-90s"],
+            &["shoal", "groups", "bus", "g", "--reset-offsets", "--to", "-1h", "--execute"],
+            &["shoal", "groups", "bus", "g", "--to", "-2d", "--reset-offsets"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_ok(), "{args:?}");
+        }
+        for args in [
+            &["shoal", "cat", "log", "--since", "--follow"][..],
+            &["shoal", "groups", "b", "g", "--reset-offsets", "--to", "--execute"],
+        ] {
+            let e = Cli::try_parse_from(args).expect_err("an option is no time");
+            assert!(e.to_string().contains("is an option, not a value"), "{args:?}: {e}");
+        }
+    }
+
+    /// The options a help text names outside backticks (`cat --since` names another command's).
+    fn flags_named(help: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, part) in help.split('`').enumerate() {
+            if i % 2 == 1 {
+                continue;
+            }
+            for word in part.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-')) {
+                if let Some(name) = word.strip_prefix("--").filter(|n| !n.is_empty()) {
+                    out.push(name.trim_end_matches('-').to_string());
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_help_names_only_options_of_its_own_command() {
+        for (path, command) in commands() {
+            let longs: Vec<&str> = command.get_arguments().filter_map(clap::Arg::get_long).collect();
+            let mut texts: Vec<String> = Vec::new();
+            for text in
+                [command.get_about(), command.get_long_about(), command.get_after_help(), command.get_after_long_help()]
+            {
+                texts.extend(text.map(ToString::to_string));
+            }
+            for arg in command.get_arguments() {
+                texts.extend([arg.get_help(), arg.get_long_help()].into_iter().flatten().map(ToString::to_string));
+                for value in arg.get_possible_values() {
+                    texts.extend(value.get_help().map(ToString::to_string));
+                }
+            }
+            for text in &texts {
+                for flag in flags_named(text) {
+                    assert!(
+                        longs.contains(&flag.as_str()),
+                        "{path}: its help names --{flag}, which it has not: {text}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub(super) enum TopicsCommand {
         bus: PathBuf,
     },
     /// Create a topic in the bus in BUS (the bus too, if missing).
+    #[command(mut_arg("segment_size", |a| a.help(super::log_args::segment_size_help("of each partition's log", None))))]
     Create {
         /// The bus directory.
         bus: PathBuf,
@@ -45,7 +46,7 @@ pub(super) enum TopicsCommand {
         topic: String,
         /// Its partition count (default 4). A topic that exists with this count is left as it
         /// is (exit 0); with another count it is an error.
-        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=PARTITIONS_MAX as i64))]
+        #[arg(long, value_name = "P", value_parser = clap::value_parser!(u32).range(1..=PARTITIONS_MAX as i64))]
         partitions: Option<u32>,
         /// With --segment-size or --prealloc, each partition's log is created now with those
         /// sizes (later writers choose their own for the segments they add).
