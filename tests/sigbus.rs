@@ -90,6 +90,44 @@ fn a_segment_truncated_under_a_reader_and_a_tailer_is_an_error_naming_it() {
     }
 }
 
+/// A segment cut in the middle of its records under a reader and a tailer that are behind:
+/// the record that straddles the cut (its bytes past the end read as zeros) is reported as
+/// the truncation, not as a corrupt record to repair by cutting the log.
+#[test]
+fn a_segment_cut_mid_record_under_a_reader_is_an_error_naming_the_truncation() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut log = Appender::open(dir.path(), small_opts(IoBackend::Syscalls)).expect("open");
+    for i in 0..200 {
+        log.append(&payload(i)).expect("append");
+    }
+    log.sync().expect("sync");
+    let mut reader = Reader::open(dir.path()).expect("reader");
+    let mut tailer = Tailer::open(dir.path()).expect("tailer");
+    for _ in 0..10 {
+        reader.next().expect("read").expect("a record");
+        tailer.next(Some(Duration::ZERO)).expect("tail").expect("a record");
+    }
+    let segment = active_segment(dir.path());
+    let cut = header_of(&segment).data_start() as u64 + 8192 + 100; // inside a record
+    std::fs::OpenOptions::new().write(true).open(&segment).expect("open").set_len(cut).expect("truncate");
+    let err = loop {
+        match reader.next() {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the reader passed the cut"),
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, LogError::SegmentShrank { len_bytes, .. } if len_bytes == cut), "reader: {err:?}");
+    let err = loop {
+        match tailer.next(Some(Duration::from_secs(5))) {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the tailer passed the cut"),
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, LogError::SegmentShrank { len_bytes, .. } if len_bytes == cut), "tailer: {err:?}");
+}
+
 /// (b) An `Appender` appending: the append after the one that hit the dead page fails, and
 /// nothing written after the cut is ever acknowledged durable.
 #[test]

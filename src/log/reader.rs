@@ -397,6 +397,11 @@ impl Reader {
             Ok(_) => return Ok(None),
             Err(e) => e,
         };
+        // A record cut by a truncation under the mapping reads as zeros past the cut: the
+        // truncation is the error, not damage to repair.
+        if let Some(seg) = &self.current {
+            seg.check_length()?;
+        }
         if self.damaged_end_marker()? {
             // Bounded: each call enters a newer segment.
             return self.next();

@@ -292,6 +292,18 @@ impl Segment {
         Ok(())
     }
 
+    /// [`Segment::check_shrank`], and also a file now shorter than the mapping whose lost
+    /// bytes lay in the last page still mapped (those read as zeros without a fault): one
+    /// `fstat`, for the cold path that is about to call bytes damaged.
+    #[cold]
+    pub fn check_length(&self) -> Result<(), LogError> {
+        self.check_shrank()?;
+        match self.file.metadata() {
+            Ok(m) if m.len() < self.mapped_bytes as u64 => Err(self.shrank_error()),
+            _ => Ok(()),
+        }
+    }
+
     /// The error that says the file shrank under the mapping, with its length now.
     #[cold]
     pub fn shrank_error(&self) -> LogError {
