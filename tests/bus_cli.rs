@@ -595,3 +595,44 @@ fn group_commands_reject_bad_names_and_missing_topics() {
     }
     assert!(!std::path::Path::new(nobus).exists(), "a member must not create a bus");
 }
+
+
+#[test]
+fn a_log_directory_is_never_made_a_bus() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let log_path = temp.path().join("log");
+    let log = log_path.to_str().expect("UTF-8");
+    ok(&["produce", log], b"1\n2\n3\n");
+    let err = fails(&["produce", log, "--topic", "t"], b"x\n");
+    assert!(err.contains(&format!("{log} holds a log (")) && err.contains("not a bus"), "{err}");
+    assert!(!log_path.join("topics").exists() && !log_path.join("groups").exists(), "a bus was made over the log");
+    let err = fails(&["topics", "create", log, "t"], b"");
+    assert!(err.contains("holds a log"), "{err}");
+    // The library refuses it too, whether it would create the bus or only read it.
+    for e in [shoal::bus::Bus::open(&log_path).unwrap_err(), shoal::bus::Bus::open_existing(&log_path).unwrap_err()] {
+        assert!(matches!(e, shoal::bus::BusError::LogDirectory { bus_too: false, .. }), "{e}");
+    }
+    // A log with only its HEAD left is still a log.
+    let head_only = temp.path().join("head-only");
+    std::fs::create_dir(&head_only).expect("mkdir");
+    std::fs::copy(log_path.join("HEAD"), head_only.join("HEAD")).expect("copy HEAD");
+    assert!(matches!(shoal::bus::Bus::open(&head_only), Err(shoal::bus::BusError::LogDirectory { .. })));
+    // The log is as it was, for every log command.
+    assert_eq!(text(&ok(&["cat", log], b"")), "1\n2\n3\n");
+    ok(&["produce", log], b"4\n");
+    ok(&["verify", log], b"");
+
+    // A bus made over a log (by an older shoal): the bus commands say what happened.
+    std::fs::create_dir_all(log_path.join("topics/t/0")).expect("mkdir");
+    std::fs::create_dir_all(log_path.join("groups")).expect("mkdir");
+    for args in [
+        vec!["cat", log, "--topic", "t"],
+        vec!["group", log, "g", "--topic", "t", "--exit-when-idle", "10"],
+        vec!["groups", log],
+        vec!["topics", log],
+        vec!["produce", log, "--topic", "t"],
+    ] {
+        let err = fails(&args, b"x\n");
+        assert!(err.contains(&format!("{log} holds a log (")) && err.contains("remove them"), "{args:?}: {err}");
+    }
+}
