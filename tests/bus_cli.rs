@@ -636,3 +636,33 @@ fn a_log_directory_is_never_made_a_bus() {
         assert!(err.contains(&format!("{log} holds a log (")) && err.contains("remove them"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn a_topic_whose_meta_was_removed_is_not_made_again() {
+    let (temp, bus) = bus_dir();
+    ok(&["produce", &bus, "--topic", "t", "--partitions", "2"], b"a\nb\nc\n");
+    let meta = temp.path().join("bus/topics/t/meta");
+    std::fs::remove_file(&meta).expect("remove meta");
+    for args in [vec!["produce", &bus, "--topic", "t"], vec!["cat", &bus, "--topic", "t"], vec!["topics", &bus]] {
+        let err = fails(&args, b"x\n");
+        assert!(
+            err.contains(meta.to_str().expect("UTF-8"))
+                && err.contains("topic meta is missing, yet the topic directory holds 2 partition directories")
+                && err.contains("restore it or remove the topic directory"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!meta.exists(), "no meta was made with a default partition count");
+    let bus_handle = shoal::bus::Bus::open(temp.path().join("bus")).expect("bus");
+    for e in [bus_handle.topic_or_create("t", None).unwrap_err(), bus_handle.topic("t").unwrap_err()] {
+        assert!(
+            matches!(&e, shoal::bus::BusError::BadMeta { why: shoal::bus::MetaError::Missing { partitions: 2 }, .. }),
+            "{e}"
+        );
+    }
+    // A topic directory with no partition yet (a creator that stopped before writing meta)
+    // is still made.
+    std::fs::create_dir_all(temp.path().join("bus/topics/fresh")).expect("mkdir");
+    ok(&["produce", &bus, "--topic", "fresh", "--partitions", "3"], b"x\n");
+    assert_eq!(bus_handle.topic("fresh").expect("topic").partitions(), 3);
+}

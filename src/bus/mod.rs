@@ -18,7 +18,10 @@
 //!
 //! It is written to a new temporary file and renamed into place without replacing
 //! (`RENAME_NOREPLACE`), so two processes creating the same topic at once agree on one
-//! partition count and schema (the loser reads the winner's).
+//! partition count and schema (the loser reads the winner's). It is in place (and the topic
+//! directory synced) before any partition directory is made, so a topic directory with
+//! partitions and no `meta` lost it: that is an error ([`MetaError::Missing`]), never a new
+//! `meta` with the default partition count, which would route keys to other partitions.
 //!
 //! Everything below the bus directory is reached through `crate::sys::fs::Dir`: opened
 //! relative to its parent's descriptor, never through a symlink (one planted as `topics`, a
@@ -360,7 +363,8 @@ impl Bus {
     ///
     /// # Errors
     /// [`BusError::PartitionMismatch`] when it exists with another count (pass `None` to
-    /// accept any); name, count and I/O errors.
+    /// accept any); [`BusError::BadMeta`] when its `meta` file is damaged, or missing while
+    /// partition directories exist; name, count and I/O errors.
     pub fn topic_or_create(&self, name: &str, partitions: Option<u32>) -> Result<Topic, BusError> {
         self.create_topic(name, partitions, None)
     }
@@ -515,6 +519,17 @@ pub enum MetaError {
         /// The count in the file.
         partitions: u32,
     },
+    /// No `meta` file, while the topic directory holds partition directories: the file
+    /// was removed, and with it the partition count that routes keys and the schema.
+    #[error(
+        "topic meta is missing, yet the topic directory holds {partitions} partition director{} (the file \
+         kept the partition count that routes keys, so the topic is not made again with a default count)",
+        if *partitions == 1 { "y" } else { "ies" }
+    )]
+    Missing {
+        /// Partition directories found (`0`, `1`, ...).
+        partitions: u32,
+    },
     /// A typed topic's schema that cannot be (a name that is not UTF-8, an alignment that
     /// is not a power of two, reserved bytes that are not zero).
     #[error("topic meta has a bad schema: {why}")]
@@ -591,16 +606,42 @@ pub fn decode_meta(bytes: &[u8]) -> Result<TopicMeta, MetaError> {
 }
 
 /// The topic's `meta` file, `None` when there is none yet.
+///
+/// A topic directory without `meta` but with partition directories is an error
+/// ([`MetaError::Missing`]): `meta` is written (and its directory synced) before any
+/// partition directory is made, so such a topic lost its `meta`, and making a new one with
+/// another partition count would route keys elsewhere.
 fn read_meta(dir: &Dir) -> Result<Option<TopicMeta>, BusError> {
     let path = dir.join("meta");
     let file = match dir.open_file("meta", Open::Read) {
         Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let partitions = partition_dirs(dir)?;
+            if partitions > 0 {
+                return Err(BusError::BadMeta { path, why: MetaError::Missing { partitions } });
+            }
+            return Ok(None);
+        }
         Err(e) => return Err(BusError::io(&path, "open", e)),
     };
     let mut bytes = Vec::with_capacity(META_BYTES_MAX);
     file.take(META_BYTES_MAX as u64 + 1).read_to_end(&mut bytes).map_err(|e| BusError::io(&path, "read", e))?;
     decode_meta(&bytes).map(Some).map_err(|why| BusError::BadMeta { path, why })
+}
+
+/// How many partition directories (named by a number) the topic directory holds.
+fn partition_dirs(dir: &Dir) -> Result<u32, BusError> {
+    let entries = std::fs::read_dir(dir.path()).map_err(|e| BusError::io(dir.path(), "list", e))?;
+    let mut count = 0u32;
+    for entry in entries {
+        let entry = entry.map_err(|e| BusError::io(dir.path(), "list", e))?;
+        let name = entry.file_name();
+        let is_partition = !name.is_empty() && name.as_encoded_bytes().iter().all(u8::is_ascii_digit);
+        if is_partition && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            count = count.saturating_add(1);
+        }
+    }
+    Ok(count)
 }
 
 /// Writes the topic's `meta` file: a new temporary file, synced, renamed into place unless
