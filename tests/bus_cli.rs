@@ -666,3 +666,25 @@ fn a_topic_whose_meta_was_removed_is_not_made_again() {
     ok(&["produce", &bus, "--topic", "fresh", "--partitions", "3"], b"x\n");
     assert_eq!(bus_handle.topic("fresh").expect("topic").partitions(), 3);
 }
+
+#[test]
+fn a_zero_filled_offsets_file_is_an_error_naming_it() {
+    let (temp, bus) = bus_dir();
+    let lines: String = (1..=40).map(|i| format!("{i}\n")).collect();
+    ok(&["produce", &bus, "--topic", "t", "--partitions", "2"], lines.as_bytes());
+    ok(&["group", &bus, "g", "--topic", "t", "--exit-when-idle", "200"], b"");
+    let lines: String = (41..=60).map(|i| format!("{i}\n")).collect();
+    ok(&["produce", &bus, "--topic", "t"], lines.as_bytes());
+    let file = temp.path().join("bus/groups/g/t/offsets/0");
+    std::fs::write(&file, [0u8; 128]).expect("zero the offsets file");
+    for args in [
+        vec!["groups", &bus, "g"],
+        vec!["group", &bus, "g", "--topic", "t", "--from", "latest", "--exit-when-idle", "200"],
+    ] {
+        let err = fails(&args, b"");
+        assert!(
+            err.contains(file.to_str().expect("UTF-8")) && err.contains("no commit in either slot"),
+            "{args:?}: {err}"
+        );
+    }
+}

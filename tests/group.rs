@@ -585,3 +585,53 @@ fn a_damaged_topic_meta_is_reported_by_describe_and_groups() {
     let err = cli_support::fails(&["groups", dir.path().to_str().unwrap()], b"");
     assert!(err.contains("topics/events/meta") && !err.contains("no consumer groups"), "{err}");
 }
+
+#[test]
+fn an_offsets_file_without_a_commit_is_an_error_and_an_empty_one_is_none_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::open(dir.path()).unwrap();
+    let topic = bus.topic_or_create("events", Some(1)).unwrap();
+    let mut producer = topic.producer(log_opts()).unwrap();
+    for i in 0..10u64 {
+        producer.send_to(0, 0, &i.to_le_bytes()).unwrap();
+    }
+    let latest = || opts("latest").start(shoal::group::Start::Latest);
+    let mut m = Member::join(&bus, "g", "events", opts("first")).unwrap();
+    // Taken, nothing committed: the file is there and empty, which reads as no commit.
+    let file = dir.path().join("groups/g/events/offsets/0");
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 0);
+    assert_eq!(describe(&bus).unwrap()[0].partitions[0].committed, 0);
+    assert_eq!(m.poll(64, Duration::from_millis(10)).unwrap().len(), 10);
+    // The first commit writes the whole file.
+    m.commit().unwrap();
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 128);
+    m.leave().unwrap();
+    for i in 10..20u64 {
+        producer.send_to(0, 0, &i.to_le_bytes()).unwrap();
+    }
+
+    // Zero-filled: the commit is lost, which is an error naming the file, not a start from
+    // scratch (or, with Start::Latest, a skip of records 10..20).
+    std::fs::write(&file, [0u8; 128]).unwrap();
+    let e = Member::join(&bus, "g", "events", latest()).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        matches!(e, GroupError::BadGroupFile { why: FormatError::NoCommit { len: 128, .. }, .. })
+            && msg.contains("offsets/0")
+            && msg.contains("no commit in either slot")
+            && msg.contains("restore it"),
+        "{msg}"
+    );
+    assert!(describe(&bus).unwrap_err().to_string().contains("offsets/0"));
+    let reset = shoal::group::reset_offsets(&bus, "g", "events", shoal::group::ResetTo::Earliest, false);
+    assert!(reset.unwrap_err().to_string().contains("no commit in either slot"));
+
+    // Empty: the state of a partition taken and never committed; removing the file restarts
+    // the partition as the group's start says.
+    std::fs::write(&file, b"").unwrap();
+    let mut m = Member::join(&bus, "g", "events", latest()).unwrap();
+    assert_eq!(m.position(0).unwrap(), 20);
+    m.commit().unwrap();
+    drop(m);
+    assert_eq!(describe(&bus).unwrap()[0].partitions[0].committed, 20);
+}

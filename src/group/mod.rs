@@ -1909,8 +1909,11 @@ fn stop_point(step: &str) {
     }
 }
 
-/// Writes the committed-offsets slot of `generation` (at `generation % 2`), first giving a
-/// new file its full length (unless the caller knows it has it: `sized`).
+/// Writes the committed-offsets slot of `generation` (at `generation % 2`). A file that
+/// does not have its full length yet (unless the caller knows it has it: `sized`) is an
+/// empty one (nothing committed; a shorter one fails to decode before any commit), and gets
+/// its length and its slot in one write: a crash never leaves a full-length file without a
+/// slot, so [`decode_offsets`] can refuse one as damage.
 fn write_offsets_slot(
     file: &File,
     path: &Path,
@@ -1921,13 +1924,16 @@ fn write_offsets_slot(
 ) -> Result<(), GroupError> {
     let slot = format::encode_offsets_slot(generation, offset);
     let at = (generation % 2) * format::OFFSETS_SLOT_STRIDE as u64;
-    if !sized {
-        let len = file.metadata().map_err(|e| GroupError::io(path, "stat", e))?.len();
-        if len < format::OFFSETS_FILE_BYTES as u64 {
-            file.set_len(format::OFFSETS_FILE_BYTES as u64).map_err(|e| GroupError::io(path, "extend", e))?;
-        }
-    }
-    file.write_all_at(&slot, at).map_err(|e| GroupError::io(path, "write", e))?;
+    let written = if !sized
+        && file.metadata().map_err(|e| GroupError::io(path, "stat", e))?.len() < format::OFFSETS_FILE_BYTES as u64
+    {
+        let mut whole = [0u8; format::OFFSETS_FILE_BYTES];
+        whole[at as usize..at as usize + slot.len()].copy_from_slice(&slot);
+        file.write_all_at(&whole, 0)
+    } else {
+        file.write_all_at(&slot, at)
+    };
+    written.map_err(|e| GroupError::io(path, "write", e))?;
     if sync {
         file.sync_data().map_err(|e| GroupError::io(path, "fdatasync", e))?;
     }
