@@ -596,7 +596,6 @@ fn group_commands_reject_bad_names_and_missing_topics() {
     assert!(!std::path::Path::new(nobus).exists(), "a member must not create a bus");
 }
 
-
 #[test]
 fn a_log_directory_is_never_made_a_bus() {
     let temp = tempfile::tempdir().expect("tempdir");
@@ -665,6 +664,41 @@ fn a_topic_whose_meta_was_removed_is_not_made_again() {
     std::fs::create_dir_all(temp.path().join("bus/topics/fresh")).expect("mkdir");
     ok(&["produce", &bus, "--topic", "fresh", "--partitions", "3"], b"x\n");
     assert_eq!(bus_handle.topic("fresh").expect("topic").partitions(), 3);
+}
+
+#[test]
+fn a_group_member_prints_and_commits_every_record_before_damage_then_fails_naming_it() {
+    let (temp, bus) = bus_dir();
+    let lines: String = (0..300).map(|i| format!("record {i:04}\n")).collect();
+    ok(&["produce", &bus, "--topic", "t", "--partitions", "1", "--ack"], lines.as_bytes());
+    let segment = temp.path().join("bus/topics/t/0/00000000000000000000.seg");
+    let mut bytes = std::fs::read(&segment).expect("read segment");
+    let index_entries = u32::from_le_bytes(bytes[40..44].try_into().expect("4 bytes"));
+    // Every record has an 11-byte payload: one stride apart.
+    let stride = shoal::log::format::record_stride(11);
+    let position = shoal::log::format::data_start(index_entries) + 200 * stride;
+    bytes[position + shoal::log::format::RECORD_HEADER_BYTES + 3] ^= 0x40;
+    std::fs::write(&segment, &bytes).expect("damage");
+    let cat = run(&["cat", &bus, "--topic", "t"], b"");
+    assert_eq!((cat.status.code(), text(&cat.stdout).lines().count()), (Some(1), 200));
+
+    let out = run(&["group", &bus, "g", "--topic", "t", "--exit-when-idle", "200"], b"");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let printed = text(&out.stdout);
+    let want: String = (0..200).map(|i| format!("0 {i} record {i:04}\n")).collect();
+    assert_eq!(printed, want);
+    assert!(
+        err.contains(segment.to_str().expect("UTF-8"))
+            && err.contains(&format!("corruption at byte {position} (offset 200)")),
+        "{err}"
+    );
+    let (report, rows) = group_rows(&bus);
+    assert_eq!((rows[0].committed, rows[0].end), (200, 300), "{report}");
+    // Run again: nothing before the damage is printed twice; the same error.
+    let again = run(&["group", &bus, "g", "--topic", "t", "--exit-when-idle", "200"], b"");
+    assert_eq!((again.status.code(), again.stdout.len()), (Some(1), 0), "{}", text(&again.stderr));
+    assert!(text(&again.stderr).contains("(offset 200)"), "{}", text(&again.stderr));
 }
 
 #[test]
