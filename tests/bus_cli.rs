@@ -595,3 +595,130 @@ fn group_commands_reject_bad_names_and_missing_topics() {
     }
     assert!(!std::path::Path::new(nobus).exists(), "a member must not create a bus");
 }
+
+#[test]
+fn a_log_directory_is_never_made_a_bus() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let log_path = temp.path().join("log");
+    let log = log_path.to_str().expect("UTF-8");
+    ok(&["produce", log], b"1\n2\n3\n");
+    let err = fails(&["produce", log, "--topic", "t"], b"x\n");
+    assert!(err.contains(&format!("{log} holds a log (")) && err.contains("not a bus"), "{err}");
+    assert!(!log_path.join("topics").exists() && !log_path.join("groups").exists(), "a bus was made over the log");
+    let err = fails(&["topics", "create", log, "t"], b"");
+    assert!(err.contains("holds a log"), "{err}");
+    // The library refuses it too, whether it would create the bus or only read it.
+    for e in [shoal::bus::Bus::open(&log_path).unwrap_err(), shoal::bus::Bus::open_existing(&log_path).unwrap_err()] {
+        assert!(matches!(e, shoal::bus::BusError::LogDirectory { bus_too: false, .. }), "{e}");
+    }
+    // A log with only its HEAD left is still a log.
+    let head_only = temp.path().join("head-only");
+    std::fs::create_dir(&head_only).expect("mkdir");
+    std::fs::copy(log_path.join("HEAD"), head_only.join("HEAD")).expect("copy HEAD");
+    assert!(matches!(shoal::bus::Bus::open(&head_only), Err(shoal::bus::BusError::LogDirectory { .. })));
+    // The log is as it was, for every log command.
+    assert_eq!(text(&ok(&["cat", log], b"")), "1\n2\n3\n");
+    ok(&["produce", log], b"4\n");
+    ok(&["verify", log], b"");
+
+    // A bus made over a log (by an older shoal): the bus commands say what happened.
+    std::fs::create_dir_all(log_path.join("topics/t/0")).expect("mkdir");
+    std::fs::create_dir_all(log_path.join("groups")).expect("mkdir");
+    for args in [
+        vec!["cat", log, "--topic", "t"],
+        vec!["group", log, "g", "--topic", "t", "--exit-when-idle", "10"],
+        vec!["groups", log],
+        vec!["topics", log],
+        vec!["produce", log, "--topic", "t"],
+    ] {
+        let err = fails(&args, b"x\n");
+        assert!(err.contains(&format!("{log} holds a log (")) && err.contains("remove them"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn a_topic_whose_meta_was_removed_is_not_made_again() {
+    let (temp, bus) = bus_dir();
+    ok(&["produce", &bus, "--topic", "t", "--partitions", "2"], b"a\nb\nc\n");
+    let meta = temp.path().join("bus/topics/t/meta");
+    std::fs::remove_file(&meta).expect("remove meta");
+    for args in [vec!["produce", &bus, "--topic", "t"], vec!["cat", &bus, "--topic", "t"], vec!["topics", &bus]] {
+        let err = fails(&args, b"x\n");
+        assert!(
+            err.contains(meta.to_str().expect("UTF-8"))
+                && err.contains("topic meta is missing, yet the topic directory holds 2 partition directories")
+                && err.contains("restore it or remove the topic directory"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!meta.exists(), "no meta was made with a default partition count");
+    let bus_handle = shoal::bus::Bus::open(temp.path().join("bus")).expect("bus");
+    for e in [bus_handle.topic_or_create("t", None).unwrap_err(), bus_handle.topic("t").unwrap_err()] {
+        assert!(
+            matches!(&e, shoal::bus::BusError::BadMeta { why: shoal::bus::MetaError::Missing { partitions: 2 }, .. }),
+            "{e}"
+        );
+    }
+    // A topic directory with no partition yet (a creator that stopped before writing meta)
+    // is still made.
+    std::fs::create_dir_all(temp.path().join("bus/topics/fresh")).expect("mkdir");
+    ok(&["produce", &bus, "--topic", "fresh", "--partitions", "3"], b"x\n");
+    assert_eq!(bus_handle.topic("fresh").expect("topic").partitions(), 3);
+}
+
+#[test]
+fn a_group_member_prints_and_commits_every_record_before_damage_then_fails_naming_it() {
+    let (temp, bus) = bus_dir();
+    let lines: String = (0..300).map(|i| format!("record {i:04}\n")).collect();
+    ok(&["produce", &bus, "--topic", "t", "--partitions", "1", "--ack"], lines.as_bytes());
+    let segment = temp.path().join("bus/topics/t/0/00000000000000000000.seg");
+    let mut bytes = std::fs::read(&segment).expect("read segment");
+    let index_entries = u32::from_le_bytes(bytes[40..44].try_into().expect("4 bytes"));
+    // Every record has an 11-byte payload: one stride apart.
+    let stride = shoal::log::format::record_stride(11);
+    let position = shoal::log::format::data_start(index_entries) + 200 * stride;
+    bytes[position + shoal::log::format::RECORD_HEADER_BYTES + 3] ^= 0x40;
+    std::fs::write(&segment, &bytes).expect("damage");
+    let cat = run(&["cat", &bus, "--topic", "t"], b"");
+    assert_eq!((cat.status.code(), text(&cat.stdout).lines().count()), (Some(1), 200));
+
+    let out = run(&["group", &bus, "g", "--topic", "t", "--exit-when-idle", "200"], b"");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let printed = text(&out.stdout);
+    let want: String = (0..200).map(|i| format!("0 {i} record {i:04}\n")).collect();
+    assert_eq!(printed, want);
+    assert!(
+        err.contains(segment.to_str().expect("UTF-8"))
+            && err.contains(&format!("corruption at byte {position} (offset 200)")),
+        "{err}"
+    );
+    let (report, rows) = group_rows(&bus);
+    assert_eq!((rows[0].committed, rows[0].end), (200, 300), "{report}");
+    // Run again: nothing before the damage is printed twice; the same error.
+    let again = run(&["group", &bus, "g", "--topic", "t", "--exit-when-idle", "200"], b"");
+    assert_eq!((again.status.code(), again.stdout.len()), (Some(1), 0), "{}", text(&again.stderr));
+    assert!(text(&again.stderr).contains("(offset 200)"), "{}", text(&again.stderr));
+}
+
+#[test]
+fn a_zero_filled_offsets_file_is_an_error_naming_it() {
+    let (temp, bus) = bus_dir();
+    let lines: String = (1..=40).map(|i| format!("{i}\n")).collect();
+    ok(&["produce", &bus, "--topic", "t", "--partitions", "2"], lines.as_bytes());
+    ok(&["group", &bus, "g", "--topic", "t", "--exit-when-idle", "200"], b"");
+    let lines: String = (41..=60).map(|i| format!("{i}\n")).collect();
+    ok(&["produce", &bus, "--topic", "t"], lines.as_bytes());
+    let file = temp.path().join("bus/groups/g/t/offsets/0");
+    std::fs::write(&file, [0u8; 128]).expect("zero the offsets file");
+    for args in [
+        vec!["groups", &bus, "g"],
+        vec!["group", &bus, "g", "--topic", "t", "--from", "latest", "--exit-when-idle", "200"],
+    ] {
+        let err = fails(&args, b"");
+        assert!(
+            err.contains(file.to_str().expect("UTF-8")) && err.contains("no commit in either slot"),
+            "{args:?}: {err}"
+        );
+    }
+}

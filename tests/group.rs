@@ -585,3 +585,142 @@ fn a_damaged_topic_meta_is_reported_by_describe_and_groups() {
     let err = cli_support::fails(&["groups", dir.path().to_str().unwrap()], b"");
     assert!(err.contains("topics/events/meta") && !err.contains("no consumer groups"), "{err}");
 }
+
+/// Byte positions of the records in a segment file, in order.
+fn record_positions(segment: &std::path::Path) -> Vec<usize> {
+    use shoal::log::format;
+    let bytes = std::fs::read(segment).unwrap();
+    assert_eq!(&bytes[..8], &format::SEGMENT_MAGIC);
+    let index_entries = u32::from_le_bytes(bytes[40..44].try_into().unwrap());
+    let mut position = format::data_start(index_entries);
+    let mut positions = Vec::new();
+    loop {
+        let commit = u32::from_le_bytes(bytes[position..position + 4].try_into().unwrap());
+        if commit == 0 || commit == format::END_OF_SEGMENT {
+            return positions;
+        }
+        positions.push(position);
+        position += format::record_stride((commit & !format::COMMIT_BIT) as usize);
+    }
+}
+
+/// A one-partition topic of 300 durable records with one bit flipped in the payload of
+/// record 200; the damaged byte's record position.
+fn topic_damaged_at_200(bus: &Bus) -> usize {
+    let topic = bus.topic_or_create("events", Some(1)).unwrap();
+    let mut producer = topic.producer(log_opts()).unwrap();
+    for i in 0..300u32 {
+        producer.send_to(0, 0, format!("record {i:04}").as_bytes()).unwrap();
+    }
+    producer.sync().unwrap();
+    producer.close().unwrap();
+    let segment = topic.partition_dir(0).unwrap().join("00000000000000000000.seg");
+    let positions = record_positions(&segment);
+    assert_eq!(positions.len(), 300);
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[positions[200] + shoal::log::format::RECORD_HEADER_BYTES + 3] ^= 0x40;
+    std::fs::write(&segment, &bytes).unwrap();
+    positions[200]
+}
+
+#[test]
+fn a_member_delivers_and_commits_every_intact_record_before_damage_then_stops_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::open(dir.path()).unwrap();
+    let position = topic_damaged_at_200(&bus);
+    let is_the_damage = |e: &GroupError| {
+        let msg = e.to_string();
+        matches!(e, GroupError::Log(shoal::log::LogError::Corruption { .. }))
+            && msg.contains("00000000000000000000.seg")
+            && msg.contains(&format!("byte {position} (offset 200)"))
+    };
+
+    // poll: every record before the damage (in batches), then the error, again and again.
+    let mut m = Member::join(&bus, "g", "events", opts("poll")).unwrap();
+    let mut offsets = Vec::new();
+    let e = loop {
+        match m.poll(64, Duration::from_millis(10)) {
+            Ok(batch) => {
+                assert!(!batch.is_empty(), "an empty poll before the damage was reported");
+                offsets.extend(batch.iter().map(|d| d.record.offset().0));
+                m.commit().unwrap();
+            }
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(offsets, (0..200).collect::<Vec<u64>>());
+    assert!(is_the_damage(&e), "{e}");
+    let again = m.poll(64, Duration::from_millis(10)).unwrap_err();
+    assert!(is_the_damage(&again), "{again}");
+    m.leave().unwrap();
+    let info = describe(&bus).unwrap();
+    assert_eq!(info[0].partitions[0].committed, 200, "every intact record before the damage committed");
+
+    // poll_with and poll_into, in one batch larger than what is intact.
+    let mut m = Member::join(&bus, "h", "events", opts("poll_with")).unwrap();
+    let mut seen = Vec::new();
+    let n = m.poll_with(4096, Duration::from_millis(10), |_, r| seen.push(r.offset().0)).unwrap();
+    assert_eq!((n, seen.len(), seen.last()), (200, 200, Some(&199)));
+    let e = m.poll_with(4096, Duration::from_millis(10), |_, _| panic!("a record past the damage")).unwrap_err();
+    assert!(is_the_damage(&e), "{e}");
+    m.commit().unwrap();
+    drop(m);
+    let mut m = Member::join(&bus, "i", "events", opts("poll_into")).unwrap();
+    let mut out = Vec::new();
+    assert_eq!(m.poll_into(&mut out, 4096, Duration::from_millis(10)).unwrap(), 200);
+    let e = m.poll_into(&mut out, 4096, Duration::from_millis(10)).unwrap_err();
+    assert!(is_the_damage(&e) && out.is_empty(), "{e}");
+    // Group h committed its 200 and starts at the damage: the error at once.
+    let mut m = Member::join(&bus, "h", "events", opts("again")).unwrap();
+    assert!(is_the_damage(&m.poll(64, Duration::from_millis(10)).unwrap_err()));
+}
+
+#[test]
+fn an_offsets_file_without_a_commit_is_an_error_and_an_empty_one_is_none_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::open(dir.path()).unwrap();
+    let topic = bus.topic_or_create("events", Some(1)).unwrap();
+    let mut producer = topic.producer(log_opts()).unwrap();
+    for i in 0..10u64 {
+        producer.send_to(0, 0, &i.to_le_bytes()).unwrap();
+    }
+    let latest = || opts("latest").start(shoal::group::Start::Latest);
+    let mut m = Member::join(&bus, "g", "events", opts("first")).unwrap();
+    // Taken, nothing committed: the file is there and empty, which reads as no commit.
+    let file = dir.path().join("groups/g/events/offsets/0");
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 0);
+    assert_eq!(describe(&bus).unwrap()[0].partitions[0].committed, 0);
+    assert_eq!(m.poll(64, Duration::from_millis(10)).unwrap().len(), 10);
+    // The first commit writes the whole file.
+    m.commit().unwrap();
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 128);
+    m.leave().unwrap();
+    for i in 10..20u64 {
+        producer.send_to(0, 0, &i.to_le_bytes()).unwrap();
+    }
+
+    // Zero-filled: the commit is lost, which is an error naming the file, not a start from
+    // scratch (or, with Start::Latest, a skip of records 10..20).
+    std::fs::write(&file, [0u8; 128]).unwrap();
+    let e = Member::join(&bus, "g", "events", latest()).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        matches!(e, GroupError::BadGroupFile { why: FormatError::NoCommit { len: 128, .. }, .. })
+            && msg.contains("offsets/0")
+            && msg.contains("no commit in either slot")
+            && msg.contains("restore it"),
+        "{msg}"
+    );
+    assert!(describe(&bus).unwrap_err().to_string().contains("offsets/0"));
+    let reset = shoal::group::reset_offsets(&bus, "g", "events", shoal::group::ResetTo::Earliest, false);
+    assert!(reset.unwrap_err().to_string().contains("no commit in either slot"));
+
+    // Empty: the state of a partition taken and never committed; removing the file restarts
+    // the partition as the group's start says.
+    std::fs::write(&file, b"").unwrap();
+    let mut m = Member::join(&bus, "g", "events", latest()).unwrap();
+    assert_eq!(m.position(0).unwrap(), 20);
+    m.commit().unwrap();
+    drop(m);
+    assert_eq!(describe(&bus).unwrap()[0].partitions[0].committed, 20);
+}

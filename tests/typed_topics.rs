@@ -388,3 +388,36 @@ fn row(table: &str, key: &str) -> Option<String> {
         rest.starts_with("  ").then(|| rest.trim().to_string())
     })
 }
+
+#[test]
+fn produce_refuses_a_typed_topic_naming_its_schema() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bus_path = dir.path().to_str().expect("UTF-8").to_string();
+    let bus = Bus::open(dir.path()).expect("bus");
+    let topic = bus.topic_or_create_typed::<Order>("orders", Some(2)).expect("typed topic");
+    // A line of exactly the schema's size would read as an Order without complaint.
+    let line = [b'x'; 24];
+    for keyed in [false, true] {
+        let mut args = vec!["produce", &bus_path, "--topic", "orders"];
+        if keyed {
+            args.push("--keyed");
+        }
+        let err = fails(&args, &[&line[..], b"\nhello\n"].concat());
+        let shown = TopicSchema::of::<Order>().to_string();
+        assert!(
+            err.contains(dir.path().join("topics/orders").to_str().expect("UTF-8"))
+                && err.contains(&format!("topic orders holds records of schema {shown}"))
+                && err.contains("producer_typed"),
+            "{err}"
+        );
+    }
+    for p in 0..2 {
+        let records = text(&ok(&["cat", &bus_path, "--topic", "orders", "--partition", &p.to_string()], b""));
+        assert_eq!(records, "", "partition {p}: nothing was written");
+    }
+    // The typed producer still writes, and untyped topics still take lines.
+    let mut producer = topic.producer_typed::<Order>(LogOptions::default()).expect("producer");
+    producer.send_to(0, 1, &Order { id: 1, price_cents: 2, qty: 3, side: 0 }).expect("send");
+    producer.close().expect("close");
+    ok(&["produce", &bus_path, "--topic", "lines"], b"a line\n");
+}

@@ -18,12 +18,17 @@
 //!
 //! It is written to a new temporary file and renamed into place without replacing
 //! (`RENAME_NOREPLACE`), so two processes creating the same topic at once agree on one
-//! partition count and schema (the loser reads the winner's).
+//! partition count and schema (the loser reads the winner's). It is in place (and the topic
+//! directory synced) before any partition directory is made, so a topic directory with
+//! partitions and no `meta` lost it: that is an error ([`MetaError::Missing`]), never a new
+//! `meta` with the default partition count, which would route keys to other partitions.
 //!
 //! Everything below the bus directory is reached through `crate::sys::fs::Dir`: opened
 //! relative to its parent's descriptor, never through a symlink (one planted as `topics`, a
 //! topic, a partition or `meta` is an error naming it). Only [`Bus::open`] and the
-//! producers create anything; reading a bus creates nothing.
+//! producers create anything; reading a bus creates nothing. A directory that holds a log
+//! (its `HEAD` or segment files) is never opened as a bus ([`BusError::LogDirectory`]), so
+//! `topics/` and `groups/` are never made beside a log's files.
 //!
 //! # Names
 //! Topic and group names are 1 to 128 bytes of `[A-Za-z0-9._-]`, not starting with `.`: a
@@ -142,6 +147,26 @@ pub enum BusError {
         /// What is wrong.
         why: &'static str,
     },
+    /// A directory named as a bus that holds a log (its `HEAD` or segment files): a bus
+    /// is never made there, so the log stays reachable by the log commands.
+    #[error(
+        "{path} holds a log ({found}), not a bus; {}",
+        if *bus_too {
+            "its topics/ and groups/ directories were made over the log: if they hold nothing of yours, \
+             remove them (the log's records are untouched) and read it as a log (`shoal cat <DIR>` without \
+             --topic); otherwise move the log's files out"
+        } else {
+            "read it as a log (`shoal cat <DIR>` without --topic), or give another directory for the bus"
+        }
+    )]
+    LogDirectory {
+        /// The directory.
+        path: PathBuf,
+        /// What shows it is a log: `HEAD`, or the first segment file found.
+        found: String,
+        /// It also holds a `topics/` directory (a bus made over the log).
+        bus_too: bool,
+    },
     /// A damaged or foreign metadata file.
     #[error("{path}: {why}; restore it or remove the topic directory")]
     BadMeta {
@@ -254,9 +279,10 @@ impl Bus {
     ///
     /// # Errors
     /// I/O errors creating the directories; `dir` or one of its subdirectories being a
-    /// file or a symlink.
+    /// file or a symlink; [`BusError::LogDirectory`] when `dir` holds a log.
     pub fn open(dir: impl AsRef<Path>) -> Result<Bus, BusError> {
         let dir = dir.as_ref().to_path_buf();
+        refuse_log_dir(&dir)?;
         if let Err(e) = std::fs::create_dir_all(&dir) {
             if dir.exists() && !dir.is_dir() {
                 return Err(not_a_bus_directory(&dir));
@@ -275,9 +301,10 @@ impl Bus {
     ///
     /// # Errors
     /// An I/O error naming `dir/topics` when there is no bus there (`NotFound`), or when it
-    /// is a symlink or not a directory.
+    /// is a symlink or not a directory; [`BusError::LogDirectory`] when `dir` holds a log.
     pub fn open_existing(dir: impl AsRef<Path>) -> Result<Bus, BusError> {
         let dir = dir.as_ref().to_path_buf();
+        refuse_log_dir(&dir)?;
         open_bus_dir(&dir)?.subdir("topics").map_err(|e| BusError::io(dir.join("topics"), "open", e))?;
         Ok(Bus { dir })
     }
@@ -336,7 +363,8 @@ impl Bus {
     ///
     /// # Errors
     /// [`BusError::PartitionMismatch`] when it exists with another count (pass `None` to
-    /// accept any); name, count and I/O errors.
+    /// accept any); [`BusError::BadMeta`] when its `meta` file is damaged, or missing while
+    /// partition directories exist; name, count and I/O errors.
     pub fn topic_or_create(&self, name: &str, partitions: Option<u32>) -> Result<Topic, BusError> {
         self.create_topic(name, partitions, None)
     }
@@ -491,6 +519,17 @@ pub enum MetaError {
         /// The count in the file.
         partitions: u32,
     },
+    /// No `meta` file, while the topic directory holds partition directories: the file
+    /// was removed, and with it the partition count that routes keys and the schema.
+    #[error(
+        "topic meta is missing, yet the topic directory holds {partitions} partition director{} (the file \
+         kept the partition count that routes keys, so the topic is not made again with a default count)",
+        if *partitions == 1 { "y" } else { "ies" }
+    )]
+    Missing {
+        /// Partition directories found (`0`, `1`, ...).
+        partitions: u32,
+    },
     /// A typed topic's schema that cannot be (a name that is not UTF-8, an alignment that
     /// is not a power of two, reserved bytes that are not zero).
     #[error("topic meta has a bad schema: {why}")]
@@ -567,16 +606,42 @@ pub fn decode_meta(bytes: &[u8]) -> Result<TopicMeta, MetaError> {
 }
 
 /// The topic's `meta` file, `None` when there is none yet.
+///
+/// A topic directory without `meta` but with partition directories is an error
+/// ([`MetaError::Missing`]): `meta` is written (and its directory synced) before any
+/// partition directory is made, so such a topic lost its `meta`, and making a new one with
+/// another partition count would route keys elsewhere.
 fn read_meta(dir: &Dir) -> Result<Option<TopicMeta>, BusError> {
     let path = dir.join("meta");
     let file = match dir.open_file("meta", Open::Read) {
         Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let partitions = partition_dirs(dir)?;
+            if partitions > 0 {
+                return Err(BusError::BadMeta { path, why: MetaError::Missing { partitions } });
+            }
+            return Ok(None);
+        }
         Err(e) => return Err(BusError::io(&path, "open", e)),
     };
     let mut bytes = Vec::with_capacity(META_BYTES_MAX);
     file.take(META_BYTES_MAX as u64 + 1).read_to_end(&mut bytes).map_err(|e| BusError::io(&path, "read", e))?;
     decode_meta(&bytes).map(Some).map_err(|why| BusError::BadMeta { path, why })
+}
+
+/// How many partition directories (named by a number) the topic directory holds.
+fn partition_dirs(dir: &Dir) -> Result<u32, BusError> {
+    let entries = std::fs::read_dir(dir.path()).map_err(|e| BusError::io(dir.path(), "list", e))?;
+    let mut count = 0u32;
+    for entry in entries {
+        let entry = entry.map_err(|e| BusError::io(dir.path(), "list", e))?;
+        let name = entry.file_name();
+        let is_partition = !name.is_empty() && name.as_encoded_bytes().iter().all(u8::is_ascii_digit);
+        if is_partition && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            count = count.saturating_add(1);
+        }
+    }
+    Ok(count)
 }
 
 /// Writes the topic's `meta` file: a new temporary file, synced, renamed into place unless
@@ -598,6 +663,43 @@ fn write_meta(dir: &Dir, partitions: u32, schema: Option<&TopicSchema>) -> Resul
     let _ = dir.unlink(&temp);
     renamed?;
     dir.sync().map_err(|e| BusError::io(dir.path(), "fsync", e))
+}
+
+/// Refuses `dir` as a bus when it holds a log: a `HEAD` entry or a segment file
+/// (`<20 digits>.seg`), the files every log directory has. A bus root holds neither (its
+/// partitions' logs live under `topics/`), so making `topics/` and `groups/` there would only
+/// turn a log into a directory every log command refuses. A directory that does not exist
+/// yet holds no log.
+fn refuse_log_dir(dir: &Path) -> Result<(), BusError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        // Missing, or a file: Bus::open creates it or says what it is.
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
+            return Ok(());
+        }
+        Err(e) => return Err(BusError::io(dir, "list", e)),
+    };
+    let mut found = None;
+    let mut bus_too = false;
+    for entry in entries {
+        let entry = entry.map_err(|e| BusError::io(dir, "list", e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name == "topics" {
+            bus_too = true;
+        } else if found.is_none() && (name == "HEAD" || is_segment_name(name)) {
+            found = Some(name.to_string());
+        }
+    }
+    match found {
+        Some(found) => Err(BusError::LogDirectory { path: dir.to_path_buf(), found, bus_too }),
+        None => Ok(()),
+    }
+}
+
+/// Whether `name` is a log segment's file name: 20 digits and `.seg`.
+fn is_segment_name(name: &str) -> bool {
+    name.strip_suffix(".seg").is_some_and(|digits| digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Opens the bus directory itself (named by the user, so followed if it is a symlink).

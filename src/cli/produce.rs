@@ -74,7 +74,7 @@ fn syncs_at_end(durability: Durability, ack: bool) -> bool {
 }
 
 /// `shoal produce <BUS> --topic <T>`: creates the topic if needed, then routes each line by
-/// key hash (`--keyed`) or round-robin.
+/// key hash (`--keyed`) or round-robin. A typed topic (one with a schema) is refused.
 pub(super) fn run_topic(
     dir: &Path,
     topic: &str,
@@ -88,6 +88,17 @@ pub(super) fn run_topic(
     let opts = log_args.log_options(LogOptions::default().durability(durability))?;
     let bus = Bus::open(dir)?;
     let topic = bus.topic_or_create(topic, partitions)?;
+    // Text lines are never records of a typed topic's schema (a line of its exact size
+    // would read as one without complaint): refused before any partition is opened.
+    if let Some(schema) = topic.schema() {
+        return Err(Error::new(format!(
+            "{}: topic {} holds records of schema {schema}; `shoal produce` writes text lines, which are not \
+             records of that type: write to it from a program with Topic::producer_typed, or produce the lines \
+             to another topic",
+            dir.join("topics").join(topic.name()).display(),
+            topic.name()
+        )));
+    }
     let mut sink = TopicLines::new(topic.producer(opts)?, dir.join("topics").join(topic.name()), keyed);
     let watches = sink.producer.durable_watches();
     let acked: Vec<u64> = watches.iter().map(|w| w.durable_offset().0).collect();

@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use crate::bus::BusError;
-use crate::log::slots::SlotError;
 use crate::log::LogError;
 
 use super::format::FormatError;
@@ -112,7 +111,7 @@ impl GroupError {
         GroupError::Io { path: path.into(), op, source }
     }
 
-    pub(crate) fn bad_offsets(path: impl Into<PathBuf>, why: SlotError) -> GroupError {
-        GroupError::BadGroupFile { path: path.into(), why: FormatError::Slots(why) }
+    pub(crate) fn bad_offsets(path: impl Into<PathBuf>, why: FormatError) -> GroupError {
+        GroupError::BadGroupFile { path: path.into(), why }
     }
 }

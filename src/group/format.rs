@@ -1,6 +1,6 @@
 //! On-disk formats of a consumer group (all little-endian, CRC32C-checked), and
 //! their decoders. Every decoder takes untrusted bytes and returns a typed reason
-//! ([`FormatError`], or [`SlotError`] for the offsets file) instead of panicking (fuzzed by `fuzz/fuzz_targets/group_offsets.rs` and `group_membership.rs`).
+//! ([`FormatError`], or [`SlotError`] for one offsets slot) instead of panicking (fuzzed by `fuzz/fuzz_targets/group_offsets.rs` and `group_membership.rs`).
 //!
 //! ```text
 //! offsets/<p>   128 bytes: two 40-byte slots, at 0 and at 64, written alternately
@@ -14,7 +14,9 @@
 //! A slot of 40 zero bytes is empty. The committed offset is the valid slot with the
 //! highest generation; a torn write damages only the slot being written, so the other one
 //! (the previous commit) still stands. This is the two-slot codec of [`crate::log::slots`]
-//! with one word.
+//! with one word. The file is empty (0 bytes) until the first commit, which writes all
+//! 128 bytes (its slot and zeros) in one write: a 128-byte file with no slot written is
+//! damage, not "never committed".
 //!
 //! members/<id>.lease   magic b"SHOALMBR", version u32 1, id_len u16, label_len u16,
 //!                      id, label, crc32c u32 of everything before it
@@ -97,7 +99,8 @@ pub struct LeaseInfo {
 
 /// Why bytes are not a valid member lease or partition owner file, or not a member id.
 /// `what` names the file ("member lease", "partition owner"). A damaged offsets file is a
-/// [`SlotError`] (its two-slot format is [`crate::log::slots`]).
+/// [`SlotError`] (its two-slot format is [`crate::log::slots`]) or, with no slot written,
+/// [`FormatError::NoCommit`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum FormatError {
@@ -174,6 +177,18 @@ pub enum FormatError {
     /// A damaged committed-offsets file.
     #[error(transparent)]
     Slots(#[from] SlotError),
+    /// A committed-offsets file of full length with neither slot written (both all zero).
+    /// shoal never leaves one: the first commit gives the file its length and its slot in
+    /// one write. So this is damage (a crash after which the file system kept the file's
+    /// length but not its bytes, or bytes zeroed since), and the commits it held are lost;
+    /// read as "never committed", it would restart the partition or skip records.
+    #[error("{what} file is {len} bytes with no commit in either slot: its bytes were zeroed or lost")]
+    NoCommit {
+        /// The file.
+        what: &'static str,
+        /// Bytes of the file.
+        len: usize,
+    },
 }
 
 /// The committed-offsets file: one word, the next offset the group reads.
@@ -196,13 +211,23 @@ pub fn decode_offsets_slot(b: &[u8]) -> Result<Option<CommittedSlot>, SlotError>
 }
 
 /// Decodes a whole offsets file: the newest valid slot, `Ok(None)` when nothing was ever
-/// committed (an empty file, or two empty slots).
+/// committed (an empty file).
+///
+/// An empty file is the one legitimate state without a commit: a member creates the file
+/// empty when it first takes the partition (it is the partition lock, and its inode is what
+/// fencing follows, so it exists before anything is committed), and the first commit writes
+/// its full length and first slot at once. A full-length file with two empty slots is
+/// therefore damage ([`FormatError::NoCommit`]), never "nothing committed".
 ///
 /// # Errors
 /// Why the file is not valid: a wrong length, no valid slot while some slot holds bytes,
-/// or two slots with the same generation.
-pub fn decode_offsets(bytes: &[u8]) -> Result<Option<CommittedSlot>, SlotError> {
-    Ok(OFFSETS_FORMAT.decode_file(bytes)?.map(|(generation, w)| CommittedSlot { generation, offset: w[0] }))
+/// two slots with the same generation, or no slot written at all.
+pub fn decode_offsets(bytes: &[u8]) -> Result<Option<CommittedSlot>, FormatError> {
+    match OFFSETS_FORMAT.decode_file(bytes)? {
+        Some((generation, w)) => Ok(Some(CommittedSlot { generation, offset: w[0] })),
+        None if bytes.is_empty() => Ok(None),
+        None => Err(FormatError::NoCommit { what: OFFSETS_FORMAT.what, len: bytes.len() }),
+    }
 }
 
 /// Checks a member id: 1 to [`ID_BYTES_MAX`] bytes of `[0-9-]`.
@@ -385,7 +410,15 @@ mod tests {
     #[test]
     fn offsets_take_the_newest_valid_slot() {
         assert_eq!(decode_offsets(&[]), Ok(None));
-        assert_eq!(decode_offsets(&file([None, None])), Ok(None));
+        // Full length with no slot written: damage, not "never committed".
+        assert_eq!(
+            decode_offsets(&file([None, None])),
+            Err(FormatError::NoCommit { what: "committed-offsets", len: OFFSETS_FILE_BYTES })
+        );
+        assert_eq!(
+            decode_offsets(&file([None, None])).unwrap_err().to_string(),
+            "committed-offsets file is 128 bytes with no commit in either slot: its bytes were zeroed or lost"
+        );
         let f = file([Some((2, 20)), Some((3, 30))]);
         assert_eq!(decode_offsets(&f), Ok(Some(CommittedSlot { generation: 3, offset: 30 })));
         // A torn newest slot: the previous commit stands.
@@ -478,7 +511,7 @@ mod tests {
         assert_eq!(msg(decode_lease(&lease).unwrap_err()), "member lease file is 25 bytes, its lengths say 24");
         assert_eq!(decode_offsets(&[1; 5]).unwrap_err().to_string(), "committed-offsets file is 5 bytes, expected 128");
         assert_eq!(
-            msg(FormatError::from(decode_offsets(&[1; 5]).unwrap_err())),
+            msg(decode_offsets(&[1; 5]).unwrap_err()),
             msg(FormatError::Slots(SlotError::FileLength { what: "committed-offsets", len: 5, need: 128 }))
         );
     }

@@ -773,6 +773,10 @@ pub struct Member {
     joined: bool,
     stats: MemberStats,
     listener: Option<Listener>,
+    /// An error a poll met after it had read records of this poll: the poll returned
+    /// those, and the next poll returns this before it reads anything (the reader stays at
+    /// the damage, so a poll after that meets it again).
+    deferred: Option<GroupError>,
 }
 
 static ID_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -1013,6 +1017,7 @@ impl Member {
             joined: false,
             stats: MemberStats::default(),
             listener,
+            deferred: None,
         };
         member.maintain()?;
         member.joined = true;
@@ -1061,7 +1066,11 @@ impl Member {
     ///
     /// # Errors
     /// Log errors of a partition (corruption, [`LogError::OffsetGone`]), a damaged offsets
-    /// file ([`GroupError::BadGroupFile`]), I/O errors on the group's files.
+    /// file ([`GroupError::BadGroupFile`]), I/O errors on the group's files. A read error
+    /// met after this poll has read records ends the poll with those records (`Ok`), and the
+    /// next poll returns the error: every intact record before damage in a partition is
+    /// delivered (and can be committed) before the member stops with the error naming the
+    /// segment file and byte, as a [`Reader`] does.
     pub fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Delivery>, GroupError> {
         let mut out = Vec::new();
         self.poll_into(&mut out, max, timeout)?;
@@ -1093,8 +1102,8 @@ impl Member {
     /// ```
     ///
     /// # Errors
-    /// As [`Member::poll`]; `out` then holds the records read before the error (all of them
-    /// count as returned).
+    /// As [`Member::poll`] (records read before an error are returned first; `out` is empty
+    /// when an error is returned).
     pub fn poll_into(&mut self, out: &mut Vec<Delivery>, max: usize, timeout: Duration) -> Result<usize, GroupError> {
         out.clear();
         self.poll_loop(max, timeout, |member, max| {
@@ -1168,6 +1177,9 @@ impl Member {
         timeout: Duration,
         mut read: impl FnMut(&mut Member, usize) -> Result<usize, GroupError>,
     ) -> Result<usize, GroupError> {
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
         let start = Instant::now();
         let deadline = start + timeout;
         // Bounded by the deadline: every pass sleeps (or returns) when nothing is read.
@@ -1757,9 +1769,10 @@ impl Member {
         }
         let quota = (max / n).max(1);
         let mut total = 0;
+        let mut failed = None;
         // Passes over the partitions, `quota` records from each per pass: bounded because
         // each pass that does not add a record ends the loop.
-        loop {
+        'passes: loop {
             let before = total;
             for i in 0..n {
                 if total >= max {
@@ -1770,13 +1783,17 @@ impl Member {
                 let mut taken = 0;
                 // Bounded: every step takes a record, skips one (the reader moves on), or ends.
                 while taken < quota && total < max {
-                    match take(p, &mut owned.reader, &mut owned.delivered)? {
-                        Step::Taken => {
+                    match take(p, &mut owned.reader, &mut owned.delivered) {
+                        Ok(Step::Taken) => {
                             taken += 1;
                             total += 1;
                         }
-                        Step::Skipped => {}
-                        Step::End => break,
+                        Ok(Step::Skipped) => {}
+                        Ok(Step::End) => break,
+                        Err(e) => {
+                            failed = Some(e);
+                            break 'passes;
+                        }
                     }
                 }
             }
@@ -1786,7 +1803,17 @@ impl Member {
         }
         self.cursor = (self.cursor + 1) % n;
         self.stats.delivered += total as u64;
-        Ok(total)
+        // The records before the error (every intact record before damage, as a reader
+        // returns them) go out first, so they can be processed and committed; the error
+        // comes with the next poll.
+        match failed {
+            Some(e) if total == 0 => Err(e.into()),
+            Some(e) => {
+                self.deferred = Some(e.into());
+                Ok(total)
+            }
+            None => Ok(total),
+        }
     }
 
     /// Waits (by [`GroupOptions::tail_wait`], `spent` of its spin budget already used) until a
@@ -1909,8 +1936,11 @@ fn stop_point(step: &str) {
     }
 }
 
-/// Writes the committed-offsets slot of `generation` (at `generation % 2`), first giving a
-/// new file its full length (unless the caller knows it has it: `sized`).
+/// Writes the committed-offsets slot of `generation` (at `generation % 2`). A file that
+/// does not have its full length yet (unless the caller knows it has it: `sized`) is an
+/// empty one (nothing committed; a shorter one fails to decode before any commit), and gets
+/// its length and its slot in one write: a crash never leaves a full-length file without a
+/// slot, so [`decode_offsets`] can refuse one as damage.
 fn write_offsets_slot(
     file: &File,
     path: &Path,
@@ -1921,13 +1951,16 @@ fn write_offsets_slot(
 ) -> Result<(), GroupError> {
     let slot = format::encode_offsets_slot(generation, offset);
     let at = (generation % 2) * format::OFFSETS_SLOT_STRIDE as u64;
-    if !sized {
-        let len = file.metadata().map_err(|e| GroupError::io(path, "stat", e))?.len();
-        if len < format::OFFSETS_FILE_BYTES as u64 {
-            file.set_len(format::OFFSETS_FILE_BYTES as u64).map_err(|e| GroupError::io(path, "extend", e))?;
-        }
-    }
-    file.write_all_at(&slot, at).map_err(|e| GroupError::io(path, "write", e))?;
+    let written = if !sized
+        && file.metadata().map_err(|e| GroupError::io(path, "stat", e))?.len() < format::OFFSETS_FILE_BYTES as u64
+    {
+        let mut whole = [0u8; format::OFFSETS_FILE_BYTES];
+        whole[at as usize..at as usize + slot.len()].copy_from_slice(&slot);
+        file.write_all_at(&whole, 0)
+    } else {
+        file.write_all_at(&slot, at)
+    };
+    written.map_err(|e| GroupError::io(path, "write", e))?;
     if sync {
         file.sync_data().map_err(|e| GroupError::io(path, "fdatasync", e))?;
     }
