@@ -605,6 +605,56 @@ fn repair_never_removes_a_segment_it_cannot_read() {
     }
 }
 
+/// An appender never appends after a sealed segment whose records are missing: a deleted
+/// middle segment, or one truncated inside its records, makes the open fail naming the file
+/// (it used to append and acknowledge records that `verify --repair` would then drop). A
+/// sealed segment cut only after its last record loses nothing and opens.
+#[test]
+fn an_appender_refuses_a_missing_or_truncated_sealed_segment() {
+    let make = || {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let payloads = write_log(dir.path(), IoBackend::Syscalls, 3000);
+        let segs = segment_files(dir.path());
+        assert!(segs.len() >= 4, "several segments: {segs:?}");
+        (dir, payloads, segs)
+    };
+    // Deleted.
+    let (dir, _, segs) = make();
+    std::fs::remove_file(&segs[1]).expect("remove");
+    match open_log(dir.path(), small_opts(IoBackend::Syscalls)) {
+        Err(e @ LogError::Inconsistent { .. }) => {
+            let LogError::Inconsistent { path, .. } = &e else { unreachable!() };
+            assert_eq!(path, &segs[2], "{e}");
+            assert!(e.to_string().contains("missing"), "{e}");
+        }
+        other => panic!("a deleted middle segment: {:?}", other.map(|_| "opened")),
+    }
+    // Cut inside its records.
+    let (dir, _, segs) = make();
+    let file = OpenOptions::new().write(true).open(&segs[1]).expect("open");
+    file.set_len(32 << 10).expect("truncate");
+    match open_log(dir.path(), small_opts(IoBackend::Syscalls)) {
+        Err(e @ LogError::Inconsistent { .. }) => {
+            let LogError::Inconsistent { path, .. } = &e else { unreachable!() };
+            assert_eq!(path, &segs[1], "{e}");
+        }
+        other => panic!("a sealed segment cut inside its records: {:?}", other.map(|_| "opened")),
+    }
+    // Cut after its last record: nothing lost.
+    let (dir, payloads, segs) = make();
+    let (at, len) = *record_positions(&std::fs::read(&segs[1]).expect("read")).last().expect("records");
+    let end = (at + format::record_stride(len)) as u64;
+    OpenOptions::new().write(true).open(&segs[1]).expect("open").set_len(end).expect("truncate");
+    let mut log = open_log(dir.path(), small_opts(IoBackend::Syscalls)).expect("a seal-only loss opens");
+    assert_eq!(log.next_offset(), Offset(3000));
+    log.append(b"after").expect("append");
+    drop(log);
+    let (read, err) = read_until_error(dir.path());
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(read.len(), 3001);
+    assert_eq!(read[..3000], payloads[..]);
+}
+
 /// An exclusive appender is the only one within a process: a second (exclusive or shared)
 /// is refused, and a shared one keeps an exclusive one out.
 #[test]

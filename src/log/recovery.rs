@@ -122,6 +122,7 @@ pub(crate) fn recover(
     }
     let headers = read_headers(&segments)?;
     let in_use = check_sequence(&segments, &headers)?;
+    check_sealed(&segments[..in_use], &headers[..in_use])?;
     let mut report = RecoveryReport { segments: in_use as u64, ..RecoveryReport::default() };
     let tail = if in_use > 0 {
         let (tail, scan, cut) = recover_tail(lock, &segments[..in_use], opts, head.durable_checked(), io)?;
@@ -198,6 +199,48 @@ fn check_sequence(segments: &[(SegmentId, PathBuf)], headers: &[SegmentHeader]) 
         }
     }
     Ok(in_use)
+}
+
+/// Checks what can be checked of the sealed segments (every one in use but the last) without
+/// reading their records, so an appender never appends after a segment whose records are
+/// missing: their ids follow each other (a deleted segment leaves a gap: retention only
+/// removes the oldest), and a file shorter than its header says (truncated) is scanned, to
+/// see its records still reach the next segment's base offset (only the bytes after its
+/// last record were lost). A flipped bit inside a sealed segment's records is found by
+/// readers and `verify`, which check every record; checking them here would read the whole
+/// log at every open.
+fn check_sealed(in_use: &[(SegmentId, PathBuf)], headers: &[SegmentHeader]) -> Result<(), LogError> {
+    for (i, pair) in in_use.windows(2).enumerate() {
+        let ((id, path), (next_id, next_path)) = (&pair[0], &pair[1]);
+        if id.0.checked_add(1) != Some(next_id.0) {
+            return Err(LogError::Inconsistent {
+                path: next_path.clone(),
+                why: format!(
+                    "the segment before it is missing: segment {} ends the run before it, so the records from offset {} to {} are gone",
+                    id.0,
+                    headers[i].base_offset,
+                    headers[i + 1].base_offset.saturating_sub(1)
+                ),
+            });
+        }
+        let len = std::fs::metadata(path).map_err(|e| LogError::io(path, "stat", e))?.len();
+        if len >= headers[i].segment_bytes {
+            continue;
+        }
+        let seg = Segment::open(path, *id, false)?;
+        let scan = scan_segment(&seg.region(), &seg.header, format::PAYLOAD_BYTES_FORMAT_MAX, |_, _| {});
+        let next_base = headers[i + 1].base_offset;
+        if scan.next_offset != next_base {
+            return Err(LogError::Inconsistent {
+                path: path.clone(),
+                why: format!(
+                    "the file is {len} bytes of {}, and its records end at offset {} (byte {}) while the next segment starts at offset {next_base}",
+                    headers[i].segment_bytes, scan.next_offset, scan.position
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Recovers the last of the segments in use (`in_use` is not empty); its predecessor's seal
