@@ -405,3 +405,17 @@ fn symlinks_planted_in_a_bus_are_refused() {
     assert!(err.contains("symbolic link"), "{err}");
     assert!(names(&elsewhere).is_empty(), "written through a symlinked partition directory");
 }
+
+/// A log directory given as a symbolic link to a directory that does not exist: the error
+/// names the link and its target (it used to be "create directory failed: File exists").
+#[test]
+fn a_dangling_symlink_as_the_log_directory_is_named_as_such() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let link = temp.path().join("log");
+    let target = temp.path().join("nowhere");
+    std::os::unix::fs::symlink(&target, &link).expect("symlink");
+    let err = shoal::log::Appender::open(&link, shoal::log::LogOptions::default()).expect_err("a dangling link");
+    let message = err.to_string();
+    assert!(message.contains("symbolic link") && message.contains(&target.display().to_string()), "{message}");
+    assert!(!target.exists(), "nothing was created through the link");
+}

@@ -203,6 +203,17 @@ pub fn create_log_dir(path: &Path) -> Result<Dir, LogError> {
         if path.exists() && !path.is_dir() {
             return Err(not_a_directory(path));
         }
+        if let Ok(target) = std::fs::read_link(path) {
+            // A dangling link: `create_dir_all` says only "File exists".
+            return Err(LogError::io(
+                path,
+                "open log directory",
+                std::io::Error::other(format!(
+                    "it is a symbolic link to {}, which does not exist; create that directory, or remove the link",
+                    target.display()
+                )),
+            ));
+        }
         return Err(LogError::io(path, "create directory", e));
     }
     open_log_dir(path)
