@@ -455,8 +455,9 @@ fn truncated_segment_files() {
             Err(LogError::NotASegment { path, .. }) => assert_eq!(path, tail),
             other => panic!("{backend:?}: open over a 10-byte segment gave {other:?}"),
         }
-        match Reader::open(scratch.path()) {
-            Err(LogError::NotASegment { path, .. }) => assert_eq!(path, tail),
+        // A reader reads the segments before it, then stops there.
+        match read_until_error(scratch.path()).1 {
+            Some(LogError::NotASegment { path, .. }) => assert_eq!(path, tail),
             other => panic!("{backend:?}: reader over a 10-byte segment gave {other:?}"),
         }
         assert!(verify(scratch.path()).expect("verify").problems.iter().any(|p| p.path == tail));
@@ -513,8 +514,9 @@ fn expect_not_a_segment(dir: &Path, file: &Path, backend: IoBackend, reader_sees
         other => panic!("{backend:?}: opening a log with {} gave {other:?}", file.display()),
     }
     if reader_sees_it {
-        match Reader::open(dir) {
-            Err(LogError::NotASegment { path, .. }) => assert_eq!(path, file),
+        // At open when it is the first segment, else once the reader gets to it.
+        match read_until_error(dir).1 {
+            Some(LogError::NotASegment { path, .. }) => assert_eq!(path, file),
             other => panic!("reader over {} gave {other:?}", file.display()),
         }
     }
@@ -653,6 +655,31 @@ fn an_appender_refuses_a_missing_or_truncated_sealed_segment() {
     assert!(err.is_none(), "{err:?}");
     assert_eq!(read.len(), 3001);
     assert_eq!(read[..3000], payloads[..]);
+}
+
+/// A sealed segment whose header is damaged does not hide the segments before it: a reader
+/// reads every record before it, then stops with the error naming it (it used to fail at
+/// open, reading nothing; `cat` printed 0 records).
+#[test]
+fn a_damaged_segment_header_stops_a_reader_there_not_at_open() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let payloads = write_log(dir.path(), IoBackend::Syscalls, 3000);
+    let segs = segment_files(dir.path());
+    assert!(segs.len() >= 4, "several segments: {segs:?}");
+    let target = segs[2].clone();
+    let expected = header_of(&target).base_offset as usize;
+    let file = OpenOptions::new().read(true).write(true).open(&target).expect("open");
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, 40).expect("read");
+    file.write_all_at(&[byte[0] ^ 0x01], 40).expect("damage the header");
+    drop(file);
+    let (read, err) = read_until_error(dir.path());
+    assert_eq!(read.len(), expected, "{err:?}");
+    assert_eq!(read[..], payloads[..expected]);
+    match err {
+        Some(LogError::NotASegment { path, .. }) => assert_eq!(path, target),
+        other => panic!("{other:?}"),
+    }
 }
 
 /// An exclusive appender is the only one within a process: a second (exclusive or shared)

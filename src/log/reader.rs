@@ -209,6 +209,27 @@ pub struct Reader {
     /// The slot (segment, position) where a stopped log was last found to end cleanly, so
     /// that a follower polling it does not look past it again.
     checked_end: Option<(SegmentId, usize)>,
+    /// A segment after the known ones whose header cannot be read (damaged, foreign, a newer
+    /// format): reported when the reader gets to it, so the records before it stay readable.
+    unreadable: Option<(SegmentId, PathBuf)>,
+}
+
+/// The header of segment `id` at `path`, checked against its name; `None` when the file is
+/// gone (removed by retention after the listing).
+fn segment_header(path: &Path, id: SegmentId) -> Result<Option<format::SegmentHeader>, LogError> {
+    let mut file = match super::segment::open_log_file(path, crate::sys::fs::Open::Read) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(LogError::io(path, "open", e)),
+    };
+    let header = super::segment::read_header_from_file(path, &mut file)?;
+    if header.seq != id.0 {
+        return Err(LogError::NotASegment {
+            path: path.to_path_buf(),
+            why: format!("its header says segment {}, its name says {}", header.seq, id.0),
+        });
+    }
+    Ok(Some(header))
 }
 
 /// What the slot where a reader stopped turned out to be.
@@ -243,6 +264,7 @@ impl Reader {
             next_offset: 0,
             head: None,
             checked_end: None,
+            unreadable: None,
         };
         reader.refresh()?;
         if let Some(&(id, base)) = reader.known.first() {
@@ -271,24 +293,25 @@ impl Reader {
     fn refresh(&mut self) -> Result<(), LogError> {
         let (segments, _) = list_segments(&self.dir)?;
         let mut known = Vec::with_capacity(segments.len());
+        self.unreadable = None;
         for (id, path) in segments {
             if let Some(&(kid, base)) = self.known.iter().find(|k| k.0 == id) {
                 known.push((kid, base));
                 continue;
             }
-            let mut file = match super::segment::open_log_file(&path, crate::sys::fs::Open::Read) {
-                Ok(f) => f,
+            let header = match segment_header(&path, id) {
+                Ok(Some(header)) => header,
                 // Removed by retention between listing and opening.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(LogError::io(&path, "open", e)),
+                Ok(None) => continue,
+                Err(e @ LogError::Io { .. }) => return Err(e),
+                // The segments before it stay readable: the reader reports this one when it
+                // gets there (`Reader::unreadable_next`).
+                Err(_) if !known.is_empty() => {
+                    self.unreadable = Some((id, path));
+                    break;
+                }
+                Err(e) => return Err(e),
             };
-            let header = super::segment::read_header_from_file(&path, &mut file)?;
-            if header.seq != id.0 {
-                return Err(LogError::NotASegment {
-                    path,
-                    why: format!("its header says segment {}, its name says {}", header.seq, id.0),
-                });
-            }
             if header.base_offset == BASE_OFFSET_UNSET {
                 break; // prepared, not in use yet; so is everything after it
             }
@@ -296,6 +319,18 @@ impl Reader {
         }
         self.known = known;
         Ok(())
+    }
+
+    /// The error of an unreadable segment right after segment `id`, when the reader has read
+    /// all it can before it.
+    fn unreadable_next(&self, id: SegmentId) -> Option<LogError> {
+        let (next, path) = self.unreadable.as_ref()?;
+        if *next <= id || self.known.iter().any(|k| k.0 > id) {
+            return None;
+        }
+        // Read again for the error itself (it is not `Clone`); readable now means it was
+        // being written, and the next refresh takes it.
+        segment_header(path, *next).err()
     }
 
     fn enter(&mut self, id: SegmentId, base: u64) -> Result<(), LogError> {
@@ -547,7 +582,7 @@ impl Reader {
         }
         let marker = commit == Some(format::END_OF_SEGMENT) || (commit.is_none() && !short);
         let later_known = self.known.iter().any(|k| k.0 > seg.id);
-        if !(marker || short || later_known || stopped || n < durable) {
+        if !(marker || short || later_known || stopped || n < durable || self.unreadable.is_some()) {
             return Ok(Stop::Tail);
         }
         if stopped
@@ -564,6 +599,9 @@ impl Reader {
         // since it was read: the slot is then no end at all.
         if region.load_commit(position) != commit {
             return Ok(Stop::Retry);
+        }
+        if let Some(e) = self.unreadable_next(seg.id) {
+            return Err(e);
         }
         let what = match commit {
             Some(0) => "empty slot (commit word 0)",
