@@ -7,7 +7,8 @@
 //! - **wait strategies** ([`WaitStrategy`]) for both "full" (the producer waits) and "empty"
 //!   (the consumer waits): spin, spin-then-yield, or park, where the waiting thread sleeps
 //!   in its [`Waiter`] and the other side wakes it (see [`wait`] for the protocol; the hot
-//!   side pays a compiler fence and one relaxed load);
+//!   side pays a compiler fence and one relaxed load). Endpoints are `Send`: one may move to
+//!   another thread between waits, and the waiter follows the thread that waits now;
 //! - **batches in place**: [`Producer::reserve`] and [`Consumer::read`] hand out the ring's
 //!   own slots (rtrb chunks), so a batch is written and read without a copy; a
 //!   [`Reservation`] is filled safely with [`Reservation::push`] and published with
@@ -1100,6 +1101,115 @@ mod tests {
             drop(tx);
             assert_eq!(consumer.join().unwrap(), n);
         }
+    }
+
+    /// Waits until `waiter`'s flag is up (its thread is about to sleep or sleeps) or
+    /// `thread` ended (a failed wait).
+    fn until_flag_up<R>(waiter: &Waiter, thread: &std::thread::JoinHandle<R>) {
+        while !waiter.flag_up() && !thread.is_finished() {
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn a_consumer_moved_between_parked_waits_is_woken_on_its_new_thread() {
+        let (mut tx, mut rx) = channel::<u64>(4, WaitStrategy::Park);
+        let waiter = rx.me.clone();
+        let rounds = if cfg!(miri) { 4 } else { 200 };
+        for round in 0..rounds {
+            // Each wait runs on a fresh thread and sleeps (its flag up) before the push.
+            let waiting = std::thread::spawn(move || {
+                let got = rx.pop_wait();
+                (got, rx, std::thread::current().id())
+            });
+            until_flag_up(&waiter, &waiting);
+            tx.push(round).unwrap();
+            let (got, back, id) = waiting.join().expect("a wait on a new thread");
+            assert_eq!(got, Ok(round));
+            assert_eq!(waiter.sleeper_thread(), Some(id), "round {round}: the waiter follows the thread");
+            rx = back;
+        }
+    }
+
+    #[test]
+    fn a_producer_moved_between_parked_waits_is_woken_on_its_new_thread() {
+        let (mut tx, mut rx) = channel::<u64>(1, WaitStrategy::Park);
+        let waiter = tx.me.clone();
+        tx.push(0).unwrap();
+        let rounds = if cfg!(miri) { 4 } else { 200 };
+        for round in 1..=rounds {
+            // The ring is full: each push waits on a fresh thread until the pop below.
+            let waiting = std::thread::spawn(move || {
+                let pushed = tx.push_wait(round);
+                (pushed, tx, std::thread::current().id())
+            });
+            until_flag_up(&waiter, &waiting);
+            assert_eq!(rx.pop(), Ok(round - 1));
+            let (pushed, back, id) = waiting.join().expect("a wait on a new thread");
+            assert_eq!(pushed, Ok(()));
+            assert_eq!(waiter.sleeper_thread(), Some(id), "round {round}: the waiter follows the thread");
+            tx = back;
+        }
+    }
+
+    #[test]
+    fn both_ends_moved_to_new_threads_every_round_lose_nothing() {
+        let (mut tx, mut rx) = channel::<u64>(2, WaitStrategy::Park);
+        let (rounds, per_round) = if cfg!(miri) { (3, 6) } else { (100, 200) };
+        for round in 0..rounds {
+            let first = round * per_round;
+            // Neither side waits for the other to sleep: a waker may be about to unpark the
+            // thread that waited in the previous round while the new one goes to sleep.
+            let consumer = std::thread::spawn(move || {
+                for expect in first..first + per_round {
+                    assert_eq!(rx.pop_wait(), Ok(expect));
+                }
+                rx
+            });
+            let producer = std::thread::spawn(move || {
+                for v in first..first + per_round {
+                    tx.push_wait(v).unwrap();
+                }
+                tx
+            });
+            rx = consumer.join().expect("consumer");
+            tx = producer.join().expect("producer");
+        }
+        assert_eq!(rx.pop(), Err(PopError::Empty));
+    }
+
+    #[test]
+    fn two_threads_sleeping_on_one_waiter_at_once_is_refused() {
+        let waiter = Arc::new(Waiter::new());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sleeping = {
+            let (waiter, stop) = (waiter.clone(), stop.clone());
+            std::thread::spawn(move || {
+                waiter.wait_until(WaitStrategy::Park, || false, || stop.load(std::sync::atomic::Ordering::SeqCst))
+            })
+        };
+        until_flag_up(&waiter, &sleeping);
+        let second = {
+            let waiter = waiter.clone();
+            std::thread::spawn(move || waiter.wait_until(WaitStrategy::Park, || false, || false))
+        };
+        let panic = second.join().expect_err("a second thread sleeping on the waiter");
+        let message = panic.downcast_ref::<String>().map_or("", String::as_str);
+        assert!(message.contains("two threads wait on one Waiter at once"), "{message}");
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        waiter.wake_unconditionally();
+        assert!(!sleeping.join().expect("the first sleeper"));
+        // The refused wait left no trace: the first thread's turn ended, another may sleep.
+        assert!(waiter.wait_until(WaitStrategy::Park, || true, || false));
+        let mut calls = 0;
+        assert!(waiter.wait_until(
+            WaitStrategy::Park,
+            || {
+                calls += 1;
+                calls > 30
+            },
+            || false
+        ));
     }
 
     #[test]
