@@ -77,7 +77,8 @@
 //! itself. A panicking handler (or factory or source) is caught, recorded, and aborts the
 //! whole pipeline: every blocked push and every wait observes the abort flag, every thread
 //! exits and is joined, and `shutdown`/`join` return [`PipelineError::Panicked`] naming the
-//! stage and worker. A source or sink that meets an error it cannot go on from (a log or
+//! stage and worker. The error that stopped a pipeline is kept: every call after it
+//! (`scale`, then `shutdown` or `join`) reports it, not only the first. A source or sink that meets an error it cannot go on from (a log or
 //! group file that cannot be read, an append or final sync that fails) aborts the pipeline
 //! the same way, with [`PipelineError::SourceFailed`] or [`PipelineError::SinkFailed`]
 //! naming it. A stage's handler is finished (for a sink: its final sync) when the stage has
@@ -161,7 +162,7 @@ use crate::ring::{channel_between, WaitStrategy, Waiter};
 use crate::sys::histogram::LatencyHistogram;
 use emit::{Input, Output, Probe, RingCounts};
 use source::SourceKind;
-use worker::{lock, Control, Pause, Rewire, Shared, WorkerParts, WorkerStats};
+use worker::{lock, Control, Failure, Pause, Rewire, Shared, WorkerParts, WorkerStats};
 
 /// What a worker calls: each batch it reads, then (once its inputs are closed and drained)
 /// `finish`. An error stops the pipeline with [`PipelineError::SinkFailed`] naming the stage.
@@ -762,8 +763,8 @@ impl<T: Send + 'static> Pipeline<T> {
                 Ok(handle)
             }
             Err(error) => {
-                let copy = std::io::Error::new(error.kind(), error.to_string());
-                self.shared.fail(PipelineError::Spawn { thread: name.clone(), error: copy });
+                let failure = Failure::Spawn { thread: name.clone(), kind: error.kind(), message: error.to_string() };
+                self.shared.fail(failure);
                 Err(PipelineError::Spawn { thread: name, error })
             }
         }
@@ -820,9 +821,9 @@ impl<T: Send + 'static> Pipeline<T> {
         out
     }
 
-    /// The error that stopped the pipeline, or `AlreadyStopped`.
+    /// The error that stopped the pipeline (kept: every call reports it), or `AlreadyStopped`.
     fn stopped_error(&self) -> PipelineError {
-        self.shared.take_failure().unwrap_or(PipelineError::AlreadyStopped)
+        self.shared.failure().unwrap_or(PipelineError::AlreadyStopped)
     }
 
     /// Resizes a running stage to `workers` workers, with no event lost or duplicated and
@@ -992,7 +993,7 @@ impl<T: Send + 'static> Pipeline<T> {
     fn finish(&mut self) -> Result<PipelineStats, PipelineError> {
         self.join_threads();
         self.finished = true;
-        if let Some(e) = self.shared.take_failure() {
+        if let Some(e) = self.shared.failure() {
             return Err(e);
         }
         let elapsed = self.started.elapsed();
