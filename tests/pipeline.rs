@@ -921,6 +921,17 @@ fn builder_and_scale_errors_say_what_to_do() {
         .err()
         .expect("duplicate");
     assert!(err.to_string().contains("used twice"), "{err}");
+    // Rings too large to allocate are refused by build, not a panic or an abort in it.
+    for slots in [shoal::pipeline::RING_CAPACITY_MAX + 1, 1 << 40, usize::MAX] {
+        let err = Pipeline::<u64>::builder()
+            .ring_capacity(slots)
+            .source("s", source())
+            .stage("a", 1, Routing::RoundRobin, noop)
+            .build()
+            .err()
+            .expect("a ring too large");
+        assert!(matches!(err, PipelineError::Config(_)) && err.to_string().contains("ring_capacity"), "{err}");
+    }
     let (tx, rx) = ring::channel::<u64>(16, WaitStrategy::Park);
     let mut p = Pipeline::<u64>::builder()
         .pin(false)

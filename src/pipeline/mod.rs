@@ -311,6 +311,10 @@ pub const SLIP_MAX: Duration = Duration::from_millis(1);
 /// Most workers a stage may have (a bound on threads and rings, `m x n` per boundary).
 pub const STAGE_WORKERS_MAX: usize = 256;
 
+/// Most slots [`PipelineBuilder::ring_capacity`] accepts (each ring allocates its slots
+/// when the pipeline is built).
+pub const RING_CAPACITY_MAX: usize = 1 << 24;
+
 impl<T: Send + 'static> PipelineBuilder<T> {
     /// How workers wait for input and for room downstream (default [`WaitStrategy::Park`]:
     /// about 0% CPU when idle).
@@ -319,7 +323,8 @@ impl<T: Send + 'static> PipelineBuilder<T> {
         self
     }
 
-    /// Slots in each ring (default 1024).
+    /// Slots in each ring (default 1024; 1 to [`RING_CAPACITY_MAX`], checked by
+    /// [`PipelineBuilder::build`]).
     pub fn ring_capacity(mut self, slots: usize) -> Self {
         self.config.ring_capacity = slots;
         self
@@ -429,6 +434,14 @@ impl<T: Send + 'static> PipelineBuilder<T> {
         let PipelineBuilder { config, source, stages } = self;
         if config.ring_capacity == 0 {
             return Err(PipelineError::Config("ring_capacity must be at least 1".into()));
+        }
+        let ring_bytes = config.ring_capacity.checked_mul(std::mem::size_of::<T>());
+        if config.ring_capacity > RING_CAPACITY_MAX || ring_bytes.is_none_or(|b| b > isize::MAX as usize) {
+            return Err(PipelineError::Config(format!(
+                "ring_capacity must be at most {RING_CAPACITY_MAX} slots (and their bytes must fit in memory), \
+                 not {}: every ring allocates its slots when the pipeline is built",
+                config.ring_capacity
+            )));
         }
         if config.slip > SLIP_MAX {
             return Err(PipelineError::Config(format!(
