@@ -558,21 +558,62 @@ fn a_panic_during_a_scale_fails_the_scale_and_shutdown() {
         })
         .build()
         .expect("build");
-    let mut result = Ok(());
     for n in [2, 1, 3, 1].into_iter().cycle().take(400) {
         if let Err(e) = pipeline.scale("explode", n) {
-            result = Err(e);
+            assert!(matches!(e, PipelineError::Panicked { .. }), "{e}");
             break;
         }
     }
-    let shutdown = pipeline.shutdown();
-    // The panic lands during a scale (which reports it) or right after the loop.
-    let err = match result {
-        Err(e) => e,
-        Ok(()) => shutdown.expect_err("the handler panicked"),
-    };
-    assert!(matches!(err, PipelineError::Panicked { .. } | PipelineError::AlreadyStopped), "{err}");
+    // The panic lands during a scale (which reports it) or right after the loop; the
+    // shutdown reports it either way.
+    let err = pipeline.shutdown().expect_err("the handler panicked");
+    assert!(matches!(err, PipelineError::Panicked { .. }), "{err}");
     assert_eq!(shoal_threads_after_join(), 0);
+}
+
+#[test]
+fn a_handler_panic_is_reported_by_every_call_after_it() {
+    let _serial = serial();
+    for end_with_join in [true, false] {
+        let mut next = 0u64;
+        let mut pipeline = Pipeline::<u64>::builder()
+            .pin(false)
+            .source(
+                "numbers",
+                Source::closure(move |out: &mut Emitter<u64>| {
+                    out.emit(next);
+                    next += 1;
+                    SourceStep::Continue
+                }),
+            )
+            .stage("boom", 2, Routing::RoundRobin, |_| {
+                |batch: &[u64], _: &mut Emitter<u64>| {
+                    if batch.contains(&5000) {
+                        panic!("handler panic at 5000");
+                    }
+                }
+            })
+            .build()
+            .expect("build");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !pipeline.is_failed() {
+            assert!(Instant::now() < deadline, "the handler never saw event 5000");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let is_the_panic = |e: &PipelineError| {
+            matches!(e, PipelineError::Panicked { stage, message, .. }
+                if stage == "boom" && message.contains("handler panic at 5000"))
+        };
+        // The first call that sees the failure reports it, and so does every call after it.
+        for _ in 0..2 {
+            let e = pipeline.scale("boom", 3).expect_err("the pipeline stopped");
+            assert!(is_the_panic(&e), "scale: {e}");
+        }
+        let end = if end_with_join { pipeline.join() } else { pipeline.shutdown() };
+        let e = end.expect_err("the pipeline stopped on a panic");
+        assert!(is_the_panic(&e), "{}: {e}", if end_with_join { "join" } else { "shutdown" });
+        assert_eq!(shoal_threads_after_join(), 0);
+    }
 }
 
 #[test]
@@ -880,6 +921,17 @@ fn builder_and_scale_errors_say_what_to_do() {
         .err()
         .expect("duplicate");
     assert!(err.to_string().contains("used twice"), "{err}");
+    // Rings too large to allocate are refused by build, not a panic or an abort in it.
+    for slots in [shoal::pipeline::RING_CAPACITY_MAX + 1, 1 << 40, usize::MAX] {
+        let err = Pipeline::<u64>::builder()
+            .ring_capacity(slots)
+            .source("s", source())
+            .stage("a", 1, Routing::RoundRobin, noop)
+            .build()
+            .err()
+            .expect("a ring too large");
+        assert!(matches!(err, PipelineError::Config(_)) && err.to_string().contains("ring_capacity"), "{err}");
+    }
     let (tx, rx) = ring::channel::<u64>(16, WaitStrategy::Park);
     let mut p = Pipeline::<u64>::builder()
         .pin(false)

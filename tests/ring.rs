@@ -10,7 +10,8 @@
 //!   a producer and a consumer that pause at random so that both sides park, over every
 //!   wait strategy, must deliver every event exactly once and in order. A lost wake-up is
 //!   only recovered by the 50 ms `PARK_TIMEOUT`, so the runs are sized to force hundreds of
-//!   parks and must finish in a small fraction of what that recovery would cost.
+//!   parks and must finish in a small fraction of what that recovery would cost. Both ends
+//!   also move to fresh threads between parked waits, many rounds over.
 //! - Fan-in and fan-out under concurrency, close semantics across threads, and the idle
 //!   check: a parked consumer (or producer) uses near zero CPU.
 
@@ -496,6 +497,62 @@ fn wait_protocol_delivers_exactly_once_in_order_for_every_strategy() {
             assert!(took < Duration::from_secs(6), "{wait:?}: {took:?} hints at lost wake-ups");
         }
     }
+}
+
+#[test]
+fn endpoints_moved_to_new_threads_between_parked_waits_deliver_everything_in_order() {
+    // `Producer` and `Consumer` are `Send`: each round both ends move to fresh threads, and
+    // their waits sleep there, while a wake-up may still be on its way to the thread of the
+    // round before.
+    let _serial = serial();
+    let mut rng = StdRng::seed_from_u64(seed());
+    let (mut tx, mut rx) = channel::<u64>(4, WaitStrategy::Park);
+    let (rounds, per_round) = if cfg!(miri) { (3, 20) } else { (200, 500u64) };
+    for round in 0..rounds {
+        let first = round * per_round;
+        let (producer_seed, consumer_seed): (u64, u64) = (rng.gen(), rng.gen());
+        let consumer = thread::spawn(move || {
+            let mut rng = StdRng::seed_from_u64(consumer_seed);
+            let mut expect = first;
+            while expect < first + per_round {
+                if rng.gen_ratio(1, 4) {
+                    assert_eq!(rx.wait_readable(|| false), Ok(true));
+                    let batch = rx.read((first + per_round - expect) as usize);
+                    let (a, b) = batch.as_slices();
+                    for &v in a.iter().chain(b) {
+                        assert_eq!(v, expect, "round {round}: out of order or duplicated");
+                        expect += 1;
+                    }
+                    batch.commit();
+                } else {
+                    assert_eq!(rx.pop_wait(), Ok(expect), "round {round}: out of order or duplicated");
+                    expect += 1;
+                }
+                pause(&mut rng, 50);
+            }
+            rx
+        });
+        let producer = thread::spawn(move || {
+            let mut rng = StdRng::seed_from_u64(producer_seed);
+            let mut next = first;
+            while next < first + per_round {
+                if rng.gen_ratio(1, 4) {
+                    let values: Vec<u64> = (next..(next + rng.gen_range(1..10)).min(first + per_round)).collect();
+                    assert_eq!(tx.push_slice_wait(&values, || false), Ok(values.len()));
+                    next += values.len() as u64;
+                } else {
+                    tx.push_wait(next).expect("the consumer comes back");
+                    next += 1;
+                }
+                pause(&mut rng, 50);
+            }
+            tx
+        });
+        rx = join_within(consumer, Duration::from_secs(120), "the consumer");
+        tx = join_within(producer, Duration::from_secs(120), "the producer");
+    }
+    drop(tx);
+    assert_eq!(rx.pop(), Err(PopError::Closed), "nothing more than was pushed");
 }
 
 #[test]

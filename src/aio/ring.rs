@@ -23,8 +23,11 @@ use crate::ring::{Batch, Closed, Consumer, PopError};
 /// each time the runtime gets back to it (it yields between checks), keeping a runtime
 /// thread busy while it waits.
 ///
-/// A consumer's `Waiter` must not also be waited on by a thread: give an async consumer a
-/// ring of its own ([`channel`](crate::ring::channel)) or a waiter that only it uses.
+/// A consumer's `Waiter` must not be waited on by a thread while the future waits: give an
+/// async consumer a ring of its own ([`channel`](crate::ring::channel)) or a waiter that only
+/// it uses. A consumer that waited on a thread before may be wrapped, and one taken back
+/// with [`AsyncConsumer::into_inner`] may wait on a thread again: the producer wakes whichever
+/// waited last.
 ///
 /// Every wait is cancellation safe: a `pop()` or `read()` dropped while waiting takes
 /// nothing from the ring.
@@ -238,5 +241,47 @@ impl<T> Stream for AsyncConsumer<T> {
     /// up until the consumer is polled again (the producer meanwhile wakes it on each push).
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
         poll_pop(self.get_mut(), cx).map(Result::ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::ring::{channel_between, WaitStrategy, Waiter};
+
+    /// Far above any wake-up: only a lost wake-up trips it.
+    const HANG: Duration = Duration::from_secs(20);
+
+    #[test]
+    fn a_consumer_that_slept_on_a_thread_is_woken_as_a_future() {
+        let waiter = Arc::new(Waiter::new());
+        let (mut tx, mut rx) = channel_between::<u64>(4, WaitStrategy::Park, Arc::new(Waiter::new()), waiter.clone());
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+        for round in 0..20u64 {
+            // A wait on a thread, woken by a push once the thread sleeps.
+            let thread = std::thread::spawn(move || (rx.pop_wait(), rx));
+            while !waiter.flag_up() && !thread.is_finished() {
+                std::thread::yield_now();
+            }
+            tx.push(2 * round).expect("room");
+            let (got, back) = thread.join().expect("the waiting thread");
+            assert_eq!(got, Ok(2 * round));
+            // The same consumer waits as a future on the runtime, woken by the next push.
+            let mut rx_async = AsyncConsumer::new(back);
+            let task = rt.spawn(async move { (rx_async.pop().await, rx_async.into_inner()) });
+            while !waiter.flag_up() && !task.is_finished() {
+                std::thread::yield_now();
+            }
+            tx.push(2 * round + 1).expect("room");
+            let (got, back) = rt
+                .block_on(async { tokio::time::timeout(HANG, task).await })
+                .expect("a future woken by the push")
+                .expect("the task");
+            assert_eq!(got, Ok(2 * round + 1));
+            rx = back;
+        }
     }
 }

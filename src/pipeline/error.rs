@@ -105,7 +105,8 @@ pub enum PipelineError {
         #[source]
         error: LogError,
     },
-    /// The pipeline was stopped (it finished, or stopped after an error reported earlier).
+    /// The pipeline has stopped, and no error stopped it (one that did is reported by every
+    /// call after it instead).
     #[error("the pipeline has already stopped; build a new one")]
     AlreadyStopped,
 }

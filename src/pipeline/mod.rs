@@ -77,7 +77,8 @@
 //! itself. A panicking handler (or factory or source) is caught, recorded, and aborts the
 //! whole pipeline: every blocked push and every wait observes the abort flag, every thread
 //! exits and is joined, and `shutdown`/`join` return [`PipelineError::Panicked`] naming the
-//! stage and worker. A source or sink that meets an error it cannot go on from (a log or
+//! stage and worker. The error that stopped a pipeline is kept: every call after it
+//! (`scale`, then `shutdown` or `join`) reports it, not only the first. A source or sink that meets an error it cannot go on from (a log or
 //! group file that cannot be read, an append or final sync that fails) aborts the pipeline
 //! the same way, with [`PipelineError::SourceFailed`] or [`PipelineError::SinkFailed`]
 //! naming it. A stage's handler is finished (for a sink: its final sync) when the stage has
@@ -161,7 +162,7 @@ use crate::ring::{channel_between, WaitStrategy, Waiter};
 use crate::sys::histogram::LatencyHistogram;
 use emit::{Input, Output, Probe, RingCounts};
 use source::SourceKind;
-use worker::{lock, Control, Pause, Rewire, Shared, WorkerParts, WorkerStats};
+use worker::{lock, Control, Failure, Pause, Rewire, Shared, WorkerParts, WorkerStats};
 
 /// What a worker calls: each batch it reads, then (once its inputs are closed and drained)
 /// `finish`. An error stops the pipeline with [`PipelineError::SinkFailed`] naming the stage.
@@ -310,6 +311,10 @@ pub const SLIP_MAX: Duration = Duration::from_millis(1);
 /// Most workers a stage may have (a bound on threads and rings, `m x n` per boundary).
 pub const STAGE_WORKERS_MAX: usize = 256;
 
+/// Most slots [`PipelineBuilder::ring_capacity`] accepts (each ring allocates its slots
+/// when the pipeline is built).
+pub const RING_CAPACITY_MAX: usize = 1 << 24;
+
 impl<T: Send + 'static> PipelineBuilder<T> {
     /// How workers wait for input and for room downstream (default [`WaitStrategy::Park`]:
     /// about 0% CPU when idle).
@@ -318,7 +323,8 @@ impl<T: Send + 'static> PipelineBuilder<T> {
         self
     }
 
-    /// Slots in each ring (default 1024).
+    /// Slots in each ring (default 1024; 1 to [`RING_CAPACITY_MAX`], checked by
+    /// [`PipelineBuilder::build`]).
     pub fn ring_capacity(mut self, slots: usize) -> Self {
         self.config.ring_capacity = slots;
         self
@@ -428,6 +434,14 @@ impl<T: Send + 'static> PipelineBuilder<T> {
         let PipelineBuilder { config, source, stages } = self;
         if config.ring_capacity == 0 {
             return Err(PipelineError::Config("ring_capacity must be at least 1".into()));
+        }
+        let ring_bytes = config.ring_capacity.checked_mul(std::mem::size_of::<T>());
+        if config.ring_capacity > RING_CAPACITY_MAX || ring_bytes.is_none_or(|b| b > isize::MAX as usize) {
+            return Err(PipelineError::Config(format!(
+                "ring_capacity must be at most {RING_CAPACITY_MAX} slots (and their bytes must fit in memory), \
+                 not {}: every ring allocates its slots when the pipeline is built",
+                config.ring_capacity
+            )));
         }
         if config.slip > SLIP_MAX {
             return Err(PipelineError::Config(format!(
@@ -762,8 +776,8 @@ impl<T: Send + 'static> Pipeline<T> {
                 Ok(handle)
             }
             Err(error) => {
-                let copy = std::io::Error::new(error.kind(), error.to_string());
-                self.shared.fail(PipelineError::Spawn { thread: name.clone(), error: copy });
+                let failure = Failure::Spawn { thread: name.clone(), kind: error.kind(), message: error.to_string() };
+                self.shared.fail(failure);
                 Err(PipelineError::Spawn { thread: name, error })
             }
         }
@@ -820,9 +834,9 @@ impl<T: Send + 'static> Pipeline<T> {
         out
     }
 
-    /// The error that stopped the pipeline, or `AlreadyStopped`.
+    /// The error that stopped the pipeline (kept: every call reports it), or `AlreadyStopped`.
     fn stopped_error(&self) -> PipelineError {
-        self.shared.take_failure().unwrap_or(PipelineError::AlreadyStopped)
+        self.shared.failure().unwrap_or(PipelineError::AlreadyStopped)
     }
 
     /// Resizes a running stage to `workers` workers, with no event lost or duplicated and
@@ -992,7 +1006,7 @@ impl<T: Send + 'static> Pipeline<T> {
     fn finish(&mut self) -> Result<PipelineStats, PipelineError> {
         self.join_threads();
         self.finished = true;
-        if let Some(e) = self.shared.take_failure() {
+        if let Some(e) = self.shared.failure() {
             return Err(e);
         }
         let elapsed = self.started.elapsed();

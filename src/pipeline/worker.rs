@@ -39,8 +39,8 @@ pub(crate) struct Shared<T> {
     pub(crate) abort: Arc<AtomicBool>,
     /// Shutdown: the source stops; the stages drain and exit as their inputs close.
     pub(crate) stop_source: AtomicBool,
-    /// The first failure.
-    pub(crate) failure: Mutex<Option<PipelineError>>,
+    /// The first failure: kept, so every later call reports it.
+    pub(crate) failure: Mutex<Option<Failure>>,
     /// Every worker's control (pruned of exited ones on scale), to wake them all on abort.
     pub(crate) controls: Mutex<Vec<Arc<Control<T>>>>,
     pub(crate) clock: quanta::Clock,
@@ -75,7 +75,7 @@ impl<T> Shared<T> {
     }
 
     /// Records `error` (the first one wins) and stops every thread.
-    pub(crate) fn fail(&self, error: PipelineError) {
+    pub(crate) fn fail(&self, error: Failure) {
         {
             let mut failure = lock(&self.failure);
             if failure.is_none() {
@@ -94,8 +94,37 @@ impl<T> Shared<T> {
         }
     }
 
-    pub(crate) fn take_failure(&self) -> Option<PipelineError> {
-        lock(&self.failure).take()
+    /// The error that stopped the pipeline, if one did: the same one on every call.
+    pub(crate) fn failure(&self) -> Option<PipelineError> {
+        lock(&self.failure).as_ref().map(Failure::error)
+    }
+}
+
+/// What stopped a running pipeline. Recorded once (the first wins) and kept: `scale`, `join`
+/// and `shutdown` each report it, however many of them come after the failure.
+#[derive(Clone, Debug)]
+pub(crate) enum Failure {
+    /// A handler, a handler factory or the source panicked.
+    Panicked { stage: String, worker: usize, message: String },
+    /// The source met an error it cannot go on from.
+    SourceFailed { name: String, message: String },
+    /// A sink's append or final sync failed.
+    SinkFailed { stage: String, message: String },
+    /// A worker thread could not be started: the OS error's kind and text.
+    Spawn { thread: String, kind: std::io::ErrorKind, message: String },
+}
+
+impl Failure {
+    /// The failure as the error a call reports.
+    pub(crate) fn error(&self) -> PipelineError {
+        match self.clone() {
+            Failure::Panicked { stage, worker, message } => PipelineError::Panicked { stage, worker, message },
+            Failure::SourceFailed { name, message } => PipelineError::SourceFailed { name, message },
+            Failure::SinkFailed { stage, message } => PipelineError::SinkFailed { stage, message },
+            Failure::Spawn { thread, kind, message } => {
+                PipelineError::Spawn { thread, error: std::io::Error::new(kind, message) }
+            }
+        }
     }
 }
 
@@ -317,11 +346,11 @@ impl<T> WorkerParts<T> {
             .map(|s| s.to_string())
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "a panic with a non-string payload".to_string());
-        self.shared.fail(PipelineError::Panicked { stage: self.stage.to_string(), worker: self.index, message });
+        self.shared.fail(Failure::Panicked { stage: self.stage.to_string(), worker: self.index, message });
     }
 
     fn sink_failed(&self, message: String) {
-        self.shared.fail(PipelineError::SinkFailed { stage: self.stage.to_string(), message });
+        self.shared.fail(Failure::SinkFailed { stage: self.stage.to_string(), message });
     }
 
     fn publish_backlog(&self) {
@@ -340,7 +369,7 @@ impl<T> WorkerParts<T> {
         match result {
             Ok(Ok(go_on)) => go_on,
             Ok(Err(message)) => {
-                self.shared.fail(PipelineError::SourceFailed { name: self.stage.to_string(), message });
+                self.shared.fail(Failure::SourceFailed { name: self.stage.to_string(), message });
                 false
             }
             Err(payload) => {
@@ -643,7 +672,7 @@ pub(crate) fn run_source<T: Send + 'static>(mut w: WorkerParts<T>, mut kind: Sou
                 }
                 match result {
                     Err(e) => {
-                        shared.fail(PipelineError::SourceFailed {
+                        shared.fail(Failure::SourceFailed {
                             name: w.stage.to_string(),
                             message: format!("reading the log at {}: {e}", dir.display()),
                         });

@@ -7,7 +7,8 @@
 //! - **wait strategies** ([`WaitStrategy`]) for both "full" (the producer waits) and "empty"
 //!   (the consumer waits): spin, spin-then-yield, or park, where the waiting thread sleeps
 //!   in its [`Waiter`] and the other side wakes it (see [`wait`] for the protocol; the hot
-//!   side pays a compiler fence and one relaxed load);
+//!   side pays a compiler fence and one relaxed load). Endpoints are `Send`: one may move to
+//!   another thread between waits, and the waiter follows the thread that waits now;
 //! - **batches in place**: [`Producer::reserve`] and [`Consumer::read`] hand out the ring's
 //!   own slots (rtrb chunks), so a batch is written and read without a copy; a
 //!   [`Reservation`] is filled safely with [`Reservation::push`] and published with
@@ -184,7 +185,8 @@ pub struct Consumer<T> {
 /// A ring of `capacity` slots with fresh waiters on both sides.
 ///
 /// # Panics
-/// When `capacity` is 0.
+/// When `capacity` is 0, or when `capacity` slots of `T` take more than `isize::MAX` bytes.
+/// Slots that cannot be allocated abort the process, as any failed allocation does.
 pub fn channel<T>(capacity: usize, wait: WaitStrategy) -> (Producer<T>, Consumer<T>) {
     channel_between(capacity, wait, Arc::new(Waiter::new()), Arc::new(Waiter::new()))
 }
@@ -194,7 +196,7 @@ pub fn channel<T>(capacity: usize, wait: WaitStrategy) -> (Producer<T>, Consumer
 /// them.
 ///
 /// # Panics
-/// When `capacity` is 0.
+/// As [`channel`].
 pub fn channel_between<T>(
     capacity: usize,
     wait: WaitStrategy,
@@ -202,6 +204,11 @@ pub fn channel_between<T>(
     consumer_waiter: Arc<Waiter>,
 ) -> (Producer<T>, Consumer<T>) {
     assert!(capacity > 0, "a ring needs at least one slot");
+    assert!(
+        capacity.checked_mul(std::mem::size_of::<T>()).is_some_and(|bytes| bytes <= isize::MAX as usize),
+        "a ring of {capacity} slots of {} bytes does not fit in memory; use fewer slots",
+        std::mem::size_of::<T>()
+    );
     let (p, c) = rtrb::RingBuffer::new(capacity);
     // Registering early keeps the first push off the slow path.
     let _ = AsymmetricFence::registered();
@@ -275,6 +282,11 @@ impl<T> Producer<T> {
     /// [`Producer::push_wait`] that gives up when `stop()` turns true (a pipeline shutting
     /// down); the value comes back in the error.
     ///
+    /// With [`WaitStrategy::Park`], a `stop()` that turns true while the thread sleeps is
+    /// seen when the consumer next makes room, or after at most [`wait::PARK_TIMEOUT`]. To
+    /// stop at once, wake the thread: [`Waiter::wake_unconditionally`] on the producer's
+    /// waiter (given to [`channel_between`]).
+    ///
     /// # Errors
     /// [`PushError::Closed`] when the consumer is gone, [`PushError::Full`] when stopped.
     #[inline(always)]
@@ -307,7 +319,8 @@ impl<T> Producer<T> {
 
     /// Waits per the ring's strategy until `n` slots are free (at most the ring's capacity:
     /// a larger `n` waits for an empty ring) or `stop()`; returns whether they are. The
-    /// producer's side of [`Consumer::wait_readable`].
+    /// producer's side of [`Consumer::wait_readable`]; `stop()` is seen as in
+    /// [`Producer::push_wait_or_stop`].
     ///
     /// # Errors
     /// [`Closed`] when the consumer is gone.
@@ -335,7 +348,7 @@ impl<T> Producer<T> {
     /// Pushes all of `values` in order, as many at once as there are free slots, waiting per
     /// the ring's strategy while the ring is full, until all are in or `stop()` turns true
     /// while it waits. Returns how many went in: `values.len()` unless stopped. The batch
-    /// counterpart of [`Producer::push_wait_or_stop`].
+    /// counterpart of [`Producer::push_wait_or_stop`] (and `stop()` is seen as there).
     ///
     /// # Errors
     /// [`Closed`] when the consumer is gone (whatever was pushed before is dropped with the
@@ -500,18 +513,7 @@ impl<T> Reservation<'_, T> {
     /// was), in two parts where the ring wraps around.
     #[inline]
     pub fn slots(&mut self) -> (&mut [MaybeUninit<T>], &mut [MaybeUninit<T>]) {
-        let written = self.written;
-        match &mut self.chunk {
-            Some(c) => {
-                let (a, b) = c.as_mut_slices();
-                if written <= a.len() {
-                    (&mut a[written..], b)
-                } else {
-                    (&mut b[written - a.len()..], &mut [])
-                }
-            }
-            None => (&mut [], &mut []),
-        }
+        unwritten(&mut self.chunk, self.written)
     }
 
     /// Writes `value` into the next reserved slot and counts it.
@@ -551,20 +553,23 @@ impl<T> Reservation<'_, T> {
 
     /// Fills the slots not yet written from an iterator and commits every written slot;
     /// returns how many were written by this call.
+    ///
+    /// When the iterator panics, nothing is published: the values written before (by this
+    /// call and by [`Reservation::push`]) are dropped with the reservation.
     #[inline]
     pub fn fill_from_iter(mut self, iter: impl IntoIterator<Item = T>) -> usize {
         let mut iter = iter.into_iter();
-        let mut n = 0;
-        let (a, b) = self.slots();
+        let start = self.written;
+        let (a, b) = unwritten(&mut self.chunk, start);
+        let written = &mut self.written;
         // Bounded by the reservation's length; takes no value beyond it from `iter`.
         for slot in a.iter_mut().chain(b) {
             let Some(v) = iter.next() else { break };
             slot.write(v);
-            n += 1;
+            // Counted at once: if `iter` panics later, the reservation's drop drops it.
+            *written += 1;
         }
-        // A panicking iterator leaves `written` short: its values are forgotten, never
-        // published or dropped twice.
-        self.written += n;
+        let n = self.written - start;
         self.commit_written();
         n
     }
@@ -585,6 +590,26 @@ impl<T> Reservation<'_, T> {
                 self.peer.wake();
             }
         }
+    }
+}
+
+/// The slots of a reservation's chunk past the first `written`, in two parts where the ring
+/// wraps around.
+#[inline]
+fn unwritten<'c, T>(
+    chunk: &'c mut Option<rtrb::chunks::WriteChunkUninit<'_, T>>,
+    written: usize,
+) -> (&'c mut [MaybeUninit<T>], &'c mut [MaybeUninit<T>]) {
+    match chunk {
+        Some(c) => {
+            let (a, b) = c.as_mut_slices();
+            if written <= a.len() {
+                (&mut a[written..], b)
+            } else {
+                (&mut b[written - a.len()..], &mut [])
+            }
+        }
+        None => (&mut [], &mut []),
     }
 }
 
@@ -666,6 +691,11 @@ impl<T> Consumer<T> {
 
     /// Waits per the ring's strategy until a value is readable or `stop()`; returns whether
     /// one is.
+    ///
+    /// With [`WaitStrategy::Park`], a `stop()` that turns true while the thread sleeps is
+    /// seen at the producer's next push, or after at most [`wait::PARK_TIMEOUT`]. To stop at
+    /// once, wake the thread: [`Waiter::wake_unconditionally`] on the consumer's waiter
+    /// (given to [`channel_between`]).
     ///
     /// # Errors
     /// [`Closed`] when the producer is gone and the ring is drained.
@@ -989,6 +1019,12 @@ mod tests {
     }
 
     #[test]
+    #[should_panic(expected = "does not fit in memory")]
+    fn a_ring_larger_than_memory_is_refused_with_a_message() {
+        let _ = channel::<u64>(usize::MAX, WaitStrategy::Park);
+    }
+
+    #[test]
     fn batches_in_place_match_a_model() {
         let (mut tx, mut rx) = channel::<u64>(7, WaitStrategy::BusySpin);
         let mut model = VecDeque::new();
@@ -1041,6 +1077,46 @@ mod tests {
         r.push("w".to_string()).unwrap();
         assert_eq!(r.commit_written(), 1);
         assert_eq!(rx.pop().as_deref(), Ok("x"));
+    }
+
+    #[test]
+    fn a_panicking_iterator_publishes_nothing_and_its_values_are_dropped() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        struct Counted(Arc<AtomicUsize>);
+        impl Drop for Counted {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let drops = Arc::new(AtomicUsize::new(0));
+        let (mut tx, mut rx) = channel::<Counted>(8, WaitStrategy::Park);
+        // Wrapped: the reservation's two parts are both written before the panic.
+        for _ in 0..6 {
+            tx.push(Counted(drops.clone())).unwrap();
+        }
+        for _ in 0..6 {
+            drop(rx.pop().unwrap());
+        }
+        drops.store(0, Ordering::SeqCst);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut r = tx.reserve(5);
+            r.push(Counted(drops.clone())).unwrap_or_else(|_| panic!("room"));
+            let mut given = 0;
+            r.fill_from_iter(std::iter::from_fn(|| {
+                given += 1;
+                if given == 4 {
+                    panic!("the iterator fails");
+                }
+                Some(Counted(drops.clone()))
+            }))
+        }));
+        assert!(result.is_err());
+        assert_eq!(drops.load(Ordering::SeqCst), 4, "one pushed and three from the iterator, each dropped once");
+        assert!(matches!(rx.pop(), Err(PopError::Empty)), "nothing published");
+        // The ring goes on: the slots are free again.
+        assert_eq!(tx.reserve(8).fill_from_iter((0..8).map(|_| Counted(drops.clone()))), 8);
+        drop((tx, rx));
+        assert_eq!(drops.load(Ordering::SeqCst), 12);
     }
 
     #[test]
@@ -1100,6 +1176,115 @@ mod tests {
             drop(tx);
             assert_eq!(consumer.join().unwrap(), n);
         }
+    }
+
+    /// Waits until `waiter`'s flag is up (its thread is about to sleep or sleeps) or
+    /// `thread` ended (a failed wait).
+    fn until_flag_up<R>(waiter: &Waiter, thread: &std::thread::JoinHandle<R>) {
+        while !waiter.flag_up() && !thread.is_finished() {
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn a_consumer_moved_between_parked_waits_is_woken_on_its_new_thread() {
+        let (mut tx, mut rx) = channel::<u64>(4, WaitStrategy::Park);
+        let waiter = rx.me.clone();
+        let rounds = if cfg!(miri) { 4 } else { 200 };
+        for round in 0..rounds {
+            // Each wait runs on a fresh thread and sleeps (its flag up) before the push.
+            let waiting = std::thread::spawn(move || {
+                let got = rx.pop_wait();
+                (got, rx, std::thread::current().id())
+            });
+            until_flag_up(&waiter, &waiting);
+            tx.push(round).unwrap();
+            let (got, back, id) = waiting.join().expect("a wait on a new thread");
+            assert_eq!(got, Ok(round));
+            assert_eq!(waiter.sleeper_thread(), Some(id), "round {round}: the waiter follows the thread");
+            rx = back;
+        }
+    }
+
+    #[test]
+    fn a_producer_moved_between_parked_waits_is_woken_on_its_new_thread() {
+        let (mut tx, mut rx) = channel::<u64>(1, WaitStrategy::Park);
+        let waiter = tx.me.clone();
+        tx.push(0).unwrap();
+        let rounds = if cfg!(miri) { 4 } else { 200 };
+        for round in 1..=rounds {
+            // The ring is full: each push waits on a fresh thread until the pop below.
+            let waiting = std::thread::spawn(move || {
+                let pushed = tx.push_wait(round);
+                (pushed, tx, std::thread::current().id())
+            });
+            until_flag_up(&waiter, &waiting);
+            assert_eq!(rx.pop(), Ok(round - 1));
+            let (pushed, back, id) = waiting.join().expect("a wait on a new thread");
+            assert_eq!(pushed, Ok(()));
+            assert_eq!(waiter.sleeper_thread(), Some(id), "round {round}: the waiter follows the thread");
+            tx = back;
+        }
+    }
+
+    #[test]
+    fn both_ends_moved_to_new_threads_every_round_lose_nothing() {
+        let (mut tx, mut rx) = channel::<u64>(2, WaitStrategy::Park);
+        let (rounds, per_round) = if cfg!(miri) { (3, 6) } else { (100, 200) };
+        for round in 0..rounds {
+            let first = round * per_round;
+            // Neither side waits for the other to sleep: a waker may be about to unpark the
+            // thread that waited in the previous round while the new one goes to sleep.
+            let consumer = std::thread::spawn(move || {
+                for expect in first..first + per_round {
+                    assert_eq!(rx.pop_wait(), Ok(expect));
+                }
+                rx
+            });
+            let producer = std::thread::spawn(move || {
+                for v in first..first + per_round {
+                    tx.push_wait(v).unwrap();
+                }
+                tx
+            });
+            rx = consumer.join().expect("consumer");
+            tx = producer.join().expect("producer");
+        }
+        assert_eq!(rx.pop(), Err(PopError::Empty));
+    }
+
+    #[test]
+    fn two_threads_sleeping_on_one_waiter_at_once_is_refused() {
+        let waiter = Arc::new(Waiter::new());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sleeping = {
+            let (waiter, stop) = (waiter.clone(), stop.clone());
+            std::thread::spawn(move || {
+                waiter.wait_until(WaitStrategy::Park, || false, || stop.load(std::sync::atomic::Ordering::SeqCst))
+            })
+        };
+        until_flag_up(&waiter, &sleeping);
+        let second = {
+            let waiter = waiter.clone();
+            std::thread::spawn(move || waiter.wait_until(WaitStrategy::Park, || false, || false))
+        };
+        let panic = second.join().expect_err("a second thread sleeping on the waiter");
+        let message = panic.downcast_ref::<String>().map_or("", String::as_str);
+        assert!(message.contains("two threads wait on one Waiter at once"), "{message}");
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        waiter.wake_unconditionally();
+        assert!(!sleeping.join().expect("the first sleeper"));
+        // The refused wait left no trace: the first thread's turn ended, another may sleep.
+        assert!(waiter.wait_until(WaitStrategy::Park, || true, || false));
+        let mut calls = 0;
+        assert!(waiter.wait_until(
+            WaitStrategy::Park,
+            || {
+                calls += 1;
+                calls > 30
+            },
+            || false
+        ));
     }
 
     #[test]
