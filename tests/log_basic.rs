@@ -451,7 +451,7 @@ fn a_panicking_fill_appends_nothing_and_leaves_the_log_usable() {
     for writers in [Writers::Exclusive, Writers::Shared] {
         let dir = tempfile::tempdir().unwrap();
         let opts = LogOptions::default().writers(writers);
-        let mut log = Appender::open(dir.path(), opts.clone()).unwrap();
+        let mut log = Appender::open(dir.path(), opts).unwrap();
         let mut tailer = Tailer::open_with(dir.path(), TailWait::Park).unwrap();
         log.append(b"first").unwrap();
         let panicked = catch_unwind(AssertUnwindSafe(|| {
