@@ -775,3 +775,10 @@ fn reads_of_a_bus_refuse_a_partition_that_is_a_symbolic_link() {
     assert_eq!(std::fs::read_dir(&outside).expect("list").count(), before, "nothing written through the link");
     assert_eq!(text(&ok(&["cat", outside.to_str().expect("UTF-8")], b"")), "planted 1\nplanted 2\nplanted 3\n");
 }
+
+#[test]
+fn groups_help_names_every_reset_target() {
+    let help = text(&ok(&["groups", "--help"], b""));
+    assert!(help.contains("--reset-offsets --to earliest|latest|OFFSET|TIME"), "{help}");
+    assert!(help.contains("TIME each partition's first record appended at or after that time"), "{help}");
+}
