@@ -622,6 +622,24 @@ fn a_log_directory_is_never_made_a_bus() {
     ok(&["produce", log], b"4\n");
     ok(&["verify", log], b"");
 
+    // The commands that read a bus call it a log, not a missing bus.
+    for args in [
+        vec!["cat", log, "--topic", "t"],
+        vec!["group", log, "g", "--topic", "t", "--exit-when-idle", "10"],
+        vec!["groups", log],
+        vec!["groups", log, "g"],
+        vec!["topics", log],
+        vec!["top", log, "--once"],
+    ] {
+        let err = fails(&args, b"");
+        assert!(
+            err.contains(&format!("{log} holds a log ("))
+                && err.contains("read it as a log")
+                && !err.contains("no bus"),
+            "{args:?}: {err}"
+        );
+    }
+
     // A bus made over a log (by an older shoal): the bus commands say what happened.
     std::fs::create_dir_all(log_path.join("topics/t/0")).expect("mkdir");
     std::fs::create_dir_all(log_path.join("groups")).expect("mkdir");
