@@ -230,3 +230,36 @@ fn a_runtime_shut_down_while_members_wait_ends_and_their_partitions_go_to_the_ne
     keys.sort_unstable();
     assert_eq!(keys, (9..15).collect::<Vec<u64>>(), "records committed before the shutdown came again");
 }
+
+/// An async member whose reader falls behind retention goes on from the first record held,
+/// as the blocking one does, instead of failing every poll.
+#[test]
+fn an_async_member_that_falls_behind_retention_goes_on_from_the_first_record_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::open(dir.path()).unwrap();
+    let topic = bus.topic_or_create(TOPIC, Some(1)).unwrap();
+    let retention = shoal::log::Retention::default().max_bytes(4 * (256 << 10));
+    let log_opts = LogOptions::default().segment_bytes(256 << 10).prefault(false).retention(retention);
+    let mut producer = topic.producer(log_opts).unwrap();
+    let payload = vec![7u8; 1000];
+    producer.send_to(0, 0, &payload).unwrap();
+    runtime().block_on(async {
+        let mut member = AsyncMember::join(&bus, GROUP, TOPIC, opts()).await.unwrap();
+        let first = tokio::time::timeout(LIMIT, member.next()).await.expect("a record").expect("an item").unwrap();
+        assert_eq!(first.record.offset().0, 0);
+        drop(first);
+        for i in 1..5000 {
+            producer.send_to(0, i, &payload).unwrap();
+        }
+        let mut got = vec![0];
+        while got.last() != Some(&4999) {
+            let batch = tokio::time::timeout(LIMIT, member.poll(512)).await.expect("records").unwrap();
+            got.extend(batch.iter().map(|d| d.record.offset().0));
+        }
+        let held = shoal::log::Reader::open(topic.partition_dir(0).unwrap()).unwrap().first_offset().unwrap().0;
+        let jump = got.windows(2).position(|w| w[1] != w[0] + 1).expect("a gap where retention removed records");
+        assert_eq!(got[jump + 1], held);
+        assert!(got[jump + 1..].windows(2).all(|w| w[1] == w[0] + 1), "nothing missing after the gap");
+        member.leave().await.unwrap();
+    });
+}

@@ -1,5 +1,6 @@
 //! The `shoal` binary's bus commands against their contract: `produce --topic`,
-//! `cat --topic`, `group` and `groups`. Each test runs the real executable.
+//! `cat --topic`, `group` and `groups` (and, for a partition planted as a symbolic link or a
+//! log given as a bus, `topics` and `top`). Each test runs the real executable.
 
 mod cli_support;
 use cli_support::*;
@@ -621,6 +622,24 @@ fn a_log_directory_is_never_made_a_bus() {
     ok(&["produce", log], b"4\n");
     ok(&["verify", log], b"");
 
+    // The commands that read a bus call it a log, not a missing bus.
+    for args in [
+        vec!["cat", log, "--topic", "t"],
+        vec!["group", log, "g", "--topic", "t", "--exit-when-idle", "10"],
+        vec!["groups", log],
+        vec!["groups", log, "g"],
+        vec!["topics", log],
+        vec!["top", log, "--once"],
+    ] {
+        let err = fails(&args, b"");
+        assert!(
+            err.contains(&format!("{log} holds a log ("))
+                && err.contains("read it as a log")
+                && !err.contains("no bus"),
+            "{args:?}: {err}"
+        );
+    }
+
     // A bus made over a log (by an older shoal): the bus commands say what happened.
     std::fs::create_dir_all(log_path.join("topics/t/0")).expect("mkdir");
     std::fs::create_dir_all(log_path.join("groups")).expect("mkdir");
@@ -721,4 +740,63 @@ fn a_zero_filled_offsets_file_is_an_error_naming_it() {
             "{args:?}: {err}"
         );
     }
+}
+
+/// Every read of a partition refuses a partition directory that is a symbolic link, as
+/// `produce` and `cat` do: in the library (members, `describe`, snapshots) and so in every
+/// command (`group`, `groups` and its END column, `topics`, `top`).
+#[test]
+fn reads_of_a_bus_refuse_a_partition_that_is_a_symbolic_link() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let bus_path = temp.path().join("bus");
+    let bus = bus_path.to_str().expect("UTF-8");
+    ok(&["produce", bus, "--topic", "t", "--partitions", "2"], b"a\nb\nc\nd\n");
+    ok(&["group", bus, "g", "--topic", "t", "--exit-when-idle", "50"], b"");
+    let outside = temp.path().join("outside");
+    ok(&["produce", outside.to_str().expect("UTF-8")], b"planted 1\nplanted 2\nplanted 3\n");
+    let before = std::fs::read_dir(&outside).expect("list").count();
+    let partition = bus_path.join("topics").join("t").join("1");
+    std::fs::remove_dir_all(&partition).expect("remove partition 1");
+    std::os::unix::fs::symlink(&outside, &partition).expect("plant the link");
+    let shown = partition.display().to_string();
+    let refused = |err: &str| err.contains(&shown) && err.contains("is a symbolic link; shoal never follows links");
+
+    for args in [
+        &["group", bus, "g2", "--topic", "t", "--exit-when-idle", "50"][..],
+        &["group", bus, "g", "--topic", "t", "--exit-when-idle", "50"],
+        &["groups", bus],
+        &["groups", bus, "g"],
+        &["groups", bus, "g", "--reset-offsets", "--to", "earliest"],
+        &["topics", bus],
+        &["top", bus, "--once"],
+    ] {
+        let out = run(args, b"");
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(refused(&err), "{args:?}: {err}");
+        assert!(!text(&out.stdout).contains("planted"), "{args:?} read through the link: {}", text(&out.stdout));
+    }
+
+    let handle = shoal::bus::Bus::open_existing(&bus_path).expect("bus");
+    let topic = handle.topic("t").expect("topic");
+    assert!(topic.partition_dir(0).is_ok(), "a partition that is a directory is fine");
+    let err = topic.partition_dir(1).expect_err("a symlinked partition").to_string();
+    assert!(refused(&err), "{err}");
+    let err = shoal::group::Member::join(&handle, "g3", "t", shoal::group::GroupOptions::default())
+        .expect_err("a member of a topic with a symlinked partition")
+        .to_string();
+    assert!(refused(&err), "{err}");
+    let err = shoal::group::describe(&handle).expect_err("describe").to_string();
+    assert!(refused(&err), "{err}");
+    let err = shoal::metrics::BusSnapshot::take(&handle).expect_err("a snapshot").to_string();
+    assert!(refused(&err), "{err}");
+    assert_eq!(std::fs::read_dir(&outside).expect("list").count(), before, "nothing written through the link");
+    assert_eq!(text(&ok(&["cat", outside.to_str().expect("UTF-8")], b"")), "planted 1\nplanted 2\nplanted 3\n");
+}
+
+#[test]
+fn groups_help_names_every_reset_target() {
+    let help = text(&ok(&["groups", "--help"], b""));
+    assert!(help.contains("--reset-offsets --to earliest|latest|OFFSET|TIME"), "{help}");
+    assert!(help.contains("TIME each partition's first record appended at or after that time"), "{help}");
 }

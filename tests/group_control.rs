@@ -1,7 +1,10 @@
 //! A consumer in control of its offsets: seek and position, commits of chosen offsets, where
 //! a group without committed offsets starts, rebalance listeners (assigned, revoked with a
 //! commit, lost), resets of a group's offsets (library and `shoal groups --reset-offsets`),
-//! `shoal group --from`, and the polls that reuse the caller's buffer or lend records.
+//! `shoal group --from`, and the polls that reuse the caller's buffer or lend records (and
+//! lend again a record whose closure panicked). Also: a seek or a committed offset past the
+//! end is taken as the end, `Duration::MAX` is "no deadline", and a member that falls behind
+//! retention goes on from the first record held.
 
 mod cli_support;
 
@@ -62,7 +65,7 @@ fn offsets_of(got: &[(u32, u64)], p: u32) -> Vec<u64> {
 }
 
 #[test]
-fn seek_moves_the_position_back_forward_and_past_the_end() {
+fn seek_moves_the_position_back_forward_and_to_the_end() {
     let (_dir, bus) = filled(2, 10);
     let mut m = Member::join(&bus, "g", "t", opts()).unwrap();
     assert_eq!((m.position(0).unwrap(), m.position(1).unwrap()), (0, 0));
@@ -76,13 +79,13 @@ fn seek_moves_the_position_back_forward_and_past_the_end() {
     m.seek_to_beginning(&[0]).unwrap();
     assert_eq!(m.position(0).unwrap(), 0);
     assert_eq!(offsets_of(&take(&mut m, 10), 0), (0..10).collect::<Vec<_>>());
-    // Past the end: the records below the target are skipped as they arrive.
+    // Past the end: taken as the end, so every record appended later comes.
     m.seek(1, 14).unwrap();
-    assert_eq!(m.position(1).unwrap(), 14);
+    assert_eq!(m.position(1).unwrap(), 10);
     append(&bus, 2, 6); // offsets 10..16 in both partitions
-    let got = take(&mut m, 8);
+    let got = take(&mut m, 12);
     assert_eq!(offsets_of(&got, 0), (10..16).collect::<Vec<_>>());
-    assert_eq!(offsets_of(&got, 1), [14, 15]);
+    assert_eq!(offsets_of(&got, 1), (10..16).collect::<Vec<_>>());
     // To the end: nothing until a new record.
     m.seek(0, 2).unwrap();
     m.seek_to_end(&[0, 1]).unwrap();
@@ -497,4 +500,137 @@ fn a_commit_at_the_start_is_recorded_and_wins_over_a_later_start_option() {
     drop(m);
     let m = Member::join(&bus, "g", "t", opts().start(Start::Latest)).unwrap();
     assert_eq!(m.position(0).unwrap(), 0, "the committed 0 stands, not the end");
+}
+
+#[test]
+fn a_record_whose_poll_with_closure_panicked_is_delivered_again() {
+    let (_dir, bus) = filled(1, 10);
+    let mut m = Member::join(&bus, "g", "t", opts()).unwrap();
+    let mut done = Vec::new();
+    // A worker that survives one bad record: it catches the panic and goes on.
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        m.poll_with(64, WAIT, |_, record| {
+            let offset = record.offset().0;
+            if offset == 5 {
+                panic!("bad record {offset}");
+            }
+            done.push(offset);
+        })
+    }));
+    assert!(caught.is_err(), "the closure's panic reaches the caller");
+    assert_eq!(done, [0, 1, 2, 3, 4]);
+    assert_eq!(m.position(0).unwrap(), 5, "the record whose closure panicked does not count as returned");
+    // A commit now stores 5: record 5 is not skipped by the group.
+    m.commit().unwrap();
+    let deadline = Instant::now() + WAIT;
+    while done.len() < 10 && Instant::now() < deadline {
+        m.poll_with(64, Duration::from_millis(20), |_, record| done.push(record.offset().0)).unwrap();
+    }
+    assert_eq!(done, (0..10).collect::<Vec<_>>(), "record 5 delivered again, then the rest, once each");
+    drop(m);
+    let mut m = Member::join(&bus, "g", "t", opts()).unwrap();
+    assert_eq!(m.position(0).unwrap(), 5);
+    // A panic on the first record of a poll, then a seek: the seek wins.
+    let caught =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.poll_with(64, WAIT, |_, _| panic!("bad record"))));
+    assert!(caught.is_err());
+    assert_eq!(m.position(0).unwrap(), 5);
+    m.seek(0, 8).unwrap();
+    assert_eq!(offsets_of(&take(&mut m, 2), 0), [8, 9]);
+}
+
+#[test]
+fn a_seek_or_a_committed_offset_past_the_end_is_taken_as_the_end() {
+    let (dir, bus) = filled(2, 10);
+    let mut m = Member::join(&bus, "g", "t", opts()).unwrap();
+    m.seek(0, u64::MAX).unwrap();
+    m.seek(1, 11).unwrap();
+    assert_eq!((m.position(0).unwrap(), m.position(1).unwrap()), (10, 10));
+    let err = m.commit_offsets(&[(0, u64::MAX)]).unwrap_err();
+    assert!(matches!(err, GroupError::CommitAhead { partition: 0, position: 10, .. }), "{err:?}");
+    m.commit().unwrap();
+    drop(m);
+    append(&bus, 2, 3); // offsets 10..13
+    let mut m = Member::join(&bus, "g", "t", opts()).unwrap();
+    let got = take(&mut m, 6);
+    assert_eq!((offsets_of(&got, 0), offsets_of(&got, 1)), (vec![10, 11, 12], vec![10, 11, 12]));
+    m.leave().unwrap();
+
+    // An offsets file that says more than the partition holds (written by an older shoal,
+    // or the log was cut back since): the member starts at the end, and its next commit
+    // stores the end.
+    let offsets = dir.path().join("groups/g/t/offsets/0");
+    let mut bytes = vec![0u8; shoal::group::format::OFFSETS_FILE_BYTES];
+    let slot = shoal::group::format::encode_offsets_slot(99, 1_000_000);
+    let at = shoal::group::format::OFFSETS_SLOT_STRIDE; // generation 99: slot 1
+    bytes[at..at + slot.len()].copy_from_slice(&slot);
+    std::fs::write(&offsets, &bytes).unwrap();
+    let mut m = Member::join(&bus, "g", "t", opts()).unwrap();
+    assert_eq!(m.position(0).unwrap(), 13);
+    append(&bus, 1, 2); // offsets 13 and 14 of partition 0
+    assert_eq!(offsets_of(&take(&mut m, 2), 0), [13, 14]);
+    m.leave().unwrap();
+    let m = Member::join(&bus, "g", "t", opts()).unwrap();
+    assert_eq!(m.position(0).unwrap(), 15);
+}
+
+#[test]
+fn duration_max_is_no_deadline_for_a_poll_and_no_periodic_liveness_check() {
+    let (_dir, bus) = filled(1, 3);
+    let mut m = Member::join(&bus, "g", "t", opts()).unwrap();
+    assert_eq!(m.poll(2, Duration::MAX).unwrap().len(), 2);
+    m.leave().unwrap();
+    let mut m = Member::join(&bus, "g", "t", opts().liveness_check(Duration::MAX)).unwrap();
+    assert_eq!(m.poll(10, Duration::from_millis(5)).unwrap().len(), 1);
+    assert_eq!(m.poll(10, Duration::from_millis(5)).unwrap().len(), 0);
+    // Nothing there: the poll waits, with no deadline, for the record sent meanwhile.
+    let sender = {
+        let bus = bus.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            append(&bus, 1, 1);
+        })
+    };
+    let got = m.poll(10, Duration::MAX).unwrap();
+    assert_eq!(got.len(), 1);
+    sender.join().unwrap();
+    append(&bus, 1, 1);
+    assert_eq!(m.poll_with(10, Duration::MAX, |_, _| {}).unwrap(), 1);
+    m.leave().unwrap();
+}
+
+#[test]
+fn a_member_that_falls_behind_retention_goes_on_from_the_first_record_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::open(dir.path()).unwrap();
+    let topic = bus.topic_or_create("t", Some(1)).unwrap();
+    let retention = shoal::log::Retention::default().max_bytes(4 * (256 << 10));
+    let mut producer = topic.producer(log_opts().retention(retention)).unwrap();
+    let payload = vec![7u8; 1000];
+    producer.send_to(0, 0, &payload).unwrap();
+    let mut m = Member::join(&bus, "g", "t", opts()).unwrap();
+    // A slow member: it has read the first record (its reader maps the first segment)...
+    assert_eq!(offsets_of(&take(&mut m, 1), 0), [0]);
+    // ... when the producer writes far more than retention keeps.
+    for i in 1..5000 {
+        producer.send_to(0, i, &payload).unwrap();
+    }
+    let first = shoal::log::Reader::open(topic.partition_dir(0).unwrap()).unwrap().first_offset().unwrap().0;
+    assert!(first > 1000, "retention removed the old records (first held: {first})");
+    // The member reads what its mapped segment still holds, then goes on from the first
+    // record held, instead of failing every poll.
+    let mut got = vec![0];
+    let deadline = Instant::now() + WAIT;
+    while got.last() != Some(&4999) && Instant::now() < deadline {
+        for d in m.poll(512, Duration::from_millis(20)).unwrap() {
+            got.push(d.record.offset().0);
+        }
+    }
+    assert_eq!(got.last(), Some(&4999));
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "in order, none twice");
+    let jump = got.windows(2).position(|w| w[1] != w[0] + 1).expect("a gap where retention removed records");
+    assert_eq!(got[jump + 1], first, "the member goes on at the first record held");
+    assert!(got[jump + 1..].windows(2).all(|w| w[1] == w[0] + 1), "nothing missing after the gap");
+    m.commit().unwrap();
+    assert_eq!(m.position(0).unwrap(), 5000);
 }

@@ -305,8 +305,12 @@ impl AsyncMember {
     fn register(&mut self, member: &mut Member) -> Result<bool, LogError> {
         let (epoch, epoch_seen, mut readers, nap) = member.wait_set();
         self.sleepers.register(readers.iter_mut().map(|(_, reader)| &mut **reader));
-        if self.sleepers.recheck(readers.iter_mut().map(|(_, reader)| &mut **reader))? {
-            return Ok(false);
+        match self.sleepers.recheck(readers.iter_mut().map(|(_, reader)| &mut **reader)) {
+            Ok(false) => {}
+            // Ready, or retention removed what a reader was to read next: the next step reads
+            // (or moves the reader on to the first record held, as `Member::poll` does).
+            Ok(true) | Err(LogError::OffsetGone { .. }) => return Ok(false),
+            Err(e) => return Err(e),
         }
         let mut words = Vec::with_capacity(self.sleepers.words().len() + 1);
         words.push((epoch, epoch_seen, Scope::Shared));

@@ -25,7 +25,9 @@
 //!
 //! Everything below the bus directory is reached through `crate::sys::fs::Dir`: opened
 //! relative to its parent's descriptor, never through a symlink (one planted as `topics`, a
-//! topic, a partition or `meta` is an error naming it). Only [`Bus::open`] and the
+//! topic, a partition or `meta` is an error naming it; a partition's log, opened by its path,
+//! is refused by [`Topic::partition_dir`] when its directory is a link, for readers and
+//! producers alike). Only [`Bus::open`] and the
 //! producers create anything; reading a bus creates nothing. A directory that holds a log
 //! (its `HEAD` or segment files) is never opened as a bus ([`BusError::LogDirectory`]), so
 //! `topics/` and `groups/` are never made beside a log's files.
@@ -769,15 +771,29 @@ impl Topic {
         self.schema.as_deref()
     }
 
-    /// The log directory of partition `p`.
+    /// The log directory of partition `p` (it may not exist yet: a partition never written
+    /// to has none), refused when it is a symbolic link. Every reader of a partition in shoal
+    /// (group members, `describe`, metrics, the command line) gets
+    /// its directory here, so none follows a link planted as a partition out of the bus, as
+    /// a producer does not.
     ///
     /// # Errors
-    /// [`BusError::NoPartition`] when `p` is out of range.
+    /// [`BusError::NoPartition`] when `p` is out of range; [`BusError::Io`] naming the
+    /// partition directory when it is a symbolic link.
     pub fn partition_dir(&self, p: u32) -> Result<PathBuf, BusError> {
         if p >= self.partitions {
             return Err(BusError::NoPartition { topic: self.name.clone(), partition: p, partitions: self.partitions });
         }
-        Ok(self.dir.join(p.to_string()))
+        let dir = self.dir.join(p.to_string());
+        // Anything else (missing, not a directory, unreadable) is for the log to report.
+        if let Some(e) = std::fs::symlink_metadata(&dir)
+            .ok()
+            .filter(|meta| meta.file_type().is_symlink())
+            .and_then(|meta| crate::sys::fs::refuse_entry(&dir, meta.file_type()))
+        {
+            return Err(BusError::io(&dir, "open", e));
+        }
+        Ok(dir)
     }
 
     /// Opens the appenders of every partition. With [`Writers::Shared`](crate::log::Writers)

@@ -47,10 +47,11 @@ const BATCH_RECORDS: usize = 4096;
 
 /// What `groups --help` adds about resets.
 pub(super) const GROUPS_HELP: &str = "\
---reset-offsets --to earliest|latest|OFFSET moves GROUP's committed offsets (every topic it \
+--reset-offsets --to earliest|latest|OFFSET|TIME moves GROUP's committed offsets (every topic it \
 consumed, or only --topic): earliest is the first record each partition still holds, latest its \
-end, OFFSET the same offset in every partition (kept within the first record and the end). \
-Without --execute it only prints the plan. Refused while the group has live members: stop them \
+end, OFFSET the same offset in every partition (kept within the first record and the end), TIME \
+each partition's first record appended at or after that time, or its end (any form `cat --since` \
+takes: 2026-12-02T10:00:00Z, 1764669600s, -1h). Without --execute it only prints the plan. Refused while the group has live members: stop them \
 first (they leave on SIGTERM).";
 
 /// `group --from`: where a partition without a committed offset starts.

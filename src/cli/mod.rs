@@ -519,16 +519,19 @@ impl From<AppendError> for Error {
 }
 
 /// Opens the bus in `dir` for a command that only reads it: unlike [`Bus::open`], a
-/// directory that holds no bus is an error, not a new bus.
+/// directory that holds no bus is an error, not a new bus. The library's refusals come
+/// first, so a log directory is called a log ([`BusError::LogDirectory`]), not a missing bus.
 fn open_bus(dir: &Path) -> Result<Bus, Error> {
-    if !dir.join("topics").is_dir() {
-        return Err(Error::new(format!(
+    match Bus::open_existing(dir) {
+        Ok(bus) => Ok(bus),
+        Err(e @ BusError::LogDirectory { .. }) => Err(e.into()),
+        Err(_) if !dir.join("topics").is_dir() => Err(Error::new(format!(
             "{}: no bus here (no topics directory); check the path, or create the bus by producing to a topic \
              (`shoal produce <BUS> --topic <T>`)",
             dir.display()
-        )));
+        ))),
+        Err(e) => Err(e.into()),
     }
-    Ok(Bus::open_existing(dir)?)
 }
 
 /// The error of a log command (`produce`, `cat`, `stats`, `verify`, named by `command`)

@@ -133,8 +133,12 @@
 //! record returned; [`Member::commit_offsets`] stores chosen offsets (each the next offset to
 //! read, at most the member's [`Member::position`]), for consumers that finish records after
 //! they poll them. [`Member::seek`] moves the position (nothing is committed until a
-//! commit). A partition without a committed offset starts where [`GroupOptions::start`]
-//! says; [`reset_offsets`] moves the offsets of a group with no live member. A graceful [`Member::leave`] commits and hands over with no duplicate;
+//! commit). The position never passes a partition's end (a seek or a committed offset past
+//! it is taken as the end), so neither does a commit. A partition without a committed
+//! offset starts where [`GroupOptions::start`] says; one whose committed offset (or, while
+//! it is read, whose next record) retention removed goes on from the first record its log
+//! still holds, with a warning. A record lent to a [`Member::poll_with`] closure that
+//! panicked is delivered again. [`reset_offsets`] moves the offsets of a group with no live member. A graceful [`Member::leave`] commits and hands over with no duplicate;
 //! after a crash the next owner re-delivers at most the records the dead member returned
 //! after its last commit. Dropping a `Member` without `leave` releases its partitions and
 //! lease without committing (its uncommitted records are delivered again).
@@ -183,7 +187,9 @@ pub struct GroupOptions {
     pub sync_commits: bool,
     /// How often the member checks the other members' leases and heartbeats (default
     /// 20 ms); also the longest single sleep in [`Member::poll`] (at most a quarter of
-    /// [`GroupOptions::session_timeout`]).
+    /// [`GroupOptions::session_timeout`]). A duration too long for the clock to reach
+    /// (`Duration::MAX`) turns the periodic check off: the member then looks at the others
+    /// only when one joins or leaves, so it does not notice a member that died.
     pub liveness_check: Duration,
     /// Shown by [`describe`], e.g. `"pid 123"` (the default). At most 1024 bytes are kept.
     pub label: String,
@@ -485,14 +491,15 @@ fn position_in(owned: &BTreeMap<u32, Owned>, partition: u32) -> Result<u64, Grou
     owned.get(&partition).map(|o| o.delivered).ok_or_else(|| not_assigned(owned, partition))
 }
 
-/// Positions one held partition: the next poll returns `to` (records below an offset past
-/// the end are skipped as they arrive).
+/// Positions one held partition: the next poll returns `to` (an offset past the end is
+/// taken as the end: the position never passes the partition's next offset).
 fn seek_in(owned: &mut BTreeMap<u32, Owned>, partition: u32, to: SeekTo) -> Result<(), GroupError> {
     let Some(o) = owned.get_mut(&partition) else { return Err(not_assigned(owned, partition)) };
     let offset = match to {
         SeekTo::Offset(offset) => {
+            // Past the tail, the reader stops at the tail.
             o.reader.seek(Offset(offset))?;
-            offset
+            o.reader.next_offset().0.min(offset)
         }
         SeekTo::Beginning => {
             let first = o.reader.first_offset()?;
@@ -506,6 +513,7 @@ fn seek_in(owned: &mut BTreeMap<u32, Owned>, partition: u32, to: SeekTo) -> Resu
         SeekTo::Time(ns) => o.reader.seek_time(ns)?.0,
     };
     o.delivered = offset;
+    o.lent = None;
     Ok(())
 }
 
@@ -616,6 +624,11 @@ struct Owned {
     reader: Reader,
     /// The offset after the last record returned (records below it are skipped).
     delivered: u64,
+    /// The offset of a record lent to a [`Member::poll_with`] closure that did not return
+    /// (it panicked, and the caller caught the panic): the record does not count as
+    /// returned, and the reader moves back to it before the partition is read again, so it
+    /// is delivered again.
+    lent: Option<u64>,
     committed: u64,
     /// The generation of the newest slot in `offsets` (0: none yet).
     generation: u64,
@@ -758,7 +771,9 @@ pub struct Member {
     heartbeat: Heartbeat,
     epoch: Epoch,
     seen_epoch: u32,
-    next_sweep: Instant,
+    /// When the next sweep is due; `None` when [`GroupOptions::liveness_check`] is too long
+    /// for the clock to reach (sweeps then come only with epoch changes).
+    next_sweep: Option<Instant>,
     members: Vec<String>,
     /// Other members' heartbeats as last seen, by id.
     observed: BTreeMap<String, Observed>,
@@ -1005,7 +1020,7 @@ impl Member {
             heartbeat,
             seen_epoch: epoch.word().load(Ordering::Acquire).wrapping_sub(1),
             epoch,
-            next_sweep: Instant::now(),
+            next_sweep: Some(Instant::now()),
             members: Vec::new(),
             observed: BTreeMap::new(),
             stale: Vec::new(),
@@ -1057,15 +1072,21 @@ impl Member {
     }
 
     /// Up to `max` records of the partitions this member owns, taken round-robin; waits up
-    /// to `timeout` when there are none (an empty vector then). Also where membership
-    /// changes take effect: partitions this member loses are committed (up to every record
-    /// returned so far) and released, partitions it gains are taken once their previous
-    /// owner lets go (or, when that owner stopped polling for the session timeout, taken
-    /// over), and partitions another member took over from this one are dropped. Each call
-    /// moves this member's heartbeat.
+    /// to `timeout` when there are none (an empty vector then; a timeout too long for the
+    /// clock to reach, such as `Duration::MAX`, waits until a record comes). Also where
+    /// membership changes take effect: partitions this member loses are committed (up to
+    /// every record returned so far) and released, partitions it gains are taken once their
+    /// previous owner lets go (or, when that owner stopped polling for the session timeout,
+    /// taken over), and partitions another member took over from this one are dropped. Each
+    /// call moves this member's heartbeat.
+    ///
+    /// A partition whose next records were removed by retention before this member read
+    /// them (it fell behind a producer whose log keeps little) goes on from the first record
+    /// its log still holds, with a warning, as a partition does when it is taken with a
+    /// committed offset retention removed: those records are gone for every reader.
     ///
     /// # Errors
-    /// Log errors of a partition (corruption, [`LogError::OffsetGone`]), a damaged offsets
+    /// Log errors of a partition (corruption), a damaged offsets
     /// file ([`GroupError::BadGroupFile`]), I/O errors on the group's files. A read error
     /// met after this poll has read records ends the poll with those records (`Ok`), and the
     /// next poll returns the error: every intact record before damage in a partition is
@@ -1107,13 +1128,13 @@ impl Member {
     pub fn poll_into(&mut self, out: &mut Vec<Delivery>, max: usize, timeout: Duration) -> Result<usize, GroupError> {
         out.clear();
         self.poll_loop(max, timeout, |member, max| {
-            member.read_records(max, |partition, reader, delivered| {
-                let Some(record) = reader.next_ref()? else { return Ok(Step::End) };
+            member.read_records(max, |partition, owned| {
+                let Some(record) = owned.reader.next_ref()? else { return Ok(Step::End) };
                 let offset = record.offset().0;
-                if offset < *delivered {
-                    return Ok(Step::Skipped); // below the position (it was past the end at seek)
+                if offset < owned.delivered {
+                    return Ok(Step::Skipped); // below the position
                 }
-                *delivered = offset + 1;
+                owned.delivered = offset + 1;
                 out.push(Delivery { partition, record });
                 Ok(Step::Taken)
             })
@@ -1124,7 +1145,9 @@ impl Member {
     /// borrowed in place from the mapped log for the length of the call (a
     /// [`Record`], as [`Reader::next`] returns), and returns how many.
     /// Every record passed counts as returned (for [`Member::commit`] and
-    /// [`Member::position`]). This is the fastest way to read a group: no allocation, no
+    /// [`Member::position`]) once `each` returns for it: when `each` panics and the caller
+    /// catches the panic, the record it was given is not counted, and the next poll delivers
+    /// it again (at least once). This is the fastest way to read a group: no allocation, no
     /// reference count, one commit-word load and one checksum per record, as a bare
     /// [`Reader`].
     ///
@@ -1157,14 +1180,19 @@ impl Member {
         F: FnMut(u32, Record<'_>),
     {
         self.poll_loop(max, timeout, |member, max| {
-            member.read_records(max, |partition, reader, delivered| {
+            member.read_records(max, |partition, owned| {
+                let Owned { reader, delivered, lent, .. } = owned;
                 let Some(record) = reader.next()? else { return Ok(Step::End) };
                 let offset = record.offset().0;
                 if offset < *delivered {
                     return Ok(Step::Skipped);
                 }
-                *delivered = offset + 1;
+                // Lent until `each` returns: a panic in it leaves the record to be delivered
+                // again (see `Owned::lent`), never counted as returned.
+                *lent = Some(offset);
                 each(partition, record);
+                *lent = None;
+                *delivered = offset + 1;
                 Ok(Step::Taken)
             })
         })
@@ -1181,8 +1209,10 @@ impl Member {
             return Err(e);
         }
         let start = Instant::now();
-        let deadline = start + timeout;
-        // Bounded by the deadline: every pass sleeps (or returns) when nothing is read.
+        // A timeout too long for the clock to reach (`Duration::MAX`) waits with no deadline.
+        let deadline = start.checked_add(timeout);
+        // Bounded by the deadline (or, without one, polls until a record comes): every pass
+        // sleeps (or returns) when nothing is read.
         loop {
             self.maintain()?;
             let n = read(self, max)?;
@@ -1190,12 +1220,13 @@ impl Member {
                 return Ok(n);
             }
             let now = Instant::now();
-            if now >= deadline {
+            if deadline.is_some_and(|deadline| now >= deadline) {
                 return Ok(0);
             }
             // Wakes often enough that the heartbeat moves well within the session timeout.
             let nap = self.opts.liveness_check.min(self.session_timeout() / 4);
-            self.sleep((deadline - now).min(nap), now - start)?;
+            let left = deadline.map_or(nap, |deadline| deadline.saturating_duration_since(now));
+            self.sleep(left.min(nap), now - start)?;
         }
     }
 
@@ -1209,9 +1240,11 @@ impl Member {
     }
 
     /// Makes the next poll read `partition` from `offset`, backwards (records are delivered
-    /// again) or forwards (records are skipped). An offset past the end is waited for: the
-    /// records below it are skipped as they arrive. Nothing is committed:
-    /// [`Member::commit`] after a seek stores the new position.
+    /// again) or forwards (records are skipped). An offset past the end is taken as the end
+    /// (the partition's next offset, as [`reset_offsets`] keeps [`ResetTo::Offset`] within
+    /// it): the position never passes the end, so a mistyped offset cannot park the
+    /// partition past every future record. Nothing is committed: [`Member::commit`] after a
+    /// seek stores the new position.
     ///
     /// ```
     /// # use shoal::bus::Bus;
@@ -1293,7 +1326,9 @@ impl Member {
 
     /// Commits chosen offsets: for each `(partition, offset)`, `offset` is the next record
     /// the group reads there (as [`Member::commit`] stores it: one past the last record
-    /// processed), at most [`Member::position`]. Only the partitions named are written, so
+    /// processed), at most [`Member::position`]. The position never passes the partition's
+    /// end ([`Member::seek`] keeps it there), so neither does a commit: an offset past it is
+    /// refused ([`GroupError::CommitAhead`]). Only the partitions named are written, so
     /// a consumer that processes records after handing them on (a pipeline, a batch
     /// writer) commits what is done, and a restart delivers the rest again. A lower offset
     /// than the committed one moves the group back.
@@ -1427,10 +1462,10 @@ impl Member {
         self.heartbeat.beat();
         let now = Instant::now();
         let epoch = self.epoch.word().load(Ordering::Acquire);
-        let due = epoch != self.seen_epoch || now >= self.next_sweep;
+        let due = epoch != self.seen_epoch || self.next_sweep.is_some_and(|at| now >= at);
         if due {
             self.seen_epoch = epoch;
-            self.next_sweep = now + self.opts.liveness_check;
+            self.next_sweep = now.checked_add(self.opts.liveness_check);
             // Partitions whose owner file no longer leads to our inode were taken over.
             let mut lost = Vec::new();
             for (&p, owned) in &self.owned {
@@ -1630,13 +1665,18 @@ impl Member {
                 reader.next_offset().0
             }
         };
-        match reader.seek(Offset(start)) {
-            Ok(()) => {}
-            Err(LogError::OffsetGone { first, .. }) => {
-                tracing::warn!(partition = p, committed = start, first, "committed offset removed by retention");
-                reader.seek(Offset(first))?;
-            }
-            Err(e) => return Err(e.into()),
+        seek_or_first(p, &mut reader, start)?;
+        // Where the reader stands: `start`, or the first offset held when retention removed
+        // `start`, or the end when `start` is past it (the log was cut back since that
+        // commit): a committed offset past the end would skip the records appended there.
+        let position = reader.next_offset().0;
+        if position < start {
+            tracing::warn!(
+                partition = p,
+                committed = start,
+                end = position,
+                "committed offset past the end of the partition; reading on from its end"
+            );
         }
         let generation = committed.map_or(0, |c| c.generation);
         let mut owned = Owned {
@@ -1645,7 +1685,8 @@ impl Member {
             offsets,
             offsets_path,
             reader,
-            delivered: start,
+            delivered: position,
+            lent: None,
             committed: start,
             generation,
             sized: false,
@@ -1756,12 +1797,14 @@ impl Member {
     }
 
     /// Reads up to `max` records round-robin over the held partitions, `take` handing out
-    /// one record of a partition's reader (given the partition's position, which it
-    /// advances); the records handed out.
+    /// one record of a held partition's reader (and advancing its position); the records
+    /// handed out. A partition whose reader fell behind retention (the records it was to read
+    /// next were removed) goes on from the first record its log still holds, as a partition
+    /// whose committed offset was removed does when it is taken.
     fn read_records(
         &mut self,
         max: usize,
-        mut take: impl FnMut(u32, &mut Reader, &mut u64) -> Result<Step, LogError>,
+        mut take: impl FnMut(u32, &mut Owned) -> Result<Step, LogError>,
     ) -> Result<usize, GroupError> {
         let n = self.order.len();
         if n == 0 || max == 0 {
@@ -1780,16 +1823,38 @@ impl Member {
                 }
                 let p = self.order[(self.cursor + i) % n];
                 let Some(owned) = self.owned.get_mut(&p) else { continue };
+                if let Some(at) = owned.lent.take() {
+                    // A closure of `poll_with` panicked on the record at `at`: read it again.
+                    if let Err(e) = seek_or_first(p, &mut owned.reader, at) {
+                        failed = Some(e);
+                        break 'passes;
+                    }
+                }
                 let mut taken = 0;
-                // Bounded: every step takes a record, skips one (the reader moves on), or ends.
+                // Bounded: every step takes a record, skips one (the reader moves on), ends,
+                // or moves the reader forward past records retention removed.
                 while taken < quota && total < max {
-                    match take(p, &mut owned.reader, &mut owned.delivered) {
+                    match take(p, owned) {
                         Ok(Step::Taken) => {
                             taken += 1;
                             total += 1;
                         }
                         Ok(Step::Skipped) => {}
                         Ok(Step::End) => break,
+                        Err(LogError::OffsetGone { offset, first, .. }) if first > offset => {
+                            tracing::warn!(
+                                partition = p,
+                                offset,
+                                first,
+                                "records removed by retention before this member read them; going on from the \
+                                 first record the partition still holds"
+                            );
+                            if let Err(e) = seek_or_first(p, &mut owned.reader, first) {
+                                failed = Some(e);
+                                break 'passes;
+                            }
+                            owned.delivered = owned.delivered.max(first);
+                        }
                         Err(e) => {
                             failed = Some(e);
                             break 'passes;
@@ -1826,9 +1891,36 @@ impl Member {
         let mut readers: Vec<&mut Reader> = self.owned.values_mut().map(|owned| &mut owned.reader).collect();
         // The epoch word was read before the logs are re-checked: a membership change
         // after this point moves it and ends the sleep.
-        wait_any_with(&mut readers, &[(self.epoch.word(), epoch_seen)], self.opts.tail_wait.after(spent), wait)?;
-        Ok(())
+        match wait_any_with(&mut readers, &[(self.epoch.word(), epoch_seen)], self.opts.tail_wait.after(spent), wait) {
+            // Retention removed what a reader was to read next: the next read moves it on.
+            Ok(_) | Err(LogError::OffsetGone { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
+}
+
+/// Positions a held partition's reader at `offset`, or, when retention removed it, at the
+/// first offset its log still holds (with a warning: those records are gone for good).
+fn seek_or_first(p: u32, reader: &mut Reader, offset: u64) -> Result<(), LogError> {
+    let mut to = offset;
+    // Bounded: each retry is at a higher first offset than the last (retention removing more
+    // meanwhile), and gives up after a few.
+    for _ in 0..8 {
+        match reader.seek(Offset(to)) {
+            Ok(()) => return Ok(()),
+            Err(LogError::OffsetGone { first, .. }) if first > to => {
+                tracing::warn!(
+                    partition = p,
+                    offset,
+                    first,
+                    "offset removed by retention; reading on from the first record held"
+                );
+                to = first;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    reader.seek(Offset(to))
 }
 
 /// What one step of a read did.
