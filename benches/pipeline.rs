@@ -55,26 +55,22 @@
 //!   means anything.
 //!
 //! # One run
-//! 2 vCPUs with a load average of 8-15 from other builds, the bench at nice -10, medians of
-//! one `cargo bench --bench pipeline` (ratio: shoal over its peer; for the ring group, the
-//! ring's events/s over the pipeline's, i.e. the pipeline's time per event over the loop's):
+//! 2 vCPUs, a quiet machine, the bench at nice -15, medians of one run of the one-stage, ring
+//! and paced groups (ratio: shoal over its peer; for the ring group, the pipeline's time per
+//! event over the loop's):
 //!
 //! | group | row | shoal | peer | ratio |
 //! | --- | --- | --- | --- | --- |
-//! | `pipeline_1_stage` | one per call | 1.59 M/s | 8.17 M/s | 0.19x |
-//! | `pipeline_1_stage` | 256 per call | 38.0 M/s | 31.4 M/s | 1.21x |
-//! | `pipeline_over_ring` | one per call | 1.76 M/s | 2.93 M/s | cost 1.66x |
-//! | `pipeline_over_ring` | 256 per call | 36.3 M/s | 32.2 M/s | cost 0.89x |
-//! | `pipeline_3_stage` | one per call, `BusySpin` / `SpinThenYield` | 0.215 / 6.09 M/s | 0.128 M/s | 1.68x / 48x |
-//! | `pipeline_3_stage` | 256 per call, `BusySpin` / `SpinThenYield` | 0.191 / 50.3 M/s | 0.232 M/s | 0.82x / 217x |
-//! | `pipeline_scale` | 1 -> 2 workers | 1.88 -> 3.46 M/s | | 1.83x |
+//! | `pipeline_1_stage` | one per call | 57.8 M/s | 58.3 M/s | 0.99x |
+//! | `pipeline_1_stage` | 256 per call | 548 M/s | 259 M/s | 2.12x |
+//! | `pipeline_over_ring` | one per call | 51.4 M/s | 27.2 M/s | cost 0.53x |
+//! | `pipeline_over_ring` | 256 per call | 571 M/s | 370 M/s | cost 0.65x |
+//! | `pipeline_paced_latency` | p50, one every 100 ns, default slip / slip off | 809 / 595 ns | 561 ns | 1.44x / 1.06x |
+//! | `pipeline_paced_latency` | p50, one every 1 us, default slip / slip off | 425 / 417 ns | 344 ns | 1.24x / 1.21x |
 //!
-//! Under that load the one-per-call rows are set by how the scheduler interleaves two
-//! spinning threads more than by either library (the bare ring does 3 M/s there, 350 M/s on a
-//! quiet machine). On the source thread's own CPU clock (`CLOCK_THREAD_CPUTIME_ID`, which the
-//! load does not inflate; measured by a throwaway program), the pipeline's source costs
-//! 14-15 ns per event emitted one per call and 4-5 ns per event 256 per call, against 5-6 ns
-//! and 3.6-4.6 ns for the bare ring's producer.
+//! The three-stage rows need four free CPUs and the scaling group eight to mean anything
+//! (see "On a 2-CPU machine"). The paced rows' p99 (0.1-13 ms, any row) is this VM's
+//! scheduler, not either library; their medians are the comparison.
 //!
 //! Ratios come from one run: the machines are shared and noisy.
 
