@@ -15,7 +15,7 @@ use super::format::FormatError;
 #[non_exhaustive]
 pub enum GroupError {
     /// A damaged or foreign consumer-group file (committed offsets, lease, owner).
-    #[error("{path}: {why}; restore it, or remove it to restart that partition of the group from offset 0")]
+    #[error("{path}: {why}; restore it, or remove it to start that partition of the group afresh, where a new group starts (the earliest record by default; `GroupOptions::start`, `shoal group --from`)")]
     BadGroupFile {
         /// The file.
         path: PathBuf,
