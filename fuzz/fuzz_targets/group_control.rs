@@ -4,7 +4,7 @@
 //!
 //! Checked after every operation: what a poll returns after a seek (each record is the next
 //! one of its partition from the position: seeks back deliver again, seeks forward skip,
-//! seeks past the end wait), where a rejoin starts after a commit, a chosen-offsets commit,
+//! seeks past the end stop at the end), where a rejoin starts after a commit, a chosen-offsets commit,
 //! a crash (drop without leave), a graceful leave or a reset, and with which start option,
 //! that refused calls (a partition not held, a commit past the position, a reset while the
 //! member is live) change nothing, and that no call panics.
@@ -167,7 +167,9 @@ fuzz_target!(|ops: Vec<Op>| {
                     assert!(matches!(result, Err(GroupError::NotAssigned { .. })), "{result:?}");
                 } else {
                     result.expect("seek");
-                    model.position.as_mut().expect("live")[p as usize] = u64::from(offset % 16);
+                    // Past the end is taken as the end.
+                    model.position.as_mut().expect("live")[p as usize] =
+                        u64::from(offset % 16).min(model.end[p as usize]);
                 }
                 check_positions(m, &model);
             }
